@@ -1,0 +1,1 @@
+# models/: the HTDemucs engine (graph, CPU backend, apply logic, safetensors loading).

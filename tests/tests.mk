@@ -1,0 +1,1 @@
+# tests/: suites run by `make test` (each appends its target name to TEST_SUITES).

@@ -1,0 +1,1 @@
+# workerd/: the daemon and its CLI (`workerd separate` today).
