@@ -1,0 +1,406 @@
+#!/usr/bin/python3
+"""Integration suite for the HTTP API: real redis-server + real nginx with the module.
+
+Starts one stack on a temporary prefix and free loopback ports (tests/integration/
+harness.py), runs every case in order, prints one line per case and `PASS: N cases`,
+and exits non-zero when any case failed. Servers and the prefix are removed even on
+failure or Ctrl-C (SEP_TEST_KEEP=1 keeps the prefix for a post-mortem).
+
+    /usr/bin/python3 tests/integration/test_http_api.py [case-name-substring ...]
+
+Jobs are completed the way workerd completes them: stems are written into the spool
+layout the module documents and the `complete` Lua script (shared/lua/complete.lua)
+is run with EVAL.
+"""
+
+import os
+import sys
+import threading
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+from harness import expect, expect_json_error  # noqa: E402
+
+MAX_BODY = 1024 * 1024  # client_max_body_size of the test server (1m)
+MAX_QUEUED = 40  # sep_max_queued of the test server
+Q_NORMAL = b"sep:q:normal"
+Q_HIGH = b"sep:q:high"
+WAV = harness.wav_bytes()
+
+cases = harness.Cases()
+
+
+# helpers ---------------------------------------------------------------------------------
+def submit(stack, query="", body=WAV, ctype="audio/wav", headers=None):
+    hdrs = {"Content-Type": ctype}
+    hdrs.update(headers or {})
+    path = "/v1/jobs" + (("?" + query) if query else "")
+    return stack.request("POST", path, body=body, headers=hdrs)
+
+
+def expect_accepted(resp):
+    """A 202 with Location and a queued job record; returns the job id."""
+    expect(resp.status == 202, "expected 202, got %d" % resp.status, resp)
+    expect(isinstance(resp.json, dict), "expected a JSON job record", resp)
+    job_id = resp.json.get("id")
+    expect(isinstance(job_id, str), "job record without id", resp)
+    expect(str(uuid.UUID(job_id)) == job_id and uuid.UUID(job_id).version == 4,
+           "job id is not a UUIDv4 text: %r" % job_id)
+    expect(resp.json.get("status") == "queued", "expected status queued", resp)
+    location = resp.header("location") or ""
+    expect(location.endswith("/v1/jobs/" + job_id),
+           "Location should point at /v1/jobs/%s, got %r" % (job_id, location))
+    return job_id
+
+
+def queued_count(stack):
+    return stack.redis.xlen(Q_NORMAL) + stack.redis.xlen(Q_HIGH)
+
+
+def no_new_spool_files(stack, before, what):
+    after = set(stack.spool_files())
+    expect(after <= before, "%s left files in the spool: %s" % (what, sorted(after - before)))
+
+
+# submissions -----------------------------------------------------------------------------
+@cases.case
+def submit_raw_wav(stack):
+    resp = submit(stack)
+    job_id = expect_accepted(resp)
+    expect(resp.header("content-type", ) is not None
+           and resp.header("content-type").startswith("application/json"),
+           "202 should be application/json", resp)
+    files = stack.spool_files(job_id)
+    expect(files, "no spool file for job %s" % job_id)
+    expect(any(open(p, "rb").read() == WAV for p in files),
+           "no spool file holds the uploaded bytes", files)
+    expect(job_id in stack.stream_job_ids(Q_NORMAL), "job not in %s" % Q_NORMAL.decode())
+    expect(job_id not in stack.stream_job_ids(Q_HIGH), "normal job also in sep:q:high")
+    expect(stack.redis.exists(b"sep:job:" + job_id.encode()), "no sep:job:{id} hash")
+
+
+@cases.case
+def submit_octet_stream(stack):
+    job_id = expect_accepted(submit(stack, ctype="application/octet-stream"))
+    expect(stack.spool_files(job_id), "no spool file for job %s" % job_id)
+    expect(job_id in stack.stream_job_ids(Q_NORMAL), "job not in sep:q:normal")
+
+
+@cases.case
+def submit_priority_high(stack):
+    job_id = expect_accepted(submit(stack, "priority=high"))
+    expect(job_id in stack.stream_job_ids(Q_HIGH), "priority=high job not in sep:q:high")
+    expect(job_id not in stack.stream_job_ids(Q_NORMAL), "priority=high job in sep:q:normal")
+
+
+@cases.case
+def submit_options_in_query(stack):
+    resp = submit(stack, "model=htdemucs_6s&stems=guitar&format=flac&shifts=2&overlap=0.5")
+    job_id = expect_accepted(resp)
+    rec = stack.request("GET", "/v1/jobs/" + job_id).json
+    flat = repr(rec)
+    for want in ("htdemucs_6s", "guitar", "flac"):
+        expect(want in flat, "job record does not mention option %r" % want, rec)
+
+
+@cases.case
+def submit_multipart(stack):
+    body, ctype = harness.multipart(
+        [("model", "htdemucs"), ("stems", "vocals"), ("format", "wav24"), ("priority", "high")],
+        [("file", "song.wav", "audio/wav", WAV)])
+    resp = submit(stack, body=body, ctype=ctype)
+    job_id = expect_accepted(resp)
+    expect(stack.spool_files(job_id), "no spool file for multipart job %s" % job_id)
+    expect(job_id in stack.stream_job_ids(Q_HIGH), "multipart priority=high not in sep:q:high")
+    rec = stack.request("GET", "/v1/jobs/" + job_id).json
+    flat = repr(rec)
+    for want in ("vocals", "wav24"):
+        expect(want in flat, "multipart option %r not in the job record" % want, rec)
+
+
+@cases.case
+def idempotency_key_same_job(stack):
+    key = "it-" + uuid.uuid4().hex
+    before = stack.redis.xlen(Q_NORMAL)
+    first = expect_accepted(submit(stack, headers={"Idempotency-Key": key}))
+    again = submit(stack, headers={"Idempotency-Key": key})
+    expect(again.status in (200, 202), "repeat with the same key: got %d" % again.status, again)
+    expect(isinstance(again.json, dict) and again.json.get("id") == first,
+           "repeat with the same Idempotency-Key gave another job", again)
+    expect(stack.redis.xlen(Q_NORMAL) == before + 1,
+           "expected exactly one new stream entry, got %d" % (stack.redis.xlen(Q_NORMAL) - before))
+    other = expect_accepted(submit(stack, headers={"Idempotency-Key": key + "-other"}))
+    expect(other != first, "a different key must give a different job")
+
+
+# status ----------------------------------------------------------------------------------
+@cases.case
+def get_status(stack):
+    job_id = expect_accepted(submit(stack))
+    resp = stack.request("GET", "/v1/jobs/" + job_id)
+    expect(resp.status == 200, "expected 200, got %d" % resp.status, resp)
+    expect((resp.header("content-type") or "").startswith("application/json"),
+           "status should be application/json", resp)
+    rec = resp.json
+    expect(rec.get("id") == job_id and rec.get("status") == "queued", "bad record", rec)
+    expect("progress" in rec and "created_at" in rec, "record lacks progress/created_at", rec)
+
+
+@cases.case
+def get_unknown_and_malformed_ids(stack):
+    expect_json_error(stack.request("GET", "/v1/jobs/" + str(uuid.uuid4())), 404, "unknown id")
+    for bad in ("not-a-uuid", "1234", "%2e%2e", "00000000-0000-4000-8000-00000000000g",
+                "x" * 300):
+        expect_json_error(stack.request("GET", "/v1/jobs/" + bad), 404, "malformed id " + bad)
+
+
+# refused submissions ---------------------------------------------------------------------
+@cases.case
+def bad_options_400(stack):
+    before = set(stack.spool_files())
+    queued = queued_count(stack)
+    for query in ("model=nope", "stems=guitar", "model=htdemucs&stems=nope", "format=mp4",
+                  "shifts=-1", "shifts=abc", "shifts=1000", "overlap=1.5", "overlap=-0.1",
+                  "overlap=x", "priority=urgent"):
+        expect_json_error(submit(stack, query), 400, query)
+    body, ctype = harness.multipart([("model", "htdemucs")], [])
+    expect_json_error(submit(stack, body=body, ctype=ctype), 400, "multipart without file")
+    body, ctype = harness.multipart([("model", "nope")], [("file", "a.wav", "audio/wav", WAV)])
+    expect_json_error(submit(stack, body=body, ctype=ctype), 400, "multipart model=nope")
+    expect(queued_count(stack) == queued, "a refused submission was queued")
+    no_new_spool_files(stack, before, "refused submissions")
+
+
+@cases.case
+def body_too_large_413(stack):
+    before = set(stack.spool_files())
+    big = WAV + bytes(MAX_BODY + 4096)
+    expect_json_error(submit(stack, body=big), 413, "body over client_max_body_size")
+    no_new_spool_files(stack, before, "a 413")
+
+
+@cases.case
+def unsupported_media_415(stack):
+    before = set(stack.spool_files())
+    expect_json_error(submit(stack, body=b"hello, this is text\n" * 20, ctype="text/plain"),
+                      415, "text/plain body")
+    expect_json_error(submit(stack, body=b"\x00\x01\x02\x03 not audio" * 50,
+                             ctype="application/octet-stream"), 415, "unknown magic")
+    no_new_spool_files(stack, before, "415s")
+
+
+@cases.case
+def wrong_method_405(stack):
+    for method, path in (("PUT", "/v1/jobs"), ("PATCH", "/v1/jobs"),
+                         ("POST", "/v1/jobs/" + str(uuid.uuid4())),
+                         ("PUT", "/v1/jobs/" + str(uuid.uuid4()))):
+        expect_json_error(stack.request(method, path, body=b"x"), 405, method + " " + path)
+
+
+# cancel ----------------------------------------------------------------------------------
+@cases.case
+def delete_queued_job(stack):
+    job_id = expect_accepted(submit(stack))
+    expect(job_id in stack.stream_job_ids(Q_NORMAL), "job not queued")
+    resp = stack.request("DELETE", "/v1/jobs/" + job_id)
+    expect(resp.status in (200, 202), "DELETE: expected 200/202, got %d" % resp.status, resp)
+    expect(isinstance(resp.json, dict) and resp.json.get("status") == "canceled",
+           "DELETE should answer the canceled record", resp)
+    rec = stack.request("GET", "/v1/jobs/" + job_id).json
+    expect(rec and rec.get("status") == "canceled", "status after DELETE", rec)
+    expect(job_id not in stack.stream_job_ids(Q_NORMAL), "canceled job still in the queue")
+    expect_json_error(stack.request("DELETE", "/v1/jobs/" + str(uuid.uuid4())), 404,
+                      "DELETE unknown id")
+
+
+# stems -----------------------------------------------------------------------------------
+@cases.case
+def stem_download(stack):
+    import worker_sim  # noqa: E402  (tests/integration/worker_sim.py)
+
+    job_id = expect_accepted(submit(stack))
+    stems = worker_sim.complete_job(stack, job_id)
+    rec = stack.request("GET", "/v1/jobs/" + job_id).json
+    expect(rec and rec.get("status") == "completed", "job not completed", rec)
+    listed = rec.get("stems") or {}
+    expect(set(listed) == set(stems), "record stems %s != written %s" % (sorted(listed),
+                                                                          sorted(stems)), rec)
+    for name, data in stems.items():
+        url = listed[name].get("url") if isinstance(listed[name], dict) else None
+        expect(url and url.endswith("/v1/jobs/%s/stems/%s.wav" % (job_id, name)),
+               "stem url for %s: %r" % (name, url), rec)
+        path = url[url.index("/v1/"):]
+        full = stack.request("GET", path)
+        expect(full.status == 200, "GET %s: %d" % (path, full.status), full)
+        expect(full.body == data, "GET %s: wrong bytes (%d vs %d)" % (path, len(full.body),
+                                                                      len(data)))
+        etag = full.header("etag")
+        expect(etag, "GET %s: no ETag" % path, full.headers)
+        part = stack.request("GET", path, headers={"Range": "bytes=100-1123"})
+        expect(part.status == 206, "Range: expected 206, got %d" % part.status, part)
+        expect(part.body == data[100:1124], "Range: wrong slice")
+        expect((part.header("content-range") or "") == "bytes 100-1123/%d" % len(data),
+               "Content-Range: %r" % part.header("content-range"))
+        cond = stack.request("GET", path, headers={"If-None-Match": etag})
+        expect(cond.status == 304, "If-None-Match with the ETag: expected 304, got %d"
+               % cond.status, cond)
+    # A stem the model does not have, and an extension that does not match.
+    for bad in ("guitar.wav", "vocals.flac", "vocals", "VOCALS.wav"):
+        expect_json_error(stack.request("GET", "/v1/jobs/%s/stems/%s" % (job_id, bad)), 404,
+                          "stem " + bad)
+    # A stem of a job that is not finished.
+    queued = expect_accepted(submit(stack))
+    expect_json_error(stack.request("GET", "/v1/jobs/%s/stems/vocals.wav" % queued), 404,
+                      "stem of a queued job")
+
+
+@cases.case
+def stem_path_tricks(stack):
+    import worker_sim  # noqa: E402
+
+    job_id = expect_accepted(submit(stack))
+    worker_sim.complete_job(stack, job_id)
+    secret = os.path.join(stack.prefix, "secret.wav")
+    with open(secret, "wb") as f:
+        f.write(b"RIFF-secret-outside-the-spool")
+    spool_input = stack.spool_files(job_id)
+    tricks = [
+        "../../../secret.wav", "..%2F..%2F..%2Fsecret.wav", "%2e%2e/%2e%2e/secret.wav",
+        "..%252F..%252Fsecret.wav", "vocals.wav/../../../../secret.wav",
+        "..\\..\\secret.wav", "vocals.wav%00.wav", "/etc/passwd", "%2Fetc%2Fpasswd",
+        "....//....//secret.wav",
+    ]
+    for trick in tricks:
+        resp = stack.request("GET", "/v1/jobs/%s/stems/%s" % (job_id, trick))
+        expect(b"secret-outside" not in resp.body and b"root:" not in resp.body,
+               "path trick %r served a file outside the spool" % trick, resp)
+        expect(resp.status in (400, 404), "path trick %r: expected 400/404, got %d"
+               % (trick, resp.status), resp)
+    # The internal location must not answer to clients directly.
+    for path in ("/_sep_stems/", "/_sep_stems/" + os.path.relpath(spool_input[0], stack.spool)
+                 if spool_input else "/_sep_stems/x"):
+        resp = stack.request("GET", path)
+        expect(resp.status == 404, "internal location %s answered %d" % (path, resp.status))
+
+
+# backpressure ----------------------------------------------------------------------------
+@cases.case
+def max_queued_429(stack):
+    accepted = 0
+    refused = None
+    for _ in range(MAX_QUEUED + 5):
+        resp = submit(stack)
+        if resp.status == 202:
+            accepted += 1
+            continue
+        refused = resp
+        break
+    expect(refused is not None, "no 429 after %d submissions (max %d)" % (accepted, MAX_QUEUED))
+    expect_json_error(refused, 429, "queue full")
+    expect(queued_count(stack) <= MAX_QUEUED, "queue holds %d > max %d"
+           % (queued_count(stack), MAX_QUEUED))
+    # Cancelling frees a slot.
+    some = stack.stream_job_ids(Q_NORMAL)[-1]
+    stack.request("DELETE", "/v1/jobs/" + some)
+    expect_accepted(submit(stack))
+
+
+# Redis failures --------------------------------------------------------------------------
+@cases.case
+def redis_down_503_then_recovers(stack):
+    job_id = expect_accepted(submit(stack)) if queued_count(stack) < MAX_QUEUED else None
+    before = set(stack.spool_files())
+    stack.stop_redis()
+    try:
+        for attempt in range(2):
+            post = submit(stack)
+            expect_json_error(post, 503, "POST while Redis is down (try %d)" % attempt)
+            expect(post.elapsed < 2.0, "POST 503 took %.2fs" % post.elapsed)
+            get = stack.request("GET", "/v1/jobs/" + (job_id or str(uuid.uuid4())))
+            expect_json_error(get, 503, "GET while Redis is down (try %d)" % attempt)
+            expect(get.elapsed < 2.0, "GET 503 took %.2fs" % get.elapsed)
+        no_new_spool_files(stack, before, "a POST refused with 503")
+    finally:
+        stack.start_redis()
+    # The module reconnects on its own: no nginx restart.
+    deadline = time.monotonic() + 5.0
+    while True:
+        resp = submit(stack)
+        if resp.status == 202 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    new_id = expect_accepted(resp)
+    got = stack.request("GET", "/v1/jobs/" + new_id)
+    expect(got.status == 200 and got.json.get("id") == new_id, "GET after restart", got)
+
+
+# reload ----------------------------------------------------------------------------------
+@cases.case
+def reload_under_load_no_failures(stack):
+    job_id = expect_accepted(submit(stack))
+    stop = threading.Event()
+    results = {"ok": 0, "failed": []}
+
+    def client():
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                if n % 4 == 0:
+                    resp = submit(stack, headers={"Idempotency-Key": "reload-load"})
+                    good = resp.status == 202 or resp.status == 200
+                else:
+                    resp = stack.request("GET", "/v1/jobs/" + job_id, timeout=5)
+                    good = resp.status == 200 and resp.json.get("id") == job_id
+            except Exception as e:  # connection refused/reset counts as a failure
+                results["failed"].append(repr(e))
+                continue
+            if good:
+                results["ok"] += 1
+            else:
+                results["failed"].append(repr(resp))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(4):
+            stack.reload_nginx()
+            time.sleep(0.6)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    expect(results["ok"] > 50, "too few requests went through: %d" % results["ok"])
+    expect(not results["failed"], "%d failed requests during reload, first: %s"
+           % (len(results["failed"]), results["failed"][:3]))
+
+
+def main(argv):
+    if harness.redis is None:
+        print("SKIP: python3-redis is not installed (make deps)")
+        return 0
+    if not os.path.exists(harness.localstack.MODULE_SO):
+        print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
+        return 1
+    stack = harness.Stack(max_body="1m", max_queued=MAX_QUEUED)
+    harness.install_signal_cleanup(stack)
+    try:
+        stack.start()
+        print("stack: nginx 127.0.0.1:%d, redis 127.0.0.1:%d, prefix %s"
+              % (stack.port, stack.redis_port, stack.prefix), flush=True)
+        return cases.run(stack, only=argv[1:])
+    except Exception as e:
+        print("FAIL: could not start the stack: %s" % e)
+        print(stack.error_log_tail())
+        return 1
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,157 @@
+#!/usr/bin/python3
+"""Tests `make run` / `make stop` (conf/run-local, conf/stop-local) and conf/ itself.
+
+Runs the real scripts on a temporary run directory and free loopback ports
+(SEP_RUN_DIR, SEP_PORT, SEP_REDIS_PORT), so a `make run` of the developer is never
+touched: starting twice must not start duplicates, the service must answer JSON,
+stopping must end every process and be harmless when repeated. Also checks that
+conf/nginx.conf is the rendering of conf/nginx.conf.in. Prints one line per case and
+`PASS: N cases`; exits non-zero on any failure. Everything started is stopped even when
+a case fails or the run is interrupted.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+from harness import expect  # noqa: E402
+
+localstack = harness.localstack
+CONF = os.path.join(harness.REPO_ROOT, "conf")
+cases = harness.Cases()
+
+
+class LocalRun:
+    """A run directory + ports for conf/run-local, with stop + removal on exit."""
+
+    def __init__(self):
+        self.prefix = tempfile.mkdtemp(prefix="sep-run-")
+        self.port = localstack.free_port()
+        self.redis_port = localstack.free_port()
+        self.env = dict(os.environ, SEP_RUN_DIR=self.prefix, SEP_PORT=str(self.port),
+                        SEP_REDIS_PORT=str(self.redis_port), SEP_FETCH_WEIGHTS="0")
+        self._stopped = False
+        harness.atexit.register(self.stop)
+
+    def script(self, name):
+        return subprocess.run([sys.executable, os.path.join(CONF, name)], env=self.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=120)
+
+    def pids(self):
+        return {
+            "nginx": localstack.read_pid(os.path.join(self.prefix, "nginx.pid")),
+            "redis": localstack.read_pid(os.path.join(self.prefix, "redis", "redis.pid")),
+        }
+
+    def processes_using_prefix(self):
+        """pids of live processes whose command line mentions the run directory."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if self.prefix in cmd and localstack.pid_alive(int(entry)):
+                found.append((int(entry), cmd.strip()))
+        return found
+
+    def error_log_tail(self):
+        try:
+            with open(os.path.join(self.prefix, "logs", "error.log")) as f:
+                return "".join(f.readlines()[-20:])
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self.script("stop-local")
+        finally:
+            shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+@cases.case
+def sample_conf_up_to_date(run):
+    res = subprocess.run([sys.executable, os.path.join(CONF, "render-sample"), "--check"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    expect(res.returncode == 0, res.stdout.strip())
+
+
+@cases.case
+def run_starts_and_answers(run):
+    res = run.script("run-local")
+    expect(res.returncode == 0, "run-local failed:\n" + res.stdout + run.error_log_tail())
+    expect("http://127.0.0.1:%d" % run.port in res.stdout, "URL not printed", res.stdout)
+    expect("curl" in res.stdout, "no curl example printed", res.stdout)
+    got = localstack.http_json_answer(run.port, "/v1/jobs/" + str(uuid.uuid4()))
+    expect(got is not None and got[0] == 404, "unknown job should be a JSON 404", got)
+    for name, pid in run.pids().items():
+        expect(localstack.pid_alive(pid), "%s is not running (pid %r)" % (name, pid))
+
+
+@cases.case
+def run_twice_no_duplicates(run):
+    first = run.pids()
+    before = sorted(p for p, _ in run.processes_using_prefix())
+    res = run.script("run-local")
+    expect(res.returncode == 0, "second run-local failed:\n" + res.stdout)
+    expect("already running" in res.stdout, "second run should say it is running",
+           res.stdout)
+    expect(run.pids() == first, "pids changed: %s -> %s" % (first, run.pids()))
+    after = sorted(p for p, _ in run.processes_using_prefix())
+    expect(after == before, "processes changed: %s -> %s" % (before, after))
+
+
+@cases.case
+def submit_through_local_run(run):
+    wav = harness.wav_bytes(0.1)
+    resp = harness.request(run.port, "POST", "/v1/jobs", body=wav,
+                           headers={"Content-Type": "audio/wav"})
+    expect(resp.status == 202, "POST on the local run: %d" % resp.status, resp)
+
+
+@cases.case
+def stop_ends_everything(run):
+    pids = run.pids()
+    res = run.script("stop-local")
+    expect(res.returncode == 0, "stop-local failed:\n" + res.stdout)
+    for name, pid in pids.items():
+        expect(not localstack.pid_alive(pid), "%s (pid %r) still runs after stop" % (name, pid))
+    left = run.processes_using_prefix()
+    expect(not left, "processes left after stop: %s" % left)
+    expect(localstack.port_is_free(run.port), "port %d still taken after stop" % run.port)
+
+
+@cases.case
+def stop_again_is_harmless(run):
+    res = run.script("stop-local")
+    expect(res.returncode == 0, "second stop-local failed:\n" + res.stdout)
+    expect("nothing was running" in res.stdout, "second stop should find nothing", res.stdout)
+
+
+def main(argv):
+    if not os.path.exists(localstack.MODULE_SO):
+        print("FAIL: %s is not built (make)" % localstack.MODULE_SO)
+        return 1
+    run = LocalRun()
+    harness.install_signal_cleanup(run)
+    try:
+        return cases.run(run, only=argv[1:])
+    finally:
+        run.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
