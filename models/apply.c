@@ -1,0 +1,620 @@
+/*
+ * apply.c - demucs.apply.apply_model + demucs.separate's normalisation, streamed.
+ *
+ * How apply_model's recursion maps onto a flat schedule:
+ *
+ *   A "pass" is one network of the bag run over the track with one shift. Without
+ *   shifts the pass covers [0, frames). With a shift offset o (0 <= o <= max_shift,
+ *   max_shift = samplerate / 2) apply_model pads the track with max_shift zeros on both
+ *   sides and runs over the view starting at o, i.e. track positions [o - max_shift,
+ *   frames); the first max_shift - o outputs are dropped. Every pass is cut into
+ *   chunks at offsets k * stride (relative to the pass start) of length
+ *   min(segment_length, rest). A chunk is centred in a window of segment_length
+ *   samples taken from the zero-extended track (TensorChunk.padded), the window goes
+ *   to the network zero-padded on the right to the model's segment_samples
+ *   (HTDemucs.forward), and the output is cut back (length_pre_pad, center_trim).
+ *
+ *   apply_model overlap-adds weight[j] * out into `out` and `sum_weight`, divides, then
+ *   averages the shifts and weights the bag per source. All of it is linear, so each
+ *   chunk's contribution to the final track is
+ *       coef[m][s] * weight[j] / W_pass(p) * out[s][c][j]
+ *   where W_pass(p) is the sum of the weights of the chunks of that pass covering p (a
+ *   property of the chunk grid, not of the data) and coef[m][s] =
+ *   bag_weight[m][s] / sum_m bag_weight[m][s] / max(shifts, 1). The contributions of
+ *   every pass land in one accumulator ring; a position is final once every pass has
+ *   started a chunk beyond it, and is then de-normalised and written out.
+ *
+ * Chunks are scheduled by the smallest track position first (ties: bag order), and a
+ * batch is extended with the following chunks of the same network while they fit in
+ * the ring, so every pass advances together and memory stays independent of length.
+ */
+#include "models/apply.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define STATS_BLOCK 65536
+#define EMIT_BLOCK 16384
+
+typedef struct {
+    int model;       /* network index in the bag */
+    int64_t start;   /* track position of the pass's first sample (<= 0) */
+    int64_t length;  /* samples covered by the pass */
+    int64_t n_chunk; /* chunks in the pass */
+    int64_t next;    /* next chunk to run (n_chunk when done) */
+} apply_pass;
+
+typedef struct {
+    int n_sources, channels, n_stems;
+    int64_t segment_length; /* window length (segment seconds * samplerate) */
+    int64_t stride;         /* distance between chunk offsets */
+    int64_t forward_length; /* the model's segment_samples */
+    int64_t max_shift;      /* samplerate / 2 */
+    int64_t ring;           /* accumulator ring length in frames */
+    int batch;              /* chunks per forward call */
+    int n_passes;
+} apply_plan;
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || !errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+void sep_apply_opts_default(sep_apply_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->shifts = 0;
+    o->overlap = 0.25;
+    o->transition_power = 1.0;
+    o->segment = 0.0;
+    o->two_stems = -1;
+    o->max_batch = 1;
+    o->seed = 0x5eed5eedULL;
+    o->shift_offsets = NULL;
+}
+
+int sep_apply_stems(const sep_model *m, const sep_apply_opts *o, char (*names)[40])
+{
+    const sep_model_info *info = sep_model_get_info(m);
+    if (o->two_stems >= 0 && o->two_stems < info->n_sources) {
+        if (names) {
+            snprintf(names[0], 40, "%s", info->sources[o->two_stems]);
+            snprintf(names[1], 40, "no_%s", info->sources[o->two_stems]);
+        }
+        return 2;
+    }
+    if (names)
+        for (int s = 0; s < info->n_sources; s++)
+            snprintf(names[s], 40, "%s", info->sources[s]);
+    return info->n_sources;
+}
+
+int sep_apply_check(const sep_model *m, const sep_apply_opts *o, char *err, size_t errlen)
+{
+    const sep_model_info *info = sep_model_get_info(m);
+    if (info->n_models < 1 || info->n_models > SEP_MAX_BAG || info->n_sources < 1 ||
+        info->n_sources > SEP_MAX_SOURCES || info->samplerate <= 0 || info->audio_channels < 1 ||
+        info->segment_samples <= 0) {
+        set_err(err, errlen, "model '%s' has an invalid description", info->name);
+        return -1;
+    }
+    if (o->shifts < 0 || o->shifts > SEP_APPLY_MAX_SHIFTS) {
+        set_err(err, errlen, "shifts must be between 0 and %d (got %d)", SEP_APPLY_MAX_SHIFTS,
+                o->shifts);
+        return -1;
+    }
+    if (!(o->overlap >= 0.0 && o->overlap < 1.0)) {
+        set_err(err, errlen, "overlap must be in [0, 1) (got %g)", o->overlap);
+        return -1;
+    }
+    if (!(o->transition_power >= 1.0)) {
+        set_err(err, errlen, "transition_power must be >= 1 (got %g)", o->transition_power);
+        return -1;
+    }
+    if (o->segment < 0.0 || isnan(o->segment)) {
+        set_err(err, errlen, "segment must be positive (got %g)", o->segment);
+        return -1;
+    }
+    if (o->segment > 0.0) {
+        double len = (double)info->samplerate * o->segment;
+        if (len > (double)info->segment_samples || o->segment > info->segment_seconds) {
+            set_err(err, errlen,
+                    "cannot use a segment longer than the model was trained for: maximum "
+                    "segment is %g s (got %g)",
+                    info->segment_seconds, o->segment);
+            return -1;
+        }
+        if ((int64_t)len < 2) {
+            set_err(err, errlen, "segment %g s is too short", o->segment);
+            return -1;
+        }
+    }
+    int64_t segment_length =
+        o->segment > 0.0 ? (int64_t)((double)info->samplerate * o->segment) : info->segment_samples;
+    if ((int64_t)((1.0 - o->overlap) * (double)segment_length) < 1) {
+        set_err(err, errlen, "overlap %g leaves no stride between segments", o->overlap);
+        return -1;
+    }
+    if (o->two_stems < -1 || o->two_stems >= info->n_sources) {
+        set_err(err, errlen, "two-stem source index %d out of range", o->two_stems);
+        return -1;
+    }
+    if (o->max_batch < 0 || o->max_batch > 1024) {
+        set_err(err, errlen, "max_batch must be between 1 and 1024 (got %d)", o->max_batch);
+        return -1;
+    }
+    for (int s = 0; s < info->n_sources; s++) {
+        double total = 0.0;
+        for (int b = 0; b < info->n_models; b++)
+            total += info->bag_weights[b][s];
+        if (total == 0.0) {
+            set_err(err, errlen, "bag weights of source '%s' sum to zero", info->sources[s]);
+            return -1;
+        }
+    }
+    if (o->shift_offsets && o->shifts > 0) {
+        int max_shift = (int)(0.5 * info->samplerate);
+        for (int i = 0; i < info->n_models * o->shifts; i++)
+            if (o->shift_offsets[i] < 0 || o->shift_offsets[i] > max_shift) {
+                set_err(err, errlen, "shift offset %d out of [0, %d]", o->shift_offsets[i],
+                        max_shift);
+                return -1;
+            }
+    }
+    return 0;
+}
+
+static void make_plan(const sep_model *m, const sep_apply_opts *o, apply_plan *p)
+{
+    const sep_model_info *info = sep_model_get_info(m);
+    memset(p, 0, sizeof(*p));
+    p->n_sources = info->n_sources;
+    p->channels = info->audio_channels;
+    p->n_stems = sep_apply_stems(m, o, NULL);
+    p->forward_length = info->segment_samples;
+    p->segment_length =
+        o->segment > 0.0 ? (int64_t)((double)info->samplerate * o->segment) : info->segment_samples;
+    p->stride = (int64_t)((1.0 - o->overlap) * (double)p->segment_length);
+    p->max_shift = (int64_t)(0.5 * info->samplerate);
+    p->batch = o->max_batch > 0 ? o->max_batch : 1;
+    p->n_passes = info->n_models * (o->shifts > 0 ? o->shifts : 1);
+    /* Room for one full batch of one pass, plus the spread between passes. */
+    p->ring =
+        p->segment_length + (int64_t)p->batch * p->stride + (o->shifts > 0 ? p->max_shift : 0);
+}
+
+/* Stems held by the emit buffer (two-stem mode needs 2 even for a 1-source model). */
+static int emit_rows(const apply_plan *p)
+{
+    return p->n_sources > p->n_stems ? p->n_sources : p->n_stems;
+}
+
+size_t sep_apply_memory_bytes(const sep_model *m, const sep_apply_opts *o)
+{
+    apply_plan p;
+    make_plan(m, o, &p);
+    size_t floats = 0;
+    floats += (size_t)p.n_sources * p.channels * p.ring;                     /* accumulator */
+    floats += (size_t)p.batch * p.channels * p.forward_length;               /* batch input */
+    floats += (size_t)p.batch * p.n_sources * p.channels * p.forward_length; /* batch output */
+    floats += (size_t)p.channels * p.segment_length;                         /* read scratch */
+    floats += (size_t)p.segment_length * 2;                                  /* weights */
+    floats += (size_t)emit_rows(&p) * p.channels * EMIT_BLOCK;               /* emit buffer */
+    floats += (size_t)p.channels * STATS_BLOCK;                              /* stats block */
+    return floats * sizeof(float) + (size_t)p.n_passes * sizeof(apply_pass);
+}
+
+/* splitmix64: small, seedable, good enough to draw shift offsets. */
+static uint64_t next_random(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform integer in [0, n] without modulo bias. */
+static int64_t random_upto(uint64_t *state, int64_t n)
+{
+    uint64_t range = (uint64_t)n + 1, limit = UINT64_MAX - UINT64_MAX % range, r;
+    do
+        r = next_random(state);
+    while (r >= limit);
+    return (int64_t)(r % range);
+}
+
+/* Chunk k of a pass: offset within the pass and length. */
+static int64_t chunk_offset(const apply_plan *p, int64_t k)
+{
+    return k * p->stride;
+}
+
+static int64_t chunk_length(const apply_plan *p, const apply_pass *ps, int64_t k)
+{
+    int64_t rest = ps->length - chunk_offset(p, k);
+    return rest < p->segment_length ? rest : p->segment_length;
+}
+
+/* True when chunk k contributes to a retained output position (inside [0, frames)). */
+static int chunk_useful(const apply_plan *p, const apply_pass *ps, int64_t k, int64_t frames)
+{
+    int64_t a = ps->start + chunk_offset(p, k), b = a + chunk_length(p, ps, k);
+    return b > 0 && a < frames;
+}
+
+static void skip_useless(const apply_plan *p, apply_pass *ps, int64_t frames)
+{
+    while (ps->next < ps->n_chunk && !chunk_useful(p, ps, ps->next, frames))
+        ps->next++;
+}
+
+/* Track position where the pass's next chunk starts (frames when it is done). */
+static int64_t pass_frontier(const apply_plan *p, const apply_pass *ps, int64_t frames)
+{
+    if (ps->next >= ps->n_chunk)
+        return frames;
+    int64_t a = ps->start + chunk_offset(p, ps->next);
+    return a < 0 ? 0 : a;
+}
+
+/* Mean and unbiased standard deviation of the channel-mean signal (demucs.separate's
+ * `ref = wav.mean(0)`), one pass, blocks merged with Chan et al.'s formula. */
+static int track_stats(const sep_apply_io *io, float *block, double *mean_out, double *std_out,
+                       char *err, size_t errlen)
+{
+    double n = 0, mean = 0, m2 = 0;
+    for (int64_t pos = 0; pos < io->frames; pos += STATS_BLOCK) {
+        int count = (int)(io->frames - pos < STATS_BLOCK ? io->frames - pos : STATS_BLOCK);
+        if (io->read(io->user, pos, count, block)) {
+            set_err(err, errlen, "reading the track failed at frame %lld", (long long)pos);
+            return -1;
+        }
+        double bsum = 0;
+        for (int t = 0; t < count; t++) {
+            float r = 0;
+            for (int c = 0; c < io->channels; c++)
+                r += block[(size_t)c * count + t];
+            block[t] = r / (float)io->channels; /* in place: row 0 is read before written */
+            bsum += block[t];
+        }
+        double bmean = bsum / count, bm2 = 0;
+        for (int t = 0; t < count; t++)
+            bm2 += ((double)block[t] - bmean) * ((double)block[t] - bmean);
+        double total = n + count, delta = bmean - mean;
+        mean += delta * count / total;
+        m2 += bm2 + delta * delta * n * count / total;
+        n = total;
+    }
+    *mean_out = mean;
+    *std_out = n > 1 ? sqrt(m2 / (n - 1)) : 0.0;
+    return 0;
+}
+
+typedef struct {
+    const sep_model_info *info;
+    const sep_apply_io *io;
+    apply_plan plan;
+    apply_pass *passes;
+    float coef[SEP_MAX_BAG][SEP_MAX_SOURCES];
+    float mean, std;
+    float *acc;     /* [sources][channels][ring] */
+    float *in;      /* [batch][channels][forward_length] */
+    float *out;     /* [batch][sources][channels][forward_length] */
+    float *scratch; /* [channels][segment_length] */
+    float *weight;  /* [segment_length] triangle ** transition_power */
+    float *wnorm;   /* [segment_length] weight / pass weight sum for one chunk */
+    float *emit;    /* [stems][channels][EMIT_BLOCK] */
+    float *stats;   /* [channels][STATS_BLOCK] */
+    int two_stems;
+    int64_t emitted; /* frames written so far */
+} apply_state;
+
+/* weight[j] / (sum of weights of the pass's chunks covering j), for chunk k, summed in
+ * chunk order as apply_model's sum_weight is. */
+static void chunk_weights(apply_state *st, const apply_pass *ps, int64_t k, int64_t len)
+{
+    const apply_plan *p = &st->plan;
+    int64_t off = chunk_offset(p, k);
+    for (int64_t j = 0; j < len; j++) {
+        int64_t pos = off + j;
+        /* chunks k' with off_k' <= pos < off_k' + segment_length */
+        int64_t first = pos - p->segment_length + 1;
+        int64_t k0 = first <= 0 ? 0 : (first + p->stride - 1) / p->stride;
+        int64_t k1 = pos / p->stride;
+        if (k1 > ps->n_chunk - 1)
+            k1 = ps->n_chunk - 1;
+        float sum = 0.0f;
+        for (int64_t kk = k0; kk <= k1; kk++)
+            sum += st->weight[pos - chunk_offset(p, kk)];
+        st->wnorm[j] = st->weight[j] / sum;
+    }
+}
+
+/* Builds the network input of one chunk: the window of segment_length samples around the
+ * chunk from the zero-extended, normalised track, then zeros up to forward_length. */
+static int load_window(apply_state *st, const apply_pass *ps, int64_t k, float *dst)
+{
+    const apply_plan *p = &st->plan;
+    const sep_apply_io *io = st->io;
+    int64_t len = chunk_length(p, ps, k);
+    int64_t delta = p->segment_length - len;
+    int64_t wstart = ps->start + chunk_offset(p, k) - delta / 2;
+    int64_t a = wstart < 0 ? 0 : wstart;
+    int64_t b = wstart + p->segment_length;
+    if (b > io->frames)
+        b = io->frames;
+    memset(dst, 0, sizeof(float) * p->channels * p->forward_length);
+    if (b <= a)
+        return 0;
+    int count = (int)(b - a);
+    if (io->read(io->user, a, count, st->scratch))
+        return -1;
+    for (int c = 0; c < p->channels; c++) {
+        float *row = dst + (size_t)c * p->forward_length + (a - wstart);
+        const float *src = st->scratch + (size_t)c * count;
+        for (int t = 0; t < count; t++)
+            row[t] = (src[t] - st->mean) / st->std;
+    }
+    return 0;
+}
+
+/* Adds one chunk's network output into the accumulator ring. */
+static void accumulate(apply_state *st, const apply_pass *ps, int64_t k, const float *y)
+{
+    const apply_plan *p = &st->plan;
+    int64_t len = chunk_length(p, ps, k);
+    int64_t delta = p->segment_length - len;
+    int64_t abs0 = ps->start + chunk_offset(p, k);
+    chunk_weights(st, ps, k, len);
+    int64_t j0 = abs0 < 0 ? -abs0 : 0;
+    int64_t j1 = abs0 + len > st->io->frames ? st->io->frames - abs0 : len;
+    for (int s = 0; s < p->n_sources; s++) {
+        float coef = st->coef[ps->model][s];
+        for (int c = 0; c < p->channels; c++) {
+            const float *src = y + ((size_t)s * p->channels + c) * p->forward_length + delta / 2;
+            float *acc = st->acc + ((size_t)s * p->channels + c) * p->ring;
+            for (int64_t j = j0; j < j1; j++) {
+                int64_t slot = (abs0 + j) % p->ring;
+                acc[slot] += coef * (st->wnorm[j] * src[j]);
+            }
+        }
+    }
+}
+
+/* De-normalises and writes out every final frame in [emitted, upto). */
+static int emit_until(apply_state *st, int64_t upto, char *err, size_t errlen)
+{
+    const apply_plan *p = &st->plan;
+    while (st->emitted < upto) {
+        int count = (int)(upto - st->emitted < EMIT_BLOCK ? upto - st->emitted : EMIT_BLOCK);
+        for (int c = 0; c < p->channels; c++) {
+            float *first = st->emit + (size_t)c * count;
+            float *rest = st->emit + ((size_t)p->channels + c) * count;
+            if (st->two_stems >= 0)
+                memset(rest, 0, sizeof(float) * count);
+            for (int s = 0; s < p->n_sources; s++) {
+                float *acc = st->acc + ((size_t)s * p->channels + c) * p->ring;
+                float *dst =
+                    st->two_stems >= 0 ? NULL : st->emit + ((size_t)s * p->channels + c) * count;
+                for (int t = 0; t < count; t++) {
+                    int64_t slot = (st->emitted + t) % p->ring;
+                    float v = acc[slot] * st->std + st->mean;
+                    acc[slot] = 0.0f;
+                    if (!dst) {
+                        if (s == st->two_stems)
+                            first[t] = v;
+                        else
+                            rest[t] += v;
+                    } else {
+                        dst[t] = v;
+                    }
+                }
+            }
+        }
+        if (st->io->write(st->io->user, st->emitted, count, st->emit)) {
+            set_err(err, errlen, "writing the output failed at frame %lld", (long long)st->emitted);
+            return -1;
+        }
+        st->emitted += count;
+    }
+    return 0;
+}
+
+static int64_t global_frontier(apply_state *st)
+{
+    int64_t f = st->io->frames;
+    for (int i = 0; i < st->plan.n_passes; i++) {
+        int64_t pf = pass_frontier(&st->plan, &st->passes[i], st->io->frames);
+        if (pf < f)
+            f = pf;
+    }
+    return f;
+}
+
+/* Index of the pass (optionally restricted to one network) whose next chunk starts
+ * first, or -1 when all are done. */
+static int earliest_pass(apply_state *st, int model)
+{
+    int best = -1;
+    int64_t best_pos = 0;
+    for (int i = 0; i < st->plan.n_passes; i++) {
+        apply_pass *ps = &st->passes[i];
+        if (ps->next >= ps->n_chunk || (model >= 0 && ps->model != model))
+            continue;
+        int64_t pos = ps->start + chunk_offset(&st->plan, ps->next);
+        if (best < 0 || pos < best_pos) {
+            best = i;
+            best_pos = pos;
+        }
+    }
+    return best;
+}
+
+static int run_schedule(apply_state *st, sep_engine *e, char *err, size_t errlen)
+{
+    apply_plan *p = &st->plan;
+    int64_t frames = st->io->frames, total = 0, done = 0;
+    for (int i = 0; i < p->n_passes; i++)
+        for (int64_t k = 0; k < st->passes[i].n_chunk; k++)
+            total += chunk_useful(p, &st->passes[i], k, frames);
+    int batch_pass[1024];
+    int64_t batch_chunk[1024];
+    size_t in_stride = (size_t)p->channels * p->forward_length;
+    size_t out_stride = (size_t)p->n_sources * in_stride;
+
+    for (;;) {
+        int first = earliest_pass(st, -1);
+        if (first < 0)
+            break;
+        int model = st->passes[first].model, n = 0;
+        while (n < p->batch) {
+            int i = n == 0 ? first : earliest_pass(st, model);
+            if (i < 0)
+                break;
+            apply_pass *ps = &st->passes[i];
+            int64_t end = ps->start + chunk_offset(p, ps->next) + chunk_length(p, ps, ps->next);
+            if (end > frames)
+                end = frames;
+            if (end - st->emitted > p->ring) {
+                if (n == 0) {
+                    set_err(err, errlen, "internal error: chunk does not fit the ring");
+                    return -1;
+                }
+                break;
+            }
+            if (load_window(st, ps, ps->next, st->in + n * in_stride)) {
+                set_err(err, errlen, "reading the track failed");
+                return -1;
+            }
+            batch_pass[n] = i;
+            batch_chunk[n] = ps->next;
+            n++;
+            ps->next++;
+            skip_useless(p, ps, frames);
+        }
+        if (sep_engine_forward(e, model, st->in, n, (int)p->forward_length, st->out, err, errlen))
+            return -1;
+        for (int b = 0; b < n; b++)
+            accumulate(st, &st->passes[batch_pass[b]], batch_chunk[b], st->out + b * out_stride);
+        done += n;
+        if (emit_until(st, global_frontier(st), err, errlen))
+            return -1;
+        if (st->io->progress && st->io->progress(st->io->user, (double)done / (double)total)) {
+            set_err(err, errlen, "canceled");
+            return -1;
+        }
+    }
+    return emit_until(st, frames, err, errlen);
+}
+
+int sep_apply_run(sep_engine *e, const sep_model *m, const sep_apply_opts *o,
+                  const sep_apply_io *io, char *err, size_t errlen)
+{
+    const sep_model_info *info = sep_model_get_info(m);
+    if (sep_apply_check(m, o, err, errlen))
+        return -1;
+    if (io->channels != info->audio_channels) {
+        set_err(err, errlen, "track has %d channels, the model expects %d", io->channels,
+                info->audio_channels);
+        return -1;
+    }
+    if (io->frames < 1) {
+        set_err(err, errlen, "the track is empty");
+        return -1;
+    }
+    if (!io->read || !io->write) {
+        set_err(err, errlen, "read and write callbacks are required");
+        return -1;
+    }
+
+    apply_state st;
+    memset(&st, 0, sizeof(st));
+    st.info = info;
+    st.io = io;
+    st.two_stems = o->two_stems;
+    make_plan(m, o, &st.plan);
+    apply_plan *p = &st.plan;
+
+    st.passes = calloc((size_t)p->n_passes, sizeof(apply_pass));
+    st.acc = calloc((size_t)p->n_sources * p->channels * p->ring, sizeof(float));
+    st.in = malloc(sizeof(float) * p->batch * p->channels * p->forward_length);
+    st.out = malloc(sizeof(float) * p->batch * p->n_sources * p->channels * p->forward_length);
+    st.scratch = malloc(sizeof(float) * p->channels * p->segment_length);
+    st.weight = malloc(sizeof(float) * p->segment_length);
+    st.wnorm = malloc(sizeof(float) * p->segment_length);
+    st.emit = malloc(sizeof(float) * emit_rows(p) * p->channels * EMIT_BLOCK);
+    st.stats = malloc(sizeof(float) * p->channels * STATS_BLOCK);
+    int rc = -1;
+    if (!st.passes || !st.acc || !st.in || !st.out || !st.scratch || !st.weight || !st.wnorm ||
+        !st.emit || !st.stats) {
+        set_err(err, errlen, "out of memory (%zu bytes of working memory)",
+                sep_apply_memory_bytes(m, o));
+        goto done;
+    }
+
+    /* Triangle weights: 1..L/2 then L-L/2..1, over their maximum, ** transition_power. */
+    int64_t half = p->segment_length / 2;
+    float wmax = (float)(half > p->segment_length - half ? half : p->segment_length - half);
+    for (int64_t j = 0; j < p->segment_length; j++) {
+        int64_t v = j < half ? j + 1 : p->segment_length - j;
+        float w = (float)v / wmax;
+        st.weight[j] = o->transition_power == 1.0 ? w : powf(w, (float)o->transition_power);
+    }
+
+    for (int s = 0; s < p->n_sources; s++) {
+        float total = 0.0f;
+        for (int b = 0; b < info->n_models; b++)
+            total += info->bag_weights[b][s];
+        for (int b = 0; b < info->n_models; b++)
+            st.coef[b][s] =
+                info->bag_weights[b][s] / total / (float)(o->shifts > 0 ? o->shifts : 1);
+    }
+
+    /* Passes in apply_model's order: bag member, then shift (offsets drawn in that order). */
+    uint64_t rng = o->seed;
+    for (int b = 0, i = 0; b < info->n_models; b++) {
+        for (int sh = 0; sh < (o->shifts > 0 ? o->shifts : 1); sh++, i++) {
+            apply_pass *ps = &st.passes[i];
+            ps->model = b;
+            if (o->shifts > 0) {
+                int64_t off = o->shift_offsets ? o->shift_offsets[b * o->shifts + sh]
+                                               : random_upto(&rng, p->max_shift);
+                ps->start = off - p->max_shift;
+            }
+            ps->length = io->frames - ps->start;
+            ps->n_chunk = (ps->length + p->stride - 1) / p->stride;
+            skip_useless(p, ps, io->frames);
+        }
+    }
+
+    double mean, sd;
+    if (track_stats(io, st.stats, &mean, &sd, err, errlen))
+        goto done;
+    st.mean = (float)mean;
+    st.std = (float)sd + 1e-8f;
+    if (io->progress && io->progress(io->user, 0.0)) {
+        set_err(err, errlen, "canceled");
+        goto done;
+    }
+    rc = run_schedule(&st, e, err, errlen);
+
+done:
+    free(st.passes);
+    free(st.acc);
+    free(st.in);
+    free(st.out);
+    free(st.scratch);
+    free(st.weight);
+    free(st.wnorm);
+    free(st.emit);
+    free(st.stats);
+    return rc;
+}
