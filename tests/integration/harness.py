@@ -183,14 +183,20 @@ class Stack:
         return request(self.port, method, path, body, headers, timeout)
 
     def spool_files(self, job_id=None):
-        """Regular files under the spool (whose path mentions job_id, when given)."""
+        """Files and directories under the spool (whose path mentions job_id, when
+        given), leaving out nginx's body temp directory `.incoming`."""
         found = []
-        for root, _dirs, files in os.walk(self.spool):
-            for name in files:
+        for root, dirs, files in os.walk(self.spool):
+            dirs[:] = [d for d in dirs if d != ".incoming"]
+            for name in files + dirs:
                 path = os.path.join(root, name)
                 if job_id is None or job_id in path:
                     found.append(path)
         return sorted(found)
+
+    def job_dir(self, job_id):
+        """{spool}/{id}/: the job's upload and, once processed, its stems."""
+        return os.path.join(self.spool, job_id)
 
     def stream_job_ids(self, stream):
         """Job ids of the entries in a queue stream (any field whose value is an id)."""

@@ -75,8 +75,10 @@ def submit_raw_wav(stack):
            "202 should be application/json", resp)
     files = stack.spool_files(job_id)
     expect(files, "no spool file for job %s" % job_id)
-    expect(any(open(p, "rb").read() == WAV for p in files),
-           "no spool file holds the uploaded bytes", files)
+    upload = os.path.join(stack.job_dir(job_id), "input.wav")
+    expect(os.path.isfile(upload), "no %s" % upload, files)
+    with open(upload, "rb") as f:
+        expect(f.read() == WAV, "the spooled upload differs from the uploaded bytes")
     expect(job_id in stack.stream_job_ids(Q_NORMAL), "job not in %s" % Q_NORMAL.decode())
     expect(job_id not in stack.stream_job_ids(Q_HIGH), "normal job also in sep:q:high")
     expect(stack.redis.exists(b"sep:job:" + job_id.encode()), "no sep:job:{id} hash")
@@ -113,7 +115,10 @@ def submit_multipart(stack):
         [("file", "song.wav", "audio/wav", WAV)])
     resp = submit(stack, body=body, ctype=ctype)
     job_id = expect_accepted(resp)
-    expect(stack.spool_files(job_id), "no spool file for multipart job %s" % job_id)
+    upload = [p for p in stack.spool_files(job_id) if os.path.isfile(p)]
+    expect(len(upload) == 1, "expected one spooled input for the multipart job", upload)
+    with open(upload[0], "rb") as f:
+        expect(f.read() == WAV, "the spooled multipart file part differs from the upload")
     expect(job_id in stack.stream_job_ids(Q_HIGH), "multipart priority=high not in sep:q:high")
     rec = stack.request("GET", "/v1/jobs/" + job_id).json
     flat = repr(rec)
@@ -212,6 +217,8 @@ def delete_queued_job(stack):
     rec = stack.request("GET", "/v1/jobs/" + job_id).json
     expect(rec and rec.get("status") == "canceled", "status after DELETE", rec)
     expect(job_id not in stack.stream_job_ids(Q_NORMAL), "canceled job still in the queue")
+    expect(not stack.spool_files(job_id), "canceled job's spool files are still there",
+           stack.spool_files(job_id))
     expect_json_error(stack.request("DELETE", "/v1/jobs/" + str(uuid.uuid4())), 404,
                       "DELETE unknown id")
 
@@ -266,24 +273,25 @@ def stem_path_tricks(stack):
     secret = os.path.join(stack.prefix, "secret.wav")
     with open(secret, "wb") as f:
         f.write(b"RIFF-secret-outside-the-spool")
-    spool_input = stack.spool_files(job_id)
     tricks = [
         "../../../secret.wav", "..%2F..%2F..%2Fsecret.wav", "%2e%2e/%2e%2e/secret.wav",
         "..%252F..%252Fsecret.wav", "vocals.wav/../../../../secret.wav",
         "..\\..\\secret.wav", "vocals.wav%00.wav", "/etc/passwd", "%2Fetc%2Fpasswd",
-        "....//....//secret.wav",
+        "....//....//secret.wav", "input.wav", "../input.wav", ".wav", "vocals..wav",
     ]
     for trick in tricks:
         resp = stack.request("GET", "/v1/jobs/%s/stems/%s" % (job_id, trick))
-        expect(b"secret-outside" not in resp.body and b"root:" not in resp.body,
-               "path trick %r served a file outside the spool" % trick, resp)
+        expect(b"secret-outside" not in resp.body and b"root:" not in resp.body
+               and WAV not in resp.body,
+               "path trick %r served a file that is not a stem" % trick, resp)
         expect(resp.status in (400, 404), "path trick %r: expected 400/404, got %d"
                % (trick, resp.status), resp)
-    # The internal location must not answer to clients directly.
-    for path in ("/_sep_stems/", "/_sep_stems/" + os.path.relpath(spool_input[0], stack.spool)
-                 if spool_input else "/_sep_stems/x"):
+    # The internal location does not answer clients directly.
+    for path in ("/_sep_stems/", "/_sep_stems/%s/vocals.wav" % job_id,
+                 "/_sep_stems/%s/input.wav" % job_id, "/_sep_stems/../secret.wav"):
         resp = stack.request("GET", path)
-        expect(resp.status == 404, "internal location %s answered %d" % (path, resp.status))
+        expect(resp.status in (400, 404), "internal location %s answered %d"
+               % (path, resp.status), resp)
 
 
 # backpressure ----------------------------------------------------------------------------
