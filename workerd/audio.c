@@ -1,0 +1,505 @@
+/*
+ * audio.c - decoding (libsndfile + libsoxr) to a float32 spool file, and stem encoding
+ * with demucs' clip and sample-conversion semantics. See audio.h.
+ */
+#include "workerd/audio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <sndfile.h>
+#include <soxr.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DECODE_BLOCK 16384 /* frames per libsndfile read */
+#define ENCODE_BLOCK 16384 /* frames per libsndfile write */
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || !errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* An unnamed file in dir: O_TMPFILE where the filesystem has it, else mkstemp + unlink. */
+static int open_anonymous(const char *dir)
+{
+#ifdef O_TMPFILE
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        return fd;
+#endif
+    char path[4096];
+    if (snprintf(path, sizeof(path), "%s/.sep-spool-XXXXXX", dir) >= (int)sizeof(path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int tfd = mkostemp(path, O_CLOEXEC);
+    if (tfd >= 0)
+        unlink(path);
+    return tfd;
+}
+
+static int write_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int pread_all(int fd, void *data, size_t len, off_t off)
+{
+    char *p = data;
+    while (len) {
+        ssize_t n = pread(fd, p, len, off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+        off += n;
+    }
+    return 0;
+}
+
+static int ensure_buf(float **buf, size_t *have, size_t need)
+{
+    if (*have >= need)
+        return 0;
+    float *nb = realloc(*buf, need * sizeof(float));
+    if (!nb)
+        return -1;
+    *buf = nb;
+    *have = need;
+    return 0;
+}
+
+/* demucs.audio.convert_audio_channels on interleaved frames. */
+static void convert_channels(const float *in, int in_ch, float *out, int out_ch, int frames)
+{
+    for (int t = 0; t < frames; t++) {
+        const float *src = in + (size_t)t * in_ch;
+        float *dst = out + (size_t)t * out_ch;
+        if (in_ch == out_ch) {
+            memcpy(dst, src, sizeof(float) * out_ch);
+        } else if (out_ch == 1) {
+            float sum = 0;
+            for (int c = 0; c < in_ch; c++)
+                sum += src[c];
+            dst[0] = sum / (float)in_ch;
+        } else if (in_ch == 1) {
+            for (int c = 0; c < out_ch; c++)
+                dst[c] = src[0];
+        } else { /* in_ch > out_ch: the first channels */
+            memcpy(dst, src, sizeof(float) * out_ch);
+        }
+    }
+}
+
+static void describe_format(SNDFILE *sf, const SF_INFO *info, char *out, size_t outlen)
+{
+    SF_FORMAT_INFO major = {.format = info->format & SF_FORMAT_TYPEMASK};
+    SF_FORMAT_INFO sub = {.format = info->format & SF_FORMAT_SUBMASK};
+    const char *mname = "unknown", *sname = "unknown";
+    if (sf_command(sf, SFC_GET_FORMAT_INFO, &major, sizeof(major)) == 0)
+        mname = major.name;
+    if (sf_command(sf, SFC_GET_FORMAT_INFO, &sub, sizeof(sub)) == 0)
+        sname = sub.name;
+    snprintf(out, outlen, "%s, %s", mname, sname);
+}
+
+int sep_audio_decode(const char *path, int samplerate, int channels, const char *tmp_dir,
+                     sep_decoded *out, sep_audio_progress_fn progress, void *user, char *err,
+                     size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    out->fd = -1;
+    struct stat stbuf;
+    if (stat(path, &stbuf) != 0) {
+        set_err(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    if (S_ISDIR(stbuf.st_mode)) {
+        set_err(err, errlen, "cannot open '%s': is a directory", path);
+        return -1;
+    }
+    SF_INFO info;
+    memset(&info, 0, sizeof(info));
+    SNDFILE *sf = sf_open(path, SFM_READ, &info);
+    if (!sf) {
+        set_err(err, errlen, "cannot decode '%s': not a supported audio file (%s)", path,
+                sf_strerror(NULL));
+        return -1;
+    }
+    if (info.channels < 1 || info.samplerate < 1) {
+        set_err(err, errlen, "cannot decode '%s': no audio stream", path);
+        sf_close(sf);
+        return -1;
+    }
+    if (info.channels > 1 && info.channels < channels) {
+        /* demucs: "The audio file has less channels than requested but is not mono." */
+        set_err(err, errlen, "cannot use '%s': it has %d channels, the model needs %d", path,
+                info.channels, channels);
+        sf_close(sf);
+        return -1;
+    }
+    out->channels = channels;
+    out->samplerate = samplerate;
+    out->src_samplerate = info.samplerate;
+    out->src_channels = info.channels;
+    describe_format(sf, &info, out->src_format, sizeof(out->src_format));
+
+    int rc = -1;
+    soxr_t rs = NULL;
+    float *raw = malloc(sizeof(float) * DECODE_BLOCK * info.channels);
+    float *conv = malloc(sizeof(float) * DECODE_BLOCK * channels);
+    size_t rs_cap = (size_t)ceil((double)DECODE_BLOCK * samplerate / info.samplerate) + 64;
+    float *res = malloc(sizeof(float) * rs_cap * channels);
+    int64_t written = 0;
+    if (!raw || !conv || !res) {
+        set_err(err, errlen, "out of memory");
+        goto done;
+    }
+    out->fd = open_anonymous(tmp_dir);
+    if (out->fd < 0) {
+        set_err(err, errlen, "cannot create a temporary file in '%s': %s", tmp_dir,
+                strerror(errno));
+        goto done;
+    }
+    if (info.samplerate != samplerate) {
+        soxr_error_t serr = NULL;
+        soxr_io_spec_t io = soxr_io_spec(SOXR_FLOAT32_I, SOXR_FLOAT32_I);
+        soxr_quality_spec_t q = soxr_quality_spec(SOXR_HQ, 0);
+        rs = soxr_create(info.samplerate, samplerate, (unsigned)channels, &serr, &io, &q, NULL);
+        if (!rs || serr) {
+            set_err(err, errlen, "cannot create a resampler %d -> %d Hz: %s", info.samplerate,
+                    samplerate, serr ? serr : "unknown error");
+            goto done;
+        }
+    }
+    int64_t src_frames = 0;
+    for (;;) {
+        sf_count_t n = sf_readf_float(sf, raw, DECODE_BLOCK);
+        if (n < 0 || (n == 0 && sf_error(sf) != SF_ERR_NO_ERROR)) {
+            set_err(err, errlen, "cannot decode '%s': %s", path, sf_strerror(sf));
+            goto done;
+        }
+        if (n > 0)
+            convert_channels(raw, info.channels, conv, channels, (int)n);
+        src_frames += n;
+        if (!rs) {
+            if (n == 0)
+                break;
+            if (write_all(out->fd, conv, sizeof(float) * channels * (size_t)n)) {
+                set_err(err, errlen, "writing the decoded audio failed: %s", strerror(errno));
+                goto done;
+            }
+            written += n;
+        } else {
+            /* n == 0 flushes the resampler (input NULL); loop until it has nothing left. */
+            size_t in_left = (size_t)n;
+            const float *in = conv;
+            for (;;) {
+                size_t idone = 0, odone = 0;
+                soxr_error_t serr =
+                    soxr_process(rs, n ? in : NULL, in_left, &idone, res, rs_cap, &odone);
+                if (serr) {
+                    set_err(err, errlen, "resampling failed: %s", serr);
+                    goto done;
+                }
+                if (odone && write_all(out->fd, res, sizeof(float) * channels * odone)) {
+                    set_err(err, errlen, "writing the decoded audio failed: %s", strerror(errno));
+                    goto done;
+                }
+                written += (int64_t)odone;
+                in += idone * channels;
+                in_left -= idone;
+                if (n ? in_left == 0 && odone < rs_cap : odone == 0)
+                    break;
+            }
+            if (n == 0)
+                break;
+        }
+        if (progress && info.frames > 0 &&
+            progress(user, fmin(1.0, (double)src_frames / (double)info.frames))) {
+            set_err(err, errlen, "canceled");
+            goto done;
+        }
+    }
+    if (src_frames == 0) {
+        set_err(err, errlen, "cannot use '%s': it holds no audio frames", path);
+        goto done;
+    }
+    /* julius.resample_frac's default length: floor(frames * to / from). */
+    int64_t want = rs ? (int64_t)((__int128)src_frames * samplerate / info.samplerate) : written;
+    if (written < want) {
+        memset(res, 0, sizeof(float) * channels * rs_cap);
+        while (written < want) {
+            size_t k = (size_t)(want - written) < rs_cap ? (size_t)(want - written) : rs_cap;
+            if (write_all(out->fd, res, sizeof(float) * channels * k)) {
+                set_err(err, errlen, "writing the decoded audio failed: %s", strerror(errno));
+                goto done;
+            }
+            written += (int64_t)k;
+        }
+    } else if (written > want && ftruncate(out->fd, (off_t)want * channels * sizeof(float))) {
+        set_err(err, errlen, "truncating the decoded audio failed: %s", strerror(errno));
+        goto done;
+    }
+    out->frames = want;
+    out->src_frames = src_frames;
+    rc = 0;
+done:
+    if (rs)
+        soxr_delete(rs);
+    sf_close(sf);
+    free(raw);
+    free(conv);
+    free(res);
+    if (rc && out->fd >= 0) {
+        close(out->fd);
+        out->fd = -1;
+    }
+    return rc;
+}
+
+int sep_decoded_read(sep_decoded *d, int64_t start, int count, float *dst)
+{
+    if (start < 0 || count < 0 || start + count > d->frames)
+        return -1;
+    size_t n = (size_t)count * d->channels;
+    if (ensure_buf(&d->buf, &d->buf_floats, n))
+        return -1;
+    if (pread_all(d->fd, d->buf, n * sizeof(float), (off_t)start * d->channels * sizeof(float)))
+        return -1;
+    for (int c = 0; c < d->channels; c++)
+        for (int t = 0; t < count; t++)
+            dst[(size_t)c * count + t] = d->buf[(size_t)t * d->channels + c];
+    return 0;
+}
+
+void sep_decoded_close(sep_decoded *d)
+{
+    if (d->fd >= 0)
+        close(d->fd);
+    d->fd = -1;
+    free(d->buf);
+    d->buf = NULL;
+    d->buf_floats = 0;
+}
+
+/* ---- encoding -------------------------------------------------------------------- */
+
+const char *sep_out_extension(sep_out_format f)
+{
+    return f == SEP_OUT_FLAC16 || f == SEP_OUT_FLAC24 ? "flac" : "wav";
+}
+
+int sep_stem_spool_open(sep_stem_spool *s, int n_stems, int channels, int samplerate,
+                        const char *tmp_dir, char *err, size_t errlen)
+{
+    memset(s, 0, sizeof(*s));
+    for (int i = 0; i < SEP_STEMS_MAX; i++)
+        s->fds[i] = -1;
+    if (n_stems < 1 || n_stems > SEP_STEMS_MAX) {
+        set_err(err, errlen, "unsupported number of stems: %d", n_stems);
+        return -1;
+    }
+    s->n_stems = n_stems;
+    s->channels = channels;
+    s->samplerate = samplerate;
+    for (int i = 0; i < n_stems; i++) {
+        s->fds[i] = open_anonymous(tmp_dir);
+        if (s->fds[i] < 0) {
+            set_err(err, errlen, "cannot create a temporary file in '%s': %s", tmp_dir,
+                    strerror(errno));
+            sep_stem_spool_close(s);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int sep_stem_spool_append(sep_stem_spool *s, int count, const float *src)
+{
+    size_t n = (size_t)count * s->channels;
+    if (ensure_buf(&s->buf, &s->buf_floats, n))
+        return -1;
+    for (int i = 0; i < s->n_stems; i++) {
+        float peak = s->peak[i];
+        for (int c = 0; c < s->channels; c++) {
+            const float *row = src + ((size_t)i * s->channels + c) * count;
+            for (int t = 0; t < count; t++) {
+                float v = row[t];
+                s->buf[(size_t)t * s->channels + c] = v;
+                if (fabsf(v) > peak || isnan(v))
+                    peak = isnan(v) ? NAN : fabsf(v);
+            }
+        }
+        s->peak[i] = peak;
+        if (write_all(s->fds[i], s->buf, n * sizeof(float)))
+            return -1;
+    }
+    s->frames += count;
+    return 0;
+}
+
+static float clampf(float v, float lo, float hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_format fmt,
+                       sep_clip_mode clip, char *err, size_t errlen)
+{
+    SF_INFO info = {.samplerate = s->samplerate, .channels = s->channels};
+    switch (fmt) {
+    case SEP_OUT_WAV16:
+        info.format = SF_FORMAT_WAV | SF_FORMAT_PCM_16;
+        break;
+    case SEP_OUT_WAV24:
+        info.format = SF_FORMAT_WAV | SF_FORMAT_PCM_24;
+        break;
+    case SEP_OUT_WAVF32:
+        info.format = SF_FORMAT_WAV | SF_FORMAT_FLOAT;
+        break;
+    case SEP_OUT_FLAC16:
+        info.format = SF_FORMAT_FLAC | SF_FORMAT_PCM_16;
+        break;
+    case SEP_OUT_FLAC24:
+        info.format = SF_FORMAT_FLAC | SF_FORMAT_PCM_24;
+        break;
+    }
+    /* Large WAVs switch to RF64 automatically instead of overflowing the RIFF size. */
+    if ((info.format & SF_FORMAT_TYPEMASK) == SF_FORMAT_WAV &&
+        s->frames * s->channels * 4 > 0xFFFFFF00LL)
+        info.format = SF_FORMAT_RF64 | (info.format & SF_FORMAT_SUBMASK);
+    SNDFILE *sf = sf_open(path, SFM_WRITE, &info);
+    if (!sf) {
+        set_err(err, errlen, "cannot write '%s': %s", path, sf_strerror(NULL));
+        return -1;
+    }
+    sf_command(sf, SFC_SET_ADD_PEAK_CHUNK, NULL, SF_FALSE);
+
+    /* demucs.audio.prevent_clip, then encode_wav's clamp(-1, 1). */
+    float peak = s->peak[stem];
+    float scale = 1.0f;
+    if (clip == SEP_CLIP_RESCALE)
+        scale = fmaxf(1.01f * peak, 1.0f);
+    size_t n = (size_t)ENCODE_BLOCK * s->channels;
+    float *f = malloc(n * sizeof(float));
+    int32_t *iv = malloc(n * sizeof(int32_t));
+    int16_t *sv = malloc(n * sizeof(int16_t));
+    int rc = -1;
+    if (!f || !iv || !sv) {
+        set_err(err, errlen, "out of memory");
+        goto done;
+    }
+    for (int64_t pos = 0; pos < s->frames; pos += ENCODE_BLOCK) {
+        int count = (int)(s->frames - pos < ENCODE_BLOCK ? s->frames - pos : ENCODE_BLOCK);
+        size_t k = (size_t)count * s->channels;
+        if (pread_all(s->fds[stem], f, k * sizeof(float),
+                      (off_t)pos * s->channels * sizeof(float))) {
+            set_err(err, errlen, "reading the stem spool failed: %s", strerror(errno));
+            goto done;
+        }
+        for (size_t i = 0; i < k; i++) {
+            float v = f[i];
+            if (clip == SEP_CLIP_RESCALE)
+                v = v / scale;
+            else if (clip == SEP_CLIP_CLAMP)
+                v = clampf(v, -0.99f, 0.99f);
+            f[i] = clampf(v, -1.0f, 1.0f);
+        }
+        sf_count_t wrote;
+        switch (fmt) {
+        case SEP_OUT_WAV16:
+        case SEP_OUT_FLAC16:
+            for (size_t i = 0; i < k; i++)
+                sv[i] = (int16_t)(f[i] * 32767.0f); /* numpy astype: truncation */
+            wrote = sf_writef_short(sf, sv, count);
+            break;
+        case SEP_OUT_WAV24:
+        case SEP_OUT_FLAC24:
+            /* libsndfile takes 24-bit samples in the top bits of an int, as demucs packs */
+            for (size_t i = 0; i < k; i++)
+                iv[i] = (int32_t)((uint32_t)(int32_t)(f[i] * 8388607.0f) << 8);
+            wrote = sf_writef_int(sf, iv, count);
+            break;
+        default:
+            wrote = sf_writef_float(sf, f, count);
+            break;
+        }
+        if (wrote != count) {
+            set_err(err, errlen, "writing '%s' failed: %s", path, sf_strerror(sf));
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    if (sf_close(sf) != 0 && rc == 0) {
+        set_err(err, errlen, "closing '%s' failed", path);
+        rc = -1;
+    }
+    free(f);
+    free(iv);
+    free(sv);
+    return rc;
+}
+
+int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40], sep_out_format fmt,
+                          sep_clip_mode clip, int64_t *bytes, char *err, size_t errlen)
+{
+    const char *ext = sep_out_extension(fmt);
+    for (int i = 0; i < s->n_stems; i++) {
+        char final[4096], tmp[4200];
+        if (snprintf(final, sizeof(final), "%s/%s.%s", dir, names[i], ext) >= (int)sizeof(final)) {
+            set_err(err, errlen, "output path too long");
+            return -1;
+        }
+        snprintf(tmp, sizeof(tmp), "%s/.%s.%s.partial", dir, names[i], ext);
+        if (encode_stem(s, i, tmp, fmt, clip, err, errlen)) {
+            unlink(tmp);
+            return -1;
+        }
+        if (rename(tmp, final) != 0) {
+            set_err(err, errlen, "cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
+            unlink(tmp);
+            return -1;
+        }
+        if (bytes) {
+            struct stat st;
+            bytes[i] = stat(final, &st) == 0 ? (int64_t)st.st_size : -1;
+        }
+    }
+    return 0;
+}
+
+void sep_stem_spool_close(sep_stem_spool *s)
+{
+    for (int i = 0; i < SEP_STEMS_MAX; i++) {
+        if (s->fds[i] >= 0)
+            close(s->fds[i]);
+        s->fds[i] = -1;
+    }
+    free(s->buf);
+    s->buf = NULL;
+    s->buf_floats = 0;
+}

@@ -1,0 +1,98 @@
+/*
+ * audio.h - audio decoding and stem encoding for workerd, in bounded memory.
+ *
+ * Decoding: any file libsndfile reads (WAV/RF64, FLAC, Ogg Vorbis, Opus, MP3, AIFF...)
+ * is decoded block by block, converted to the model's channel count the way
+ * demucs.audio.convert_audio_channels does (mono is duplicated, extra channels are
+ * dropped, a mono model averages), resampled to the model's rate with libsoxr (high
+ * quality, length floor(frames * to / from) as julius.resample_frac), and spooled as
+ * interleaved float32 into an anonymous temporary file. Random access afterwards is by
+ * pread(), so nothing of the track stays resident: memory does not grow with length.
+ *
+ * Encoding: stems arrive in order as [stems][channels][count] blocks (the apply layer's
+ * write callback) and are spooled as float32 while their peaks are tracked; finishing
+ * applies demucs.audio.save_audio's clip strategy (default "rescale": divide by
+ * max(1.01 * peak, 1)), demucs' sample conversion (clamp to [-1, 1], then x * 32767 or
+ * x * 8388607 truncated toward zero, or float32) and writes each stem to
+ * `{dir}/{stem}.{wav|flac}` through a temporary name and rename(), so a stem file is
+ * either absent or complete.
+ */
+#ifndef WORKERD_AUDIO_H
+#define WORKERD_AUDIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- decoding -------------------------------------------------------------------- */
+
+typedef struct {
+    int fd;              /* anonymous temp file: interleaved float32 [frames][channels] */
+    int64_t frames;      /* at the target rate */
+    int channels;        /* target channels */
+    int samplerate;      /* target rate */
+    int src_samplerate;  /* the file's */
+    int src_channels;    /* the file's */
+    int64_t src_frames;  /* decoded at the file's rate */
+    char src_format[64]; /* e.g. "WAV (Microsoft), Signed 16 bit PCM" */
+    float *buf;          /* pread scratch */
+    size_t buf_floats;
+} sep_decoded;
+
+/* Fraction of the input decoded so far (0..1); may be NULL. Returns non-zero to abort. */
+typedef int (*sep_audio_progress_fn)(void *user, double fraction);
+
+/* Decodes `path` into a temp file created in `tmp_dir`. Returns 0, or -1 with a message
+ * (for a file that does not exist or cannot be decoded, the message says so). */
+int sep_audio_decode(const char *path, int samplerate, int channels, const char *tmp_dir,
+                     sep_decoded *out, sep_audio_progress_fn progress, void *user, char *err,
+                     size_t errlen);
+
+/* Frames [start, start + count) into dst as [channels][count]. 0 or -1. */
+int sep_decoded_read(sep_decoded *d, int64_t start, int count, float *dst);
+
+void sep_decoded_close(sep_decoded *d);
+
+/* ---- encoding -------------------------------------------------------------------- */
+
+typedef enum {
+    SEP_OUT_WAV16 = 0, /* 16-bit PCM WAV (demucs' default) */
+    SEP_OUT_WAV24,     /* 24-bit PCM WAV (--int24) */
+    SEP_OUT_WAVF32,    /* 32-bit float WAV (--float32) */
+    SEP_OUT_FLAC16,    /* 16-bit FLAC (--flac) */
+    SEP_OUT_FLAC24,    /* 24-bit FLAC (--flac --int24) */
+} sep_out_format;
+
+typedef enum {
+    SEP_CLIP_RESCALE = 0, /* x / max(1.01 * peak, 1) (demucs' default) */
+    SEP_CLIP_CLAMP,       /* clamp to [-0.99, 0.99] */
+    SEP_CLIP_NONE,        /* only the final clamp to [-1, 1] */
+} sep_clip_mode;
+
+const char *sep_out_extension(sep_out_format f);
+
+#define SEP_STEMS_MAX 8
+
+typedef struct {
+    int n_stems, channels, samplerate;
+    int fds[SEP_STEMS_MAX]; /* float32 spool per stem, interleaved */
+    float peak[SEP_STEMS_MAX];
+    int64_t frames;
+    float *buf;
+    size_t buf_floats;
+} sep_stem_spool;
+
+/* Opens one spool per stem in `tmp_dir`. 0 or -1 with a message. */
+int sep_stem_spool_open(sep_stem_spool *s, int n_stems, int channels, int samplerate,
+                        const char *tmp_dir, char *err, size_t errlen);
+
+/* Appends frames laid out [stems][channels][count] (the apply write callback's layout). */
+int sep_stem_spool_append(sep_stem_spool *s, int count, const float *src);
+
+/* Encodes every stem to `{dir}/{names[i]}.{ext}` (temp name + rename). Reports the size
+ * of each file in bytes[i] when bytes is not NULL. 0 or -1 with a message. */
+int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40], sep_out_format fmt,
+                          sep_clip_mode clip, int64_t *bytes, char *err, size_t errlen);
+
+void sep_stem_spool_close(sep_stem_spool *s);
+
+#endif

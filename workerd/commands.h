@@ -1,0 +1,13 @@
+/*
+ * commands.h - the subcommands of the workerd binary (`workerd <command> ...`).
+ *
+ * Each command takes argv starting at its own name and returns the process exit
+ * status (0 success, 1 failure, 2 usage error).
+ */
+#ifndef WORKERD_COMMANDS_H
+#define WORKERD_COMMANDS_H
+
+/* Offline separation of files into DIR/{model}/{track}/{stem}.wav. */
+int workerd_cmd_separate(int argc, char **argv);
+
+#endif
