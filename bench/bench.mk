@@ -15,3 +15,6 @@ deps-bench: deps
 bench-http: deps-bench
 	@$(MAKE) --no-print-directory all
 	$(PY) bench/http
+
+# end-to-end separation benchmark (workerd vs the demucs CLI), owned by workerd/
+include bench/e2e.mk
