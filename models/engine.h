@@ -20,6 +20,7 @@
 #define SEP_MODELS_ENGINE_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #define SEP_MAX_SOURCES 8
 #define SEP_MAX_BAG 8
@@ -29,7 +30,7 @@ typedef struct sep_model sep_model;
 typedef struct sep_engine sep_engine;
 
 typedef struct {
-    char name[SEP_NAME_MAX];  /* "htdemucs", "htdemucs_6s", "htdemucs_ft", or the file's */
+    char name[SEP_NAME_MAX]; /* "htdemucs", "htdemucs_6s", "htdemucs_ft", or the file's */
     int n_sources;
     char sources[SEP_MAX_SOURCES][32]; /* e.g. drums, bass, other, vocals */
     int samplerate;                    /* 44100 */
@@ -47,6 +48,10 @@ sep_model *sep_model_load(const char *path, char *err, size_t errlen);
 const sep_model_info *sep_model_get_info(const sep_model *m);
 /* Index of a source by name, or -1. */
 int sep_model_source_index(const sep_model *m, const char *name);
+/* Prints the file's metadata and each network's hyperparameters. */
+void sep_model_print(const sep_model *m, FILE *out);
+/* Number of parameters of network `model_index`. */
+size_t sep_model_param_count(const sep_model *m, int model_index);
 void sep_model_free(sep_model *m);
 
 typedef struct {
@@ -67,7 +72,18 @@ sep_engine *sep_engine_create(const sep_model *m, const sep_engine_opts *opts, c
 int sep_engine_forward(sep_engine *e, int model_index, const float *mix, int batch, int length,
                        float *out, char *err, size_t errlen);
 
+/* Receives named intermediate activations of a forward pass in host memory (the
+ * names of tests/reference/make_fixtures.py); for parity tests and debugging. */
+typedef void (*sep_trace_fn)(void *ud, const char *name, const float *data, int ndim,
+                             const int *shape);
+/* sep_engine_forward that also reports the intermediate activations to `trace`. */
+int sep_engine_forward_traced(sep_engine *e, int model_index, const float *mix, int batch,
+                              int length, float *out, sep_trace_fn trace, void *trace_ud, char *err,
+                              size_t errlen);
+
 const char *sep_engine_device(const sep_engine *e);
+/* Bytes of activation workspace the engine holds (grows to the largest batch run). */
+size_t sep_engine_workspace_bytes(const sep_engine *e);
 void sep_engine_free(sep_engine *e);
 
 #endif

@@ -1,0 +1,837 @@
+/*
+ * cpu_backend.c - the CPU implementation of the backend operation table (backend.h).
+ *
+ * Matrix work goes to OpenBLAS sgemm (OpenBLAS itself runs single-threaded; the
+ * work is split across OpenMP threads here so one thread pool serves everything),
+ * convolutions are im2col + GEMM in column chunks of bounded size (1x1 convs are a
+ * plain GEMM), transposed convolutions GEMM + col2im, attention is blocked over
+ * query rows, STFT/iSTFT use FFTW3 (single precision). Reductions (norm statistics)
+ * accumulate in double. "Device" memory is host memory; weights are used in place.
+ *
+ * This file is the reference for other backends: keep each operation simple enough
+ * to read against the PyTorch definition it implements.
+ */
+#include "models/backend.h"
+
+/* fftw3.h before cblas.h: cblas.h pulls in <complex.h>, which would turn
+ * fftwf_complex into a C99 complex instead of float[2] */
+#include <fftw3.h>
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* im2col / col2im buffers hold at most this many floats per thread (64 MiB total
+ * on 2 threads) */
+#define COL_CHUNK_FLOATS (8u << 20)
+#define ATTN_QBLOCK 64
+#define MAX_FFT_PLANS 4
+
+typedef struct {
+    int nfft;
+    fftwf_plan r2c, c2r;
+    float *window; /* periodic Hann, as torch.hann_window */
+} fft_plan;
+
+typedef struct {
+    int threads;
+    float *scratch; /* grows as needed, kept between calls */
+    size_t scratch_count;
+    pthread_mutex_t plan_lock;
+    fft_plan plans[MAX_FFT_PLANS];
+    int n_plans;
+} cpu_impl;
+
+static cpu_impl *impl_of(sep_backend *be)
+{
+    return be->impl;
+}
+
+static float *scratch(sep_backend *be, size_t count)
+{
+    cpu_impl *c = impl_of(be);
+    if (count > c->scratch_count) {
+        free(c->scratch);
+        c->scratch = NULL;
+        c->scratch_count = 0;
+        if (posix_memalign((void **)&c->scratch, 64, count * sizeof(float)) != 0) {
+            fprintf(stderr, "cpu backend: out of memory for %zu floats of scratch\n", count);
+            abort();
+        }
+        c->scratch_count = count;
+    }
+    return c->scratch;
+}
+
+/* ---- memory ---- */
+
+static void *cpu_alloc(sep_backend *be, size_t bytes)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+        return NULL;
+    return p;
+}
+
+static void cpu_free(sep_backend *be, void *p)
+{
+    free(p);
+}
+
+static void cpu_copy(sep_backend *be, void *dst, const void *src, size_t bytes)
+{
+    memcpy(dst, src, bytes);
+}
+
+static void cpu_zero(sep_backend *be, float *dst, size_t count)
+{
+    memset(dst, 0, count * sizeof(float));
+}
+
+static const float *cpu_weights(sep_backend *be, const float *host, size_t count)
+{
+    return host;
+}
+
+static void cpu_weights_free(sep_backend *be, const float *dev) {}
+
+static void cpu_sync(sep_backend *be) {}
+
+/* ---- GEMM split over threads ---- */
+
+/* C[M][N] = alpha * op(A) op(B) + beta * C (row-major). The larger of M and N is
+ * split between threads; each part is one single-threaded sgemm, so every output
+ * element is computed by the same code whatever the split. */
+static void gemm(sep_backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                 int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    int nt = be->threads;
+    double work = (double)M * N * K;
+    if (nt > 1 && work > 2e6) {
+        int split_n = N >= M;
+        int len = split_n ? N : M;
+        int part = (len + nt - 1) / nt;
+        part = (part + 15) / 16 * 16;
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+        for (int t = 0; t < nt; t++) {
+            int lo = t * part, hi = lo + part < len ? lo + part : len;
+            if (lo >= hi)
+                continue;
+            if (split_n) {
+                const float *Bp = tb ? B + (size_t)lo * ldb : B + lo;
+                cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                            tb ? CblasTrans : CblasNoTrans, M, hi - lo, K, alpha, A, lda, Bp, ldb,
+                            beta, C + lo, ldc);
+            } else {
+                const float *Ap = ta ? A + lo : A + (size_t)lo * lda;
+                cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                            tb ? CblasTrans : CblasNoTrans, hi - lo, N, K, alpha, Ap, lda, B, ldb,
+                            beta, C + (size_t)lo * ldc, ldc);
+            }
+        }
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
+                K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void add_bias_rows(sep_backend *be, float *y, const float *bias, int rows, size_t len)
+{
+    if (!bias)
+        return;
+#pragma omp parallel for num_threads(be->threads) if (rows * len > 65536)
+    for (int r = 0; r < rows; r++) {
+        float b = bias[r];
+        float *p = y + (size_t)r * len;
+        for (size_t i = 0; i < len; i++)
+            p[i] += b;
+    }
+}
+
+/* ---- convolutions ---- */
+
+/* col[(ci,ki,kj)][p - p0] for output positions p in [p0, p1) (p = oh * wo + ow). */
+static void im2col(sep_backend *be, const sep_conv2d_desc *d, const float *x, float *col, int p0,
+                   int p1)
+{
+    int K = d->cin * d->kh * d->kw;
+    size_t ncols = (size_t)(p1 - p0);
+#pragma omp parallel for num_threads(be->threads) schedule(static)
+    for (int k = 0; k < K; k++) {
+        int ci = k / (d->kh * d->kw), ki = (k / d->kw) % d->kh, kj = k % d->kw;
+        const float *xc = x + (size_t)ci * d->h * d->w;
+        float *row = col + (size_t)k * ncols;
+        int p = p0;
+        while (p < p1) {
+            int oh = p / d->wo, ow0 = p % d->wo;
+            int ow1 = d->wo;
+            if (oh * d->wo + ow1 > p1)
+                ow1 = p1 - oh * d->wo;
+            float *dst = row + (p - p0);
+            int ih = oh * d->sh + ki * d->dh - d->ph0;
+            if (ih < 0 || ih >= d->h) {
+                memset(dst, 0, (size_t)(ow1 - ow0) * sizeof(float));
+            } else {
+                const float *src = xc + (size_t)ih * d->w;
+                int off = kj * d->dw - d->pw0;
+                if (d->sw == 1) {
+                    /* contiguous: valid ow with 0 <= ow + off < w */
+                    int lo = ow0, hi = ow1;
+                    int vlo = -off > lo ? -off : lo;
+                    int vhi = d->w - off < hi ? d->w - off : hi;
+                    if (vhi < vlo)
+                        vhi = vlo = hi;
+                    for (int ow = lo; ow < vlo; ow++)
+                        dst[ow - lo] = 0.0f;
+                    if (vhi > vlo)
+                        memcpy(dst + (vlo - lo), src + vlo + off,
+                               (size_t)(vhi - vlo) * sizeof(float));
+                    for (int ow = vhi; ow < hi; ow++)
+                        dst[ow - lo] = 0.0f;
+                } else {
+                    for (int ow = ow0; ow < ow1; ow++) {
+                        int iw = ow * d->sw + off;
+                        dst[ow - ow0] = iw >= 0 && iw < d->w ? src[iw] : 0.0f;
+                    }
+                }
+            }
+            p += ow1 - ow0;
+        }
+    }
+}
+
+static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, const float *in,
+                       const float *w, const float *bias)
+{
+    int M = d->cout, K = d->cin * d->kh * d->kw;
+    int N = d->ho * d->wo;
+    int pointwise = d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 && !d->ph0 && !d->ph1 &&
+                    !d->pw0 && !d->pw1;
+    for (int b = 0; b < d->n; b++) {
+        const float *x = in + (size_t)b * d->cin * d->h * d->w;
+        float *y = out + (size_t)b * M * N;
+        if (pointwise) {
+            gemm(be, 0, 0, M, N, K, 1.0f, w, K, x, N, 0.0f, y, N);
+        } else {
+            int chunk = (int)(COL_CHUNK_FLOATS / (size_t)K);
+            if (chunk < 64)
+                chunk = 64;
+            if (chunk > N)
+                chunk = N;
+            float *col = scratch(be, (size_t)K * chunk);
+            for (int p0 = 0; p0 < N; p0 += chunk) {
+                int p1 = p0 + chunk < N ? p0 + chunk : N;
+                im2col(be, d, x, col, p0, p1);
+                gemm(be, 0, 0, M, p1 - p0, K, 1.0f, w, K, col, p1 - p0, 0.0f, y + p0, N);
+            }
+        }
+        add_bias_rows(be, y, bias, M, (size_t)N);
+    }
+}
+
+static void cpu_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, const float *in,
+                          const float *w, const float *bias)
+{
+    int kk = d->kh * d->kw;
+    int M = d->cout * kk, K = d->cin, N = d->h * d->w;
+    size_t on = (size_t)d->ho * d->wo;
+    for (int b = 0; b < d->n; b++) {
+        const float *x = in + (size_t)b * K * N;
+        float *y = out + (size_t)b * d->cout * on;
+#pragma omp parallel for num_threads(be->threads)
+        for (int co = 0; co < d->cout; co++) {
+            float v = bias ? bias[co] : 0.0f;
+            float *p = y + (size_t)co * on;
+            for (size_t i = 0; i < on; i++)
+                p[i] = v;
+        }
+        int chunk = (int)(COL_CHUNK_FLOATS / (size_t)M);
+        if (chunk < 64)
+            chunk = 64;
+        if (chunk > N)
+            chunk = N;
+        float *col = scratch(be, (size_t)M * chunk);
+        for (int p0 = 0; p0 < N; p0 += chunk) {
+            int p1 = p0 + chunk < N ? p0 + chunk : N;
+            int nc = p1 - p0;
+            /* col[(co,ki,kj)][p] = sum_ci w[ci][(co,ki,kj)] x[ci][p] */
+            gemm(be, 1, 0, M, nc, K, 1.0f, w, M, x + p0, N, 0.0f, col, nc);
+#pragma omp parallel for num_threads(be->threads)
+            for (int co = 0; co < d->cout; co++) {
+                float *yc = y + (size_t)co * on;
+                for (int ki = 0; ki < d->kh; ki++) {
+                    for (int kj = 0; kj < d->kw; kj++) {
+                        const float *row = col + ((size_t)co * kk + ki * d->kw + kj) * nc;
+                        for (int p = p0; p < p1; p++) {
+                            int ih = p / d->w, iw = p % d->w;
+                            yc[(size_t)(ih * d->sh + ki) * d->wo + iw * d->sw + kj] += row[p - p0];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void cpu_linear(sep_backend *be, float *out, const float *in, const float *w,
+                       const float *bias, int batch, int rows, int in_dim, int out_dim)
+{
+    for (int b = 0; b < batch; b++) {
+        const float *x = in + (size_t)b * rows * in_dim;
+        float *y = out + (size_t)b * rows * out_dim;
+        gemm(be, 0, 1, rows, out_dim, in_dim, 1.0f, x, in_dim, w, in_dim, 0.0f, y, out_dim);
+        if (bias) {
+#pragma omp parallel for num_threads(be->threads) if ((size_t)rows * out_dim > 65536)
+            for (int r = 0; r < rows; r++) {
+                float *p = y + (size_t)r * out_dim;
+                for (int o = 0; o < out_dim; o++)
+                    p[o] += bias[o];
+            }
+        }
+    }
+}
+
+static void softmax_row(float *s, int n)
+{
+    float m = s[0];
+    for (int i = 1; i < n; i++)
+        m = s[i] > m ? s[i] : m;
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        s[i] = expf(s[i] - m);
+        sum += s[i];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < n; i++)
+        s[i] *= inv;
+}
+
+static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *out, const float *q,
+                          const float *k, const float *v)
+{
+    int nt = be->threads;
+    int qblocks = (d->nq + ATTN_QBLOCK - 1) / ATTN_QBLOCK;
+    int tasks = d->batch * d->heads * qblocks;
+    float scale = 1.0f / sqrtf((float)d->head_dim);
+    float *sbuf = scratch(be, (size_t)nt * ATTN_QBLOCK * d->nk);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int task = 0; task < tasks; task++) {
+        int qb = task % qblocks, h = (task / qblocks) % d->heads, b = task / (qblocks * d->heads);
+        int q0 = qb * ATTN_QBLOCK;
+        int nq = d->nq - q0 < ATTN_QBLOCK ? d->nq - q0 : ATTN_QBLOCK;
+        float *s = sbuf + (size_t)omp_get_thread_num() * ATTN_QBLOCK * d->nk;
+        const float *qp = q + ((size_t)b * d->nq + q0) * d->ldq + (size_t)h * d->head_dim;
+        const float *kp = k + (size_t)b * d->nk * d->ldk + (size_t)h * d->head_dim;
+        const float *vp = v + (size_t)b * d->nk * d->ldv + (size_t)h * d->head_dim;
+        float *op = out + ((size_t)b * d->nq + q0) * d->ldo + (size_t)h * d->head_dim;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, d->nk, d->head_dim, scale, qp,
+                    d->ldq, kp, d->ldk, 0.0f, s, d->nk);
+        for (int i = 0; i < nq; i++)
+            softmax_row(s + (size_t)i * d->nk, d->nk);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d->head_dim, d->nk, 1.0f, s,
+                    d->nk, vp, d->ldv, 0.0f, op, d->ldo);
+    }
+}
+
+/* ---- normalisations ---- */
+
+static void block_stats(const float *x, size_t len, double *mean, double *var)
+{
+    double s = 0, ss = 0;
+    for (size_t i = 0; i < len; i++) {
+        s += x[i];
+        ss += (double)x[i] * x[i];
+    }
+    double m = s / (double)len;
+    double v = ss / (double)len - m * m;
+    *mean = m;
+    *var = v > 0 ? v : 0;
+}
+
+static void block_stats_parallel(sep_backend *be, const float *x, size_t len, double *mean,
+                                 double *var)
+{
+    double s = 0, ss = 0;
+#pragma omp parallel for num_threads(be->threads) reduction(+ : s, ss)
+    for (size_t i = 0; i < len; i++) {
+        s += x[i];
+        ss += (double)x[i] * x[i];
+    }
+    double m = s / (double)len;
+    double v = ss / (double)len - m * m;
+    *mean = m;
+    *var = v > 0 ? v : 0;
+}
+
+static void cpu_group_norm(sep_backend *be, float *out, const float *in, const float *gamma,
+                           const float *beta, int n, int c, int spatial, int groups, float eps)
+{
+    int cg = c / groups;
+    size_t len = (size_t)cg * spatial;
+    int blocks = n * groups;
+    int par_blocks = blocks >= 2 * be->threads;
+#pragma omp parallel for num_threads(be->threads) if (par_blocks) schedule(static)
+    for (int blk = 0; blk < blocks; blk++) {
+        const float *x = in + (size_t)blk * len;
+        float *y = out + (size_t)blk * len;
+        double mean, var;
+        if (par_blocks)
+            block_stats(x, len, &mean, &var);
+        else
+            block_stats_parallel(be, x, len, &mean, &var);
+        float rstd = (float)(1.0 / sqrt(var + eps));
+        int g = blk % groups;
+#pragma omp parallel for num_threads(be->threads) if (!par_blocks)
+        for (int j = 0; j < cg; j++) {
+            int ch = g * cg + j;
+            float sc = rstd * gamma[ch];
+            float sh = beta[ch] - (float)mean * sc;
+            const float *xs = x + (size_t)j * spatial;
+            float *ys = y + (size_t)j * spatial;
+            for (int i = 0; i < spatial; i++)
+                ys[i] = xs[i] * sc + sh;
+        }
+    }
+}
+
+static void cpu_group_norm_tokens(sep_backend *be, float *out, const float *in, const float *gamma,
+                                  const float *beta, int n, int tokens, int c, float eps)
+{
+    size_t len = (size_t)tokens * c;
+    for (int b = 0; b < n; b++) {
+        const float *x = in + (size_t)b * len;
+        float *y = out + (size_t)b * len;
+        double mean, var;
+        block_stats_parallel(be, x, len, &mean, &var);
+        float rstd = (float)(1.0 / sqrt(var + eps));
+        float m = (float)mean;
+#pragma omp parallel for num_threads(be->threads)
+        for (int t = 0; t < tokens; t++) {
+            const float *xs = x + (size_t)t * c;
+            float *ys = y + (size_t)t * c;
+            for (int ch = 0; ch < c; ch++) {
+                float sc = rstd * gamma[ch];
+                ys[ch] = xs[ch] * sc + (beta[ch] - m * sc);
+            }
+        }
+    }
+}
+
+static void cpu_layer_norm(sep_backend *be, float *out, const float *in, const float *gamma,
+                           const float *beta, int rows, int dim, float eps)
+{
+#pragma omp parallel for num_threads(be->threads) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float *x = in + (size_t)r * dim;
+        float *y = out + (size_t)r * dim;
+        double mean, var;
+        block_stats(x, (size_t)dim, &mean, &var);
+        float rstd = (float)(1.0 / sqrt(var + eps));
+        float m = (float)mean;
+        for (int i = 0; i < dim; i++)
+            y[i] = (x[i] - m) * rstd * gamma[i] + beta[i];
+    }
+}
+
+static void cpu_moments(sep_backend *be, float *mean, float *std, const float *in, int n, int count)
+{
+    for (int b = 0; b < n; b++) {
+        const float *x = in + (size_t)b * count;
+        double s = 0;
+#pragma omp parallel for num_threads(be->threads) reduction(+ : s)
+        for (int i = 0; i < count; i++)
+            s += x[i];
+        double m = s / count;
+        double ss = 0;
+#pragma omp parallel for num_threads(be->threads) reduction(+ : ss)
+        for (int i = 0; i < count; i++)
+            ss += ((double)x[i] - m) * ((double)x[i] - m);
+        mean[b] = (float)m;
+        std[b] = (float)sqrt(ss / (count > 1 ? count - 1 : 1));
+    }
+}
+
+static void cpu_normalize(sep_backend *be, float *out, const float *in, const float *mean,
+                          const float *std, int n, int count, float eps)
+{
+    for (int b = 0; b < n; b++) {
+        const float *x = in + (size_t)b * count;
+        float *y = out + (size_t)b * count;
+        float m = mean[b], den = eps + std[b];
+#pragma omp parallel for num_threads(be->threads) if (count > 65536)
+        for (int i = 0; i < count; i++)
+            y[i] = (x[i] - m) / den;
+    }
+}
+
+static void cpu_denormalize(sep_backend *be, float *out, const float *in, const float *mean,
+                            const float *std, int n, int count)
+{
+    for (int b = 0; b < n; b++) {
+        const float *x = in + (size_t)b * count;
+        float *y = out + (size_t)b * count;
+        float m = mean[b], s = std[b];
+#pragma omp parallel for num_threads(be->threads) if (count > 65536)
+        for (int i = 0; i < count; i++)
+            y[i] = x[i] * s + m;
+    }
+}
+
+/* ---- element-wise ---- */
+
+static void cpu_gelu(sep_backend *be, float *out, const float *in, size_t count)
+{
+#pragma omp parallel for num_threads(be->threads) if (count > 65536)
+    for (size_t i = 0; i < count; i++) {
+        float x = in[i];
+        out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+    }
+}
+
+static void cpu_relu(sep_backend *be, float *out, const float *in, size_t count)
+{
+#pragma omp parallel for num_threads(be->threads) if (count > 65536)
+    for (size_t i = 0; i < count; i++)
+        out[i] = in[i] > 0.0f ? in[i] : 0.0f;
+}
+
+static void cpu_glu(sep_backend *be, float *out, const float *in, int n, int c, int spatial)
+{
+    size_t plane = (size_t)c * spatial;
+    for (int b = 0; b < n; b++) {
+        const float *a = in + (size_t)b * 2 * plane, *g = a + plane;
+        float *y = out + (size_t)b * plane;
+#pragma omp parallel for num_threads(be->threads) if (plane > 65536)
+        for (size_t i = 0; i < plane; i++)
+            y[i] = a[i] * (1.0f / (1.0f + expf(-g[i])));
+    }
+}
+
+static void cpu_add(sep_backend *be, float *out, const float *a, const float *b, size_t count)
+{
+#pragma omp parallel for num_threads(be->threads) if (count > 65536)
+    for (size_t i = 0; i < count; i++)
+        out[i] = a[i] + b[i];
+}
+
+static void cpu_add_scaled_channels(sep_backend *be, float *x, const float *y, const float *scale,
+                                    int n, int c, int spatial)
+{
+    int rows = n * c;
+#pragma omp parallel for num_threads(be->threads) if ((size_t)rows * spatial > 65536)
+    for (int r = 0; r < rows; r++) {
+        float s = scale[r % c];
+        float *xp = x + (size_t)r * spatial;
+        const float *yp = y + (size_t)r * spatial;
+        for (int i = 0; i < spatial; i++)
+            xp[i] += s * yp[i];
+    }
+}
+
+static void cpu_add_scaled_last(sep_backend *be, float *x, const float *y, const float *scale,
+                                int rows, int c)
+{
+#pragma omp parallel for num_threads(be->threads) if ((size_t)rows * c > 65536)
+    for (int r = 0; r < rows; r++) {
+        float *xp = x + (size_t)r * c;
+        const float *yp = y + (size_t)r * c;
+        if (scale)
+            for (int i = 0; i < c; i++)
+                xp[i] += scale[i] * yp[i];
+        else
+            for (int i = 0; i < c; i++)
+                xp[i] += yp[i];
+    }
+}
+
+static void cpu_add_table(sep_backend *be, float *x, const float *table, float alpha, int n,
+                          int count)
+{
+    for (int b = 0; b < n; b++) {
+        float *xp = x + (size_t)b * count;
+#pragma omp parallel for num_threads(be->threads) if (count > 65536)
+        for (int i = 0; i < count; i++)
+            xp[i] += alpha * table[i];
+    }
+}
+
+static void cpu_add_freq_table(sep_backend *be, float *x, const float *table, float alpha, int n,
+                               int c, int f, int t)
+{
+    int rows = n * c * f;
+#pragma omp parallel for num_threads(be->threads) if ((size_t)rows * t > 65536)
+    for (int r = 0; r < rows; r++) {
+        int fi = r % f, ch = (r / f) % c;
+        float v = alpha * table[(size_t)fi * c + ch];
+        float *xp = x + (size_t)r * t;
+        for (int i = 0; i < t; i++)
+            xp[i] += v;
+    }
+}
+
+/* ---- layout ---- */
+
+static void cpu_permute4(sep_backend *be, float *out, const float *in, const int dims[4],
+                         const int perm[4])
+{
+    size_t istride[4];
+    istride[3] = 1;
+    for (int i = 2; i >= 0; i--)
+        istride[i] = istride[i + 1] * (size_t)dims[i + 1];
+    int od[4];
+    size_t s[4];
+    for (int i = 0; i < 4; i++) {
+        od[i] = dims[perm[i]];
+        s[i] = istride[perm[i]];
+    }
+    int outer = od[0] * od[1];
+#pragma omp parallel for num_threads(be->threads) schedule(static)
+    for (int o = 0; o < outer; o++) {
+        int i0 = o / od[1], i1 = o % od[1];
+        const float *src = in + i0 * s[0] + i1 * s[1];
+        float *dst = out + (size_t)o * od[2] * od[3];
+        for (int i2 = 0; i2 < od[2]; i2++) {
+            const float *sp = src + i2 * s[2];
+            float *dp = dst + (size_t)i2 * od[3];
+            if (s[3] == 1)
+                memcpy(dp, sp, (size_t)od[3] * sizeof(float));
+            else
+                for (int i3 = 0; i3 < od[3]; i3++)
+                    dp[i3] = sp[i3 * s[3]];
+        }
+    }
+}
+
+static void cpu_copy_rows(sep_backend *be, float *out, size_t out_stride, const float *in,
+                          size_t in_stride, int rows, size_t len)
+{
+#pragma omp parallel for num_threads(be->threads) if ((size_t)rows * len > 262144)
+    for (int r = 0; r < rows; r++)
+        memmove(out + (size_t)r * out_stride, in + (size_t)r * in_stride, len * sizeof(float));
+}
+
+/* ---- spectrogram ---- */
+
+static const fft_plan *get_plan(sep_backend *be, int nfft)
+{
+    cpu_impl *c = impl_of(be);
+    pthread_mutex_lock(&c->plan_lock);
+    for (int i = 0; i < c->n_plans; i++) {
+        if (c->plans[i].nfft == nfft) {
+            pthread_mutex_unlock(&c->plan_lock);
+            return &c->plans[i];
+        }
+    }
+    if (c->n_plans == MAX_FFT_PLANS) {
+        pthread_mutex_unlock(&c->plan_lock);
+        fprintf(stderr, "cpu backend: too many FFT sizes\n");
+        abort();
+    }
+    fft_plan *p = &c->plans[c->n_plans];
+    float *r = fftwf_malloc(sizeof(float) * nfft);
+    fftwf_complex *z = fftwf_malloc(sizeof(fftwf_complex) * (nfft / 2 + 1));
+    p->r2c = fftwf_plan_dft_r2c_1d(nfft, r, z, FFTW_ESTIMATE);
+    p->c2r = fftwf_plan_dft_c2r_1d(nfft, z, r, FFTW_ESTIMATE);
+    fftwf_free(r);
+    fftwf_free(z);
+    p->window = fftwf_malloc(sizeof(float) * nfft);
+    /* torch.hann_window(nfft) (periodic), computed in float like the reference */
+    float step = (float)(2.0 * M_PI / nfft);
+    for (int i = 0; i < nfft; i++)
+        p->window[i] = 0.5f - 0.5f * cosf((float)i * step);
+    p->nfft = nfft;
+    c->n_plans++;
+    pthread_mutex_unlock(&c->plan_lock);
+    return p;
+}
+
+/* pad1d(x, (left, right), mode="reflect") from demucs.hdemucs, including its zero
+ * extension of inputs shorter than the padding. */
+static void pad1d_reflect(const float *x, int len, int left, int right, float *out)
+{
+    int max_pad = left > right ? left : right;
+    int el = 0, er = 0;
+    if (len <= max_pad) {
+        int extra = max_pad - len + 1;
+        er = right < extra ? right : extra;
+        el = extra - er;
+    }
+    int n = len + el + er; /* the zero-extended signal */
+    int pl = left - el;
+    int total = len + left + right;
+    for (int p = 0; p < total; p++) {
+        int q = p - pl; /* index into the extended signal */
+        if (q < 0)
+            q = -q;
+        if (q >= n)
+            q = 2 * (n - 1) - q;
+        int xi = q - el;
+        out[p] = xi >= 0 && xi < len ? x[xi] : 0.0f;
+    }
+}
+
+static void cpu_spec(sep_backend *be, float *out, const float *in, int nsig, int length, int nfft)
+{
+    const fft_plan *plan = get_plan(be, nfft);
+    int hl = nfft / 4, F = nfft / 2;
+    int le = (length + hl - 1) / hl;
+    int pad = hl / 2 * 3;
+    int plen = le * hl + 2 * pad;
+    float norm = 1.0f / sqrtf((float)nfft);
+    float *padded = scratch(be, (size_t)nsig * plen);
+#pragma omp parallel num_threads(be->threads)
+    {
+        float *frame = fftwf_malloc(sizeof(float) * nfft);
+        fftwf_complex *z = fftwf_malloc(sizeof(fftwf_complex) * (F + 1));
+#pragma omp for schedule(static)
+        for (int s = 0; s < nsig; s++)
+            pad1d_reflect(in + (size_t)s * length, length, pad, pad + le * hl - length,
+                          padded + (size_t)s * plen);
+            /* stft(center=True) frames 2 .. 2+le of the padded signal start at fr * hl of
+             * it (the centre padding of nfft/2 = 2 hops is cropped away exactly) */
+#pragma omp for schedule(static)
+        for (int job = 0; job < nsig * le; job++) {
+            int s = job / le, fr = job % le;
+            const float *src = padded + (size_t)s * plen + (size_t)fr * hl;
+            for (int i = 0; i < nfft; i++)
+                frame[i] = src[i] * plan->window[i];
+            fftwf_execute_dft_r2c(plan->r2c, frame, z);
+            float *re = out + (size_t)s * 2 * F * le, *im = re + (size_t)F * le;
+            for (int f = 0; f < F; f++) {
+                re[(size_t)f * le + fr] = z[f][0] * norm;
+                im[(size_t)f * le + fr] = z[f][1] * norm;
+            }
+        }
+        fftwf_free(frame);
+        fftwf_free(z);
+    }
+}
+
+static void cpu_ispec(sep_backend *be, float *out, const float *in, int nsig, int frames,
+                      int length, int nfft)
+{
+    const fft_plan *plan = get_plan(be, nfft);
+    int hl = nfft / 4, F = nfft / 2;
+    int pad = hl / 2 * 3;
+    /* istft over frames + 4 (two zero frames each side), centre: sample 0 of the
+     * signal is at nfft/2 of the overlap-add buffer; then crop [pad, pad + length) */
+    int total = frames + 4;
+    size_t ola_len = (size_t)nfft + (size_t)hl * (total - 1);
+    size_t start = (size_t)nfft / 2 + pad;
+    if (start + length > ola_len) {
+        fprintf(stderr, "cpu backend: ispec length %d exceeds %d frames\n", length, frames);
+        abort();
+    }
+    float *env = scratch(be, ola_len + (size_t)be->threads * ola_len);
+    memset(env, 0, ola_len * sizeof(float));
+    for (int t = 0; t < total; t++)
+        for (int i = 0; i < nfft; i++)
+            env[(size_t)t * hl + i] += plan->window[i] * plan->window[i];
+    float norm = 1.0f / sqrtf((float)nfft);
+#pragma omp parallel num_threads(be->threads)
+    {
+        float *ola = env + ola_len * (1 + (size_t)omp_get_thread_num());
+        float *frame = fftwf_malloc(sizeof(float) * nfft);
+        fftwf_complex *z = fftwf_malloc(sizeof(fftwf_complex) * (F + 1));
+#pragma omp for schedule(static)
+        for (int s = 0; s < nsig; s++) {
+            memset(ola, 0, ola_len * sizeof(float));
+            const float *re = in + (size_t)s * 2 * F * frames, *im = re + (size_t)F * frames;
+            for (int fr = 0; fr < frames; fr++) {
+                for (int f = 0; f < F; f++) {
+                    z[f][0] = re[(size_t)f * frames + fr];
+                    z[f][1] = im[(size_t)f * frames + fr];
+                }
+                z[F][0] = z[F][1] = 0.0f;
+                fftwf_execute_dft_c2r(plan->c2r, z, frame);
+                float *dst = ola + (size_t)(fr + 2) * hl;
+                for (int i = 0; i < nfft; i++)
+                    dst[i] += frame[i] * norm * plan->window[i];
+            }
+            float *y = out + (size_t)s * length;
+            for (int i = 0; i < length; i++)
+                y[i] = ola[start + i] / env[start + i];
+        }
+        fftwf_free(frame);
+        fftwf_free(z);
+    }
+}
+
+static void cpu_destroy(sep_backend *be)
+{
+    if (!be)
+        return;
+    cpu_impl *c = impl_of(be);
+    if (c) {
+        for (int i = 0; i < c->n_plans; i++) {
+            fftwf_destroy_plan(c->plans[i].r2c);
+            fftwf_destroy_plan(c->plans[i].c2r);
+            fftwf_free(c->plans[i].window);
+        }
+        pthread_mutex_destroy(&c->plan_lock);
+        free(c->scratch);
+        free(c);
+    }
+    free(be);
+}
+
+static const sep_backend_ops cpu_ops = {
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .zero = cpu_zero,
+    .weights = cpu_weights,
+    .weights_free = cpu_weights_free,
+    .sync = cpu_sync,
+    .conv2d = cpu_conv2d,
+    .conv_tr2d = cpu_conv_tr2d,
+    .linear = cpu_linear,
+    .attention = cpu_attention,
+    .group_norm = cpu_group_norm,
+    .group_norm_tokens = cpu_group_norm_tokens,
+    .layer_norm = cpu_layer_norm,
+    .moments = cpu_moments,
+    .normalize = cpu_normalize,
+    .denormalize = cpu_denormalize,
+    .gelu = cpu_gelu,
+    .relu = cpu_relu,
+    .glu = cpu_glu,
+    .add = cpu_add,
+    .add_scaled_channels = cpu_add_scaled_channels,
+    .add_scaled_last = cpu_add_scaled_last,
+    .add_table = cpu_add_table,
+    .add_freq_table = cpu_add_freq_table,
+    .permute4 = cpu_permute4,
+    .copy_rows = cpu_copy_rows,
+    .spec = cpu_spec,
+    .ispec = cpu_ispec,
+    .destroy = cpu_destroy,
+};
+
+sep_backend *sep_cpu_backend_create(int threads, char *err, size_t errlen)
+{
+    sep_backend *be = calloc(1, sizeof(*be));
+    cpu_impl *c = calloc(1, sizeof(*c));
+    if (!be || !c) {
+        free(be);
+        free(c);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    if (threads <= 0)
+        threads = omp_get_num_procs();
+    c->threads = threads;
+    pthread_mutex_init(&c->plan_lock, NULL);
+    be->name = "cpu";
+    be->ops = &cpu_ops;
+    be->threads = threads;
+    be->impl = c;
+    be->host_memory = 1;
+    /* OpenBLAS runs single-threaded inside our threads (see gemm()). */
+    openblas_set_num_threads(1);
+    return be;
+}
