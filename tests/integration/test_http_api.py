@@ -239,6 +239,8 @@ def stem_download(stack):
         url = listed[name].get("url") if isinstance(listed[name], dict) else None
         expect(url and url.endswith("/v1/jobs/%s/stems/%s.wav" % (job_id, name)),
                "stem url for %s: %r" % (name, url), rec)
+        expect(listed[name].get("bytes") == len(data), "stem %s bytes in the record" % name,
+               listed[name])
         path = url[url.index("/v1/"):]
         full = stack.request("GET", path)
         expect(full.status == 200, "GET %s: %d" % (path, full.status), full)

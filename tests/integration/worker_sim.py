@@ -1,0 +1,84 @@
+"""Finishes a job the way workerd does, for the integration tests.
+
+Runs the project's own Lua scripts (shared/lua/claim.lua, shared/lua/complete.lua,
+KEYS/ARGV as documented in their headers) with EVAL against the test's Redis, and
+writes the stems into the spool layout documented in ngx_module/README.md:
+{spool}/{id}/{stem}.{ext}, each written to a temp file and renamed into place.
+Nothing is decoded or separated: the stems are recognisable byte patterns, so a
+download can be compared byte for byte.
+"""
+
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LUA_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "lua")
+PREFIX = "sep:"
+GROUP = "workers"
+
+SOURCES = {
+    "htdemucs": ["drums", "bass", "other", "vocals"],
+    "htdemucs_ft": ["drums", "bass", "other", "vocals"],
+    "htdemucs_6s": ["drums", "bass", "other", "vocals", "guitar", "piano"],
+}
+
+
+def script(name):
+    with open(os.path.join(LUA_DIR, name + ".lua"), encoding="utf-8") as f:
+        return f.read()
+
+
+def output_stems(model, stems_option):
+    """The stem names a job produces: every source, or `s` + `no_s` in two-stem mode."""
+    if stems_option in (None, "", "all"):
+        return list(SOURCES[model])
+    return [stems_option, "no_" + stems_option]
+
+
+def stem_bytes(job_id, name, size=24 * 1024):
+    """Distinct, recognisable content per job and stem (a RIFF header, then a pattern)."""
+    pattern = ("%s/%s;" % (job_id, name)).encode()
+    body = (pattern * (size // len(pattern) + 1))[:size - 12]
+    return b"RIFF" + (size - 8).to_bytes(4, "little") + b"WAVE" + body
+
+
+def claim(r, job_id, worker="it-worker/0"):
+    """claim.lua: the job becomes running; returns its hash as a dict (None: refused)."""
+    reply = r.eval(script("claim"), 2, PREFIX + "job:" + job_id, PREFIX + "stats", worker,
+                   PREFIX + "ev:" + job_id)
+    if not reply:
+        return None
+    return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+
+
+def complete_job(stack, job_id, claim_first=True):
+    """Claim, write the stems, run complete.lua; returns {stem: bytes written}."""
+    r = stack.redis
+    fields = {k.decode(): v.decode() for k, v in r.hgetall(PREFIX + "job:" + job_id).items()}
+    if not fields:
+        raise AssertionError("job %s has no hash in Redis" % job_id)
+    if claim_first and claim(r, job_id) is None:
+        raise AssertionError("claim.lua refused job %s (status %s)"
+                             % (job_id, fields.get("status")))
+    ext = "flac" if fields.get("format") == "flac" else "wav"
+    job_dir = stack.job_dir(job_id)
+    os.makedirs(job_dir, exist_ok=True)
+    written, listed = {}, {}
+    for name in output_stems(fields.get("model", "htdemucs"), fields.get("stems_option")):
+        data = stem_bytes(job_id, name)
+        final = os.path.join(job_dir, "%s.%s" % (name, ext))
+        tmp = final + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, final)
+        written[name] = data
+        listed[name] = {"file": os.path.basename(final), "bytes": len(data)}
+    total = sum(len(d) for d in written.values())
+    r.eval(script("complete"), 5,
+           PREFIX + "job:" + job_id, PREFIX + "stats", PREFIX + "q:high",
+           PREFIX + "q:normal", PREFIX + "delayed",
+           PREFIX + "ev:" + job_id, GROUP, json.dumps(listed), str(total),
+           "timing_decode_s", "0.010", "timing_separate_s", "0.500",
+           "timing_encode_s", "0.020", "audio_seconds", "0.25",
+           "audio_sample_rate", "44100", "audio_channels", "2")
+    return written
