@@ -1,0 +1,118 @@
+/*
+ * Key builders for the Redis schema described in sep_keys.h. Each key is
+ * prefix + kind + optional suffix, written with memcpy into the caller's buffer.
+ */
+#include "shared/sep_keys.h"
+
+#include <string.h>
+
+static size_t sep_key_join(char *buf, size_t cap, sep_str_t prefix, const char *kind,
+                           sep_str_t suffix)
+{
+    size_t kind_len = strlen(kind);
+    size_t total = prefix.len + kind_len + suffix.len;
+    if (total == 0 || total >= cap)
+        return 0;
+    memcpy(buf, prefix.ptr, prefix.len);
+    memcpy(buf + prefix.len, kind, kind_len);
+    if (suffix.len)
+        memcpy(buf + prefix.len + kind_len, suffix.ptr, suffix.len);
+    buf[total] = '\0';
+    return total;
+}
+
+int sep_prefix_valid(sep_str_t prefix)
+{
+    if (prefix.ptr == NULL || prefix.len == 0 || prefix.len > SEP_PREFIX_MAX)
+        return 0;
+    for (size_t i = 0; i < prefix.len; i++) {
+        unsigned char c = (unsigned char)prefix.ptr[i];
+        if (c < 0x21 || c > 0x7e)
+            return 0;
+    }
+    return 1;
+}
+
+size_t sep_key_job(char *buf, size_t cap, sep_str_t prefix, sep_str_t id)
+{
+    if (id.len == 0 || id.len > SEP_KEY_PART_MAX)
+        return 0;
+    return sep_key_join(buf, cap, prefix, "job:", id);
+}
+
+size_t sep_key_queue(char *buf, size_t cap, sep_str_t prefix, sep_priority_t priority)
+{
+    return sep_key_join(buf, cap, prefix, priority == SEP_PRIORITY_HIGH ? "q:high" : "q:normal",
+                        SEP_STR_NULL);
+}
+
+size_t sep_key_delayed(char *buf, size_t cap, sep_str_t prefix)
+{
+    return sep_key_join(buf, cap, prefix, "delayed", SEP_STR_NULL);
+}
+
+size_t sep_key_dead(char *buf, size_t cap, sep_str_t prefix)
+{
+    return sep_key_join(buf, cap, prefix, "dead", SEP_STR_NULL);
+}
+
+size_t sep_key_events(char *buf, size_t cap, sep_str_t prefix, sep_str_t id)
+{
+    if (id.len == 0 || id.len > SEP_KEY_PART_MAX)
+        return 0;
+    return sep_key_join(buf, cap, prefix, "ev:", id);
+}
+
+size_t sep_key_worker(char *buf, size_t cap, sep_str_t prefix, sep_str_t name)
+{
+    if (name.len == 0 || name.len > SEP_KEY_PART_MAX)
+        return 0;
+    return sep_key_join(buf, cap, prefix, "worker:", name);
+}
+
+size_t sep_key_workers(char *buf, size_t cap, sep_str_t prefix)
+{
+    return sep_key_join(buf, cap, prefix, "workers", SEP_STR_NULL);
+}
+
+size_t sep_key_stats(char *buf, size_t cap, sep_str_t prefix)
+{
+    return sep_key_join(buf, cap, prefix, "stats", SEP_STR_NULL);
+}
+
+size_t sep_key_idem(char *buf, size_t cap, sep_str_t prefix, sep_str_t key)
+{
+    if (!sep_idempotency_key_valid(key))
+        return 0;
+    return sep_key_join(buf, cap, prefix, "idem:", key);
+}
+
+const char *sep_priority_name(sep_priority_t priority)
+{
+    return priority == SEP_PRIORITY_HIGH ? "high" : "normal";
+}
+
+int sep_priority_from_name(sep_str_t name, sep_priority_t *out)
+{
+    if (sep_str_eq(name, "high")) {
+        *out = SEP_PRIORITY_HIGH;
+        return 0;
+    }
+    if (sep_str_eq(name, "normal")) {
+        *out = SEP_PRIORITY_NORMAL;
+        return 0;
+    }
+    return -1;
+}
+
+int sep_idempotency_key_valid(sep_str_t key)
+{
+    if (key.ptr == NULL || key.len == 0 || key.len > SEP_KEY_PART_MAX)
+        return 0;
+    for (size_t i = 0; i < key.len; i++) {
+        unsigned char c = (unsigned char)key.ptr[i];
+        if (c < 0x21 || c > 0x7e)
+            return 0;
+    }
+    return 1;
+}
