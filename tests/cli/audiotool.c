@@ -2,7 +2,8 @@
  * audiotool.c - the CLI tests' audio helper, on libsndfile (what workerd decodes with,
  * and an independent reader of what it writes).
  *
- *   audiotool gen OUT FORMAT RATE CHANNELS SECONDS   synthetic music-like signal
+ *   audiotool gen OUT FORMAT RATE CHANNELS SECONDS   synthetic music-like signal, 50 ms
+ *                                                    raised-cosine fades at both ends
  *   audiotool convert IN OUT FORMAT                  re-encode (same rate and channels)
  *   audiotool info FILE                              one JSON line: rate, channels,
  *                                                    frames, major and subtype format
@@ -65,11 +66,16 @@ static int cmd_gen(char **argv)
         int n = frames - pos < 4096 ? (int)(frames - pos) : 4096;
         for (int t = 0; t < n; t++) {
             double x = (double)(pos + t) / rate;
+            /* the fades make the signal the same function of time at every rate, edges
+             * included (no step for a resampler to ring on) */
+            double edge = fmin(x, (double)frames / rate - x), fade = 1.0;
+            if (edge < 0.05)
+                fade = 0.5 - 0.5 * cos(M_PI * fmax(edge, 0.0) / 0.05);
             for (int c = 0; c < channels; c++)
-                buf[t * channels + c] =
-                    (float)(0.3 * sin(2 * M_PI * (220 + 110 * c) * x) *
-                                (0.6 + 0.4 * sin(2 * M_PI * 2 * x)) +
-                            0.1 * sin(2 * M_PI * 1500 * x + c) + 0.05 * sin(2 * M_PI * 55 * x));
+                buf[t * channels + c] = (float)(fade * (0.3 * sin(2 * M_PI * (220 + 110 * c) * x) *
+                                                            (0.6 + 0.4 * sin(2 * M_PI * 2 * x)) +
+                                                        0.1 * sin(2 * M_PI * 1500 * x + c) +
+                                                        0.05 * sin(2 * M_PI * 55 * x)));
         }
         sf_writef_float(sf, buf, n);
     }

@@ -25,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-TOLERANCE = 2e-4  # absolute, float32 output vs reference (same as the apply suite)
+TOLERANCE = 2e-5  # absolute, float32 output vs reference (same as the apply suite)
 SOURCES = ["drums", "bass", "other", "vocals"]
 
 failures = []
@@ -67,7 +67,7 @@ class Env:
         return np.fromfile(raw, dtype="<f4").reshape(info["channels"], -1)
 
     def separate(self, *argv, env=None, model=None):
-        cmd = [self.workerd, "separate", "-n", model or self.model, "-j", "2", *argv]
+        cmd = [self.workerd, "separate", "-n", model or self.model, "-j", "1", *argv]
         return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.tmp)
 
 
@@ -221,11 +221,10 @@ def test_resampling(env):
         if a.shape != b.shape:
             check(False, f"{s}: 48 kHz and 44.1 kHz renderings differ in shape")
             return
-        # The resampler's edge transients touch the first/last milliseconds only.
-        worst = max(worst, float(np.abs(a - b)[:, 2048:-2048].max()))
+        worst = max(worst, float(np.abs(a - b).max()))
         peak = max(peak, float(np.abs(b).max()))
     print(f"MAXERR cli_resampled_48k_vs_44k max_abs={worst:.3g} peak={peak:.3f}")
-    check(worst <= 2e-3 * max(peak, 1e-3),
+    check(worst <= 1e-4,
           f"48 kHz input separates like the 44.1 kHz one ({worst:.3g}, peak {peak:.3f})")
 
 
@@ -295,7 +294,7 @@ def test_memory(env):
         name = f"long{secs}.wav"
         env.tool("gen", env.path(name), "wav16", "44100", "2", str(secs))
         rc, kib = peak_rss_kib([env.workerd, "separate", "-n", env.model, "-o", "mem",
-                                "-j", "2", "--batch", "2", name], env.tmp)
+                                "-j", "1", "--batch", "2", name], env.tmp)
         check(rc == 0, f"{secs} s input separates")
         rss[secs] = kib
     grow = (rss[40] - rss[10]) / 1024
