@@ -54,3 +54,4 @@ test-parity-full: $(PARITY_BIN)
 
 fixtures:
 	$(REFVENV)/bin/python tests/reference/make_fixtures.py --out tests/fixtures
+include models/convert.mk
