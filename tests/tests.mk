@@ -6,20 +6,15 @@
 #                   temporary run directory, and conf/nginx.conf being up to date
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
-SEP_MODULE_SO := $(BUILD)/nginx/objs/ngx_http_sep_module.so
-
 TEST_SUITES += test-local-stack test-integration
 
 .PHONY: test-integration test-local-stack
 
-# The module is built by the root `all` (ngx_module/module.mk); these suites rebuild
-# it when asked for on their own.
-test-integration:
-	@[ -f $(SEP_MODULE_SO) ] || $(MAKE) --no-print-directory all
+# Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
+test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
 
-test-local-stack:
-	@[ -f $(SEP_MODULE_SO) ] || $(MAKE) --no-print-directory all
+test-local-stack: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_local_stack.py
 
 run: deps
