@@ -629,8 +629,9 @@ int sep_job_from_json(sep_job_t *job, json_t *record, char *err, size_t err_cap)
             sep_str_t url = sep_json_str(entry, "url");
             if (url.len == 0)
                 continue;
-            const char *slash = memrchr(url.ptr, '/', url.len);
-            const char *file = slash ? slash + 1 : url.ptr;
+            const char *file = url.ptr + url.len;
+            while (file > url.ptr && file[-1] != '/')
+                file--;
             size_t file_len = url.len - (size_t)(file - url.ptr);
             if (!sep_stem_file_safe(file, file_len))
                 continue;

@@ -22,7 +22,8 @@ Reply, then the job's hash after the change (field, value, ...):
                              which marks it canceled
   {"purge", ...}             the job is finished (completed, failed, canceled):
                              files_deleted=1, the caller deletes {spool}/{id}/
-Errors:  "NOT_FOUND"         no such job (or it expired)
+Errors (the first word of the error is its code):
+         "NOT_FOUND"         no such job (or it expired)
          "ALREADY_DELETED"   finished and its files were already deleted
 ]]
 local job_key, q_high, q_normal, delayed_key, stats_key =
@@ -49,7 +50,7 @@ local job = redis.call('HMGET', job_key, 'id', 'status', 'priority', 'stream_id'
 local id, status, priority, stream_id, ttl, cancel_requested, files_deleted =
     job[1], job[2], job[3], job[4], tonumber(job[5]), job[6], job[7]
 if not status then
-    return redis.error_reply('NOT_FOUND')
+    return redis.error_reply('NOT_FOUND no such job')
 end
 
 if status == 'queued' then
@@ -82,7 +83,7 @@ if status == 'running' then
 end
 
 if files_deleted == '1' then
-    return redis.error_reply('ALREADY_DELETED')
+    return redis.error_reply('ALREADY_DELETED the job files were already deleted')
 end
 redis.call('HSET', job_key, 'files_deleted', '1')
 return answer('purge', redis.call('HGETALL', job_key))

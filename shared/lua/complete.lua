@@ -22,7 +22,8 @@ Effects: status completed, progress 1, stage done, finished_at, stems; error fie
          record expires after its result_ttl; counters completed +1, bytes_out;
          gauge running -1 (or queued -1); a "completed" event.
 Reply:   "OK"
-Errors:  "NOT_FOUND" (no such job), "NOT_ACTIVE" (already completed, failed or
+Errors (the first word of the error is its code):
+         "NOT_FOUND" (no such job), "NOT_ACTIVE" (already completed, failed or
          canceled), "BAD_STEMS" (ARGV[3] is not a JSON object)
 ]]
 local job_key, stats_key, q_high, q_normal, delayed_key =
@@ -33,14 +34,14 @@ local job = redis.call('HMGET', job_key, 'id', 'status', 'priority', 'stream_id'
                        'result_ttl', 'created_at', 'timing_queued_s')
 local id, status, priority, stream_id, ttl = job[1], job[2], job[3], job[4], tonumber(job[5])
 if not status then
-    return redis.error_reply('NOT_FOUND')
+    return redis.error_reply('NOT_FOUND no such job')
 end
 if status ~= 'queued' and status ~= 'running' then
-    return redis.error_reply('NOT_ACTIVE')
+    return redis.error_reply('NOT_ACTIVE the job is already finished')
 end
 local ok, decoded = pcall(cjson.decode, stems)
 if not ok or type(decoded) ~= 'table' then
-    return redis.error_reply('BAD_STEMS')
+    return redis.error_reply('BAD_STEMS stems must be a JSON object')
 end
 
 local t = redis.call('TIME')

@@ -31,7 +31,8 @@ Decision, after the stream entry is acknowledged and deleted (XACK + XDEL):
                                              counter failed +1, event "failed"
 Terminal outcomes set finished_at and expire the record after its result_ttl.
 Gauge running -1 (queued -1 if the job was never claimed).
-Errors:  "NOT_FOUND", "NOT_ACTIVE" (already completed, failed or canceled)
+Errors (the first word of the error is its code):
+         "NOT_FOUND", "NOT_ACTIVE" (already completed, failed or canceled)
 ]]
 local job_key, stats_key, q_high, q_normal, delayed_key, dead_key =
     KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -45,10 +46,10 @@ local job = redis.call('HMGET', job_key, 'id', 'status', 'priority', 'stream_id'
 local id, status, priority, stream_id, ttl = job[1], job[2], job[3], job[4], tonumber(job[5])
 local attempts, max_attempts = tonumber(job[6]) or 0, tonumber(job[7]) or 1
 if not status then
-    return redis.error_reply('NOT_FOUND')
+    return redis.error_reply('NOT_FOUND no such job')
 end
 if status ~= 'queued' and status ~= 'running' then
-    return redis.error_reply('NOT_ACTIVE')
+    return redis.error_reply('NOT_ACTIVE the job is already finished')
 end
 
 local t = redis.call('TIME')

@@ -11,13 +11,14 @@ ARGV[5..] more job fields as name, value pairs (e.g. audio_seconds,
 
 Reply:   1 when a cancel was requested (the worker should stop and call fail.lua
          with code "canceled"), else 0. Publishes a "progress" event.
-Errors:  "NOT_RUNNING" when the job is not running (gone, canceled, finished)
+Errors (the first word of the error is its code):
+         "NOT_RUNNING" when the job is not running (gone, canceled, finished)
 ]]
 local job_key, channel = KEYS[1], ARGV[1]
 
 local status = redis.call('HGET', job_key, 'status')
 if status ~= 'running' then
-    return redis.error_reply('NOT_RUNNING')
+    return redis.error_reply('NOT_RUNNING the job is not running')
 end
 
 local progress = tonumber(ARGV[2]) or 0

@@ -16,7 +16,8 @@ ARGV[5..] job hash fields as name, value pairs: model, stems_option, format,
 Reply:   {"created", field, value, ...}  the new job's hash (HGETALL)
          {"exists", field, value, ...}   the job the idempotency key already names
                                          (nothing was written)
-Errors:  "QUEUE_FULL <queued> <max>"     backpressure: the queue is full
+Errors (the first word of the error is its code):
+         "QUEUE_FULL <queued> <max>"     backpressure: the queue is full
          "JOB_EXISTS"                    the id is taken (never with random ids)
 
 The stream and its consumer group "workers" are created on first use (from id 0,
@@ -48,7 +49,7 @@ if max_queued > 0 then
 end
 
 if redis.call('EXISTS', job_key) == 1 then
-    return redis.error_reply('JOB_EXISTS')
+    return redis.error_reply('JOB_EXISTS the job id is taken')
 end
 
 local t = redis.call('TIME')

@@ -1,0 +1,367 @@
+/*
+ * Job routes other than submission:
+ *
+ *   GET|HEAD /v1/jobs/{id}                 one HGETALL, the record rendered as JSON
+ *   DELETE /v1/jobs/{id}                   one EVALSHA cancel (shared/lua/cancel.lua);
+ *                                          the module deletes the job's spool files
+ *                                          when the script says so
+ *   GET|HEAD /v1/jobs/{id}/stems/{s}.{e}   one HGETALL, then an internal redirect to
+ *                                          sep_stems_location so nginx serves the
+ *                                          file (sendfile, Range, ETag)
+ *
+ * Each handler validates what it can from the URI, sends one Redis command and
+ * returns NGX_DONE; the reply handler answers and finalizes the request.
+ */
+#include "ngx_module/ngx_http_sep_module.h"
+#include "ngx_module/ngx_http_sep_redis.h"
+
+#include "shared/sep_job.h"
+#include "shared/sep_scripts.h"
+
+static ngx_int_t ngx_http_sep_redis_failure(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                            redisReply *reply)
+{
+    if (reply == NULL && ctx->timeout.timedout) {
+        return ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_timeout",
+                                       "the job store did not answer in time; retry later");
+    }
+    if (reply == NULL) {
+        return ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_unavailable",
+                                       "the job store is unreachable; retry later");
+    }
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sep: unexpected redis reply (type %d): %*s",
+                  reply->type, reply->type == REDIS_REPLY_ERROR ? reply->len : 0,
+                  reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+    return ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_error",
+                                   "the job store failed; retry later");
+}
+
+/* Sends argv for the request; NGX_DONE when the reply handler will answer. */
+static ngx_int_t ngx_http_sep_send_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                           ngx_http_sep_reply_pt handler, ngx_int_t script,
+                                           int argc, const char **argv, const size_t *argvlen)
+{
+    ngx_int_t rc = ngx_http_sep_redis_command(r, ctx, handler, script, argc, argv, argvlen);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_unavailable",
+                                       "the job store is unreachable; retry later");
+    }
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    r->main->count++;
+    return NGX_DONE;
+}
+
+static ngx_int_t ngx_http_sep_job_key(ngx_http_request_t *r, ngx_str_t *id, char *buf, size_t cap,
+                                      size_t *len)
+{
+    ngx_http_sep_main_conf_t *mcf = ngx_http_get_module_main_conf(r, ngx_http_sep_module);
+    sep_str_t prefix = {(const char *)mcf->key_prefix.data, mcf->key_prefix.len};
+
+    *len = sep_key_job(buf, cap, prefix, (sep_str_t){(const char *)id->data, id->len});
+    return *len ? NGX_OK : NGX_ERROR;
+}
+
+static ngx_int_t ngx_http_sep_no_such_job(ngx_http_request_t *r)
+{
+    return ngx_http_sep_send_error(r, NGX_HTTP_NOT_FOUND, "job_not_found",
+                                   "no job with this id (it may have expired)");
+}
+
+/* ---- GET /v1/jobs/{id} -------------------------------------------------------- */
+
+static void ngx_http_sep_status_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                      redisReply *reply)
+{
+    ngx_int_t rc;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+        rc = ngx_http_sep_redis_failure(r, ctx, reply);
+    } else {
+        rc = ngx_http_sep_send_job(r, NGX_HTTP_OK, reply, 0, 0);
+    }
+    ngx_http_finalize_request(r, rc);
+}
+
+ngx_int_t ngx_http_sep_status_handler(ngx_http_request_t *r, ngx_str_t *id)
+{
+    ngx_http_sep_ctx_t *ctx = ngx_http_sep_get_ctx(r);
+    char key[SEP_KEY_MAX];
+    const char *argv[2];
+    size_t argvlen[2];
+
+    if (!sep_id_valid((const char *)id->data, id->len)) {
+        return ngx_http_sep_no_such_job(r);
+    }
+    if (ngx_http_sep_job_key(r, id, key, sizeof(key), &argvlen[1]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ctx->id = *id;
+    argv[0] = "HGETALL";
+    argvlen[0] = 7;
+    argv[1] = key;
+    return ngx_http_sep_send_command(r, ctx, ngx_http_sep_status_reply, -1, 2, argv, argvlen);
+}
+
+/* ---- DELETE /v1/jobs/{id} ----------------------------------------------------- */
+
+void ngx_http_sep_remove_job_dir(ngx_log_t *log, ngx_str_t *spool, ngx_str_t *id)
+{
+    u_char path[NGX_MAX_PATH + 1], *name_at;
+    size_t dir_len, name_len;
+    ngx_str_t dir_name;
+    ngx_dir_t dir;
+
+    dir_len = spool->len + 1 + id->len;
+    if (dir_len + 2 > NGX_MAX_PATH) {
+        return;
+    }
+    name_at = ngx_cpymem(path, spool->data, spool->len);
+    *name_at++ = '/';
+    name_at = ngx_cpymem(name_at, id->data, id->len);
+    *name_at = '\0';
+
+    dir_name.data = path;
+    dir_name.len = dir_len;
+    if (ngx_open_dir(&dir_name, &dir) == NGX_ERROR) {
+        if (ngx_errno != NGX_ENOENT) {
+            ngx_log_error(NGX_LOG_ERR, log, ngx_errno, "sep: cannot open \"%s\"", path);
+        }
+        return;
+    }
+    *name_at++ = '/';
+    for (;;) {
+        ngx_set_errno(0);
+        if (ngx_read_dir(&dir) == NGX_ERROR) {
+            if (ngx_errno != NGX_ENOMOREFILES) {
+                ngx_log_error(NGX_LOG_ERR, log, ngx_errno, "sep: cannot read a job directory");
+            }
+            break;
+        }
+        name_len = ngx_de_namelen(&dir);
+        if (ngx_de_name(&dir)[0] == '.' &&
+            (name_len == 1 || (name_len == 2 && ngx_de_name(&dir)[1] == '.'))) {
+            continue;
+        }
+        if (dir_len + 1 + name_len > NGX_MAX_PATH) {
+            continue;
+        }
+        ngx_cpystrn(name_at, ngx_de_name(&dir), name_len + 1);
+        if (ngx_delete_file(path) == NGX_FILE_ERROR && ngx_errno != NGX_ENOENT) {
+            ngx_log_error(NGX_LOG_ERR, log, ngx_errno, "sep: cannot delete \"%s\"", path);
+        }
+    }
+    (void)ngx_close_dir(&dir);
+
+    path[dir_len] = '\0';
+    if (ngx_delete_dir(path) == NGX_FILE_ERROR && ngx_errno != NGX_ENOENT) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno, "sep: cannot delete \"%s\"", path);
+    }
+}
+
+static void ngx_http_sep_cancel_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                      redisReply *reply)
+{
+    ngx_http_sep_loc_conf_t *lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
+    redisReply *kind;
+    ngx_int_t rc;
+
+    if (ngx_http_sep_redis_error_is(reply, "NOT_FOUND")) {
+        rc = ngx_http_sep_no_such_job(r);
+    } else if (ngx_http_sep_redis_error_is(reply, "ALREADY_DELETED")) {
+        rc = ngx_http_sep_send_error(r, NGX_HTTP_CONFLICT, "already_deleted",
+                                     "the job is finished and its files were already deleted");
+    } else if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+               reply->element[0]->type != REDIS_REPLY_STRING) {
+        rc = ngx_http_sep_redis_failure(r, ctx, reply);
+    } else {
+        kind = reply->element[0];
+        if (kind->len == 16 && ngx_strncmp(kind->str, "cancel_requested", 16) == 0) {
+            rc = ngx_http_sep_send_job(r, NGX_HTTP_ACCEPTED, reply, 1, 0);
+        } else {
+            /* "canceled" (was queued) or "purge" (was finished): files go now */
+            ngx_http_sep_remove_job_dir(r->connection->log, &lcf->spool, &ctx->id);
+            rc = ngx_http_sep_send_job(r, NGX_HTTP_OK, reply, 1, 0);
+        }
+    }
+    ngx_http_finalize_request(r, rc);
+}
+
+ngx_int_t ngx_http_sep_cancel_handler(ngx_http_request_t *r, ngx_str_t *id)
+{
+    ngx_http_sep_main_conf_t *mcf = ngx_http_get_module_main_conf(r, ngx_http_sep_module);
+    ngx_http_sep_ctx_t *ctx = ngx_http_sep_get_ctx(r);
+    const sep_script_t *script = &sep_scripts[SEP_SCRIPT_CANCEL];
+    sep_str_t prefix = {(const char *)mcf->key_prefix.data, mcf->key_prefix.len};
+    char key[SEP_KEY_MAX], channel[SEP_KEY_MAX];
+    const char *argv[10];
+    size_t argvlen[10], key_len, channel_len;
+    int argc = 0;
+
+    if (!sep_id_valid((const char *)id->data, id->len)) {
+        return ngx_http_sep_no_such_job(r);
+    }
+    ctx->id = *id;
+    if (ngx_http_sep_job_key(r, id, key, sizeof(key), &key_len) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    channel_len = sep_key_events(channel, sizeof(channel), prefix,
+                                 (sep_str_t){(const char *)id->data, id->len});
+
+#define SEP_ARG(p, n) (argv[argc] = (const char *)(p), argvlen[argc++] = (n))
+    SEP_ARG("EVALSHA", 7);
+    SEP_ARG(script->sha1, 40);
+    SEP_ARG("5", 1);
+    SEP_ARG(key, key_len);
+    SEP_ARG(mcf->key_q_high.data, mcf->key_q_high.len);
+    SEP_ARG(mcf->key_q_normal.data, mcf->key_q_normal.len);
+    SEP_ARG(mcf->key_delayed.data, mcf->key_delayed.len);
+    SEP_ARG(mcf->key_stats.data, mcf->key_stats.len);
+    SEP_ARG(channel, channel_len);
+    SEP_ARG(SEP_GROUP, sizeof(SEP_GROUP) - 1);
+#undef SEP_ARG
+
+    return ngx_http_sep_send_command(r, ctx, ngx_http_sep_cancel_reply, SEP_SCRIPT_CANCEL, argc,
+                                     argv, argvlen);
+}
+
+/* ---- GET /v1/jobs/{id}/stems/{stem}.{ext} ------------------------------------- */
+
+static ngx_int_t ngx_http_sep_no_such_stem(ngx_http_request_t *r, const char *why)
+{
+    return ngx_http_sep_send_error(r, NGX_HTTP_NOT_FOUND, "stem_not_found", "%s", why);
+}
+
+static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                    redisReply *reply)
+{
+    ngx_http_sep_loc_conf_t *lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
+    const char *items[128];
+    size_t lens[128], i, n;
+    const sep_job_stem_t *listed;
+    sep_str_t stem = {(const char *)ctx->stem.data, ctx->stem.len};
+    sep_model_t model;
+    sep_format_t format;
+    sep_job_t job;
+    ngx_str_t uri;
+    ngx_int_t rc;
+    u_char *p;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+        ngx_http_finalize_request(r, ngx_http_sep_redis_failure(r, ctx, reply));
+        return;
+    }
+    n = ngx_min(reply->elements, 128) & ~(size_t)1;
+    for (i = 0; i < n; i++) {
+        items[i] = reply->element[i]->type == REDIS_REPLY_STRING ? reply->element[i]->str : "";
+        lens[i] = reply->element[i]->type == REDIS_REPLY_STRING ? reply->element[i]->len : 0;
+    }
+    sep_job_init(&job);
+    sep_job_from_fields(&job, n, items, lens);
+
+    if (!sep_job_exists(&job)) {
+        rc = ngx_http_sep_no_such_job(r);
+    } else if (sep_job_status(&job) != SEP_STATUS_COMPLETED) {
+        rc = ngx_http_sep_send_error(r, NGX_HTTP_NOT_FOUND, "job_not_completed",
+                                     "the job is %*s; stems exist once it is completed",
+                                     job.status.len, job.status.ptr);
+    } else if (job.files_deleted) {
+        rc = ngx_http_sep_no_such_stem(r, "the job's files were deleted");
+    } else if (sep_model_from_name(job.model, &model) != 0 ||
+               !sep_output_stem_valid(model, job.stems_option, stem) ||
+               sep_format_from_name(job.format, &format) != 0 ||
+               ctx->ext.len != ngx_strlen(sep_format_ext(format)) ||
+               ngx_strncmp(ctx->ext.data, sep_format_ext(format), ctx->ext.len) != 0) {
+        rc = ngx_http_sep_no_such_stem(r, "this job has no such stem");
+    } else if ((listed = sep_job_find_stem(&job, stem)) == NULL ||
+               listed->file.len != ctx->stem.len + 1 + ctx->ext.len ||
+               ngx_strncmp(listed->file.ptr, ctx->stem.data, ctx->stem.len) != 0 ||
+               listed->file.ptr[ctx->stem.len] != '.' ||
+               ngx_strncmp(listed->file.ptr + ctx->stem.len + 1, ctx->ext.data, ctx->ext.len) !=
+                   0) {
+        rc = ngx_http_sep_no_such_stem(r, "this job has no such stem");
+    } else {
+        rc = NGX_OK;
+    }
+    sep_job_clear(&job);
+    if (rc != NGX_OK) {
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    /* {stems_location}{id}/{stem}.{ext}: only validated pieces make the path */
+    uri.len = lcf->stems_location.len + ctx->id.len + 1 + ctx->stem.len + 1 + ctx->ext.len;
+    uri.data = ngx_pnalloc(r->pool, uri.len);
+    if (uri.data == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+    p = ngx_cpymem(uri.data, lcf->stems_location.data, lcf->stems_location.len);
+    p = ngx_cpymem(p, ctx->id.data, ctx->id.len);
+    *p++ = '/';
+    p = ngx_cpymem(p, ctx->stem.data, ctx->stem.len);
+    *p++ = '.';
+    ngx_memcpy(p, ctx->ext.data, ctx->ext.len);
+
+    (void)ngx_http_internal_redirect(r, &uri, NULL);
+    ngx_http_finalize_request(r, NGX_DONE);
+}
+
+/* A stem name: lowercase letters and '_', as the models' sources and "no_X". */
+static ngx_uint_t ngx_http_sep_stem_name_valid(ngx_str_t *s)
+{
+    size_t i;
+
+    if (s->len == 0 || s->len >= SEP_STEM_NAME_MAX) {
+        return 0;
+    }
+    for (i = 0; i < s->len; i++) {
+        if (!((s->data[i] >= 'a' && s->data[i] <= 'z') || s->data[i] == '_')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+ngx_int_t ngx_http_sep_stem_handler(ngx_http_request_t *r, ngx_str_t *id, ngx_str_t *file)
+{
+    ngx_http_sep_ctx_t *ctx = ngx_http_sep_get_ctx(r);
+    char key[SEP_KEY_MAX];
+    const char *argv[2];
+    size_t argvlen[2];
+    u_char *dot, *p;
+
+    if (!sep_id_valid((const char *)id->data, id->len)) {
+        return ngx_http_sep_no_such_job(r);
+    }
+    dot = NULL;
+    for (p = file->data + file->len; p > file->data; p--) {
+        if (p[-1] == '.') {
+            dot = p - 1;
+            break;
+        }
+    }
+    if (dot == NULL) {
+        return ngx_http_sep_no_such_stem(r, "a stem is named {stem}.{ext}");
+    }
+    ctx->id = *id;
+    ctx->stem.data = file->data;
+    ctx->stem.len = dot - file->data;
+    ctx->ext.data = dot + 1;
+    ctx->ext.len = file->data + file->len - (dot + 1);
+    if (!ngx_http_sep_stem_name_valid(&ctx->stem) ||
+        !((ctx->ext.len == 3 && ngx_strncmp(ctx->ext.data, "wav", 3) == 0) ||
+          (ctx->ext.len == 4 && ngx_strncmp(ctx->ext.data, "flac", 4) == 0))) {
+        return ngx_http_sep_no_such_stem(r, "this job has no such stem");
+    }
+
+    if (ngx_http_sep_job_key(r, id, key, sizeof(key), &argvlen[1]) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    argv[0] = "HGETALL";
+    argvlen[0] = 7;
+    argv[1] = key;
+    return ngx_http_sep_send_command(r, ctx, ngx_http_sep_stem_reply, -1, 2, argv, argvlen);
+}

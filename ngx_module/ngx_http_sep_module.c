@@ -1,0 +1,631 @@
+/*
+ * ngx_http_sep_module: the HTTP face of the separation service.
+ *
+ * This file is laid out like nginx's own modules: the directives table, the module
+ * context and module struct, configuration create/merge, process hooks, then the
+ * content handler that routes the v1 API, and the filter that answers nginx's own
+ * error pages (413 from client_max_body_size, 400 on a broken body, 500) as JSON in
+ * sep_api locations. Directives and behaviours are documented in
+ * ngx_module/README.md.
+ */
+#include "ngx_module/ngx_http_sep_module.h"
+#include "ngx_module/ngx_http_sep_redis.h"
+
+#define SEP_DEFAULT_REDIS_PORT 6379
+
+static ngx_int_t ngx_http_sep_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_sep_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_sep_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_sep_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child);
+static ngx_int_t ngx_http_sep_init_process(ngx_cycle_t *cycle);
+static void ngx_http_sep_exit_process(ngx_cycle_t *cycle);
+
+static char *ngx_http_sep_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_sep_redis_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_sep_backoff_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_sep_prefix_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+static char *ngx_http_sep_model_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+static ngx_http_output_header_filter_pt ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt ngx_http_next_body_filter;
+
+static ngx_command_t ngx_http_sep_commands[] = {
+
+    {ngx_string("sep_api"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS, ngx_http_sep_api,
+     NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+
+    {ngx_string("sep_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, ngx_http_sep_redis_conf,
+     NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL},
+
+    {ngx_string("sep_redis_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_msec_slot,
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(ngx_http_sep_main_conf_t, redis_timeout), NULL},
+
+    {ngx_string("sep_redis_backoff"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
+     ngx_http_sep_backoff_conf, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL},
+
+    {ngx_string("sep_key_prefix"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_http_sep_prefix_conf,
+     NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL},
+
+    {ngx_string("sep_spool"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ngx_http_sep_loc_conf_t, spool),
+     NULL},
+
+    {ngx_string("sep_default_model"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_http_sep_model_conf, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sep_loc_conf_t, default_model), NULL},
+
+    {ngx_string("sep_max_queued"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ngx_http_sep_loc_conf_t, max_queued),
+     NULL},
+
+    {ngx_string("sep_result_ttl"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ngx_http_sep_loc_conf_t, result_ttl),
+     NULL},
+
+    {ngx_string("sep_max_attempts"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sep_loc_conf_t, max_attempts), NULL},
+
+    {ngx_string("sep_idempotency_ttl"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sep_loc_conf_t, idempotency_ttl), NULL},
+
+    {ngx_string("sep_stems_location"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sep_loc_conf_t, stems_location), NULL},
+
+    {ngx_string("sep_multipart_buffer"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sep_loc_conf_t, multipart_buffer), NULL},
+
+    {ngx_string("sep_multipart_max_header"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sep_loc_conf_t, multipart_max_header), NULL},
+
+    ngx_null_command};
+
+static ngx_http_module_t ngx_http_sep_module_ctx = {
+    NULL,                           /* preconfiguration */
+    ngx_http_sep_postconfiguration, /* postconfiguration */
+
+    ngx_http_sep_create_main_conf, /* create main configuration */
+    ngx_http_sep_init_main_conf,   /* init main configuration */
+
+    NULL, /* create server configuration */
+    NULL, /* merge server configuration */
+
+    ngx_http_sep_create_loc_conf, /* create location configuration */
+    ngx_http_sep_merge_loc_conf   /* merge location configuration */
+};
+
+ngx_module_t ngx_http_sep_module = {NGX_MODULE_V1,
+                                    &ngx_http_sep_module_ctx,  /* module context */
+                                    ngx_http_sep_commands,     /* module directives */
+                                    NGX_HTTP_MODULE,           /* module type */
+                                    NULL,                      /* init master */
+                                    NULL,                      /* init module */
+                                    ngx_http_sep_init_process, /* init process */
+                                    NULL,                      /* init thread */
+                                    NULL,                      /* exit thread */
+                                    ngx_http_sep_exit_process, /* exit process */
+                                    NULL,                      /* exit master */
+                                    NGX_MODULE_V1_PADDING};
+
+/* ---- configuration ---------------------------------------------------------- */
+
+static void *ngx_http_sep_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_sep_main_conf_t *mcf;
+
+    mcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_sep_main_conf_t));
+    if (mcf == NULL) {
+        return NULL;
+    }
+    mcf->enabled = 0;
+    mcf->redis_port = NGX_CONF_UNSET;
+    mcf->redis_db = 0;
+    mcf->redis_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->backoff_min = NGX_CONF_UNSET_MSEC;
+    mcf->backoff_max = NGX_CONF_UNSET_MSEC;
+    return mcf;
+}
+
+ngx_int_t ngx_http_sep_key(ngx_pool_t *pool, ngx_str_t *out, ngx_str_t *prefix, const char *kind,
+                           ngx_str_t *suffix)
+{
+    size_t kind_len = ngx_strlen(kind);
+    size_t len = prefix->len + kind_len + (suffix ? suffix->len : 0);
+    u_char *p;
+
+    out->data = ngx_pnalloc(pool, len + 1);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+    p = ngx_cpymem(out->data, prefix->data, prefix->len);
+    p = ngx_cpymem(p, kind, kind_len);
+    if (suffix) {
+        p = ngx_cpymem(p, suffix->data, suffix->len);
+    }
+    *p = '\0';
+    out->len = len;
+    return NGX_OK;
+}
+
+static char *ngx_http_sep_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_sep_main_conf_t *mcf = conf;
+
+    if (mcf->redis_host.data == NULL) {
+        ngx_str_set(&mcf->redis_host, "127.0.0.1");
+        mcf->redis_port = SEP_DEFAULT_REDIS_PORT;
+    }
+    ngx_conf_init_msec_value(mcf->redis_timeout, 1000);
+    ngx_conf_init_msec_value(mcf->backoff_min, 100);
+    ngx_conf_init_msec_value(mcf->backoff_max, 5000);
+    if (mcf->key_prefix.data == NULL) {
+        ngx_str_set(&mcf->key_prefix, SEP_DEFAULT_PREFIX);
+    }
+
+    if (ngx_http_sep_key(cf->pool, &mcf->key_q_high, &mcf->key_prefix, "q:high", NULL) != NGX_OK ||
+        ngx_http_sep_key(cf->pool, &mcf->key_q_normal, &mcf->key_prefix, "q:normal", NULL) !=
+            NGX_OK ||
+        ngx_http_sep_key(cf->pool, &mcf->key_delayed, &mcf->key_prefix, "delayed", NULL) !=
+            NGX_OK ||
+        ngx_http_sep_key(cf->pool, &mcf->key_stats, &mcf->key_prefix, "stats", NULL) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+    return NGX_CONF_OK;
+}
+
+static void *ngx_http_sep_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_sep_loc_conf_t *lcf;
+
+    lcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_sep_loc_conf_t));
+    if (lcf == NULL) {
+        return NULL;
+    }
+    /* spool and stems_location: zeroed (unset) by ngx_pcalloc */
+    lcf->api = NGX_CONF_UNSET;
+    lcf->default_model = NGX_CONF_UNSET;
+    lcf->max_queued = NGX_CONF_UNSET;
+    lcf->result_ttl = NGX_CONF_UNSET;
+    lcf->max_attempts = NGX_CONF_UNSET;
+    lcf->idempotency_ttl = NGX_CONF_UNSET;
+    lcf->multipart_buffer = NGX_CONF_UNSET_SIZE;
+    lcf->multipart_max_header = NGX_CONF_UNSET_SIZE;
+    return lcf;
+}
+
+static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_sep_loc_conf_t *prev = parent;
+    ngx_http_sep_loc_conf_t *conf = child;
+
+    ngx_conf_merge_value(conf->api, prev->api, 0);
+    ngx_conf_merge_str_value(conf->spool, prev->spool, "");
+    ngx_conf_merge_value(conf->default_model, prev->default_model, SEP_MODEL_HTDEMUCS);
+    ngx_conf_merge_value(conf->max_queued, prev->max_queued, 10000);
+    ngx_conf_merge_sec_value(conf->result_ttl, prev->result_ttl, 86400);
+    ngx_conf_merge_value(conf->max_attempts, prev->max_attempts, 3);
+    ngx_conf_merge_sec_value(conf->idempotency_ttl, prev->idempotency_ttl, 86400);
+    ngx_conf_merge_str_value(conf->stems_location, prev->stems_location, "/_sep_stems/");
+    ngx_conf_merge_size_value(conf->multipart_buffer, prev->multipart_buffer, 64 * 1024);
+    ngx_conf_merge_size_value(conf->multipart_max_header, prev->multipart_max_header, 8 * 1024);
+
+    while (conf->spool.len > 1 && conf->spool.data[conf->spool.len - 1] == '/') {
+        conf->spool.len--;
+    }
+    if (conf->spool.len && conf->spool.data[0] != '/') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_spool \"%V\" must be an absolute path",
+                           &conf->spool);
+        return NGX_CONF_ERROR;
+    }
+    if (conf->api && conf->spool.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_api needs sep_spool");
+        return NGX_CONF_ERROR;
+    }
+    if (conf->max_queued < 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_max_queued must be 0 or more");
+        return NGX_CONF_ERROR;
+    }
+    if (conf->max_attempts < 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_max_attempts must be 1 or more");
+        return NGX_CONF_ERROR;
+    }
+    if (conf->stems_location.len < 2 || conf->stems_location.data[0] != '/' ||
+        conf->stems_location.data[conf->stems_location.len - 1] != '/') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sep_stems_location \"%V\" must start and end with \"/\"",
+                           &conf->stems_location);
+        return NGX_CONF_ERROR;
+    }
+    if (conf->multipart_buffer < 4096) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_multipart_buffer must be at least 4k");
+        return NGX_CONF_ERROR;
+    }
+    if (conf->multipart_max_header < 256 || conf->multipart_max_header > 64 * 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sep_multipart_max_header must be between 256 and 64k");
+        return NGX_CONF_ERROR;
+    }
+    return NGX_CONF_OK;
+}
+
+static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r);
+
+static char *ngx_http_sep_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sep_loc_conf_t *lcf = conf;
+    ngx_http_core_loc_conf_t *clcf;
+    ngx_http_sep_main_conf_t *mcf;
+
+    if (lcf->api != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+    lcf->api = 1;
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_sep_handler;
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sep_module);
+    mcf->enabled = 1;
+    return NGX_CONF_OK;
+}
+
+/* sep_redis host:port | unix:/path [db=N] [password=SECRET] */
+static char *ngx_http_sep_redis_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sep_main_conf_t *mcf = conf;
+    ngx_str_t *value = cf->args->elts;
+    ngx_uint_t i;
+    ngx_url_t u;
+    u_char *p;
+    size_t n;
+
+    if (mcf->redis_host.data) {
+        return "is duplicate";
+    }
+
+    if (value[1].len > 5 && ngx_strncmp(value[1].data, "unix:", 5) == 0) {
+        if (value[1].data[5] != '/') {
+            return "needs an absolute unix socket path";
+        }
+        mcf->redis_host.len = value[1].len - 5;
+        mcf->redis_host.data = ngx_pnalloc(cf->pool, mcf->redis_host.len + 1);
+        if (mcf->redis_host.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+        ngx_cpystrn(mcf->redis_host.data, value[1].data + 5, mcf->redis_host.len + 1);
+        mcf->redis_port = 0;
+    } else {
+        /* Resolved here, once: hiredis would resolve with a blocking call. */
+        ngx_memzero(&u, sizeof(ngx_url_t));
+        u.url = value[1];
+        u.default_port = SEP_DEFAULT_REDIS_PORT;
+        if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s in sep_redis \"%V\"",
+                               u.err ? u.err : "invalid address", &u.url);
+            return NGX_CONF_ERROR;
+        }
+        if (u.naddrs == 0 || u.addrs == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_redis \"%V\" has no address", &u.url);
+            return NGX_CONF_ERROR;
+        }
+        p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+        n = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, p, NGX_SOCKADDR_STRLEN, 0);
+        p[n] = '\0';
+        mcf->redis_host.data = p;
+        mcf->redis_host.len = n;
+        mcf->redis_port = u.port;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
+            mcf->redis_db = ngx_atoi(value[i].data + 3, value[i].len - 3);
+            if (mcf->redis_db == NGX_ERROR) {
+                return "has an invalid db= number";
+            }
+        } else if (ngx_strncmp(value[i].data, "password=", 9) == 0 && value[i].len > 9) {
+            mcf->redis_password.data = value[i].data + 9;
+            mcf->redis_password.len = value[i].len - 9;
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid sep_redis parameter \"%V\"",
+                               &value[i]);
+            return NGX_CONF_ERROR;
+        }
+    }
+    return NGX_CONF_OK;
+}
+
+static char *ngx_http_sep_backoff_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sep_main_conf_t *mcf = conf;
+    ngx_str_t *value = cf->args->elts;
+
+    if (mcf->backoff_min != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+    mcf->backoff_min = ngx_parse_time(&value[1], 0);
+    mcf->backoff_max = ngx_parse_time(&value[2], 0);
+    if (mcf->backoff_min == (ngx_msec_t)NGX_ERROR || mcf->backoff_max == (ngx_msec_t)NGX_ERROR ||
+        mcf->backoff_min == 0 || mcf->backoff_max < mcf->backoff_min) {
+        return "needs two times MIN MAX with 0 < MIN <= MAX";
+    }
+    return NGX_CONF_OK;
+}
+
+static char *ngx_http_sep_prefix_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sep_main_conf_t *mcf = conf;
+    ngx_str_t *value = cf->args->elts;
+
+    if (mcf->key_prefix.data) {
+        return "is duplicate";
+    }
+    if (!sep_prefix_valid((sep_str_t){(const char *)value[1].data, value[1].len})) {
+        return "needs 1 to 64 visible ASCII characters";
+    }
+    mcf->key_prefix = value[1];
+    return NGX_CONF_OK;
+}
+
+static char *ngx_http_sep_model_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_sep_loc_conf_t *lcf = conf;
+    ngx_str_t *value = cf->args->elts;
+    sep_model_t model;
+
+    if (lcf->default_model != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+    if (sep_model_from_name((sep_str_t){(const char *)value[1].data, value[1].len}, &model) != 0) {
+        return "must be htdemucs, htdemucs_6s or htdemucs_ft";
+    }
+    lcf->default_model = model;
+    return NGX_CONF_OK;
+}
+
+/* ---- process hooks ---------------------------------------------------------- */
+
+static ngx_int_t ngx_http_sep_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_sep_main_conf_t *mcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE) {
+        return NGX_OK;
+    }
+    mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_sep_module);
+    if (mcf == NULL || !mcf->enabled) {
+        return NGX_OK;
+    }
+    return ngx_http_sep_redis_init_process(cycle, mcf);
+}
+
+static void ngx_http_sep_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_sep_redis_exit_process(cycle);
+}
+
+/* ---- requests --------------------------------------------------------------- */
+
+static void ngx_http_sep_ctx_cleanup(void *data)
+{
+    ngx_http_sep_redis_detach(data);
+}
+
+ngx_http_sep_ctx_t *ngx_http_sep_get_ctx(ngx_http_request_t *r)
+{
+    ngx_http_sep_ctx_t *ctx;
+    ngx_pool_cleanup_t *cln;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_sep_module);
+    if (ctx) {
+        return ctx;
+    }
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_sep_ctx_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (ctx == NULL || cln == NULL) {
+        return NULL;
+    }
+    ctx->request = r;
+    cln->handler = ngx_http_sep_ctx_cleanup;
+    cln->data = ctx;
+    ngx_http_set_ctx(r, ctx, ngx_http_sep_module);
+    return ctx;
+}
+
+static ngx_int_t ngx_http_sep_method_not_allowed(ngx_http_request_t *r, const char *allow)
+{
+    ngx_table_elt_t *h;
+    ngx_int_t rc;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    h->hash = 1;
+    ngx_str_set(&h->key, "Allow");
+    h->value.data = (u_char *)allow;
+    h->value.len = ngx_strlen(allow);
+    return ngx_http_sep_send_error(r, NGX_HTTP_NOT_ALLOWED, "method_not_allowed",
+                                   "%V is not allowed here; allowed: %s", &r->method_name, allow);
+}
+
+static ngx_int_t ngx_http_sep_not_found(ngx_http_request_t *r)
+{
+    ngx_int_t rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+    return ngx_http_sep_send_error(r, NGX_HTTP_NOT_FOUND, "not_found", "no such API path");
+}
+
+/*
+ * Routes (paths from "/v1/"):
+ *   jobs                       POST
+ *   jobs/{id}                  GET, HEAD, DELETE
+ *   jobs/{id}/stems/{file}     GET, HEAD
+ */
+static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
+{
+    u_char *p, *end, *slash;
+    ngx_str_t id, file;
+    ngx_int_t rc;
+
+    if (ngx_http_sep_get_ctx(r) == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = r->uri.data;
+    end = r->uri.data + r->uri.len;
+    if (r->uri.len < 4 || ngx_strncmp(p, "/v1/", 4) != 0) {
+        return ngx_http_sep_not_found(r);
+    }
+    p += 4;
+
+    if (end - p == 4 && ngx_strncmp(p, "jobs", 4) == 0) {
+        if (r->method != NGX_HTTP_POST) {
+            return ngx_http_sep_method_not_allowed(r, "POST");
+        }
+        return ngx_http_sep_upload_handler(r);
+    }
+
+    if (end - p <= 5 || ngx_strncmp(p, "jobs/", 5) != 0) {
+        return ngx_http_sep_not_found(r);
+    }
+    p += 5;
+    slash = ngx_strlchr(p, end, '/');
+    id.data = p;
+    id.len = (slash ? slash : end) - p;
+
+    if (slash == NULL) {
+        if (r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD)) {
+            rc = ngx_http_discard_request_body(r);
+            return rc != NGX_OK ? rc : ngx_http_sep_status_handler(r, &id);
+        }
+        if (r->method == NGX_HTTP_DELETE) {
+            rc = ngx_http_discard_request_body(r);
+            return rc != NGX_OK ? rc : ngx_http_sep_cancel_handler(r, &id);
+        }
+        return ngx_http_sep_method_not_allowed(r, "GET, HEAD, DELETE");
+    }
+
+    p = slash + 1;
+    if (end - p > 6 && ngx_strncmp(p, "stems/", 6) == 0) {
+        file.data = p + 6;
+        file.len = end - file.data;
+        if (ngx_strlchr(file.data, end, '/') != NULL) {
+            return ngx_http_sep_not_found(r);
+        }
+        if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+            return ngx_http_sep_method_not_allowed(r, "GET, HEAD");
+        }
+        rc = ngx_http_discard_request_body(r);
+        return rc != NGX_OK ? rc : ngx_http_sep_stem_handler(r, &id, &file);
+    }
+    return ngx_http_sep_not_found(r);
+}
+
+/* ---- JSON for nginx's own error pages in sep_api locations ------------------ */
+
+static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
+{
+    ngx_http_sep_loc_conf_t *lcf;
+    ngx_http_sep_ctx_t *ctx;
+    u_char *body;
+    size_t len;
+
+    if (r != r->main || r->headers_out.status < NGX_HTTP_BAD_REQUEST) {
+        return ngx_http_next_header_filter(r);
+    }
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
+    if (lcf == NULL || lcf->api != 1) {
+        return ngx_http_next_header_filter(r);
+    }
+    ctx = ngx_http_get_module_ctx(r, ngx_http_sep_module);
+    if (ctx && (ctx->json || ctx->error_body)) {
+        return ngx_http_next_header_filter(r);
+    }
+    ctx = ngx_http_sep_get_ctx(r);
+    if (ctx == NULL) {
+        return ngx_http_next_header_filter(r);
+    }
+    body = ngx_http_sep_status_error_json(r->pool, r->headers_out.status, &len);
+    if (body == NULL) {
+        return ngx_http_next_header_filter(r);
+    }
+    ctx->error_body = body;
+    ctx->error_body_len = len;
+
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    ngx_str_set(&r->headers_out.charset, "utf-8");
+    r->headers_out.content_type_lowcase = NULL;
+    ngx_http_clear_content_length(r);
+    r->headers_out.content_length_n = len;
+    ngx_http_clear_last_modified(r);
+    ngx_http_clear_etag(r);
+    return ngx_http_next_header_filter(r);
+}
+
+static ngx_int_t ngx_http_sep_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_http_sep_ctx_t *ctx;
+    ngx_chain_t *cl, out;
+    ngx_buf_t *b;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_sep_module);
+    if (ctx == NULL || ctx->error_body == NULL) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    /* nginx's HTML page is dropped; the JSON goes out once, as the whole body */
+    for (cl = in; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+        if (cl->buf->in_file) {
+            cl->buf->file_pos = cl->buf->file_last;
+        }
+    }
+    if (ctx->error_body_sent) {
+        return ngx_http_next_body_filter(r, NULL);
+    }
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+    b->pos = ctx->error_body;
+    b->last = ctx->error_body + ctx->error_body_len;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+    out.buf = b;
+    out.next = NULL;
+    ctx->error_body_sent = 1;
+    return ngx_http_next_body_filter(r, &out);
+}
+
+static ngx_int_t ngx_http_sep_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_sep_header_filter;
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_sep_body_filter;
+    return NGX_OK;
+}

@@ -1,0 +1,117 @@
+/*
+ * ngx_http_sep_module: declarations shared by the module's files.
+ *
+ *   ngx_http_sep_module.c   directives, configuration, process hooks, routing,
+ *                           the JSON error-page filter
+ *   ngx_http_sep_redis.c    hiredis bound to nginx's event loop; commands with
+ *                           per-request timeouts (ngx_http_sep_redis.h)
+ *   ngx_http_sep_reply.c    JSON answers and errors
+ *   ngx_http_sep_upload.c   POST /v1/jobs
+ *   ngx_http_sep_jobs.c     GET and DELETE /v1/jobs/{id}, stem downloads
+ */
+#ifndef NGX_HTTP_SEP_MODULE_H
+#define NGX_HTTP_SEP_MODULE_H
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "shared/sep_id.h"
+#include "shared/sep_keys.h"
+#include "shared/sep_options.h"
+
+/* One http{} block: the Redis connection settings and the key prefix. */
+typedef struct {
+    ngx_flag_t enabled; /* some location has sep_api */
+
+    ngx_str_t redis_host; /* NUL-terminated IP text, or the unix socket path */
+    ngx_int_t redis_port; /* 0 for a unix socket */
+    ngx_int_t redis_db;
+    ngx_str_t redis_password;
+    ngx_msec_t redis_timeout;
+    ngx_msec_t backoff_min;
+    ngx_msec_t backoff_max;
+
+    ngx_str_t key_prefix;
+    /* keys that do not depend on a job, built once */
+    ngx_str_t key_q_high;
+    ngx_str_t key_q_normal;
+    ngx_str_t key_delayed;
+    ngx_str_t key_stats;
+} ngx_http_sep_main_conf_t;
+
+typedef struct {
+    ngx_flag_t api;
+    ngx_str_t spool; /* no trailing slash */
+    ngx_int_t default_model;
+    ngx_int_t max_queued;
+    time_t result_ttl;
+    ngx_int_t max_attempts;
+    time_t idempotency_ttl;
+    ngx_str_t stems_location; /* starts and ends with '/' */
+    size_t multipart_buffer;
+    size_t multipart_max_header;
+} ngx_http_sep_loc_conf_t;
+
+typedef struct ngx_http_sep_cmd_s ngx_http_sep_cmd_t;
+
+/* Per-request state, from the request pool. */
+typedef struct {
+    ngx_http_request_t *request;
+
+    ngx_http_sep_cmd_t *cmd; /* the Redis command this request waits for */
+    ngx_event_t timeout;     /* its reply deadline */
+
+    ngx_str_t id; /* validated job id (points into id_buf or the URI) */
+    u_char id_buf[SEP_ID_LEN + 1];
+    ngx_str_t stem; /* stem download: validated stem name and extension */
+    ngx_str_t ext;
+
+    /* upload: what this request created in the spool, removed on failure */
+    ngx_str_t job_dir; /* {spool}/{id}, NUL-terminated */
+    ngx_str_t input_path;
+    sep_options_t options;
+    ngx_str_t idempotency_key;
+    off_t input_bytes;
+    const char *input_type;
+
+    unsigned json : 1;            /* the response is the module's own JSON */
+    unsigned error_body_sent : 1; /* the error filter replaced nginx's page */
+    u_char *error_body;           /* JSON that replaces nginx's error page */
+    size_t error_body_len;
+} ngx_http_sep_ctx_t;
+
+extern ngx_module_t ngx_http_sep_module;
+
+ngx_http_sep_ctx_t *ngx_http_sep_get_ctx(ngx_http_request_t *r);
+
+/* ngx_http_sep_reply.c: answers. Both return what ngx_http_output_filter returned;
+ * the caller finalizes with it (or returns it from a content handler). */
+ngx_int_t ngx_http_sep_send_json(ngx_http_request_t *r, ngx_uint_t status, u_char *body,
+                                 size_t len);
+ngx_int_t ngx_http_sep_send_error(ngx_http_request_t *r, ngx_uint_t status, const char *code,
+                                  const char *fmt, ...);
+/* The error JSON for an nginx-generated status (413, 400, 500, ...). */
+u_char *ngx_http_sep_status_error_json(ngx_pool_t *pool, ngx_uint_t status, size_t *len);
+ngx_int_t ngx_http_sep_set_location(ngx_http_request_t *r, ngx_str_t *id);
+
+/* Renders a job record reply (field, value, ... starting at element `first`) and
+ * answers it with `status`. 404 when the record is empty. */
+ngx_int_t ngx_http_sep_send_job(ngx_http_request_t *r, ngx_uint_t status, void *reply, size_t first,
+                                ngx_uint_t with_location);
+
+/* ngx_http_sep_upload.c */
+ngx_int_t ngx_http_sep_upload_handler(ngx_http_request_t *r);
+
+/* ngx_http_sep_jobs.c */
+ngx_int_t ngx_http_sep_status_handler(ngx_http_request_t *r, ngx_str_t *id);
+ngx_int_t ngx_http_sep_cancel_handler(ngx_http_request_t *r, ngx_str_t *id);
+ngx_int_t ngx_http_sep_stem_handler(ngx_http_request_t *r, ngx_str_t *id, ngx_str_t *file);
+/* Deletes {spool}/{id}/ and the plain files in it. */
+void ngx_http_sep_remove_job_dir(ngx_log_t *log, ngx_str_t *spool, ngx_str_t *id);
+
+/* Builds {prefix}{kind}{suffix} in the pool; NULL on error. */
+ngx_int_t ngx_http_sep_key(ngx_pool_t *pool, ngx_str_t *out, ngx_str_t *prefix, const char *kind,
+                           ngx_str_t *suffix);
+
+#endif /* NGX_HTTP_SEP_MODULE_H */

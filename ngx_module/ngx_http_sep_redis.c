@@ -1,0 +1,630 @@
+/*
+ * hiredis inside nginx's event loop (contract in ngx_http_sep_redis.h).
+ *
+ * The adapter follows the shape of hiredis' own adapters (ae.h, libevent.h): hiredis asks for
+ * read/write interest through addRead/delRead/addWrite/delWrite and announces the
+ * end of the socket through cleanup; here those calls drive an ngx_connection_t
+ * made with ngx_get_connection() over hiredis' file descriptor. Events are
+ * level-triggered (hiredis reads one buffer per call and expects to be called
+ * again while data is pending, like with ae).
+ *
+ * Connection life: DISCONNECTED -> (connect) CONNECTING -> CONNECTED. AUTH, SELECT
+ * and SCRIPT LOAD of the module's scripts are queued right after connect, so they
+ * precede every request's command on the wire. A failed or lost connection is
+ * retried after a backoff (doubling from sep_redis_backoff's MIN to MAX, reset once
+ * a connection's setup succeeded). While DISCONNECTED, commands are refused at
+ * once so requests get a quick 503; while CONNECTING they are buffered by hiredis.
+ *
+ * Commands: each request's command gets a record (ngx_http_sep_cmd_t, recycled
+ * through a free list) that hiredis keeps as privdata until the reply. The record,
+ * not the request, is what outlives a timeout: when the request stops waiting, the
+ * record forgets it, and the late reply is dropped. A submit whose request timed
+ * out is compensated: if the late reply says the job was created, it is canceled
+ * at once, because the client was told the submission failed.
+ */
+#include "ngx_module/ngx_http_sep_redis.h"
+
+#include <hiredis/async.h>
+
+#include "shared/sep_scripts.h"
+
+enum { SEP_REDIS_DISCONNECTED = 0, SEP_REDIS_CONNECTING, SEP_REDIS_CONNECTED };
+
+struct ngx_http_sep_cmd_s {
+    ngx_queue_t queue;       /* in flight, or on the free list */
+    ngx_http_sep_ctx_t *ctx; /* NULL once the request no longer waits */
+    ngx_http_sep_reply_pt handler;
+    ngx_int_t script; /* SEP_SCRIPT_* or -1 */
+    char *formatted;  /* the command, kept for a NOSCRIPT retry */
+    size_t formatted_len;
+    unsigned retried : 1;
+    unsigned cancel_if_created : 1;
+    u_char job_id[SEP_ID_LEN];
+};
+
+typedef struct {
+    ngx_http_sep_main_conf_t *mcf;
+    redisAsyncContext *ac;
+    ngx_connection_t *conn;
+    ngx_uint_t state;
+    ngx_event_t reconnect;
+    ngx_event_t connect_timeout;
+    ngx_msec_t backoff;
+    ngx_uint_t setup_pending; /* AUTH/SELECT/SCRIPT LOAD replies still due */
+    ngx_queue_t inflight;
+    ngx_queue_t free;
+    ngx_log_t *log;
+    unsigned exiting : 1;
+} ngx_http_sep_redis_t;
+
+/* One connection per worker process. */
+static ngx_http_sep_redis_t ngx_http_sep_redis;
+
+/* The scripts the module itself runs (loaded on every connect). */
+static const sep_script_id_t ngx_http_sep_module_scripts[] = {SEP_SCRIPT_SUBMIT, SEP_SCRIPT_CANCEL};
+
+static void ngx_http_sep_redis_connect(void);
+static void ngx_http_sep_redis_schedule_reconnect(void);
+static void ngx_http_sep_redis_drop(const char *why);
+
+/* ---- the event-loop adapter (hiredis' ev hooks) ----------------------------- */
+
+static void ngx_http_sep_redis_add_read(void *privdata)
+{
+    ngx_connection_t *c = privdata;
+
+    if (!c->read->active && ngx_add_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ALERT, c->log, 0, "sep: redis: cannot add read event");
+    }
+}
+
+static void ngx_http_sep_redis_del_read(void *privdata)
+{
+    ngx_connection_t *c = privdata;
+
+    if (c->read->active) {
+        (void)ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+}
+
+static void ngx_http_sep_redis_add_write(void *privdata)
+{
+    ngx_connection_t *c = privdata;
+
+    if (!c->write->active && ngx_add_event(c->write, NGX_WRITE_EVENT, 0) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ALERT, c->log, 0, "sep: redis: cannot add write event");
+    }
+}
+
+static void ngx_http_sep_redis_del_write(void *privdata)
+{
+    ngx_connection_t *c = privdata;
+
+    if (c->write->active) {
+        (void)ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
+}
+
+/* hiredis is about to close the socket: release the nginx side of it. */
+static void ngx_http_sep_redis_cleanup(void *privdata)
+{
+    ngx_connection_t *c = privdata;
+
+    if (c->read->active) {
+        (void)ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+    }
+    if (c->write->active) {
+        (void)ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+    }
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t)-1; /* hiredis closes it */
+
+    if (ngx_http_sep_redis.conn == c) {
+        ngx_http_sep_redis.conn = NULL;
+    }
+}
+
+static void ngx_http_sep_redis_read_handler(ngx_event_t *ev)
+{
+    ngx_connection_t *c = ev->data;
+
+    if (c->close) { /* worker_shutdown_timeout: nginx closes every connection */
+        ngx_http_sep_redis.exiting = 1;
+        ngx_http_sep_redis_drop("worker is shutting down");
+        return;
+    }
+    if (ngx_http_sep_redis.ac) {
+        redisAsyncHandleRead(ngx_http_sep_redis.ac);
+    }
+}
+
+static void ngx_http_sep_redis_write_handler(ngx_event_t *ev)
+{
+    ngx_connection_t *c = ev->data;
+
+    if (c->close) {
+        ngx_http_sep_redis.exiting = 1;
+        ngx_http_sep_redis_drop("worker is shutting down");
+        return;
+    }
+    if (ngx_http_sep_redis.ac) {
+        redisAsyncHandleWrite(ngx_http_sep_redis.ac);
+    }
+}
+
+/* ---- connection life -------------------------------------------------------- */
+
+static void ngx_http_sep_redis_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    redisReply *rr = reply;
+    const char *what = privdata;
+
+    if (rr == NULL) {
+        return; /* the connection went away; that path logs and reconnects */
+    }
+    if (rr->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_sep_redis.log, 0, "sep: redis %s failed: %s", what,
+                      rr->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    if (ngx_http_sep_redis.setup_pending > 0 && --ngx_http_sep_redis.setup_pending == 0) {
+        ngx_http_sep_redis.backoff = ngx_http_sep_redis.mcf->backoff_min;
+    }
+}
+
+static void ngx_http_sep_redis_on_connect(const redisAsyncContext *ac, int status)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    if (redis->connect_timeout.timer_set) {
+        ngx_del_timer(&redis->connect_timeout);
+    }
+    if (status != REDIS_OK) {
+        /* hiredis frees the context when this returns */
+        ngx_log_error(NGX_LOG_ERR, redis->log, 0, "sep: redis connect to %V failed: %s",
+                      &redis->mcf->redis_host, ac->errstr);
+        redis->ac = NULL;
+        redis->state = SEP_REDIS_DISCONNECTED;
+        ngx_http_sep_redis_schedule_reconnect();
+        return;
+    }
+    redis->state = SEP_REDIS_CONNECTED;
+    ngx_log_error(NGX_LOG_INFO, redis->log, 0, "sep: connected to redis %V",
+                  &redis->mcf->redis_host);
+}
+
+static void ngx_http_sep_redis_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    redis->ac = NULL;
+    redis->state = SEP_REDIS_DISCONNECTED;
+    if (redis->exiting) {
+        return;
+    }
+    ngx_log_error(NGX_LOG_WARN, redis->log, 0, "sep: lost the redis connection: %s",
+                  ac->errstr[0] ? ac->errstr : "closed");
+    ngx_http_sep_redis_schedule_reconnect();
+}
+
+static void ngx_http_sep_redis_reconnect_handler(ngx_event_t *ev)
+{
+    if (!ngx_http_sep_redis.exiting && ngx_http_sep_redis.ac == NULL) {
+        ngx_http_sep_redis_connect();
+    }
+}
+
+static void ngx_http_sep_redis_connect_timeout_handler(ngx_event_t *ev)
+{
+    if (ngx_http_sep_redis.state == SEP_REDIS_CONNECTING) {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_sep_redis.log, 0, "sep: redis connect to %V timed out",
+                      &ngx_http_sep_redis.mcf->redis_host);
+        ngx_http_sep_redis_drop("connect timed out");
+        ngx_http_sep_redis_schedule_reconnect();
+    }
+}
+
+static void ngx_http_sep_redis_schedule_reconnect(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    if (redis->exiting || ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+    if (!redis->reconnect.timer_set) {
+        ngx_add_timer(&redis->reconnect, redis->backoff);
+    }
+    redis->backoff = ngx_min(redis->backoff * 2, redis->mcf->backoff_max);
+}
+
+/* Frees the context now: pending commands get a NULL reply. */
+static void ngx_http_sep_redis_drop(const char *why)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    redisAsyncContext *ac = redis->ac;
+
+    if (ac == NULL) {
+        return;
+    }
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: dropping redis connection: %s", why);
+    redis->ac = NULL;
+    redis->state = SEP_REDIS_DISCONNECTED;
+    if (redis->connect_timeout.timer_set) {
+        ngx_del_timer(&redis->connect_timeout);
+    }
+    redisAsyncFree(ac);
+}
+
+static void ngx_http_sep_redis_connect(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    ngx_http_sep_main_conf_t *mcf = redis->mcf;
+    redisAsyncContext *ac;
+    ngx_connection_t *c;
+    ngx_uint_t i;
+
+    if (mcf->redis_port == 0) {
+        ac = redisAsyncConnectUnix((const char *)mcf->redis_host.data);
+    } else {
+        ac = redisAsyncConnect((const char *)mcf->redis_host.data, (int)mcf->redis_port);
+    }
+    if (ac == NULL || ac->err) {
+        ngx_log_error(NGX_LOG_ERR, redis->log, 0, "sep: redis connect to %V failed: %s",
+                      &mcf->redis_host, ac ? ac->errstr : "out of memory");
+        if (ac) {
+            redisAsyncFree(ac);
+        }
+        ngx_http_sep_redis_schedule_reconnect();
+        return;
+    }
+
+    c = ngx_get_connection(ac->c.fd, redis->log);
+    if (c == NULL) {
+        redisAsyncFree(ac);
+        ngx_http_sep_redis_schedule_reconnect();
+        return;
+    }
+    c->data = redis;
+    c->log = redis->log;
+    c->read->log = redis->log;
+    c->write->log = redis->log;
+    c->read->handler = ngx_http_sep_redis_read_handler;
+    c->write->handler = ngx_http_sep_redis_write_handler;
+
+    ac->data = redis;
+    ac->ev.data = c;
+    ac->ev.addRead = ngx_http_sep_redis_add_read;
+    ac->ev.delRead = ngx_http_sep_redis_del_read;
+    ac->ev.addWrite = ngx_http_sep_redis_add_write;
+    ac->ev.delWrite = ngx_http_sep_redis_del_write;
+    ac->ev.cleanup = ngx_http_sep_redis_cleanup;
+
+    redis->ac = ac;
+    redis->conn = c;
+    redis->state = SEP_REDIS_CONNECTING;
+
+    /* Setting the connect callback arms the write event that reports the
+     * connect(2) outcome; the adapter must be attached before. */
+    redisAsyncSetConnectCallback(ac, ngx_http_sep_redis_on_connect);
+    redisAsyncSetDisconnectCallback(ac, ngx_http_sep_redis_on_disconnect);
+
+    redis->setup_pending = 0;
+    if (mcf->redis_password.len) {
+        redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply, "AUTH", "AUTH %b",
+                          mcf->redis_password.data, mcf->redis_password.len);
+        redis->setup_pending++;
+    }
+    if (mcf->redis_db > 0) {
+        redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply, "SELECT", "SELECT %d",
+                          (int)mcf->redis_db);
+        redis->setup_pending++;
+    }
+    for (i = 0; i < sizeof(ngx_http_sep_module_scripts) / sizeof(sep_script_id_t); i++) {
+        const sep_script_t *s = &sep_scripts[ngx_http_sep_module_scripts[i]];
+        redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply, "SCRIPT LOAD", "SCRIPT LOAD %b",
+                          s->source, s->length);
+        redis->setup_pending++;
+    }
+
+    ngx_add_timer(&redis->connect_timeout, mcf->redis_timeout);
+}
+
+ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_conf_t *mcf)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    ngx_memzero(redis, sizeof(*redis));
+    redis->mcf = mcf;
+    redis->log = cycle->log;
+    redis->backoff = mcf->backoff_min;
+    ngx_queue_init(&redis->inflight);
+    ngx_queue_init(&redis->free);
+
+    redis->reconnect.handler = ngx_http_sep_redis_reconnect_handler;
+    redis->reconnect.data = redis;
+    redis->reconnect.log = cycle->log;
+    redis->reconnect.cancelable = 1; /* never keeps an exiting worker alive */
+
+    redis->connect_timeout.handler = ngx_http_sep_redis_connect_timeout_handler;
+    redis->connect_timeout.data = redis;
+    redis->connect_timeout.log = cycle->log;
+    redis->connect_timeout.cancelable = 1;
+
+    ngx_http_sep_redis_connect();
+    return NGX_OK;
+}
+
+void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    ngx_queue_t *q;
+    ngx_http_sep_cmd_t *cmd;
+
+    if (redis->mcf == NULL) {
+        return;
+    }
+    redis->exiting = 1;
+    if (redis->reconnect.timer_set) {
+        ngx_del_timer(&redis->reconnect);
+    }
+
+    /* Requests still waiting die with the process: make their replies no-ops. */
+    for (q = ngx_queue_head(&redis->inflight); q != ngx_queue_sentinel(&redis->inflight);
+         q = ngx_queue_next(q)) {
+        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
+        if (cmd->ctx) {
+            cmd->ctx->cmd = NULL;
+            cmd->ctx = NULL;
+        }
+    }
+    ngx_http_sep_redis_drop("worker exit");
+
+    while (!ngx_queue_empty(&redis->free)) {
+        q = ngx_queue_head(&redis->free);
+        ngx_queue_remove(q);
+        ngx_free(ngx_queue_data(q, ngx_http_sep_cmd_t, queue));
+    }
+}
+
+/* ---- commands --------------------------------------------------------------- */
+
+static ngx_http_sep_cmd_t *ngx_http_sep_cmd_alloc(void)
+{
+    ngx_http_sep_cmd_t *cmd;
+    ngx_queue_t *q;
+
+    if (!ngx_queue_empty(&ngx_http_sep_redis.free)) {
+        q = ngx_queue_head(&ngx_http_sep_redis.free);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
+    } else {
+        cmd = ngx_alloc(sizeof(ngx_http_sep_cmd_t), ngx_http_sep_redis.log);
+        if (cmd == NULL) {
+            return NULL;
+        }
+    }
+    ngx_memzero(cmd, sizeof(*cmd));
+    cmd->script = -1;
+    return cmd;
+}
+
+static void ngx_http_sep_cmd_release(ngx_http_sep_cmd_t *cmd)
+{
+    if (cmd->formatted) {
+        redisFreeCommand(cmd->formatted);
+        cmd->formatted = NULL;
+    }
+    cmd->ctx = NULL;
+    ngx_queue_insert_head(&ngx_http_sep_redis.free, &cmd->queue);
+}
+
+ngx_uint_t ngx_http_sep_redis_error_is(redisReply *reply, const char *code)
+{
+    size_t n = ngx_strlen(code);
+    const char *s;
+    size_t len;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ERROR) {
+        return 0;
+    }
+    s = reply->str;
+    len = reply->len;
+    /* Redis puts "ERR " before a script error that is a bare word */
+    if (len > 4 && ngx_strncmp(s, "ERR ", 4) == 0 &&
+        !(n == 3 && ngx_strncmp(code, "ERR", 3) == 0)) {
+        s += 4;
+        len -= 4;
+    }
+    return len >= n && ngx_strncmp(s, code, n) == 0 && (len == n || s[n] == ' ');
+}
+
+static void ngx_http_sep_redis_log_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    redisReply *rr = reply;
+
+    if (rr && rr->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_sep_redis.log, 0, "sep: redis %s: %s",
+                      (const char *)privdata, rr->str);
+    }
+}
+
+/* A job was created by a submit whose request had already been answered 503:
+ * cancel it so that no job exists the client was told failed. */
+static void ngx_http_sep_redis_cancel_late_job(u_char *id)
+{
+    ngx_http_sep_main_conf_t *mcf = ngx_http_sep_redis.mcf;
+    const sep_script_t *script = &sep_scripts[SEP_SCRIPT_CANCEL];
+    char job_key[SEP_KEY_MAX], channel[SEP_KEY_MAX];
+    sep_str_t prefix = {(const char *)mcf->key_prefix.data, mcf->key_prefix.len};
+    sep_str_t job_id = {(const char *)id, SEP_ID_LEN};
+    const char *argv[10];
+    size_t argvlen[10];
+    int argc = 0;
+
+    if (ngx_http_sep_redis.ac == NULL) {
+        return;
+    }
+    size_t job_len = sep_key_job(job_key, sizeof(job_key), prefix, job_id);
+    size_t channel_len = sep_key_events(channel, sizeof(channel), prefix, job_id);
+
+#define SEP_ARG(p, n) (argv[argc] = (const char *)(p), argvlen[argc++] = (n))
+    SEP_ARG("EVALSHA", 7);
+    SEP_ARG(script->sha1, 40);
+    SEP_ARG("5", 1);
+    SEP_ARG(job_key, job_len);
+    SEP_ARG(mcf->key_q_high.data, mcf->key_q_high.len);
+    SEP_ARG(mcf->key_q_normal.data, mcf->key_q_normal.len);
+    SEP_ARG(mcf->key_delayed.data, mcf->key_delayed.len);
+    SEP_ARG(mcf->key_stats.data, mcf->key_stats.len);
+    SEP_ARG(channel, channel_len);
+    SEP_ARG(SEP_GROUP, sizeof(SEP_GROUP) - 1);
+#undef SEP_ARG
+
+    ngx_log_error(NGX_LOG_WARN, ngx_http_sep_redis.log, 0,
+                  "sep: job %*s was created after its request timed out; canceling it",
+                  (size_t)SEP_ID_LEN, id);
+    redisAsyncCommandArgv(ngx_http_sep_redis.ac, ngx_http_sep_redis_log_reply,
+                          "cancel of a late submit", argc, argv, argvlen);
+}
+
+static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    ngx_http_sep_cmd_t *cmd = privdata;
+    redisReply *rr = reply;
+    ngx_http_sep_ctx_t *ctx;
+    ngx_http_request_t *r;
+    ngx_connection_t *c;
+    ngx_http_sep_reply_pt handler;
+
+    /* The script cache was flushed since we connected: load it, repeat once. */
+    if (cmd->script >= 0 && !cmd->retried && cmd->formatted &&
+        ngx_http_sep_redis_error_is(rr, "NOSCRIPT")) {
+        const sep_script_t *s = &sep_scripts[cmd->script];
+        cmd->retried = 1;
+        if (redisAsyncCommand(ac, ngx_http_sep_redis_log_reply, "SCRIPT LOAD", "SCRIPT LOAD %b",
+                              s->source, s->length) == REDIS_OK &&
+            redisAsyncFormattedCommand(ac, ngx_http_sep_redis_reply, cmd, cmd->formatted,
+                                       cmd->formatted_len) == REDIS_OK) {
+            ngx_log_error(NGX_LOG_NOTICE, ngx_http_sep_redis.log, 0,
+                          "sep: redis lost script \"%s\", loaded it again", s->name);
+            return;
+        }
+    }
+
+    ngx_queue_remove(&cmd->queue);
+    ctx = cmd->ctx;
+
+    if (ctx == NULL) {
+        if (cmd->cancel_if_created && rr && rr->type == REDIS_REPLY_ARRAY && rr->elements > 0 &&
+            rr->element[0]->type == REDIS_REPLY_STRING && rr->element[0]->len == 7 &&
+            ngx_strncmp(rr->element[0]->str, "created", 7) == 0) {
+            ngx_http_sep_redis_cancel_late_job(cmd->job_id);
+        }
+        ngx_http_sep_cmd_release(cmd);
+        return;
+    }
+
+    r = ctx->request;
+    c = r->connection;
+    handler = cmd->handler;
+    ctx->cmd = NULL;
+    if (ctx->timeout.timer_set) {
+        ngx_del_timer(&ctx->timeout);
+    }
+    ngx_http_sep_cmd_release(cmd);
+
+    handler(r, ctx, rr);
+    ngx_http_run_posted_requests(c);
+}
+
+static void ngx_http_sep_redis_timeout_handler(ngx_event_t *ev)
+{
+    ngx_http_sep_ctx_t *ctx = ev->data;
+    ngx_http_request_t *r = ctx->request;
+    ngx_connection_t *c = r->connection;
+    ngx_http_sep_cmd_t *cmd = ctx->cmd;
+    ngx_http_sep_reply_pt handler;
+
+    if (cmd == NULL) {
+        return;
+    }
+    handler = cmd->handler;
+    cmd->ctx = NULL;
+    if (cmd->script == SEP_SCRIPT_SUBMIT && ctx->id.len == SEP_ID_LEN) {
+        cmd->cancel_if_created = 1;
+        ngx_memcpy(cmd->job_id, ctx->id.data, SEP_ID_LEN);
+    }
+    ctx->cmd = NULL;
+
+    ngx_log_error(NGX_LOG_ERR, c->log, 0, "sep: no redis reply within %M ms",
+                  ngx_http_sep_redis.mcf->redis_timeout);
+    handler(r, ctx, NULL);
+    ngx_http_run_posted_requests(c);
+}
+
+ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                     ngx_http_sep_reply_pt handler, ngx_int_t script, int argc,
+                                     const char **argv, const size_t *argvlen)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    ngx_http_sep_cmd_t *cmd;
+    char *formatted = NULL;
+    int len;
+
+    if (redis->ac == NULL || redis->state == SEP_REDIS_DISCONNECTED) {
+        return NGX_DECLINED;
+    }
+
+    len = redisFormatCommandArgv(&formatted, argc, argv, argvlen);
+    if (len < 0) {
+        return NGX_ERROR;
+    }
+    cmd = ngx_http_sep_cmd_alloc();
+    if (cmd == NULL) {
+        redisFreeCommand(formatted);
+        return NGX_ERROR;
+    }
+    if (redisAsyncFormattedCommand(redis->ac, ngx_http_sep_redis_reply, cmd, formatted,
+                                   (size_t)len) != REDIS_OK) {
+        redisFreeCommand(formatted);
+        ngx_queue_insert_head(&redis->free, &cmd->queue);
+        return NGX_DECLINED;
+    }
+
+    cmd->ctx = ctx;
+    cmd->handler = handler;
+    cmd->script = script;
+    if (script >= 0) {
+        cmd->formatted = formatted;
+        cmd->formatted_len = (size_t)len;
+    } else {
+        redisFreeCommand(formatted);
+    }
+    ngx_queue_insert_tail(&redis->inflight, &cmd->queue);
+    ctx->cmd = cmd;
+
+    ctx->timeout.handler = ngx_http_sep_redis_timeout_handler;
+    ctx->timeout.data = ctx;
+    ctx->timeout.log = r->connection->log;
+    ngx_add_timer(&ctx->timeout, redis->mcf->redis_timeout);
+    return NGX_OK;
+}
+
+void ngx_http_sep_redis_detach(ngx_http_sep_ctx_t *ctx)
+{
+    if (ctx->cmd) {
+        ctx->cmd->ctx = NULL;
+        ctx->cmd = NULL;
+    }
+    if (ctx->timeout.timer_set) {
+        ngx_del_timer(&ctx->timeout);
+    }
+}

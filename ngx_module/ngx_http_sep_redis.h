@@ -1,0 +1,41 @@
+/*
+ * Redis for the module: one persistent, pipelined hiredis async connection per
+ * nginx worker, driven by nginx's event loop, and commands issued on behalf of
+ * requests with a per-request reply deadline.
+ *
+ * A request sends at most one command at a time. Its reply handler is called once:
+ * with the reply, or with NULL when the connection failed or the deadline passed
+ * (ctx->timeout.timedout tells which). After that the request owes nothing to this
+ * layer: a reply that arrives late is dropped here without touching the request.
+ */
+#ifndef NGX_HTTP_SEP_REDIS_H
+#define NGX_HTTP_SEP_REDIS_H
+
+#include <hiredis/hiredis.h>
+
+#include "ngx_module/ngx_http_sep_module.h"
+
+typedef void (*ngx_http_sep_reply_pt)(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                      redisReply *reply);
+
+/* Process hooks: connect in each worker; close at exit. */
+ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_conf_t *mcf);
+void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle);
+
+/*
+ * Sends argv for request r and arms its deadline. script is the SEP_SCRIPT_* the
+ * command runs with EVALSHA (a NOSCRIPT answer then loads it and repeats the
+ * command once), or -1. Returns NGX_OK (the handler will be called), NGX_DECLINED
+ * when Redis is not connected (answer 503 at once) or NGX_ERROR.
+ */
+ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                     ngx_http_sep_reply_pt handler, ngx_int_t script, int argc,
+                                     const char **argv, const size_t *argvlen);
+
+/* Forgets the request's pending command (request pool cleanup). */
+void ngx_http_sep_redis_detach(ngx_http_sep_ctx_t *ctx);
+
+/* 1 when reply is an error whose code (first word) is `code`. */
+ngx_uint_t ngx_http_sep_redis_error_is(redisReply *reply, const char *code);
+
+#endif /* NGX_HTTP_SEP_REDIS_H */
