@@ -267,11 +267,25 @@ size_t sep_format_iso8601(char *buf, size_t cap, long long ms)
         return 0;
     time_t secs = (time_t)(ms / 1000);
     struct tm tm;
-    if (gmtime_r(&secs, &tm) == NULL)
+    if (gmtime_r(&secs, &tm) == NULL || tm.tm_year + 1900 > 9999)
         return 0;
-    int n = snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-    return (n > 0 && (size_t)n < cap) ? (size_t)n : 0;
+    /* fixed width, written digit by digit: this runs for every status answer */
+    const int parts[7] = {tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,      tm.tm_hour,
+                          tm.tm_min,         tm.tm_sec,     (int)(ms % 1000)};
+    static const char seps[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
+    static const int widths[7] = {4, 2, 2, 2, 2, 2, 3};
+    char *p = buf;
+    for (int i = 0; i < 7; i++) {
+        int v = parts[i];
+        for (int d = widths[i] - 1; d >= 0; d--) {
+            p[d] = (char)('0' + v % 10);
+            v /= 10;
+        }
+        p += widths[i];
+        *p++ = seps[i];
+    }
+    *p = '\0';
+    return (size_t)(p - buf);
 }
 
 int sep_parse_iso8601(sep_str_t text, long long *ms)

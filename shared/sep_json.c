@@ -149,17 +149,36 @@ void sep_jw_key(sep_json_writer_t *w, const char *name)
     sep_jw_raw(w, "\":", 2);
 }
 
+/* Digits of v, right-aligned in tmp[24]; returns where they start. */
+static char *sep_format_ll(char tmp[24], long long v)
+{
+    char *p = tmp + 24;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    return p;
+}
+
 void sep_jw_int(sep_json_writer_t *w, long long v)
 {
     char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%lld", v);
-    sep_jw_raw(w, tmp, (size_t)n);
+    char *p = sep_format_ll(tmp, v);
+    sep_jw_raw(w, p, (size_t)(tmp + 24 - p));
 }
 
 void sep_jw_double(sep_json_writer_t *w, double v)
 {
     if (!isfinite(v)) {
         sep_jw_null(w);
+        return;
+    }
+    /* Whole numbers (progress 0 and 1, counts, rates) skip printf. */
+    if (v == (double)(long long)v && v > -1e15 && v < 1e15) {
+        sep_jw_int(w, (long long)v);
         return;
     }
     char tmp[32];

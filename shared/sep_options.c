@@ -266,7 +266,9 @@ const char *sep_options_stems_name(const sep_options_t *opts)
 
 size_t sep_format_double(char *buf, size_t cap, double value)
 {
-    for (int precision = 6; precision <= 17; precision++) {
+    /* 15 significant digits read back exactly for most values we print (0.25,
+     * 7.912); 17 always does. */
+    for (int precision = 15; precision <= 17; precision++) {
         int n = snprintf(buf, cap, "%.*g", precision, value);
         if (n < 0 || (size_t)n >= cap)
             return 0;
