@@ -37,3 +37,11 @@ $(NGX_MODULE_SO): $(NGX_BUILD_DIR)/.configured $(NGX_MODULE_SRCS) $(SHARED_SRCS)
                   $(SHARED_GEN)
 	$(MAKE) --no-print-directory -C $(NGX_BUILD_DIR) -f objs/Makefile modules
 	@touch $@
+
+# Module-level tests (Redis timeouts and late replies, NOSCRIPT, AUTH/SELECT over a
+# unix socket, JSON error pages, graceful quit with requests in flight) against a
+# real redis-server and nginx; the HTTP API itself is tests/integration's.
+TEST_SUITES += test-ngx-module
+.PHONY: test-ngx-module
+test-ngx-module: $(NGX_MODULE_SO)
+	$(PY) ngx_module/t/test_module.py
