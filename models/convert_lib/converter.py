@@ -197,6 +197,7 @@ def build_metadata(name, models, weights):
                 "signature": model.signature,
                 "checkpoint": os.path.basename(model.path),
                 "sha256": model.sha256,
+                "segment_samples": model.segment_samples,
                 "kwargs": htdemucs_args.json_kwargs(model.bound),
             }
         )

@@ -198,6 +198,7 @@ class ConvertFixtures(TempDirTest):
         models = json.loads(metadata["models"])
         self.assertEqual(len(models), 1)
         self.assertEqual(models[0]["class"], "HTDemucs")
+        self.assertEqual(models[0]["segment_samples"], info["segment_samples"])
         self.assertEqual(models[0]["kwargs"], info["kwargs"])
         self.assertEqual(list(models[0]["kwargs"]), list(info["kwargs"]), "signature order")
         self.assertEqual(json.loads(metadata["weights"]), [[1.0] * len(info["kwargs"]["sources"])])
@@ -262,6 +263,8 @@ class ConvertFixtures(TempDirTest):
         models = json.loads(metadata["models"])
         self.assertEqual([m["signature"] for m in models], ["tiny_a", "tiny_b"])
         self.assertEqual(models[1]["kwargs"], EXPECTED["models"]["b"]["kwargs"])
+        # Each network pads to its own training length, as each HTDemucs does in demucs.
+        self.assertEqual([m["segment_samples"] for m in models], [343980, 154350])
         self.assertEqual(json.loads(metadata["weights"]), [[float(v) for v in row] for row in weights])
         # The bag runs at its shortest model segment (BagOfModels.max_allowed_segment).
         self.assertEqual(metadata["segment"], "3.5")
