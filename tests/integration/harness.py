@@ -261,7 +261,7 @@ class Cases:
             ran += 1
             start = time.monotonic()
             try:
-                fn(stack)
+                detail = fn(stack)
             except CaseFailed as e:
                 failed.append(name)
                 print("FAIL %-44s %s" % (name, e), flush=True)
@@ -269,7 +269,8 @@ class Cases:
                 failed.append(name)
                 print("FAIL %-44s crashed:\n%s" % (name, traceback.format_exc()), flush=True)
             else:
-                print("ok   %-44s %.2fs" % (name, time.monotonic() - start), flush=True)
+                print("ok   %-44s %.2fs%s" % (name, time.monotonic() - start,
+                                           ("  " + detail) if detail else ""), flush=True)
         if failed:
             print("nginx error log (tail):\n" + stack.error_log_tail(), flush=True)
             print("FAILED: %d of %d cases: %s" % (len(failed), ran, ", ".join(failed)))
