@@ -247,6 +247,7 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
     sep_job_t job;
     ngx_str_t uri;
     ngx_int_t rc;
+    ngx_uint_t serve = 0;
     u_char *p;
 
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
@@ -283,10 +284,11 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
                    0) {
         rc = ngx_http_sep_no_such_stem(r, "this job has no such stem");
     } else {
+        serve = 1;
         rc = NGX_OK;
     }
     sep_job_clear(&job);
-    if (rc != NGX_OK) {
+    if (!serve) { /* an answer was sent (or failed): rc is its result */
         ngx_http_finalize_request(r, rc);
         return;
     }
