@@ -238,8 +238,6 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
                                     redisReply *reply)
 {
     ngx_http_sep_loc_conf_t *lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
-    const char *items[128];
-    size_t lens[128], i, n;
     const sep_job_stem_t *listed;
     sep_str_t stem = {(const char *)ctx->stem.data, ctx->stem.len};
     sep_model_t model;
@@ -254,14 +252,10 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
         ngx_http_finalize_request(r, ngx_http_sep_redis_failure(r, ctx, reply));
         return;
     }
-    n = ngx_min(reply->elements, 128) & ~(size_t)1;
-    for (i = 0; i < n; i++) {
-        items[i] = reply->element[i]->type == REDIS_REPLY_STRING ? reply->element[i]->str : "";
-        lens[i] = reply->element[i]->type == REDIS_REPLY_STRING ? reply->element[i]->len : 0;
+    if (ngx_http_sep_job_from_reply(r, reply, 0, &job) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
     }
-    sep_job_init(&job);
-    sep_job_from_fields(&job, n, items, lens);
-
     if (!sep_job_exists(&job)) {
         rc = ngx_http_sep_no_such_job(r);
     } else if (sep_job_status(&job) != SEP_STATUS_COMPLETED) {

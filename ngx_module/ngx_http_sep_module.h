@@ -95,6 +95,12 @@ ngx_int_t ngx_http_sep_send_error(ngx_http_request_t *r, ngx_uint_t status, cons
 u_char *ngx_http_sep_status_error_json(ngx_pool_t *pool, ngx_uint_t status, size_t *len);
 ngx_int_t ngx_http_sep_set_location(ngx_http_request_t *r, ngx_str_t *id);
 
+/* Reads a job from a hiredis reply (field, value, ... from element `first`); the
+ * job's views point into the reply. Call sep_job_clear() after use. */
+struct sep_job;
+ngx_int_t ngx_http_sep_job_from_reply(ngx_http_request_t *r, void *reply, size_t first,
+                                      struct sep_job *job);
+
 /* Renders a job record reply (field, value, ... starting at element `first`) and
  * answers it with `status`. 404 when the record is empty. */
 ngx_int_t ngx_http_sep_send_job(ngx_http_request_t *r, ngx_uint_t status, void *reply, size_t first,

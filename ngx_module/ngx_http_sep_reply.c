@@ -186,18 +186,16 @@ ngx_int_t ngx_http_sep_set_location(ngx_http_request_t *r, ngx_str_t *id)
     return NGX_OK;
 }
 
-ngx_int_t ngx_http_sep_send_job(ngx_http_request_t *r, ngx_uint_t status, void *reply, size_t first,
-                                ngx_uint_t with_location)
+ngx_int_t ngx_http_sep_job_from_reply(ngx_http_request_t *r, void *reply, size_t first,
+                                      sep_job_t *job)
 {
     redisReply *rr = reply;
     const char *stack_items[SEP_REPLY_FIELDS_ON_STACK], **items = stack_items;
     size_t stack_lens[SEP_REPLY_FIELDS_ON_STACK], *lens = stack_lens;
-    size_t n, i, cap, len;
-    sep_job_t job;
-    u_char *buf;
-    ngx_str_t id;
+    size_t n, i;
 
-    n = rr->elements > first ? rr->elements - first : 0;
+    sep_job_init(job);
+    n = rr->elements > first ? (rr->elements - first) & ~(size_t)1 : 0;
     if (n > SEP_REPLY_FIELDS_ON_STACK) {
         items = ngx_palloc(r->pool, n * sizeof(char *));
         lens = ngx_palloc(r->pool, n * sizeof(size_t));
@@ -215,9 +213,22 @@ ngx_int_t ngx_http_sep_send_job(ngx_http_request_t *r, ngx_uint_t status, void *
             lens[i] = 0;
         }
     }
+    (void)sep_job_from_fields(job, n, items, lens);
+    return NGX_OK;
+}
 
-    sep_job_init(&job);
-    if (n == 0 || sep_job_from_fields(&job, n, items, lens) != 0 || !sep_job_exists(&job)) {
+ngx_int_t ngx_http_sep_send_job(ngx_http_request_t *r, ngx_uint_t status, void *reply, size_t first,
+                                ngx_uint_t with_location)
+{
+    size_t cap, len;
+    sep_job_t job;
+    u_char *buf;
+    ngx_str_t id;
+
+    if (ngx_http_sep_job_from_reply(r, reply, first, &job) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    if (!sep_job_exists(&job)) {
         sep_job_clear(&job);
         return ngx_http_sep_send_error(r, NGX_HTTP_NOT_FOUND, "job_not_found",
                                        "no job with this id (it may have expired)");
