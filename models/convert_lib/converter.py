@@ -132,7 +132,11 @@ def read_model(path):
             if not isinstance(value, torch_checkpoint.TensorRef):
                 _fail(path, f"state entry {key} is a {type(value).__name__}, not a tensor")
             if value.dtype not in torch_checkpoint.FLOAT_DTYPES:
-                _fail(path, f"state entry {key} is a {value.dtype} tensor; only floating tensors are supported", UnsupportedCheckpoint)
+                _fail(
+                    path,
+                    f"state entry {key} is a {value.dtype} tensor; only floating tensors are supported",
+                    UnsupportedCheckpoint,
+                )
             tensors.append((key, value))
         if not tensors:
             _fail(path, "the model state is empty")
@@ -180,9 +184,7 @@ def check_bag(models, weights):
         result.append(values)
     for column in range(n_sources):
         if sum(row[column] for row in result) == 0:
-            raise CheckpointError(
-                f"bag weights for source {first.sources[column]!r} are all zero"
-            )
+            raise CheckpointError(f"bag weights for source {first.sources[column]!r} are all zero")
     return result
 
 

@@ -35,7 +35,11 @@ def build_header(metadata, tensors):
         for dim in shape:
             count *= int(dim)
         end = offset + 4 * count
-        header[name] = {"dtype": "F32", "shape": [int(d) for d in shape], "data_offsets": [offset, end]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": [int(d) for d in shape],
+            "data_offsets": [offset, end],
+        }
         offset = end
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     pad = (-(8 + len(text))) % DATA_ALIGNMENT
@@ -50,7 +54,9 @@ def write_atomic(path, metadata, tensors):
     header, data_size = build_header(metadata, [(name, shape) for name, shape, _ in tensors])
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, temp = tempfile.mkstemp(
+        prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+    )
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(header)
@@ -111,7 +117,9 @@ def read_header(path):
     position = 0
     for (begin, end), name in spans:
         if begin != position or end < begin:
-            raise SafetensorsError(f"{path}: tensor {name} data [{begin}, {end}) leaves a gap or overlaps")
+            raise SafetensorsError(
+                f"{path}: tensor {name} data [{begin}, {end}) leaves a gap or overlaps"
+            )
         position = end
     data_start = 8 + length
     if data_start + position != file_size:

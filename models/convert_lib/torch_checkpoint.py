@@ -403,8 +403,7 @@ class _ZipStorageReader:
         data = self._cache
         if offset + count > len(data):
             raise CheckpointError(
-                f"storage {self.member(key)} holds {len(data)} bytes, "
-                f"{offset + count} needed"
+                f"storage {self.member(key)} holds {len(data)} bytes, " f"{offset + count} needed"
             )
         return data[offset : offset + count]
 
@@ -565,7 +564,9 @@ def _load_legacy(path):
             if storage_type is None:
                 raise CheckpointError(f"legacy storage {key} is not referenced by the pickle")
             if numel != expected:
-                raise CheckpointError(f"legacy storage {key} has {numel} elements, {expected} expected")
+                raise CheckpointError(
+                    f"legacy storage {key} has {numel} elements, {expected} expected"
+                )
             length = numel * storage_type.itemsize
             if position + length > file_size:
                 raise CheckpointError(f"legacy storage {key} is truncated")
@@ -593,4 +594,3 @@ def load(path):
     if head[:1] == b"\x80":
         return _load_legacy(path)
     raise CheckpointError("not a torch checkpoint (unknown file signature)")
-

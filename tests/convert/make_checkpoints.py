@@ -61,7 +61,12 @@ MODELS = {
     "b": dict(
         args=(SOURCES, 2, 8),
         kwargs=dict(
-            depth=2, nfft=256, t_layers=2, t_heads=4, t_hidden_scale=1.0, t_cross_first=True,
+            depth=2,
+            nfft=256,
+            t_layers=2,
+            t_heads=4,
+            t_hidden_scale=1.0,
+            t_cross_first=True,
             segment=Fraction(7, 2),
         ),
         seed=2,
@@ -132,7 +137,9 @@ def main():
         state = model.state_dict()
         arrays[f"{label}_f16"] = np.concatenate([v.half().numpy().ravel() for v in state.values()])
         if label == "a":
-            arrays[f"{label}_f32"] = np.concatenate([v.float().numpy().ravel() for v in state.values()])
+            arrays[f"{label}_f32"] = np.concatenate(
+                [v.float().numpy().ravel() for v in state.values()]
+            )
 
         half = serialize_model(model, train, half=True)
         half["metrics"] = ({"loss": 0.125, "sdr": np.float64(7.5)}, {"nsdr": 8.25})
@@ -148,7 +155,10 @@ def main():
             torch.save(half, legacy, _use_new_zipfile_serialization=False)
             expected["files"]["a_legacy"] = legacy.name
             quantized = dict(half)
-            quantized["state"] = {"__quantized": True, "quantized": [torch.zeros(4, dtype=torch.uint8)]}
+            quantized["state"] = {
+                "__quantized": True,
+                "quantized": [torch.zeros(4, dtype=torch.uint8)],
+            }
             path = out_dir / "tiny_quantized.th"
             torch.save(quantized, path)
             expected["files"]["quantized"] = path.name
@@ -159,8 +169,11 @@ def main():
     expected["files"]["hdemucs"] = save_signed(package, out_dir, "tiny_hdemucs").name
 
     expected["htdemucs_signature"] = [
-        [name, None if p.default is inspect.Parameter.empty else json_value(p.default),
-         p.default is inspect.Parameter.empty]
+        [
+            name,
+            None if p.default is inspect.Parameter.empty else json_value(p.default),
+            p.default is inspect.Parameter.empty,
+        ]
         for name, p in inspect.signature(HTDemucs).parameters.items()
     ]
     buffer = io.BytesIO()

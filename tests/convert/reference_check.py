@@ -38,7 +38,10 @@ def cmd_signature():
 
     params = inspect.signature(HTDemucs).parameters.values()
     empty = inspect.Parameter.empty
-    return [[p.name, None if p.default is empty else json_value(p.default), p.default is empty] for p in params]
+    return [
+        [p.name, None if p.default is empty else json_value(p.default), p.default is empty]
+        for p in params
+    ]
 
 
 def cmd_catalog():
@@ -77,7 +80,9 @@ def read_safetensors(path):
     tensors = {}
     for name, entry in header.items():
         begin, end = entry["data_offsets"]
-        tensors[name] = np.frombuffer(data[base + begin : base + end], dtype="<f4").reshape(entry["shape"])
+        tensors[name] = np.frombuffer(data[base + begin : base + end], dtype="<f4").reshape(
+            entry["shape"]
+        )
     return metadata, tensors
 
 
@@ -93,10 +98,17 @@ def cmd_roundtrip(th_path, weights_path):
     # The metadata keeps segment as a number; the exact value is segment_samples / rate.
     kwargs["segment"] = Fraction(segment_samples, kwargs["samplerate"])
     rebuilt = HTDemucs(**kwargs)
-    state = {name[2:]: torch.from_numpy(array.copy()) for name, array in tensors.items() if name.startswith("0.")}
+    state = {
+        name[2:]: torch.from_numpy(array.copy())
+        for name, array in tensors.items()
+        if name.startswith("0.")
+    }
     rebuilt.load_state_dict(state, strict=True)
     ref_state = reference.state_dict()
-    max_state_diff = max(float((ref_state[k].float() - state[k]).abs().max()) if state[k].numel() else 0.0 for k in ref_state)
+    max_state_diff = max(
+        float((ref_state[k].float() - state[k]).abs().max()) if state[k].numel() else 0.0
+        for k in ref_state
+    )
     segment_equal = reference.segment == rebuilt.segment
     # Both models pad their input to the training segment in eval mode; a tiny model
     # with a small nfft then attends over tens of thousands of tokens, so compare

@@ -117,7 +117,9 @@ def rewrite_zip(source, target, edit_pickle=None, drop=(), corrupt_member=None):
         with zipfile.ZipFile(target) as z:
             info = z.getinfo(corrupt_member)
         raw = bytearray(Path(target).read_bytes())
-        name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+        name_len, extra_len = struct.unpack(
+            "<HH", raw[info.header_offset + 26 : info.header_offset + 30]
+        )
         start = info.header_offset + 30 + name_len + extra_len
         raw[start + 3] ^= 0xFF
         Path(target).write_bytes(bytes(raw))
@@ -249,7 +251,9 @@ class ConvertFixtures(TempDirTest):
     def test_bag_of_two_models(self):
         weights = [[1, 0, 1, 0], [0, 1, 0, 1]]
         proc, out = self.convert(
-            fixture("a_half"), fixture("b_half"), extra=("--name", "pair", "--bag-weights", json.dumps(weights))
+            fixture("a_half"),
+            fixture("b_half"),
+            extra=("--name", "pair", "--bag-weights", json.dumps(weights)),
         )
         _, metadata, tensors = read_safetensors(out)
         names = [t[0] for t in tensors]
@@ -265,7 +269,9 @@ class ConvertFixtures(TempDirTest):
         self.assertEqual(models[1]["kwargs"], EXPECTED["models"]["b"]["kwargs"])
         # Each network pads to its own training length, as each HTDemucs does in demucs.
         self.assertEqual([m["segment_samples"] for m in models], [343980, 154350])
-        self.assertEqual(json.loads(metadata["weights"]), [[float(v) for v in row] for row in weights])
+        self.assertEqual(
+            json.loads(metadata["weights"]), [[float(v) for v in row] for row in weights]
+        )
         # The bag runs at its shortest model segment (BagOfModels.max_allowed_segment).
         self.assertEqual(metadata["segment"], "3.5")
         self.assertEqual(metadata["segment_samples"], "154350")
@@ -278,15 +284,24 @@ class ConvertFixtures(TempDirTest):
         self.assertEqual(json.loads(read_safetensors(out)[1]["weights"])[1], [0.5] * 4)
 
     def test_bag_weights_with_wrong_shape_are_refused(self):
-        for weights in ("[[1,0,1,0]]", "[[1,0,1],[0,1,0]]", '[[1,0,1,0],[0,1,0,"x"]]', "[[1,0,0,0],[0,1,0,0]]"):
-            proc, out = self.convert(fixture("a_half"), fixture("b_half"), extra=("--bag-weights", weights), rc=1)
+        for weights in (
+            "[[1,0,1,0]]",
+            "[[1,0,1],[0,1,0]]",
+            '[[1,0,1,0],[0,1,0,"x"]]',
+            "[[1,0,0,0],[0,1,0,0]]",
+        ):
+            proc, out = self.convert(
+                fixture("a_half"), fixture("b_half"), extra=("--bag-weights", weights), rc=1
+            )
             self.assertIn("weight", proc.stderr)
             self.assertFalse(out.exists())
 
     def test_bag_with_different_sources_is_refused(self):
         # Same-length rename inside the pickle: 'vocals' -> 'choirs'.
         target = self.tmp / "choirs.th"
-        rewrite_zip(fixture("b_half"), target, edit_pickle=lambda d: d.replace(b"vocals", b"choirs"))
+        rewrite_zip(
+            fixture("b_half"), target, edit_pickle=lambda d: d.replace(b"vocals", b"choirs")
+        )
         self.convert(target, extra=())  # on its own it is a valid model
         proc, _ = self.convert(fixture("a_half"), target, rc=1)
         self.assertIn("sources differ", proc.stderr)
@@ -298,7 +313,9 @@ class ConvertFixtures(TempDirTest):
         broken.write_bytes(fixture("a_half").read_bytes()[:5000])
         self.convert(broken, output=out, rc=1)
         self.assertEqual(out.read_bytes(), before)
-        self.assertEqual(sorted(p.name for p in self.tmp.iterdir()), ["broken.th", "out.safetensors"])
+        self.assertEqual(
+            sorted(p.name for p in self.tmp.iterdir()), ["broken.th", "out.safetensors"]
+        )
 
 
 class ConvertErrors(TempDirTest):
@@ -333,7 +350,9 @@ class ConvertErrors(TempDirTest):
     def test_forbidden_global_is_never_called(self):
         marker = self.tmp / "pwned"
         command = f"touch {marker}".encode()
-        payload = b"\x80\x02cos\nsystem\nq\x00X" + struct.pack("<I", len(command)) + command + b"\x85R."
+        payload = (
+            b"\x80\x02cos\nsystem\nq\x00X" + struct.pack("<I", len(command)) + command + b"\x85R."
+        )
         path = self.tmp / "evil.th"
         zip_with_pickle(path, payload)
         self.assert_refused(path, "os.system", "refusing")
@@ -390,17 +409,23 @@ class ConvertErrors(TempDirTest):
 class ArgumentHandling(unittest.TestCase):
     def test_table_matches_the_recorded_signature(self):
         recorded = EXPECTED["htdemucs_signature"]
-        table = [[name, None if d is htdemucs_args.REQUIRED else d, d is htdemucs_args.REQUIRED]
-                 for name, d in htdemucs_args.HTDEMUCS_PARAMETERS]
+        table = [
+            [name, None if d is htdemucs_args.REQUIRED else d, d is htdemucs_args.REQUIRED]
+            for name, d in htdemucs_args.HTDEMUCS_PARAMETERS
+        ]
         self.assertEqual(table, recorded)
 
     def test_bind_fills_defaults_and_drops_unknown_names(self):
-        bound, dropped = htdemucs_args.bind_arguments((["a", "b"], 1), {"depth": 3, "old_option": 7})
+        bound, dropped = htdemucs_args.bind_arguments(
+            (["a", "b"], 1), {"depth": 3, "old_option": 7}
+        )
         self.assertEqual(dropped, ["old_option"])
         self.assertEqual(bound["audio_channels"], 1)
         self.assertEqual(bound["depth"], 3)
         self.assertEqual(bound["nfft"], 4096)
-        self.assertEqual(list(htdemucs_args.json_kwargs(bound)), list(htdemucs_args.PARAMETER_NAMES))
+        self.assertEqual(
+            list(htdemucs_args.json_kwargs(bound)), list(htdemucs_args.PARAMETER_NAMES)
+        )
 
     def test_bind_errors(self):
         with self.assertRaises(htdemucs_args.ArgumentError):
@@ -450,7 +475,15 @@ class GetWeights(TempDirTest):
 
     def get(self, name, *extra, rc=0):
         return run(
-            GET_WEIGHTS, name, "--dir", self.out, "--catalog", self.catalog, *extra, env=self.env, check_rc=rc
+            GET_WEIGHTS,
+            name,
+            "--dir",
+            self.out,
+            "--catalog",
+            self.catalog,
+            *extra,
+            env=self.env,
+            check_rc=rc,
         )
 
     def test_from_torch_hub_cache_then_nothing_to_do(self):
@@ -490,7 +523,9 @@ class GetWeights(TempDirTest):
         )
         proc = self.get("pair")
         self.assertIn("downloading", proc.stderr)
-        self.assertEqual(sorted(p.name for p in self.cache.iterdir()), sorted([FILES["a_half"], FILES["b_half"]]))
+        self.assertEqual(
+            sorted(p.name for p in self.cache.iterdir()), sorted([FILES["a_half"], FILES["b_half"]])
+        )
         metadata = read_safetensors(self.out / "pair.safetensors")[1]
         self.assertEqual(json.loads(metadata["weights"]), weights)
         self.assertEqual(len(json.loads(metadata["models"])), 2)
@@ -530,7 +565,14 @@ class GetWeights(TempDirTest):
 
     def test_offline_official_model_says_what_to_do(self):
         proc = run(
-            GET_WEIGHTS, "htdemucs", "--dir", self.out, "--base-url", self.dead_url, env=self.env, check_rc=2
+            GET_WEIGHTS,
+            "htdemucs",
+            "--dir",
+            self.out,
+            "--base-url",
+            self.dead_url,
+            env=self.env,
+            check_rc=2,
         )
         self.assertIn("955717e8-8726e21a.th", proc.stderr)
         self.assertIn(str(self.cache), proc.stderr)
@@ -552,7 +594,9 @@ class GetWeights(TempDirTest):
         self.assertEqual(catalog["htdemucs"]["files"], ["955717e8-8726e21a.th"])
         self.assertEqual(catalog["htdemucs_6s"]["files"], ["5c90dfd2-34c22ccb.th"])
         self.assertEqual(len(catalog["htdemucs_ft"]["files"]), 4)
-        self.assertEqual(catalog["htdemucs"]["url"], "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/")
+        self.assertEqual(
+            catalog["htdemucs"]["url"], "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/"
+        )
         proc = run(GET_WEIGHTS, "--list", check_rc=0)
         self.assertIn("htdemucs_ft", proc.stdout)
 
@@ -571,8 +615,10 @@ class AgainstDemucs(TempDirTest):
         return json.loads(proc.stdout)
 
     def test_signature_table_matches_installed_demucs(self):
-        table = [[name, None if d is htdemucs_args.REQUIRED else d, d is htdemucs_args.REQUIRED]
-                 for name, d in htdemucs_args.HTDEMUCS_PARAMETERS]
+        table = [
+            [name, None if d is htdemucs_args.REQUIRED else d, d is htdemucs_args.REQUIRED]
+            for name, d in htdemucs_args.HTDEMUCS_PARAMETERS
+        ]
         self.assertEqual(table, self.reference("signature"))
 
     def test_catalog_matches_demucs_release_lists(self):
@@ -603,7 +649,9 @@ class AgainstDemucs(TempDirTest):
         self.assertEqual(metadata["segment_samples"], "343980")
         self.assertEqual(metadata["segment"], "7.8")
         kwargs = json.loads(metadata["models"])[0]["kwargs"]
-        self.assertEqual((kwargs["dconv_mode"], kwargs["bottom_channels"], kwargs["t_layers"]), (3, 512, 5))
+        self.assertEqual(
+            (kwargs["dconv_mode"], kwargs["bottom_channels"], kwargs["t_layers"]), (3, 512, 5)
+        )
 
 
 def main():
@@ -613,7 +661,11 @@ def main():
     if not result.wasSuccessful():
         return 1
     ran = result.testsRun - len(result.skipped)
-    note = "with demucs cross-checks" if REFVENV_PYTHON.exists() else "demucs cross-checks skipped (no build/refvenv)"
+    note = (
+        "with demucs cross-checks"
+        if REFVENV_PYTHON.exists()
+        else "demucs cross-checks skipped (no build/refvenv)"
+    )
     print(f"PASS test-convert: {ran} tests passed, {len(result.skipped)} skipped; {note}")
     return 0
 
