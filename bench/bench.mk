@@ -18,3 +18,6 @@ bench-http: deps-bench
 
 # end-to-end separation benchmark (workerd vs the demucs CLI), owned by workerd/
 include bench/e2e.mk
+
+# CPU engine vs PyTorch per segment, owned by models/
+include bench/cpu.mk

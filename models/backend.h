@@ -79,6 +79,11 @@ typedef struct sep_backend_ops {
     /* GroupNorm over [n][c][spatial]: groups of c/groups channels, affine per channel. */
     void (*group_norm)(sep_backend *be, float *out, const float *in, const float *gamma,
                        const float *beta, int n, int c, int spatial, int groups, float eps);
+    /* GroupNorm with one group applied to each row h of [n][c][h][w] on its own
+     * (statistics over c and w): DConv's GroupNorm(1) on the frequency rows of a
+     * frequency layer, without permuting them into a batch first. */
+    void (*group_norm_rows)(sep_backend *be, float *out, const float *in, const float *gamma,
+                            const float *beta, int n, int c, int h, int w, float eps);
     /* GroupNorm with one group on token-major [n][tokens][c] (demucs MyGroupNorm). */
     void (*group_norm_tokens)(sep_backend *be, float *out, const float *in, const float *gamma,
                               const float *beta, int n, int tokens, int c, float eps);

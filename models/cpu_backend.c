@@ -22,13 +22,126 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 /* im2col / col2im buffers hold at most this many floats per thread (64 MiB total
  * on 2 threads) */
 #define COL_CHUNK_FLOATS (8u << 20)
-#define ATTN_QBLOCK 64
+#define ATTN_QBLOCK 256
 #define MAX_FFT_PLANS 4
+
+/* Element-wise kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64 and
+ * picked at load time (GCC function multiversioning). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* finite-math-only lets fminf/fmaxf compile to min/max instructions (the kernels'
+ * inputs are finite) */
+#define SIMD_CLONES                                                                                \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"),                   \
+                   optimize("finite-math-only")))
+#define SIMD_INLINE __attribute__((always_inline, optimize("finite-math-only"))) static inline
+#else
+#define SIMD_CLONES
+#define SIMD_INLINE static inline
+#endif
+
+/* expf for the vectorised loops: Cody-Waite range reduction x = n ln2 + r and the
+ * Cephes degree-6 polynomial (about 1 ulp); branch-free so loops vectorise. Inputs
+ * are clamped to the finite range (below -87.3 the result is ~1e-38, not 0). */
+SIMD_INLINE float vexp(float x)
+{
+    x = fmaxf(x, -87.3f);
+    x = fminf(x, 88.7f);
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+/* erf(x) by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the form PyTorch's
+ * vectorised GELU uses. */
+SIMD_INLINE float verf(float x)
+{
+    float a = fabsf(x);
+    float t = 1.0f / (1.0f + 0.3275911f * a);
+    float y = 1.061405429f;
+    y = y * t - 1.453152027f;
+    y = y * t + 1.421413741f;
+    y = y * t - 0.284496736f;
+    y = y * t + 0.254829592f;
+    y = 1.0f - y * t * vexp(-a * a);
+    return copysignf(y, x);
+}
+
+SIMD_CLONES static void gelu_kernel(float *out, const float *in, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        float x = in[i];
+        out[i] = 0.5f * x * (1.0f + verf(x * 0.70710678118654752f));
+    }
+}
+
+SIMD_CLONES static void glu_kernel(float *out, const float *a, const float *g, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] / (1.0f + vexp(-g[i]));
+}
+
+/* exp(s - max) in place, returns the sum */
+SIMD_CLONES static float softmax_exp_kernel(float *s, int n, float max)
+{
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++) {
+        s[i] = vexp(s[i] - max);
+        sum += s[i];
+    }
+    return sum;
+}
+
+SIMD_CLONES static void axpy_kernel(float *acc, const float *x, float w, int n)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++)
+        acc[i] += w * x[i];
+}
+
+SIMD_CLONES static void scale_kernel(float *s, int n, float k)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++)
+        s[i] *= k;
+}
+
+/* Splits [0, n) into chunks of at least `grain` for the threads. */
+#define PAR_CHUNKS(be, n, grain, lo, hi, body)                                                     \
+    do {                                                                                           \
+        size_t n_ = (n), g_ = (grain);                                                             \
+        int nt_ = (be)->threads;                                                                   \
+        size_t per_ = (n_ + nt_ - 1) / nt_;                                                        \
+        if (per_ < g_)                                                                             \
+            per_ = g_;                                                                             \
+        int chunks_ = (int)((n_ + per_ - 1) / per_);                                               \
+        _Pragma("omp parallel for num_threads(nt_) schedule(static, 1) if (chunks_ > 1)") for (    \
+            int c_ = 0; c_ < chunks_; c_++)                                                        \
+        {                                                                                          \
+            size_t lo = (size_t)c_ * per_, hi = lo + per_ < n_ ? lo + per_ : n_;                   \
+            body;                                                                                  \
+        }                                                                                          \
+    } while (0)
 
 typedef struct {
     int nfft;
@@ -203,9 +316,56 @@ static void im2col(sep_backend *be, const sep_conv2d_desc *d, const float *x, fl
     }
 }
 
+/* Direct convolution along rows (kernel 1 x kw, strides 1, no padding over rows) for
+ * the shapes GEMM handles badly: few output channels or a short reduction (DConv's
+ * compressing conv and its 1x1 expansion in the wide layers). Each task owns a tile
+ * of one output row for every output channel, accumulated in cache. */
+#define DIRECT_TILE 512
+static int use_direct_conv(const sep_conv2d_desc *d)
+{
+    return d->kh == 1 && d->sh == 1 && d->sw == 1 && d->ph0 == 0 && d->ph1 == 0 &&
+           (d->cout <= 16 || d->cin * d->kw <= 16);
+}
+
+static void conv_rows_direct(sep_backend *be, const sep_conv2d_desc *d, float *out, const float *in,
+                             const float *w, const float *bias)
+{
+    int tiles = (d->wo + DIRECT_TILE - 1) / DIRECT_TILE;
+    int tasks = d->n * d->ho * tiles;
+    size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->ho * d->wo;
+#pragma omp parallel for num_threads(be->threads) schedule(static)
+    for (int task = 0; task < tasks; task++) {
+        int tile = task % tiles, row = (task / tiles) % d->ho, b = task / (tiles * d->ho);
+        int t0 = tile * DIRECT_TILE, t1 = t0 + DIRECT_TILE < d->wo ? t0 + DIRECT_TILE : d->wo;
+        const float *xb = in + (size_t)b * d->cin * in_plane + (size_t)row * d->w;
+        float *yb = out + (size_t)b * d->cout * out_plane + (size_t)row * d->wo;
+        for (int co = 0; co < d->cout; co++) {
+            float *acc = yb + (size_t)co * out_plane + t0;
+            float b0 = bias ? bias[co] : 0.0f;
+            for (int t = 0; t < t1 - t0; t++)
+                acc[t] = b0;
+            const float *wc = w + (size_t)co * d->cin * d->kw;
+            for (int ci = 0; ci < d->cin; ci++) {
+                const float *xc = xb + (size_t)ci * in_plane;
+                for (int kj = 0; kj < d->kw; kj++) {
+                    int off = kj * d->dw - d->pw0; /* input index = t + off */
+                    int lo = t0 > -off ? t0 : -off;
+                    int hi = t1 < d->w - off ? t1 : d->w - off;
+                    if (lo < hi)
+                        axpy_kernel(acc + (lo - t0), xc + lo + off, wc[ci * d->kw + kj], hi - lo);
+                }
+            }
+        }
+    }
+}
+
 static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, const float *in,
                        const float *w, const float *bias)
 {
+    if (use_direct_conv(d)) {
+        conv_rows_direct(be, d, out, in, w, bias);
+        return;
+    }
     int M = d->cout, K = d->cin * d->kh * d->kw;
     int N = d->ho * d->wo;
     int pointwise = d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 && !d->ph0 && !d->ph1 &&
@@ -265,9 +425,19 @@ static void cpu_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *o
                 for (int ki = 0; ki < d->kh; ki++) {
                     for (int kj = 0; kj < d->kw; kj++) {
                         const float *row = col + ((size_t)co * kk + ki * d->kw + kj) * nc;
-                        for (int p = p0; p < p1; p++) {
-                            int ih = p / d->w, iw = p % d->w;
-                            yc[(size_t)(ih * d->sh + ki) * d->wo + iw * d->sw + kj] += row[p - p0];
+                        int p = p0;
+                        while (p < p1) {
+                            int ih = p / d->w, iw0 = p % d->w;
+                            int iw1 = p1 - (p - iw0) < d->w ? p1 - (p - iw0) : d->w;
+                            float *dst = yc + (size_t)(ih * d->sh + ki) * d->wo + kj;
+                            const float *src = row + (p - p0) - iw0;
+                            if (d->sw == 1)
+                                for (int iw = iw0; iw < iw1; iw++)
+                                    dst[iw] += src[iw];
+                            else
+                                for (int iw = iw0; iw < iw1; iw++)
+                                    dst[(size_t)iw * d->sw] += src[iw];
+                            p += iw1 - iw0;
                         }
                     }
                 }
@@ -297,16 +467,11 @@ static void cpu_linear(sep_backend *be, float *out, const float *in, const float
 static void softmax_row(float *s, int n)
 {
     float m = s[0];
+#pragma omp simd reduction(max : m)
     for (int i = 1; i < n; i++)
         m = s[i] > m ? s[i] : m;
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        s[i] = expf(s[i] - m);
-        sum += s[i];
-    }
-    float inv = 1.0f / sum;
-    for (int i = 0; i < n; i++)
-        s[i] *= inv;
+    float sum = softmax_exp_kernel(s, n, m);
+    scale_kernel(s, n, 1.0f / sum);
 }
 
 static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *out, const float *q,
@@ -341,6 +506,7 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
 static void block_stats(const float *x, size_t len, double *mean, double *var)
 {
     double s = 0, ss = 0;
+#pragma omp simd reduction(+ : s, ss)
     for (size_t i = 0; i < len; i++) {
         s += x[i];
         ss += (double)x[i] * x[i];
@@ -355,7 +521,7 @@ static void block_stats_parallel(sep_backend *be, const float *x, size_t len, do
                                  double *var)
 {
     double s = 0, ss = 0;
-#pragma omp parallel for num_threads(be->threads) reduction(+ : s, ss)
+#pragma omp parallel for simd num_threads(be->threads) reduction(+ : s, ss)
     for (size_t i = 0; i < len; i++) {
         s += x[i];
         ss += (double)x[i] * x[i];
@@ -392,6 +558,39 @@ static void cpu_group_norm(sep_backend *be, float *out, const float *in, const f
             const float *xs = x + (size_t)j * spatial;
             float *ys = y + (size_t)j * spatial;
             for (int i = 0; i < spatial; i++)
+                ys[i] = xs[i] * sc + sh;
+        }
+    }
+}
+
+static void cpu_group_norm_rows(sep_backend *be, float *out, const float *in, const float *gamma,
+                                const float *beta, int n, int c, int h, int w, float eps)
+{
+    size_t plane = (size_t)h * w;
+    int rows = n * h;
+#pragma omp parallel for num_threads(be->threads) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        int b = r / h, row = r % h;
+        const float *x = in + (size_t)b * c * plane + (size_t)row * w;
+        float *y = out + (size_t)b * c * plane + (size_t)row * w;
+        double s = 0, ss = 0;
+        for (int ch = 0; ch < c; ch++) {
+            const float *xs = x + (size_t)ch * plane;
+#pragma omp simd reduction(+ : s, ss)
+            for (int i = 0; i < w; i++) {
+                s += xs[i];
+                ss += (double)xs[i] * xs[i];
+            }
+        }
+        double cnt = (double)c * w;
+        double mean = s / cnt, var = ss / cnt - mean * mean;
+        float rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
+        for (int ch = 0; ch < c; ch++) {
+            float sc = rstd * gamma[ch];
+            float sh = beta[ch] - (float)mean * sc;
+            const float *xs = x + (size_t)ch * plane;
+            float *ys = y + (size_t)ch * plane;
+            for (int i = 0; i < w; i++)
                 ys[i] = xs[i] * sc + sh;
         }
     }
@@ -484,11 +683,7 @@ static void cpu_denormalize(sep_backend *be, float *out, const float *in, const 
 
 static void cpu_gelu(sep_backend *be, float *out, const float *in, size_t count)
 {
-#pragma omp parallel for num_threads(be->threads) if (count > 65536)
-    for (size_t i = 0; i < count; i++) {
-        float x = in[i];
-        out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
-    }
+    PAR_CHUNKS(be, count, 32768, lo, hi, gelu_kernel(out + lo, in + lo, hi - lo));
 }
 
 static void cpu_relu(sep_backend *be, float *out, const float *in, size_t count)
@@ -504,9 +699,7 @@ static void cpu_glu(sep_backend *be, float *out, const float *in, int n, int c, 
     for (int b = 0; b < n; b++) {
         const float *a = in + (size_t)b * 2 * plane, *g = a + plane;
         float *y = out + (size_t)b * plane;
-#pragma omp parallel for num_threads(be->threads) if (plane > 65536)
-        for (size_t i = 0; i < plane; i++)
-            y[i] = a[i] * (1.0f / (1.0f + expf(-g[i])));
+        PAR_CHUNKS(be, plane, 32768, lo, hi, glu_kernel(y + lo, a + lo, g + lo, hi - lo));
     }
 }
 
@@ -792,6 +985,7 @@ static const sep_backend_ops cpu_ops = {
     .linear = cpu_linear,
     .attention = cpu_attention,
     .group_norm = cpu_group_norm,
+    .group_norm_rows = cpu_group_norm_rows,
     .group_norm_tokens = cpu_group_norm_tokens,
     .layer_norm = cpu_layer_norm,
     .moments = cpu_moments,

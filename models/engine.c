@@ -13,6 +13,7 @@
 #include "models/backend.h"
 #include "models/htdemucs.h"
 #include "models/model_internal.h"
+#include "models/profile.h"
 
 struct sep_engine {
     const sep_model *model;
@@ -89,6 +90,9 @@ sep_engine *sep_engine_create(const sep_model *m, const sep_engine_opts *opts, c
         free(e);
         return NULL;
     }
+    const char *prof = getenv("SEP_PROFILE");
+    if (prof && *prof && strcmp(prof, "0") != 0)
+        e->be = sep_profile_wrap(e->be);
     for (int i = 0; i < m->info.n_models; i++) {
         device_binding db = {e, i};
         char sub[400];

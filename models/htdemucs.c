@@ -703,40 +703,32 @@ static tensor glu(fwd *f, tensor x)
     return y;
 }
 
-/* DConv on [n][c][t] signals, in place: x = x + scale * GLU(GN(conv1x1(GELU(GN(conv3(x)))))) */
-static void dconv_1d(fwd *f, const htd_dconv *dc, tensor x)
-{
-    for (int i = 0; i < dc->depth; i++) {
-        const htd_dconv_layer *l = &dc->layers[i];
-        tensor h = conv(f, &l->conv1, x, 1, 1, 1, l->dilation, 0, 0, l->dilation, l->dilation);
-        group_norm(f, h, &l->norm1, 1);
-        f->op->gelu(f->be, h.d, h.d, numel(h));
-        tensor h2 = conv(f, &l->conv2, h, 1, 1, 1, 1, 0, 0, 0, 0);
-        drop(f, &h);
-        group_norm(f, h2, &l->norm2, 1);
-        tensor g = glu(f, h2);
-        drop(f, &h2);
-        f->op->add_scaled_channels(f->be, x.d, g.d, l->scale, x.n, x.c, x.w);
-        drop(f, &g);
-    }
-}
-
-/* DConv of a layer: frequency layers run it per frequency row, on
- * y.permute(0, 2, 1, 3).reshape(-1, C, T). */
+/* DConv, in place on y [n][c][h][w]: for each layer
+ *   y = y + scale * GLU(GN(conv1x1(GELU(GN(conv3(y))))))
+ * The reference runs a frequency layer's DConv on y.permute(0, 2, 1, 3).reshape(-1, C, T),
+ * i.e. on every frequency row as its own sample. Here the convolutions run along w
+ * with kernel (1, 3) on the unpermuted tensor (the same numbers) and the
+ * GroupNorm(1)s are taken per row h (group_norm_rows), so no permute is needed. */
 static void dconv(fwd *f, const htd_layer *L, tensor y)
 {
     if (!L->has_dconv)
         return;
-    if (!L->freq || y.h == 1) {
-        tensor v = {y.d, y.n, y.c * y.h, 1, y.w};
-        dconv_1d(f, &L->dconv, v);
-        return;
+    const htd_dconv *dc = &L->dconv;
+    for (int i = 0; i < dc->depth; i++) {
+        const htd_dconv_layer *l = &dc->layers[i];
+        int d = l->dilation;
+        tensor h = conv(f, &l->conv1, y, 1, 1, 1, d, 0, 0, d, d);
+        f->op->group_norm_rows(f->be, h.d, h.d, l->norm1.w, l->norm1.b, h.n, h.c, h.h, h.w, GN_EPS);
+        f->op->gelu(f->be, h.d, h.d, numel(h));
+        tensor h2 = conv(f, &l->conv2, h, 1, 1, 1, 1, 0, 0, 0, 0);
+        drop(f, &h);
+        f->op->group_norm_rows(f->be, h2.d, h2.d, l->norm2.w, l->norm2.b, h2.n, h2.c, h2.h, h2.w,
+                               GN_EPS);
+        tensor g = glu(f, h2);
+        drop(f, &h2);
+        f->op->add_scaled_channels(f->be, y.d, g.d, l->scale, y.n, y.c, y.h * y.w);
+        drop(f, &g);
     }
-    tensor p = new_tensor(f, y.n * y.h, y.c, 1, y.w);
-    f->op->permute4(f->be, p.d, y.d, (int[]){y.n, y.c, y.h, y.w}, (int[]){0, 2, 1, 3});
-    dconv_1d(f, &L->dconv, p);
-    f->op->permute4(f->be, y.d, p.d, (int[]){y.n, y.h, y.c, y.w}, (int[]){0, 2, 1, 3});
-    drop(f, &p);
 }
 
 /* HEncLayer.forward. x is not consumed. */

@@ -10,9 +10,9 @@
 # apply.c / convert* in models/ belong to their own fragments.
 
 MODELS_SRCS    := models/safetensors.c models/model.c models/engine.c models/htdemucs.c \
-                  models/arena.c models/cpu_backend.c
+                  models/arena.c models/cpu_backend.c models/profile.c
 MODELS_HDRS    := models/engine.h models/backend.h models/htdemucs.h models/safetensors.h \
-                  models/arena.h models/model_internal.h
+                  models/arena.h models/model_internal.h models/profile.h
 MODELS_OBJDIR  := $(BUILD)/obj-models
 MODELS_OBJS    := $(patsubst models/%.c,$(MODELS_OBJDIR)/%.o,$(MODELS_SRCS))
 BLAS_CFLAGS    := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
@@ -32,6 +32,9 @@ TEST_SUITES += test-parity test-parity-full
 $(MODELS_OBJDIR)/%.o: models/%.c $(MODELS_HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(MODELS_CFLAGS) -c $< -o $@
+
+# the CPU kernels: -O3 for the vectoriser (element-wise loops, im2col, norms)
+$(MODELS_OBJDIR)/cpu_backend.o: MODELS_CFLAGS += -O3
 
 $(SEPMODELS_LIB): $(MODELS_OBJS)
 	@rm -f $@
@@ -55,3 +58,6 @@ test-parity-full: $(PARITY_BIN)
 fixtures:
 	$(REFVENV)/bin/python tests/reference/make_fixtures.py --out tests/fixtures
 include models/convert.mk
+
+# the checkpoint converter and weight fetcher (models/convert*, their own fragment)
+-include models/convert.mk

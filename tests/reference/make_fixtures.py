@@ -220,7 +220,7 @@ def capture(model, mix):
     return acts
 
 
-def build(config_name, out_dir, batch, names_only=None):
+def build(config_name, out_dir, batch, names_only=None, weights_only=False):
     cfg = CONFIGS[config_name]
     samplerate = 44100
     torch.manual_seed(cfg["seed"])
@@ -230,8 +230,10 @@ def build(config_name, out_dir, batch, names_only=None):
     randomize(model, gen)
     model.eval()
     segment_samples = int(cfg["segment"] * samplerate)
-    mix = make_mix(gen, batch, model.audio_channels, segment_samples, samplerate)
-    acts = capture(model, mix)
+    acts = None
+    if not weights_only:
+        mix = make_mix(gen, batch, model.audio_channels, segment_samples, samplerate)
+        acts = capture(model, mix)
 
     os.makedirs(out_dir, exist_ok=True)
     state = {f"0.{k}": v.detach().numpy() for k, v in model.state_dict().items()}
@@ -250,10 +252,13 @@ def build(config_name, out_dir, batch, names_only=None):
     wpath = os.path.join(out_dir, f"{config_name}.weights.safetensors")
     apath = os.path.join(out_dir, f"{config_name}.activations.safetensors")
     write_safetensors(wpath, state, meta)
+    nparams = sum(p.numel() for p in model.parameters())
+    if weights_only:
+        print(f"{config_name}: {nparams} parameters -> {wpath}")
+        return
     keep = {k: v.numpy() for k, v in acts.items() if names_only is None or
             any(k == n or k.startswith(n + ".") for n in names_only)}
     write_safetensors(apath, keep, {"config": config_name, "batch": str(batch)})
-    nparams = sum(p.numel() for p in model.parameters())
     size = os.path.getsize(wpath) + os.path.getsize(apath)
     print(f"{config_name}: {nparams} parameters, {len(keep)} activations, "
           f"{size / 1e6:.2f} MB -> {wpath}, {apath}")
@@ -266,6 +271,8 @@ def main():
     ap.add_argument("--out", default="tests/fixtures", help="output directory")
     ap.add_argument("--batch", type=int, default=1, help="number of input mixes")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--weights-only", action="store_true",
+                    help="write only the weights file (no reference forward pass)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.config or DEFAULT_CONFIGS:
@@ -276,7 +283,7 @@ def main():
             names = ["mix", "spec", "encoder", "tencoder", "freq_emb.added",
                      "crosstransformer.out", "crosstransformer.out_t",
                      "decoder", "tdecoder", "output"]
-        build(name, args.out, args.batch, names)
+        build(name, args.out, args.batch, names, args.weights_only)
     return 0
 
 

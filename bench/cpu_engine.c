@@ -1,0 +1,109 @@
+/*
+ * cpu_engine.c - times the C engine on full-size segments (used by bench/cpu).
+ *
+ *   cpu_engine WEIGHTS [--threads N] [--runs R] [--batch B] [--device D]
+ *
+ * Runs R forward passes of B segments (the model's segment length) of a seeded
+ * random mix after one warm-up pass, and prints machine-readable lines:
+ *   engine_run_seconds <t1> <t2> ...
+ *   engine_median_seconds <median per forward pass>
+ *   engine_per_segment_seconds <median / B>
+ *   engine_peak_rss_mib <peak resident set size of this process>
+ *   engine_workspace_mib <activation workspace held by the engine>
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "models/engine.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL, *device = "cpu";
+    int threads = 0, runs = 3, batch = 1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc)
+            runs = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
+            batch = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
+            device = argv[++i];
+        else
+            path = argv[i];
+    }
+    if (!path || runs < 1 || batch < 1) {
+        fprintf(stderr, "usage: %s WEIGHTS [--threads N] [--runs R] [--batch B] [--device D]\n",
+                argv[0]);
+        return 2;
+    }
+    char err[512];
+    sep_model *m = sep_model_load(path, err, sizeof(err));
+    if (!m) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    const sep_model_info *info = sep_model_get_info(m);
+    sep_engine_opts opts = {.device = device, .threads = threads, .max_batch = batch};
+    sep_engine *e = sep_engine_create(m, &opts, err, sizeof(err));
+    if (!e) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    int len = info->segment_samples;
+    size_t in_n = (size_t)batch * info->audio_channels * len;
+    float *mix = malloc(in_n * sizeof(float));
+    float *out = malloc(in_n * info->n_sources * sizeof(float));
+    unsigned s = 12345;
+    for (size_t i = 0; i < in_n; i++) {
+        s = s * 1103515245u + 12345u;
+        mix[i] = ((float)((s >> 8) & 0xffff) / 65536.0f - 0.5f) * 0.5f;
+    }
+    if (sep_engine_forward(e, 0, mix, batch, len, out, err, sizeof(err))) { /* warm-up */
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    double *t = calloc((size_t)runs, sizeof(double));
+    printf("engine_run_seconds");
+    for (int r = 0; r < runs; r++) {
+        double t0 = now();
+        if (sep_engine_forward(e, 0, mix, batch, len, out, err, sizeof(err))) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        t[r] = now() - t0;
+        printf(" %.3f", t[r]);
+        fflush(stdout);
+    }
+    printf("\n");
+    qsort(t, (size_t)runs, sizeof(double), cmp_double);
+    double med = runs % 2 ? t[runs / 2] : 0.5 * (t[runs / 2 - 1] + t[runs / 2]);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("engine_median_seconds %.3f\n", med);
+    printf("engine_per_segment_seconds %.3f\n", med / batch);
+    printf("engine_peak_rss_mib %.1f\n", ru.ru_maxrss / 1024.0);
+    printf("engine_workspace_mib %.1f\n", sep_engine_workspace_bytes(e) / 1048576.0);
+    free(t);
+    free(mix);
+    free(out);
+    sep_engine_free(e);
+    sep_model_free(m);
+    return 0;
+}

@@ -1,0 +1,329 @@
+/*
+ * profile.c - a backend that times every operation of another backend.
+ *
+ * sep_profile_wrap() returns a backend whose operations call the wrapped backend's,
+ * synchronise, and add the elapsed wall time to a per-operation (and, for
+ * convolutions and GEMMs, per-shape) table; the table is printed when the backend is
+ * destroyed. The engine wraps its backend when SEP_PROFILE is set in the environment.
+ * Works for any backend, so CPU and GPU kernels are profiled the same way.
+ */
+#include "models/profile.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PROF_MAX 256
+
+typedef struct {
+    char key[96];
+    double seconds;
+    double flops;
+    long calls;
+} prof_entry;
+
+typedef struct {
+    sep_backend *inner;
+    prof_entry e[PROF_MAX];
+    int n;
+    double t0;
+} prof_impl;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static prof_impl *P(sep_backend *be)
+{
+    return be->impl;
+}
+
+static sep_backend *IN(sep_backend *be)
+{
+    return P(be)->inner;
+}
+
+static double tic(sep_backend *be)
+{
+    IN(be)->ops->sync(IN(be));
+    return now();
+}
+
+static void toc(sep_backend *be, double t0, const char *key, double flops)
+{
+    IN(be)->ops->sync(IN(be));
+    double dt = now() - t0;
+    prof_impl *p = P(be);
+    for (int i = 0; i < p->n; i++) {
+        if (strcmp(p->e[i].key, key) == 0) {
+            p->e[i].seconds += dt;
+            p->e[i].flops += flops;
+            p->e[i].calls++;
+            return;
+        }
+    }
+    if (p->n < PROF_MAX) {
+        prof_entry *e = &p->e[p->n++];
+        snprintf(e->key, sizeof(e->key), "%s", key);
+        e->seconds = dt;
+        e->flops = flops;
+        e->calls = 1;
+    }
+}
+
+/* memory operations are passed through untimed */
+static void *w_alloc(sep_backend *be, size_t b)
+{
+    return IN(be)->ops->alloc(IN(be), b);
+}
+static void w_free(sep_backend *be, void *p)
+{
+    IN(be)->ops->free(IN(be), p);
+}
+static void w_upload(sep_backend *be, void *d, const void *s, size_t b)
+{
+    IN(be)->ops->upload(IN(be), d, s, b);
+}
+static void w_download(sep_backend *be, void *d, const void *s, size_t b)
+{
+    IN(be)->ops->download(IN(be), d, s, b);
+}
+static const float *w_weights(sep_backend *be, const float *h, size_t n)
+{
+    return IN(be)->ops->weights(IN(be), h, n);
+}
+static void w_weights_free(sep_backend *be, const float *d)
+{
+    IN(be)->ops->weights_free(IN(be), d);
+}
+static void w_sync(sep_backend *be)
+{
+    IN(be)->ops->sync(IN(be));
+}
+
+#define TIMED(key, flops, call)                                                                    \
+    do {                                                                                           \
+        double t0_ = tic(be);                                                                      \
+        call;                                                                                      \
+        toc(be, t0_, key, flops);                                                                  \
+    } while (0)
+
+static void w_zero(sep_backend *be, float *d, size_t n)
+{
+    TIMED("zero", 0, IN(be)->ops->zero(IN(be), d, n));
+}
+
+static void w_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *o, const float *i,
+                     const float *w, const float *b)
+{
+    char key[96];
+    snprintf(key, sizeof(key), "conv2d %dx%d s%dx%d cin%d cout%d", d->kh, d->kw, d->sh, d->sw,
+             d->cin, d->cout);
+    double fl = 2.0 * d->n * d->cout * d->cin * d->kh * d->kw * (double)d->ho * d->wo;
+    TIMED(key, fl, IN(be)->ops->conv2d(IN(be), d, o, i, w, b));
+}
+
+static void w_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *o, const float *i,
+                        const float *w, const float *b)
+{
+    char key[96];
+    snprintf(key, sizeof(key), "conv_tr2d %dx%d cin%d cout%d", d->kh, d->kw, d->cin, d->cout);
+    double fl = 2.0 * d->n * d->cout * d->cin * d->kh * d->kw * (double)d->h * d->w;
+    TIMED(key, fl, IN(be)->ops->conv_tr2d(IN(be), d, o, i, w, b));
+}
+
+static void w_linear(sep_backend *be, float *o, const float *i, const float *w, const float *b,
+                     int batch, int rows, int in_dim, int out_dim)
+{
+    char key[96];
+    snprintf(key, sizeof(key), "linear %d->%d", in_dim, out_dim);
+    double fl = 2.0 * batch * rows * (double)in_dim * out_dim;
+    TIMED(key, fl, IN(be)->ops->linear(IN(be), o, i, w, b, batch, rows, in_dim, out_dim));
+}
+
+static void w_attention(sep_backend *be, const sep_attention_desc *d, float *o, const float *q,
+                        const float *k, const float *v)
+{
+    char key[96];
+    snprintf(key, sizeof(key), "attention %dx%d", d->nq, d->nk);
+    double fl = 4.0 * d->batch * d->heads * (double)d->nq * d->nk * d->head_dim;
+    TIMED(key, fl, IN(be)->ops->attention(IN(be), d, o, q, k, v));
+}
+
+static void w_group_norm(sep_backend *be, float *o, const float *i, const float *g, const float *b,
+                         int n, int c, int s, int groups, float eps)
+{
+    TIMED("group_norm", 0, IN(be)->ops->group_norm(IN(be), o, i, g, b, n, c, s, groups, eps));
+}
+static void w_group_norm_rows(sep_backend *be, float *o, const float *i, const float *g,
+                              const float *b, int n, int c, int h, int w, float eps)
+{
+    TIMED("group_norm_rows", 0, IN(be)->ops->group_norm_rows(IN(be), o, i, g, b, n, c, h, w, eps));
+}
+static void w_group_norm_tokens(sep_backend *be, float *o, const float *i, const float *g,
+                                const float *b, int n, int t, int c, float eps)
+{
+    TIMED("group_norm_tokens", 0, IN(be)->ops->group_norm_tokens(IN(be), o, i, g, b, n, t, c, eps));
+}
+static void w_layer_norm(sep_backend *be, float *o, const float *i, const float *g, const float *b,
+                         int rows, int dim, float eps)
+{
+    TIMED("layer_norm", 0, IN(be)->ops->layer_norm(IN(be), o, i, g, b, rows, dim, eps));
+}
+static void w_moments(sep_backend *be, float *m, float *s, const float *i, int n, int c)
+{
+    TIMED("moments", 0, IN(be)->ops->moments(IN(be), m, s, i, n, c));
+}
+static void w_normalize(sep_backend *be, float *o, const float *i, const float *m, const float *s,
+                        int n, int c, float eps)
+{
+    TIMED("normalize", 0, IN(be)->ops->normalize(IN(be), o, i, m, s, n, c, eps));
+}
+static void w_denormalize(sep_backend *be, float *o, const float *i, const float *m, const float *s,
+                          int n, int c)
+{
+    TIMED("denormalize", 0, IN(be)->ops->denormalize(IN(be), o, i, m, s, n, c));
+}
+static void w_gelu(sep_backend *be, float *o, const float *i, size_t n)
+{
+    TIMED("gelu", 0, IN(be)->ops->gelu(IN(be), o, i, n));
+}
+static void w_relu(sep_backend *be, float *o, const float *i, size_t n)
+{
+    TIMED("relu", 0, IN(be)->ops->relu(IN(be), o, i, n));
+}
+static void w_glu(sep_backend *be, float *o, const float *i, int n, int c, int s)
+{
+    TIMED("glu", 0, IN(be)->ops->glu(IN(be), o, i, n, c, s));
+}
+static void w_add(sep_backend *be, float *o, const float *a, const float *b, size_t n)
+{
+    TIMED("add", 0, IN(be)->ops->add(IN(be), o, a, b, n));
+}
+static void w_add_scaled_channels(sep_backend *be, float *x, const float *y, const float *s, int n,
+                                  int c, int sp)
+{
+    TIMED("add_scaled_channels", 0, IN(be)->ops->add_scaled_channels(IN(be), x, y, s, n, c, sp));
+}
+static void w_add_scaled_last(sep_backend *be, float *x, const float *y, const float *s, int rows,
+                              int c)
+{
+    TIMED("add_scaled_last", 0, IN(be)->ops->add_scaled_last(IN(be), x, y, s, rows, c));
+}
+static void w_add_table(sep_backend *be, float *x, const float *t, float a, int n, int c)
+{
+    TIMED("add_table", 0, IN(be)->ops->add_table(IN(be), x, t, a, n, c));
+}
+static void w_add_freq_table(sep_backend *be, float *x, const float *t, float a, int n, int c,
+                             int f, int tt)
+{
+    TIMED("add_freq_table", 0, IN(be)->ops->add_freq_table(IN(be), x, t, a, n, c, f, tt));
+}
+static void w_permute4(sep_backend *be, float *o, const float *i, const int dims[4],
+                       const int perm[4])
+{
+    char key[96];
+    snprintf(key, sizeof(key), "permute4 %d%d%d%d", perm[0], perm[1], perm[2], perm[3]);
+    TIMED(key, 0, IN(be)->ops->permute4(IN(be), o, i, dims, perm));
+}
+static void w_copy_rows(sep_backend *be, float *o, size_t os, const float *i, size_t is, int r,
+                        size_t l)
+{
+    TIMED("copy_rows", 0, IN(be)->ops->copy_rows(IN(be), o, os, i, is, r, l));
+}
+static void w_spec(sep_backend *be, float *o, const float *i, int ns, int len, int nfft)
+{
+    TIMED("spec", 0, IN(be)->ops->spec(IN(be), o, i, ns, len, nfft));
+}
+static void w_ispec(sep_backend *be, float *o, const float *i, int ns, int fr, int len, int nfft)
+{
+    TIMED("ispec", 0, IN(be)->ops->ispec(IN(be), o, i, ns, fr, len, nfft));
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    double x = ((const prof_entry *)a)->seconds, y = ((const prof_entry *)b)->seconds;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+void sep_profile_report(sep_backend *be, FILE *out)
+{
+    prof_impl *p = P(be);
+    qsort(p->e, (size_t)p->n, sizeof(prof_entry), cmp_entry);
+    double total = 0;
+    for (int i = 0; i < p->n; i++)
+        total += p->e[i].seconds;
+    fprintf(out, "profile (%s backend, %.3f s in operations):\n", p->inner->name, total);
+    fprintf(out, "  %8s %6s %7s %8s  %s\n", "seconds", "share", "calls", "GFLOP/s", "operation");
+    for (int i = 0; i < p->n; i++) {
+        const prof_entry *e = &p->e[i];
+        fprintf(out, "  %8.3f %5.1f%% %7ld %8.1f  %s\n", e->seconds, 100 * e->seconds / total,
+                e->calls, e->flops > 0 ? e->flops / e->seconds * 1e-9 : 0.0, e->key);
+    }
+}
+
+static void w_destroy(sep_backend *be)
+{
+    sep_profile_report(be, stderr);
+    IN(be)->ops->destroy(IN(be));
+    free(be->impl);
+    free(be);
+}
+
+static const sep_backend_ops profile_ops = {
+    .alloc = w_alloc,
+    .free = w_free,
+    .upload = w_upload,
+    .download = w_download,
+    .zero = w_zero,
+    .weights = w_weights,
+    .weights_free = w_weights_free,
+    .sync = w_sync,
+    .conv2d = w_conv2d,
+    .conv_tr2d = w_conv_tr2d,
+    .linear = w_linear,
+    .attention = w_attention,
+    .group_norm = w_group_norm,
+    .group_norm_rows = w_group_norm_rows,
+    .group_norm_tokens = w_group_norm_tokens,
+    .layer_norm = w_layer_norm,
+    .moments = w_moments,
+    .normalize = w_normalize,
+    .denormalize = w_denormalize,
+    .gelu = w_gelu,
+    .relu = w_relu,
+    .glu = w_glu,
+    .add = w_add,
+    .add_scaled_channels = w_add_scaled_channels,
+    .add_scaled_last = w_add_scaled_last,
+    .add_table = w_add_table,
+    .add_freq_table = w_add_freq_table,
+    .permute4 = w_permute4,
+    .copy_rows = w_copy_rows,
+    .spec = w_spec,
+    .ispec = w_ispec,
+    .destroy = w_destroy,
+};
+
+sep_backend *sep_profile_wrap(sep_backend *inner)
+{
+    sep_backend *be = calloc(1, sizeof(*be));
+    prof_impl *p = calloc(1, sizeof(*p));
+    if (!be || !p) {
+        free(be);
+        free(p);
+        return inner;
+    }
+    p->inner = inner;
+    p->t0 = now();
+    be->name = inner->name;
+    be->ops = &profile_ops;
+    be->threads = inner->threads;
+    be->host_memory = inner->host_memory;
+    be->impl = p;
+    return be;
+}
