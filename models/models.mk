@@ -58,6 +58,3 @@ test-parity-full: $(PARITY_BIN)
 fixtures:
 	$(REFVENV)/bin/python tests/reference/make_fixtures.py --out tests/fixtures
 include models/convert.mk
-
-# the checkpoint converter and weight fetcher (models/convert*, their own fragment)
--include models/convert.mk
