@@ -193,7 +193,10 @@ def check_nginx_conf(prefix, conf_path):
         raise RuntimeError("nginx -t failed:\n" + res.stdout)
 
 
-def start_nginx(prefix, conf_path, port, check_path="/v1/jobs/00000000-0000-4000-8000-000000000000"):
+PROBE_PATH = "/v1/jobs/00000000-0000-4000-8000-000000000000"
+
+
+def start_nginx(prefix, conf_path, port, check_path=PROBE_PATH):
     """A foreground nginx master (its conf has `daemon off`); returns once it answers JSON."""
     check_nginx_conf(prefix, conf_path)
     proc = subprocess.Popen(nginx_args(prefix, conf_path), stdout=subprocess.DEVNULL,
