@@ -19,6 +19,7 @@
 #include "shared/sep_id.h"
 #include "shared/sep_keys.h"
 #include "shared/sep_options.h"
+#include "shared/sep_sniff.h"
 
 /* One http{} block: the Redis connection settings and the key prefix. */
 typedef struct {
@@ -74,6 +75,8 @@ typedef struct {
     ngx_str_t idempotency_key;
     off_t input_bytes;
     const char *input_type;
+    u_char head[SEP_SNIFF_BYTES]; /* first body bytes, when they came with the headers */
+    size_t head_len;
 
     unsigned json : 1;            /* the response is the module's own JSON */
     unsigned error_body_sent : 1; /* the error filter replaced nginx's page */

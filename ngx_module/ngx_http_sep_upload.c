@@ -202,6 +202,16 @@ ngx_int_t ngx_http_sep_upload_handler(ngx_http_request_t *r)
                                    "send Content-Length or use chunked transfer encoding");
     }
 
+    /* The first body bytes usually arrive with the headers: keep them for the
+     * sniff, which then needs no read of the temp file. */
+    if (!multipart && !r->headers_in.chunked && r->header_in) {
+        size_t preread = r->header_in->last - r->header_in->pos;
+        if (preread >= sizeof(ctx->head) || (off_t)preread == r->headers_in.content_length_n) {
+            ctx->head_len = ngx_min(preread, sizeof(ctx->head));
+            ngx_memcpy(ctx->head, r->header_in->pos, ctx->head_len);
+        }
+    }
+
     /* The body goes to a temp file that can be renamed into the spool. */
     r->request_body_in_file_only = 1;
     r->request_body_in_persistent_file = 1;
@@ -362,13 +372,17 @@ static ngx_int_t ngx_http_sep_store_raw(ngx_http_request_t *r, ngx_http_sep_ctx_
     ngx_int_t rc;
 
     *failed = 1;
-    n = pread(tf->file.fd, head, sizeof(head), 0);
-    if (n < 0) {
-        ngx_log_error(NGX_LOG_CRIT, r->connection->log, ngx_errno, "sep: pread \"%V\" failed",
-                      &tf->file.name);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (ctx->head_len > 0) {
+        type = sep_sniff(ctx->head, ctx->head_len);
+    } else {
+        n = pread(tf->file.fd, head, sizeof(head), 0);
+        if (n < 0) {
+            ngx_log_error(NGX_LOG_CRIT, r->connection->log, ngx_errno, "sep: pread \"%V\" failed",
+                          &tf->file.name);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        type = sep_sniff(head, (size_t)n);
     }
-    type = sep_sniff(head, (size_t)n);
     if (type == SEP_AUDIO_UNKNOWN) {
         return ngx_http_sep_unsupported_audio(r);
     }
