@@ -13,6 +13,7 @@ separation module, on loopback, under a temporary prefix, torn down even on fail
 """
 
 import atexit
+import contextlib
 import http.client
 import io
 import json
@@ -143,6 +144,8 @@ class Stack:
         return self
 
     def start_redis(self):
+        if self._stopped:
+            raise RuntimeError("the stack was stopped")
         self.redis_proc = localstack.start_redis(self.prefix, self.redis_port)
         self.redis = redis.Redis(host="127.0.0.1", port=self.redis_port,
                                  socket_timeout=5, decode_responses=False)
@@ -163,12 +166,14 @@ class Stack:
         if self._stopped:
             return
         self._stopped = True
-        localstack.stop_process(self.nginx_proc)
-        localstack.stop_process(self.redis_proc)
-        if self.keep_prefix:
-            print("kept test prefix %s" % self.prefix)
-        else:
-            shutil.rmtree(self.prefix, ignore_errors=True)
+        # A Ctrl-C arriving now waits until the servers are gone and the prefix removed.
+        with signals_held():
+            localstack.stop_process(self.nginx_proc)
+            localstack.stop_process(self.redis_proc)
+            if self.keep_prefix:
+                print("kept test prefix %s" % self.prefix)
+            else:
+                shutil.rmtree(self.prefix, ignore_errors=True)
 
     def error_log_tail(self, lines=30):
         path = self.values["ERROR_LOG"]
@@ -277,6 +282,17 @@ class Cases:
             return 1
         print("PASS: %d cases" % ran)
         return 0
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT/SIGTERM are held (delivered afterwards) while the block runs."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def install_signal_cleanup(stack):

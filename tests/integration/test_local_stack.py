@@ -76,10 +76,11 @@ class LocalRun:
         if self._stopped:
             return
         self._stopped = True
-        try:
-            self.script("stop-local")
-        finally:
-            shutil.rmtree(self.prefix, ignore_errors=True)
+        with harness.signals_held():
+            try:
+                self.script("stop-local")
+            finally:
+                shutil.rmtree(self.prefix, ignore_errors=True)
 
 
 @cases.case
