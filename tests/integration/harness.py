@@ -79,6 +79,30 @@ def request(port, method, path, body=None, headers=None, timeout=10.0):
         conn.close()
 
 
+def raw_request(port, data, timeout=10.0):
+    """Sends bytes as they are (for requests http.client will not form) and parses the
+    one response that comes back on a connection the server closes."""
+    import socket
+
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Response(status, headers, body, time.monotonic() - start)
+
+
 def wav_bytes(seconds=0.25, rate=44100, channels=2, freq=440.0):
     """A real 16-bit PCM WAV: a sine on every channel."""
     frames = int(seconds * rate)

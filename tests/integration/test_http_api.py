@@ -77,8 +77,7 @@ def no_new_spool_files(stack, before, what, grace=1.0):
 def submit_raw_wav(stack):
     resp = submit(stack)
     job_id = expect_accepted(resp)
-    expect(resp.header("content-type", ) is not None
-           and resp.header("content-type").startswith("application/json"),
+    expect((resp.header("content-type") or "").startswith("application/json"),
            "202 should be application/json", resp)
     files = stack.spool_files(job_id)
     expect(files, "no spool file for job %s" % job_id)
@@ -94,7 +93,8 @@ def submit_raw_wav(stack):
 @cases.case
 def submit_octet_stream(stack):
     job_id = expect_accepted(submit(stack, ctype="application/octet-stream"))
-    expect(stack.spool_files(job_id), "no spool file for job %s" % job_id)
+    upload = os.path.join(stack.job_dir(job_id), "input.wav")
+    expect(os.path.isfile(upload), "no %s" % upload, stack.spool_files(job_id))
     expect(job_id in stack.stream_job_ids(Q_NORMAL), "job not in sep:q:normal")
 
 
@@ -110,9 +110,9 @@ def submit_options_in_query(stack):
     resp = submit(stack, "model=htdemucs_6s&stems=guitar&format=flac&shifts=2&overlap=0.5")
     job_id = expect_accepted(resp)
     rec = stack.request("GET", "/v1/jobs/" + job_id).json
-    flat = repr(rec)
-    for want in ("htdemucs_6s", "guitar", "flac"):
-        expect(want in flat, "job record does not mention option %r" % want, rec)
+    want = {"model": "htdemucs_6s", "stems": "guitar", "format": "flac",
+            "priority": "normal", "shifts": 2, "overlap": 0.5}
+    expect(rec.get("options") == want, "options in the record", rec.get("options"), want)
 
 
 @cases.case
@@ -128,9 +128,48 @@ def submit_multipart(stack):
         expect(f.read() == WAV, "the spooled multipart file part differs from the upload")
     expect(job_id in stack.stream_job_ids(Q_HIGH), "multipart priority=high not in sep:q:high")
     rec = stack.request("GET", "/v1/jobs/" + job_id).json
-    flat = repr(rec)
-    for want in ("vocals", "wav24"):
-        expect(want in flat, "multipart option %r not in the job record" % want, rec)
+    want = {"model": "htdemucs", "stems": "vocals", "format": "wav24", "priority": "high",
+            "shifts": 1, "overlap": 0.25}
+    expect(rec.get("options") == want, "multipart options in the record", rec.get("options"),
+           want)
+
+
+@cases.case
+def submit_sniffed_types(stack):
+    """The spooled input is named after the sniffed type, whatever the Content-Type says."""
+    flac = b"fLaC" + bytes([0x80, 0, 0, 34]) + bytes(34) + bytes(2000)
+    mp3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(2000)
+    for body, ctype, ext in ((flac, "audio/flac", "flac"), (mp3, "audio/mpeg", "mp3"),
+                             (flac, "application/octet-stream", "flac")):
+        job_id = expect_accepted(submit(stack, body=body, ctype=ctype))
+        path = os.path.join(stack.job_dir(job_id), "input." + ext)
+        expect(os.path.isfile(path), "%s upload not spooled as %s" % (ctype, path),
+               stack.spool_files(job_id))
+
+
+@cases.case
+def submit_chunked_and_no_length(stack):
+    """A chunked upload is accepted; a POST with no length at all is 411."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
+    try:
+        chunks = [WAV[i:i + 4096] for i in range(0, len(WAV), 4096)]
+        conn.request("POST", "/v1/jobs", body=iter(chunks), encode_chunked=True,
+                     headers={"Content-Type": "audio/wav", "Transfer-Encoding": "chunked"})
+        resp = conn.getresponse()
+        got = harness.Response(resp.status, {k.lower(): v for k, v in resp.getheaders()},
+                               resp.read(), 0.0)
+    finally:
+        conn.close()
+    job_id = expect_accepted(got)
+    with open(os.path.join(stack.job_dir(job_id), "input.wav"), "rb") as f:
+        expect(f.read() == WAV, "the chunked upload was spooled wrongly")
+    before = set(stack.spool_files())
+    raw = harness.raw_request(stack.port, b"POST /v1/jobs HTTP/1.1\r\nHost: t\r\n"
+                                          b"Content-Type: audio/wav\r\nConnection: close\r\n\r\n")
+    expect_json_error(raw, 411, "POST without Content-Length or chunked body")
+    no_new_spool_files(stack, before, "a 411")
 
 
 @cases.case
