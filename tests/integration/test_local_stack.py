@@ -91,6 +91,21 @@ def sample_conf_up_to_date(run):
 
 
 @cases.case
+def run_refuses_a_taken_port(run):
+    """With the HTTP port taken by someone else, nothing is started at all."""
+    import socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", run.port))
+        other.listen()
+        res = run.script("run-local")
+    expect(res.returncode != 0, "run-local should fail on a taken port", res.stdout)
+    expect("taken" in res.stdout + (res.stderr or ""), "no reason given", res.stdout)
+    expect(not any(localstack.pid_alive(p) for p in run.pids().values()),
+           "something was started: %s" % run.pids())
+
+
+@cases.case
 def run_starts_and_answers(run):
     res = run.script("run-local")
     expect(res.returncode == 0, "run-local failed:\n" + res.stdout + run.error_log_tail())
