@@ -13,7 +13,7 @@ ARGV[5..] job hash fields as name, value pairs: model, stems_option, format,
          priority, shifts, overlap, input, input_type, input_bytes, max_attempts,
          result_ttl (see shared/sep_job.h)
 
-Reply:   {"created", field, value, ...}  the new job's hash (HGETALL)
+Reply:   {"created", field, value, ...}  the new job's hash (all its fields)
          {"exists", field, value, ...}   the job the idempotency key already names
                                          (nothing was written)
 Errors (the first word of the error is its code):
@@ -56,7 +56,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local hset = {'HSET', job_key, 'id', id, 'status', 'queued', 'progress', '0',
-              'stage', 'queued', 'message', '', 'attempts', '0', 'created_at', now}
+              'stage', 'queued', 'message', '', 'attempts', '0', 'created_at', tostring(now)}
 local input_bytes = 0
 for i = 5, #ARGV - 1, 2 do
     hset[#hset + 1] = ARGV[i]
@@ -83,6 +83,7 @@ if idem_key then
     redis.call('SET', idem_key, id, 'EX', idem_ttl)
 end
 
-local fields = redis.call('HGETALL', job_key)
-table.insert(fields, 1, 'created')
-return fields
+-- The new hash is exactly what was just written: answer it without reading it back.
+hset[1] = 'created'
+table.remove(hset, 2)
+return hset
