@@ -18,14 +18,14 @@ enum sep_field_kind { SEP_FK_STR, SEP_FK_DOUBLE, SEP_FK_INT, SEP_FK_FLAG, SEP_FK
 
 typedef struct sep_job_field {
     const char *name;
+    size_t name_len;
     enum sep_field_kind kind;
     size_t offset;
 } sep_job_field_t;
 
-#define SEP_FIELD(name, kind, member)                                                              \
-    {                                                                                              \
-        name, kind, offsetof(sep_job_t, member)                                                    \
-    }
+/* clang-format off */
+#define SEP_FIELD(name, kind, member) {name, sizeof(name) - 1, kind, offsetof(sep_job_t, member)}
+/* clang-format on */
 
 static const sep_job_field_t sep_job_fields[] = {
     SEP_FIELD("id", SEP_FK_STR, id),
@@ -179,7 +179,7 @@ int sep_job_set_field(sep_job_t *job, sep_str_t name, sep_str_t value)
 {
     for (size_t i = 0; i < SEP_N_FIELDS; i++) {
         const sep_job_field_t *f = &sep_job_fields[i];
-        if (!sep_str_eq(name, f->name))
+        if (name.len != f->name_len || memcmp(name.ptr, f->name, name.len) != 0)
             continue;
         char *member = (char *)job + f->offset;
         switch (f->kind) {
@@ -380,154 +380,154 @@ size_t sep_job_render_json(const sep_job_t *job, char *buf, size_t cap)
     sep_json_writer_t jw, *w = &jw;
     sep_jw_init(w, buf, cap);
 
-    sep_jw_lit(w, "{");
-    sep_jw_key(w, "id");
+    SEP_JW_LIT(w, "{");
+    SEP_JW_KEY(w, "id");
     sep_jw_opt_string(w, job->id);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "status");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "status");
     sep_jw_opt_string(w, job->status);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "progress");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "progress");
     sep_jw_double(w, isnan(job->progress) ? 0.0 : job->progress);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "stage");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "stage");
     sep_jw_opt_string(w, job->stage);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "message");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "message");
     sep_jw_string(w, sep_str_is_set(job->message) ? job->message : SEP_STR(""));
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "attempts");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "attempts");
     sep_jw_int(w, job->attempts >= 0 ? job->attempts : 0);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "max_attempts");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "max_attempts");
     sep_jw_opt_int(w, job->max_attempts);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "created_at");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "created_at");
     sep_jw_time(w, job->created_at);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "started_at");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "started_at");
     sep_jw_time(w, job->started_at);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "finished_at");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "finished_at");
     sep_jw_time(w, job->finished_at);
 
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "audio");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "audio");
     if (!isnan(job->audio_seconds) || job->audio_sample_rate >= 0 || job->audio_channels >= 0) {
-        sep_jw_lit(w, "{");
-        sep_jw_key(w, "seconds");
+        SEP_JW_LIT(w, "{");
+        SEP_JW_KEY(w, "seconds");
         sep_jw_double(w, job->audio_seconds);
-        sep_jw_lit(w, ",");
-        sep_jw_key(w, "sample_rate");
+        SEP_JW_LIT(w, ",");
+        SEP_JW_KEY(w, "sample_rate");
         sep_jw_opt_int(w, job->audio_sample_rate);
-        sep_jw_lit(w, ",");
-        sep_jw_key(w, "channels");
+        SEP_JW_LIT(w, ",");
+        SEP_JW_KEY(w, "channels");
         sep_jw_opt_int(w, job->audio_channels);
-        sep_jw_lit(w, "}");
+        SEP_JW_LIT(w, "}");
     } else {
         sep_jw_null(w);
     }
 
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "error");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "error");
     if (job->error_code.len > 0) {
-        sep_jw_lit(w, "{");
-        sep_jw_key(w, "code");
+        SEP_JW_LIT(w, "{");
+        SEP_JW_KEY(w, "code");
         sep_jw_string(w, job->error_code);
-        sep_jw_lit(w, ",");
-        sep_jw_key(w, "message");
+        SEP_JW_LIT(w, ",");
+        SEP_JW_KEY(w, "message");
         sep_jw_string(w, sep_str_is_set(job->error_message) ? job->error_message : SEP_STR(""));
-        sep_jw_lit(w, ",");
-        sep_jw_key(w, "retryable");
+        SEP_JW_LIT(w, ",");
+        SEP_JW_KEY(w, "retryable");
         sep_jw_bool(w, job->error_retryable == 1);
-        sep_jw_lit(w, "}");
+        SEP_JW_LIT(w, "}");
     } else {
         sep_jw_null(w);
     }
 
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "stems");
-    sep_jw_lit(w, "{");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "stems");
+    SEP_JW_LIT(w, "{");
     if (!job->files_deleted) {
         for (unsigned i = 0; i < job->n_stems; i++) {
             const sep_job_stem_t *stem = &job->stems[i];
             if (i)
-                sep_jw_lit(w, ",");
+                SEP_JW_LIT(w, ",");
             sep_jw_string(w, stem->name);
-            sep_jw_lit(w, ":{\"url\":\"" SEP_API_JOBS_PATH);
+            SEP_JW_LIT(w, ":{\"url\":\"" SEP_API_JOBS_PATH);
             sep_jw_raw(w, job->id.ptr, job->id.len); /* a validated id: no escaping */
-            sep_jw_lit(w, "/stems/");
+            SEP_JW_LIT(w, "/stems/");
             sep_jw_raw(w, stem->file.ptr, stem->file.len); /* checked by sep_stem_file_safe */
-            sep_jw_lit(w, "\",");
-            sep_jw_key(w, "bytes");
+            SEP_JW_LIT(w, "\",");
+            SEP_JW_KEY(w, "bytes");
             sep_jw_opt_int(w, stem->bytes);
-            sep_jw_lit(w, "}");
+            SEP_JW_LIT(w, "}");
         }
     }
-    sep_jw_lit(w, "}");
+    SEP_JW_LIT(w, "}");
 
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "timing");
-    sep_jw_lit(w, "{");
-    sep_jw_key(w, "queued_s");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "timing");
+    SEP_JW_LIT(w, "{");
+    SEP_JW_KEY(w, "queued_s");
     sep_jw_double(w, job->timing_queued_s);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "decode_s");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "decode_s");
     sep_jw_double(w, job->timing_decode_s);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "separate_s");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "separate_s");
     sep_jw_double(w, job->timing_separate_s);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "encode_s");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "encode_s");
     sep_jw_double(w, job->timing_encode_s);
-    sep_jw_lit(w, "}");
+    SEP_JW_LIT(w, "}");
 
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "worker");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "worker");
     if (job->worker.len > 0)
         sep_jw_string(w, job->worker);
     else
         sep_jw_null(w);
 
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "options");
-    sep_jw_lit(w, "{");
-    sep_jw_key(w, "model");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "options");
+    SEP_JW_LIT(w, "{");
+    SEP_JW_KEY(w, "model");
     sep_jw_opt_string(w, job->model);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "stems");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "stems");
     sep_jw_opt_string(w, job->stems_option);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "format");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "format");
     sep_jw_opt_string(w, job->format);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "priority");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "priority");
     sep_jw_opt_string(w, job->priority);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "shifts");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "shifts");
     sep_jw_opt_int(w, job->shifts);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "overlap");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "overlap");
     sep_jw_double(w, job->overlap);
-    sep_jw_lit(w, "}");
+    SEP_JW_LIT(w, "}");
 
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "input");
-    sep_jw_lit(w, "{");
-    sep_jw_key(w, "type");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "input");
+    SEP_JW_LIT(w, "{");
+    SEP_JW_KEY(w, "type");
     sep_jw_opt_string(w, job->input_type);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "bytes");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "bytes");
     sep_jw_opt_int(w, job->input_bytes);
-    sep_jw_lit(w, "}");
+    SEP_JW_LIT(w, "}");
 
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "cancel_requested");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "cancel_requested");
     sep_jw_bool(w, job->cancel_requested);
-    sep_jw_lit(w, ",");
-    sep_jw_key(w, "files_deleted");
+    SEP_JW_LIT(w, ",");
+    SEP_JW_KEY(w, "files_deleted");
     sep_jw_bool(w, job->files_deleted);
-    sep_jw_lit(w, "}");
+    SEP_JW_LIT(w, "}");
 
     return w->overflow ? 0 : sep_jw_length(w);
 }

@@ -34,6 +34,10 @@ void sep_jw_double(sep_json_writer_t *w, double v); /* shortest exact; NaN -> nu
 void sep_jw_bool(sep_json_writer_t *w, int v);
 void sep_jw_null(sep_json_writer_t *w);
 
+/* The same for string literals, without a strlen at run time. */
+#define SEP_JW_LIT(w, lit) sep_jw_raw((w), "" lit, sizeof(lit) - 1)
+#define SEP_JW_KEY(w, name) sep_jw_raw((w), "\"" name "\":", sizeof(name) + 2)
+
 /* Worst-case size of s once quoted and escaped. */
 size_t sep_jw_string_bound(size_t len);
 
