@@ -71,11 +71,13 @@ static ngx_uint_t ngx_http_sep_raw_type_ok(ngx_str_t *ct)
 static ngx_int_t ngx_http_sep_query_options(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
                                             ngx_uint_t *refused)
 {
-    u_char *p = r->args.data, *end = r->args.data + r->args.len, *amp, *eq;
-    u_char name[32], value[SEP_OPTION_VALUE_MAX + 1], *dst;
-    ngx_str_t raw_name, raw_value;
-    char err[256];
+    u_char *p = r->args.data, *end = r->args.data + r->args.len, *amp, *eq, *src, *dst;
+    /* an escaped value is at most 3 bytes per character; longer ones are cut to a
+     * length that is refused anyway */
+    u_char name[32], value[3 * SEP_OPTION_VALUE_MAX + 1];
+    size_t name_len, value_len, raw_len;
     sep_option_result_t res;
+    char err[256];
 
     *refused = 0;
     while (p < end) {
@@ -84,37 +86,24 @@ static ngx_int_t ngx_http_sep_query_options(ngx_http_request_t *r, ngx_http_sep_
             amp = end;
         }
         eq = ngx_strlchr(p, amp, '=');
-        raw_name.data = p;
-        raw_name.len = (eq ? eq : amp) - p;
-        raw_value.data = eq ? eq + 1 : amp;
-        raw_value.len = amp - raw_value.data;
+        src = p;
+        raw_len = (eq ? eq : amp) - p;
         p = amp + 1;
-
-        if (raw_name.len == 0 || raw_name.len >= sizeof(name)) {
+        if (raw_len == 0 || raw_len >= sizeof(name)) {
             continue; /* no option has such a name */
         }
         dst = name;
-        ngx_unescape_uri(&dst, &raw_name.data, raw_name.len, NGX_UNESCAPE_URI);
-        sep_str_t opt_name = {(const char *)name, (size_t)(dst - name)};
+        ngx_unescape_uri(&dst, &src, raw_len, NGX_UNESCAPE_URI);
+        name_len = dst - name;
 
-        if (raw_value.len > 3 * SEP_OPTION_VALUE_MAX) {
-            raw_value.len = 3 * SEP_OPTION_VALUE_MAX; /* too long anyway: refused below */
-        }
-        u_char *unescaped = ngx_pnalloc(r->pool, raw_value.len + 1);
-        if (unescaped == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-        dst = unescaped;
-        u_char *src = raw_value.data;
-        ngx_unescape_uri(&dst, &src, raw_value.len, NGX_UNESCAPE_URI);
-        size_t vlen = dst - unescaped;
-        if (vlen > SEP_OPTION_VALUE_MAX) {
-            vlen = SEP_OPTION_VALUE_MAX + 1;
-        }
-        ngx_memcpy(value, unescaped, vlen);
+        src = eq ? eq + 1 : amp;
+        raw_len = ngx_min((size_t)(amp - src), sizeof(value) - 1);
+        dst = value;
+        ngx_unescape_uri(&dst, &src, raw_len, NGX_UNESCAPE_URI);
+        value_len = ngx_min((size_t)(dst - value), SEP_OPTION_VALUE_MAX + 1);
 
-        res = sep_options_set(&ctx->options, opt_name, (sep_str_t){(const char *)value, vlen}, err,
-                              sizeof(err));
+        res = sep_options_set(&ctx->options, (sep_str_t){(const char *)name, name_len},
+                              (sep_str_t){(const char *)value, value_len}, err, sizeof(err));
         if (res == SEP_OPTION_INVALID) {
             *refused = 1;
             return ngx_http_sep_refuse(r, NGX_HTTP_BAD_REQUEST, "invalid_option", "%s", err);
