@@ -68,6 +68,155 @@ static void ngx_http_sep_redis_connect(void);
 static void ngx_http_sep_redis_schedule_reconnect(void);
 static void ngx_http_sep_redis_drop(const char *why);
 
+/* ---- reply objects from an arena ----------------------------------------------
+ *
+ * hiredis builds a reply from one allocation per element and per string (an
+ * HGETALL of a job is about 80). Replies are parsed one at a time: a reply is
+ * complete, handed to its callback and freed before the next one is started, so all
+ * the pieces of the current reply can come from one bump arena that is emptied when
+ * hiredis frees the reply. The first chunk is kept for the next reply; bigger
+ * replies take extra chunks that are freed with it.
+ */
+
+#define SEP_ARENA_CHUNK (64 * 1024)
+
+typedef struct ngx_http_sep_chunk_s ngx_http_sep_chunk_t;
+
+struct ngx_http_sep_chunk_s {
+    ngx_http_sep_chunk_t *next;
+    size_t size;
+    size_t used;
+    u_char data[];
+};
+
+static ngx_http_sep_chunk_t *ngx_http_sep_arena_base;
+static ngx_http_sep_chunk_t *ngx_http_sep_arena_extra;
+
+static void *ngx_http_sep_arena_alloc(size_t size, ngx_uint_t zero)
+{
+    ngx_http_sep_chunk_t *chunk =
+        ngx_http_sep_arena_extra ? ngx_http_sep_arena_extra : ngx_http_sep_arena_base;
+    size_t n;
+    void *p;
+
+    size = ngx_align(size, 8);
+    if (chunk == NULL || chunk->size - chunk->used < size) {
+        n = ngx_max(size, (size_t)SEP_ARENA_CHUNK);
+        chunk = malloc(sizeof(ngx_http_sep_chunk_t) + n);
+        if (chunk == NULL) {
+            return NULL; /* hiredis reports out of memory and drops the connection */
+        }
+        chunk->size = n;
+        chunk->used = 0;
+        chunk->next = NULL;
+        if (ngx_http_sep_arena_base == NULL) {
+            ngx_http_sep_arena_base = chunk;
+        } else {
+            chunk->next = ngx_http_sep_arena_extra;
+            ngx_http_sep_arena_extra = chunk;
+        }
+    }
+    p = chunk->data + chunk->used;
+    chunk->used += size;
+    if (zero) {
+        ngx_memzero(p, size);
+    }
+    return p;
+}
+
+static void ngx_http_sep_arena_reset(void)
+{
+    ngx_http_sep_chunk_t *chunk;
+
+    while (ngx_http_sep_arena_extra) {
+        chunk = ngx_http_sep_arena_extra;
+        ngx_http_sep_arena_extra = chunk->next;
+        free(chunk);
+    }
+    if (ngx_http_sep_arena_base) {
+        ngx_http_sep_arena_base->used = 0;
+    }
+}
+
+static void ngx_http_sep_arena_free(void)
+{
+    ngx_http_sep_arena_reset();
+    free(ngx_http_sep_arena_base);
+    ngx_http_sep_arena_base = NULL;
+}
+
+/* A reply object of the task's type, linked into its parent array. */
+static redisReply *ngx_http_sep_reply_new(const redisReadTask *task, int type)
+{
+    redisReply *r = ngx_http_sep_arena_alloc(sizeof(redisReply), 1);
+
+    if (r == NULL) {
+        return NULL;
+    }
+    r->type = type;
+    if (task->parent) {
+        redisReply *parent = task->parent->obj;
+        parent->element[task->idx] = r;
+    }
+    return r;
+}
+
+static void *ngx_http_sep_reply_string(const redisReadTask *task, char *str, size_t len)
+{
+    redisReply *r = ngx_http_sep_reply_new(task, task->type);
+    char *buf = r ? ngx_http_sep_arena_alloc(len + 1, 0) : NULL;
+
+    if (buf == NULL) {
+        return NULL;
+    }
+    ngx_memcpy(buf, str, len);
+    buf[len] = '\0';
+    r->str = buf;
+    r->len = len;
+    return r;
+}
+
+static void *ngx_http_sep_reply_array(const redisReadTask *task, int elements)
+{
+    redisReply *r = ngx_http_sep_reply_new(task, REDIS_REPLY_ARRAY);
+
+    if (r == NULL) {
+        return NULL;
+    }
+    if (elements > 0) {
+        r->element = ngx_http_sep_arena_alloc((size_t)elements * sizeof(redisReply *), 1);
+        if (r->element == NULL) {
+            return NULL;
+        }
+    }
+    r->elements = elements;
+    return r;
+}
+
+static void *ngx_http_sep_reply_integer(const redisReadTask *task, long long value)
+{
+    redisReply *r = ngx_http_sep_reply_new(task, REDIS_REPLY_INTEGER);
+
+    if (r) {
+        r->integer = value;
+    }
+    return r;
+}
+
+static void *ngx_http_sep_reply_nil(const redisReadTask *task)
+{
+    return ngx_http_sep_reply_new(task, REDIS_REPLY_NIL);
+}
+
+static void ngx_http_sep_reply_free(void *reply)
+{
+    ngx_http_sep_arena_reset();
+}
+
+static redisReplyObjectFunctions ngx_http_sep_reply_functions = {
+    ngx_http_sep_reply_string, ngx_http_sep_reply_array, ngx_http_sep_reply_integer,
+    ngx_http_sep_reply_nil, ngx_http_sep_reply_free};
+
 /* ---- the event-loop adapter (hiredis' ev hooks) ----------------------------- */
 
 static void ngx_http_sep_redis_add_read(void *privdata)
@@ -318,6 +467,7 @@ static void ngx_http_sep_redis_connect(void)
     c->read->handler = ngx_http_sep_redis_read_handler;
     c->write->handler = ngx_http_sep_redis_write_handler;
 
+    ac->c.reader->fn = &ngx_http_sep_reply_functions;
     ac->data = redis;
     ac->ev.data = c;
     ac->ev.addRead = ngx_http_sep_redis_add_read;
@@ -405,6 +555,8 @@ void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle)
         }
     }
     ngx_http_sep_redis_drop("worker exit");
+
+    ngx_http_sep_arena_free();
 
     while (!ngx_queue_empty(&redis->free)) {
         q = ngx_queue_head(&redis->free);

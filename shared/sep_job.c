@@ -21,16 +21,20 @@ typedef struct sep_job_field {
     size_t name_len;
     enum sep_field_kind kind;
     size_t offset;
+    size_t text_offset; /* doubles: where their text goes (0: nowhere) */
 } sep_job_field_t;
 
 /* clang-format off */
-#define SEP_FIELD(name, kind, member) {name, sizeof(name) - 1, kind, offsetof(sep_job_t, member)}
+#define SEP_FIELD(name, kind, member) \
+    {name, sizeof(name) - 1, kind, offsetof(sep_job_t, member), 0}
+#define SEP_NUMBER(name, member, text) \
+    {name, sizeof(name) - 1, SEP_FK_DOUBLE, offsetof(sep_job_t, member), offsetof(sep_job_t, text)}
 /* clang-format on */
 
 static const sep_job_field_t sep_job_fields[] = {
     SEP_FIELD("id", SEP_FK_STR, id),
     SEP_FIELD("status", SEP_FK_STR, status),
-    SEP_FIELD("progress", SEP_FK_DOUBLE, progress),
+    SEP_NUMBER("progress", progress, progress_text),
     SEP_FIELD("stage", SEP_FK_STR, stage),
     SEP_FIELD("message", SEP_FK_STR, message),
     SEP_FIELD("attempts", SEP_FK_INT, attempts),
@@ -44,23 +48,23 @@ static const sep_job_field_t sep_job_fields[] = {
     SEP_FIELD("format", SEP_FK_STR, format),
     SEP_FIELD("priority", SEP_FK_STR, priority),
     SEP_FIELD("shifts", SEP_FK_INT, shifts),
-    SEP_FIELD("overlap", SEP_FK_DOUBLE, overlap),
+    SEP_NUMBER("overlap", overlap, overlap_text),
     SEP_FIELD("input", SEP_FK_STR, input),
     SEP_FIELD("input_type", SEP_FK_STR, input_type),
     SEP_FIELD("input_bytes", SEP_FK_INT, input_bytes),
     SEP_FIELD("stream_id", SEP_FK_STR, stream_id),
     SEP_FIELD("worker", SEP_FK_STR, worker),
-    SEP_FIELD("audio_seconds", SEP_FK_DOUBLE, audio_seconds),
+    SEP_NUMBER("audio_seconds", audio_seconds, audio_seconds_text),
     SEP_FIELD("audio_sample_rate", SEP_FK_INT, audio_sample_rate),
     SEP_FIELD("audio_channels", SEP_FK_INT, audio_channels),
     SEP_FIELD("error_code", SEP_FK_STR, error_code),
     SEP_FIELD("error_message", SEP_FK_STR, error_message),
     SEP_FIELD("error_retryable", SEP_FK_TRISTATE, error_retryable),
     SEP_FIELD("stems", SEP_FK_STR, stems_json),
-    SEP_FIELD("timing_queued_s", SEP_FK_DOUBLE, timing_queued_s),
-    SEP_FIELD("timing_decode_s", SEP_FK_DOUBLE, timing_decode_s),
-    SEP_FIELD("timing_separate_s", SEP_FK_DOUBLE, timing_separate_s),
-    SEP_FIELD("timing_encode_s", SEP_FK_DOUBLE, timing_encode_s),
+    SEP_NUMBER("timing_queued_s", timing_queued_s, timing_queued_text),
+    SEP_NUMBER("timing_decode_s", timing_decode_s, timing_decode_text),
+    SEP_NUMBER("timing_separate_s", timing_separate_s, timing_separate_text),
+    SEP_NUMBER("timing_encode_s", timing_encode_s, timing_encode_text),
     SEP_FIELD("cancel_requested", SEP_FK_FLAG, cancel_requested),
     SEP_FIELD("files_deleted", SEP_FK_FLAG, files_deleted),
 };
@@ -113,19 +117,61 @@ static int sep_parse_double(sep_str_t v, double *out)
     return 0;
 }
 
+/* A decimal integer with an optional '-', at most 18 digits (no overflow). */
 static int sep_parse_int(sep_str_t v, long long *out)
 {
-    char tmp[32];
-    if (v.len == 0 || v.len >= sizeof(tmp))
+    size_t i = 0;
+    int negative = 0;
+    long long n = 0;
+    if (v.len > 0 && v.ptr[0] == '-') {
+        negative = 1;
+        i = 1;
+    }
+    if (v.len == i || v.len - i > 18)
         return -1;
-    memcpy(tmp, v.ptr, v.len);
-    tmp[v.len] = '\0';
-    char *end;
-    long long n = strtoll(tmp, &end, 10);
-    if (end != tmp + v.len)
-        return -1;
-    *out = n;
+    for (; i < v.len; i++) {
+        if (v.ptr[i] < '0' || v.ptr[i] > '9')
+            return -1;
+        n = n * 10 + (v.ptr[i] - '0');
+    }
+    *out = negative ? -n : n;
     return 0;
+}
+
+/* 1 when s is a number in JSON's grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static int sep_is_json_number(sep_str_t s)
+{
+    const char *p = s.ptr, *end = s.ptr + s.len;
+    if (p < end && *p == '-')
+        p++;
+    if (p == end)
+        return 0;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    } else {
+        return 0;
+    }
+    if (p < end && *p == '.') {
+        const char *digits = ++p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == digits)
+            return 0;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        const char *digits = p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == digits)
+            return 0;
+    }
+    return p == end;
 }
 
 /* A stem file name is used in a URL and, by the download handler, in a path; the
@@ -190,7 +236,11 @@ int sep_job_set_field(sep_job_t *job, sep_str_t name, sep_str_t value)
             break;
         case SEP_FK_DOUBLE: {
             double d;
-            *(double *)member = sep_parse_double(value, &d) == 0 ? d : NAN;
+            int ok = sep_parse_double(value, &d) == 0;
+            *(double *)member = ok ? d : NAN;
+            if (f->text_offset)
+                *(sep_str_t *)((char *)job + f->text_offset) =
+                    ok && value.len < 32 && sep_is_json_number(value) ? value : SEP_STR_NULL;
             break;
         }
         case SEP_FK_INT: {
@@ -346,6 +396,15 @@ size_t sep_job_json_bound(const sep_job_t *job)
     return 1024 + 6 * strings + stems;
 }
 
+/* A double, from its original text when that is a plain JSON number. */
+static void sep_jw_number(sep_json_writer_t *w, double v, sep_str_t text)
+{
+    if (text.len > 0 && !isnan(v))
+        sep_jw_raw(w, text.ptr, text.len);
+    else
+        sep_jw_double(w, v);
+}
+
 static void sep_jw_opt_string(sep_json_writer_t *w, sep_str_t s)
 {
     if (sep_str_is_set(s))
@@ -388,7 +447,10 @@ size_t sep_job_render_json(const sep_job_t *job, char *buf, size_t cap)
     sep_jw_opt_string(w, job->status);
     SEP_JW_LIT(w, ",");
     SEP_JW_KEY(w, "progress");
-    sep_jw_double(w, isnan(job->progress) ? 0.0 : job->progress);
+    if (isnan(job->progress))
+        SEP_JW_LIT(w, "0");
+    else
+        sep_jw_number(w, job->progress, job->progress_text);
     SEP_JW_LIT(w, ",");
     SEP_JW_KEY(w, "stage");
     sep_jw_opt_string(w, job->stage);
@@ -416,7 +478,7 @@ size_t sep_job_render_json(const sep_job_t *job, char *buf, size_t cap)
     if (!isnan(job->audio_seconds) || job->audio_sample_rate >= 0 || job->audio_channels >= 0) {
         SEP_JW_LIT(w, "{");
         SEP_JW_KEY(w, "seconds");
-        sep_jw_double(w, job->audio_seconds);
+        sep_jw_number(w, job->audio_seconds, job->audio_seconds_text);
         SEP_JW_LIT(w, ",");
         SEP_JW_KEY(w, "sample_rate");
         sep_jw_opt_int(w, job->audio_sample_rate);
@@ -470,16 +532,16 @@ size_t sep_job_render_json(const sep_job_t *job, char *buf, size_t cap)
     SEP_JW_KEY(w, "timing");
     SEP_JW_LIT(w, "{");
     SEP_JW_KEY(w, "queued_s");
-    sep_jw_double(w, job->timing_queued_s);
+    sep_jw_number(w, job->timing_queued_s, job->timing_queued_text);
     SEP_JW_LIT(w, ",");
     SEP_JW_KEY(w, "decode_s");
-    sep_jw_double(w, job->timing_decode_s);
+    sep_jw_number(w, job->timing_decode_s, job->timing_decode_text);
     SEP_JW_LIT(w, ",");
     SEP_JW_KEY(w, "separate_s");
-    sep_jw_double(w, job->timing_separate_s);
+    sep_jw_number(w, job->timing_separate_s, job->timing_separate_text);
     SEP_JW_LIT(w, ",");
     SEP_JW_KEY(w, "encode_s");
-    sep_jw_double(w, job->timing_encode_s);
+    sep_jw_number(w, job->timing_encode_s, job->timing_encode_text);
     SEP_JW_LIT(w, "}");
 
     SEP_JW_LIT(w, ",");
@@ -508,7 +570,7 @@ size_t sep_job_render_json(const sep_job_t *job, char *buf, size_t cap)
     sep_jw_opt_int(w, job->shifts);
     SEP_JW_LIT(w, ",");
     SEP_JW_KEY(w, "overlap");
-    sep_jw_double(w, job->overlap);
+    sep_jw_number(w, job->overlap, job->overlap_text);
     SEP_JW_LIT(w, "}");
 
     SEP_JW_LIT(w, ",");

@@ -90,6 +90,11 @@ typedef struct sep_job {
     double timing_queued_s, timing_decode_s, timing_separate_s, timing_encode_s;
     int cancel_requested, files_deleted;
 
+    /* the text the doubles above were read from, when it is a plain JSON number: the
+     * renderer copies it instead of formatting the double again */
+    sep_str_t progress_text, overlap_text, audio_seconds_text;
+    sep_str_t timing_queued_text, timing_decode_text, timing_separate_text, timing_encode_text;
+
     /* stems, parsed from stems_json (views into stems_doc) */
     unsigned n_stems;
     sep_job_stem_t stems[SEP_MAX_STEMS];

@@ -22,16 +22,6 @@ size_t sep_jw_length(const sep_json_writer_t *w)
     return (size_t)(w->pos - w->start);
 }
 
-void sep_jw_raw(sep_json_writer_t *w, const char *bytes, size_t len)
-{
-    if (w->overflow || (size_t)(w->end - w->pos) < len) {
-        w->overflow = 1;
-        return;
-    }
-    memcpy(w->pos, bytes, len);
-    w->pos += len;
-}
-
 void sep_jw_lit(sep_json_writer_t *w, const char *cstr)
 {
     sep_jw_raw(w, cstr, strlen(cstr));

@@ -25,7 +25,17 @@ typedef struct sep_json_writer {
 void sep_jw_init(sep_json_writer_t *w, char *buf, size_t cap);
 size_t sep_jw_length(const sep_json_writer_t *w);
 
-void sep_jw_raw(sep_json_writer_t *w, const char *bytes, size_t len);
+/* Appends bytes as they are (inline: the renderer calls it for every piece). */
+static inline void sep_jw_raw(sep_json_writer_t *w, const char *bytes, size_t len)
+{
+    if (w->overflow || (size_t)(w->end - w->pos) < len) {
+        w->overflow = 1;
+        return;
+    }
+    memcpy(w->pos, bytes, len);
+    w->pos += len;
+}
+
 void sep_jw_lit(sep_json_writer_t *w, const char *cstr); /* raw, NUL-terminated */
 void sep_jw_string(sep_json_writer_t *w, sep_str_t s);   /* quoted and escaped */
 void sep_jw_key(sep_json_writer_t *w, const char *name); /* "name": (name is plain) */

@@ -438,6 +438,55 @@ static void test_status_names_and_bad_numbers(void **state)
     assert_false(sep_job_exists(&job));
 }
 
+static void test_numbers_render_from_their_text(void **state)
+{
+    (void)state;
+    /* plain JSON numbers are copied; anything else is formatted from the double */
+    static const char *const fields[] = {"id",
+                                         ID,
+                                         "status",
+                                         "running",
+                                         "progress",
+                                         "0.50",
+                                         "overlap",
+                                         ".25",
+                                         "audio_seconds",
+                                         "+3.5",
+                                         "timing_decode_s",
+                                         "1e-3",
+                                         "timing_separate_s",
+                                         "nan",
+                                         "timing_encode_s",
+                                         "2.",
+                                         "attempts",
+                                         "-2",
+                                         "max_attempts",
+                                         "007",
+                                         "shifts",
+                                         "1x",
+                                         NULL};
+    sep_job_t job;
+    load_fields(&job, fields);
+    size_t cap = sep_job_json_bound(&job);
+    char *buf = malloc(cap);
+    size_t len = sep_job_render_json(&job, buf, cap);
+    buf[len] = '\0';
+    assert_non_null(strstr(buf, "\"progress\":0.50,"));
+    assert_non_null(strstr(buf, "\"overlap\":0.25}"));
+    assert_non_null(strstr(buf, "\"seconds\":3.5,"));
+    assert_non_null(strstr(buf, "\"decode_s\":1e-3,"));
+    assert_non_null(strstr(buf, "\"separate_s\":null,"));
+    assert_non_null(strstr(buf, "\"encode_s\":2}"));
+    assert_non_null(strstr(buf, "\"attempts\":0,")); /* negative: rendered as none */
+    assert_non_null(strstr(buf, "\"max_attempts\":7,"));
+    assert_non_null(strstr(buf, "\"shifts\":null,"));
+    json_t *o = json_loadb(buf, len, 0, NULL);
+    assert_non_null(o);
+    json_decref(o);
+    free(buf);
+    sep_job_clear(&job);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -451,6 +500,7 @@ int main(void)
         cmocka_unit_test(test_event_parse),
         cmocka_unit_test(test_error_json),
         cmocka_unit_test(test_status_names_and_bad_numbers),
+        cmocka_unit_test(test_numbers_render_from_their_text),
     };
     return cmocka_run_group_tests_name("job", tests, NULL, NULL);
 }
