@@ -412,6 +412,51 @@ def max_queued_429(stack):
 
 # Redis failures --------------------------------------------------------------------------
 @cases.case
+def redis_stalled_503_and_no_orphan_job(stack):
+    """Redis frozen (SIGSTOP): answers are 503 after sep_redis_timeout (1s), not hangs;
+    once Redis runs again, the submit it executed late is undone (job canceled, files
+    gone), so no job exists that its client was told failed."""
+    import signal as sig
+
+    # Room for two jobs (the backpressure case filled the queue): the late submit must
+    # really create a job for its undoing to be tested.
+    for some in stack.stream_job_ids(Q_NORMAL)[:max(0, queued_count(stack) - MAX_QUEUED + 2)]:
+        stack.request("DELETE", "/v1/jobs/" + some)
+    job_id = expect_accepted(submit(stack))
+    before_files = set(stack.spool_files())
+    queued_before = queued_count(stack)
+    submitted_before = int(stack.redis.hget("sep:stats", "submitted") or 0)
+    stack.redis_proc.send_signal(sig.SIGSTOP)
+    try:
+        post = submit(stack)
+        get = stack.request("GET", "/v1/jobs/" + job_id)
+    finally:
+        stack.redis_proc.send_signal(sig.SIGCONT)
+    expect_json_error(post, 503, "POST while Redis is frozen")
+    expect(post.elapsed < 2.0, "POST 503 took %.2fs" % post.elapsed)
+    expect_json_error(get, 503, "GET while Redis is frozen")
+    expect(get.elapsed < 2.0, "GET 503 took %.2fs" % get.elapsed)
+
+    def submitted():
+        return int(stack.redis.hget("sep:stats", "submitted") or 0)
+
+    deadline = time.monotonic() + 3.0
+    while submitted() == submitted_before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    expect(submitted() == submitted_before + 1, "Redis did not run the late submit (submitted "
+           "%d -> %d): nothing to undo" % (submitted_before, submitted()))
+    while queued_count(stack) != queued_before and time.monotonic() < deadline + 2.0:
+        time.sleep(0.02)
+    expect(queued_count(stack) == queued_before,
+           "the timed-out submission stayed queued (%d -> %d)" % (queued_before,
+                                                                 queued_count(stack)))
+    no_new_spool_files(stack, before_files, "a submission that timed out")
+    got = stack.request("GET", "/v1/jobs/" + job_id)
+    expect(got.status == 200, "GET after Redis resumed: %d" % got.status, got)
+    return "POST 503 in %.2fs, GET 503 in %.2fs" % (post.elapsed, get.elapsed)
+
+
+@cases.case
 def redis_down_503_then_recovers(stack):
     job_id = expect_accepted(submit(stack)) if queued_count(stack) < MAX_QUEUED else None
     before = set(stack.spool_files())
