@@ -91,6 +91,30 @@ def sample_conf_up_to_date(run):
 
 
 @cases.case
+def sample_conf_documents_every_directive(run):
+    """Every sep_* directive the module defines is in the template, under a comment."""
+    import glob
+    import re
+
+    names = set()
+    for path in glob.glob(os.path.join(harness.REPO_ROOT, "ngx_module", "*.c")):
+        with open(path, encoding="utf-8") as f:
+            names.update(re.findall(r'ngx_string\("(sep_[a-z_]+)"\)', f.read()))
+    expect(names, "no directives found in ngx_module/*.c")
+    with open(os.path.join(CONF, "nginx.conf.in"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    undocumented = []
+    for name in sorted(names):
+        at = [i for i, line in enumerate(lines) if re.match(r"\s*%s\b" % name, line)]
+        if not at or not lines[at[0] - 1].strip().startswith("#") \
+                and not lines[at[0] - 1].strip().endswith("{"):
+            undocumented.append(name)
+    expect(not undocumented, "directives missing or without a comment in "
+           "conf/nginx.conf.in: %s" % undocumented)
+    return "%d directives" % len(names)
+
+
+@cases.case
 def run_refuses_a_taken_port(run):
     """With the HTTP port taken by someone else, nothing is started at all."""
     import socket
