@@ -23,10 +23,13 @@ import codecs
 import collections
 from fractions import Fraction
 import io
+import mmap
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -326,6 +329,23 @@ ALLOWED_GLOBALS = {
 }
 
 
+def check_opcodes(file, limit):
+    """Walks the pickle's opcodes without executing them, from the file's position
+    to STOP, and refuses memo indices larger than the pickle could ever fill: the C
+    unpickler grows its memo table to the largest index it sees, so one corrupted
+    LONG_BINPUT would otherwise allocate gigabytes. The caller seeks back."""
+    try:
+        for opcode, arg, _pos in pickletools.genops(file):
+            if opcode.name in ("LONG_BINPUT", "LONG_BINGET", "PUT", "GET") and (
+                not isinstance(arg, int) or not 0 <= arg <= limit
+            ):
+                raise CheckpointError(f"malformed checkpoint pickle: memo index {arg!r:.40}")
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"malformed checkpoint pickle: {type(exc).__name__}: {exc}")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, storage_lookup):
         super().__init__(file, encoding="utf-8")
@@ -377,6 +397,19 @@ class _PlainUnpickler(pickle.Unpickler):
         raise ForbiddenGlobal(f"refusing to load: legacy header references {module}.{name}")
 
 
+# What zipfile raises on damaged archives: besides BadZipFile, a mangled header can
+# surface as a decode error, an "unsupported feature" (flag bits), or a zlib error.
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    EOFError,
+    OSError,
+    UnicodeDecodeError,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+)
+
+
 class _ZipStorageReader:
     def __init__(self, archive, root, big_endian):
         self.archive = archive
@@ -397,7 +430,7 @@ class _ZipStorageReader:
                 self._cache = self.archive.read(self.member(key))
             except KeyError:
                 raise CheckpointError(f"storage {self.member(key)} is missing from the archive")
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            except ZIP_ERRORS as exc:
                 raise CheckpointError(f"storage {self.member(key)} is unreadable: {exc}")
             self._cache_key = key
         data = self._cache
@@ -409,8 +442,8 @@ class _ZipStorageReader:
 
 
 class _LegacyStorageReader:
-    def __init__(self, path, big_endian):
-        self.path = path
+    def __init__(self, mapped, big_endian):
+        self.mapped = mapped
         self.big_endian = big_endian
         self.locations = {}  # key -> (file offset of the first element, numel)
 
@@ -418,9 +451,7 @@ class _LegacyStorageReader:
         if key not in self.locations:
             raise CheckpointError(f"storage {key} is not in the file's storage list")
         start, _numel = self.locations[key]
-        with open(self.path, "rb") as file:
-            file.seek(start + offset)
-            data = file.read(count)
+        data = self.mapped[start + offset : start + offset + count]
         if len(data) != count:
             raise CheckpointError(f"storage {key} is truncated")
         return data
@@ -462,7 +493,7 @@ def _zip_root(archive):
 def _load_zip(path):
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except ZIP_ERRORS as exc:
         raise CheckpointError(f"corrupt zip archive: {exc}")
     try:
         root = _zip_root(archive)
@@ -494,89 +525,113 @@ def _load_zip(path):
             return ref
 
         data = archive.read(f"{root}/data.pkl")
+        check_opcodes(io.BytesIO(data), len(data))
         obj = _RestrictedUnpickler(io.BytesIO(data), lookup).load()
     except CheckpointError:
         archive.close()
         raise
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except ZIP_ERRORS as exc:
         archive.close()
         raise CheckpointError(f"corrupt zip archive: {exc}")
-    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        RecursionError,
+        MemoryError,  # a corrupted length or memo index in the pickle
+    ) as exc:
         archive.close()
-        raise CheckpointError(f"malformed checkpoint pickle: {exc}")
+        raise CheckpointError(f"malformed checkpoint pickle: {type(exc).__name__}: {exc}")
     return Checkpoint(path, obj, "zip", archive.close)
 
 
+def _checked_load(file, unpickler_class, limit, *args):
+    start = file.tell()
+    check_opcodes(file, limit)
+    file.seek(start)
+    return unpickler_class(file, *args).load()
+
+
 def _load_legacy(path):
-    with open(path, "rb") as file:
-        try:
-            magic = _PlainUnpickler(file).load()
-        except CheckpointError:
-            raise
-        except Exception:
-            raise CheckpointError(
-                "not a torch checkpoint (neither a zip archive nor a legacy torch file; "
-                "truncated or corrupt?)"
-            )
-        if magic != LEGACY_MAGIC:
-            raise CheckpointError("not a torch checkpoint (bad magic number)")
-        try:
-            protocol = _PlainUnpickler(file).load()
-            info = _PlainUnpickler(file).load()
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(f"corrupt legacy torch header: {exc}")
-        if protocol != LEGACY_PROTOCOL:
-            raise UnsupportedCheckpoint(f"legacy torch protocol {protocol!r} is not supported")
-        big_endian = isinstance(info, dict) and info.get("little_endian") is False
-        reader = _LegacyStorageReader(path, big_endian)
-        roots = {}  # key -> (StorageType, numel)
+    # Read through a read-only mapping: unlike a file object, it never allocates more
+    # than the file holds when a corrupted length asks for gigabytes.
+    with open(path, "rb") as handle:
+        file = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return _parse_legacy(path, file)
+    except BaseException:
+        file.close()
+        raise
 
-        def lookup(storage_type, key, numel, view):
-            roots.setdefault(key, (storage_type, numel))
-            if view is None:
-                return StorageRef(key, storage_type, numel, reader)
-            if not (isinstance(view, tuple) and len(view) == 3):
-                raise CheckpointError(f"malformed storage view {view!r:.80}")
-            _view_key, view_offset, view_size = view
-            return StorageRef(key, storage_type, view_size, reader, base=view_offset)
 
-        try:
-            obj = _RestrictedUnpickler(file, lookup).load()
-            keys = _PlainUnpickler(file).load()
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(f"malformed checkpoint pickle: {exc}")
-        if not isinstance(keys, list):
-            raise CheckpointError("legacy storage key list is missing")
-        file_size = os.fstat(file.fileno()).st_size
-        position = file.tell()
-        order = ">q" if big_endian else "<q"
-        for key in keys:
-            header = file.read(8)
-            if len(header) != 8:
-                raise CheckpointError(f"legacy storage {key} is truncated")
-            (numel,) = struct.unpack(order, header)
-            position += 8
-            storage_type, expected = roots.get(key, (None, numel))
-            if storage_type is None:
-                raise CheckpointError(f"legacy storage {key} is not referenced by the pickle")
-            if numel != expected:
-                raise CheckpointError(
-                    f"legacy storage {key} has {numel} elements, {expected} expected"
-                )
-            length = numel * storage_type.itemsize
-            if position + length > file_size:
-                raise CheckpointError(f"legacy storage {key} is truncated")
-            reader.locations[key] = (position, numel)
-            position += length
-            file.seek(position)
-        missing = set(roots) - set(reader.locations)
-        if missing:
-            raise CheckpointError(f"legacy storages {sorted(missing)[:3]} have no data")
-    return Checkpoint(path, obj, "legacy")
+def _parse_legacy(path, file):
+    file_size = len(file)
+    try:
+        magic = _checked_load(file, _PlainUnpickler, file_size)
+    except Exception:
+        magic = None
+    if magic != LEGACY_MAGIC:
+        raise CheckpointError(
+            "not a torch checkpoint (neither a zip archive nor a legacy torch file; "
+            "truncated or corrupt?)"
+        )
+    try:
+        protocol = _checked_load(file, _PlainUnpickler, file_size)
+        info = _checked_load(file, _PlainUnpickler, file_size)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"corrupt legacy torch header: {exc}")
+    if protocol != LEGACY_PROTOCOL:
+        raise UnsupportedCheckpoint(f"legacy torch protocol {protocol!r} is not supported")
+    big_endian = isinstance(info, dict) and info.get("little_endian") is False
+    reader = _LegacyStorageReader(file, big_endian)
+    roots = {}  # key -> (StorageType, numel)
+
+    def lookup(storage_type, key, numel, view):
+        roots.setdefault(key, (storage_type, numel))
+        if view is None:
+            return StorageRef(key, storage_type, numel, reader)
+        if not (isinstance(view, tuple) and len(view) == 3):
+            raise CheckpointError(f"malformed storage view {view!r:.80}")
+        _view_key, view_offset, view_size = view
+        return StorageRef(key, storage_type, view_size, reader, base=view_offset)
+
+    try:
+        obj = _checked_load(file, _RestrictedUnpickler, file_size, lookup)
+        keys = _checked_load(file, _PlainUnpickler, file_size)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"malformed checkpoint pickle: {type(exc).__name__}: {exc}")
+    if not isinstance(keys, list):
+        raise CheckpointError("legacy storage key list is missing")
+    position = file.tell()
+    order = ">q" if big_endian else "<q"
+    for key in keys:
+        header = file.read(8)
+        if len(header) != 8:
+            raise CheckpointError(f"legacy storage {key} is truncated")
+        (numel,) = struct.unpack(order, header)
+        position += 8
+        storage_type, expected = roots.get(key, (None, numel))
+        if storage_type is None:
+            raise CheckpointError(f"legacy storage {key} is not referenced by the pickle")
+        if numel != expected:
+            raise CheckpointError(f"legacy storage {key} has {numel} elements, {expected} expected")
+        length = numel * storage_type.itemsize
+        if position + length > file_size:
+            raise CheckpointError(f"legacy storage {key} is truncated")
+        reader.locations[key] = (position, numel)
+        position += length
+        file.seek(position)
+    missing = set(roots) - set(reader.locations)
+    if missing:
+        raise CheckpointError(f"legacy storages {sorted(missing)[:3]} have no data")
+    return Checkpoint(path, obj, "legacy", file.close)
 
 
 def load(path):

@@ -383,6 +383,19 @@ class ConvertErrors(TempDirTest):
         zip_with_pickle(path, b"\x80\x02" + tensor + b"}b.", storages={"0": bytes(16)})
         self.assert_refused(path, "set the state")
 
+    def test_huge_memo_index_is_refused_before_allocating(self):
+        # LONG_BINPUT 0x7fffffff would make the C unpickler allocate a 16 GiB memo.
+        path = self.tmp / "memo.th"
+        zip_with_pickle(path, b"\x80\x02]r\xff\xff\xff\x7f.")
+        self.assert_refused(path, "memo index")
+
+    def test_legacy_file_with_huge_string_length(self):
+        # A legacy header whose string claims 4 GiB: refused, nothing that large is read.
+        magic = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+        path = self.tmp / "legacy.th"
+        path.write_bytes(magic + b"\x80\x02M\xe9\x03." + b"\x80\x02X\xff\xff\xff\xffabc.")
+        self.assert_refused(path, "malformed checkpoint pickle", "4294967295 bytes")
+
     def test_diffq_global_is_unsupported(self):
         payload = b"\x80\x02cdiffq.uniform\nUniformQuantizer\n."
         path = self.tmp / "diffq.th"
