@@ -22,15 +22,20 @@
 
 typedef struct sep_backend sep_backend;
 
+/* Activation fused at the end of an operation. */
+enum { SEP_ACT_NONE = 0, SEP_ACT_GELU = 1, SEP_ACT_RELU = 2 };
+
 /* 2-D convolution (PyTorch Conv2d; a Conv1d is h = 1, kh = 1). Zero padding may be
- * asymmetric. Weights [cout][cin][kh][kw], bias [cout] (may be NULL). */
+ * asymmetric. Weights [cout][cin][kh][kw], bias [cout] (may be NULL); `act` is
+ * applied to the result (SEP_ACT_*). */
 typedef struct {
     int n, cin, h, w;
     int cout, kh, kw;
     int sh, sw;             /* strides */
     int dh, dw;             /* dilations */
     int ph0, ph1, pw0, pw1; /* zero padding: top, bottom, left, right */
-    int ho, wo;             /* output size: filled by sep_conv2d_finish() */
+    int act;
+    int ho, wo; /* output size: filled by sep_conv2d_finish() */
 } sep_conv2d_desc;
 
 /* Transposed 2-D convolution without padding (PyTorch ConvTranspose2d, padding 0):
@@ -69,21 +74,28 @@ typedef struct sep_backend_ops {
                    const float *w, const float *bias);
     void (*conv_tr2d)(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, const float *in,
                       const float *w, const float *bias);
-    /* out[b][r][o] = sum_i in[b][r][i] * w[o][i] + bias[o] (PyTorch Linear). */
+    /* out[b][r][o] = act(sum_i in[b][r][i] * w[o][i] + bias[o]) (PyTorch Linear). */
     void (*linear)(sep_backend *be, float *out, const float *in, const float *w, const float *bias,
-                   int batch, int rows, int in_dim, int out_dim);
+                   int batch, int rows, int in_dim, int out_dim, int act);
     void (*attention)(sep_backend *be, const sep_attention_desc *d, float *out, const float *q,
                       const float *k, const float *v);
 
     /* ---- normalisations ---- */
-    /* GroupNorm over [n][c][spatial]: groups of c/groups channels, affine per channel. */
+    /* GroupNorm over [n][c][spatial]: groups of c/groups channels, affine per channel,
+     * then `act` (SEP_ACT_*). */
     void (*group_norm)(sep_backend *be, float *out, const float *in, const float *gamma,
-                       const float *beta, int n, int c, int spatial, int groups, float eps);
+                       const float *beta, int n, int c, int spatial, int groups, float eps,
+                       int act);
     /* GroupNorm with one group applied to each row h of [n][c][h][w] on its own
      * (statistics over c and w): DConv's GroupNorm(1) on the frequency rows of a
      * frequency layer, without permuting them into a batch first. */
     void (*group_norm_rows)(sep_backend *be, float *out, const float *in, const float *gamma,
-                            const float *beta, int n, int c, int h, int w, float eps);
+                            const float *beta, int n, int c, int h, int w, float eps, int act);
+    /* The end of a DConv layer, in place on x [n][c][h][w]:
+     *   x += scale[ch] * GLU(group_norm_rows(y)), y [n][2c][h][w] (not modified). */
+    void (*dconv_residual)(sep_backend *be, float *x, const float *y, const float *gamma,
+                           const float *beta, const float *scale, int n, int c, int h, int w,
+                           float eps);
     /* GroupNorm with one group on token-major [n][tokens][c] (demucs MyGroupNorm). */
     void (*group_norm_tokens)(sep_backend *be, float *out, const float *in, const float *gamma,
                               const float *beta, int n, int tokens, int c, float eps);

@@ -25,10 +25,9 @@
 #include <stdint.h>
 #include <string.h>
 
-/* im2col / col2im buffers hold at most this many floats per thread (64 MiB total
- * on 2 threads) */
-#define COL_CHUNK_FLOATS (8u << 20)
-#define ATTN_QBLOCK 256
+/* im2col / col2im chunks: this many floats per thread (1 MiB, L2-sized) */
+#define COL_CACHE_FLOATS (256u << 10)
+#define ATTN_QBLOCK 512
 #define MAX_FFT_PLANS 4
 
 /* Element-wise kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64 and
@@ -112,11 +111,15 @@ SIMD_CLONES static float softmax_exp_kernel(float *s, int n, float max)
     return sum;
 }
 
-SIMD_CLONES static void axpy_kernel(float *acc, const float *x, float w, int n)
+/* x += k * (a*sa + ba) * sigmoid(g*sg + bg): GroupNorm affine + GLU + LayerScale */
+SIMD_CLONES static void norm_glu_residual_kernel(float *x, const float *a, const float *g, float sa,
+                                                 float ba, float sg, float bg, float k, int n)
 {
 #pragma omp simd
-    for (int i = 0; i < n; i++)
-        acc[i] += w * x[i];
+    for (int i = 0; i < n; i++) {
+        float av = a[i] * sa + ba, gv = g[i] * sg + bg;
+        x[i] += k * (av / (1.0f + vexp(-gv)));
+    }
 }
 
 SIMD_CLONES static void scale_kernel(float *s, int n, float k)
@@ -213,66 +216,14 @@ static void cpu_weights_free(sep_backend *be, const float *dev) {}
 
 static void cpu_sync(sep_backend *be) {}
 
-/* ---- GEMM split over threads ---- */
-
-/* C[M][N] = alpha * op(A) op(B) + beta * C (row-major). The larger of M and N is
- * split between threads; each part is one single-threaded sgemm, so every output
- * element is computed by the same code whatever the split. */
-static void gemm(sep_backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
-                 int lda, const float *B, int ldb, float beta, float *C, int ldc)
-{
-    int nt = be->threads;
-    double work = (double)M * N * K;
-    if (nt > 1 && work > 2e6) {
-        int split_n = N >= M;
-        int len = split_n ? N : M;
-        int part = (len + nt - 1) / nt;
-        part = (part + 15) / 16 * 16;
-#pragma omp parallel for num_threads(nt) schedule(static, 1)
-        for (int t = 0; t < nt; t++) {
-            int lo = t * part, hi = lo + part < len ? lo + part : len;
-            if (lo >= hi)
-                continue;
-            if (split_n) {
-                const float *Bp = tb ? B + (size_t)lo * ldb : B + lo;
-                cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-                            tb ? CblasTrans : CblasNoTrans, M, hi - lo, K, alpha, A, lda, Bp, ldb,
-                            beta, C + lo, ldc);
-            } else {
-                const float *Ap = ta ? A + lo : A + (size_t)lo * lda;
-                cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
-                            tb ? CblasTrans : CblasNoTrans, hi - lo, N, K, alpha, Ap, lda, B, ldb,
-                            beta, C + (size_t)lo * ldc, ldc);
-            }
-        }
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
-                K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
-
-static void add_bias_rows(sep_backend *be, float *y, const float *bias, int rows, size_t len)
-{
-    if (!bias)
-        return;
-#pragma omp parallel for num_threads(be->threads) if (rows * len > 65536)
-    for (int r = 0; r < rows; r++) {
-        float b = bias[r];
-        float *p = y + (size_t)r * len;
-        for (size_t i = 0; i < len; i++)
-            p[i] += b;
-    }
-}
-
 /* ---- convolutions ---- */
 
-/* col[(ci,ki,kj)][p - p0] for output positions p in [p0, p1) (p = oh * wo + ow). */
-static void im2col(sep_backend *be, const sep_conv2d_desc *d, const float *x, float *col, int p0,
-                   int p1)
+/* col[(ci,ki,kj)][p - p0] for output positions p in [p0, p1) (p = oh * wo + ow);
+ * single-threaded, run by each thread on its own chunk. */
+static void im2col(const sep_conv2d_desc *d, const float *x, float *col, int p0, int p1)
 {
     int K = d->cin * d->kh * d->kw;
     size_t ncols = (size_t)(p1 - p0);
-#pragma omp parallel for num_threads(be->threads) schedule(static)
     for (int k = 0; k < K; k++) {
         int ci = k / (d->kh * d->kw), ki = (k / d->kw) % d->kh, kj = k % d->kw;
         const float *xc = x + (size_t)ci * d->h * d->w;
@@ -316,49 +267,162 @@ static void im2col(sep_backend *be, const sep_conv2d_desc *d, const float *x, fl
     }
 }
 
+/* Column chunk for a reduction of K rows: K x chunk floats stay in L2. */
+static int col_chunk(int K, int N, int threads)
+{
+    int chunk = (int)(COL_CACHE_FLOATS / (size_t)K);
+    chunk = chunk / 64 * 64;
+    if (chunk < 256)
+        chunk = 256;
+    if (chunk > 4096)
+        chunk = 4096;
+    /* at least two chunks per thread for balance when N allows */
+    int per = (N + 2 * threads - 1) / (2 * threads);
+    if (per < chunk)
+        chunk = per < 256 ? 256 : (per + 63) / 64 * 64;
+    return chunk > N ? N : chunk;
+}
+
 /* Direct convolution along rows (kernel 1 x kw, strides 1, no padding over rows) for
  * the shapes GEMM handles badly: few output channels or a short reduction (DConv's
- * compressing conv and its 1x1 expansion in the wide layers). Each task owns a tile
- * of one output row for every output channel, accumulated in cache. */
-#define DIRECT_TILE 512
+ * compressing conv and its 1x1 expansion in the wide layers). Vectorised over the
+ * output positions, the reduction over (ci, kj) runs in registers. */
 static int use_direct_conv(const sep_conv2d_desc *d)
 {
-    return d->kh == 1 && d->sh == 1 && d->sw == 1 && d->ph0 == 0 && d->ph1 == 0 &&
+    return d->kh == 1 && d->sh == 1 && d->sw == 1 && d->ph0 == 0 && d->ph1 == 0 && d->kw <= 8 &&
            (d->cout <= 16 || d->cin * d->kw <= 16);
 }
 
+/* y[co][t] = b[co] + sum_{ci,kj} w[co][ci][kj] x[ci][t + off[kj]] for 8 output channels
+ * (wb: weights transposed to [cin * kw][8], zero for missing channels) and t in
+ * [t0, t1), where every tap is inside the row. Blocks of 32 positions: 8 x 2 vectors of
+ * 16 floats in registers (GCC vector extensions: zmm on AVX-512, ymm pairs on AVX2),
+ * each input vector loaded once for the 8 channels. The last partial block is done as
+ * a full block ending at t1 (positions shared with the previous block get the same
+ * values again); returns the first position not done (fewer than 32 in the row). */
+typedef float v16f __attribute__((vector_size(64)));
+#define CO_BLOCK 8
+
+SIMD_CLONES static int conv_row_interior8(float *y, size_t oplane, int nco, const float *x,
+                                          size_t plane, const float *wb, int cin, int kw,
+                                          const int *off, const float *b, int t0, int t1)
+{
+    int t = t0;
+    while (t < t1) {
+        if (t + 32 > t1) {
+            if (t1 - t0 < 32)
+                return t;
+            t = t1 - 32;
+        }
+        v16f acc[CO_BLOCK][2];
+        for (int j = 0; j < CO_BLOCK; j++) {
+            v16f bj = {0};
+            bj += b[j];
+            acc[j][0] = bj;
+            acc[j][1] = bj;
+        }
+        for (int ci = 0; ci < cin; ci++) {
+            const float *xc = x + (size_t)ci * plane + t;
+            /* one input row per channel: too many streams for the hardware prefetcher */
+            __builtin_prefetch(xc + 256);
+            __builtin_prefetch(xc + 272);
+            for (int kj = 0; kj < kw; kj++) {
+                const float *xp = xc + off[kj];
+                const float *wk = wb + (size_t)(ci * kw + kj) * CO_BLOCK;
+                v16f x0, x1;
+                memcpy(&x0, xp, sizeof(x0));
+                memcpy(&x1, xp + 16, sizeof(x1));
+                for (int j = 0; j < CO_BLOCK; j++) {
+                    acc[j][0] += wk[j] * x0;
+                    acc[j][1] += wk[j] * x1;
+                }
+            }
+        }
+        for (int j = 0; j < nco; j++) {
+            memcpy(y + (size_t)j * oplane + t, &acc[j][0], sizeof(v16f));
+            memcpy(y + (size_t)j * oplane + t + 16, &acc[j][1], sizeof(v16f));
+        }
+        t += 32;
+    }
+    return t;
+}
+
+/* the same near the row ends, where taps outside the row read zeros */
+static void conv_row_edge(float *y, const float *x, size_t plane, const float *w, int cin, int kw,
+                          const int *off, float b, int t0, int t1, int width)
+{
+    for (int t = t0; t < t1; t++) {
+        float acc = b;
+        for (int ci = 0; ci < cin; ci++)
+            for (int kj = 0; kj < kw; kj++) {
+                int i = t + off[kj];
+                if (i >= 0 && i < width)
+                    acc += w[ci * kw + kj] * x[(size_t)ci * plane + i];
+            }
+        y[t] = acc;
+    }
+}
+
+#define DIRECT_TILE 1024
 static void conv_rows_direct(sep_backend *be, const sep_conv2d_desc *d, float *out, const float *in,
                              const float *w, const float *bias)
 {
+    int off[8], lo = 0, hi = d->wo;
+    for (int kj = 0; kj < d->kw; kj++) {
+        off[kj] = kj * d->dw - d->pw0;
+        if (-off[kj] > lo)
+            lo = -off[kj];
+        if (d->w - off[kj] < hi)
+            hi = d->w - off[kj];
+    }
+    if (hi < lo)
+        hi = lo;
+    int K = d->cin * d->kw;
+    int cblocks = (d->cout + CO_BLOCK - 1) / CO_BLOCK;
+    /* weights per block of 8 output channels, transposed to [K][8], zero padded */
+    float *wt = scratch(be, (size_t)cblocks * K * CO_BLOCK + (size_t)cblocks * CO_BLOCK);
+    float *bt = wt + (size_t)cblocks * K * CO_BLOCK;
+    for (int cb = 0; cb < cblocks; cb++)
+        for (int j = 0; j < CO_BLOCK; j++) {
+            int co = cb * CO_BLOCK + j;
+            bt[cb * CO_BLOCK + j] = co < d->cout && bias ? bias[co] : 0.0f;
+            for (int k = 0; k < K; k++)
+                wt[((size_t)cb * K + k) * CO_BLOCK + j] =
+                    co < d->cout ? w[(size_t)co * K + k] : 0.0f;
+        }
     int tiles = (d->wo + DIRECT_TILE - 1) / DIRECT_TILE;
-    int tasks = d->n * d->ho * tiles;
+    int tasks = d->n * d->ho * tiles * cblocks;
     size_t in_plane = (size_t)d->h * d->w, out_plane = (size_t)d->ho * d->wo;
 #pragma omp parallel for num_threads(be->threads) schedule(static)
     for (int task = 0; task < tasks; task++) {
-        int tile = task % tiles, row = (task / tiles) % d->ho, b = task / (tiles * d->ho);
+        int cb = task % cblocks, rest = task / cblocks;
+        int tile = rest % tiles, row = (rest / tiles) % d->ho, b = rest / (tiles * d->ho);
         int t0 = tile * DIRECT_TILE, t1 = t0 + DIRECT_TILE < d->wo ? t0 + DIRECT_TILE : d->wo;
         const float *xb = in + (size_t)b * d->cin * in_plane + (size_t)row * d->w;
-        float *yb = out + (size_t)b * d->cout * out_plane + (size_t)row * d->wo;
-        for (int co = 0; co < d->cout; co++) {
-            float *acc = yb + (size_t)co * out_plane + t0;
-            float b0 = bias ? bias[co] : 0.0f;
-            for (int t = 0; t < t1 - t0; t++)
-                acc[t] = b0;
-            const float *wc = w + (size_t)co * d->cin * d->kw;
-            for (int ci = 0; ci < d->cin; ci++) {
-                const float *xc = xb + (size_t)ci * in_plane;
-                for (int kj = 0; kj < d->kw; kj++) {
-                    int off = kj * d->dw - d->pw0; /* input index = t + off */
-                    int lo = t0 > -off ? t0 : -off;
-                    int hi = t1 < d->w - off ? t1 : d->w - off;
-                    if (lo < hi)
-                        axpy_kernel(acc + (lo - t0), xc + lo + off, wc[ci * d->kw + kj], hi - lo);
-                }
-            }
+        int co0 = cb * CO_BLOCK;
+        int nco = d->cout - co0 < CO_BLOCK ? d->cout - co0 : CO_BLOCK;
+        float *yb = out + ((size_t)b * d->cout + co0) * out_plane + (size_t)row * d->wo;
+        int a0 = t0 > lo ? t0 : lo, a1 = t1 < hi ? t1 : hi; /* interior part of the tile */
+        if (a1 < a0)
+            a0 = a1 = t1;
+        int done =
+            conv_row_interior8(yb, out_plane, nco, xb, in_plane, wt + (size_t)cb * K * CO_BLOCK,
+                               d->cin, d->kw, off, bt + co0, a0, a1);
+        for (int j = 0; j < nco; j++) {
+            float *y = yb + (size_t)j * out_plane;
+            const float *wc = w + (size_t)(co0 + j) * K;
+            float b0 = bias ? bias[co0 + j] : 0.0f;
+            conv_row_edge(y, xb, in_plane, wc, d->cin, d->kw, off, b0, t0, a0, d->w);
+            conv_row_edge(y, xb, in_plane, wc, d->cin, d->kw, off, b0, done, t1, d->w);
+            if (d->act == SEP_ACT_GELU)
+                gelu_kernel(y + t0, y + t0, (size_t)(t1 - t0));
         }
     }
 }
 
+/* Convolution: direct for small shapes, a GEMM on the input for 1x1 convs, else
+ * im2col + GEMM on column chunks, each chunk done by one thread in its own buffer
+ * (im2col output still in cache when the GEMM reads it, no barrier per chunk). */
 static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, const float *in,
                        const float *w, const float *bias)
 {
@@ -370,95 +434,153 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
     int N = d->ho * d->wo;
     int pointwise = d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 && !d->ph0 && !d->ph1 &&
                     !d->pw0 && !d->pw1;
+    int nt = be->threads;
+    int chunk = col_chunk(K, N, nt);
+    int nchunks = (N + chunk - 1) / chunk;
+    float *cols = pointwise ? NULL : scratch(be, (size_t)nt * K * chunk);
     for (int b = 0; b < d->n; b++) {
         const float *x = in + (size_t)b * d->cin * d->h * d->w;
         float *y = out + (size_t)b * M * N;
-        if (pointwise) {
-            gemm(be, 0, 0, M, N, K, 1.0f, w, K, x, N, 0.0f, y, N);
-        } else {
-            int chunk = (int)(COL_CHUNK_FLOATS / (size_t)K);
-            if (chunk < 64)
-                chunk = 64;
-            if (chunk > N)
-                chunk = N;
-            float *col = scratch(be, (size_t)K * chunk);
-            for (int p0 = 0; p0 < N; p0 += chunk) {
-                int p1 = p0 + chunk < N ? p0 + chunk : N;
-                im2col(be, d, x, col, p0, p1);
-                gemm(be, 0, 0, M, p1 - p0, K, 1.0f, w, K, col, p1 - p0, 0.0f, y + p0, N);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int c = 0; c < nchunks; c++) {
+            int p0 = c * chunk, p1 = p0 + chunk < N ? p0 + chunk : N;
+            int nc = p1 - p0;
+            if (pointwise) {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, nc, K, 1.0f, w, K, x + p0,
+                            N, 0.0f, y + p0, N);
+            } else {
+                float *col = cols + (size_t)omp_get_thread_num() * K * chunk;
+                im2col(d, x, col, p0, p1);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, nc, K, 1.0f, w, K, col,
+                            nc, 0.0f, y + p0, N);
+            }
+            for (int m = 0; m < M; m++) {
+                float *yr = y + (size_t)m * N + p0;
+                if (bias) {
+                    float bm = bias[m];
+                    for (int i = 0; i < nc; i++)
+                        yr[i] += bm;
+                }
+                if (d->act == SEP_ACT_GELU)
+                    gelu_kernel(yr, yr, (size_t)nc);
             }
         }
-        add_bias_rows(be, y, bias, M, (size_t)N);
     }
 }
 
-static void cpu_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, const float *in,
-                          const float *w, const float *bias)
+/* col2im of one chunk of input positions [p0, p1): y[co][ih*sh + ki][iw*sw + kj] +=
+ * col[(co,ki,kj)][p - p0]. */
+static void col2im_chunk(const sep_conv_tr2d_desc *d, const float *col, float *y, int p0, int p1)
 {
-    int kk = d->kh * d->kw;
-    int M = d->cout * kk, K = d->cin, N = d->h * d->w;
+    int kk = d->kh * d->kw, nc = p1 - p0;
     size_t on = (size_t)d->ho * d->wo;
-    for (int b = 0; b < d->n; b++) {
-        const float *x = in + (size_t)b * K * N;
-        float *y = out + (size_t)b * d->cout * on;
-#pragma omp parallel for num_threads(be->threads)
-        for (int co = 0; co < d->cout; co++) {
-            float v = bias ? bias[co] : 0.0f;
-            float *p = y + (size_t)co * on;
-            for (size_t i = 0; i < on; i++)
-                p[i] = v;
-        }
-        int chunk = (int)(COL_CHUNK_FLOATS / (size_t)M);
-        if (chunk < 64)
-            chunk = 64;
-        if (chunk > N)
-            chunk = N;
-        float *col = scratch(be, (size_t)M * chunk);
-        for (int p0 = 0; p0 < N; p0 += chunk) {
-            int p1 = p0 + chunk < N ? p0 + chunk : N;
-            int nc = p1 - p0;
-            /* col[(co,ki,kj)][p] = sum_ci w[ci][(co,ki,kj)] x[ci][p] */
-            gemm(be, 1, 0, M, nc, K, 1.0f, w, M, x + p0, N, 0.0f, col, nc);
-#pragma omp parallel for num_threads(be->threads)
-            for (int co = 0; co < d->cout; co++) {
-                float *yc = y + (size_t)co * on;
-                for (int ki = 0; ki < d->kh; ki++) {
-                    for (int kj = 0; kj < d->kw; kj++) {
-                        const float *row = col + ((size_t)co * kk + ki * d->kw + kj) * nc;
-                        int p = p0;
-                        while (p < p1) {
-                            int ih = p / d->w, iw0 = p % d->w;
-                            int iw1 = p1 - (p - iw0) < d->w ? p1 - (p - iw0) : d->w;
-                            float *dst = yc + (size_t)(ih * d->sh + ki) * d->wo + kj;
-                            const float *src = row + (p - p0) - iw0;
-                            if (d->sw == 1)
-                                for (int iw = iw0; iw < iw1; iw++)
-                                    dst[iw] += src[iw];
-                            else
-                                for (int iw = iw0; iw < iw1; iw++)
-                                    dst[(size_t)iw * d->sw] += src[iw];
-                            p += iw1 - iw0;
-                        }
-                    }
+    for (int co = 0; co < d->cout; co++) {
+        float *yc = y + (size_t)co * on;
+        for (int ki = 0; ki < d->kh; ki++) {
+            for (int kj = 0; kj < d->kw; kj++) {
+                const float *row = col + ((size_t)co * kk + ki * d->kw + kj) * nc;
+                int p = p0;
+                while (p < p1) {
+                    int ih = p / d->w, iw0 = p % d->w;
+                    int iw1 = p1 - (p - iw0) < d->w ? p1 - (p - iw0) : d->w;
+                    float *dst = yc + (size_t)(ih * d->sh + ki) * d->wo + kj;
+                    const float *src = row + (p - p0) - iw0;
+                    if (d->sw == 1)
+                        for (int iw = iw0; iw < iw1; iw++)
+                            dst[iw] += src[iw];
+                    else
+                        for (int iw = iw0; iw < iw1; iw++)
+                            dst[(size_t)iw * d->sw] += src[iw];
+                    p += iw1 - iw0;
                 }
             }
         }
     }
 }
 
-static void cpu_linear(sep_backend *be, float *out, const float *in, const float *w,
-                       const float *bias, int batch, int rows, int in_dim, int out_dim)
+/* Transposed convolution: per chunk of input positions, a GEMM into the thread's own
+ * buffer and its col2im. Chunks are whole input rows (or, for 1-D signals, column
+ * ranges) at least as long as the kernel overlap, so a chunk's output overlaps only
+ * its neighbours': even chunks run in parallel, then odd ones. */
+static void cpu_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, const float *in,
+                          const float *w, const float *bias)
 {
+    int kk = d->kh * d->kw;
+    int M = d->cout * kk, K = d->cin, N = d->h * d->w;
+    size_t on = (size_t)d->ho * d->wo;
+    int nt = be->threads;
+    int chunk = col_chunk(M, N, nt);
+    if (d->h > 1) { /* whole rows, at least ceil(kh / sh) of them */
+        int rows = chunk / d->w;
+        int minrows = (d->kh + d->sh - 1) / d->sh;
+        if (rows < minrows)
+            rows = minrows;
+        chunk = rows * d->w;
+    } else if (chunk < d->kw) {
+        chunk = d->kw;
+    }
+    if (chunk > N)
+        chunk = N;
+    int nchunks = (N + chunk - 1) / chunk;
+    float *cols = scratch(be, (size_t)nt * M * chunk);
+    for (int b = 0; b < d->n; b++) {
+        const float *x = in + (size_t)b * K * N;
+        float *y = out + (size_t)b * d->cout * on;
+#pragma omp parallel num_threads(nt)
+        {
+#pragma omp for schedule(static)
+            for (int co = 0; co < d->cout; co++) {
+                float v = bias ? bias[co] : 0.0f;
+                float *p = y + (size_t)co * on;
+                for (size_t i = 0; i < on; i++)
+                    p[i] = v;
+            }
+            float *col = cols + (size_t)omp_get_thread_num() * M * chunk;
+            for (int phase = 0; phase < 2; phase++) {
+#pragma omp for schedule(dynamic, 1)
+                for (int c = phase; c < nchunks; c += 2) {
+                    int p0 = c * chunk, p1 = p0 + chunk < N ? p0 + chunk : N;
+                    int nc = p1 - p0;
+                    /* col[(co,ki,kj)][p] = sum_ci w[ci][(co,ki,kj)] x[ci][p] */
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, nc, K, 1.0f, w, M,
+                                x + p0, N, 0.0f, col, nc);
+                    col2im_chunk(d, col, y, p0, p1);
+                }
+            }
+        }
+    }
+}
+
+/* Linear layer: rows split in per-thread chunks, each a single-threaded sgemm
+ * followed by bias and activation while the rows are in cache. */
+static void cpu_linear(sep_backend *be, float *out, const float *in, const float *w,
+                       const float *bias, int batch, int rows, int in_dim, int out_dim, int act)
+{
+    int nt = be->threads;
+    int chunk = (rows + 2 * nt - 1) / (2 * nt);
+    if (chunk < 64)
+        chunk = 64;
+    chunk = (chunk + 15) / 16 * 16;
+    int nchunks = (rows + chunk - 1) / chunk;
     for (int b = 0; b < batch; b++) {
         const float *x = in + (size_t)b * rows * in_dim;
         float *y = out + (size_t)b * rows * out_dim;
-        gemm(be, 0, 1, rows, out_dim, in_dim, 1.0f, x, in_dim, w, in_dim, 0.0f, y, out_dim);
-        if (bias) {
-#pragma omp parallel for num_threads(be->threads) if ((size_t)rows * out_dim > 65536)
-            for (int r = 0; r < rows; r++) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nchunks > 1)
+        for (int c = 0; c < nchunks; c++) {
+            int r0 = c * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+            float *yc = y + (size_t)r0 * out_dim;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, out_dim, in_dim, 1.0f,
+                        x + (size_t)r0 * in_dim, in_dim, w, in_dim, 0.0f, yc, out_dim);
+            for (int r = r0; r < r1; r++) {
                 float *p = y + (size_t)r * out_dim;
-                for (int o = 0; o < out_dim; o++)
-                    p[o] += bias[o];
+                if (bias)
+                    for (int o = 0; o < out_dim; o++)
+                        p[o] += bias[o];
+                if (act == SEP_ACT_GELU)
+                    gelu_kernel(p, p, (size_t)out_dim);
+                else if (act == SEP_ACT_RELU)
+                    for (int o = 0; o < out_dim; o++)
+                        p[o] = p[o] > 0.0f ? p[o] : 0.0f;
             }
         }
     }
@@ -533,7 +655,8 @@ static void block_stats_parallel(sep_backend *be, const float *x, size_t len, do
 }
 
 static void cpu_group_norm(sep_backend *be, float *out, const float *in, const float *gamma,
-                           const float *beta, int n, int c, int spatial, int groups, float eps)
+                           const float *beta, int n, int c, int spatial, int groups, float eps,
+                           int act)
 {
     int cg = c / groups;
     size_t len = (size_t)cg * spatial;
@@ -559,12 +682,56 @@ static void cpu_group_norm(sep_backend *be, float *out, const float *in, const f
             float *ys = y + (size_t)j * spatial;
             for (int i = 0; i < spatial; i++)
                 ys[i] = xs[i] * sc + sh;
+            if (act == SEP_ACT_GELU)
+                gelu_kernel(ys, ys, (size_t)spatial);
+        }
+    }
+}
+
+/* Statistics of row `row` of sample b of [n][c][h][w] over (c, w). */
+static void row_stats(const float *x, int c, size_t plane, int w, double *mean, float *rstd,
+                      float eps)
+{
+    double s = 0, ss = 0;
+    for (int ch = 0; ch < c; ch++) {
+        const float *xs = x + (size_t)ch * plane;
+#pragma omp simd reduction(+ : s, ss)
+        for (int i = 0; i < w; i++) {
+            s += xs[i];
+            ss += (double)xs[i] * xs[i];
+        }
+    }
+    double cnt = (double)c * w;
+    double m = s / cnt, var = ss / cnt - m * m;
+    *mean = m;
+    *rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
+}
+
+static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, const float *gamma,
+                               const float *beta, const float *scale, int n, int c, int h, int w,
+                               float eps)
+{
+    size_t plane = (size_t)h * w;
+    int rows = n * h;
+#pragma omp parallel for num_threads(be->threads) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        int b = r / h, row = r % h;
+        const float *y = yin + (size_t)b * 2 * c * plane + (size_t)row * w;
+        float *x = xo + (size_t)b * c * plane + (size_t)row * w;
+        double mean;
+        float rstd;
+        row_stats(y, 2 * c, plane, w, &mean, &rstd, eps);
+        for (int ch = 0; ch < c; ch++) {
+            float sa = rstd * gamma[ch], ba = beta[ch] - (float)mean * sa;
+            float sg = rstd * gamma[ch + c], bg = beta[ch + c] - (float)mean * sg;
+            norm_glu_residual_kernel(x + (size_t)ch * plane, y + (size_t)ch * plane,
+                                     y + (size_t)(ch + c) * plane, sa, ba, sg, bg, scale[ch], w);
         }
     }
 }
 
 static void cpu_group_norm_rows(sep_backend *be, float *out, const float *in, const float *gamma,
-                                const float *beta, int n, int c, int h, int w, float eps)
+                                const float *beta, int n, int c, int h, int w, float eps, int act)
 {
     size_t plane = (size_t)h * w;
     int rows = n * h;
@@ -573,18 +740,9 @@ static void cpu_group_norm_rows(sep_backend *be, float *out, const float *in, co
         int b = r / h, row = r % h;
         const float *x = in + (size_t)b * c * plane + (size_t)row * w;
         float *y = out + (size_t)b * c * plane + (size_t)row * w;
-        double s = 0, ss = 0;
-        for (int ch = 0; ch < c; ch++) {
-            const float *xs = x + (size_t)ch * plane;
-#pragma omp simd reduction(+ : s, ss)
-            for (int i = 0; i < w; i++) {
-                s += xs[i];
-                ss += (double)xs[i] * xs[i];
-            }
-        }
-        double cnt = (double)c * w;
-        double mean = s / cnt, var = ss / cnt - mean * mean;
-        float rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
+        double mean;
+        float rstd;
+        row_stats(x, c, plane, w, &mean, &rstd, eps);
         for (int ch = 0; ch < c; ch++) {
             float sc = rstd * gamma[ch];
             float sh = beta[ch] - (float)mean * sc;
@@ -592,6 +750,8 @@ static void cpu_group_norm_rows(sep_backend *be, float *out, const float *in, co
             float *ys = y + (size_t)ch * plane;
             for (int i = 0; i < w; i++)
                 ys[i] = xs[i] * sc + sh;
+            if (act == SEP_ACT_GELU)
+                gelu_kernel(ys, ys, (size_t)w);
         }
     }
 }
@@ -986,6 +1146,7 @@ static const sep_backend_ops cpu_ops = {
     .attention = cpu_attention,
     .group_norm = cpu_group_norm,
     .group_norm_rows = cpu_group_norm_rows,
+    .dconv_residual = cpu_dconv_residual,
     .group_norm_tokens = cpu_group_norm_tokens,
     .layer_norm = cpu_layer_norm,
     .moments = cpu_moments,

@@ -665,9 +665,9 @@ static void tracef(fwd *f, tensor t, int ndim, const char *fmt, ...)
     trace4(f, name, t, ndim);
 }
 
-/* Convolution with a bound weight: 2-D kernel (kh x kw) over [n][c][h][w]. */
-static tensor conv(fwd *f, const htd_conv *cw, tensor x, int sh, int sw, int dh, int dw, int ph0,
-                   int ph1, int pw0, int pw1)
+/* Convolution with a bound weight: 2-D kernel (kh x kw) over [n][c][h][w], then act. */
+static tensor conv_act(fwd *f, const htd_conv *cw, tensor x, int sh, int sw, int dh, int dw,
+                       int ph0, int ph1, int pw0, int pw1, int act)
 {
     sep_conv2d_desc d = {.n = x.n,
                          .cin = x.c,
@@ -683,7 +683,8 @@ static tensor conv(fwd *f, const htd_conv *cw, tensor x, int sh, int sw, int dh,
                          .ph0 = ph0,
                          .ph1 = ph1,
                          .pw0 = pw0,
-                         .pw1 = pw1};
+                         .pw1 = pw1,
+                         .act = act};
     if (sep_conv2d_finish(&d) != 0)
         longjmp(f->oom, 2);
     tensor y = new_tensor(f, x.n, cw->cout, d.ho, d.wo);
@@ -691,9 +692,15 @@ static tensor conv(fwd *f, const htd_conv *cw, tensor x, int sh, int sw, int dh,
     return y;
 }
 
-static void group_norm(fwd *f, tensor x, const htd_norm *nw, int groups)
+static tensor conv(fwd *f, const htd_conv *cw, tensor x, int sh, int sw, int dh, int dw, int ph0,
+                   int ph1, int pw0, int pw1)
 {
-    f->op->group_norm(f->be, x.d, x.d, nw->w, nw->b, x.n, x.c, x.h * x.w, groups, GN_EPS);
+    return conv_act(f, cw, x, sh, sw, dh, dw, ph0, ph1, pw0, pw1, SEP_ACT_NONE);
+}
+
+static void group_norm(fwd *f, tensor x, const htd_norm *nw, int groups, int act)
+{
+    f->op->group_norm(f->be, x.d, x.d, nw->w, nw->b, x.n, x.c, x.h * x.w, groups, GN_EPS, act);
 }
 
 static tensor glu(fwd *f, tensor x)
@@ -718,16 +725,13 @@ static void dconv(fwd *f, const htd_layer *L, tensor y)
         const htd_dconv_layer *l = &dc->layers[i];
         int d = l->dilation;
         tensor h = conv(f, &l->conv1, y, 1, 1, 1, d, 0, 0, d, d);
-        f->op->group_norm_rows(f->be, h.d, h.d, l->norm1.w, l->norm1.b, h.n, h.c, h.h, h.w, GN_EPS);
-        f->op->gelu(f->be, h.d, h.d, numel(h));
+        f->op->group_norm_rows(f->be, h.d, h.d, l->norm1.w, l->norm1.b, h.n, h.c, h.h, h.w, GN_EPS,
+                               SEP_ACT_GELU);
         tensor h2 = conv(f, &l->conv2, h, 1, 1, 1, 1, 0, 0, 0, 0);
         drop(f, &h);
-        f->op->group_norm_rows(f->be, h2.d, h2.d, l->norm2.w, l->norm2.b, h2.n, h2.c, h2.h, h2.w,
-                               GN_EPS);
-        tensor g = glu(f, h2);
+        f->op->dconv_residual(f->be, y.d, h2.d, l->norm2.w, l->norm2.b, l->scale, y.n, y.c, y.h,
+                              y.w, GN_EPS);
         drop(f, &h2);
-        f->op->add_scaled_channels(f->be, y.d, g.d, l->scale, y.n, y.c, y.h * y.w);
-        drop(f, &g);
     }
 }
 
@@ -736,13 +740,15 @@ static tensor enc_forward(fwd *f, const htd_layer *L, tensor x, const float *inj
                           size_t inject_count)
 {
     tensor y;
+    /* GELU fused into the conv when nothing comes between them */
+    int act = !L->empty && !inject && !L->norm ? SEP_ACT_GELU : SEP_ACT_NONE;
     if (L->freq) {
-        y = conv(f, &L->conv, x, L->stride, 1, 1, 1, L->pad, L->pad, 0, 0);
+        y = conv_act(f, &L->conv, x, L->stride, 1, 1, 1, L->pad, L->pad, 0, 0, act);
     } else {
         /* a 4-D input is viewed (B, C*F, T); the time is padded to a stride multiple */
         tensor v = {x.d, x.n, x.c * x.h, 1, x.w};
         int extra = x.w % L->stride ? L->stride - x.w % L->stride : 0;
-        y = conv(f, &L->conv, v, 1, L->stride, 1, 1, 0, 0, L->pad, L->pad + extra);
+        y = conv_act(f, &L->conv, v, 1, L->stride, 1, 1, 0, 0, L->pad, L->pad + extra, act);
     }
     if (L->empty)
         return y;
@@ -752,8 +758,9 @@ static tensor enc_forward(fwd *f, const htd_layer *L, tensor x, const float *inj
         f->op->add(f->be, y.d, y.d, inject, numel(y));
     }
     if (L->norm)
-        group_norm(f, y, &L->norm1, f->net->hp.norm_groups);
-    f->op->gelu(f->be, y.d, y.d, numel(y));
+        group_norm(f, y, &L->norm1, f->net->hp.norm_groups, SEP_ACT_GELU);
+    else if (act == SEP_ACT_NONE)
+        f->op->gelu(f->be, y.d, y.d, numel(y));
     dconv(f, L, y);
     if (!L->has_rewrite)
         return y;
@@ -762,7 +769,7 @@ static tensor enc_forward(fwd *f, const htd_layer *L, tensor x, const float *inj
                        : conv(f, &L->rewrite, y, 1, 1, 1, 1, 0, 0, c, c);
     drop(f, &y);
     if (L->norm)
-        group_norm(f, z, &L->norm2, f->net->hp.norm_groups);
+        group_norm(f, z, &L->norm2, f->net->hp.norm_groups, SEP_ACT_NONE);
     tensor out = glu(f, z);
     drop(f, &z);
     return out;
@@ -788,7 +795,7 @@ static tensor dec_forward(fwd *f, const htd_layer *L, tensor x, const tensor *sk
                                : conv(f, &L->rewrite, x, 1, 1, 1, 1, 0, 0, c, c);
             drop(f, &x);
             if (L->norm)
-                group_norm(f, r, &L->norm1, f->net->hp.norm_groups);
+                group_norm(f, r, &L->norm1, f->net->hp.norm_groups, SEP_ACT_NONE);
             y = glu(f, r);
             drop(f, &r);
         }
@@ -811,7 +818,7 @@ static tensor dec_forward(fwd *f, const htd_layer *L, tensor x, const tensor *sk
     tensor z = new_tensor(f, y.n, L->chout, d.ho, d.wo);
     f->op->conv_tr2d(f->be, &d, z.d, y.d, L->conv.w, L->conv.b);
     if (L->norm)
-        group_norm(f, z, &L->norm2, f->net->hp.norm_groups);
+        group_norm(f, z, &L->norm2, f->net->hp.norm_groups, SEP_ACT_NONE);
     tensor out;
     if (L->freq) {
         if (L->pad) {
@@ -838,12 +845,17 @@ static tensor dec_forward(fwd *f, const htd_layer *L, tensor x, const tensor *sk
 
 /* ---- transformer ---- */
 
-static tensor linear(fwd *f, tensor x /* [n][rows][in] as (n, rows, 1, in) */, const float *w,
-                     const float *b, int out_dim)
+static tensor linear_act(fwd *f, tensor x /* [n][rows][in] as (n, rows, 1, in) */, const float *w,
+                         const float *b, int out_dim, int act)
 {
     tensor y = new_tensor(f, x.n, x.c, 1, out_dim);
-    f->op->linear(f->be, y.d, x.d, w, b, x.n, x.c, x.w, out_dim);
+    f->op->linear(f->be, y.d, x.d, w, b, x.n, x.c, x.w, out_dim, act);
     return y;
+}
+
+static tensor linear(fwd *f, tensor x, const float *w, const float *b, int out_dim)
+{
+    return linear_act(f, x, w, b, out_dim, SEP_ACT_NONE);
 }
 
 static tensor layer_norm(fwd *f, tensor x, const htd_norm *nw)
@@ -881,11 +893,8 @@ static tensor mha(fwd *f, const htd_attn *a, tensor q, tensor kv, int self)
 
 static tensor feed_forward(fwd *f, const htd_tlayer *T, tensor x)
 {
-    tensor h = linear(f, x, T->linear1.w, T->linear1.b, T->linear1.cout);
-    if (f->net->hp.t_gelu)
-        f->op->gelu(f->be, h.d, h.d, numel(h));
-    else
-        f->op->relu(f->be, h.d, h.d, numel(h));
+    tensor h = linear_act(f, x, T->linear1.w, T->linear1.b, T->linear1.cout,
+                          f->net->hp.t_gelu ? SEP_ACT_GELU : SEP_ACT_RELU);
     tensor y = linear(f, h, T->linear2.w, T->linear2.b, T->linear2.cout);
     drop(f, &h);
     return y;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #define PROF_MAX 256
@@ -19,6 +20,8 @@
 typedef struct {
     char key[96];
     double seconds;
+    double cpu;      /* process CPU time (all threads; with OMP_WAIT_POLICY=passive: work only) */
+    double min_call; /* fastest single call: robust to other load on the machine */
     double flops;
     long calls;
 } prof_entry;
@@ -37,6 +40,14 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+static double cpu_now(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec * 1e-6;
+}
+
 static prof_impl *P(sep_backend *be)
 {
     return be->impl;
@@ -47,22 +58,27 @@ static sep_backend *IN(sep_backend *be)
     return P(be)->inner;
 }
 
-static double tic(sep_backend *be)
+static double tic(sep_backend *be, double *cpu0)
 {
     IN(be)->ops->sync(IN(be));
+    *cpu0 = cpu_now();
     return now();
 }
 
-static void toc(sep_backend *be, double t0, const char *key, double flops)
+static void toc(sep_backend *be, double t0, double cpu0, const char *key, double flops)
 {
     IN(be)->ops->sync(IN(be));
     double dt = now() - t0;
+    double dcpu = cpu_now() - cpu0;
     prof_impl *p = P(be);
     for (int i = 0; i < p->n; i++) {
         if (strcmp(p->e[i].key, key) == 0) {
             p->e[i].seconds += dt;
+            p->e[i].cpu += dcpu;
             p->e[i].flops += flops;
             p->e[i].calls++;
+            if (dt < p->e[i].min_call)
+                p->e[i].min_call = dt;
             return;
         }
     }
@@ -70,6 +86,8 @@ static void toc(sep_backend *be, double t0, const char *key, double flops)
         prof_entry *e = &p->e[p->n++];
         snprintf(e->key, sizeof(e->key), "%s", key);
         e->seconds = dt;
+        e->cpu = dcpu;
+        e->min_call = dt;
         e->flops = flops;
         e->calls = 1;
     }
@@ -107,9 +125,9 @@ static void w_sync(sep_backend *be)
 
 #define TIMED(key, flops, call)                                                                    \
     do {                                                                                           \
-        double t0_ = tic(be);                                                                      \
+        double c0_, t0_ = tic(be, &c0_);                                                           \
         call;                                                                                      \
-        toc(be, t0_, key, flops);                                                                  \
+        toc(be, t0_, c0_, key, flops);                                                             \
     } while (0)
 
 static void w_zero(sep_backend *be, float *d, size_t n)
@@ -121,8 +139,8 @@ static void w_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *o, const 
                      const float *w, const float *b)
 {
     char key[96];
-    snprintf(key, sizeof(key), "conv2d %dx%d s%dx%d cin%d cout%d", d->kh, d->kw, d->sh, d->sw,
-             d->cin, d->cout);
+    snprintf(key, sizeof(key), "conv2d %dx%d s%dx%d cin%d cout%d %dx%d%s", d->kh, d->kw, d->sh,
+             d->sw, d->cin, d->cout, d->ho, d->wo, d->act ? " +gelu" : "");
     double fl = 2.0 * d->n * d->cout * d->cin * d->kh * d->kw * (double)d->ho * d->wo;
     TIMED(key, fl, IN(be)->ops->conv2d(IN(be), d, o, i, w, b));
 }
@@ -131,18 +149,22 @@ static void w_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *o, 
                         const float *w, const float *b)
 {
     char key[96];
-    snprintf(key, sizeof(key), "conv_tr2d %dx%d cin%d cout%d", d->kh, d->kw, d->cin, d->cout);
+    snprintf(key, sizeof(key), "conv_tr2d %dx%d cin%d cout%d %dx%d", d->kh, d->kw, d->cin, d->cout,
+             d->h, d->w);
     double fl = 2.0 * d->n * d->cout * d->cin * d->kh * d->kw * (double)d->h * d->w;
     TIMED(key, fl, IN(be)->ops->conv_tr2d(IN(be), d, o, i, w, b));
 }
 
 static void w_linear(sep_backend *be, float *o, const float *i, const float *w, const float *b,
-                     int batch, int rows, int in_dim, int out_dim)
+                     int batch, int rows, int in_dim, int out_dim, int act)
 {
     char key[96];
-    snprintf(key, sizeof(key), "linear %d->%d", in_dim, out_dim);
+    snprintf(key, sizeof(key), "linear %dx%d->%d%s", rows, in_dim, out_dim,
+             act == SEP_ACT_GELU   ? " +gelu"
+             : act == SEP_ACT_RELU ? " +relu"
+                                   : "");
     double fl = 2.0 * batch * rows * (double)in_dim * out_dim;
-    TIMED(key, fl, IN(be)->ops->linear(IN(be), o, i, w, b, batch, rows, in_dim, out_dim));
+    TIMED(key, fl, IN(be)->ops->linear(IN(be), o, i, w, b, batch, rows, in_dim, out_dim, act));
 }
 
 static void w_attention(sep_backend *be, const sep_attention_desc *d, float *o, const float *q,
@@ -155,14 +177,25 @@ static void w_attention(sep_backend *be, const sep_attention_desc *d, float *o, 
 }
 
 static void w_group_norm(sep_backend *be, float *o, const float *i, const float *g, const float *b,
-                         int n, int c, int s, int groups, float eps)
+                         int n, int c, int s, int groups, float eps, int act)
 {
-    TIMED("group_norm", 0, IN(be)->ops->group_norm(IN(be), o, i, g, b, n, c, s, groups, eps));
+    char key[96];
+    snprintf(key, sizeof(key), "group_norm %dx%dx%d g%d%s", n, c, s, groups, act ? " +gelu" : "");
+    TIMED(key, 0, IN(be)->ops->group_norm(IN(be), o, i, g, b, n, c, s, groups, eps, act));
 }
 static void w_group_norm_rows(sep_backend *be, float *o, const float *i, const float *g,
-                              const float *b, int n, int c, int h, int w, float eps)
+                              const float *b, int n, int c, int h, int w, float eps, int act)
 {
-    TIMED("group_norm_rows", 0, IN(be)->ops->group_norm_rows(IN(be), o, i, g, b, n, c, h, w, eps));
+    char key[96];
+    snprintf(key, sizeof(key), "group_norm_rows %dx%dx%dx%d%s", n, c, h, w, act ? " +gelu" : "");
+    TIMED(key, 0, IN(be)->ops->group_norm_rows(IN(be), o, i, g, b, n, c, h, w, eps, act));
+}
+static void w_dconv_residual(sep_backend *be, float *x, const float *y, const float *g,
+                             const float *b, const float *sc, int n, int c, int h, int w, float eps)
+{
+    char key[96];
+    snprintf(key, sizeof(key), "dconv_residual %dx%dx%dx%d", n, c, h, w);
+    TIMED(key, 0, IN(be)->ops->dconv_residual(IN(be), x, y, g, b, sc, n, c, h, w, eps));
 }
 static void w_group_norm_tokens(sep_backend *be, float *o, const float *i, const float *g,
                                 const float *b, int n, int t, int c, float eps)
@@ -172,7 +205,9 @@ static void w_group_norm_tokens(sep_backend *be, float *o, const float *i, const
 static void w_layer_norm(sep_backend *be, float *o, const float *i, const float *g, const float *b,
                          int rows, int dim, float eps)
 {
-    TIMED("layer_norm", 0, IN(be)->ops->layer_norm(IN(be), o, i, g, b, rows, dim, eps));
+    char key[96];
+    snprintf(key, sizeof(key), "layer_norm %dx%d", rows, dim);
+    TIMED(key, 0, IN(be)->ops->layer_norm(IN(be), o, i, g, b, rows, dim, eps));
 }
 static void w_moments(sep_backend *be, float *m, float *s, const float *i, int n, int c)
 {
@@ -190,7 +225,9 @@ static void w_denormalize(sep_backend *be, float *o, const float *i, const float
 }
 static void w_gelu(sep_backend *be, float *o, const float *i, size_t n)
 {
-    TIMED("gelu", 0, IN(be)->ops->gelu(IN(be), o, i, n));
+    char key[96];
+    snprintf(key, sizeof(key), "gelu %zu", n);
+    TIMED(key, 0, IN(be)->ops->gelu(IN(be), o, i, n));
 }
 static void w_relu(sep_backend *be, float *o, const float *i, size_t n)
 {
@@ -198,21 +235,29 @@ static void w_relu(sep_backend *be, float *o, const float *i, size_t n)
 }
 static void w_glu(sep_backend *be, float *o, const float *i, int n, int c, int s)
 {
-    TIMED("glu", 0, IN(be)->ops->glu(IN(be), o, i, n, c, s));
+    char key[96];
+    snprintf(key, sizeof(key), "glu %dx%dx%d", n, c, s);
+    TIMED(key, 0, IN(be)->ops->glu(IN(be), o, i, n, c, s));
 }
 static void w_add(sep_backend *be, float *o, const float *a, const float *b, size_t n)
 {
-    TIMED("add", 0, IN(be)->ops->add(IN(be), o, a, b, n));
+    char key[96];
+    snprintf(key, sizeof(key), "add %zu", n);
+    TIMED(key, 0, IN(be)->ops->add(IN(be), o, a, b, n));
 }
 static void w_add_scaled_channels(sep_backend *be, float *x, const float *y, const float *s, int n,
                                   int c, int sp)
 {
-    TIMED("add_scaled_channels", 0, IN(be)->ops->add_scaled_channels(IN(be), x, y, s, n, c, sp));
+    char key[96];
+    snprintf(key, sizeof(key), "add_scaled_channels %dx%dx%d", n, c, sp);
+    TIMED(key, 0, IN(be)->ops->add_scaled_channels(IN(be), x, y, s, n, c, sp));
 }
 static void w_add_scaled_last(sep_backend *be, float *x, const float *y, const float *s, int rows,
                               int c)
 {
-    TIMED("add_scaled_last", 0, IN(be)->ops->add_scaled_last(IN(be), x, y, s, rows, c));
+    char key[96];
+    snprintf(key, sizeof(key), "add_scaled_last %dx%d", rows, c);
+    TIMED(key, 0, IN(be)->ops->add_scaled_last(IN(be), x, y, s, rows, c));
 }
 static void w_add_table(sep_backend *be, float *x, const float *t, float a, int n, int c)
 {
@@ -227,13 +272,16 @@ static void w_permute4(sep_backend *be, float *o, const float *i, const int dims
                        const int perm[4])
 {
     char key[96];
-    snprintf(key, sizeof(key), "permute4 %d%d%d%d", perm[0], perm[1], perm[2], perm[3]);
+    snprintf(key, sizeof(key), "permute4 %d%d%d%d %dx%dx%dx%d", perm[0], perm[1], perm[2], perm[3],
+             dims[0], dims[1], dims[2], dims[3]);
     TIMED(key, 0, IN(be)->ops->permute4(IN(be), o, i, dims, perm));
 }
 static void w_copy_rows(sep_backend *be, float *o, size_t os, const float *i, size_t is, int r,
                         size_t l)
 {
-    TIMED("copy_rows", 0, IN(be)->ops->copy_rows(IN(be), o, os, i, is, r, l));
+    char key[96];
+    snprintf(key, sizeof(key), "copy_rows %dx%zu", r, l);
+    TIMED(key, 0, IN(be)->ops->copy_rows(IN(be), o, os, i, is, r, l));
 }
 static void w_spec(sep_backend *be, float *o, const float *i, int ns, int len, int nfft)
 {
@@ -244,25 +292,35 @@ static void w_ispec(sep_backend *be, float *o, const float *i, int ns, int fr, i
     TIMED("ispec", 0, IN(be)->ops->ispec(IN(be), o, i, ns, fr, len, nfft));
 }
 
-static int cmp_entry(const void *a, const void *b)
+static int cmp_entry_best(const void *a, const void *b)
 {
-    double x = ((const prof_entry *)a)->seconds, y = ((const prof_entry *)b)->seconds;
-    return x < y ? 1 : x > y ? -1 : 0;
+    const prof_entry *x = a, *y = b;
+    double bx = x->min_call * x->calls, by = y->min_call * y->calls;
+    return bx < by ? 1 : bx > by ? -1 : 0;
 }
 
+/* Per operation and shape: total seconds, and "best" = fastest call x calls, the time
+ * the operations would take on a machine no one else is using. */
 void sep_profile_report(sep_backend *be, FILE *out)
 {
     prof_impl *p = P(be);
-    qsort(p->e, (size_t)p->n, sizeof(prof_entry), cmp_entry);
-    double total = 0;
-    for (int i = 0; i < p->n; i++)
+    qsort(p->e, (size_t)p->n, sizeof(prof_entry), cmp_entry_best);
+    double total = 0, best = 0, cpu = 0;
+    for (int i = 0; i < p->n; i++) {
         total += p->e[i].seconds;
-    fprintf(out, "profile (%s backend, %.3f s in operations):\n", p->inner->name, total);
-    fprintf(out, "  %8s %6s %7s %8s  %s\n", "seconds", "share", "calls", "GFLOP/s", "operation");
+        cpu += p->e[i].cpu;
+        best += p->e[i].min_call * p->e[i].calls;
+    }
+    fprintf(out, "profile (%s backend): %.3f s in operations, best case %.3f s, CPU %.3f s\n",
+            p->inner->name, total, best, cpu);
+    fprintf(out, "  %8s %8s %8s %6s %6s %9s %9s  %s\n", "seconds", "best", "cpu", "share", "calls",
+            "GFLOP/s*", "GF/cpu-s", "operation (* at best)");
     for (int i = 0; i < p->n; i++) {
         const prof_entry *e = &p->e[i];
-        fprintf(out, "  %8.3f %5.1f%% %7ld %8.1f  %s\n", e->seconds, 100 * e->seconds / total,
-                e->calls, e->flops > 0 ? e->flops / e->seconds * 1e-9 : 0.0, e->key);
+        double b = e->min_call * e->calls;
+        fprintf(out, "  %8.3f %8.3f %8.3f %5.1f%% %6ld %9.1f %9.1f  %s\n", e->seconds, b, e->cpu,
+                100 * b / best, e->calls, e->flops > 0 ? e->flops / b * 1e-9 : 0.0,
+                e->flops > 0 && e->cpu > 0 ? e->flops / e->cpu * 1e-9 : 0.0, e->key);
     }
 }
 
@@ -289,6 +347,7 @@ static const sep_backend_ops profile_ops = {
     .attention = w_attention,
     .group_norm = w_group_norm,
     .group_norm_rows = w_group_norm_rows,
+    .dconv_residual = w_dconv_residual,
     .group_norm_tokens = w_group_norm_tokens,
     .layer_norm = w_layer_norm,
     .moments = w_moments,
