@@ -64,7 +64,8 @@ typedef struct {
 sep_engine *sep_engine_create(const sep_model *m, const sep_engine_opts *opts, char *err,
                               size_t errlen);
 
-/* Runs network `model_index` of the bag on `batch` segments.
+/* Runs network `model_index` of the bag on `batch` segments. An engine runs one
+ * forward pass at a time (not reentrant: use one engine per thread).
  *   mix: [batch][audio_channels][length] floats (host memory)
  *   out: [batch][n_sources][audio_channels][length] floats (host memory)
  * `length` is the model's segment_samples for HTDemucs (the apply layer pads chunks

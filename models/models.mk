@@ -23,11 +23,13 @@ SEPMODELS_LDLIBS := -fopenmp $(BLAS_LIBS) -lfftw3f -ljansson -lpthread -lm
 MODELS_LIBS    := $(SEPMODELS_LDLIBS)
 
 PARITY_BIN     := $(BUILD)/tests/parity
+ENGINE_TEST_BIN := $(BUILD)/tests/engine_test
+PARITY_ASAN_BIN := $(BUILD)/tests/parity-asan
 PARITY_FIXTURES := $(sort $(patsubst %.weights.safetensors,%,$(wildcard tests/fixtures/*.weights.safetensors)))
 PARITY_FULL_DIR := $(BUILD)/parity-full
 
-ALL_TARGETS += $(SEPMODELS_LIB) $(PARITY_BIN)
-TEST_SUITES += test-parity test-parity-full
+ALL_TARGETS += $(SEPMODELS_LIB) $(PARITY_BIN) $(ENGINE_TEST_BIN)
+TEST_SUITES += test-engine test-parity test-parity-asan test-parity-full
 
 $(MODELS_OBJDIR)/%.o: models/%.c $(MODELS_HDRS)
 	@mkdir -p $(dir $@)
@@ -44,7 +46,29 @@ $(PARITY_BIN): tests/parity/parity.c $(SEPMODELS_LIB) $(MODELS_HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(MODELS_CFLAGS) tests/parity/parity.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
 
-.PHONY: test-parity test-parity-full fixtures
+$(ENGINE_TEST_BIN): tests/parity/engine_test.c $(SEPMODELS_LIB) $(MODELS_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(MODELS_CFLAGS) tests/parity/engine_test.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
+
+# the engine and the parity checker built with AddressSanitizer + UBSan, from source
+SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+$(PARITY_ASAN_BIN): tests/parity/parity.c $(MODELS_SRCS) $(MODELS_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(MODELS_CFLAGS) -O1 $(SANITIZE) tests/parity/parity.c $(MODELS_SRCS) \
+	    $(SEPMODELS_LDLIBS) -o $@
+
+.PHONY: test-engine test-parity test-parity-asan test-parity-full fixtures
+test-engine: $(ENGINE_TEST_BIN)
+	@$(ENGINE_TEST_BIN) tests/fixtures/tiny_transformer.weights.safetensors
+
+# ASan/UBSan over every fixture (LeakSanitizer on: the engine must free what it takes)
+test-parity-asan: $(PARITY_ASAN_BIN)
+	@rc=0; for f in $(PARITY_FIXTURES); do \
+	  echo "== $$f"; \
+	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(PARITY_ASAN_BIN) $$f.weights.safetensors $$f.activations.safetensors --threads 2 || rc=1; \
+	done; exit $$rc
+
 test-parity: $(PARITY_BIN)
 	@[ -n "$(PARITY_FIXTURES)" ] || { echo "no fixtures in tests/fixtures"; exit 1; }
 	@rc=0; for f in $(PARITY_FIXTURES); do \

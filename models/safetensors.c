@@ -147,10 +147,14 @@ int st_open(st_file *f, const char *path, char *err, size_t errlen)
             }
             continue;
         }
-        if (parse_tensor(&f->tensors[f->n_tensors], key, value, data, data_size, err, errlen))
+        char sub[384];
+        if (parse_tensor(&f->tensors[f->n_tensors], key, value, data, data_size, sub,
+                         sizeof(sub))) {
+            snprintf(err, errlen, "%s: %s", path, sub);
             rc = -1;
-        else
+        } else {
             f->n_tensors++;
+        }
     }
     json_decref(root);
     if (rc != 0) {
