@@ -586,14 +586,15 @@ static void cpu_linear(sep_backend *be, float *out, const float *in, const float
     }
 }
 
-static void softmax_row(float *s, int n)
+/* exp(s - max(s)) in place; returns 1 / sum (the normalisation is applied to the
+ * attention output row instead of the n probabilities: one pass less over s) */
+static float softmax_row_unnormalised(float *s, int n)
 {
     float m = s[0];
 #pragma omp simd reduction(max : m)
     for (int i = 1; i < n; i++)
         m = s[i] > m ? s[i] : m;
-    float sum = softmax_exp_kernel(s, n, m);
-    scale_kernel(s, n, 1.0f / sum);
+    return 1.0f / softmax_exp_kernel(s, n, m);
 }
 
 static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *out, const float *q,
@@ -603,13 +604,15 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
     int qblocks = (d->nq + ATTN_QBLOCK - 1) / ATTN_QBLOCK;
     int tasks = d->batch * d->heads * qblocks;
     float scale = 1.0f / sqrtf((float)d->head_dim);
-    float *sbuf = scratch(be, (size_t)nt * ATTN_QBLOCK * d->nk);
+    size_t per_thread = (size_t)ATTN_QBLOCK * d->nk + ATTN_QBLOCK;
+    float *sbuf = scratch(be, (size_t)nt * per_thread);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int task = 0; task < tasks; task++) {
         int qb = task % qblocks, h = (task / qblocks) % d->heads, b = task / (qblocks * d->heads);
         int q0 = qb * ATTN_QBLOCK;
         int nq = d->nq - q0 < ATTN_QBLOCK ? d->nq - q0 : ATTN_QBLOCK;
-        float *s = sbuf + (size_t)omp_get_thread_num() * ATTN_QBLOCK * d->nk;
+        float *s = sbuf + (size_t)omp_get_thread_num() * per_thread;
+        float *inv = s + (size_t)ATTN_QBLOCK * d->nk;
         const float *qp = q + ((size_t)b * d->nq + q0) * d->ldq + (size_t)h * d->head_dim;
         const float *kp = k + (size_t)b * d->nk * d->ldk + (size_t)h * d->head_dim;
         const float *vp = v + (size_t)b * d->nk * d->ldv + (size_t)h * d->head_dim;
@@ -617,9 +620,11 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, d->nk, d->head_dim, scale, qp,
                     d->ldq, kp, d->ldk, 0.0f, s, d->nk);
         for (int i = 0; i < nq; i++)
-            softmax_row(s + (size_t)i * d->nk, d->nk);
+            inv[i] = softmax_row_unnormalised(s + (size_t)i * d->nk, d->nk);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d->head_dim, d->nk, 1.0f, s,
                     d->nk, vp, d->ldv, 0.0f, op, d->ldo);
+        for (int i = 0; i < nq; i++)
+            scale_kernel(op + (size_t)i * d->ldo, d->head_dim, inv[i]);
     }
 }
 
