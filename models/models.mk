@@ -3,7 +3,10 @@
 #   build/libsepmodels.a   engine.h API: sep_model_load, sep_engine_create/forward
 #                          (link with $(SEPMODELS_LDLIBS), alias $(MODELS_LIBS))
 #   build/tests/parity     C-vs-reference parity checker (tests/parity/parity.c)
+#   make test-ops          each backend operation vs a plain reference loop
+#   make test-engine       loading failures, API checks (tests/parity/engine_test.c)
 #   make test-parity       every committed fixture in tests/fixtures/ (small configs)
+#   make test-parity-asan  the same under ASan + UBSan
 #   make test-parity-full  official htdemucs hyperparameters, random weights, one 7.8 s
 #                          segment, reference generated on demand (needs build/refvenv)
 #   make fixtures          regenerate tests/fixtures/ with the reference (build/refvenv)
@@ -24,12 +27,13 @@ MODELS_LIBS    := $(SEPMODELS_LDLIBS)
 
 PARITY_BIN     := $(BUILD)/tests/parity
 ENGINE_TEST_BIN := $(BUILD)/tests/engine_test
+OPS_TEST_BIN   := $(BUILD)/tests/ops_test
 PARITY_ASAN_BIN := $(BUILD)/tests/parity-asan
 PARITY_FIXTURES := $(sort $(patsubst %.weights.safetensors,%,$(wildcard tests/fixtures/*.weights.safetensors)))
 PARITY_FULL_DIR := $(BUILD)/parity-full
 
-ALL_TARGETS += $(SEPMODELS_LIB) $(PARITY_BIN) $(ENGINE_TEST_BIN)
-TEST_SUITES += test-engine test-parity test-parity-asan test-parity-full
+ALL_TARGETS += $(SEPMODELS_LIB) $(PARITY_BIN) $(ENGINE_TEST_BIN) $(OPS_TEST_BIN)
+TEST_SUITES += test-ops test-engine test-parity test-parity-asan test-parity-full
 
 $(MODELS_OBJDIR)/%.o: models/%.c $(MODELS_HDRS)
 	@mkdir -p $(dir $@)
@@ -50,6 +54,10 @@ $(ENGINE_TEST_BIN): tests/parity/engine_test.c $(SEPMODELS_LIB) $(MODELS_HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(MODELS_CFLAGS) tests/parity/engine_test.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
 
+$(OPS_TEST_BIN): tests/parity/ops_test.c $(SEPMODELS_LIB) $(MODELS_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(MODELS_CFLAGS) tests/parity/ops_test.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
+
 # the engine and the parity checker built with AddressSanitizer + UBSan, from source
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 $(PARITY_ASAN_BIN): tests/parity/parity.c $(MODELS_SRCS) $(MODELS_HDRS)
@@ -57,7 +65,11 @@ $(PARITY_ASAN_BIN): tests/parity/parity.c $(MODELS_SRCS) $(MODELS_HDRS)
 	$(CC) $(MODELS_CFLAGS) -O1 $(SANITIZE) tests/parity/parity.c $(MODELS_SRCS) \
 	    $(SEPMODELS_LDLIBS) -o $@
 
-.PHONY: test-engine test-parity test-parity-asan test-parity-full fixtures
+.PHONY: test-ops test-engine test-parity test-parity-asan test-parity-full fixtures
+# every backend operation against a plain double-precision loop (tests/parity/ops_test.c)
+test-ops: $(OPS_TEST_BIN)
+	@$(OPS_TEST_BIN) --threads 2
+
 test-engine: $(ENGINE_TEST_BIN)
 	@$(ENGINE_TEST_BIN) tests/fixtures/tiny_transformer.weights.safetensors
 
