@@ -22,8 +22,9 @@
 
 typedef struct sep_backend sep_backend;
 
-/* Activation fused at the end of an operation. */
-enum { SEP_ACT_NONE = 0, SEP_ACT_GELU = 1, SEP_ACT_RELU = 2 };
+/* Activation fused at the end of an operation. SEP_ACT_GLU (convolutions only)
+ * halves the channels: out[c] = y[c] * sigmoid(y[c + cout/2]) (F.glu over dim 1). */
+enum { SEP_ACT_NONE = 0, SEP_ACT_GELU = 1, SEP_ACT_RELU = 2, SEP_ACT_GLU = 3 };
 
 /* 2-D convolution (PyTorch Conv2d; a Conv1d is h = 1, kh = 1). Zero padding may be
  * asymmetric. Weights [cout][cin][kh][kw], bias [cout] (may be NULL); `act` is

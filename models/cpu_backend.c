@@ -289,8 +289,8 @@ static int col_chunk(int K, int N, int threads)
  * output positions, the reduction over (ci, kj) runs in registers. */
 static int use_direct_conv(const sep_conv2d_desc *d)
 {
-    return d->kh == 1 && d->sh == 1 && d->sw == 1 && d->ph0 == 0 && d->ph1 == 0 && d->kw <= 8 &&
-           (d->cout <= 16 || d->cin * d->kw <= 16);
+    return d->act != SEP_ACT_GLU && d->kh == 1 && d->sh == 1 && d->sw == 1 && d->ph0 == 0 &&
+           d->ph1 == 0 && d->kw <= 8 && (d->cout <= 16 || d->cin * d->kw <= 16);
 }
 
 /* y[co][t] = b[co] + sum_{ci,kj} w[co][ci][kj] x[ci][t + off[kj]] for 8 output channels
@@ -434,28 +434,35 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
     int N = d->ho * d->wo;
     int pointwise = d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 && !d->ph0 && !d->ph1 &&
                     !d->pw0 && !d->pw1;
+    int glu = d->act == SEP_ACT_GLU, Mout = glu ? M / 2 : M;
     int nt = be->threads;
     int chunk = col_chunk(K, N, nt);
     int nchunks = (N + chunk - 1) / chunk;
-    float *cols = pointwise ? NULL : scratch(be, (size_t)nt * K * chunk);
+    /* per thread: the im2col chunk, and for GLU the full-width GEMM result */
+    size_t per_thread = (pointwise ? 0 : (size_t)K * chunk) + (glu ? (size_t)M * chunk : 0);
+    float *bufs = per_thread ? scratch(be, (size_t)nt * per_thread) : NULL;
     for (int b = 0; b < d->n; b++) {
         const float *x = in + (size_t)b * d->cin * d->h * d->w;
-        float *y = out + (size_t)b * M * N;
+        float *y = out + (size_t)b * Mout * N;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (int c = 0; c < nchunks; c++) {
             int p0 = c * chunk, p1 = p0 + chunk < N ? p0 + chunk : N;
             int nc = p1 - p0;
-            if (pointwise) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, nc, K, 1.0f, w, K, x + p0,
-                            N, 0.0f, y + p0, N);
-            } else {
-                float *col = cols + (size_t)omp_get_thread_num() * K * chunk;
+            float *buf = bufs ? bufs + (size_t)omp_get_thread_num() * per_thread : NULL;
+            float *col = pointwise ? NULL : buf;
+            float *res = glu ? buf + (pointwise ? 0 : (size_t)K * chunk) : y + p0;
+            int ldr = glu ? nc : N;
+            const float *B = x + p0;
+            int ldb = N;
+            if (!pointwise) {
                 im2col(d, x, col, p0, p1);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, nc, K, 1.0f, w, K, col,
-                            nc, 0.0f, y + p0, N);
+                B = col;
+                ldb = nc;
             }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, nc, K, 1.0f, w, K, B, ldb,
+                        0.0f, res, ldr);
             for (int m = 0; m < M; m++) {
-                float *yr = y + (size_t)m * N + p0;
+                float *yr = res + (size_t)m * ldr;
                 if (bias) {
                     float bm = bias[m];
                     for (int i = 0; i < nc; i++)
@@ -464,6 +471,10 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
                 if (d->act == SEP_ACT_GELU)
                     gelu_kernel(yr, yr, (size_t)nc);
             }
+            if (glu)
+                for (int m = 0; m < Mout; m++)
+                    glu_kernel(y + (size_t)m * N + p0, res + (size_t)m * nc,
+                               res + (size_t)(m + Mout) * nc, (size_t)nc);
         }
     }
 }

@@ -687,7 +687,7 @@ static tensor conv_act(fwd *f, const htd_conv *cw, tensor x, int sh, int sw, int
                          .act = act};
     if (sep_conv2d_finish(&d) != 0)
         longjmp(f->oom, 2);
-    tensor y = new_tensor(f, x.n, cw->cout, d.ho, d.wo);
+    tensor y = new_tensor(f, x.n, act == SEP_ACT_GLU ? cw->cout / 2 : cw->cout, d.ho, d.wo);
     f->op->conv2d(f->be, &d, y.d, x.d, cw->w, cw->b);
     return y;
 }
@@ -764,12 +764,14 @@ static tensor enc_forward(fwd *f, const htd_layer *L, tensor x, const float *inj
     dconv(f, L, y);
     if (!L->has_rewrite)
         return y;
-    int c = L->context;
-    tensor z = L->freq ? conv(f, &L->rewrite, y, 1, 1, 1, 1, c, c, c, c)
-                       : conv(f, &L->rewrite, y, 1, 1, 1, 1, 0, 0, c, c);
+    /* rewrite conv, norm, GLU; the GLU is fused into the conv when there is no norm */
+    int c = L->context, ract = L->norm ? SEP_ACT_NONE : SEP_ACT_GLU;
+    tensor z = L->freq ? conv_act(f, &L->rewrite, y, 1, 1, 1, 1, c, c, c, c, ract)
+                       : conv_act(f, &L->rewrite, y, 1, 1, 1, 1, 0, 0, c, c, ract);
     drop(f, &y);
-    if (L->norm)
-        group_norm(f, z, &L->norm2, f->net->hp.norm_groups, SEP_ACT_NONE);
+    if (!L->norm)
+        return z;
+    group_norm(f, z, &L->norm2, f->net->hp.norm_groups, SEP_ACT_NONE);
     tensor out = glu(f, z);
     drop(f, &z);
     return out;
@@ -790,14 +792,17 @@ static tensor dec_forward(fwd *f, const htd_layer *L, tensor x, const tensor *sk
             longjmp(f->oom, 3);
         f->op->add(f->be, x.d, x.d, skip->d, numel(x));
         if (L->has_rewrite) {
-            int c = L->context;
-            tensor r = L->freq ? conv(f, &L->rewrite, x, 1, 1, 1, 1, c, c, c, c)
-                               : conv(f, &L->rewrite, x, 1, 1, 1, 1, 0, 0, c, c);
+            int c = L->context, ract = L->norm ? SEP_ACT_NONE : SEP_ACT_GLU;
+            tensor r = L->freq ? conv_act(f, &L->rewrite, x, 1, 1, 1, 1, c, c, c, c, ract)
+                               : conv_act(f, &L->rewrite, x, 1, 1, 1, 1, 0, 0, c, c, ract);
             drop(f, &x);
-            if (L->norm)
+            if (L->norm) {
                 group_norm(f, r, &L->norm1, f->net->hp.norm_groups, SEP_ACT_NONE);
-            y = glu(f, r);
-            drop(f, &r);
+                y = glu(f, r);
+                drop(f, &r);
+            } else {
+                y = r;
+            }
         }
         dconv(f, L, y);
     }

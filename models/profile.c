@@ -140,7 +140,10 @@ static void w_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *o, const 
 {
     char key[96];
     snprintf(key, sizeof(key), "conv2d %dx%d s%dx%d cin%d cout%d %dx%d%s", d->kh, d->kw, d->sh,
-             d->sw, d->cin, d->cout, d->ho, d->wo, d->act ? " +gelu" : "");
+             d->sw, d->cin, d->cout, d->ho, d->wo,
+             d->act == SEP_ACT_GELU  ? " +gelu"
+             : d->act == SEP_ACT_GLU ? " +glu"
+                                     : "");
     double fl = 2.0 * d->n * d->cout * d->cin * d->kh * d->kw * (double)d->ho * d->wo;
     TIMED(key, fl, IN(be)->ops->conv2d(IN(be), d, o, i, w, b));
 }

@@ -118,11 +118,13 @@ static void test_conv(const char *name, sep_conv2d_desc d)
         failures++;
         return;
     }
-    size_t ni = (size_t)d.n * d.cin * d.h * d.w, no = (size_t)d.n * d.cout * d.ho * d.wo;
+    int glu = d.act == SEP_ACT_GLU, cout_y = glu ? d.cout / 2 : d.cout;
+    size_t ni = (size_t)d.n * d.cin * d.h * d.w, no = (size_t)d.n * cout_y * d.ho * d.wo;
+    size_t nfull = (size_t)d.n * d.cout * d.ho * d.wo;
     size_t nw = (size_t)d.cout * d.cin * d.kh * d.kw;
     float *x = hrand(ni, 1.0f), *w = hrand(nw, 1.0f / sqrtf((float)(d.cin * d.kh * d.kw)));
     float *b = hrand((size_t)d.cout, 0.5f);
-    double *ref = calloc(no, sizeof(double));
+    double *ref = calloc(nfull, sizeof(double));
     for (int n = 0; n < d.n; n++)
         for (int co = 0; co < d.cout; co++)
             for (int oh = 0; oh < d.ho; oh++)
@@ -139,8 +141,22 @@ static void test_conv(const char *name, sep_conv2d_desc d)
                                     (double)w[((size_t)(co * d.cin + ci) * d.kh + ki) * d.kw + kj] *
                                     x[((size_t)(n * d.cin + ci) * d.h + ih) * d.w + iw];
                             }
-                    ref[(((size_t)n * d.cout + co) * d.ho + oh) * d.wo + ow] = act_d(acc, d.act);
+                    ref[(((size_t)n * d.cout + co) * d.ho + oh) * d.wo + ow] =
+                        glu ? acc : act_d(acc, d.act);
                 }
+    if (glu) { /* F.glu(y, dim=1), in place into the first half layout */
+        size_t plane = (size_t)d.ho * d.wo;
+        double *g = malloc(no * sizeof(double));
+        for (int n = 0; n < d.n; n++)
+            for (int co = 0; co < cout_y; co++)
+                for (size_t i = 0; i < plane; i++) {
+                    double a = ref[((size_t)n * d.cout + co) * plane + i];
+                    double gg = ref[((size_t)n * d.cout + co + cout_y) * plane + i];
+                    g[((size_t)n * cout_y + co) * plane + i] = a / (1 + exp(-gg));
+                }
+        free(ref);
+        ref = g;
+    }
     float *dx = dev(x, ni), *dw = dev(w, nw), *db = dev(b, (size_t)d.cout), *dy = dev(NULL, no);
     double us = TIMED(be->ops->conv2d(be, &d, dy, dx, dw, db));
     report(name, dy, ref, no, us);
@@ -779,6 +795,34 @@ int main(int argc, char **argv)
                                                                   .dw = 1,
                                                                   .pw0 = 2,
                                                                   .pw1 = 5});
+    test_conv("conv 3x3 +glu (rewrite) cin12 cout24 17x41", (C){.n = 2,
+                                                                .cin = 12,
+                                                                .h = 17,
+                                                                .w = 41,
+                                                                .cout = 24,
+                                                                .kh = 3,
+                                                                .kw = 3,
+                                                                .sh = 1,
+                                                                .sw = 1,
+                                                                .dh = 1,
+                                                                .dw = 1,
+                                                                .ph0 = 1,
+                                                                .ph1 = 1,
+                                                                .pw0 = 1,
+                                                                .pw1 = 1,
+                                                                .act = SEP_ACT_GLU});
+    test_conv("conv 1x1 +glu (rewrite) cin20 cout40 3x300", (C){.n = 1,
+                                                                .cin = 20,
+                                                                .h = 3,
+                                                                .w = 300,
+                                                                .cout = 40,
+                                                                .kh = 1,
+                                                                .kw = 1,
+                                                                .sh = 1,
+                                                                .sw = 1,
+                                                                .dh = 1,
+                                                                .dw = 1,
+                                                                .act = SEP_ACT_GLU});
     test_conv("conv 1x1 gemm cin32 cout40 1x700", (C){.n = 2,
                                                       .cin = 32,
                                                       .h = 1,
