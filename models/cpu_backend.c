@@ -156,7 +156,6 @@ typedef struct {
     int threads;
     float *scratch; /* grows as needed, kept between calls */
     size_t scratch_count;
-    pthread_mutex_t plan_lock;
     fft_plan plans[MAX_FFT_PLANS];
     int n_plans;
 } cpu_impl;
@@ -984,18 +983,22 @@ static void cpu_copy_rows(sep_backend *be, float *out, size_t out_stride, const 
 
 /* ---- spectrogram ---- */
 
+/* FFTW's planner is not thread-safe: every plan creation and destruction in the
+ * process (all engines) goes through this lock. Plans are cached per backend. */
+static pthread_mutex_t fftw_planner_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static const fft_plan *get_plan(sep_backend *be, int nfft)
 {
     cpu_impl *c = impl_of(be);
-    pthread_mutex_lock(&c->plan_lock);
+    pthread_mutex_lock(&fftw_planner_lock);
     for (int i = 0; i < c->n_plans; i++) {
         if (c->plans[i].nfft == nfft) {
-            pthread_mutex_unlock(&c->plan_lock);
+            pthread_mutex_unlock(&fftw_planner_lock);
             return &c->plans[i];
         }
     }
     if (c->n_plans == MAX_FFT_PLANS) {
-        pthread_mutex_unlock(&c->plan_lock);
+        pthread_mutex_unlock(&fftw_planner_lock);
         fprintf(stderr, "cpu backend: too many FFT sizes\n");
         abort();
     }
@@ -1013,7 +1016,7 @@ static const fft_plan *get_plan(sep_backend *be, int nfft)
         p->window[i] = 0.5f - 0.5f * cosf((float)i * step);
     p->nfft = nfft;
     c->n_plans++;
-    pthread_mutex_unlock(&c->plan_lock);
+    pthread_mutex_unlock(&fftw_planner_lock);
     return p;
 }
 
@@ -1135,12 +1138,13 @@ static void cpu_destroy(sep_backend *be)
         return;
     cpu_impl *c = impl_of(be);
     if (c) {
+        pthread_mutex_lock(&fftw_planner_lock);
         for (int i = 0; i < c->n_plans; i++) {
             fftwf_destroy_plan(c->plans[i].r2c);
             fftwf_destroy_plan(c->plans[i].c2r);
             fftwf_free(c->plans[i].window);
         }
-        pthread_mutex_destroy(&c->plan_lock);
+        pthread_mutex_unlock(&fftw_planner_lock);
         free(c->scratch);
         free(c);
     }
@@ -1196,7 +1200,6 @@ sep_backend *sep_cpu_backend_create(int threads, char *err, size_t errlen)
     if (threads <= 0)
         threads = omp_get_num_procs();
     c->threads = threads;
-    pthread_mutex_init(&c->plan_lock, NULL);
     be->name = "cpu";
     be->ops = &cpu_ops;
     be->threads = threads;
