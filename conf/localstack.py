@@ -79,10 +79,10 @@ def _die_with_parent():
 
 
 def render_nginx_conf(values, template=TEMPLATE):
-    """The template with every @NAME@ replaced; fails on a placeholder left unfilled.
+    """The template with every @NAME@ replaced; fails on a template field left unfilled.
 
     Lines starting with `#@` describe the template itself and are dropped; a line that
-    holds only a placeholder whose value is empty is dropped too.
+    holds only a template field whose value is empty is dropped too.
     """
     with open(template, encoding="utf-8") as f:
         lines = f.read().splitlines()
@@ -100,7 +100,7 @@ def render_nginx_conf(values, template=TEMPLATE):
     text = "\n".join(out) + "\n"
     leftover = re.findall(r"@[A-Z_]+@", text)
     if leftover:
-        raise ValueError("unfilled placeholders in %s: %s" % (template, leftover))
+        raise ValueError("unfilled template fields in %s: %s" % (template, leftover))
     return text
 
 
