@@ -1,8 +1,9 @@
 /*
  * The Lua scripts of the service (shared/lua/NAME.lua), compiled in as C strings.
  *
- * The build turns each shared/lua/NAME.lua into an entry of sep_scripts[] (source
- * text and its SHA1, the name Redis caches it under), in the order of the enum
+ * The build turns each shared/lua/NAME.lua, preceded by the shared helpers of
+ * shared/lua/lib.lua, into an entry of sep_scripts[] (source text and its SHA1,
+ * the name Redis caches it under), in the order of the enum
  * below; gen-scripts.sh is the generator. Call a script with
  * EVALSHA sha numkeys KEYS... ARGV...; on a NOSCRIPT error, SCRIPT LOAD the source
  * (or EVAL it) and retry. Each .lua file's header documents its KEYS, ARGV and reply.

@@ -2,7 +2,8 @@
 # schema, Lua scripts, JSON, ids, multipart, sniffing, option validation).
 #
 #   build/libsepshared.a                 the library (link with $(SHARED_LDLIBS))
-#   build/gen/shared/sep_scripts.c       shared/lua/*.lua as C strings + SHA1s
+#   build/gen/shared/sep_scripts.c       shared/lua/*.lua as C strings + SHA1s (each
+#                                        script preceded by shared/lua/lib.lua)
 #                                        (compiled into the library and the module)
 # Unit tests (tests/unit/, cmocka) are declared in tests/unit/unit.mk.
 
@@ -17,7 +18,8 @@ SHARED_LDLIBS  := -ljansson
 
 ALL_TARGETS += $(SHARED_LIB)
 
-$(SHARED_GEN): shared/gen-scripts.sh $(SHARED_LUA_SCRIPTS:%=shared/lua/%.lua) shared/shared.mk
+$(SHARED_GEN): shared/gen-scripts.sh shared/lua/lib.lua $(SHARED_LUA_SCRIPTS:%=shared/lua/%.lua) \
+              shared/shared.mk
 	@mkdir -p $(dir $@)
 	shared/gen-scripts.sh $@ $(SHARED_LUA_SCRIPTS)
 

@@ -30,16 +30,6 @@ local job_key, q_high, q_normal, delayed_key, stats_key =
     KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local channel, group = ARGV[1], ARGV[2]
 
-local function publish(event)
-    local flat = redis.call('HGETALL', job_key)
-    local map = {}
-    for i = 1, #flat, 2 do
-        map[flat[i]] = flat[i + 1]
-    end
-    redis.call('PUBLISH', channel, cjson.encode({event = event, job = map}))
-    return flat
-end
-
 local function answer(kind, flat)
     table.insert(flat, 1, kind)
     return flat
@@ -54,24 +44,16 @@ if not status then
 end
 
 if status == 'queued' then
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    local stream = (priority == 'high') and q_high or q_normal
-    if stream_id then
-        redis.call('XACK', stream, group, stream_id)
-        redis.call('XDEL', stream, stream_id)
-    end
+    drop_stream_entry(priority_stream(priority, q_high, q_normal), group, stream_id)
     redis.call('ZREM', delayed_key, id)
     redis.call('HSET', job_key, 'status', 'canceled', 'stage', 'canceled',
-               'message', 'canceled before it started', 'finished_at', now,
+               'message', 'canceled before it started', 'finished_at', now_ms(),
                'files_deleted', '1')
     redis.call('HDEL', job_key, 'stream_id')
     redis.call('HINCRBY', stats_key, 'canceled', 1)
     redis.call('HINCRBY', stats_key, 'queued', -1)
-    if ttl and ttl > 0 then
-        redis.call('EXPIRE', job_key, ttl)
-    end
-    return answer('canceled', publish('canceled'))
+    expire_finished(job_key, ttl)
+    return answer('canceled', (publish_job(job_key, channel, 'canceled')))
 end
 
 if status == 'running' then
@@ -79,7 +61,7 @@ if status == 'running' then
         return answer('cancel_requested', redis.call('HGETALL', job_key))
     end
     redis.call('HSET', job_key, 'cancel_requested', '1', 'message', 'cancel requested')
-    return answer('cancel_requested', publish('progress'))
+    return answer('cancel_requested', (publish_job(job_key, channel, 'progress')))
 end
 
 if files_deleted == '1' then

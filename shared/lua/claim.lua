@@ -25,8 +25,7 @@ if status ~= 'queued' and not (reclaim and status == 'running') then
     return false
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('HINCRBY', job_key, 'attempts', 1)
 redis.call('HSET', job_key, 'status', 'running', 'stage', 'starting', 'progress', '0',
            'message', '', 'worker', worker, 'started_at', now)
@@ -38,10 +37,4 @@ if status == 'queued' then
     redis.call('HINCRBY', stats_key, 'running', 1)
 end
 
-local flat = redis.call('HGETALL', job_key)
-local map = {}
-for i = 1, #flat, 2 do
-    map[flat[i]] = flat[i + 1]
-end
-redis.call('PUBLISH', channel, cjson.encode({event = 'progress', job = map}))
-return flat
+return (publish_job(job_key, channel, 'progress'))

@@ -44,26 +44,17 @@ if not ok or type(decoded) ~= 'table' then
     return redis.error_reply('BAD_STEMS stems must be a JSON object')
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local hset = {'HSET', job_key, 'status', 'completed', 'progress', '1', 'stage', 'done',
               'message', '', 'finished_at', now, 'stems', stems}
 if not job[7] and tonumber(job[6]) then
     hset[#hset + 1] = 'timing_queued_s'
     hset[#hset + 1] = string.format('%.3f', (now - tonumber(job[6])) / 1000)
 end
-for i = 5, #ARGV - 1, 2 do
-    hset[#hset + 1] = ARGV[i]
-    hset[#hset + 1] = ARGV[i + 1]
-end
-redis.call(unpack(hset))
+redis.call(unpack(append_argv_pairs(hset, 5)))
 redis.call('HDEL', job_key, 'error_code', 'error_message', 'error_retryable', 'stream_id')
 
-local stream = (priority == 'high') and q_high or q_normal
-if stream_id then
-    redis.call('XACK', stream, group, stream_id)
-    redis.call('XDEL', stream, stream_id)
-end
+drop_stream_entry(priority_stream(priority, q_high, q_normal), group, stream_id)
 redis.call('ZREM', delayed_key, id)
 
 redis.call('HINCRBY', stats_key, 'completed', 1)
@@ -71,14 +62,7 @@ redis.call('HINCRBY', stats_key, status, -1)
 if bytes_out > 0 then
     redis.call('HINCRBY', stats_key, 'bytes_out', bytes_out)
 end
-if ttl and ttl > 0 then
-    redis.call('EXPIRE', job_key, ttl)
-end
+expire_finished(job_key, ttl)
 
-local flat = redis.call('HGETALL', job_key)
-local map = {}
-for i = 1, #flat, 2 do
-    map[flat[i]] = flat[i + 1]
-end
-redis.call('PUBLISH', channel, cjson.encode({event = 'completed', job = map}))
+publish_job(job_key, channel, 'completed')
 return redis.status_reply('OK')

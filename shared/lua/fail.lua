@@ -52,47 +52,27 @@ if status ~= 'queued' and status ~= 'running' then
     return redis.error_reply('NOT_ACTIVE the job is already finished')
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 
-local stream = (priority == 'high') and q_high or q_normal
-if stream_id then
-    redis.call('XACK', stream, group, stream_id)
-    redis.call('XDEL', stream, stream_id)
-end
+drop_stream_entry(priority_stream(priority, q_high, q_normal), group, stream_id)
 redis.call('HDEL', job_key, 'stream_id')
 redis.call('HINCRBY', stats_key, status, -1)
 
-local extra = {}
-for i = 9, #ARGV - 1, 2 do
-    extra[#extra + 1] = ARGV[i]
-    extra[#extra + 1] = ARGV[i + 1]
-end
+local extra = append_argv_pairs({}, 9)
 if #extra > 0 then
     redis.call('HSET', job_key, unpack(extra))
-end
-
-local function publish(event)
-    local flat = redis.call('HGETALL', job_key)
-    local map = {}
-    for i = 1, #flat, 2 do
-        map[flat[i]] = flat[i + 1]
-    end
-    redis.call('PUBLISH', channel, cjson.encode({event = event, job = map}))
 end
 
 local function finish(final_status, stage, counter)
     redis.call('HSET', job_key, 'status', final_status, 'stage', stage, 'finished_at', now)
     redis.call('HINCRBY', stats_key, counter, 1)
-    if ttl and ttl > 0 then
-        redis.call('EXPIRE', job_key, ttl)
-    end
+    expire_finished(job_key, ttl)
 end
 
 if job[8] == '1' or code == 'canceled' then
     redis.call('HSET', job_key, 'message', 'canceled while running')
     finish('canceled', 'canceled', 'canceled')
-    publish('canceled')
+    publish_job(job_key, channel, 'canceled')
     return {'canceled'}
 end
 
@@ -110,7 +90,7 @@ if retryable and attempts < max_attempts then
     redis.call('ZADD', delayed_key, due, id)
     redis.call('HINCRBY', stats_key, 'retried', 1)
     redis.call('HINCRBY', stats_key, 'queued', 1)
-    publish('progress')
+    publish_job(job_key, channel, 'progress')
     return {'retry', due}
 end
 
@@ -118,5 +98,5 @@ redis.call('HSET', job_key, 'message', message)
 finish('failed', 'failed', 'failed')
 redis.call('XADD', dead_key, '*', 'id', id, 'code', code, 'message', message,
            'attempts', attempts)
-publish('failed')
+publish_job(job_key, channel, 'failed')
 return {'failed'}

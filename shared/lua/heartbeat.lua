@@ -15,14 +15,8 @@ Reply:   last_seen (ms)
 local worker_key, workers_key = KEYS[1], KEYS[2]
 local name, ttl = ARGV[1], tonumber(ARGV[2]) or 30
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local hset = {'HSET', worker_key, 'name', name, 'last_seen', now}
-for i = 3, #ARGV - 1, 2 do
-    hset[#hset + 1] = ARGV[i]
-    hset[#hset + 1] = ARGV[i + 1]
-end
-redis.call(unpack(hset))
+local now = now_ms()
+redis.call(unpack(append_argv_pairs({'HSET', worker_key, 'name', name, 'last_seen', now}, 3)))
 redis.call('EXPIRE', worker_key, ttl)
 redis.call('ZADD', workers_key, now, name)
 redis.call('ZREMRANGEBYSCORE', workers_key, '-inf', now - ttl * 10000)

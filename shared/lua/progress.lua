@@ -32,16 +32,7 @@ if ARGV[3] and ARGV[3] ~= '' then
     hset[#hset + 1] = 'stage'
     hset[#hset + 1] = ARGV[3]
 end
-for i = 5, #ARGV - 1, 2 do
-    hset[#hset + 1] = ARGV[i]
-    hset[#hset + 1] = ARGV[i + 1]
-end
-redis.call(unpack(hset))
+redis.call(unpack(append_argv_pairs(hset, 5)))
 
-local flat = redis.call('HGETALL', job_key)
-local map = {}
-for i = 1, #flat, 2 do
-    map[flat[i]] = flat[i + 1]
-end
-redis.call('PUBLISH', channel, cjson.encode({event = 'progress', job = map}))
+local _, map = publish_job(job_key, channel, 'progress')
 return map['cancel_requested'] == '1' and 1 or 0

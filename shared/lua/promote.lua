@@ -17,19 +17,15 @@ Reply:   the number of jobs put back in a stream
 local delayed_key, q_high, q_normal = KEYS[1], KEYS[2], KEYS[3]
 local prefix, limit = ARGV[1], tonumber(ARGV[2]) or 100
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', now, 'LIMIT', 0, limit)
+local due = redis.call('ZRANGEBYSCORE', delayed_key, '-inf', now_ms(), 'LIMIT', 0, limit)
 local moved = 0
 for _, id in ipairs(due) do
     redis.call('ZREM', delayed_key, id)
     local job_key = prefix .. 'job:' .. id
     local job = redis.call('HMGET', job_key, 'status', 'priority')
     if job[1] == 'queued' then
-        local stream = (job[2] == 'high') and q_high or q_normal
-        if redis.call('EXISTS', stream) == 0 then
-            redis.call('XGROUP', 'CREATE', stream, 'workers', '0', 'MKSTREAM')
-        end
+        local stream = priority_stream(job[2], q_high, q_normal)
+        ensure_stream(stream, 'workers')
         local entry = redis.call('XADD', stream, '*', 'id', id)
         redis.call('HSET', job_key, 'stream_id', entry, 'stage', 'queued')
         moved = moved + 1

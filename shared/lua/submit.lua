@@ -52,8 +52,7 @@ if redis.call('EXISTS', job_key) == 1 then
     return redis.error_reply('JOB_EXISTS the job id is taken')
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 
 local hset = {'HSET', job_key, 'id', id, 'status', 'queued', 'progress', '0',
               'stage', 'queued', 'message', '', 'attempts', '0', 'created_at', tostring(now)}
@@ -66,9 +65,7 @@ for i = 5, #ARGV - 1, 2 do
     end
 end
 
-if redis.call('EXISTS', stream_key) == 0 then
-    redis.call('XGROUP', 'CREATE', stream_key, 'workers', '0', 'MKSTREAM')
-end
+ensure_stream(stream_key, 'workers')
 local entry = redis.call('XADD', stream_key, '*', 'id', id)
 hset[#hset + 1] = 'stream_id'
 hset[#hset + 1] = entry

@@ -24,8 +24,12 @@ SOURCES = {
 
 
 def script(name):
-    with open(os.path.join(LUA_DIR, name + ".lua"), encoding="utf-8") as f:
-        return f.read()
+    """A script's text as the build compiles it in: shared/lua/lib.lua, then NAME.lua."""
+    text = ""
+    for part in ("lib", name):
+        with open(os.path.join(LUA_DIR, part + ".lua"), encoding="utf-8") as f:
+            text += f.read()
+    return text
 
 
 def output_stems(model, stems_option):
