@@ -2,8 +2,9 @@
 """Reference outputs of the whole demucs.separate pipeline, for the apply layer's tests.
 
 Builds a tiny seeded random-weight HTDemucs (the official structure at 44.1 kHz: nfft
-4096, depth 4, dconv in encoder and decoder, bottom_channels, a cross transformer, a
-0.4 s segment), a second network for a bag of two, a short stereo track, and runs
+4096, depth 4, dconv in encoder and decoder, bottom_channels, a cross transformer; few
+channels and a 0.1 s segment keep the files small), a second network for a bag of two,
+a short stereo track (several segments, so overlap-add is exercised), and runs
 exactly what `demucs.separate` runs on a track:
 
     ref = wav.mean(0); mean = ref.mean(); std = ref.std() + 1e-8
@@ -40,10 +41,10 @@ from demucs.htdemucs import HTDemucs
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 SAMPLERATE = 44100
-SEGMENT = Fraction(2, 5)
-TRACK_FRAMES = 27001  # 0.61 s: three 0.4 s chunks at overlap 0.25, the last one short
-KWARGS = dict(sources=SOURCES, audio_channels=2, channels=4, depth=4, nfft=4096,
-              dconv_mode=3, dconv_comp=4, bottom_channels=16, t_layers=1, t_heads=2,
+SEGMENT = Fraction(1, 10)
+TRACK_FRAMES = 7501  # 0.17 s: three 0.1 s chunks at overlap 0.25, the last one short
+KWARGS = dict(sources=SOURCES, audio_channels=2, channels=2, depth=4, nfft=4096,
+              dconv_mode=3, dconv_comp=2, bottom_channels=8, t_layers=1, t_heads=2,
               samplerate=SAMPLERATE, segment=SEGMENT)
 BAG_WEIGHTS = [[1.0, 0.5, 0.25, 1.0], [0.5, 1.0, 1.0, 2.0]]
 
@@ -53,12 +54,12 @@ CASES = [
      dict(overlap=0.25, shifts=0, shift_offsets=[], segment=None, two_stems=None)),
     ("bag_overlap50", "tiny_apply_bag.safetensors",
      dict(overlap=0.5, shifts=0, shift_offsets=[], segment=None, two_stems=None)),
-    ("single_segment03_two_vocals", "tiny_apply.safetensors",
-     dict(overlap=0.25, shifts=0, shift_offsets=[], segment=0.3, two_stems="vocals")),
+    ("single_segment008_two_vocals", "tiny_apply.safetensors",
+     dict(overlap=0.25, shifts=0, shift_offsets=[], segment=0.08, two_stems="vocals")),
     ("single_shifts2", "tiny_apply.safetensors",
      dict(overlap=0.25, shifts=2, shift_offsets=[9000, 22050], segment=None, two_stems=None)),
-    ("bag_shifts1_segment025_two_drums", "tiny_apply_bag.safetensors",
-     dict(overlap=0.1, shifts=1, shift_offsets=[17, 20000], segment=0.25, two_stems="drums")),
+    ("bag_shifts1_segment006_two_drums", "tiny_apply_bag.safetensors",
+     dict(overlap=0.1, shifts=1, shift_offsets=[17, 20000], segment=0.06, two_stems="drums")),
 ]
 
 
