@@ -677,6 +677,47 @@ static void test_ispec(const char *name, int nsig, int frames, int length, int n
     free(env);
 }
 
+/* ---- the cases: shapes chosen to reach every code path of the CPU backend ---- */
+
+/* clang-format off */
+static const struct {
+    const char *name;
+    sep_conv2d_desc desc;
+} conv_cases[] = {
+    /* {name, {n, cin, h, w, cout, kh, kw, sh, sw, dh, dw, ph0, ph1, pw0, pw1, act}} */
+    /* direct kernel: dilation 2, 32-wide blocks, the last block overlapping, edges */
+    {"conv 1x3 dil2 direct cin24 cout6 3x150",       {2, 24,  3,  150,  6, 1, 3, 1, 1, 1, 2, 0, 0, 2, 2, SEP_ACT_NONE}},
+    {"conv 1x3 direct narrow rows cin40 cout5 4x20", {1, 40,  4,   20,  5, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, SEP_ACT_NONE}},
+    {"conv 1x1 direct cin6 cout20 +gelu 2x1100",     {1,  6,  2, 1100, 20, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, SEP_ACT_GELU}},
+    {"conv 3x3 im2col cin16 cout24 9x37",            {2, 16,  9,   37, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
+    {"conv 3x3 im2col chunks cin64 cout20 40x60",    {1, 64, 40,   60, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
+    {"conv 8x1 s4 freq cin4 cout24 +gelu 64x20",     {2,  4, 64,   20, 24, 8, 1, 4, 1, 1, 1, 2, 2, 0, 0, SEP_ACT_GELU}},
+    {"conv 1x8 s4 time asym pad cin2 cout24 1x1001", {2,  2,  1, 1001, 24, 1, 8, 1, 4, 1, 1, 0, 0, 2, 5, SEP_ACT_NONE}},
+    {"conv 3x3 +glu (rewrite) cin12 cout24 17x41",   {2, 12, 17,   41, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_GLU}},
+    {"conv 1x1 +glu (rewrite) cin20 cout40 3x300",   {1, 20,  3,  300, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, SEP_ACT_GLU}},
+    {"conv 1x1 gemm cin32 cout40 1x700",             {2, 32,  1,  700, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, SEP_ACT_NONE}},
+};
+
+static const struct {
+    const char *name;
+    sep_conv_tr2d_desc desc;
+} conv_tr_cases[] = {
+    /* {name, {n, cin, h, w, cout, kh, kw, sh, sw}} */
+    {"conv_tr 8x1 s4 freq cin24 cout8 40x30",        {2, 24, 40,   30,  8, 8, 1, 4, 1}},
+    {"conv_tr 1x8 s4 time cin24 cout8 1x2000",       {1, 24,  1, 2000,  8, 1, 8, 1, 4}},
+    {"conv_tr 4x1 s4 (last freq) cin16 cout12 1x50", {1, 16,  1,   50, 12, 4, 1, 4, 1}},
+};
+
+static const struct {
+    const char *name;
+    sep_attention_desc desc;
+} attention_cases[] = {
+    /* {name, {batch, heads, nq, nk, head_dim, ldq, ldk, ldv, ldo}} */
+    {"attention self 2x3h 600x600 (ld 3C)", {2, 3, 600, 600, 16, 144, 144, 144, 48}},
+    {"attention cross 1x4h 700x333",        {1, 4, 700, 333,  8,  32,  64,  64, 32}},
+};
+/* clang-format on */
+
 int main(int argc, char **argv)
 {
     const char *device = "cpu";
@@ -698,175 +739,15 @@ int main(int argc, char **argv)
         printf("FAIL backend: %s\n", err);
         return 1;
     }
-    typedef sep_conv2d_desc C;
-    /* direct kernel: dilation 2, 32-wide blocks, the last block overlapping, edges */
-    test_conv("conv 1x3 dil2 direct cin24 cout6 3x150", (C){.n = 2,
-                                                            .cin = 24,
-                                                            .h = 3,
-                                                            .w = 150,
-                                                            .cout = 6,
-                                                            .kh = 1,
-                                                            .kw = 3,
-                                                            .sh = 1,
-                                                            .sw = 1,
-                                                            .dh = 1,
-                                                            .dw = 2,
-                                                            .pw0 = 2,
-                                                            .pw1 = 2});
-    test_conv("conv 1x3 direct narrow rows cin40 cout5 4x20", (C){.n = 1,
-                                                                  .cin = 40,
-                                                                  .h = 4,
-                                                                  .w = 20,
-                                                                  .cout = 5,
-                                                                  .kh = 1,
-                                                                  .kw = 3,
-                                                                  .sh = 1,
-                                                                  .sw = 1,
-                                                                  .dh = 1,
-                                                                  .dw = 1,
-                                                                  .pw0 = 1,
-                                                                  .pw1 = 1});
-    test_conv("conv 1x1 direct cin6 cout20 +gelu 2x1100", (C){.n = 1,
-                                                              .cin = 6,
-                                                              .h = 2,
-                                                              .w = 1100,
-                                                              .cout = 20,
-                                                              .kh = 1,
-                                                              .kw = 1,
-                                                              .sh = 1,
-                                                              .sw = 1,
-                                                              .dh = 1,
-                                                              .dw = 1,
-                                                              .act = SEP_ACT_GELU});
-    test_conv("conv 3x3 im2col cin16 cout24 9x37", (C){.n = 2,
-                                                       .cin = 16,
-                                                       .h = 9,
-                                                       .w = 37,
-                                                       .cout = 24,
-                                                       .kh = 3,
-                                                       .kw = 3,
-                                                       .sh = 1,
-                                                       .sw = 1,
-                                                       .dh = 1,
-                                                       .dw = 1,
-                                                       .ph0 = 1,
-                                                       .ph1 = 1,
-                                                       .pw0 = 1,
-                                                       .pw1 = 1});
-    test_conv("conv 3x3 im2col chunks cin64 cout20 40x60", (C){.n = 1,
-                                                               .cin = 64,
-                                                               .h = 40,
-                                                               .w = 60,
-                                                               .cout = 20,
-                                                               .kh = 3,
-                                                               .kw = 3,
-                                                               .sh = 1,
-                                                               .sw = 1,
-                                                               .dh = 1,
-                                                               .dw = 1,
-                                                               .ph0 = 1,
-                                                               .ph1 = 1,
-                                                               .pw0 = 1,
-                                                               .pw1 = 1});
-    test_conv("conv 8x1 s4 freq cin4 cout24 +gelu 64x20", (C){.n = 2,
-                                                              .cin = 4,
-                                                              .h = 64,
-                                                              .w = 20,
-                                                              .cout = 24,
-                                                              .kh = 8,
-                                                              .kw = 1,
-                                                              .sh = 4,
-                                                              .sw = 1,
-                                                              .dh = 1,
-                                                              .dw = 1,
-                                                              .ph0 = 2,
-                                                              .ph1 = 2,
-                                                              .act = SEP_ACT_GELU});
-    test_conv("conv 1x8 s4 time asym pad cin2 cout24 1x1001", (C){.n = 2,
-                                                                  .cin = 2,
-                                                                  .h = 1,
-                                                                  .w = 1001,
-                                                                  .cout = 24,
-                                                                  .kh = 1,
-                                                                  .kw = 8,
-                                                                  .sh = 1,
-                                                                  .sw = 4,
-                                                                  .dh = 1,
-                                                                  .dw = 1,
-                                                                  .pw0 = 2,
-                                                                  .pw1 = 5});
-    test_conv("conv 3x3 +glu (rewrite) cin12 cout24 17x41", (C){.n = 2,
-                                                                .cin = 12,
-                                                                .h = 17,
-                                                                .w = 41,
-                                                                .cout = 24,
-                                                                .kh = 3,
-                                                                .kw = 3,
-                                                                .sh = 1,
-                                                                .sw = 1,
-                                                                .dh = 1,
-                                                                .dw = 1,
-                                                                .ph0 = 1,
-                                                                .ph1 = 1,
-                                                                .pw0 = 1,
-                                                                .pw1 = 1,
-                                                                .act = SEP_ACT_GLU});
-    test_conv("conv 1x1 +glu (rewrite) cin20 cout40 3x300", (C){.n = 1,
-                                                                .cin = 20,
-                                                                .h = 3,
-                                                                .w = 300,
-                                                                .cout = 40,
-                                                                .kh = 1,
-                                                                .kw = 1,
-                                                                .sh = 1,
-                                                                .sw = 1,
-                                                                .dh = 1,
-                                                                .dw = 1,
-                                                                .act = SEP_ACT_GLU});
-    test_conv("conv 1x1 gemm cin32 cout40 1x700", (C){.n = 2,
-                                                      .cin = 32,
-                                                      .h = 1,
-                                                      .w = 700,
-                                                      .cout = 40,
-                                                      .kh = 1,
-                                                      .kw = 1,
-                                                      .sh = 1,
-                                                      .sw = 1,
-                                                      .dh = 1,
-                                                      .dw = 1});
-    test_conv_tr(
-        "conv_tr 8x1 s4 freq cin24 cout8 40x30",
-        (sep_conv_tr2d_desc){
-            .n = 2, .cin = 24, .h = 40, .w = 30, .cout = 8, .kh = 8, .kw = 1, .sh = 4, .sw = 1});
-    test_conv_tr(
-        "conv_tr 1x8 s4 time cin24 cout8 1x2000",
-        (sep_conv_tr2d_desc){
-            .n = 1, .cin = 24, .h = 1, .w = 2000, .cout = 8, .kh = 1, .kw = 8, .sh = 1, .sw = 4});
-    test_conv_tr(
-        "conv_tr 4x1 s4 (last freq) cin16 cout12 1x50",
-        (sep_conv_tr2d_desc){
-            .n = 1, .cin = 16, .h = 1, .w = 50, .cout = 12, .kh = 4, .kw = 1, .sh = 4, .sw = 1});
+    for (size_t i = 0; i < sizeof(conv_cases) / sizeof(conv_cases[0]); i++)
+        test_conv(conv_cases[i].name, conv_cases[i].desc);
+    for (size_t i = 0; i < sizeof(conv_tr_cases) / sizeof(conv_tr_cases[0]); i++)
+        test_conv_tr(conv_tr_cases[i].name, conv_tr_cases[i].desc);
     test_linear("linear 2x300x48->72", 2, 300, 48, 72, SEP_ACT_NONE);
     test_linear("linear 1x130x64->256 +gelu", 1, 130, 64, 256, SEP_ACT_GELU);
     test_linear("linear 1x70x32->40 +relu", 1, 70, 32, 40, SEP_ACT_RELU);
-    test_attention("attention self 2x3h 600x600 (ld 3C)", (sep_attention_desc){.batch = 2,
-                                                                               .heads = 3,
-                                                                               .nq = 600,
-                                                                               .nk = 600,
-                                                                               .head_dim = 16,
-                                                                               .ldq = 144,
-                                                                               .ldk = 144,
-                                                                               .ldv = 144,
-                                                                               .ldo = 48});
-    test_attention("attention cross 1x4h 700x333", (sep_attention_desc){.batch = 1,
-                                                                        .heads = 4,
-                                                                        .nq = 700,
-                                                                        .nk = 333,
-                                                                        .head_dim = 8,
-                                                                        .ldq = 32,
-                                                                        .ldk = 64,
-                                                                        .ldv = 64,
-                                                                        .ldo = 32});
+    for (size_t i = 0; i < sizeof(attention_cases) / sizeof(attention_cases[0]); i++)
+        test_attention(attention_cases[i].name, attention_cases[i].desc);
     test_group_norm("group_norm 2x12x500 g4", 2, 12, 500, 4, SEP_ACT_NONE);
     test_group_norm("group_norm 1x8x30000 g1 +gelu (split block)", 1, 8, 30000, 1, SEP_ACT_GELU);
     test_group_norm_rows("group_norm_rows 2x10x7x90 +gelu", 2, 10, 7, 90, SEP_ACT_GELU);
