@@ -15,8 +15,9 @@
  *               input.{ext} at the end), the option fields are collected
  *
  * and one EVALSHA submit (shared/lua/submit.lua) creates the job and queues it.
- * Whatever fails after the spool directory exists removes it again, so a refused
- * upload leaves nothing behind.
+ * Whatever fails after the spool directory exists removes it again before the
+ * answer is sent, so a refused upload leaves nothing behind, not even for a moment
+ * after the client has its answer.
  */
 #include "ngx_module/ngx_http_sep_module.h"
 #include "ngx_module/ngx_http_sep_redis.h"
@@ -217,18 +218,6 @@ ngx_int_t ngx_http_sep_upload_handler(ngx_http_request_t *r)
 
 /* ---- the spool ---------------------------------------------------------------- */
 
-static ngx_int_t ngx_http_sep_storage_error(ngx_http_request_t *r, ngx_err_t err, const char *what,
-                                            u_char *path)
-{
-    ngx_log_error(NGX_LOG_CRIT, r->connection->log, err, "sep: %s \"%s\" failed", what, path);
-    if (err == NGX_ENOSPC || err == EDQUOT) {
-        return ngx_http_sep_send_error(r, NGX_HTTP_INSUFFICIENT_STORAGE, "insufficient_storage",
-                                       "the spool is full; retry later");
-    }
-    return ngx_http_sep_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
-                                   "the upload could not be stored");
-}
-
 /* Removes what this request put in the spool. */
 static void ngx_http_sep_spool_cleanup(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx)
 {
@@ -246,6 +235,27 @@ static void ngx_http_sep_spool_cleanup(ngx_http_request_t *r, ngx_http_sep_ctx_t
         }
         ctx->job_dir.len = 0;
     }
+}
+
+/* Refuses the upload: what it put in the spool is removed first, so that no
+ * {spool}/{id}/ is left when the client reads the answer. */
+static ngx_int_t ngx_http_sep_spool_refuse(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                           ngx_uint_t status, const char *code, const char *message)
+{
+    ngx_http_sep_spool_cleanup(r, ctx);
+    return ngx_http_sep_send_error(r, status, code, "%s", message);
+}
+
+static ngx_int_t ngx_http_sep_storage_error(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                            ngx_err_t err, const char *what, u_char *path)
+{
+    ngx_log_error(NGX_LOG_CRIT, r->connection->log, err, "sep: %s \"%s\" failed", what, path);
+    if (err == NGX_ENOSPC || err == EDQUOT) {
+        return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_INSUFFICIENT_STORAGE,
+                                         "insufficient_storage", "the spool is full; retry later");
+    }
+    return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_INTERNAL_SERVER_ERROR, "internal_error",
+                                     "the upload could not be stored");
 }
 
 /* A new id and its spool directory. NGX_OK or the answer sent. */
@@ -277,7 +287,7 @@ static ngx_int_t ngx_http_sep_make_job_dir(ngx_http_request_t *r, ngx_http_sep_c
     if (ngx_create_dir(ctx->job_dir.data, SEP_DIR_ACCESS) == NGX_FILE_ERROR) {
         ngx_err_t err = ngx_errno;
         ctx->job_dir.len = 0;
-        return ngx_http_sep_storage_error(r, err, "mkdir", ctx->job_dir.data);
+        return ngx_http_sep_storage_error(r, ctx, err, "mkdir", ctx->job_dir.data);
     }
     *failed = 0;
     return NGX_OK;
@@ -321,7 +331,7 @@ static ngx_int_t ngx_http_sep_move_input(ngx_http_request_t *r, ngx_http_sep_ctx
     if (ngx_rename_file(from->data, to.data) == NGX_FILE_ERROR) {
         err = ngx_errno;
         if (err != NGX_EXDEV) {
-            return ngx_http_sep_storage_error(r, err, "rename to", to.data);
+            return ngx_http_sep_storage_error(r, ctx, err, "rename to", to.data);
         }
         if (!warned_exdev) {
             warned_exdev = 1;
@@ -336,7 +346,7 @@ static ngx_int_t ngx_http_sep_move_input(ngx_http_request_t *r, ngx_http_sep_ctx
         ext_rename.delete_file = 1;
         ext_rename.log = r->connection->log;
         if (ngx_ext_rename_file(from, &to, &ext_rename) != NGX_OK) {
-            return ngx_http_sep_storage_error(r, ngx_errno, "copy to", to.data);
+            return ngx_http_sep_storage_error(r, ctx, ngx_errno, "copy to", to.data);
         }
     }
     ctx->input_path = to;
@@ -344,11 +354,12 @@ static ngx_int_t ngx_http_sep_move_input(ngx_http_request_t *r, ngx_http_sep_ctx
     return NGX_OK;
 }
 
-static ngx_int_t ngx_http_sep_unsupported_audio(ngx_http_request_t *r)
+static ngx_int_t ngx_http_sep_unsupported_audio(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx)
 {
-    return ngx_http_sep_send_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
-                                   "the upload is not audio this service reads (WAV, RF64, "
-                                   "FLAC, Ogg Vorbis, Ogg Opus, MP3, AIFF)");
+    return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                     "unsupported_media_type",
+                                     "the upload is not audio this service reads (WAV, RF64, "
+                                     "FLAC, Ogg Vorbis, Ogg Opus, MP3, AIFF)");
 }
 
 /* Raw body: sniff, then rename the temp file into the spool. */
@@ -373,7 +384,7 @@ static ngx_int_t ngx_http_sep_store_raw(ngx_http_request_t *r, ngx_http_sep_ctx_
         type = sep_sniff(head, (size_t)n);
     }
     if (type == SEP_AUDIO_UNKNOWN) {
-        return ngx_http_sep_unsupported_audio(r);
+        return ngx_http_sep_unsupported_audio(r, ctx);
     }
 
     rc = ngx_http_sep_make_job_dir(r, ctx, failed);
@@ -575,30 +586,32 @@ static ngx_int_t ngx_http_sep_store_multipart(ngx_http_request_t *r, ngx_http_se
     }
 
     if (form->storage_err) {
-        return ngx_http_sep_storage_error(r, form->storage_err, "writing", form->part_path.data);
+        return ngx_http_sep_storage_error(r, ctx, form->storage_err, "writing",
+                                          form->part_path.data);
     }
     if (form->code) {
-        return ngx_http_sep_send_error(r, form->status, form->code, "%s", form->message);
+        return ngx_http_sep_spool_refuse(r, ctx, form->status, form->code,
+                                         (const char *)form->message);
     }
     if (st != SEP_MULTIPART_OK) {
-        return ngx_http_sep_send_error(r, NGX_HTTP_BAD_REQUEST, "invalid_multipart", "%s",
-                                       sep_multipart_error(mp) ? sep_multipart_error(mp)
-                                                               : "the upload could not be read");
+        return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "invalid_multipart",
+                                         sep_multipart_error(mp) ? sep_multipart_error(mp)
+                                                                 : "the upload could not be read");
     }
     if (!form->file_seen) {
-        return ngx_http_sep_send_error(r, NGX_HTTP_BAD_REQUEST, "missing_file", "%s",
-                                       "the multipart body has no part named \"file\"");
+        return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "missing_file",
+                                         "the multipart body has no part named \"file\"");
     }
     if (sep_options_finish(&ctx->options, err, sizeof(err)) != 0) {
-        return ngx_http_sep_send_error(r, NGX_HTTP_BAD_REQUEST, "invalid_option", "%s", err);
+        return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "invalid_option", err);
     }
     if (form->file_bytes == 0) {
-        return ngx_http_sep_send_error(r, NGX_HTTP_BAD_REQUEST, "empty_body", "%s",
-                                       "the \"file\" part is empty");
+        return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "empty_body",
+                                         "the \"file\" part is empty");
     }
     type = sep_sniff(form->head, form->head_len);
     if (type == SEP_AUDIO_UNKNOWN) {
-        return ngx_http_sep_unsupported_audio(r);
+        return ngx_http_sep_unsupported_audio(r, ctx);
     }
     rc = ngx_http_sep_move_input(r, ctx, &form->part_path, sep_audio_type_ext(type), failed);
     if (*failed) {

@@ -60,15 +60,10 @@ def queued_count(stack):
     return stack.redis.xlen(Q_NORMAL) + stack.redis.xlen(Q_HIGH)
 
 
-def no_new_spool_files(stack, before, what, grace=1.0):
-    """Nothing new in the spool; the module may clean up as the request is freed, just
-    after answering, so leftovers get `grace` seconds to disappear."""
-    deadline = time.monotonic() + grace
-    while True:
-        left = set(stack.spool_files()) - before
-        if not left or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
+def no_new_spool_files(stack, before, what):
+    """Nothing new in the spool, checked as soon as the answer is in (no grace period):
+    the module removes what a refused upload put in {spool}/{id}/ before it answers."""
+    left = set(stack.spool_files()) - before
     expect(not left, "%s left files in the spool: %s" % (what, sorted(left)))
 
 
@@ -217,12 +212,34 @@ def bad_options_400(stack):
                   "shifts=-1", "shifts=abc", "shifts=1000", "overlap=1.5", "overlap=-0.1",
                   "overlap=x", "priority=urgent"):
         expect_json_error(submit(stack, query), 400, query)
-    body, ctype = harness.multipart([("model", "htdemucs")], [])
-    expect_json_error(submit(stack, body=body, ctype=ctype), 400, "multipart without file")
-    body, ctype = harness.multipart([("model", "nope")], [("file", "a.wav", "audio/wav", WAV)])
-    expect_json_error(submit(stack, body=body, ctype=ctype), 400, "multipart model=nope")
     expect(queued_count(stack) == queued, "a refused submission was queued")
     no_new_spool_files(stack, before, "refused submissions")
+
+
+@cases.case
+def multipart_refusals_leave_no_job_dir(stack):
+    """Multipart bodies are refused only after {spool}/{id}/ exists (the file part
+    streams into it): each refusal must have removed it by the time it is answered."""
+    before = set(stack.spool_files())
+    queued = queued_count(stack)
+    wav_part = ("file", "a.wav", "audio/wav", WAV)
+    refusals = [
+        ("without file", 400, [("model", "htdemucs")], []),
+        ("model=nope", 400, [("model", "nope")], [wav_part]),
+        ("stems=nope", 400, [("stems", "nope")], [wav_part]),
+        ("two file parts", 400, [], [wav_part, wav_part]),
+        ("empty file part", 400, [], [("file", "a.wav", "audio/wav", b"")]),
+        ("text file part", 415, [], [("file", "a.txt", "text/plain", b"not audio\n" * 40)]),
+    ]
+    for what, status, fields, files in refusals * 3:
+        body, ctype = harness.multipart(fields, files)
+        expect_json_error(submit(stack, body=body, ctype=ctype), status, "multipart " + what)
+        no_new_spool_files(stack, before, "a multipart POST refused (%s)" % what)
+    body, ctype = harness.multipart([], [wav_part])
+    expect_json_error(submit(stack, body=body[:len(body) // 2], ctype=ctype), 400,
+                      "truncated multipart")
+    no_new_spool_files(stack, before, "a truncated multipart POST")
+    expect(queued_count(stack) == queued, "a refused multipart submission was queued")
 
 
 @cases.case
