@@ -21,23 +21,37 @@ static size_t sep_key_join(char *buf, size_t cap, sep_str_t prefix, const char *
     return total;
 }
 
-int sep_prefix_valid(sep_str_t prefix)
+/* A key whose last part names one thing (a job id, a worker name, ...):
+ * 1..SEP_KEY_PART_MAX bytes, else no key (0). */
+static size_t sep_key_with_part(char *buf, size_t cap, sep_str_t prefix, const char *kind,
+                                sep_str_t part)
 {
-    if (prefix.ptr == NULL || prefix.len == 0 || prefix.len > SEP_PREFIX_MAX)
+    if (part.len == 0 || part.len > SEP_KEY_PART_MAX)
         return 0;
-    for (size_t i = 0; i < prefix.len; i++) {
-        unsigned char c = (unsigned char)prefix.ptr[i];
+    return sep_key_join(buf, cap, prefix, kind, part);
+}
+
+/* 1 when s is 1..max_len bytes of visible ASCII (0x21..0x7e: no spaces, no controls). */
+static int sep_visible_ascii(sep_str_t s, size_t max_len)
+{
+    if (s.ptr == NULL || s.len == 0 || s.len > max_len)
+        return 0;
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char c = (unsigned char)s.ptr[i];
         if (c < 0x21 || c > 0x7e)
             return 0;
     }
     return 1;
 }
 
+int sep_prefix_valid(sep_str_t prefix)
+{
+    return sep_visible_ascii(prefix, SEP_PREFIX_MAX);
+}
+
 size_t sep_key_job(char *buf, size_t cap, sep_str_t prefix, sep_str_t id)
 {
-    if (id.len == 0 || id.len > SEP_KEY_PART_MAX)
-        return 0;
-    return sep_key_join(buf, cap, prefix, "job:", id);
+    return sep_key_with_part(buf, cap, prefix, "job:", id);
 }
 
 size_t sep_key_queue(char *buf, size_t cap, sep_str_t prefix, sep_priority_t priority)
@@ -58,16 +72,12 @@ size_t sep_key_dead(char *buf, size_t cap, sep_str_t prefix)
 
 size_t sep_key_events(char *buf, size_t cap, sep_str_t prefix, sep_str_t id)
 {
-    if (id.len == 0 || id.len > SEP_KEY_PART_MAX)
-        return 0;
-    return sep_key_join(buf, cap, prefix, "ev:", id);
+    return sep_key_with_part(buf, cap, prefix, "ev:", id);
 }
 
 size_t sep_key_worker(char *buf, size_t cap, sep_str_t prefix, sep_str_t name)
 {
-    if (name.len == 0 || name.len > SEP_KEY_PART_MAX)
-        return 0;
-    return sep_key_join(buf, cap, prefix, "worker:", name);
+    return sep_key_with_part(buf, cap, prefix, "worker:", name);
 }
 
 size_t sep_key_workers(char *buf, size_t cap, sep_str_t prefix)
@@ -107,12 +117,5 @@ int sep_priority_from_name(sep_str_t name, sep_priority_t *out)
 
 int sep_idempotency_key_valid(sep_str_t key)
 {
-    if (key.ptr == NULL || key.len == 0 || key.len > SEP_KEY_PART_MAX)
-        return 0;
-    for (size_t i = 0; i < key.len; i++) {
-        unsigned char c = (unsigned char)key.ptr[i];
-        if (c < 0x21 || c > 0x7e)
-            return 0;
-    }
-    return 1;
+    return sep_visible_ascii(key, SEP_KEY_PART_MAX);
 }
