@@ -6,7 +6,7 @@
 CPU_BENCH_BIN := $(BUILD)/bench/cpu_engine
 ALL_TARGETS += $(CPU_BENCH_BIN)
 
-$(CPU_BENCH_BIN): bench/cpu_engine.c $(SEPMODELS_LIB) models/engine.h
+$(CPU_BENCH_BIN): bench/cpu_engine.c $(SEPMODELS_LIB) models/engine.h models/util.h
 	@mkdir -p $(dir $@)
 	$(CC) $(MODELS_CFLAGS) bench/cpu_engine.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
 

@@ -18,24 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #include "models/engine.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double cpu_seconds(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec * 1e-6;
-}
+#include "models/util.h"
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -94,13 +79,13 @@ int main(int argc, char **argv)
     double *cpu = calloc((size_t)runs, sizeof(double));
     printf("engine_run_seconds");
     for (int r = 0; r < runs; r++) {
-        double t0 = now(), c0 = cpu_seconds();
+        double t0 = sep_wall_seconds(), c0 = sep_cpu_seconds();
         if (sep_engine_forward(e, 0, mix, batch, len, out, err, sizeof(err))) {
             fprintf(stderr, "%s\n", err);
             return 1;
         }
-        t[r] = now() - t0;
-        cpu[r] = cpu_seconds() - c0;
+        t[r] = sep_wall_seconds() - t0;
+        cpu[r] = sep_cpu_seconds() - c0;
         printf(" %.3f", t[r]);
         fflush(stdout);
     }

@@ -29,9 +29,9 @@
  * the ring, so every pass advances together and memory stays independent of length.
  */
 #include "models/apply.h"
+#include "models/util.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,16 +57,6 @@ typedef struct {
     int batch;              /* chunks per forward call */
     int n_passes;
 } apply_plan;
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err || !errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 void sep_apply_opts_default(sep_apply_opts *o)
 {
@@ -103,52 +93,52 @@ int sep_apply_check(const sep_model *m, const sep_apply_opts *o, char *err, size
     if (info->n_models < 1 || info->n_models > SEP_MAX_BAG || info->n_sources < 1 ||
         info->n_sources > SEP_MAX_SOURCES || info->samplerate <= 0 || info->audio_channels < 1 ||
         info->segment_samples <= 0) {
-        set_err(err, errlen, "model '%s' has an invalid description", info->name);
+        sep_set_err(err, errlen, "model '%s' has an invalid description", info->name);
         return -1;
     }
     if (o->shifts < 0 || o->shifts > SEP_APPLY_MAX_SHIFTS) {
-        set_err(err, errlen, "shifts must be between 0 and %d (got %d)", SEP_APPLY_MAX_SHIFTS,
-                o->shifts);
+        sep_set_err(err, errlen, "shifts must be between 0 and %d (got %d)", SEP_APPLY_MAX_SHIFTS,
+                    o->shifts);
         return -1;
     }
     if (!(o->overlap >= 0.0 && o->overlap < 1.0)) {
-        set_err(err, errlen, "overlap must be in [0, 1) (got %g)", o->overlap);
+        sep_set_err(err, errlen, "overlap must be in [0, 1) (got %g)", o->overlap);
         return -1;
     }
     if (!(o->transition_power >= 1.0)) {
-        set_err(err, errlen, "transition_power must be >= 1 (got %g)", o->transition_power);
+        sep_set_err(err, errlen, "transition_power must be >= 1 (got %g)", o->transition_power);
         return -1;
     }
     if (o->segment < 0.0 || isnan(o->segment)) {
-        set_err(err, errlen, "segment must be positive (got %g)", o->segment);
+        sep_set_err(err, errlen, "segment must be positive (got %g)", o->segment);
         return -1;
     }
     if (o->segment > 0.0) {
         double len = (double)info->samplerate * o->segment;
         if (len > (double)info->segment_samples || o->segment > info->segment_seconds) {
-            set_err(err, errlen,
-                    "cannot use a segment longer than the model was trained for: maximum "
-                    "segment is %g s (got %g)",
-                    info->segment_seconds, o->segment);
+            sep_set_err(err, errlen,
+                        "cannot use a segment longer than the model was trained for: maximum "
+                        "segment is %g s (got %g)",
+                        info->segment_seconds, o->segment);
             return -1;
         }
         if ((int64_t)len < 2) {
-            set_err(err, errlen, "segment %g s is too short", o->segment);
+            sep_set_err(err, errlen, "segment %g s is too short", o->segment);
             return -1;
         }
     }
     int64_t segment_length =
         o->segment > 0.0 ? (int64_t)((double)info->samplerate * o->segment) : info->segment_samples;
     if ((int64_t)((1.0 - o->overlap) * (double)segment_length) < 1) {
-        set_err(err, errlen, "overlap %g leaves no stride between segments", o->overlap);
+        sep_set_err(err, errlen, "overlap %g leaves no stride between segments", o->overlap);
         return -1;
     }
     if (o->two_stems < -1 || o->two_stems >= info->n_sources) {
-        set_err(err, errlen, "two-stem source index %d out of range", o->two_stems);
+        sep_set_err(err, errlen, "two-stem source index %d out of range", o->two_stems);
         return -1;
     }
     if (o->max_batch < 0 || o->max_batch > 1024) {
-        set_err(err, errlen, "max_batch must be between 1 and 1024 (got %d)", o->max_batch);
+        sep_set_err(err, errlen, "max_batch must be between 1 and 1024 (got %d)", o->max_batch);
         return -1;
     }
     for (int s = 0; s < info->n_sources; s++) {
@@ -156,7 +146,7 @@ int sep_apply_check(const sep_model *m, const sep_apply_opts *o, char *err, size
         for (int b = 0; b < info->n_models; b++)
             total += info->bag_weights[b][s];
         if (total == 0.0) {
-            set_err(err, errlen, "bag weights of source '%s' sum to zero", info->sources[s]);
+            sep_set_err(err, errlen, "bag weights of source '%s' sum to zero", info->sources[s]);
             return -1;
         }
     }
@@ -164,8 +154,8 @@ int sep_apply_check(const sep_model *m, const sep_apply_opts *o, char *err, size
         int max_shift = (int)(0.5 * info->samplerate);
         for (int i = 0; i < info->n_models * o->shifts; i++)
             if (o->shift_offsets[i] < 0 || o->shift_offsets[i] > max_shift) {
-                set_err(err, errlen, "shift offset %d out of [0, %d]", o->shift_offsets[i],
-                        max_shift);
+                sep_set_err(err, errlen, "shift offset %d out of [0, %d]", o->shift_offsets[i],
+                            max_shift);
                 return -1;
             }
     }
@@ -274,7 +264,7 @@ static int track_stats(const sep_apply_io *io, float *block, double *mean_out, d
     for (int64_t pos = 0; pos < io->frames; pos += STATS_BLOCK) {
         int count = (int)(io->frames - pos < STATS_BLOCK ? io->frames - pos : STATS_BLOCK);
         if (io->read(io->user, pos, count, block)) {
-            set_err(err, errlen, "reading the track failed at frame %lld", (long long)pos);
+            sep_set_err(err, errlen, "reading the track failed at frame %lld", (long long)pos);
             return -1;
         }
         double bsum = 0;
@@ -420,7 +410,8 @@ static int emit_until(apply_state *st, int64_t upto, char *err, size_t errlen)
             }
         }
         if (st->io->write(st->io->user, st->emitted, count, st->emit)) {
-            set_err(err, errlen, "writing the output failed at frame %lld", (long long)st->emitted);
+            sep_set_err(err, errlen, "writing the output failed at frame %lld",
+                        (long long)st->emitted);
             return -1;
         }
         st->emitted += count;
@@ -485,13 +476,13 @@ static int run_schedule(apply_state *st, sep_engine *e, char *err, size_t errlen
                 end = frames;
             if (end - st->emitted > p->ring) {
                 if (n == 0) {
-                    set_err(err, errlen, "internal error: chunk does not fit the ring");
+                    sep_set_err(err, errlen, "internal error: chunk does not fit the ring");
                     return -1;
                 }
                 break;
             }
             if (load_window(st, ps, ps->next, st->in + n * in_stride)) {
-                set_err(err, errlen, "reading the track failed");
+                sep_set_err(err, errlen, "reading the track failed");
                 return -1;
             }
             batch_pass[n] = i;
@@ -508,7 +499,7 @@ static int run_schedule(apply_state *st, sep_engine *e, char *err, size_t errlen
         if (emit_until(st, global_frontier(st), err, errlen))
             return -1;
         if (st->io->progress && st->io->progress(st->io->user, (double)done / (double)total)) {
-            set_err(err, errlen, "canceled");
+            sep_set_err(err, errlen, "canceled");
             return -1;
         }
     }
@@ -522,16 +513,16 @@ int sep_apply_run(sep_engine *e, const sep_model *m, const sep_apply_opts *o,
     if (sep_apply_check(m, o, err, errlen))
         return -1;
     if (io->channels != info->audio_channels) {
-        set_err(err, errlen, "track has %d channels, the model expects %d", io->channels,
-                info->audio_channels);
+        sep_set_err(err, errlen, "track has %d channels, the model expects %d", io->channels,
+                    info->audio_channels);
         return -1;
     }
     if (io->frames < 1) {
-        set_err(err, errlen, "the track is empty");
+        sep_set_err(err, errlen, "the track is empty");
         return -1;
     }
     if (!io->read || !io->write) {
-        set_err(err, errlen, "read and write callbacks are required");
+        sep_set_err(err, errlen, "read and write callbacks are required");
         return -1;
     }
 
@@ -555,8 +546,8 @@ int sep_apply_run(sep_engine *e, const sep_model *m, const sep_apply_opts *o,
     int rc = -1;
     if (!st.passes || !st.acc || !st.in || !st.out || !st.scratch || !st.weight || !st.wnorm ||
         !st.emit || !st.stats) {
-        set_err(err, errlen, "out of memory (%zu bytes of working memory)",
-                sep_apply_memory_bytes(m, o));
+        sep_set_err(err, errlen, "out of memory (%zu bytes of working memory)",
+                    sep_apply_memory_bytes(m, o));
         goto done;
     }
 
@@ -601,7 +592,7 @@ int sep_apply_run(sep_engine *e, const sep_model *m, const sep_apply_opts *o,
     st.mean = (float)mean;
     st.std = (float)sd + 1e-8f;
     if (io->progress && io->progress(io->user, 0.0)) {
-        set_err(err, errlen, "canceled");
+        sep_set_err(err, errlen, "canceled");
         goto done;
     }
     rc = run_schedule(&st, e, err, errlen);

@@ -15,7 +15,7 @@
 MODELS_SRCS    := models/safetensors.c models/model.c models/engine.c models/htdemucs.c \
                   models/arena.c models/cpu_backend.c models/profile.c
 MODELS_HDRS    := models/engine.h models/backend.h models/htdemucs.h models/safetensors.h \
-                  models/arena.h models/model_internal.h models/profile.h
+                  models/arena.h models/model_internal.h models/profile.h models/util.h
 MODELS_OBJDIR  := $(BUILD)/obj-models
 MODELS_OBJS    := $(patsubst models/%.c,$(MODELS_OBJDIR)/%.o,$(MODELS_SRCS))
 BLAS_CFLAGS    := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)

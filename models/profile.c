@@ -8,12 +8,11 @@
  * Works for any backend, so CPU and GPU kernels are profiled the same way.
  */
 #include "models/profile.h"
+#include "models/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 
 #define PROF_MAX 256
 
@@ -33,21 +32,6 @@ typedef struct {
     double t0;
 } prof_impl;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double cpu_now(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec +
-           ru.ru_stime.tv_usec * 1e-6;
-}
-
 static prof_impl *P(sep_backend *be)
 {
     return be->impl;
@@ -61,15 +45,15 @@ static sep_backend *IN(sep_backend *be)
 static double tic(sep_backend *be, double *cpu0)
 {
     IN(be)->ops->sync(IN(be));
-    *cpu0 = cpu_now();
-    return now();
+    *cpu0 = sep_cpu_seconds();
+    return sep_wall_seconds();
 }
 
 static void toc(sep_backend *be, double t0, double cpu0, const char *key, double flops)
 {
     IN(be)->ops->sync(IN(be));
-    double dt = now() - t0;
-    double dcpu = cpu_now() - cpu0;
+    double dt = sep_wall_seconds() - t0;
+    double dcpu = sep_cpu_seconds() - cpu0;
     prof_impl *p = P(be);
     for (int i = 0; i < p->n; i++) {
         if (strcmp(p->e[i].key, key) == 0) {
@@ -381,7 +365,7 @@ sep_backend *sep_profile_wrap(sep_backend *inner)
         return inner;
     }
     p->inner = inner;
-    p->t0 = now();
+    p->t0 = sep_wall_seconds();
     be->name = inner->name;
     be->ops = &profile_ops;
     be->threads = inner->threads;

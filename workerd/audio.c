@@ -9,25 +9,15 @@
 #include <math.h>
 #include <sndfile.h>
 #include <soxr.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "models/util.h"
 #define DECODE_BLOCK 16384 /* frames per libsndfile read */
 #define ENCODE_BLOCK 16384 /* frames per libsndfile write */
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err || !errlen)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* An unnamed file in dir: O_TMPFILE where the filesystem has it, else mkstemp + unlink. */
 static int open_anonymous(const char *dir)
@@ -133,30 +123,30 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
     out->fd = -1;
     struct stat stbuf;
     if (stat(path, &stbuf) != 0) {
-        set_err(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        sep_set_err(err, errlen, "cannot open '%s': %s", path, strerror(errno));
         return -1;
     }
     if (S_ISDIR(stbuf.st_mode)) {
-        set_err(err, errlen, "cannot open '%s': is a directory", path);
+        sep_set_err(err, errlen, "cannot open '%s': is a directory", path);
         return -1;
     }
     SF_INFO info;
     memset(&info, 0, sizeof(info));
     SNDFILE *sf = sf_open(path, SFM_READ, &info);
     if (!sf) {
-        set_err(err, errlen, "cannot decode '%s': not a supported audio file (%s)", path,
-                sf_strerror(NULL));
+        sep_set_err(err, errlen, "cannot decode '%s': not a supported audio file (%s)", path,
+                    sf_strerror(NULL));
         return -1;
     }
     if (info.channels < 1 || info.samplerate < 1) {
-        set_err(err, errlen, "cannot decode '%s': no audio stream", path);
+        sep_set_err(err, errlen, "cannot decode '%s': no audio stream", path);
         sf_close(sf);
         return -1;
     }
     if (info.channels > 1 && info.channels < channels) {
         /* demucs: "The audio file has less channels than requested but is not mono." */
-        set_err(err, errlen, "cannot use '%s': it has %d channels, the model needs %d", path,
-                info.channels, channels);
+        sep_set_err(err, errlen, "cannot use '%s': it has %d channels, the model needs %d", path,
+                    info.channels, channels);
         sf_close(sf);
         return -1;
     }
@@ -174,13 +164,13 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
     float *res = malloc(sizeof(float) * rs_cap * channels);
     int64_t written = 0;
     if (!raw || !conv || !res) {
-        set_err(err, errlen, "out of memory");
+        sep_set_err(err, errlen, "out of memory");
         goto done;
     }
     out->fd = open_anonymous(tmp_dir);
     if (out->fd < 0) {
-        set_err(err, errlen, "cannot create a temporary file in '%s': %s", tmp_dir,
-                strerror(errno));
+        sep_set_err(err, errlen, "cannot create a temporary file in '%s': %s", tmp_dir,
+                    strerror(errno));
         goto done;
     }
     if (info.samplerate != samplerate) {
@@ -189,8 +179,8 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
         soxr_quality_spec_t q = soxr_quality_spec(SOXR_HQ, 0);
         rs = soxr_create(info.samplerate, samplerate, (unsigned)channels, &serr, &io, &q, NULL);
         if (!rs || serr) {
-            set_err(err, errlen, "cannot create a resampler %d -> %d Hz: %s", info.samplerate,
-                    samplerate, serr ? serr : "unknown error");
+            sep_set_err(err, errlen, "cannot create a resampler %d -> %d Hz: %s", info.samplerate,
+                        samplerate, serr ? serr : "unknown error");
             goto done;
         }
     }
@@ -198,7 +188,7 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
     for (;;) {
         sf_count_t n = sf_readf_float(sf, raw, DECODE_BLOCK);
         if (n < 0 || (n == 0 && sf_error(sf) != SF_ERR_NO_ERROR)) {
-            set_err(err, errlen, "cannot decode '%s': %s", path, sf_strerror(sf));
+            sep_set_err(err, errlen, "cannot decode '%s': %s", path, sf_strerror(sf));
             goto done;
         }
         if (n > 0)
@@ -208,7 +198,7 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
             if (n == 0)
                 break;
             if (write_all(out->fd, conv, sizeof(float) * channels * (size_t)n)) {
-                set_err(err, errlen, "writing the decoded audio failed: %s", strerror(errno));
+                sep_set_err(err, errlen, "writing the decoded audio failed: %s", strerror(errno));
                 goto done;
             }
             written += n;
@@ -221,11 +211,12 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
                 soxr_error_t serr =
                     soxr_process(rs, n ? in : NULL, in_left, &idone, res, rs_cap, &odone);
                 if (serr) {
-                    set_err(err, errlen, "resampling failed: %s", serr);
+                    sep_set_err(err, errlen, "resampling failed: %s", serr);
                     goto done;
                 }
                 if (odone && write_all(out->fd, res, sizeof(float) * channels * odone)) {
-                    set_err(err, errlen, "writing the decoded audio failed: %s", strerror(errno));
+                    sep_set_err(err, errlen, "writing the decoded audio failed: %s",
+                                strerror(errno));
                     goto done;
                 }
                 written += (int64_t)odone;
@@ -239,12 +230,12 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
         }
         if (progress && info.frames > 0 &&
             progress(user, fmin(1.0, (double)src_frames / (double)info.frames))) {
-            set_err(err, errlen, "canceled");
+            sep_set_err(err, errlen, "canceled");
             goto done;
         }
     }
     if (src_frames == 0) {
-        set_err(err, errlen, "cannot use '%s': it holds no audio frames", path);
+        sep_set_err(err, errlen, "cannot use '%s': it holds no audio frames", path);
         goto done;
     }
     /* julius.resample_frac's default length: floor(frames * to / from). */
@@ -254,13 +245,13 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
         while (written < want) {
             size_t k = (size_t)(want - written) < rs_cap ? (size_t)(want - written) : rs_cap;
             if (write_all(out->fd, res, sizeof(float) * channels * k)) {
-                set_err(err, errlen, "writing the decoded audio failed: %s", strerror(errno));
+                sep_set_err(err, errlen, "writing the decoded audio failed: %s", strerror(errno));
                 goto done;
             }
             written += (int64_t)k;
         }
     } else if (written > want && ftruncate(out->fd, (off_t)want * channels * sizeof(float))) {
-        set_err(err, errlen, "truncating the decoded audio failed: %s", strerror(errno));
+        sep_set_err(err, errlen, "truncating the decoded audio failed: %s", strerror(errno));
         goto done;
     }
     out->frames = want;
@@ -319,7 +310,7 @@ int sep_stem_spool_open(sep_stem_spool *s, int n_stems, int channels, int sample
     for (int i = 0; i < SEP_STEMS_MAX; i++)
         s->fds[i] = -1;
     if (n_stems < 1 || n_stems > SEP_STEMS_MAX) {
-        set_err(err, errlen, "unsupported number of stems: %d", n_stems);
+        sep_set_err(err, errlen, "unsupported number of stems: %d", n_stems);
         return -1;
     }
     s->n_stems = n_stems;
@@ -328,8 +319,8 @@ int sep_stem_spool_open(sep_stem_spool *s, int n_stems, int channels, int sample
     for (int i = 0; i < n_stems; i++) {
         s->fds[i] = open_anonymous(tmp_dir);
         if (s->fds[i] < 0) {
-            set_err(err, errlen, "cannot create a temporary file in '%s': %s", tmp_dir,
-                    strerror(errno));
+            sep_set_err(err, errlen, "cannot create a temporary file in '%s': %s", tmp_dir,
+                        strerror(errno));
             sep_stem_spool_close(s);
             return -1;
         }
@@ -393,7 +384,7 @@ static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_fo
         info.format = SF_FORMAT_RF64 | (info.format & SF_FORMAT_SUBMASK);
     SNDFILE *sf = sf_open(path, SFM_WRITE, &info);
     if (!sf) {
-        set_err(err, errlen, "cannot write '%s': %s", path, sf_strerror(NULL));
+        sep_set_err(err, errlen, "cannot write '%s': %s", path, sf_strerror(NULL));
         return -1;
     }
     sf_command(sf, SFC_SET_ADD_PEAK_CHUNK, NULL, SF_FALSE);
@@ -409,7 +400,7 @@ static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_fo
     int16_t *sv = malloc(n * sizeof(int16_t));
     int rc = -1;
     if (!f || !iv || !sv) {
-        set_err(err, errlen, "out of memory");
+        sep_set_err(err, errlen, "out of memory");
         goto done;
     }
     for (int64_t pos = 0; pos < s->frames; pos += ENCODE_BLOCK) {
@@ -417,7 +408,7 @@ static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_fo
         size_t k = (size_t)count * s->channels;
         if (pread_all(s->fds[stem], f, k * sizeof(float),
                       (off_t)pos * s->channels * sizeof(float))) {
-            set_err(err, errlen, "reading the stem spool failed: %s", strerror(errno));
+            sep_set_err(err, errlen, "reading the stem spool failed: %s", strerror(errno));
             goto done;
         }
         for (size_t i = 0; i < k; i++) {
@@ -448,14 +439,14 @@ static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_fo
             break;
         }
         if (wrote != count) {
-            set_err(err, errlen, "writing '%s' failed: %s", path, sf_strerror(sf));
+            sep_set_err(err, errlen, "writing '%s' failed: %s", path, sf_strerror(sf));
             goto done;
         }
     }
     rc = 0;
 done:
     if (sf_close(sf) != 0 && rc == 0) {
-        set_err(err, errlen, "closing '%s' failed", path);
+        sep_set_err(err, errlen, "closing '%s' failed", path);
         rc = -1;
     }
     free(f);
@@ -471,7 +462,7 @@ int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40],
     for (int i = 0; i < s->n_stems; i++) {
         char final[4096], tmp[4200];
         if (snprintf(final, sizeof(final), "%s/%s.%s", dir, names[i], ext) >= (int)sizeof(final)) {
-            set_err(err, errlen, "output path too long");
+            sep_set_err(err, errlen, "output path too long");
             return -1;
         }
         snprintf(tmp, sizeof(tmp), "%s/.%s.%s.partial", dir, names[i], ext);
@@ -480,7 +471,7 @@ int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40],
             return -1;
         }
         if (rename(tmp, final) != 0) {
-            set_err(err, errlen, "cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
+            sep_set_err(err, errlen, "cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
             unlink(tmp);
             return -1;
         }

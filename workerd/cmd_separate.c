@@ -15,11 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "models/apply.h"
 #include "models/engine.h"
+#include "models/util.h"
 #include "workerd/separate.h"
 
 #define DEFAULT_MODEL "htdemucs"
@@ -105,19 +105,12 @@ typedef struct {
     int drawn;
 } progress_bar;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int draw_progress(void *user, const char *stage, double fraction)
 {
     progress_bar *bar = user;
     if (!bar->tty)
         return 0;
-    double t = now_s();
+    double t = sep_wall_seconds();
     if (fraction < 1.0 && t - bar->last < 0.1)
         return 0;
     bar->last = t;

@@ -6,13 +6,13 @@
  * batch buffers plus the apply ring, whatever the track length.
  */
 #include "workerd/separate.h"
+#include "models/util.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 typedef struct {
     sep_decoded *in;
@@ -20,13 +20,6 @@ typedef struct {
     sep_stage_progress_fn progress;
     void *user;
 } pipeline;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int sep_mkdirs(const char *path)
 {
@@ -98,7 +91,7 @@ int sep_separate_file(sep_engine *e, const sep_model *m, const char *in_path, co
 
     if (sep_apply_check(m, &o->apply, err, errlen))
         return -1;
-    double t0 = now_s();
+    double t0 = sep_wall_seconds();
     if (sep_audio_decode(in_path, info->samplerate, info->audio_channels, tmp_dir, &in,
                          decode_progress_cb, &p, err, errlen))
         return -1;
@@ -108,7 +101,7 @@ int sep_separate_file(sep_engine *e, const sep_model *m, const char *in_path, co
     res->frames = in.frames;
     res->audio_seconds = (double)in.frames / info->samplerate;
     res->n_stems = sep_apply_stems(m, &o->apply, res->stems);
-    double t1 = now_s();
+    double t1 = sep_wall_seconds();
     res->decode_s = t1 - t0;
 
     int rc = -1;
@@ -127,7 +120,7 @@ int sep_separate_file(sep_engine *e, const sep_model *m, const char *in_path, co
                        .user = &p};
     if (sep_apply_run(e, m, &o->apply, &io, err, errlen))
         goto done;
-    double t2 = now_s();
+    double t2 = sep_wall_seconds();
     res->separate_s = t2 - t1;
     if (progress && progress(user, "encode", 0.0)) {
         snprintf(err, errlen, "canceled");
@@ -136,7 +129,7 @@ int sep_separate_file(sep_engine *e, const sep_model *m, const char *in_path, co
     if (sep_stem_spool_finish(&out, out_dir, res->stems, o->format, o->clip, res->bytes, err,
                               errlen))
         goto done;
-    res->encode_s = now_s() - t2;
+    res->encode_s = sep_wall_seconds() - t2;
     if (progress)
         progress(user, "encode", 1.0);
     rc = 0;

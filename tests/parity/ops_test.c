@@ -20,9 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "models/backend.h"
+#include "models/util.h"
 
 #define TOL 1e-5
 
@@ -62,13 +62,6 @@ static float *back(const float *d, size_t n)
     return h;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* compares device result d (n floats) with the double reference, frees both */
 static void report(const char *name, float *d, double *ref, size_t n, double us)
 {
@@ -103,10 +96,10 @@ static double act_d(double x, int act)
 #define TIMED(call)                                                                                \
     ({                                                                                             \
         be->ops->sync(be);                                                                         \
-        double t0_ = now();                                                                        \
+        double t0_ = sep_wall_seconds();                                                           \
         call;                                                                                      \
         be->ops->sync(be);                                                                         \
-        (now() - t0_) * 1e6;                                                                       \
+        (sep_wall_seconds() - t0_) * 1e6;                                                          \
     })
 
 /* ---- convolutions ---- */
