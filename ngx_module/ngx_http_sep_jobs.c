@@ -193,38 +193,18 @@ ngx_int_t ngx_http_sep_cancel_handler(ngx_http_request_t *r, ngx_str_t *id)
 {
     ngx_http_sep_main_conf_t *mcf = ngx_http_get_module_main_conf(r, ngx_http_sep_module);
     ngx_http_sep_ctx_t *ctx = ngx_http_sep_get_ctx(r);
-    const sep_script_t *script = &sep_scripts[SEP_SCRIPT_CANCEL];
-    sep_str_t prefix = {(const char *)mcf->key_prefix.data, mcf->key_prefix.len};
-    char key[SEP_KEY_MAX], channel[SEP_KEY_MAX];
-    const char *argv[10];
-    size_t argvlen[10], key_len, channel_len;
-    int argc = 0;
+    ngx_http_sep_cancel_command_t cmd;
 
     if (!sep_id_valid((const char *)id->data, id->len)) {
         return ngx_http_sep_no_such_job(r);
     }
     ctx->id = *id;
-    if (ngx_http_sep_job_key(r, id, key, sizeof(key), &key_len) != NGX_OK) {
+    if (ngx_http_sep_cancel_command(mcf, (sep_str_t){(const char *)id->data, id->len}, &cmd) !=
+        NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    channel_len = sep_key_events(channel, sizeof(channel), prefix,
-                                 (sep_str_t){(const char *)id->data, id->len});
-
-#define SEP_ARG(p, n) (argv[argc] = (const char *)(p), argvlen[argc++] = (n))
-    SEP_ARG("EVALSHA", 7);
-    SEP_ARG(script->sha1, 40);
-    SEP_ARG("5", 1);
-    SEP_ARG(key, key_len);
-    SEP_ARG(mcf->key_q_high.data, mcf->key_q_high.len);
-    SEP_ARG(mcf->key_q_normal.data, mcf->key_q_normal.len);
-    SEP_ARG(mcf->key_delayed.data, mcf->key_delayed.len);
-    SEP_ARG(mcf->key_stats.data, mcf->key_stats.len);
-    SEP_ARG(channel, channel_len);
-    SEP_ARG(SEP_GROUP, sizeof(SEP_GROUP) - 1);
-#undef SEP_ARG
-
-    return ngx_http_sep_send_command(r, ctx, ngx_http_sep_cancel_reply, SEP_SCRIPT_CANCEL, argc,
-                                     argv, argvlen);
+    return ngx_http_sep_send_command(r, ctx, ngx_http_sep_cancel_reply, SEP_SCRIPT_CANCEL,
+                                     NGX_HTTP_SEP_CANCEL_ARGC, cmd.argv, cmd.argvlen);
 }
 
 /* ---- GET /v1/jobs/{id}/stems/{stem}.{ext} ------------------------------------- */

@@ -627,43 +627,50 @@ static void ngx_http_sep_redis_log_reply(redisAsyncContext *ac, void *reply, voi
     }
 }
 
-/* A job was created by a submit whose request had already been answered 503:
- * cancel it so that no job exists the client was told failed. */
-static void ngx_http_sep_redis_cancel_late_job(u_char *id)
+ngx_int_t ngx_http_sep_cancel_command(ngx_http_sep_main_conf_t *mcf, sep_str_t id,
+                                      ngx_http_sep_cancel_command_t *cmd)
 {
-    ngx_http_sep_main_conf_t *mcf = ngx_http_sep_redis.mcf;
     const sep_script_t *script = &sep_scripts[SEP_SCRIPT_CANCEL];
-    char job_key[SEP_KEY_MAX], channel[SEP_KEY_MAX];
     sep_str_t prefix = {(const char *)mcf->key_prefix.data, mcf->key_prefix.len};
-    sep_str_t job_id = {(const char *)id, SEP_ID_LEN};
-    const char *argv[10];
-    size_t argvlen[10];
+    size_t job_len = sep_key_job(cmd->job_key, sizeof(cmd->job_key), prefix, id);
+    size_t channel_len = sep_key_events(cmd->channel, sizeof(cmd->channel), prefix, id);
     int argc = 0;
 
-    if (ngx_http_sep_redis.ac == NULL) {
-        return;
+    if (job_len == 0 || channel_len == 0) {
+        return NGX_ERROR;
     }
-    size_t job_len = sep_key_job(job_key, sizeof(job_key), prefix, job_id);
-    size_t channel_len = sep_key_events(channel, sizeof(channel), prefix, job_id);
-
-#define SEP_ARG(p, n) (argv[argc] = (const char *)(p), argvlen[argc++] = (n))
+#define SEP_ARG(p, n) (cmd->argv[argc] = (const char *)(p), cmd->argvlen[argc++] = (n))
     SEP_ARG("EVALSHA", 7);
     SEP_ARG(script->sha1, 40);
     SEP_ARG("5", 1);
-    SEP_ARG(job_key, job_len);
+    SEP_ARG(cmd->job_key, job_len);
     SEP_ARG(mcf->key_q_high.data, mcf->key_q_high.len);
     SEP_ARG(mcf->key_q_normal.data, mcf->key_q_normal.len);
     SEP_ARG(mcf->key_delayed.data, mcf->key_delayed.len);
     SEP_ARG(mcf->key_stats.data, mcf->key_stats.len);
-    SEP_ARG(channel, channel_len);
+    SEP_ARG(cmd->channel, channel_len);
     SEP_ARG(SEP_GROUP, sizeof(SEP_GROUP) - 1);
 #undef SEP_ARG
+    return NGX_OK;
+}
 
+/* A job was created by a submit whose request had already been answered 503:
+ * cancel it so that no job exists the client was told failed. */
+static void ngx_http_sep_redis_cancel_late_job(u_char *id)
+{
+    ngx_http_sep_cancel_command_t cmd;
+
+    if (ngx_http_sep_redis.ac == NULL ||
+        ngx_http_sep_cancel_command(ngx_http_sep_redis.mcf,
+                                    (sep_str_t){(const char *)id, SEP_ID_LEN}, &cmd) != NGX_OK) {
+        return;
+    }
     ngx_log_error(NGX_LOG_WARN, ngx_http_sep_redis.log, 0,
                   "sep: job %*s was created after its request timed out; canceling it",
                   (size_t)SEP_ID_LEN, id);
     redisAsyncCommandArgv(ngx_http_sep_redis.ac, ngx_http_sep_redis_log_reply,
-                          "cancel of a late submit", argc, argv, argvlen);
+                          "cancel of a late submit", NGX_HTTP_SEP_CANCEL_ARGC, cmd.argv,
+                          cmd.argvlen);
 }
 
 static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *privdata)

@@ -14,6 +14,7 @@
 #include <hiredis/hiredis.h>
 
 #include "ngx_module/ngx_http_sep_module.h"
+#include "shared/sep_keys.h"
 
 typedef void (*ngx_http_sep_reply_pt)(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
                                       redisReply *reply);
@@ -34,6 +35,20 @@ ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *
 
 /* Forgets the request's pending command (request pool cleanup). */
 void ngx_http_sep_redis_detach(ngx_http_sep_ctx_t *ctx);
+
+/* EVALSHA cancel (shared/lua/cancel.lua) for one job: the argv and the key and
+ * channel names it points into. */
+#define NGX_HTTP_SEP_CANCEL_ARGC 10
+typedef struct {
+    char job_key[SEP_KEY_MAX];
+    char channel[SEP_KEY_MAX];
+    const char *argv[NGX_HTTP_SEP_CANCEL_ARGC];
+    size_t argvlen[NGX_HTTP_SEP_CANCEL_ARGC];
+} ngx_http_sep_cancel_command_t;
+
+/* Fills cmd for job id. NGX_OK, or NGX_ERROR when the id makes no key. */
+ngx_int_t ngx_http_sep_cancel_command(ngx_http_sep_main_conf_t *mcf, sep_str_t id,
+                                      ngx_http_sep_cancel_command_t *cmd);
 
 /* 1 when reply is an error whose code (first word) is `code`. */
 ngx_uint_t ngx_http_sep_redis_error_is(redisReply *reply, const char *code);
