@@ -669,6 +669,19 @@ static void block_stats_parallel(sep_backend *be, const float *x, size_t len, do
     *var = v > 0 ? v : 0;
 }
 
+/* One channel (or row) of a normalisation: y = x * sc + sh with sc = rstd * gamma and
+ * sh = beta - mean * sc, then `act` (GELU or none). */
+static void norm_channel(float *y, const float *x, size_t len, double mean, float rstd, float gamma,
+                         float beta, int act)
+{
+    float sc = rstd * gamma;
+    float sh = beta - (float)mean * sc;
+    for (size_t i = 0; i < len; i++)
+        y[i] = x[i] * sc + sh;
+    if (act == SEP_ACT_GELU)
+        gelu_kernel(y, y, len);
+}
+
 static void cpu_group_norm(sep_backend *be, float *out, const float *in, const float *gamma,
                            const float *beta, int n, int c, int spatial, int groups, float eps,
                            int act)
@@ -691,14 +704,8 @@ static void cpu_group_norm(sep_backend *be, float *out, const float *in, const f
 #pragma omp parallel for num_threads(be->threads) if (!par_blocks)
         for (int j = 0; j < cg; j++) {
             int ch = g * cg + j;
-            float sc = rstd * gamma[ch];
-            float sh = beta[ch] - (float)mean * sc;
-            const float *xs = x + (size_t)j * spatial;
-            float *ys = y + (size_t)j * spatial;
-            for (int i = 0; i < spatial; i++)
-                ys[i] = xs[i] * sc + sh;
-            if (act == SEP_ACT_GELU)
-                gelu_kernel(ys, ys, (size_t)spatial);
+            norm_channel(y + (size_t)j * spatial, x + (size_t)j * spatial, (size_t)spatial, mean,
+                         rstd, gamma[ch], beta[ch], act);
         }
     }
 }
@@ -758,16 +765,9 @@ static void cpu_group_norm_rows(sep_backend *be, float *out, const float *in, co
         double mean;
         float rstd;
         row_stats(x, c, plane, w, &mean, &rstd, eps);
-        for (int ch = 0; ch < c; ch++) {
-            float sc = rstd * gamma[ch];
-            float sh = beta[ch] - (float)mean * sc;
-            const float *xs = x + (size_t)ch * plane;
-            float *ys = y + (size_t)ch * plane;
-            for (int i = 0; i < w; i++)
-                ys[i] = xs[i] * sc + sh;
-            if (act == SEP_ACT_GELU)
-                gelu_kernel(ys, ys, (size_t)w);
-        }
+        for (int ch = 0; ch < c; ch++)
+            norm_channel(y + (size_t)ch * plane, x + (size_t)ch * plane, (size_t)w, mean, rstd,
+                         gamma[ch], beta[ch], act);
     }
 }
 
