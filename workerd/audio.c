@@ -360,24 +360,16 @@ static float clampf(float v, float lo, float hi)
 static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_format fmt,
                        sep_clip_mode clip, char *err, size_t errlen)
 {
+    static const int sndfile_format[] = {
+        [SEP_OUT_WAV16] = SF_FORMAT_WAV | SF_FORMAT_PCM_16,
+        [SEP_OUT_WAV24] = SF_FORMAT_WAV | SF_FORMAT_PCM_24,
+        [SEP_OUT_WAVF32] = SF_FORMAT_WAV | SF_FORMAT_FLOAT,
+        [SEP_OUT_FLAC16] = SF_FORMAT_FLAC | SF_FORMAT_PCM_16,
+        [SEP_OUT_FLAC24] = SF_FORMAT_FLAC | SF_FORMAT_PCM_24,
+    };
     SF_INFO info = {.samplerate = s->samplerate, .channels = s->channels};
-    switch (fmt) {
-    case SEP_OUT_WAV16:
-        info.format = SF_FORMAT_WAV | SF_FORMAT_PCM_16;
-        break;
-    case SEP_OUT_WAV24:
-        info.format = SF_FORMAT_WAV | SF_FORMAT_PCM_24;
-        break;
-    case SEP_OUT_WAVF32:
-        info.format = SF_FORMAT_WAV | SF_FORMAT_FLOAT;
-        break;
-    case SEP_OUT_FLAC16:
-        info.format = SF_FORMAT_FLAC | SF_FORMAT_PCM_16;
-        break;
-    case SEP_OUT_FLAC24:
-        info.format = SF_FORMAT_FLAC | SF_FORMAT_PCM_24;
-        break;
-    }
+    if ((unsigned)fmt < sizeof(sndfile_format) / sizeof(sndfile_format[0]))
+        info.format = sndfile_format[fmt];
     /* Large WAVs switch to RF64 automatically instead of overflowing the RIFF size. */
     if ((info.format & SF_FORMAT_TYPEMASK) == SF_FORMAT_WAV &&
         s->frames * s->channels * 4 > 0xFFFFFF00LL)
