@@ -634,6 +634,77 @@ static long long sep_json_time(json_t *obj, const char *key)
     return ms;
 }
 
+/* The plain members of the public JSON shape, as sep_job_from_json() reads them back:
+ * record[object][key] (object NULL: the record itself) -> member. */
+enum sep_json_kind { SEP_JK_STR, SEP_JK_NUM, SEP_JK_INT, SEP_JK_TIME };
+
+typedef struct sep_job_json_field {
+    const char *object;
+    const char *key;
+    enum sep_json_kind kind;
+    size_t offset;
+} sep_job_json_field_t;
+
+/* clang-format off */
+#define SEP_JSON(object, key, kind, member) {object, key, kind, offsetof(sep_job_t, member)}
+/* clang-format on */
+
+static const sep_job_json_field_t sep_job_json_fields[] = {
+    SEP_JSON(NULL, "progress", SEP_JK_NUM, progress),
+    SEP_JSON(NULL, "stage", SEP_JK_STR, stage),
+    SEP_JSON(NULL, "message", SEP_JK_STR, message),
+    SEP_JSON(NULL, "attempts", SEP_JK_INT, attempts),
+    SEP_JSON(NULL, "max_attempts", SEP_JK_INT, max_attempts),
+    SEP_JSON(NULL, "created_at", SEP_JK_TIME, created_at),
+    SEP_JSON(NULL, "started_at", SEP_JK_TIME, started_at),
+    SEP_JSON(NULL, "finished_at", SEP_JK_TIME, finished_at),
+    SEP_JSON(NULL, "worker", SEP_JK_STR, worker),
+    SEP_JSON("audio", "seconds", SEP_JK_NUM, audio_seconds),
+    SEP_JSON("audio", "sample_rate", SEP_JK_INT, audio_sample_rate),
+    SEP_JSON("audio", "channels", SEP_JK_INT, audio_channels),
+    SEP_JSON("error", "code", SEP_JK_STR, error_code),
+    SEP_JSON("error", "message", SEP_JK_STR, error_message),
+    SEP_JSON("timing", "queued_s", SEP_JK_NUM, timing_queued_s),
+    SEP_JSON("timing", "decode_s", SEP_JK_NUM, timing_decode_s),
+    SEP_JSON("timing", "separate_s", SEP_JK_NUM, timing_separate_s),
+    SEP_JSON("timing", "encode_s", SEP_JK_NUM, timing_encode_s),
+    SEP_JSON("options", "model", SEP_JK_STR, model),
+    SEP_JSON("options", "stems", SEP_JK_STR, stems_option),
+    SEP_JSON("options", "format", SEP_JK_STR, format),
+    SEP_JSON("options", "priority", SEP_JK_STR, priority),
+    SEP_JSON("options", "shifts", SEP_JK_INT, shifts),
+    SEP_JSON("options", "overlap", SEP_JK_NUM, overlap),
+    SEP_JSON("input", "type", SEP_JK_STR, input_type),
+    SEP_JSON("input", "bytes", SEP_JK_INT, input_bytes),
+};
+
+#define SEP_N_JSON_FIELDS (sizeof(sep_job_json_fields) / sizeof(sep_job_json_fields[0]))
+
+static void sep_job_read_json_fields(sep_job_t *job, json_t *record)
+{
+    for (size_t i = 0; i < SEP_N_JSON_FIELDS; i++) {
+        const sep_job_json_field_t *f = &sep_job_json_fields[i];
+        json_t *obj = f->object ? json_object_get(record, f->object) : record;
+        if (!json_is_object(obj))
+            continue;
+        char *member = (char *)job + f->offset;
+        switch (f->kind) {
+        case SEP_JK_STR:
+            *(sep_str_t *)member = sep_json_str(obj, f->key);
+            break;
+        case SEP_JK_NUM:
+            *(double *)member = sep_json_num(obj, f->key);
+            break;
+        case SEP_JK_INT:
+            *(long long *)member = sep_json_int(obj, f->key);
+            break;
+        case SEP_JK_TIME:
+            *(long long *)member = sep_json_time(obj, f->key);
+            break;
+        }
+    }
+}
+
 int sep_job_from_json(sep_job_t *job, json_t *record, char *err, size_t err_cap)
 {
     sep_job_init(job);
@@ -647,49 +718,11 @@ int sep_job_from_json(sep_job_t *job, json_t *record, char *err, size_t err_cap)
         snprintf(err, err_cap, "a job record needs string fields id and status");
         return -1;
     }
-    job->progress = sep_json_num(record, "progress");
-    job->stage = sep_json_str(record, "stage");
-    job->message = sep_json_str(record, "message");
-    job->attempts = sep_json_int(record, "attempts");
-    job->max_attempts = sep_json_int(record, "max_attempts");
-    job->created_at = sep_json_time(record, "created_at");
-    job->started_at = sep_json_time(record, "started_at");
-    job->finished_at = sep_json_time(record, "finished_at");
-    job->worker = sep_json_str(record, "worker");
-
-    json_t *audio = json_object_get(record, "audio");
-    if (json_is_object(audio)) {
-        job->audio_seconds = sep_json_num(audio, "seconds");
-        job->audio_sample_rate = sep_json_int(audio, "sample_rate");
-        job->audio_channels = sep_json_int(audio, "channels");
-    }
+    sep_job_read_json_fields(job, record);
     json_t *error = json_object_get(record, "error");
     if (json_is_object(error)) {
-        job->error_code = sep_json_str(error, "code");
-        job->error_message = sep_json_str(error, "message");
         json_t *retryable = json_object_get(error, "retryable");
         job->error_retryable = json_is_boolean(retryable) ? json_is_true(retryable) : -1;
-    }
-    json_t *timing = json_object_get(record, "timing");
-    if (json_is_object(timing)) {
-        job->timing_queued_s = sep_json_num(timing, "queued_s");
-        job->timing_decode_s = sep_json_num(timing, "decode_s");
-        job->timing_separate_s = sep_json_num(timing, "separate_s");
-        job->timing_encode_s = sep_json_num(timing, "encode_s");
-    }
-    json_t *options = json_object_get(record, "options");
-    if (json_is_object(options)) {
-        job->model = sep_json_str(options, "model");
-        job->stems_option = sep_json_str(options, "stems");
-        job->format = sep_json_str(options, "format");
-        job->priority = sep_json_str(options, "priority");
-        job->shifts = sep_json_int(options, "shifts");
-        job->overlap = sep_json_num(options, "overlap");
-    }
-    json_t *input = json_object_get(record, "input");
-    if (json_is_object(input)) {
-        job->input_type = sep_json_str(input, "type");
-        job->input_bytes = sep_json_int(input, "bytes");
     }
     job->cancel_requested = json_is_true(json_object_get(record, "cancel_requested"));
     job->files_deleted = json_is_true(json_object_get(record, "files_deleted"));

@@ -326,11 +326,44 @@ static void test_bounds_and_small_buffers(void **state)
     sep_job_clear(&job);
 }
 
+/* A failed job: the error object and both flags, for the JSON round trip. */
+static const char *const failed_fields[] = {"id",
+                                            ID,
+                                            "status",
+                                            "failed",
+                                            "progress",
+                                            "0.5",
+                                            "stage",
+                                            "failed",
+                                            "message",
+                                            "bad input",
+                                            "attempts",
+                                            "2",
+                                            "max_attempts",
+                                            "2",
+                                            "created_at",
+                                            "1738231200000",
+                                            "started_at",
+                                            "1738231201000",
+                                            "finished_at",
+                                            "1738231202000",
+                                            "error_code",
+                                            "decode_error",
+                                            "error_message",
+                                            "bad input",
+                                            "error_retryable",
+                                            "0",
+                                            "cancel_requested",
+                                            "1",
+                                            "files_deleted",
+                                            "1",
+                                            NULL};
+
 static void test_json_round_trip(void **state)
 {
     (void)state;
-    const char *const *sets[] = {queued_fields, completed_fields};
-    for (int s = 0; s < 2; s++) {
+    const char *const *sets[] = {queued_fields, completed_fields, failed_fields};
+    for (size_t s = 0; s < sizeof(sets) / sizeof(sets[0]); s++) {
         sep_job_t job;
         load_fields(&job, sets[s]);
         json_t *first = sep_job_to_json(&job);
