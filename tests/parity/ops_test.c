@@ -83,6 +83,17 @@ static void report(const char *name, float *d, double *ref, size_t n, double us)
     be->ops->free(be, d);
 }
 
+/* Frees an operation's three inputs: the device copies and the host originals. */
+static void free_operands(float *d0, float *d1, float *d2, float *h0, float *h1, float *h2)
+{
+    be->ops->free(be, d0);
+    be->ops->free(be, d1);
+    be->ops->free(be, d2);
+    free(h0);
+    free(h1);
+    free(h2);
+}
+
 static double gelu_d(double x)
 {
     return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
@@ -153,12 +164,7 @@ static void test_conv(const char *name, sep_conv2d_desc d)
     float *dx = dev(x, ni), *dw = dev(w, nw), *db = dev(b, (size_t)d.cout), *dy = dev(NULL, no);
     double us = TIMED(be->ops->conv2d(be, &d, dy, dx, dw, db));
     report(name, dy, ref, no, us);
-    be->ops->free(be, dx);
-    be->ops->free(be, dw);
-    be->ops->free(be, db);
-    free(x);
-    free(w);
-    free(b);
+    free_operands(dx, dw, db, x, w, b);
 }
 
 static void test_conv_tr(const char *name, sep_conv_tr2d_desc d)
@@ -188,12 +194,7 @@ static void test_conv_tr(const char *name, sep_conv_tr2d_desc d)
     float *dx = dev(x, ni), *dw = dev(w, nw), *db = dev(b, (size_t)d.cout), *dy = dev(NULL, no);
     double us = TIMED(be->ops->conv_tr2d(be, &d, dy, dx, dw, db));
     report(name, dy, ref, no, us);
-    be->ops->free(be, dx);
-    be->ops->free(be, dw);
-    be->ops->free(be, db);
-    free(x);
-    free(w);
-    free(b);
+    free_operands(dx, dw, db, x, w, b);
 }
 
 static void test_linear(const char *name, int batch, int rows, int in, int out, int act)
@@ -213,12 +214,7 @@ static void test_linear(const char *name, int batch, int rows, int in, int out, 
           *dy = dev(NULL, ny);
     double us = TIMED(be->ops->linear(be, dy, dx, dw, db, batch, rows, in, out, act));
     report(name, dy, ref, ny, us);
-    be->ops->free(be, dx);
-    be->ops->free(be, dw);
-    be->ops->free(be, db);
-    free(x);
-    free(w);
-    free(b);
+    free_operands(dx, dw, db, x, w, b);
 }
 
 static void test_attention(const char *name, sep_attention_desc d)
@@ -254,12 +250,7 @@ static void test_attention(const char *name, sep_attention_desc d)
     float *dq = dev(q, nq), *dk = dev(k, nk), *dv = dev(v, nv), *dy = dev(NULL, no);
     double us = TIMED(be->ops->attention(be, &d, dy, dq, dk, dv));
     report(name, dy, ref, no, us);
-    be->ops->free(be, dq);
-    be->ops->free(be, dk);
-    be->ops->free(be, dv);
-    free(q);
-    free(k);
-    free(v);
+    free_operands(dq, dk, dv, q, k, v);
     free(s);
 }
 
@@ -314,12 +305,7 @@ static void test_group_norm(const char *name, int n, int c, int spatial, int gro
           *dy = dev(NULL, cnt);
     double us = TIMED(be->ops->group_norm(be, dy, dx, dg, db, n, c, spatial, groups, 1e-5f, act));
     report(name, dy, ref, cnt, us);
-    be->ops->free(be, dx);
-    be->ops->free(be, dg);
-    be->ops->free(be, db);
-    free(x);
-    free(g);
-    free(bt);
+    free_operands(dx, dg, db, x, g, bt);
 }
 
 static void test_group_norm_rows(const char *name, int n, int c, int h, int w, int act)
@@ -342,12 +328,7 @@ static void test_group_norm_rows(const char *name, int n, int c, int h, int w, i
           *dy = dev(NULL, cnt);
     double us = TIMED(be->ops->group_norm_rows(be, dy, dx, dg, db, n, c, h, w, 1e-5f, act));
     report(name, dy, ref, cnt, us);
-    be->ops->free(be, dx);
-    be->ops->free(be, dg);
-    be->ops->free(be, db);
-    free(x);
-    free(g);
-    free(bt);
+    free_operands(dx, dg, db, x, g, bt);
 }
 
 static void test_dconv_residual(const char *name, int n, int c, int h, int w)
@@ -455,12 +436,7 @@ static void test_token_norms(void)
     be->ops->free(be, dyy);
     be->ops->free(be, dm);
     be->ops->free(be, ds);
-    be->ops->free(be, dx);
-    be->ops->free(be, dg);
-    be->ops->free(be, db);
-    free(x);
-    free(g);
-    free(bt);
+    free_operands(dx, dg, db, x, g, bt);
     free(hm);
     free(hs);
     free(hy);
@@ -570,12 +546,7 @@ static void test_elementwise(void)
     us = TIMED(be->ops->copy_rows(be, d, 40, dx + 5, 57, 13, 40));
     report("copy_rows strided", d, ref, 13 * 40, us);
 
-    be->ops->free(be, dx);
-    be->ops->free(be, dy);
-    be->ops->free(be, dsc);
-    free(x);
-    free(y);
-    free(sc);
+    free_operands(dx, dy, dsc, x, y, sc);
 }
 
 /* ---- spectrogram ---- */
