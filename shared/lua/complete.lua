@@ -33,11 +33,9 @@ local channel, group, stems, bytes_out = ARGV[1], ARGV[2], ARGV[3], tonumber(ARG
 local job = redis.call('HMGET', job_key, 'id', 'status', 'priority', 'stream_id',
                        'result_ttl', 'created_at', 'timing_queued_s')
 local id, status, priority, stream_id, ttl = job[1], job[2], job[3], job[4], tonumber(job[5])
-if not status then
-    return redis.error_reply('NOT_FOUND no such job')
-end
-if status ~= 'queued' and status ~= 'running' then
-    return redis.error_reply('NOT_ACTIVE the job is already finished')
+local refused = inactive_job_error(status)
+if refused then
+    return refused
 end
 local ok, decoded = pcall(cjson.decode, stems)
 if not ok or type(decoded) ~= 'table' then

@@ -45,11 +45,9 @@ local job = redis.call('HMGET', job_key, 'id', 'status', 'priority', 'stream_id'
                        'result_ttl', 'attempts', 'max_attempts', 'cancel_requested')
 local id, status, priority, stream_id, ttl = job[1], job[2], job[3], job[4], tonumber(job[5])
 local attempts, max_attempts = tonumber(job[6]) or 0, tonumber(job[7]) or 1
-if not status then
-    return redis.error_reply('NOT_FOUND no such job')
-end
-if status ~= 'queued' and status ~= 'running' then
-    return redis.error_reply('NOT_ACTIVE the job is already finished')
+local refused = inactive_job_error(status)
+if refused then
+    return refused
 end
 
 local now = now_ms()

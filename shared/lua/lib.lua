@@ -5,6 +5,18 @@ builds sep_scripts[] (the SHA1 is that of the whole text); tests that EVAL a scr
 from its file do the same. Only local functions: nothing global is defined.
 ]]
 
+-- The error reply for a job that complete/fail may not touch: gone, or already
+-- finished (nil when it is queued or running).
+local function inactive_job_error(status)
+    if not status then
+        return redis.error_reply('NOT_FOUND no such job')
+    end
+    if status ~= 'queued' and status ~= 'running' then
+        return redis.error_reply('NOT_ACTIVE the job is already finished')
+    end
+    return nil
+end
+
 -- Redis server time in milliseconds.
 local function now_ms()
     local t = redis.call('TIME')
