@@ -442,73 +442,57 @@ size_t sep_job_render_json(const sep_job_t *job, char *buf, size_t cap)
     SEP_JW_LIT(w, "{");
     SEP_JW_KEY(w, "id");
     sep_jw_opt_string(w, job->id);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "status");
+    SEP_JW_NEXT_KEY(w, "status");
     sep_jw_opt_string(w, job->status);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "progress");
+    SEP_JW_NEXT_KEY(w, "progress");
     if (isnan(job->progress))
         SEP_JW_LIT(w, "0");
     else
         sep_jw_number(w, job->progress, job->progress_text);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "stage");
+    SEP_JW_NEXT_KEY(w, "stage");
     sep_jw_opt_string(w, job->stage);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "message");
+    SEP_JW_NEXT_KEY(w, "message");
     sep_jw_string(w, sep_str_is_set(job->message) ? job->message : SEP_STR(""));
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "attempts");
+    SEP_JW_NEXT_KEY(w, "attempts");
     sep_jw_int(w, job->attempts >= 0 ? job->attempts : 0);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "max_attempts");
+    SEP_JW_NEXT_KEY(w, "max_attempts");
     sep_jw_opt_int(w, job->max_attempts);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "created_at");
+    SEP_JW_NEXT_KEY(w, "created_at");
     sep_jw_time(w, job->created_at);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "started_at");
+    SEP_JW_NEXT_KEY(w, "started_at");
     sep_jw_time(w, job->started_at);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "finished_at");
+    SEP_JW_NEXT_KEY(w, "finished_at");
     sep_jw_time(w, job->finished_at);
 
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "audio");
+    SEP_JW_NEXT_KEY(w, "audio");
     if (!isnan(job->audio_seconds) || job->audio_sample_rate >= 0 || job->audio_channels >= 0) {
         SEP_JW_LIT(w, "{");
         SEP_JW_KEY(w, "seconds");
         sep_jw_number(w, job->audio_seconds, job->audio_seconds_text);
-        SEP_JW_LIT(w, ",");
-        SEP_JW_KEY(w, "sample_rate");
+        SEP_JW_NEXT_KEY(w, "sample_rate");
         sep_jw_opt_int(w, job->audio_sample_rate);
-        SEP_JW_LIT(w, ",");
-        SEP_JW_KEY(w, "channels");
+        SEP_JW_NEXT_KEY(w, "channels");
         sep_jw_opt_int(w, job->audio_channels);
         SEP_JW_LIT(w, "}");
     } else {
         sep_jw_null(w);
     }
 
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "error");
+    SEP_JW_NEXT_KEY(w, "error");
     if (job->error_code.len > 0) {
         SEP_JW_LIT(w, "{");
         SEP_JW_KEY(w, "code");
         sep_jw_string(w, job->error_code);
-        SEP_JW_LIT(w, ",");
-        SEP_JW_KEY(w, "message");
+        SEP_JW_NEXT_KEY(w, "message");
         sep_jw_string(w, sep_str_is_set(job->error_message) ? job->error_message : SEP_STR(""));
-        SEP_JW_LIT(w, ",");
-        SEP_JW_KEY(w, "retryable");
+        SEP_JW_NEXT_KEY(w, "retryable");
         sep_jw_bool(w, job->error_retryable == 1);
         SEP_JW_LIT(w, "}");
     } else {
         sep_jw_null(w);
     }
 
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "stems");
+    SEP_JW_NEXT_KEY(w, "stems");
     SEP_JW_LIT(w, "{");
     if (!job->files_deleted) {
         for (unsigned i = 0; i < job->n_stems; i++) {
@@ -528,66 +512,51 @@ size_t sep_job_render_json(const sep_job_t *job, char *buf, size_t cap)
     }
     SEP_JW_LIT(w, "}");
 
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "timing");
+    SEP_JW_NEXT_KEY(w, "timing");
     SEP_JW_LIT(w, "{");
     SEP_JW_KEY(w, "queued_s");
     sep_jw_number(w, job->timing_queued_s, job->timing_queued_text);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "decode_s");
+    SEP_JW_NEXT_KEY(w, "decode_s");
     sep_jw_number(w, job->timing_decode_s, job->timing_decode_text);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "separate_s");
+    SEP_JW_NEXT_KEY(w, "separate_s");
     sep_jw_number(w, job->timing_separate_s, job->timing_separate_text);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "encode_s");
+    SEP_JW_NEXT_KEY(w, "encode_s");
     sep_jw_number(w, job->timing_encode_s, job->timing_encode_text);
     SEP_JW_LIT(w, "}");
 
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "worker");
+    SEP_JW_NEXT_KEY(w, "worker");
     if (job->worker.len > 0)
         sep_jw_string(w, job->worker);
     else
         sep_jw_null(w);
 
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "options");
+    SEP_JW_NEXT_KEY(w, "options");
     SEP_JW_LIT(w, "{");
     SEP_JW_KEY(w, "model");
     sep_jw_opt_string(w, job->model);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "stems");
+    SEP_JW_NEXT_KEY(w, "stems");
     sep_jw_opt_string(w, job->stems_option);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "format");
+    SEP_JW_NEXT_KEY(w, "format");
     sep_jw_opt_string(w, job->format);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "priority");
+    SEP_JW_NEXT_KEY(w, "priority");
     sep_jw_opt_string(w, job->priority);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "shifts");
+    SEP_JW_NEXT_KEY(w, "shifts");
     sep_jw_opt_int(w, job->shifts);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "overlap");
+    SEP_JW_NEXT_KEY(w, "overlap");
     sep_jw_number(w, job->overlap, job->overlap_text);
     SEP_JW_LIT(w, "}");
 
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "input");
+    SEP_JW_NEXT_KEY(w, "input");
     SEP_JW_LIT(w, "{");
     SEP_JW_KEY(w, "type");
     sep_jw_opt_string(w, job->input_type);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "bytes");
+    SEP_JW_NEXT_KEY(w, "bytes");
     sep_jw_opt_int(w, job->input_bytes);
     SEP_JW_LIT(w, "}");
 
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "cancel_requested");
+    SEP_JW_NEXT_KEY(w, "cancel_requested");
     sep_jw_bool(w, job->cancel_requested);
-    SEP_JW_LIT(w, ",");
-    SEP_JW_KEY(w, "files_deleted");
+    SEP_JW_NEXT_KEY(w, "files_deleted");
     sep_jw_bool(w, job->files_deleted);
     SEP_JW_LIT(w, "}");
 

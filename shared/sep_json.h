@@ -47,6 +47,8 @@ void sep_jw_null(sep_json_writer_t *w);
 /* The same for string literals, without a strlen at run time. */
 #define SEP_JW_LIT(w, lit) sep_jw_raw((w), "" lit, sizeof(lit) - 1)
 #define SEP_JW_KEY(w, name) sep_jw_raw((w), "\"" name "\":", sizeof(name) + 2)
+/* A member after the first of its object: the comma, then the key. */
+#define SEP_JW_NEXT_KEY(w, name) sep_jw_raw((w), ",\"" name "\":", sizeof(name) + 3)
 
 /* Worst-case size of s once quoted and escaped. */
 size_t sep_jw_string_bound(size_t len);
