@@ -36,6 +36,20 @@ GET_WEIGHTS = ROOT / "models" / "get-weights"
 REFERENCE_CHECK = ROOT / "tests" / "convert" / "reference_check.py"
 REFVENV_PYTHON = ROOT / os.environ.get("REFVENV", "build/refvenv") / "bin" / "python"
 
+
+def reference_installed():
+    """True when the reference venv can import torch and demucs (a venv whose
+    install was cut short does not count)."""
+    if not REFVENV_PYTHON.exists():
+        return False
+    probe = subprocess.run(
+        [str(REFVENV_PYTHON), "-c", "import torch, demucs.htdemucs"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+REFERENCE = reference_installed()
+
 sys.path.insert(0, str(ROOT / "models"))
 from convert_lib import htdemucs_args, official_models  # noqa: E402
 
@@ -614,7 +628,7 @@ class GetWeights(TempDirTest):
         self.assertIn("htdemucs_ft", proc.stdout)
 
 
-@unittest.skipUnless(REFVENV_PYTHON.exists(), "the PyTorch reference venv is not installed")
+@unittest.skipUnless(REFERENCE, "the PyTorch reference (torch + demucs in build/refvenv) is not installed")
 class AgainstDemucs(TempDirTest):
     def reference(self, *args):
         proc = subprocess.run(
@@ -676,8 +690,8 @@ def main():
     ran = result.testsRun - len(result.skipped)
     note = (
         "with demucs cross-checks"
-        if REFVENV_PYTHON.exists()
-        else "demucs cross-checks skipped (no build/refvenv)"
+        if REFERENCE
+        else "demucs cross-checks skipped (no torch + demucs in build/refvenv)"
     )
     print(f"PASS test-convert: {ran} tests passed, {len(result.skipped)} skipped; {note}")
     return 0
