@@ -122,6 +122,28 @@ SIMD_CLONES static void norm_glu_residual_kernel(float *x, const float *a, const
     }
 }
 
+SIMD_CLONES static float max_kernel(const float *s, int n)
+{
+    float m = s[0];
+#pragma omp simd reduction(max : m)
+    for (int i = 1; i < n; i++)
+        m = s[i] > m ? s[i] : m;
+    return m;
+}
+
+/* sum and sum of squares of x[0..n) added to *s and *ss (double accumulation) */
+SIMD_CLONES static void sum_squares_kernel(const float *x, size_t n, double *s, double *ss)
+{
+    double a = *s, b = *ss;
+#pragma omp simd reduction(+ : a, b)
+    for (size_t i = 0; i < n; i++) {
+        a += x[i];
+        b += (double)x[i] * x[i];
+    }
+    *s = a;
+    *ss = b;
+}
+
 SIMD_CLONES static void scale_kernel(float *s, int n, float k)
 {
 #pragma omp simd
@@ -600,11 +622,7 @@ static void cpu_linear(sep_backend *be, float *out, const float *in, const float
  * attention output row instead of the n probabilities: one pass less over s) */
 static float softmax_row_unnormalised(float *s, int n)
 {
-    float m = s[0];
-#pragma omp simd reduction(max : m)
-    for (int i = 1; i < n; i++)
-        m = s[i] > m ? s[i] : m;
-    return 1.0f / softmax_exp_kernel(s, n, m);
+    return 1.0f / softmax_exp_kernel(s, n, max_kernel(s, n));
 }
 
 static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *out, const float *q,
@@ -643,11 +661,7 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
 static void block_stats(const float *x, size_t len, double *mean, double *var)
 {
     double s = 0, ss = 0;
-#pragma omp simd reduction(+ : s, ss)
-    for (size_t i = 0; i < len; i++) {
-        s += x[i];
-        ss += (double)x[i] * x[i];
-    }
+    sum_squares_kernel(x, len, &s, &ss);
     double m = s / (double)len;
     double v = ss / (double)len - m * m;
     *mean = m;
@@ -715,14 +729,8 @@ static void row_stats(const float *x, int c, size_t plane, int w, double *mean, 
                       float eps)
 {
     double s = 0, ss = 0;
-    for (int ch = 0; ch < c; ch++) {
-        const float *xs = x + (size_t)ch * plane;
-#pragma omp simd reduction(+ : s, ss)
-        for (int i = 0; i < w; i++) {
-            s += xs[i];
-            ss += (double)xs[i] * xs[i];
-        }
-    }
+    for (int ch = 0; ch < c; ch++)
+        sum_squares_kernel(x + (size_t)ch * plane, (size_t)w, &s, &ss);
     double cnt = (double)c * w;
     double m = s / cnt, var = ss / cnt - m * m;
     *mean = m;
