@@ -630,18 +630,22 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
                           const float *k, const float *v)
 {
     int nt = be->threads;
+    /* at most ATTN_QBLOCK query rows per block, the blocks of one head equal in size
+     * (rounded up to 16) so no block is a short, less efficient GEMM */
     int qblocks = (d->nq + ATTN_QBLOCK - 1) / ATTN_QBLOCK;
+    int qblock = ((d->nq + qblocks - 1) / qblocks + 15) / 16 * 16;
+    qblocks = (d->nq + qblock - 1) / qblock;
     int tasks = d->batch * d->heads * qblocks;
     float scale = 1.0f / sqrtf((float)d->head_dim);
-    size_t per_thread = (size_t)ATTN_QBLOCK * d->nk + ATTN_QBLOCK;
+    size_t per_thread = (size_t)qblock * d->nk + qblock;
     float *sbuf = scratch(be, (size_t)nt * per_thread);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int task = 0; task < tasks; task++) {
         int qb = task % qblocks, h = (task / qblocks) % d->heads, b = task / (qblocks * d->heads);
-        int q0 = qb * ATTN_QBLOCK;
-        int nq = d->nq - q0 < ATTN_QBLOCK ? d->nq - q0 : ATTN_QBLOCK;
+        int q0 = qb * qblock;
+        int nq = d->nq - q0 < qblock ? d->nq - q0 : qblock;
         float *s = sbuf + (size_t)omp_get_thread_num() * per_thread;
-        float *inv = s + (size_t)ATTN_QBLOCK * d->nk;
+        float *inv = s + (size_t)qblock * d->nk;
         const float *qp = q + ((size_t)b * d->nq + q0) * d->ldq + (size_t)h * d->head_dim;
         const float *kp = k + (size_t)b * d->nk * d->ldk + (size_t)h * d->head_dim;
         const float *vp = v + (size_t)b * d->nk * d->ldv + (size_t)h * d->head_dim;
