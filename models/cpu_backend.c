@@ -304,6 +304,17 @@ static int col_chunk(int K, int N, int threads)
     return chunk > N ? N : chunk;
 }
 
+/* Shrinks a chunk width so that [0, N) splits into a multiple of `threads` chunks of
+ * nearly equal width (a multiple of 16): with a few large chunks, one left over
+ * otherwise keeps a single thread busy at the end while the others wait. */
+static int balanced_chunk(int chunk, int N, int threads)
+{
+    int nchunks = (N + chunk - 1) / chunk;
+    nchunks = (nchunks + threads - 1) / threads * threads;
+    int even = ((N + nchunks - 1) / nchunks + 15) / 16 * 16;
+    return even < chunk ? even : chunk;
+}
+
 /* Direct convolution along rows (kernel 1 x kw, strides 1, no padding over rows) for
  * the shapes GEMM handles badly: few output channels or a short reduction (DConv's
  * compressing conv and its 1x1 expansion in the wide layers). Vectorised over the
@@ -457,7 +468,7 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
                     !d->pw0 && !d->pw1;
     int glu = d->act == SEP_ACT_GLU, Mout = glu ? M / 2 : M;
     int nt = be->threads;
-    int chunk = col_chunk(K, N, nt);
+    int chunk = balanced_chunk(col_chunk(K, N, nt), N, nt);
     int nchunks = (N + chunk - 1) / chunk;
     /* per thread: the im2col chunk, and for GLU the full-width GEMM result */
     size_t per_thread = (pointwise ? 0 : (size_t)K * chunk) + (glu ? (size_t)M * chunk : 0);
