@@ -741,16 +741,45 @@ static void cpu_group_norm(sep_backend *be, float *out, const float *in, const f
 }
 
 /* Statistics of row `row` of sample b of [n][c][h][w] over (c, w). */
+static void row_stats_finish(double s, double ss, double cnt, double *mean, float *rstd, float eps)
+{
+    double m = s / cnt, var = ss / cnt - m * m;
+    *mean = m;
+    *rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
+}
+
 static void row_stats(const float *x, int c, size_t plane, int w, double *mean, float *rstd,
                       float eps)
 {
     double s = 0, ss = 0;
-    for (int ch = 0; ch < c; ch++)
-        sum_squares_kernel(x + (size_t)ch * plane, (size_t)w, &s, &ss);
-    double cnt = (double)c * w;
-    double m = s / cnt, var = ss / cnt - m * m;
-    *mean = m;
-    *rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
+    for (int ch = 0; ch < c; ch++) {
+        double cs = 0, css = 0;
+        sum_squares_kernel(x + (size_t)ch * plane, (size_t)w, &cs, &css);
+        s += cs;
+        ss += css;
+    }
+    row_stats_finish(s, ss, (double)c * w, mean, rstd, eps);
+}
+
+/* The same statistics with the channels split across the threads (a single long row:
+ * the time branch). Per-channel sums are added in channel order as in row_stats, so
+ * the bits are the same whatever the thread count or batch size. */
+static void row_stats_parallel(sep_backend *be, const float *x, int c, size_t plane, int w,
+                               double *mean, float *rstd, float eps)
+{
+    double *partial = (double *)scratch(be, 4 * (size_t)c); /* c pairs of doubles */
+#pragma omp parallel for num_threads(be->threads) schedule(static)
+    for (int ch = 0; ch < c; ch++) {
+        partial[2 * ch] = partial[2 * ch + 1] = 0;
+        sum_squares_kernel(x + (size_t)ch * plane, (size_t)w, &partial[2 * ch],
+                           &partial[2 * ch + 1]);
+    }
+    double s = 0, ss = 0;
+    for (int ch = 0; ch < c; ch++) {
+        s += partial[2 * ch];
+        ss += partial[2 * ch + 1];
+    }
+    row_stats_finish(s, ss, (double)c * w, mean, rstd, eps);
 }
 
 static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, const float *gamma,
@@ -759,6 +788,26 @@ static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, con
 {
     size_t plane = (size_t)h * w;
     int rows = n * h;
+    if (rows < be->threads) {
+        /* fewer rows than threads (the time branch): split each row's channels */
+        for (int r = 0; r < rows; r++) {
+            int b = r / h, row = r % h;
+            const float *y = yin + (size_t)b * 2 * c * plane + (size_t)row * w;
+            float *x = xo + (size_t)b * c * plane + (size_t)row * w;
+            double mean;
+            float rstd;
+            row_stats_parallel(be, y, 2 * c, plane, w, &mean, &rstd, eps);
+#pragma omp parallel for num_threads(be->threads) schedule(static)
+            for (int ch = 0; ch < c; ch++) {
+                float sa = rstd * gamma[ch], ba = beta[ch] - (float)mean * sa;
+                float sg = rstd * gamma[ch + c], bg = beta[ch + c] - (float)mean * sg;
+                norm_glu_residual_kernel(x + (size_t)ch * plane, y + (size_t)ch * plane,
+                                         y + (size_t)(ch + c) * plane, sa, ba, sg, bg, scale[ch],
+                                         w);
+            }
+        }
+        return;
+    }
 #pragma omp parallel for num_threads(be->threads) schedule(static)
     for (int r = 0; r < rows; r++) {
         int b = r / h, row = r % h;
