@@ -717,6 +717,9 @@ int main(int argc, char **argv)
     test_group_norm_rows("group_norm_rows 2x10x7x90 +gelu", 2, 10, 7, 90, SEP_ACT_GELU);
     test_group_norm_rows("group_norm_rows 1x6x1x5000", 1, 6, 1, 5000, SEP_ACT_NONE);
     test_dconv_residual("dconv_residual 2x6x5x70", 2, 6, 5, 70);
+    /* one row (the time branch): channels are split across threads instead of rows */
+    test_dconv_residual("dconv_residual 1x6x1x500 single row", 1, 6, 1, 500);
+    test_dconv_residual("dconv_residual 1x5x1x333 single row, odd channels", 1, 5, 1, 333);
     test_token_norms();
     test_elementwise();
     test_spec("spec nfft256 3x1000", 3, 1000, 256);
