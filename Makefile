@@ -60,11 +60,11 @@ deps:
 deps-reference: deps
 	$(call apt_install_missing,$(APT_REF_PKGS))
 	@# An install cut short (no PyPI) is removed: no half-made venv passes for the reference.
-	@$(REFVENV)/bin/python -c 'import torch, demucs.htdemucs' 2>/dev/null || { \
+	@$(REFVENV)/bin/python -c 'import torch, demucs.htdemucs, lameenc' 2>/dev/null || { \
 	  rm -rf $(REFVENV) && \
 	  $(PY) -m venv --system-site-packages $(REFVENV) && \
 	  $(REFVENV)/bin/pip install -q --no-deps -r tests/reference/requirements.txt && \
-	  $(REFVENV)/bin/python -c 'import torch, demucs.htdemucs'; } || { rm -rf $(REFVENV); exit 1; }
+	  $(REFVENV)/bin/python -c 'import torch, demucs.htdemucs, lameenc'; } || { rm -rf $(REFVENV); exit 1; }
 
 test: deps
 	@$(MAKE) --no-print-directory all
