@@ -782,6 +782,18 @@ static void row_stats_parallel(sep_backend *be, const float *x, int c, size_t pl
     row_stats_finish(s, ss, (double)c * w, mean, rstd, eps);
 }
 
+/* One channel of one row of the DConv residual: GroupNorm(1) affine of both GLU halves
+ * with the row's statistics, GLU, LayerScale, added into x. */
+static inline void dconv_residual_channel(float *x, const float *y, int ch, int c, size_t plane,
+                                          int w, double mean, float rstd, const float *gamma,
+                                          const float *beta, const float *scale)
+{
+    float sa = rstd * gamma[ch], ba = beta[ch] - (float)mean * sa;
+    float sg = rstd * gamma[ch + c], bg = beta[ch + c] - (float)mean * sg;
+    norm_glu_residual_kernel(x + (size_t)ch * plane, y + (size_t)ch * plane,
+                             y + (size_t)(ch + c) * plane, sa, ba, sg, bg, scale[ch], w);
+}
+
 static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, const float *gamma,
                                const float *beta, const float *scale, int n, int c, int h, int w,
                                float eps)
@@ -798,13 +810,8 @@ static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, con
             float rstd;
             row_stats_parallel(be, y, 2 * c, plane, w, &mean, &rstd, eps);
 #pragma omp parallel for num_threads(be->threads) schedule(static)
-            for (int ch = 0; ch < c; ch++) {
-                float sa = rstd * gamma[ch], ba = beta[ch] - (float)mean * sa;
-                float sg = rstd * gamma[ch + c], bg = beta[ch + c] - (float)mean * sg;
-                norm_glu_residual_kernel(x + (size_t)ch * plane, y + (size_t)ch * plane,
-                                         y + (size_t)(ch + c) * plane, sa, ba, sg, bg, scale[ch],
-                                         w);
-            }
+            for (int ch = 0; ch < c; ch++)
+                dconv_residual_channel(x, y, ch, c, plane, w, mean, rstd, gamma, beta, scale);
         }
         return;
     }
@@ -816,12 +823,8 @@ static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, con
         double mean;
         float rstd;
         row_stats(y, 2 * c, plane, w, &mean, &rstd, eps);
-        for (int ch = 0; ch < c; ch++) {
-            float sa = rstd * gamma[ch], ba = beta[ch] - (float)mean * sa;
-            float sg = rstd * gamma[ch + c], bg = beta[ch + c] - (float)mean * sg;
-            norm_glu_residual_kernel(x + (size_t)ch * plane, y + (size_t)ch * plane,
-                                     y + (size_t)(ch + c) * plane, sa, ba, sg, bg, scale[ch], w);
-        }
+        for (int ch = 0; ch < c; ch++)
+            dconv_residual_channel(x, y, ch, c, plane, w, mean, rstd, gamma, beta, scale);
     }
 }
 
