@@ -571,8 +571,8 @@ def main(argv):
     harness.install_signal_cleanup(stack)
     try:
         stack.start()
-        print("stack: nginx 127.0.0.1:%d, redis 127.0.0.1:%d, prefix %s"
-              % (stack.port, stack.redis_port, stack.prefix), flush=True)
+        print("stack: nginx 127.0.0.1:%d, redis %s, prefix %s"
+              % (stack.port, stack.redis_address, stack.prefix), flush=True)
         return cases.run(stack, only=argv[1:])
     except Exception as e:
         print("FAIL: could not start the stack: %s" % e)
