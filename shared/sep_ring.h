@@ -31,16 +31,21 @@
  * Trust: the consumer validates what it reads from the shared memory. A ring whose
  * indices are inconsistent (tail - head > cap) is reported as corrupt, and a message
  * is checked with sep_msg_validate() before use: known type, batch count within
- * [1, SEP_RING_MAX_BATCH], each slot index < slots and not repeated, the segment
- * (channels x length in, sources x channels x length out) within a slot, strings
- * NUL-terminated, the model name a plain file stem. The worker never trusts a slot
+ * [1, SEP_RING_MAX_BATCH], the slot range [slot, slot + count) within the arena, the
+ * segment (channels x length in, sources x channels x length out) within a slot,
+ * strings NUL-terminated, the model name a plain file stem. The worker never trusts a slot
  * index or length beyond those bounds; the supervisor never trusts the worker's.
  *
  * Protocol (workerd/device_worker.c, workerd/pool.c):
  *   worker  -> READY {pid}                               once after attaching
- *   sup     -> BATCH {id, model, model_index, length, channels, sources, count, slots[]}
+ *   sup     -> BATCH {id, model, model_index, length, channels, sources, slot, count}
  *   worker  -> DONE  {id, status, text}                   one per BATCH, in order
  *   sup     -> STOP                                       worker exits 0
+ * A BATCH uses the consecutive slots [slot, slot + count) and packs its segments in
+ * them without gaps: segment i's input is at in(slot) + i x channels x length floats
+ * and its output at out(slot) + i x sources x channels x length, so the batch is one
+ * contiguous [count][channels][length] array the engine reads in place (and one
+ * [count][sources][channels][length] array it writes), with no copy in the worker.
  * The supervisor keeps at most a few BATCHes in flight per worker and never reuses a
  * slot before its DONE, so neither ring can fill in that protocol (a full ring is
  * still reported, never overwritten). After a worker dies the supervisor resets both
@@ -79,19 +84,18 @@ enum {
 
 typedef struct {
     uint32_t type;
-    uint32_t id;         /* BATCH id, echoed by its DONE */
-    int32_t status;      /* DONE: SEP_MSG_OK or an error */
-    int32_t model_index; /* BATCH: network of the bag */
-    int32_t length;      /* BATCH: samples per segment */
-    int32_t channels;    /* BATCH: audio channels of the model */
-    int32_t sources;     /* BATCH: sources of the model */
-    int32_t count;       /* BATCH: segments, slots[0..count) */
-    int32_t pid;         /* READY: the worker's pid */
-    uint32_t reserved;
-    uint16_t slots[SEP_RING_MAX_BATCH];
+    uint32_t id;                    /* BATCH id, echoed by its DONE */
+    int32_t status;                 /* DONE: SEP_MSG_OK or an error */
+    int32_t model_index;            /* BATCH: network of the bag */
+    int32_t length;                 /* BATCH: samples per segment */
+    int32_t channels;               /* BATCH: audio channels of the model */
+    int32_t sources;                /* BATCH: sources of the model */
+    int32_t count;                  /* BATCH: segments */
+    int32_t pid;                    /* READY: the worker's pid */
+    uint32_t slot;                  /* BATCH: first slot of the range [slot, slot + count) */
     char model[SEP_RING_MODEL_MAX]; /* BATCH: model name (file stem) */
     char text[SEP_RING_TEXT_MAX];   /* DONE/READY: human message (errors, device) */
-    char pad[512 - 40 - 2 * SEP_RING_MAX_BATCH - SEP_RING_MODEL_MAX - SEP_RING_TEXT_MAX];
+    char pad[512 - 40 - SEP_RING_MODEL_MAX - SEP_RING_TEXT_MAX];
 } sep_msg;
 
 _Static_assert(sizeof(sep_msg) == 512, "sep_msg is one fixed 512-byte cell");

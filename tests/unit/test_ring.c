@@ -43,9 +43,8 @@ static sep_msg batch(uint32_t id, int count)
     m.length = 100;
     m.channels = 2;
     m.sources = 4;
+    m.slot = 0;
     m.count = count;
-    for (int i = 0; i < count; i++)
-        m.slots[i] = (uint16_t)i;
     return m;
 }
 
@@ -215,9 +214,14 @@ static void test_validate(void **state)
         assert_non_null(strstr(err, needle));                                                      \
     } while (0)
     REJECT(x.type = 77, "unknown type");
-    REJECT(x.slots[2] = 4, "slot 4 out of range");
-    REJECT(x.slots[3] = 65535, "out of range");
-    REJECT(x.slots[3] = 0, "used twice");
+    REJECT(x.slot = 1, "slots [1, 1 + 4) out of range");
+    REJECT((x.slot = 4, x.count = 1), "out of range");
+    REJECT((x.slot = 0xffffffffu, x.count = 2), "out of range");
+    {
+        sep_msg ok = batch(2, 1);
+        ok.slot = 3;
+        assert_int_equal(sep_msg_validate(&s, &ok, err, sizeof(err)), 0);
+    }
     REJECT(x.count = 0, "count 0");
     REJECT(x.count = SEP_RING_MAX_BATCH + 1, "count");
     REJECT(x.count = -3, "count");
