@@ -37,6 +37,11 @@ typedef struct {
     int max_batch;           /* segments per forward pass */
     int max_jobs_per_worker; /* recycle a worker after this many forward calls (0 = never) */
     int slots;               /* PCM arena slots = segments in flight per worker (backpressure) */
+    /* Optional (0 = automatic): the geometry an arena slot must hold. By default the
+     * largest model found in models_dir at start, else htdemucs_6s' (2 channels x
+     * 343980 samples, 6 sources). A model that does not fit fails with EMODEL. */
+    int segment_samples, channels, sources;
+    int debug_delay_ms; /* tests: every worker sleeps this long before each forward pass */
 } sep_pool_config;
 
 enum {
