@@ -33,7 +33,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+
 #include "models/engine.h"
+#include "shared/sep_ring.h"
 #include "workerd/pool.h"
 
 #define FIXTURE "tests/fixtures/apply/tiny_apply.safetensors"
@@ -562,6 +567,161 @@ static void test_stop_with_callers_waiting(void **state)
     free(f.out);
 }
 
+/* --- the worker process on its own, driven through a region made here ---------- */
+
+static pid_t spawn_worker(sep_shm *s)
+{
+    char a[3][16], ppid[16];
+    snprintf(a[0], 16, "%d", s->memfd);
+    snprintf(a[1], 16, "%d", sep_ring_fd(s, SEP_RING_CMD));
+    snprintf(a[2], 16, "%d", sep_ring_fd(s, SEP_RING_EVT));
+    snprintf(ppid, sizeof(ppid), "%d", (int)getpid());
+    pid_t pid = fork();
+    if (pid == 0) {
+        fcntl(s->memfd, F_SETFD, 0);
+        fcntl(sep_ring_fd(s, SEP_RING_CMD), F_SETFD, 0);
+        fcntl(sep_ring_fd(s, SEP_RING_EVT), F_SETFD, 0);
+        execl(exe, exe, "device-worker", "--shm-fd", a[0], "--cmd-fd", a[1], "--evt-fd", a[2],
+              "--ppid", ppid, "--models", models_dir, "--threads", "1", "--max-batch", "2",
+              (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static sep_msg expect_event(sep_shm *s, int type)
+{
+    sep_msg m;
+    memset(&m, 0, sizeof(m));
+    int r = sep_ring_wait_pop(s, SEP_RING_EVT, &m, 10000);
+    assert_int_equal(r, 1);
+    assert_int_equal(m.type, type);
+    return m;
+}
+
+static sep_msg good_batch(uint32_t id)
+{
+    sep_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = SEP_MSG_BATCH;
+    m.id = id;
+    strcpy(m.model, MODEL);
+    m.length = SEG;
+    m.channels = CH;
+    m.sources = SRC;
+    m.slot = 0;
+    m.count = 2;
+    return m;
+}
+
+static void test_worker_protocol(void **state)
+{
+    (void)state;
+    sep_shm s;
+    char err[256];
+    assert_int_equal(
+        sep_shm_create(&s, 16, 2, (size_t)CH * SEG, (size_t)SRC * CH * SEG, err, sizeof(err)), 0);
+    pid_t pid = spawn_worker(&s);
+    assert_true(pid > 0);
+    sep_msg m = expect_event(&s, SEP_MSG_READY);
+    assert_int_equal(m.pid, pid);
+
+    /* bad messages are answered EINVAL, never acted on */
+    struct {
+        sep_msg m;
+        const char *what;
+    } bad[8];
+    int nb = 0;
+    bad[nb].m = good_batch(10), bad[nb].m.slot = 2, bad[nb++].what = "slot past the arena";
+    bad[nb].m = good_batch(11), bad[nb].m.count = 3, bad[nb++].what = "range past the arena";
+    bad[nb].m = good_batch(12), bad[nb].m.length = SEG * 4, bad[nb++].what = "segment too long";
+    bad[nb].m = good_batch(13), strcpy(bad[nb].m.model, "../../etc/x"), bad[nb++].what = "path";
+    bad[nb].m = good_batch(14), bad[nb].m.type = 99, bad[nb++].what = "type";
+    bad[nb].m = good_batch(15), bad[nb].m.channels = 1, bad[nb].m.sources = 8,
+    bad[nb++].what = "not the model's geometry";
+    bad[nb].m = good_batch(16), bad[nb].m.model_index = 3, bad[nb++].what = "network index";
+    for (int i = 0; i < nb; i++) {
+        assert_int_equal(sep_ring_push(&s, SEP_RING_CMD, &bad[i].m), 0);
+        m = expect_event(&s, SEP_MSG_DONE);
+        printf("worker rejects %s: %s\n", bad[i].what, m.text);
+        assert_int_equal(m.id, bad[i].m.id);
+        assert_int_equal(m.status, SEP_MSG_EINVAL);
+    }
+    /* a missing model */
+    sep_msg mm = good_batch(20);
+    strcpy(mm.model, "absent");
+    assert_int_equal(sep_ring_push(&s, SEP_RING_CMD, &mm), 0);
+    m = expect_event(&s, SEP_MSG_DONE);
+    assert_int_equal(m.status, SEP_MSG_EMODEL);
+
+    /* a good batch runs in place */
+    float *in = make_input(2, SEG, 21);
+    memcpy(sep_shm_in(&s, 0), in, (size_t)2 * CH * SEG * sizeof(float));
+    sep_msg g = good_batch(30);
+    assert_int_equal(sep_ring_push(&s, SEP_RING_CMD, &g), 0);
+    m = expect_event(&s, SEP_MSG_DONE);
+    assert_int_equal(m.id, 30);
+    assert_int_equal(m.status, SEP_MSG_OK);
+    assert_true(check_against_engine(in, 2, SEG, sep_shm_out(&s, 0)) <= 1e-6);
+
+    /* STOP: exits 0 */
+    sep_msg stop;
+    memset(&stop, 0, sizeof(stop));
+    stop.type = SEP_MSG_STOP;
+    assert_int_equal(sep_ring_push(&s, SEP_RING_CMD, &stop), 0);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+
+    /* a corrupt command ring: the worker exits 3 instead of reading garbage */
+    sep_shm_reset(&s);
+    pid = spawn_worker(&s);
+    expect_event(&s, SEP_MSG_READY);
+    atomic_store(&s.ring[SEP_RING_CMD].ctl->tail, 1000);
+    uint64_t one = 1;
+    assert_int_equal(write(sep_ring_fd(&s, SEP_RING_CMD), &one, 8), 8);
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 3);
+    free(in);
+    sep_shm_close(&s);
+}
+
+/* The worker dies with its parent (PR_SET_PDEATHSIG). */
+static void test_worker_dies_with_parent(void **state)
+{
+    (void)state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t mid = fork();
+    if (mid == 0) {
+        close(fds[0]);
+        sep_shm s;
+        char err[256];
+        if (sep_shm_create(&s, 16, 2, (size_t)CH * SEG, (size_t)SRC * CH * SEG, err, sizeof(err)))
+            _exit(1);
+        pid_t w = spawn_worker(&s);
+        sep_msg m;
+        if (sep_ring_wait_pop(&s, SEP_RING_EVT, &m, 10000) != 1 || m.type != SEP_MSG_READY)
+            _exit(2);
+        if (write(fds[1], &w, sizeof(w)) != sizeof(w))
+            _exit(3);
+        _exit(0); /* the worker's parent goes away without a STOP */
+    }
+    close(fds[1]);
+    pid_t w = 0;
+    assert_int_equal(read(fds[0], &w, sizeof(w)), sizeof(w));
+    close(fds[0]);
+    int st;
+    assert_int_equal(waitpid(mid, &st, 0), mid);
+    assert_int_equal(WEXITSTATUS(st), 0);
+    double until = now_s() + 5;
+    while (kill(w, 0) == 0 && now_s() < until)
+        sleep_ms(5);
+    assert_true(kill(w, 0) == -1 && errno == ESRCH);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -619,6 +779,8 @@ int main(void)
         cmocka_unit_test(test_cuda_without_backend),
         cmocka_unit_test(test_start_errors),
         cmocka_unit_test(test_stop_with_callers_waiting),
+        cmocka_unit_test(test_worker_protocol),
+        cmocka_unit_test(test_worker_dies_with_parent),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
