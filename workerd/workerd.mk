@@ -20,8 +20,8 @@ SEPMODELS_LDLIBS ?= -lopenblas -lfftw3f -lm -lpthread
 SEPAPPLY_LIB     := $(BUILD)/libsepapply.a
 WORKERD_BIN      := $(BUILD)/workerd
 WORKERD_OBJDIR   := $(BUILD)/obj-workerd
-WORKERD_SRCS     := workerd/main.c workerd/cmd_separate.c workerd/separate.c workerd/audio.c
-WORKERD_SRCS     += workerd/device_worker.c workerd/pool.c
+WORKERD_SRCS     := workerd/main.c workerd/cmd_separate.c workerd/separate.c workerd/audio.c \
+                    workerd/jobexec.c workerd/forward.c workerd/device_worker.c workerd/pool.c
 WORKERD_OBJS     := $(patsubst workerd/%.c,$(WORKERD_OBJDIR)/%.o,$(WORKERD_SRCS))
 WORKERD_LDLIBS   := -lsndfile -lsoxr -lm -lpthread
 TEST_APPLY_BIN   := $(BUILD)/tests/test_apply
