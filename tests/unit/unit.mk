@@ -3,8 +3,8 @@
 #
 #   test-unit-shared     pure unit tests (ids, keys, options, sniffing, multipart,
 #                        job record <-> JSON)
-#   test-shared-scripts  the Lua scripts against a real redis-server started on a
-#                        free loopback port in a temporary directory
+#   test-shared-scripts  the Lua scripts against a real redis-server listening on a
+#                        Unix socket in its own temporary directory
 
 UNIT_TESTS     := test_ids_keys test_options test_sniff test_multipart test_job
 UNIT_SAN       := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
