@@ -15,6 +15,7 @@ typedef struct {
 } workerd_command;
 
 static const workerd_command commands[] = {
+    {"run", workerd_cmd_run, "the daemon: claim queued jobs, separate them, write their stems"},
     {"separate", workerd_cmd_separate, "separate audio files into stems, offline"},
     {"device-worker", workerd_cmd_device_worker, "(internal) serve batches for the pool", 1},
 };

@@ -21,9 +21,10 @@ SEPAPPLY_LIB     := $(BUILD)/libsepapply.a
 WORKERD_BIN      := $(BUILD)/workerd
 WORKERD_OBJDIR   := $(BUILD)/obj-workerd
 WORKERD_SRCS     := workerd/main.c workerd/cmd_separate.c workerd/separate.c workerd/audio.c \
-                    workerd/jobexec.c workerd/forward.c workerd/device_worker.c workerd/pool.c
+                    workerd/jobexec.c workerd/forward.c workerd/device_worker.c workerd/pool.c \
+                    workerd/cmd_run.c workerd/supervisor.c workerd/redis_client.c
 WORKERD_OBJS     := $(patsubst workerd/%.c,$(WORKERD_OBJDIR)/%.o,$(WORKERD_SRCS))
-WORKERD_LDLIBS   := -lsndfile -lsoxr -lm -lpthread
+WORKERD_LDLIBS   := -lsndfile -lsoxr -linih -lhiredis -ljansson -lm -lpthread
 TEST_APPLY_BIN   := $(BUILD)/tests/test_apply
 AUDIOTOOL_BIN    := $(BUILD)/tests/audiotool
 

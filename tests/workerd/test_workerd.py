@@ -38,6 +38,8 @@ WORKERD = os.path.join(REPO, "build", "workerd")
 TINY = os.path.join(REPO, "tests", "fixtures", "apply", "tiny_apply.safetensors")
 SOURCES = ["drums", "bass", "other", "vocals"]
 PREFIX = os.environ.get("SEP_TEST_PREFIX", "{sep}:")
+# Query of a job that runs for seconds with the tiny model (shifts multiply the work).
+SLOW = "shifts=5"
 
 cases = harness.Cases()
 
@@ -151,7 +153,10 @@ class Service:
         return resp.json["id"]
 
     def job(self, job_id):
+        """The job record; while Redis is down (503), a record saying so."""
         resp = self.stack.request("GET", "/v1/jobs/" + job_id)
+        if resp.status == 503:
+            return {"status": "unavailable", "stage": None}
         expect(resp.status == 200, "GET job", resp.status, resp.body[:300])
         return resp.json
 
@@ -206,17 +211,22 @@ def wait_for(cond, what, timeout=30, step=0.05):
 
 
 def wait_running(svc, job_id, timeout=30):
-    wait_for(lambda: svc.job(job_id)["status"] == "running" and
-             svc.job(job_id).get("stage") == "separate", "job %s to separate" % job_id, timeout)
+    def separating():
+        rec = svc.job(job_id)
+        return rec["status"] == "running" and rec.get("stage") == "separate"
+    wait_for(separating, "job %s to separate" % job_id, timeout)
 
 
 def device_worker_pids(proc):
     """pids of the device workers a supervisor started (its children)."""
+    pids = []
     try:
-        with open("/proc/%d/task/%d/children" % (proc.pid, proc.pid)) as f:
-            return [int(p) for p in f.read().split()]
+        for task in os.listdir("/proc/%d/task" % proc.pid):  # the pool forks from a thread
+            with open("/proc/%d/task/%s/children" % (proc.pid, task)) as f:
+                pids += [int(p) for p in f.read().split()]
     except OSError:
-        return []
+        pass
+    return sorted(pids)
 
 
 # cases -------------------------------------------------------------------------------------
@@ -293,7 +303,7 @@ def unknown_model_is_model_unavailable(svc):
 @service_case()
 def device_worker_killed_mid_job(svc):
     w = svc.start_workerd(concurrency=1)
-    job_id = svc.submit_ok(wav(40))
+    job_id = svc.submit_ok(wav(20), SLOW)
     wait_running(svc, job_id)
     pids = device_worker_pids(w)
     expect(pids, "no device worker found")
@@ -309,7 +319,7 @@ def device_worker_killed_mid_job(svc):
 @service_case()
 def supervisor_killed_and_restarted(svc):
     svc.start_workerd("w1", visibility_timeout=2, concurrency=1)
-    job_id = svc.submit_ok(wav(20))
+    job_id = svc.submit_ok(wav(20), SLOW)
     wait_running(svc, job_id)
     svc.workers["w1"].kill()
     svc.workers["w1"].wait()
@@ -328,7 +338,7 @@ def supervisor_killed_and_restarted(svc):
 def long_job_two_supervisors_runs_once(svc):
     # visibility 1 s, the job runs > 5 s: the heartbeat's touch keeps it
     svc.start_workerd("a", visibility_timeout=1, heartbeat_interval=0.25, concurrency=1)
-    job_id = svc.submit_ok(wav(90))
+    job_id = svc.submit_ok(wav(30), SLOW)
     wait_running(svc, job_id)
     svc.start_workerd("b", visibility_timeout=1, heartbeat_interval=0.25, concurrency=1)
     start = time.monotonic()
@@ -344,7 +354,7 @@ def long_job_two_supervisors_runs_once(svc):
 @service_case()
 def paused_supervisor_cannot_complete(svc):
     a = svc.start_workerd("a", visibility_timeout=1, heartbeat_interval=0.25, concurrency=1)
-    job_id = svc.submit_ok(wav(8))
+    job_id = svc.submit_ok(wav(20), SLOW)
     wait_running(svc, job_id)
     os.kill(a.pid, signal.SIGSTOP)
     for pid in device_worker_pids(a):
@@ -388,7 +398,7 @@ def redis_killed_mid_run(svc):
 @service_case()
 def cancel_while_running(svc):
     svc.start_workerd(concurrency=1)
-    job_id = svc.submit_ok(wav(30))
+    job_id = svc.submit_ok(wav(20), SLOW)
     wait_running(svc, job_id)
     resp = svc.stack.request("DELETE", "/v1/jobs/" + job_id)
     expect(resp.status in (200, 202), "DELETE", resp.status, resp.body[:200])
@@ -403,7 +413,7 @@ def cancel_while_running(svc):
 @service_case()
 def sigterm_drains_and_gives_back(svc):
     w = svc.start_workerd("w1", concurrency=1, drain_timeout=1)
-    job_id = svc.submit_ok(wav(60))
+    job_id = svc.submit_ok(wav(20), SLOW)
     wait_running(svc, job_id)
     start = time.monotonic()
     w.send_signal(signal.SIGTERM)
@@ -418,9 +428,10 @@ def sigterm_drains_and_gives_back(svc):
     expect(rec["status"] == "completed" and rec["worker"] == "w2", "w2 completes it", rec)
     expect(rec["attempts"] == 1, "a drained job spends no attempt", rec)
     # a job that finishes within the drain timeout is completed, not given back
-    w3 = svc.start_workerd("w3", concurrency=1, drain_timeout=30)
     svc.workers["w2"].send_signal(signal.SIGTERM)
-    job2 = svc.submit_ok(wav(2))
+    expect(svc.workers["w2"].wait(timeout=30) == 0, "w2 exit status")
+    w3 = svc.start_workerd("w3", concurrency=1, drain_timeout=30)
+    job2 = svc.submit_ok(wav(3), "shifts=3")
     wait_running(svc, job2)
     w3.send_signal(signal.SIGTERM)
     expect(w3.wait(timeout=60) == 0, "w3 exit status")
@@ -431,7 +442,7 @@ def sigterm_drains_and_gives_back(svc):
 @service_case()
 def time_limits(svc):
     svc.start_workerd("soft", concurrency=1, soft_time_limit=0.5)
-    job_id = svc.submit_ok(wav(40))
+    job_id = svc.submit_ok(wav(20), SLOW)
     rec = svc.wait(job_id, timeout=60)
     expect(rec["status"] == "failed" and rec["error"]["code"] == "time_limit",
            "soft limit", rec)
@@ -441,7 +452,7 @@ def time_limits(svc):
     pids = None
     wait_for(lambda: device_worker_pids(w), "device worker", 10)
     pids = device_worker_pids(w)
-    job2 = svc.submit_ok(wav(40), "")
+    job2 = svc.submit_ok(wav(20), SLOW)
     rec = svc.wait(job2, timeout=90)
     expect(rec["status"] == "failed" and rec["error"]["code"] == "time_limit_hard",
            "hard limit, retried until max_attempts", rec)
