@@ -357,7 +357,23 @@ static void spawn(sep_pool *p, wkr *w)
     snprintf(mb, sizeof(mb), "%d", p->reg_slots);
     snprintf(delay, sizeof(delay), "%d", p->delay_ms);
     int cuda = strncmp(p->device, "cuda", 4) == 0;
+    /* GPU i: the i-th entry of our own CUDA_VISIBLE_DEVICES when the operator set one
+     * (e.g. "2,3" -> workers see GPU 2 and GPU 3), else device i */
     snprintf(dev_env, sizeof(dev_env), "CUDA_VISIBLE_DEVICES=%d", w->index);
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    if (cuda && vis && *vis) {
+        const char *q = vis;
+        for (int i = 0; i < w->index && q; i++) {
+            q = strchr(q, ',');
+            if (q)
+                q++;
+        }
+        if (q && *q && *q != ',') {
+            size_t len = strcspn(q, ",");
+            if (len < sizeof(dev_env) - 22)
+                snprintf(dev_env, sizeof(dev_env), "CUDA_VISIBLE_DEVICES=%.*s", (int)len, q);
+        }
+    }
     char *argv[] = {p->exe,     "device-worker", "--shm-fd", fds[0],       "--cmd-fd",
                     fds[1],     "--evt-fd",      fds[2],     "--ppid",     ppid,
                     "--models", p->models_dir,   "--device", p->device,    "--threads",
@@ -462,7 +478,7 @@ static void on_exit_(sep_pool *p, wkr *w, int st)
     }
     if (!deliberate)
         logf_("worker %d (%s): %s%s", w->index, w->device, w->last_exit,
-              w->n_out ? ", its segments re-run" : "");
+              w->n_out ? ", its batches re-queued" : "");
     w->n_out = 0;
     w->region_busy = 0;
     w->pid = 0;
