@@ -11,6 +11,7 @@
 #   make test-pool        the device-worker pool (workerd/pool.c) with real worker
 #                         processes on the tiny model: parity with the in-process engine,
 #                         cross-caller batches, kill -9, deadlines, recycling, stop
+#   make test-pool-tsan   the same test with pool.c and sep_ring.c under ThreadSanitizer
 #
 # The engine itself (build/libsepmodels.a) comes from models/models.mk; its link flags
 # are taken from SEPMODELS_LDLIBS when models.mk sets it.
@@ -36,9 +37,9 @@ ALL_TARGETS += $(SEPAPPLY_LIB) $(AUDIOTOOL_BIN)
 ifeq ($(WORKERD_HAVE_ENGINE),1)
 ALL_TARGETS += $(WORKERD_BIN) $(TEST_APPLY_BIN)
 endif
-TEST_SUITES += test-apply test-cli test-pool
+TEST_SUITES += test-apply test-cli test-pool test-pool-tsan
 
-.PHONY: test-apply test-cli test-pool
+.PHONY: test-apply test-cli test-pool test-pool-tsan
 
 $(WORKERD_OBJDIR)/%.o: workerd/%.c
 	@mkdir -p $(@D)
@@ -74,6 +75,13 @@ $(TEST_POOL_BIN): tests/pool/test_pool.c workerd/pool.c workerd/pool.h shared/se
 	$(CC) $(CFLAGS_COMMON) $(UNIT_SAN) -o $@ tests/pool/test_pool.c workerd/pool.c \
 	    shared/sep_ring.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -lcmocka -lm -lpthread
 
+TEST_POOL_TSAN_BIN := $(BUILD)/tests/test_pool_tsan
+$(TEST_POOL_TSAN_BIN): tests/pool/test_pool.c workerd/pool.c workerd/pool.h shared/sep_ring.c \
+                       shared/sep_ring.h $(SEPMODELS_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) -O1 -fsanitize=thread -o $@ tests/pool/test_pool.c workerd/pool.c \
+	    shared/sep_ring.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -lcmocka -lm -lpthread
+
 -include $(WORKERD_OBJS:.o=.d) $(WORKERD_OBJDIR)/apply.d
 
 ifeq ($(WORKERD_HAVE_ENGINE),1)
@@ -86,7 +94,11 @@ test-cli: $(WORKERD_BIN) $(AUDIOTOOL_BIN)
 
 test-pool: $(TEST_POOL_BIN) $(WORKERD_BIN)
 	@tests/unit/run-cmocka pool $(TEST_POOL_BIN)
+
+test-pool-tsan: $(TEST_POOL_TSAN_BIN) $(WORKERD_BIN)
+	@TSAN_OPTIONS=halt_on_error=1 tests/unit/run-cmocka pool-tsan $(TEST_POOL_TSAN_BIN) | \
+	    sed 's/(ASan+UBSan)/(ThreadSanitizer)/'; exit $${PIPESTATUS[0]}
 else
-test-apply test-cli test-pool:
+test-apply test-cli test-pool test-pool-tsan:
 	@echo "SKIP: the engine library $(SEPMODELS_LIB) is not built by models/models.mk"
 endif
