@@ -310,7 +310,7 @@ static int run_separate(job_ctx *j, const sep_apply_opts *ao)
                           sizeof(err));
             if (frc == SEP_FWD_OK)
                 break;
-            if (frc == SEP_FWD_EDEVICE && s->fallback && fwd != s->fallback) {
+            if (frc == SEP_FWD_EDEVICE && s->fallback && !j->out->fell_back) {
                 fwd = s->fallback;
                 fwd_ctx = s->fallback_ctx;
                 j->out->fell_back = 1;

@@ -7,6 +7,10 @@
 #                         (tests/apply/, fixtures in tests/fixtures/apply/)
 #   make test-cli         `workerd separate` end to end: formats, rates, layout, errors,
 #                         parity with the reference on a 44.1 kHz input (tests/cli/)
+#   make test-jobexec     the job runner (workerd/jobexec.c) with in-process and scripted
+#                         forwarders: stems vs sep_apply_run, bad inputs, cancel, codes,
+#                         limits, progress throttling, two concurrent jobs (cmocka,
+#                         ASan + UBSan on workerd's sources and the apply layer)
 #
 # The engine itself (build/libsepmodels.a) comes from models/models.mk; its link flags
 # are taken from SEPMODELS_LDLIBS when models.mk sets it.
@@ -21,6 +25,11 @@ WORKERD_SRCS     := workerd/main.c workerd/cmd_separate.c workerd/separate.c wor
 WORKERD_OBJS     := $(patsubst workerd/%.c,$(WORKERD_OBJDIR)/%.o,$(WORKERD_SRCS))
 WORKERD_LDLIBS   := -lsndfile -lsoxr -lm -lpthread
 TEST_APPLY_BIN   := $(BUILD)/tests/test_apply
+TEST_JOBEXEC_BIN := $(BUILD)/tests/test_jobexec
+WORKERD_SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+# the job runner and what it is built on, compiled again with the sanitizers
+JOBEXEC_SAN_SRCS := workerd/jobexec.c workerd/forward.c workerd/audio.c workerd/separate.c \
+                    models/apply.c
 AUDIOTOOL_BIN    := $(BUILD)/tests/audiotool
 
 # Only link against the engine when models.mk builds it (it adds its library to
@@ -29,11 +38,11 @@ WORKERD_HAVE_ENGINE := $(if $(filter $(SEPMODELS_LIB),$(ALL_TARGETS)),1,)
 
 ALL_TARGETS += $(SEPAPPLY_LIB) $(AUDIOTOOL_BIN)
 ifeq ($(WORKERD_HAVE_ENGINE),1)
-ALL_TARGETS += $(WORKERD_BIN) $(TEST_APPLY_BIN)
+ALL_TARGETS += $(WORKERD_BIN) $(TEST_APPLY_BIN) $(TEST_JOBEXEC_BIN)
 endif
-TEST_SUITES += test-apply test-cli
+TEST_SUITES += test-apply test-cli test-jobexec
 
-.PHONY: test-apply test-cli
+.PHONY: test-apply test-cli test-jobexec
 
 $(WORKERD_OBJDIR)/%.o: workerd/%.c
 	@mkdir -p $(@D)
@@ -56,6 +65,13 @@ $(TEST_APPLY_BIN): tests/apply/test_apply.c $(SEPAPPLY_LIB) $(SEPMODELS_LIB) mod
 	$(CC) $(CFLAGS_COMMON) -o $@ $< $(SEPAPPLY_LIB) $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) \
 	    -ljansson -lsndfile -lm
 
+$(TEST_JOBEXEC_BIN): tests/workerd/test_jobexec.c $(JOBEXEC_SAN_SRCS) $(SEPMODELS_LIB) \
+                     workerd/jobexec.h workerd/forward.h workerd/audio.h workerd/separate.h \
+                     models/apply.h models/engine.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) $(WORKERD_SAN) -o $@ $< $(JOBEXEC_SAN_SRCS) $(SEPMODELS_LIB) \
+	    $(SEPMODELS_LDLIBS) -lsndfile -lsoxr -lcmocka -lm -lpthread
+
 $(AUDIOTOOL_BIN): tests/cli/audiotool.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_COMMON) -o $@ $< -lsndfile -lm
@@ -69,7 +85,10 @@ test-apply: $(TEST_APPLY_BIN)
 test-cli: $(WORKERD_BIN) $(AUDIOTOOL_BIN)
 	$(PY) tests/cli/test_cli.py --workerd $(WORKERD_BIN) --audiotool $(AUDIOTOOL_BIN) \
 	    --fixtures tests/fixtures/apply
+
+test-jobexec: $(TEST_JOBEXEC_BIN)
+	@tests/unit/run-cmocka jobexec $(TEST_JOBEXEC_BIN)
 else
-test-apply test-cli:
+test-apply test-cli test-jobexec:
 	@echo "SKIP: the engine library $(SEPMODELS_LIB) is not built by models/models.mk"
 endif
