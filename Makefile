@@ -25,7 +25,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := build-essential pkg-config curl bc python3 python3-redis \
             nginx-core nginx-dev libpcre2-dev libpcre3-dev zlib1g-dev libssl-dev \
             redis-server libhiredis-dev libjansson-dev libcmocka-dev \
-            libsndfile1-dev libsoxr-dev libopenblas-dev libfftw3-dev wrk python3-numpy
+            libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev wrk python3-numpy
 # The PyTorch reference (fixtures, full-size parity check, benchmarks).
 APT_REF_PKGS := python3-torch python3-torchaudio libopenblas0-pthread python3-venv \
                 python3-numpy python3-yaml python3-tqdm

@@ -11,6 +11,8 @@
 #                         forwarders: stems vs sep_apply_run, bad inputs, cancel, codes,
 #                         limits, progress throttling, two concurrent jobs (cmocka,
 #                         ASan + UBSan on workerd's sources and the apply layer)
+#   make test-workerd-config  `workerd run` settings (workerd/config.c): INI file (inih),
+#                         flags, errors, reload, --help, conf/workerd.conf (cmocka, ASan)
 #
 # The engine itself (build/libsepmodels.a) comes from models/models.mk; its link flags
 # are taken from SEPMODELS_LDLIBS when models.mk sets it.
@@ -21,11 +23,12 @@ SEPAPPLY_LIB     := $(BUILD)/libsepapply.a
 WORKERD_BIN      := $(BUILD)/workerd
 WORKERD_OBJDIR   := $(BUILD)/obj-workerd
 WORKERD_SRCS     := workerd/main.c workerd/cmd_separate.c workerd/separate.c workerd/audio.c \
-                    workerd/jobexec.c workerd/forward.c
+                    workerd/jobexec.c workerd/forward.c workerd/config.c
 WORKERD_OBJS     := $(patsubst workerd/%.c,$(WORKERD_OBJDIR)/%.o,$(WORKERD_SRCS))
-WORKERD_LDLIBS   := -lsndfile -lsoxr -lm -lpthread
+WORKERD_LDLIBS   := -lsndfile -lsoxr -linih -lm -lpthread
 TEST_APPLY_BIN   := $(BUILD)/tests/test_apply
 TEST_JOBEXEC_BIN := $(BUILD)/tests/test_jobexec
+TEST_CONFIG_BIN  := $(BUILD)/tests/test_workerd_config
 WORKERD_SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 # the job runner and what it is built on, compiled again with the sanitizers
 JOBEXEC_SAN_SRCS := workerd/jobexec.c workerd/forward.c workerd/audio.c workerd/separate.c \
@@ -36,13 +39,13 @@ AUDIOTOOL_BIN    := $(BUILD)/tests/audiotool
 # ALL_TARGETS); until then the suites say why they cannot run.
 WORKERD_HAVE_ENGINE := $(if $(filter $(SEPMODELS_LIB),$(ALL_TARGETS)),1,)
 
-ALL_TARGETS += $(SEPAPPLY_LIB) $(AUDIOTOOL_BIN)
+ALL_TARGETS += $(SEPAPPLY_LIB) $(AUDIOTOOL_BIN) $(TEST_CONFIG_BIN)
 ifeq ($(WORKERD_HAVE_ENGINE),1)
 ALL_TARGETS += $(WORKERD_BIN) $(TEST_APPLY_BIN) $(TEST_JOBEXEC_BIN)
 endif
-TEST_SUITES += test-apply test-cli test-jobexec
+TEST_SUITES += test-apply test-cli test-jobexec test-workerd-config
 
-.PHONY: test-apply test-cli test-jobexec
+.PHONY: test-apply test-cli test-jobexec test-workerd-config
 
 $(WORKERD_OBJDIR)/%.o: workerd/%.c
 	@mkdir -p $(@D)
@@ -71,6 +74,13 @@ $(TEST_JOBEXEC_BIN): tests/workerd/test_jobexec.c $(JOBEXEC_SAN_SRCS) $(SEPMODEL
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_COMMON) $(WORKERD_SAN) -o $@ $< $(JOBEXEC_SAN_SRCS) $(SEPMODELS_LIB) \
 	    $(SEPMODELS_LDLIBS) -lsndfile -lsoxr -lcmocka -lm -lpthread
+
+$(TEST_CONFIG_BIN): tests/workerd/test_config.c workerd/config.c workerd/config.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) $(WORKERD_SAN) -o $@ $< workerd/config.c -linih -lcmocka
+
+test-workerd-config: $(TEST_CONFIG_BIN)
+	@tests/unit/run-cmocka workerd-config $(TEST_CONFIG_BIN)
 
 $(AUDIOTOOL_BIN): tests/cli/audiotool.c
 	@mkdir -p $(@D)
