@@ -230,6 +230,7 @@ typedef struct {
     int fail_count;    /* ... this many times (0 = forever) */
     double sleep_s;    /* per call */
     float gain;        /* 0: run the engine; else out = gain * in for every source */
+    int nan_from;      /* > 0: outputs of this call on (1-based) hold a NaN */
     atomic_int calls;  /* calls made */
     atomic_int failed; /* failures returned */
 } script_fwd;
@@ -246,6 +247,12 @@ static int script_forward(void *ctx, const char *m, int mi, const float *in, int
         atomic_fetch_add(&f->failed, 1);
         snprintf(err, errlen, "scripted failure %d", f->fail_code);
         return f->fail_code;
+    }
+    if (f->nan_from > 0 && k + 1 >= f->nan_from) {
+        int rc =
+            sep_engine_forward_fn(&engine_fwd, m, mi, in, n, length, out, deadline, err, errlen);
+        out[(size_t)n * info->n_sources * info->audio_channels * length - 1] = NAN;
+        return rc;
     }
     if (f->gain != 0) {
         size_t seg = (size_t)info->audio_channels * length;
@@ -610,6 +617,23 @@ static void test_forwarder_codes(void **state)
     printf("MAXERR jobexec_fallback_vs_sep_apply_run max_abs=%.3g\n", err);
     assert_true(err <= 1e-6);
     free(ref);
+
+    /* NaN in a forwarder's output: device_error, or the fallback takes over */
+    script_fwd broken = {.nan_from = 2};
+    path_in(outdir, sizeof(outdir), "out_nan");
+    base_spec(&s, input, outdir);
+    s.forward = script_forward;
+    s.forward_ctx = &broken;
+    assert_int_equal(sep_job_execute(&s, &o), -1);
+    assert_int_equal(o.code, SEP_JOB_DEVICE_ERROR);
+    assert_non_null(strstr(o.message, "non-finite"));
+    assert_no_files(outdir);
+    script_fwd broken2 = {.nan_from = 2}, good = {0};
+    s.forward_ctx = &broken2;
+    s.fallback = script_forward;
+    s.fallback_ctx = &good;
+    assert_int_equal(sep_job_execute(&s, &o), 0);
+    assert_int_equal(o.fell_back, 1);
 
     /* a crash re-sent once with crash_retries = 1 */
     script_fwd flaky = {.fail_code = SEP_FWD_ECRASH, .fail_from = 1, .fail_count = 1};
