@@ -11,9 +11,8 @@
  *                           int length, float *out, double deadline, char *err, size_t len)
  *   { return sep_pool_forward(ctx, model, mi, in, n, length, out, deadline, err, len); }
  *
- * A forwarder must be callable from several job
- * threads at once (the pool merges their segments into shared device batches); the
- * runner never holds a lock around it.
+ * A forwarder must be callable from several job threads at once (the pool merges their
+ * segments into shared device batches); the runner never holds a lock around it.
  *
  * deadline: CLOCK_MONOTONIC seconds (models/util.h sep_wall_seconds), 0 = none.
  *
