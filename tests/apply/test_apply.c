@@ -35,10 +35,11 @@
 
 #define TOLERANCE 2e-5
 
-static int failures;
+static int failures, checks;
 
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
+        checks++;                                                                                  \
         if (!(cond)) {                                                                             \
             printf("FAIL %s:%d: ", __FILE__, __LINE__);                                            \
             printf(__VA_ARGS__);                                                                   \
@@ -529,6 +530,7 @@ int main(int argc, char **argv)
     size_t n_cases = json_array_size(cases);
     free(track);
     json_decref(manifest);
+    printf("CASES: %d passed, %d failed, 0 skipped\n", checks - failures, failures);
     if (failures) {
         printf("%d check(s) failed\n", failures);
         return 1;
