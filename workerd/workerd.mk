@@ -14,7 +14,8 @@
 #   make test-jobexec     the job runner (workerd/jobexec.c) with in-process and scripted
 #                         forwarders: stems vs sep_apply_run, bad inputs, cancel, codes,
 #                         limits, progress throttling, two concurrent jobs (cmocka,
-#                         ASan + UBSan on workerd's sources and the apply layer)
+#                         ASan + UBSan on workerd's sources and the apply layer), and on
+#                         the real pool: two jobs mixing batches, cuda -> CPU fallback
 #   make test-workerd-config  `workerd run` settings (workerd/config.c): INI file (inih),
 #                         flags, errors, reload, --help, conf/workerd.conf (cmocka, ASan)
 #
@@ -46,7 +47,7 @@ WORKERD_HAVE_ENGINE := $(if $(filter $(SEPMODELS_LIB),$(ALL_TARGETS)),1,)
 
 ALL_TARGETS += $(SEPAPPLY_LIB) $(AUDIOTOOL_BIN) $(TEST_CONFIG_BIN)
 ifeq ($(WORKERD_HAVE_ENGINE),1)
-ALL_TARGETS += $(WORKERD_BIN) $(TEST_APPLY_BIN) $(TEST_JOBEXEC_BIN)
+ALL_TARGETS += $(WORKERD_BIN) $(TEST_APPLY_BIN) $(TEST_JOBEXEC_BIN) $(TEST_JOBEXEC_POOL_BIN)
 endif
 TEST_SUITES += test-apply test-cli test-pool test-jobexec test-workerd-config
 
@@ -79,6 +80,16 @@ $(TEST_JOBEXEC_BIN): tests/workerd/test_jobexec.c $(JOBEXEC_SAN_SRCS) $(SEPMODEL
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_COMMON) $(WORKERD_SAN) -o $@ $< $(JOBEXEC_SAN_SRCS) $(SEPMODELS_LIB) \
 	    $(SEPMODELS_LDLIBS) -lsndfile -lsoxr -lcmocka -lm -lpthread
+
+# the job runner on the real pool (workers: the real build/workerd)
+TEST_JOBEXEC_POOL_BIN := $(BUILD)/tests/test_jobexec_pool
+$(TEST_JOBEXEC_POOL_BIN): tests/workerd/test_jobexec_pool.c $(JOBEXEC_SAN_SRCS) workerd/pool.c \
+                          workerd/pool.h shared/sep_ring.c shared/sep_ring.h $(SEPMODELS_LIB) \
+                          workerd/jobexec.h workerd/forward.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) $(WORKERD_SAN) -o $@ $< $(JOBEXEC_SAN_SRCS) workerd/pool.c \
+	    shared/sep_ring.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -lsndfile -lsoxr -lcmocka -lm \
+	    -lpthread
 
 $(TEST_CONFIG_BIN): tests/workerd/test_config.c workerd/config.c workerd/config.h
 	@mkdir -p $(@D)
@@ -113,8 +124,8 @@ test-cli: $(WORKERD_BIN) $(AUDIOTOOL_BIN)
 test-pool: $(TEST_POOL_BIN) $(WORKERD_BIN)
 	@tests/unit/run-cmocka pool $(TEST_POOL_BIN)
 
-test-jobexec: $(TEST_JOBEXEC_BIN)
-	@tests/unit/run-cmocka jobexec $(TEST_JOBEXEC_BIN)
+test-jobexec: $(TEST_JOBEXEC_BIN) $(TEST_JOBEXEC_POOL_BIN) $(WORKERD_BIN)
+	@tests/unit/run-cmocka jobexec $(TEST_JOBEXEC_BIN) $(TEST_JOBEXEC_POOL_BIN)
 else
 test-apply test-cli test-pool test-jobexec:
 	@echo "SKIP: the engine library $(SEPMODELS_LIB) is not built by models/models.mk"
