@@ -1,7 +1,10 @@
 # tests/: suites run by `make test` (each appends its target name to TEST_SUITES).
 #
 # test-integration  the HTTP API against a real redis-server + nginx with the module
-#                   (tests/integration/test_http_api.py), on loopback, temporary prefix
+#                   (tests/integration/test_http_api.py), on loopback, temporary prefix;
+#                   then Redis outages and a restart that loads a big RDB under traffic,
+#                   with 2 and 4 workers (tests/integration/test_redis_outage.py, about
+#                   1 minute; prints RESULT lines)
 # test-local-stack  `make run` / `make stop` (conf/run-local, conf/stop-local) on a
 #                   temporary run directory, and conf/nginx.conf being up to date
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
@@ -13,6 +16,7 @@ TEST_SUITES += test-local-stack test-integration
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
+	$(PY) tests/integration/test_redis_outage.py
 
 test-local-stack: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_local_stack.py

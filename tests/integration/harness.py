@@ -143,7 +143,7 @@ def multipart(fields, files, boundary=None):
 class Stack:
     """redis-server + nginx with the module under a temporary prefix."""
 
-    def __init__(self, max_body="1m", max_queued=10000, worker_processes=2):
+    def __init__(self, max_body="1m", max_queued=10000, worker_processes=2, conf_edit=None):
         self.prefix = tempfile.mkdtemp(prefix="sep-it-")
         self.port = localstack.free_port()
         self.redis_port = localstack.free_port()
@@ -155,6 +155,7 @@ class Stack:
         self.redis_proc = None
         self.nginx_proc = None
         self.keep_prefix = bool(os.environ.get("SEP_TEST_KEEP"))
+        self.conf_edit = conf_edit  # text -> text, applied to the rendered nginx.conf
         self._stopped = False
         atexit.register(self.stop)
 
@@ -162,7 +163,8 @@ class Stack:
     def start(self):
         localstack.make_prefix_dirs(self.prefix)
         with open(self.conf_path, "w", encoding="utf-8") as f:
-            f.write(localstack.render_nginx_conf(self.values))
+            text = localstack.render_nginx_conf(self.values)
+            f.write(self.conf_edit(text) if self.conf_edit else text)
         self.start_redis()
         self.nginx_proc = localstack.start_nginx(self.prefix, self.conf_path, self.port)
         return self
