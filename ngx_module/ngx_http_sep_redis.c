@@ -453,10 +453,7 @@ static void ngx_http_sep_redis_setup_reply(redisAsyncContext *ac, void *reply, v
             }
             redis->setup_failed = 1;
         } else {
-            if (!redis->down) {
-                ngx_log_error(NGX_LOG_ERR, redis->log, 0, "sep: redis %s failed: %s", what,
-                              rr->str);
-            }
+            /* AUTH refused, a script Redis will not load: reconnect with backoff */
             ngx_http_sep_redis_mark_down(what, rr->str);
             redis->setup_pending = 0;
             redisAsyncDisconnect(ac);
