@@ -17,11 +17,13 @@ Only the Python standard library is used.
 import ctypes
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -54,11 +56,63 @@ OPERATOR_VALUES = {
 }
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class PortInUse(RuntimeError):
+    """A server refused to start because its TCP port was taken (EADDRINUSE)."""
+
+
+def ephemeral_port_range():
+    """(low, high) of the kernel's ephemeral range, which bind(0) and outgoing
+    connections draw from; no server of ours takes a port in it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def port_ranges():
+    """The ranges a server port is drawn from: above 10000 and outside the ephemeral
+    range (below it, or above it when it starts too low to leave room)."""
+    low, high = ephemeral_port_range()
+    ranges = []
+    if low - 1 >= 11000:
+        ranges.append((10000, low - 1))
+    if high + 1 <= 64535:
+        ranges.append((high + 1, 65535))
+    return ranges or [(10000, 65535)]
+
+
+_port_random = random.SystemRandom()
+
+
+def pick_port():
+    """A random port outside the ephemeral range that nothing listens on right now.
+
+    Another process may still take it before our server binds it: start servers with
+    start_on_free_port(), which retries on EADDRINUSE."""
+    ranges = port_ranges()
+    weights = [hi - lo + 1 for lo, hi in ranges]
+    for _ in range(200):
+        lo, hi = _port_random.choices(ranges, weights)[0]
+        port = _port_random.randint(lo, hi)
+        if port_is_free(port):
+            return port
+    raise RuntimeError("no free TCP port found in %s" % ranges)
+
+
+def start_on_free_port(start, what, attempts=8, log=None):
+    """Calls start(port) with a fresh pick_port() until it does not raise PortInUse,
+    at most `attempts` times; each retry is logged. Returns (port, start's result)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    for attempt in range(1, attempts + 1):
+        port = pick_port()
+        try:
+            return port, start(port)
+        except PortInUse as e:
+            log("%s: port %d was taken (%s); retrying on another port (%d/%d)"
+                % (what, port, e, attempt, attempts))
+    raise RuntimeError("%s: no port could be bound in %d attempts" % (what, attempts))
 
 
 def port_is_free(port):
@@ -69,6 +123,23 @@ def port_is_free(port):
         except OSError:
             return False
         return True
+
+
+def _log_says_port_taken(path, since=0):
+    """Whether a server's log, from byte offset `since`, reports EADDRINUSE."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(since)
+            return b"Address already in use" in f.read()
+    except OSError:
+        return False
+
+
+def _file_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _die_with_parent():
@@ -104,7 +175,7 @@ def render_nginx_conf(values, template=TEMPLATE):
     return text
 
 
-def local_values(prefix, port, redis_port, module_so=MODULE_SO, max_body="64m",
+def local_values(prefix, port, redis_addr, module_so=MODULE_SO, max_body="64m",
                  max_queued=10000, worker_processes=2, daemon=False):
     """Template values for a private prefix: every path under it, loopback only."""
     prefix = os.path.abspath(prefix)
@@ -121,7 +192,7 @@ def local_values(prefix, port, redis_port, module_so=MODULE_SO, max_body="64m",
         "WORKER_PROCESSES": str(worker_processes),
         "LISTEN": "127.0.0.1:%d" % port,
         "SERVER_NAME": "localhost",
-        "REDIS": "127.0.0.1:%d" % redis_port,
+        "REDIS": redis_addr,
         "SPOOL": os.path.join(prefix, "spool"),
         "TEMP": os.path.join(prefix, "temp"),
         "MAX_BODY": max_body,
@@ -135,48 +206,99 @@ def make_prefix_dirs(prefix):
         os.makedirs(os.path.join(prefix, sub), exist_ok=True)
 
 
-def redis_args(prefix, port, daemon=False):
-    """redis-server arguments: loopback, no persistence, files under prefix/redis."""
+def redis_socket(prefix):
+    """The Unix socket a prefix's Redis listens on when it has no TCP port."""
+    return os.path.join(os.path.abspath(prefix), "redis", "redis.sock")
+
+
+def redis_address(prefix, port=None):
+    """What `sep_redis` and redis_command() take: "unix:PATH" or "127.0.0.1:PORT"."""
+    return "127.0.0.1:%d" % port if port else "unix:" + redis_socket(prefix)
+
+
+def redis_args(prefix, port=None, daemon=False):
+    """redis-server arguments: on 127.0.0.1:port, or (port None) only on the Unix socket
+    prefix/redis/redis.sock; no persistence; files under prefix/redis."""
     rdir = os.path.join(os.path.abspath(prefix), "redis")
-    args = [REDIS_BIN, "--bind", "127.0.0.1", "--port", str(port), "--dir", rdir,
-            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-            "--logfile", os.path.join(rdir, "redis.log")]
+    args = [REDIS_BIN, "--dir", rdir, "--save", "", "--appendonly", "no",
+            "--protected-mode", "yes", "--logfile", os.path.join(rdir, "redis.log")]
+    if port:
+        args += ["--bind", "127.0.0.1", "--port", str(port)]
+    else:
+        args += ["--port", "0", "--unixsocket", redis_socket(prefix), "--unixsocketperm", "700"]
     if daemon:
         args += ["--daemonize", "yes", "--pidfile", os.path.join(rdir, "redis.pid")]
     return args
 
 
-def start_redis(prefix, port):
-    """A foreground redis-server child on 127.0.0.1:port; returns once it answers PING."""
-    proc = subprocess.Popen(redis_args(prefix, port), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    wait_redis(port, proc=proc)
+def redis_log(prefix):
+    return os.path.join(os.path.abspath(prefix), "redis", "redis.log")
+
+
+def start_redis(prefix, port=None, extra_args=()):
+    """A foreground redis-server child (on the prefix's Unix socket, or on 127.0.0.1:port);
+    returns once it answers PING. Raises PortInUse when the port was taken."""
+    log = redis_log(prefix)
+    since = _file_size(log)
+    proc = subprocess.Popen(redis_args(prefix, port) + list(extra_args),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_die_with_parent)
+    try:
+        wait_redis(redis_address(prefix, port), proc=proc)
+    except RuntimeError as e:
+        stop_process(proc)
+        if port and _log_says_port_taken(log, since):
+            raise PortInUse("redis-server: %s" % e) from None
+        raise
     return proc
 
 
-def redis_command(port, *words, timeout=1.0):
-    """Sends one command in RESP and returns the raw reply (enough for PING/health checks)."""
-    payload = "*%d\r\n" % len(words)
+def start_redis_tcp(prefix, extra_args=(), log=None):
+    """start_redis on a port of pick_port(), retried on EADDRINUSE: (port, proc)."""
+    return start_on_free_port(lambda port: start_redis(prefix, port, extra_args),
+                              "redis-server", log=log)
+
+
+def _connect(address, timeout):
+    if address.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(address[5:])
+        except OSError:
+            s.close()
+            raise
+        return s
+    host, _, port = address.rpartition(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def redis_command(address, *words, timeout=1.0):
+    """Sends one command in RESP to address ("unix:PATH", "HOST:PORT" or a port on
+    127.0.0.1) and returns the raw reply (enough for PING/health checks)."""
+    if isinstance(address, int):
+        address = "127.0.0.1:%d" % address
+    payload = b"*%d\r\n" % len(words)
     for w in words:
         b = str(w).encode()
-        payload += "$%d\r\n%s\r\n" % (len(b), b.decode())
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(payload.encode())
+        payload += b"$%d\r\n%s\r\n" % (len(b), b)
+    with _connect(address, timeout) as s:
+        s.sendall(payload)
         return s.recv(65536)
 
 
-def wait_redis(port, proc=None, timeout=10.0):
+def wait_redis(address, proc=None, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("redis-server exited with status %d" % proc.returncode)
         try:
-            if redis_command(port, "PING").startswith(b"+PONG"):
+            if redis_command(address, "PING").startswith(b"+PONG"):
                 return
         except OSError:
             pass
-        time.sleep(0.05)
-    raise RuntimeError("redis-server on port %d did not answer within %.0fs" % (port, timeout))
+        time.sleep(0.02)
+    raise RuntimeError("redis-server on %s did not answer within %.0fs" % (address, timeout))
 
 
 def nginx_args(prefix, conf_path, *extra):
@@ -197,12 +319,31 @@ PROBE_PATH = "/v1/jobs/00000000-0000-4000-8000-000000000000"
 
 
 def start_nginx(prefix, conf_path, port, check_path=PROBE_PATH):
-    """A foreground nginx master (its conf has `daemon off`); returns once it answers JSON."""
+    """A foreground nginx master (its conf has `daemon off`); returns once it answers JSON.
+    Raises PortInUse when nginx could not bind its port."""
     check_nginx_conf(prefix, conf_path)
+    log = os.path.join(os.path.abspath(prefix), "logs", "error.log")
+    since = _file_size(log)
     proc = subprocess.Popen(nginx_args(prefix, conf_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-    wait_http_json(port, check_path, proc=proc)
+    try:
+        wait_http_json(port, check_path, proc=proc)
+    except RuntimeError as e:
+        stop_process(proc)
+        if _log_says_port_taken(log, since):
+            raise PortInUse("nginx: %s" % e) from None
+        raise
     return proc
+
+
+def start_nginx_on_free_port(prefix, conf_path, render, check_path=PROBE_PATH, log=None):
+    """Writes render(port) to conf_path and starts nginx on it, for ports of pick_port()
+    until one binds: (port, proc)."""
+    def start(port):
+        with open(conf_path, "w", encoding="utf-8") as f:
+            f.write(render(port))
+        return start_nginx(prefix, conf_path, port, check_path)
+    return start_on_free_port(start, "nginx", log=log)
 
 
 def http_json_answer(port, path, timeout=1.0):

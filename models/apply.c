@@ -27,6 +27,13 @@
  * Chunks are scheduled by the smallest track position first (ties: bag order), and a
  * batch is extended with the following chunks of the same network while they fit in
  * the ring, so every pass advances together and memory stays independent of length.
+ *
+ * The schedule is a producer/consumer (sep_apply_begin/next/put/end): next hands out
+ * a batch (its windows loaded into the caller's buffer) and records it as outstanding;
+ * put accumulates its outputs, in any order of batches, and emits what became final.
+ * With outstanding batches the final frontier is also held back by their first
+ * positions. sep_apply_run is next -> sep_engine_forward -> put in a loop, which adds
+ * the chunks in exactly the order of the one-piece schedule it replaced.
  */
 #include "models/apply.h"
 #include "models/util.h"
@@ -55,6 +62,7 @@ typedef struct {
     int64_t max_shift;      /* samplerate / 2 */
     int64_t ring;           /* accumulator ring length in frames */
     int batch;              /* chunks per forward call */
+    int inflight;           /* batches handed out and not yet put back, at most */
     int n_passes;
 } apply_plan;
 
@@ -67,6 +75,7 @@ void sep_apply_opts_default(sep_apply_opts *o)
     o->segment = 0.0;
     o->two_stems = -1;
     o->max_batch = 1;
+    o->max_inflight = 1;
     o->seed = 0x5eed5eedULL;
     o->shift_offsets = NULL;
 }
@@ -150,6 +159,10 @@ int sep_apply_check(const sep_model *m, const sep_apply_opts *o, char *err, size
             return -1;
         }
     }
+    if (o->max_inflight < 0 || o->max_inflight > 64) {
+        sep_set_err(err, errlen, "max_inflight must be between 1 and 64 (got %d)", o->max_inflight);
+        return -1;
+    }
     if (o->shift_offsets && o->shifts > 0) {
         int max_shift = (int)(0.5 * info->samplerate);
         for (int i = 0; i < info->n_models * o->shifts; i++)
@@ -176,9 +189,10 @@ static void make_plan(const sep_model *m, const sep_apply_opts *o, apply_plan *p
     p->max_shift = (int64_t)(0.5 * info->samplerate);
     p->batch = o->max_batch > 0 ? o->max_batch : 1;
     p->n_passes = info->n_models * (o->shifts > 0 ? o->shifts : 1);
-    /* Room for one full batch of one pass, plus the spread between passes. */
-    p->ring =
-        p->segment_length + (int64_t)p->batch * p->stride + (o->shifts > 0 ? p->max_shift : 0);
+    p->inflight = o->max_inflight > 0 ? o->max_inflight : 1;
+    /* Room for the batches in flight of one pass, plus the spread between passes. */
+    p->ring = p->segment_length + (int64_t)p->batch * p->inflight * p->stride +
+              (o->shifts > 0 ? p->max_shift : 0);
 }
 
 /* Stems held by the emit buffer (two-stem mode needs 2 even for a 1-source model). */
@@ -199,7 +213,8 @@ size_t sep_apply_memory_bytes(const sep_model *m, const sep_apply_opts *o)
     floats += (size_t)p.segment_length * 2;                                  /* weights */
     floats += (size_t)emit_rows(&p) * p.channels * EMIT_BLOCK;               /* emit buffer */
     floats += (size_t)p.channels * STATS_BLOCK;                              /* stats block */
-    return floats * sizeof(float) + (size_t)p.n_passes * sizeof(apply_pass);
+    return floats * sizeof(float) + (size_t)p.n_passes * sizeof(apply_pass) +
+           (size_t)p.inflight * p.batch * (sizeof(int) + sizeof(int64_t));
 }
 
 /* splitmix64: small, seedable, good enough to draw shift offsets. */
@@ -288,28 +303,42 @@ static int track_stats(const sep_apply_io *io, float *block, double *mean_out, d
     return 0;
 }
 
+/* One batch handed out by sep_apply_next and not yet put back. */
 typedef struct {
+    int active;
+    uint64_t seq;
+    int model, n;
+    int *pass;       /* [batch] */
+    int64_t *chunk;  /* [batch] */
+    int64_t min_pos; /* smallest retained track position the batch writes */
+} apply_batch;
+
+struct sep_apply_state {
     const sep_model_info *info;
-    const sep_apply_io *io;
+    sep_apply_io io;
     apply_plan plan;
     apply_pass *passes;
+    apply_batch *out_batches; /* [inflight] */
+    int inflight, pending;
+    uint64_t seq;
     float coef[SEP_MAX_BAG][SEP_MAX_SOURCES];
     float mean, std;
     float *acc;     /* [sources][channels][ring] */
-    float *in;      /* [batch][channels][forward_length] */
-    float *out;     /* [batch][sources][channels][forward_length] */
     float *scratch; /* [channels][segment_length] */
     float *weight;  /* [segment_length] triangle ** transition_power */
     float *wnorm;   /* [segment_length] weight / pass weight sum for one chunk */
     float *emit;    /* [stems][channels][EMIT_BLOCK] */
     float *stats;   /* [channels][STATS_BLOCK] */
     int two_stems;
-    int64_t emitted; /* frames written so far */
-} apply_state;
+    int failed;
+    int64_t emitted;     /* frames written so far */
+    int64_t total, done; /* useful chunks in all passes; put back so far */
+    char err[256];
+};
 
 /* weight[j] / (sum of weights of the pass's chunks covering j), for chunk k, summed in
  * chunk order as apply_model's sum_weight is. */
-static void chunk_weights(apply_state *st, const apply_pass *ps, int64_t k, int64_t len)
+static void chunk_weights(sep_apply_state *st, const apply_pass *ps, int64_t k, int64_t len)
 {
     const apply_plan *p = &st->plan;
     int64_t off = chunk_offset(p, k);
@@ -330,10 +359,10 @@ static void chunk_weights(apply_state *st, const apply_pass *ps, int64_t k, int6
 
 /* Builds the network input of one chunk: the window of segment_length samples around the
  * chunk from the zero-extended, normalised track, then zeros up to forward_length. */
-static int load_window(apply_state *st, const apply_pass *ps, int64_t k, float *dst)
+static int load_window(sep_apply_state *st, const apply_pass *ps, int64_t k, float *dst)
 {
     const apply_plan *p = &st->plan;
-    const sep_apply_io *io = st->io;
+    const sep_apply_io *io = &st->io;
     int64_t len = chunk_length(p, ps, k);
     int64_t delta = p->segment_length - len;
     int64_t wstart = ps->start + chunk_offset(p, k) - delta / 2;
@@ -357,7 +386,7 @@ static int load_window(apply_state *st, const apply_pass *ps, int64_t k, float *
 }
 
 /* Adds one chunk's network output into the accumulator ring. */
-static void accumulate(apply_state *st, const apply_pass *ps, int64_t k, const float *y)
+static void accumulate(sep_apply_state *st, const apply_pass *ps, int64_t k, const float *y)
 {
     const apply_plan *p = &st->plan;
     int64_t len = chunk_length(p, ps, k);
@@ -365,7 +394,7 @@ static void accumulate(apply_state *st, const apply_pass *ps, int64_t k, const f
     int64_t abs0 = ps->start + chunk_offset(p, k);
     chunk_weights(st, ps, k, len);
     int64_t j0 = abs0 < 0 ? -abs0 : 0;
-    int64_t j1 = abs0 + len > st->io->frames ? st->io->frames - abs0 : len;
+    int64_t j1 = abs0 + len > st->io.frames ? st->io.frames - abs0 : len;
     for (int s = 0; s < p->n_sources; s++) {
         float coef = st->coef[ps->model][s];
         for (int c = 0; c < p->channels; c++) {
@@ -380,7 +409,7 @@ static void accumulate(apply_state *st, const apply_pass *ps, int64_t k, const f
 }
 
 /* De-normalises and writes out every final frame in [emitted, upto). */
-static int emit_until(apply_state *st, int64_t upto, char *err, size_t errlen)
+static int emit_until(sep_apply_state *st, int64_t upto)
 {
     const apply_plan *p = &st->plan;
     while (st->emitted < upto) {
@@ -409,9 +438,9 @@ static int emit_until(apply_state *st, int64_t upto, char *err, size_t errlen)
                 }
             }
         }
-        if (st->io->write(st->io->user, st->emitted, count, st->emit)) {
-            sep_set_err(err, errlen, "writing the output failed at frame %lld",
-                        (long long)st->emitted);
+        if (st->io.write(st->io.user, st->emitted, count, st->emit)) {
+            snprintf(st->err, sizeof(st->err), "writing the output failed at frame %lld",
+                     (long long)st->emitted);
             return -1;
         }
         st->emitted += count;
@@ -419,20 +448,25 @@ static int emit_until(apply_state *st, int64_t upto, char *err, size_t errlen)
     return 0;
 }
 
-static int64_t global_frontier(apply_state *st)
+/* First frame that is not final yet: every pass's next chunk to hand out and every
+ * chunk handed out but not put back may still add to the frames from its start on. */
+static int64_t final_frontier(sep_apply_state *st)
 {
-    int64_t f = st->io->frames;
+    int64_t f = st->io.frames;
     for (int i = 0; i < st->plan.n_passes; i++) {
-        int64_t pf = pass_frontier(&st->plan, &st->passes[i], st->io->frames);
+        int64_t pf = pass_frontier(&st->plan, &st->passes[i], st->io.frames);
         if (pf < f)
             f = pf;
     }
+    for (int i = 0; i < st->inflight; i++)
+        if (st->out_batches[i].active && st->out_batches[i].min_pos < f)
+            f = st->out_batches[i].min_pos;
     return f;
 }
 
 /* Index of the pass (optionally restricted to one network) whose next chunk starts
  * first, or -1 when all are done. */
-static int earliest_pass(apply_state *st, int model)
+static int earliest_pass(sep_apply_state *st, int model)
 {
     int best = -1;
     int64_t best_pos = 0;
@@ -449,106 +483,78 @@ static int earliest_pass(apply_state *st, int model)
     return best;
 }
 
-static int run_schedule(apply_state *st, sep_engine *e, char *err, size_t errlen)
+static void state_free(sep_apply_state *st)
 {
-    apply_plan *p = &st->plan;
-    int64_t frames = st->io->frames, total = 0, done = 0;
-    for (int i = 0; i < p->n_passes; i++)
-        for (int64_t k = 0; k < st->passes[i].n_chunk; k++)
-            total += chunk_useful(p, &st->passes[i], k, frames);
-    int batch_pass[1024];
-    int64_t batch_chunk[1024];
-    size_t in_stride = (size_t)p->channels * p->forward_length;
-    size_t out_stride = (size_t)p->n_sources * in_stride;
-
-    for (;;) {
-        int first = earliest_pass(st, -1);
-        if (first < 0)
-            break;
-        int model = st->passes[first].model, n = 0;
-        while (n < p->batch) {
-            int i = n == 0 ? first : earliest_pass(st, model);
-            if (i < 0)
-                break;
-            apply_pass *ps = &st->passes[i];
-            int64_t end = ps->start + chunk_offset(p, ps->next) + chunk_length(p, ps, ps->next);
-            if (end > frames)
-                end = frames;
-            if (end - st->emitted > p->ring) {
-                if (n == 0) {
-                    sep_set_err(err, errlen, "internal error: chunk does not fit the ring");
-                    return -1;
-                }
-                break;
-            }
-            if (load_window(st, ps, ps->next, st->in + n * in_stride)) {
-                sep_set_err(err, errlen, "reading the track failed");
-                return -1;
-            }
-            batch_pass[n] = i;
-            batch_chunk[n] = ps->next;
-            n++;
-            ps->next++;
-            skip_useless(p, ps, frames);
+    if (!st)
+        return;
+    if (st->out_batches)
+        for (int i = 0; i < st->inflight; i++) {
+            free(st->out_batches[i].pass);
+            free(st->out_batches[i].chunk);
         }
-        if (sep_engine_forward(e, model, st->in, n, (int)p->forward_length, st->out, err, errlen))
-            return -1;
-        for (int b = 0; b < n; b++)
-            accumulate(st, &st->passes[batch_pass[b]], batch_chunk[b], st->out + b * out_stride);
-        done += n;
-        if (emit_until(st, global_frontier(st), err, errlen))
-            return -1;
-        if (st->io->progress && st->io->progress(st->io->user, (double)done / (double)total)) {
-            sep_set_err(err, errlen, "canceled");
-            return -1;
-        }
-    }
-    return emit_until(st, frames, err, errlen);
+    free(st->out_batches);
+    free(st->passes);
+    free(st->acc);
+    free(st->scratch);
+    free(st->weight);
+    free(st->wnorm);
+    free(st->emit);
+    free(st->stats);
+    free(st);
 }
 
-int sep_apply_run(sep_engine *e, const sep_model *m, const sep_apply_opts *o,
-                  const sep_apply_io *io, char *err, size_t errlen)
+sep_apply_state *sep_apply_begin(const sep_model *m, const sep_apply_opts *o,
+                                 const sep_apply_io *io, char *err, size_t errlen)
 {
     const sep_model_info *info = sep_model_get_info(m);
     if (sep_apply_check(m, o, err, errlen))
-        return -1;
+        return NULL;
     if (io->channels != info->audio_channels) {
         sep_set_err(err, errlen, "track has %d channels, the model expects %d", io->channels,
                     info->audio_channels);
-        return -1;
+        return NULL;
     }
     if (io->frames < 1) {
         sep_set_err(err, errlen, "the track is empty");
-        return -1;
+        return NULL;
     }
     if (!io->read || !io->write) {
         sep_set_err(err, errlen, "read and write callbacks are required");
-        return -1;
+        return NULL;
     }
 
-    apply_state st;
-    memset(&st, 0, sizeof(st));
-    st.info = info;
-    st.io = io;
-    st.two_stems = o->two_stems;
-    make_plan(m, o, &st.plan);
-    apply_plan *p = &st.plan;
+    sep_apply_state *st = calloc(1, sizeof(*st));
+    if (!st) {
+        sep_set_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    st->info = info;
+    st->io = *io;
+    st->two_stems = o->two_stems;
+    make_plan(m, o, &st->plan);
+    apply_plan *p = &st->plan;
+    st->inflight = o->max_inflight > 0 ? o->max_inflight : 1;
 
-    st.passes = calloc((size_t)p->n_passes, sizeof(apply_pass));
-    st.acc = calloc((size_t)p->n_sources * p->channels * p->ring, sizeof(float));
-    st.in = malloc(sizeof(float) * p->batch * p->channels * p->forward_length);
-    st.out = malloc(sizeof(float) * p->batch * p->n_sources * p->channels * p->forward_length);
-    st.scratch = malloc(sizeof(float) * p->channels * p->segment_length);
-    st.weight = malloc(sizeof(float) * p->segment_length);
-    st.wnorm = malloc(sizeof(float) * p->segment_length);
-    st.emit = malloc(sizeof(float) * emit_rows(p) * p->channels * EMIT_BLOCK);
-    st.stats = malloc(sizeof(float) * p->channels * STATS_BLOCK);
-    int rc = -1;
-    if (!st.passes || !st.acc || !st.in || !st.out || !st.scratch || !st.weight || !st.wnorm ||
-        !st.emit || !st.stats) {
+    st->passes = calloc((size_t)p->n_passes, sizeof(apply_pass));
+    st->out_batches = calloc((size_t)st->inflight, sizeof(apply_batch));
+    st->acc = calloc((size_t)p->n_sources * p->channels * p->ring, sizeof(float));
+    st->scratch = malloc(sizeof(float) * p->channels * p->segment_length);
+    st->weight = malloc(sizeof(float) * p->segment_length);
+    st->wnorm = malloc(sizeof(float) * p->segment_length);
+    st->emit = malloc(sizeof(float) * emit_rows(p) * p->channels * EMIT_BLOCK);
+    st->stats = malloc(sizeof(float) * p->channels * STATS_BLOCK);
+    int ok = st->passes && st->out_batches && st->acc && st->scratch && st->weight && st->wnorm &&
+             st->emit && st->stats;
+    for (int i = 0; ok && i < st->inflight; i++) {
+        st->out_batches[i].pass = malloc(sizeof(int) * p->batch);
+        st->out_batches[i].chunk = malloc(sizeof(int64_t) * p->batch);
+        ok = st->out_batches[i].pass && st->out_batches[i].chunk;
+    }
+    if (!ok) {
         sep_set_err(err, errlen, "out of memory (%zu bytes of working memory)",
                     sep_apply_memory_bytes(m, o));
-        goto done;
+        state_free(st);
+        return NULL;
     }
 
     /* Triangle weights: 1..L/2 then L-L/2..1, over their maximum, ** transition_power. */
@@ -557,7 +563,7 @@ int sep_apply_run(sep_engine *e, const sep_model *m, const sep_apply_opts *o,
     for (int64_t j = 0; j < p->segment_length; j++) {
         int64_t v = j < half ? j + 1 : p->segment_length - j;
         float w = (float)v / wmax;
-        st.weight[j] = o->transition_power == 1.0 ? w : powf(w, (float)o->transition_power);
+        st->weight[j] = o->transition_power == 1.0 ? w : powf(w, (float)o->transition_power);
     }
 
     for (int s = 0; s < p->n_sources; s++) {
@@ -565,7 +571,7 @@ int sep_apply_run(sep_engine *e, const sep_model *m, const sep_apply_opts *o,
         for (int b = 0; b < info->n_models; b++)
             total += info->bag_weights[b][s];
         for (int b = 0; b < info->n_models; b++)
-            st.coef[b][s] =
+            st->coef[b][s] =
                 info->bag_weights[b][s] / total / (float)(o->shifts > 0 ? o->shifts : 1);
     }
 
@@ -573,7 +579,7 @@ int sep_apply_run(sep_engine *e, const sep_model *m, const sep_apply_opts *o,
     uint64_t rng = o->seed;
     for (int b = 0, i = 0; b < info->n_models; b++) {
         for (int sh = 0; sh < (o->shifts > 0 ? o->shifts : 1); sh++, i++) {
-            apply_pass *ps = &st.passes[i];
+            apply_pass *ps = &st->passes[i];
             ps->model = b;
             if (o->shifts > 0) {
                 int64_t off = o->shift_offsets ? o->shift_offsets[b * o->shifts + sh]
@@ -582,30 +588,190 @@ int sep_apply_run(sep_engine *e, const sep_model *m, const sep_apply_opts *o,
             }
             ps->length = io->frames - ps->start;
             ps->n_chunk = (ps->length + p->stride - 1) / p->stride;
+            for (int64_t k = 0; k < ps->n_chunk; k++)
+                st->total += chunk_useful(p, ps, k, io->frames);
             skip_useless(p, ps, io->frames);
         }
     }
 
     double mean, sd;
-    if (track_stats(io, st.stats, &mean, &sd, err, errlen))
+    if (track_stats(io, st->stats, &mean, &sd, err, errlen)) {
+        state_free(st);
+        return NULL;
+    }
+    st->mean = (float)mean;
+    st->std = (float)sd + 1e-8f;
+    return st;
+}
+
+int sep_apply_next(sep_apply_state *st, float *mix, int max, sep_apply_chunk *desc)
+{
+    apply_plan *p = &st->plan;
+    int64_t frames = st->io.frames;
+    memset(desc, 0, sizeof(*desc));
+    if (st->failed)
+        return -1;
+    if (max > p->batch)
+        max = p->batch;
+    int slot = -1;
+    for (int i = 0; i < st->inflight && slot < 0; i++)
+        if (!st->out_batches[i].active)
+            slot = i;
+    int first = earliest_pass(st, -1);
+    if (first < 0 || slot < 0 || max < 1)
+        return 0;
+    apply_batch *bt = &st->out_batches[slot];
+    size_t in_stride = (size_t)p->channels * p->forward_length;
+    int model = st->passes[first].model, n = 0;
+    int64_t min_pos = frames;
+    while (n < max) {
+        int i = n == 0 ? first : earliest_pass(st, model);
+        if (i < 0)
+            break;
+        apply_pass *ps = &st->passes[i];
+        int64_t a = ps->start + chunk_offset(p, ps->next);
+        int64_t end = a + chunk_length(p, ps, ps->next);
+        if (end > frames)
+            end = frames;
+        if (end - st->emitted > p->ring) {
+            if (n == 0 && st->pending == 0) {
+                snprintf(st->err, sizeof(st->err), "internal error: chunk does not fit the ring");
+                st->failed = 1;
+                return -1;
+            }
+            break; /* the ring is full until outstanding outputs are put back */
+        }
+        if (load_window(st, ps, ps->next, mix + n * in_stride)) {
+            snprintf(st->err, sizeof(st->err), "reading the track failed");
+            st->failed = 1;
+            return -1;
+        }
+        if (a < 0)
+            a = 0;
+        if (a < min_pos)
+            min_pos = a;
+        bt->pass[n] = i;
+        bt->chunk[n] = ps->next;
+        n++;
+        ps->next++;
+        skip_useless(p, ps, frames);
+    }
+    if (n == 0)
+        return 0;
+    bt->active = 1;
+    bt->seq = ++st->seq;
+    bt->model = model;
+    bt->n = n;
+    bt->min_pos = min_pos;
+    st->pending++;
+    desc->model_index = model;
+    desc->n = n;
+    desc->length = (int)p->forward_length;
+    desc->channels = p->channels;
+    desc->sources = p->n_sources;
+    desc->slot = slot;
+    desc->seq = bt->seq;
+    return n;
+}
+
+int sep_apply_put(sep_apply_state *st, const sep_apply_chunk *desc, const float *out, int n)
+{
+    apply_plan *p = &st->plan;
+    if (st->failed)
+        return -1;
+    if (desc->slot < 0 || desc->slot >= st->inflight || !st->out_batches[desc->slot].active ||
+        st->out_batches[desc->slot].seq != desc->seq || n != st->out_batches[desc->slot].n) {
+        snprintf(st->err, sizeof(st->err), "sep_apply_put: not an outstanding batch");
+        return -1;
+    }
+    apply_batch *bt = &st->out_batches[desc->slot];
+    size_t out_stride = (size_t)p->n_sources * p->channels * p->forward_length;
+    for (int b = 0; b < n; b++)
+        accumulate(st, &st->passes[bt->pass[b]], bt->chunk[b], out + b * out_stride);
+    bt->active = 0;
+    st->pending--;
+    st->done += n;
+    if (emit_until(st, final_frontier(st))) {
+        st->failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
+int sep_apply_done(const sep_apply_state *st)
+{
+    return !st->failed && st->emitted == st->io.frames;
+}
+
+int sep_apply_pending(const sep_apply_state *st)
+{
+    return st->pending;
+}
+
+double sep_apply_fraction(const sep_apply_state *st)
+{
+    return st->total > 0 ? (double)st->done / (double)st->total : 1.0;
+}
+
+const char *sep_apply_error(const sep_apply_state *st)
+{
+    return st->err[0] ? st->err : "no error";
+}
+
+void sep_apply_end(sep_apply_state *st)
+{
+    state_free(st);
+}
+
+int sep_apply_run(sep_engine *e, const sep_model *m, const sep_apply_opts *o,
+                  const sep_apply_io *io, char *err, size_t errlen)
+{
+    sep_apply_state *st = sep_apply_begin(m, o, io, err, errlen);
+    if (!st)
+        return -1;
+    const sep_model_info *info = sep_model_get_info(m);
+    int batch = o->max_batch > 0 ? o->max_batch : 1;
+    size_t seg = (size_t)info->audio_channels * info->segment_samples;
+    float *in = malloc(sizeof(float) * batch * seg);
+    float *out = malloc(sizeof(float) * batch * info->n_sources * seg);
+    int rc = -1;
+    if (!in || !out) {
+        sep_set_err(err, errlen, "out of memory (%zu bytes of working memory)",
+                    sep_apply_memory_bytes(m, o));
         goto done;
-    st.mean = (float)mean;
-    st.std = (float)sd + 1e-8f;
+    }
     if (io->progress && io->progress(io->user, 0.0)) {
         sep_set_err(err, errlen, "canceled");
         goto done;
     }
-    rc = run_schedule(&st, e, err, errlen);
-
+    for (;;) {
+        sep_apply_chunk desc;
+        int n = sep_apply_next(st, in, batch, &desc);
+        if (n < 0) {
+            sep_set_err(err, errlen, "%s", sep_apply_error(st));
+            goto done;
+        }
+        if (n == 0)
+            break;
+        if (sep_engine_forward(e, desc.model_index, in, n, desc.length, out, err, errlen))
+            goto done;
+        if (sep_apply_put(st, &desc, out, n)) {
+            sep_set_err(err, errlen, "%s", sep_apply_error(st));
+            goto done;
+        }
+        if (io->progress && io->progress(io->user, sep_apply_fraction(st))) {
+            sep_set_err(err, errlen, "canceled");
+            goto done;
+        }
+    }
+    if (!sep_apply_done(st)) {
+        sep_set_err(err, errlen, "internal error: the output is incomplete");
+        goto done;
+    }
+    rc = 0;
 done:
-    free(st.passes);
-    free(st.acc);
-    free(st.in);
-    free(st.out);
-    free(st.scratch);
-    free(st.weight);
-    free(st.wnorm);
-    free(st.emit);
-    free(st.stats);
+    free(in);
+    free(out);
+    sep_apply_end(st);
     return rc;
 }

@@ -21,6 +21,16 @@
  * is read through `read` (random access, a first pass computes mean/std), and every
  * output region is handed to `write`, in order, as soon as no pending segment can
  * still change it (an overlap-add ring).
+ *
+ * Two ways to drive it:
+ *   sep_apply_run     the whole track through one engine, in this thread;
+ *   sep_apply_begin   a producer/consumer of segment batches for a caller that runs
+ *                     them elsewhere (the device-worker pool, mixing jobs in one
+ *                     device batch): sep_apply_next gives the next segments to run
+ *                     (all of one network of the bag, each model segment_samples
+ *                     long), sep_apply_put takes their outputs back and writes every
+ *                     region they complete; up to max_inflight batches may be out at
+ *                     once and come back in any order.
  */
 #ifndef SEP_MODELS_APPLY_H
 #define SEP_MODELS_APPLY_H
@@ -39,6 +49,7 @@ typedef struct {
     double segment;          /* seconds per segment; 0 = the model's (may not exceed it) */
     int two_stems;           /* source index for `src` + `no_src` output, or -1 for all */
     int max_batch;           /* segments per sep_engine_forward call (0 = 1) */
+    int max_inflight;        /* batches handed out by sep_apply_next at once (0 = 1) */
     uint64_t seed;           /* seed of the shift offsets' generator */
     /* Optional explicit shift offsets in samples, [n_models][shifts] in bag order, each
      * in [0, samplerate / 2]; replaces the generator (used to reproduce a reference). */
@@ -75,6 +86,52 @@ int sep_apply_check(const sep_model *m, const sep_apply_opts *o, char *err, size
 /* Bytes of working memory sep_apply_run allocates for these options (independent of
  * the track length). */
 size_t sep_apply_memory_bytes(const sep_model *m, const sep_apply_opts *o);
+
+/* ---- producer/consumer ------------------------------------------------------------ */
+
+typedef struct sep_apply_state sep_apply_state;
+
+/* One batch of segments handed out by sep_apply_next. */
+typedef struct {
+    int model_index; /* network of the bag every segment of the batch goes through */
+    int n;           /* segments */
+    int length;      /* samples per segment: the model's segment_samples */
+    int channels;    /* input  [n][channels][length] */
+    int sources;     /* output [n][sources][channels][length] */
+    int slot;        /* identifies the batch (internal) */
+    uint64_t seq;    /* identifies the batch (internal) */
+} sep_apply_chunk;
+
+/* Checks the options and the track, computes the normalisation (a first pass of reads
+ * over the track) and plans the segments. NULL with a message on error. `io` is copied;
+ * its progress callback is not used by the producer/consumer calls. */
+sep_apply_state *sep_apply_begin(const sep_model *m, const sep_apply_opts *o,
+                                 const sep_apply_io *io, char *err, size_t errlen);
+
+/* Loads the next batch of at most `max` (and max_batch) segments into mix
+ * [max][channels][length] and describes it in *desc. Returns the number of segments,
+ * 0 when none can be handed out now (all handed out, or the ring or the in-flight
+ * table is full until outputs are put back), -1 on error (a read failed; see
+ * sep_apply_error; the state is then unusable). */
+int sep_apply_next(sep_apply_state *st, float *mix, int max, sep_apply_chunk *desc);
+
+/* Takes the outputs [n][sources][channels][length] of an outstanding batch (n =
+ * desc->n), overlap-adds them and writes out every region now final. 0, or -1 on error
+ * (the write callback failed, or desc is not outstanding). */
+int sep_apply_put(sep_apply_state *st, const sep_apply_chunk *desc, const float *out, int n);
+
+/* 1 when every frame of the track has been written. */
+int sep_apply_done(const sep_apply_state *st);
+/* Batches handed out and not yet put back. */
+int sep_apply_pending(const sep_apply_state *st);
+/* Segments put back over all segments of the track, 0..1. */
+double sep_apply_fraction(const sep_apply_state *st);
+/* Message of the last error. */
+const char *sep_apply_error(const sep_apply_state *st);
+/* Frees the state (outstanding batches are dropped). */
+void sep_apply_end(sep_apply_state *st);
+
+/* ---- in one piece -------------------------------------------------------------------- */
 
 /* Separates the track. `e` must have been created from `m` with max_batch at least
  * o->max_batch. Returns 0, or -1 with a message in err (a callback's abort included). */

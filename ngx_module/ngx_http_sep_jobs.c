@@ -218,6 +218,37 @@ static ngx_int_t ngx_http_sep_no_such_stem(ngx_http_request_t *r, const char *wh
     return ngx_http_sep_send_error(r, NGX_HTTP_NOT_FOUND, "stem_not_found", "%s", why);
 }
 
+/*
+ * The record's file for a stem: "{stem}.{ext}", or "{stem}.{tag}.{ext}" where the tag
+ * ([a-z0-9-], 1..100 bytes) names the attempt that wrote it (workerd writes each
+ * attempt's stems under its own names; the record points at the winner's).
+ */
+static ngx_uint_t ngx_http_sep_stem_file_valid(ngx_str_t *stem, ngx_str_t *ext, sep_str_t file)
+{
+    size_t i, tag;
+
+    if (file.len < stem->len + 1 + ext->len ||
+        ngx_strncmp(file.ptr, stem->data, stem->len) != 0 || file.ptr[stem->len] != '.' ||
+        ngx_strncmp(file.ptr + file.len - ext->len, ext->data, ext->len) != 0) {
+        return 0;
+    }
+    if (file.len == stem->len + 1 + ext->len) {
+        return 1;
+    }
+    /* ".{tag}." between them */
+    tag = file.len - stem->len - ext->len - 2;
+    if (tag < 1 || tag > 100 || file.ptr[file.len - ext->len - 1] != '.') {
+        return 0;
+    }
+    for (i = stem->len + 1; i < stem->len + 1 + tag; i++) {
+        if (!((file.ptr[i] >= 'a' && file.ptr[i] <= 'z') || (file.ptr[i] >= '0' && file.ptr[i] <= '9') ||
+              file.ptr[i] == '-')) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
                                     redisReply *reply)
 {
@@ -227,7 +258,7 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
     sep_model_t model;
     sep_format_t format;
     sep_job_t job;
-    ngx_str_t uri;
+    ngx_str_t uri, file;
     ngx_int_t rc;
     ngx_uint_t serve = 0;
     u_char *p;
@@ -255,15 +286,16 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
                ngx_strncmp(ctx->ext.data, sep_format_ext(format), ctx->ext.len) != 0) {
         rc = ngx_http_sep_no_such_stem(r, "this job has no such stem");
     } else if ((listed = sep_job_find_stem(&job, stem)) == NULL ||
-               listed->file.len != ctx->stem.len + 1 + ctx->ext.len ||
-               ngx_strncmp(listed->file.ptr, ctx->stem.data, ctx->stem.len) != 0 ||
-               listed->file.ptr[ctx->stem.len] != '.' ||
-               ngx_strncmp(listed->file.ptr + ctx->stem.len + 1, ctx->ext.data, ctx->ext.len) !=
-                   0) {
+               !ngx_http_sep_stem_file_valid(&ctx->stem, &ctx->ext, listed->file)) {
         rc = ngx_http_sep_no_such_stem(r, "this job has no such stem");
     } else {
-        serve = 1;
-        rc = NGX_OK;
+        file.len = listed->file.len;
+        file.data = ngx_pnalloc(r->pool, file.len);
+        if (file.data != NULL) {
+            ngx_memcpy(file.data, listed->file.ptr, file.len);
+        }
+        serve = file.data != NULL;
+        rc = serve ? NGX_OK : NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
     sep_job_clear(&job);
     if (!serve) { /* an answer was sent (or failed): rc is its result */
@@ -271,8 +303,8 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
         return;
     }
 
-    /* {stems_location}{id}/{stem}.{ext}: only validated pieces make the path */
-    uri.len = lcf->stems_location.len + ctx->id.len + 1 + ctx->stem.len + 1 + ctx->ext.len;
+    /* {stems_location}{id}/{file}: only validated pieces make the path */
+    uri.len = lcf->stems_location.len + ctx->id.len + 1 + file.len;
     uri.data = ngx_pnalloc(r->pool, uri.len);
     if (uri.data == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -281,9 +313,7 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
     p = ngx_cpymem(uri.data, lcf->stems_location.data, lcf->stems_location.len);
     p = ngx_cpymem(p, ctx->id.data, ctx->id.len);
     *p++ = '/';
-    p = ngx_cpymem(p, ctx->stem.data, ctx->stem.len);
-    *p++ = '.';
-    ngx_memcpy(p, ctx->ext.data, ctx->ext.len);
+    ngx_memcpy(p, file.data, file.len);
 
     (void)ngx_http_internal_redirect(r, &uri, NULL);
     ngx_http_finalize_request(r, NGX_DONE);

@@ -179,8 +179,6 @@ static char *ngx_http_sep_init_main_conf(ngx_conf_t *cf, void *conf)
     if (ngx_http_sep_key(cf->pool, &mcf->key_q_high, &mcf->key_prefix, "q:high", NULL) != NGX_OK ||
         ngx_http_sep_key(cf->pool, &mcf->key_q_normal, &mcf->key_prefix, "q:normal", NULL) !=
             NGX_OK ||
-        ngx_http_sep_key(cf->pool, &mcf->key_delayed, &mcf->key_prefix, "delayed", NULL) !=
-            NGX_OK ||
         ngx_http_sep_key(cf->pool, &mcf->key_stats, &mcf->key_prefix, "stats", NULL) != NGX_OK) {
         return NGX_CONF_ERROR;
     }

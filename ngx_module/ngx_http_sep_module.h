@@ -37,7 +37,6 @@ typedef struct {
     /* keys that do not depend on a job, built once */
     ngx_str_t key_q_high;
     ngx_str_t key_q_normal;
-    ngx_str_t key_delayed;
     ngx_str_t key_stats;
 } ngx_http_sep_main_conf_t;
 
@@ -73,6 +72,9 @@ typedef struct {
     ngx_str_t input_path;
     sep_options_t options;
     ngx_str_t idempotency_key;
+    ngx_str_t earlier_id; /* the job the key named, after a submit "lookup" reply */
+    u_char earlier_id_buf[SEP_ID_LEN];
+    ngx_uint_t lookups;
     off_t input_bytes;
     const char *input_type;
     u_char head[SEP_SNIFF_BYTES]; /* first body bytes, when they came with the headers */

@@ -809,25 +809,22 @@ ngx_int_t ngx_http_sep_cancel_command(ngx_http_sep_main_conf_t *mcf, sep_str_t i
 {
     const sep_script_t *script = &sep_scripts[SEP_SCRIPT_CANCEL];
     sep_str_t prefix = {(const char *)mcf->key_prefix.data, mcf->key_prefix.len};
-    size_t job_len = sep_key_job(cmd->job_key, sizeof(cmd->job_key), prefix, id);
-    size_t channel_len = sep_key_events(cmd->channel, sizeof(cmd->channel), prefix, id);
     int argc = 0;
 
-    if (job_len == 0 || channel_len == 0) {
+    if (sep_job_keys(&cmd->keys, prefix, id) != 0) {
         return NGX_ERROR;
     }
-#define SEP_ARG(p, n) (cmd->argv[argc] = (const char *)(p), cmd->argvlen[argc++] = (n))
-    SEP_ARG("EVALSHA", 7);
-    SEP_ARG(script->sha1, 40);
-    SEP_ARG("5", 1);
-    SEP_ARG(cmd->job_key, job_len);
-    SEP_ARG(mcf->key_q_high.data, mcf->key_q_high.len);
-    SEP_ARG(mcf->key_q_normal.data, mcf->key_q_normal.len);
-    SEP_ARG(mcf->key_delayed.data, mcf->key_delayed.len);
-    SEP_ARG(mcf->key_stats.data, mcf->key_stats.len);
-    SEP_ARG(cmd->channel, channel_len);
-    SEP_ARG(SEP_GROUP, sizeof(SEP_GROUP) - 1);
-#undef SEP_ARG
+    cmd->argv[argc] = "EVALSHA";
+    cmd->argvlen[argc++] = 7;
+    cmd->argv[argc] = script->sha1;
+    cmd->argvlen[argc++] = 40;
+    _Static_assert(SEP_JOB_KEYS == 8, "numkeys below");
+    cmd->argv[argc] = "8";
+    cmd->argvlen[argc++] = 1;
+    for (int i = 0; i < SEP_JOB_KEYS; i++) {
+        cmd->argv[argc] = cmd->keys.key[i];
+        cmd->argvlen[argc++] = cmd->keys.len[i];
+    }
     return NGX_OK;
 }
 

@@ -38,12 +38,11 @@ ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *
 /* Forgets the request's pending command (request pool cleanup). */
 void ngx_http_sep_redis_detach(ngx_http_sep_ctx_t *ctx);
 
-/* EVALSHA cancel (shared/lua/cancel.lua) for one job: the argv and the key and
- * channel names it points into. */
-#define NGX_HTTP_SEP_CANCEL_ARGC 10
+/* EVALSHA cancel (shared/lua/cancel.lua) for one job: the argv and the job KEYS it
+ * points into (shared/README.md; no ARGV). */
+#define NGX_HTTP_SEP_CANCEL_ARGC (3 + SEP_JOB_KEYS)
 typedef struct {
-    char job_key[SEP_KEY_MAX];
-    char channel[SEP_KEY_MAX];
+    sep_job_keys_t keys;
     const char *argv[NGX_HTTP_SEP_CANCEL_ARGC];
     size_t argvlen[NGX_HTTP_SEP_CANCEL_ARGC];
 } ngx_http_sep_cancel_command_t;

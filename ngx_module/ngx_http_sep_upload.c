@@ -32,6 +32,7 @@
 #define SEP_FILE_ACCESS 0664
 
 static void ngx_http_sep_upload_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx);
 static void ngx_http_sep_submit_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
                                       redisReply *reply);
 
@@ -631,13 +632,13 @@ static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *
     const sep_script_t *script = &sep_scripts[SEP_SCRIPT_SUBMIT];
     sep_options_t *o = &ctx->options;
     sep_str_t prefix = {(const char *)mcf->key_prefix.data, mcf->key_prefix.len};
-    char job_key[SEP_KEY_MAX], idem_key[SEP_KEY_MAX], overlap[32];
+    char job_key[SEP_KEY_MAX], idem_key[SEP_KEY_MAX], earlier_key[SEP_KEY_MAX], overlap[32];
     u_char max_queued[NGX_INT_T_LEN], idem_ttl[NGX_TIME_T_LEN], shifts[NGX_INT_T_LEN];
     u_char input_bytes[NGX_OFF_T_LEN], max_attempts[NGX_INT_T_LEN], result_ttl[NGX_TIME_T_LEN];
     u_char *input_name;
-    ngx_str_t *stream;
     const char *argv[40];
-    size_t argvlen[40], job_len, idem_len = 0, overlap_len;
+    size_t argvlen[40], job_len, idem_len = 0, earlier_len = 0, overlap_len;
+    char numkeys[2];
     int argc = 0;
     ngx_int_t rc;
 
@@ -647,8 +648,16 @@ static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *
         idem_len = sep_key_idem(
             idem_key, sizeof(idem_key), prefix,
             (sep_str_t){(const char *)ctx->idempotency_key.data, ctx->idempotency_key.len});
+        if (idem_len && ctx->earlier_id.len) {
+            /* a repeat after a "lookup" reply: the job the key named then */
+            earlier_len =
+                sep_key_job(earlier_key, sizeof(earlier_key), prefix,
+                            (sep_str_t){(const char *)ctx->earlier_id.data, ctx->earlier_id.len});
+        }
     }
-    stream = o->priority == SEP_PRIORITY_HIGH ? &mcf->key_q_high : &mcf->key_q_normal;
+    /* KEYS: job, stats, both queues (the script picks the priority's), [idem, [earlier]] */
+    numkeys[0] = (char)('4' + (idem_len != 0) + (earlier_len != 0));
+    numkeys[1] = '\0';
     overlap_len = sep_format_double(overlap, sizeof(overlap), o->overlap);
     /* the input's file name is the last component of its path */
     input_name = ctx->input_path.data + ctx->job_dir.len + 1;
@@ -658,17 +667,20 @@ static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *
 #define SEP_ARG_NUM(buf, fmt, v) SEP_ARG((buf), ngx_sprintf((buf), fmt, v) - (buf))
     SEP_ARG("EVALSHA", 7);
     SEP_ARG(script->sha1, 40);
-    SEP_ARG(idem_len ? "4" : "3", 1);
+    SEP_ARG(numkeys, 1);
     SEP_ARG(job_key, job_len);
-    SEP_ARG(stream->data, stream->len);
     SEP_ARG(mcf->key_stats.data, mcf->key_stats.len);
+    SEP_ARG(mcf->key_q_high.data, mcf->key_q_high.len);
+    SEP_ARG(mcf->key_q_normal.data, mcf->key_q_normal.len);
     if (idem_len) {
         SEP_ARG(idem_key, idem_len);
+    }
+    if (earlier_len) {
+        SEP_ARG(earlier_key, earlier_len);
     }
     SEP_ARG(ctx->id.data, ctx->id.len);
     SEP_ARG_NUM(max_queued, "%i", lcf->max_queued);
     SEP_ARG_NUM(idem_ttl, "%T", lcf->idempotency_ttl);
-    SEP_ARG(mcf->key_prefix.data, mcf->key_prefix.len);
     SEP_ARG("model", 5);
     SEP_ARG_STR(sep_model_info(o->model)->name);
     SEP_ARG("stems_option", 12);
@@ -708,6 +720,29 @@ static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
 }
 
+/* A "lookup" reply of submit: {"lookup", earlier id}. Repeats the submit with that
+ * job's key (a few times: the key may move again between calls). NGX_DONE when it
+ * was sent, else the status to finalize with (the upload is removed). */
+static ngx_int_t ngx_http_sep_submit_again(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                           redisReply *reply)
+{
+    redisReply *id = reply->elements == 2 ? reply->element[1] : NULL;
+
+    if (id == NULL || id->type != REDIS_REPLY_STRING || !sep_id_valid(id->str, id->len) ||
+        ctx->lookups >= 3) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "sep: submit: unusable idempotency lookup (%ui tries)", ctx->lookups);
+        ngx_http_sep_spool_cleanup(r, ctx);
+        return ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_error",
+                                       "the job store failed; retry later");
+    }
+    ctx->lookups++;
+    ngx_memcpy(ctx->earlier_id_buf, id->str, SEP_ID_LEN);
+    ctx->earlier_id.data = ctx->earlier_id_buf;
+    ctx->earlier_id.len = SEP_ID_LEN;
+    return ngx_http_sep_submit(r, ctx);
+}
+
 static void ngx_http_sep_submit_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
                                       redisReply *reply)
 {
@@ -743,6 +778,14 @@ static void ngx_http_sep_submit_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t 
         ngx_http_sep_spool_cleanup(r, ctx);
         rc = ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_error",
                                      "the job store failed; retry later");
+    } else if (reply->element[0]->len == 6 &&
+               ngx_strncmp(reply->element[0]->str, "lookup", 6) == 0) {
+        /* the Idempotency-Key names an earlier job: submit again with its key in
+         * KEYS (every key a script reads is declared, for Redis Cluster) */
+        rc = ngx_http_sep_submit_again(r, ctx, reply);
+        if (rc == NGX_DONE) {
+            return;
+        }
     } else {
         kind = reply->element[0];
         if (!(kind->len == 7 && ngx_strncmp(kind->str, "created", 7) == 0)) {

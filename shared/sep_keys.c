@@ -70,6 +70,16 @@ size_t sep_key_dead(char *buf, size_t cap, sep_str_t prefix)
     return sep_key_join(buf, cap, prefix, "dead", SEP_STR_NULL);
 }
 
+size_t sep_key_running(char *buf, size_t cap, sep_str_t prefix)
+{
+    return sep_key_join(buf, cap, prefix, "running", SEP_STR_NULL);
+}
+
+size_t sep_key_expiry(char *buf, size_t cap, sep_str_t prefix)
+{
+    return sep_key_join(buf, cap, prefix, "expiry", SEP_STR_NULL);
+}
+
 size_t sep_key_events(char *buf, size_t cap, sep_str_t prefix, sep_str_t id)
 {
     return sep_key_with_part(buf, cap, prefix, "ev:", id);
@@ -95,6 +105,23 @@ size_t sep_key_idem(char *buf, size_t cap, sep_str_t prefix, sep_str_t key)
     if (!sep_idempotency_key_valid(key))
         return 0;
     return sep_key_join(buf, cap, prefix, "idem:", key);
+}
+
+int sep_job_keys(sep_job_keys_t *keys, sep_str_t prefix, sep_str_t id)
+{
+    keys->len[0] = sep_key_job(keys->key[0], SEP_KEY_MAX, prefix, id);
+    keys->len[1] = sep_key_stats(keys->key[1], SEP_KEY_MAX, prefix);
+    keys->len[2] = sep_key_queue(keys->key[2], SEP_KEY_MAX, prefix, SEP_PRIORITY_HIGH);
+    keys->len[3] = sep_key_queue(keys->key[3], SEP_KEY_MAX, prefix, SEP_PRIORITY_NORMAL);
+    keys->len[4] = sep_key_delayed(keys->key[4], SEP_KEY_MAX, prefix);
+    keys->len[5] = sep_key_running(keys->key[5], SEP_KEY_MAX, prefix);
+    keys->len[6] = sep_key_expiry(keys->key[6], SEP_KEY_MAX, prefix);
+    keys->len[7] = sep_key_dead(keys->key[7], SEP_KEY_MAX, prefix);
+    for (int i = 0; i < SEP_JOB_KEYS; i++) {
+        if (keys->len[i] == 0)
+            return -1;
+    }
+    return 0;
 }
 
 const char *sep_priority_name(sep_priority_t priority)

@@ -1,20 +1,28 @@
 /*
  * The Redis key schema of the service, and builders for every key name.
  *
- * Every key starts with a configurable prefix {p} (default "sep:"):
+ * Every key starts with a configurable prefix {p}, default "{sep}:". Its braces are
+ * a Redis Cluster hash tag: all keys of the service hash to one slot, so the Lua
+ * scripts (which move a job between its hash, its queue and the indexes in one
+ * step) run on a Cluster too. A prefix without a tag works on a standalone Redis
+ * only. shared/README.md has the table with what bounds each key.
  *
  *   {p}job:{id}       hash    the job record (fields: shared/sep_job.h); gets a TTL
  *                             of result_ttl when the job reaches a terminal state
  *   {p}q:high         stream  queue of high-priority jobs, consumer group "workers";
  *   {p}q:normal       stream  ... normal priority. Entry fields: "id" {job id}.
- *                             Workers read high first and XACK + XDEL only after
- *                             the results are written (late ack)
+ *                             One entry per queued or running job; the scripts
+ *                             XACK + XDEL it when the job leaves the queue
  *   {p}delayed        zset    job ids waiting for a retry, score = due time (ms)
- *   {p}dead           stream  jobs that exhausted their attempts: id, code,
- *                             message, attempts
+ *   {p}running        zset    running job ids, score = deadline (ms): last claim
+ *                             or touch + the visibility timeout
+ *   {p}expiry         zset    finished job ids, score = when the record expires
+ *                             (ms); the janitor removes their spool directories
+ *   {p}dead           stream  jobs failed for good: id, code, message, attempts
+ *                             (capped with MAXLEN ~)
  *   {p}ev:{id}        pub/sub channel of one job's events (JSON, see sep_job.h)
  *   {p}worker:{name}  hash    a worker's heartbeat, with a TTL
- *   {p}workers        zset    worker names scored by their last heartbeat (ms)
+ *   {p}workers        zset    worker names scored by when their heartbeat expires
  *   {p}stats          hash    counters and gauges (SEP_STAT_* below)
  *   {p}idem:{key}     string  Idempotency-Key -> job id, with a TTL
  *
@@ -28,7 +36,7 @@
 
 #include "shared/sep_str.h"
 
-#define SEP_DEFAULT_PREFIX "sep:"
+#define SEP_DEFAULT_PREFIX "{sep}:"
 #define SEP_PREFIX_MAX 64
 #define SEP_GROUP "workers"
 
@@ -58,11 +66,27 @@ size_t sep_key_job(char *buf, size_t cap, sep_str_t prefix, sep_str_t id);
 size_t sep_key_queue(char *buf, size_t cap, sep_str_t prefix, sep_priority_t priority);
 size_t sep_key_delayed(char *buf, size_t cap, sep_str_t prefix);
 size_t sep_key_dead(char *buf, size_t cap, sep_str_t prefix);
+size_t sep_key_running(char *buf, size_t cap, sep_str_t prefix);
+size_t sep_key_expiry(char *buf, size_t cap, sep_str_t prefix);
 size_t sep_key_events(char *buf, size_t cap, sep_str_t prefix, sep_str_t id);
 size_t sep_key_worker(char *buf, size_t cap, sep_str_t prefix, sep_str_t name);
 size_t sep_key_workers(char *buf, size_t cap, sep_str_t prefix);
 size_t sep_key_stats(char *buf, size_t cap, sep_str_t prefix);
 size_t sep_key_idem(char *buf, size_t cap, sep_str_t prefix, sep_str_t key);
+
+/*
+ * The KEYS every job script (claim, touch, progress, complete, fail, requeue, cancel,
+ * force_cancel) takes, in this order: {p}job:{id} {p}stats {p}q:high {p}q:normal
+ * {p}delayed {p}running {p}expiry {p}dead (shared/README.md).
+ */
+#define SEP_JOB_KEYS 8
+typedef struct sep_job_keys {
+    char key[SEP_JOB_KEYS][SEP_KEY_MAX];
+    size_t len[SEP_JOB_KEYS];
+} sep_job_keys_t;
+
+/* Fills keys for job id; 0, or -1 when the id or prefix makes no key. */
+int sep_job_keys(sep_job_keys_t *keys, sep_str_t prefix, sep_str_t id);
 
 /* "high" / "normal", and back (returns -1 for anything else). */
 const char *sep_priority_name(sep_priority_t priority);

@@ -7,7 +7,8 @@
 #                                        (compiled into the library and the module)
 # Unit tests (tests/unit/, cmocka) are declared in tests/unit/unit.mk.
 
-SHARED_LUA_SCRIPTS := submit cancel get claim progress complete fail promote heartbeat
+SHARED_LUA_SCRIPTS := submit cancel get claim progress complete fail promote heartbeat touch \
+                      requeue force_cancel setup janitor
 SHARED_SRCS    := $(wildcard shared/*.c)
 SHARED_HDRS    := $(wildcard shared/*.h)
 SHARED_GEN     := $(BUILD)/gen/shared/sep_scripts.c

@@ -7,11 +7,13 @@
 #                   1 minute; prints RESULT lines)
 # test-local-stack  `make run` / `make stop` (conf/run-local, conf/stop-local) on a
 #                   temporary run directory, and conf/nginx.conf being up to date
+# test-stress       SUITE=<suite> N=<runs>: one suite N times in a row; prints each run's
+#                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
 TEST_SUITES += test-local-stack test-integration
 
-.PHONY: test-integration test-local-stack
+.PHONY: test-integration test-local-stack test-stress
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
@@ -27,3 +29,8 @@ run: deps
 
 stop:
 	@$(PY) conf/stop-local
+
+SUITE ?= test-integration
+N     ?= 20
+test-stress: all
+	@tests/stress-suite $(SUITE) $(N)

@@ -115,14 +115,76 @@ static void describe_format(SNDFILE *sf, const SF_INFO *info, char *out, size_t 
     snprintf(out, outlen, "%s, %s", mname, sname);
 }
 
+/* Index of the first NaN/Inf among n samples, or -1. */
+static int64_t first_non_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return (int64_t)i;
+    return -1;
+}
+
+/* A file that ends before its header says it does. libsndfile decodes what is there
+ * without an error, so this compares the frames decoded with the announced count and
+ * reads libsndfile's parse log (WAV data chunks cut short: "data : N (should be M)",
+ * the streaming placeholders 0 and 0xFFFFFFFF aside; Ogg streams without their end and
+ * final position).
+ * 1 (message set) or 0. */
+static int truncated(SNDFILE *sf, const SF_INFO *info, int64_t decoded, char *err, size_t errlen,
+                     const char *path)
+{
+    int major = info->format & SF_FORMAT_TYPEMASK;
+    if (info->frames > 0 && info->frames < SF_COUNT_MAX) {
+        /* MPEG frame counts without a Xing/LAME header are estimates from the bitrate */
+        int64_t need = major == SF_FORMAT_MPEG ? (int64_t)(0.98 * (double)info->frames)
+                                               : (int64_t)info->frames;
+        if (decoded < need) {
+            sep_set_err(err, errlen,
+                        "cannot use '%s': the file is truncated or corrupt (%lld of %lld "
+                        "frames decoded)",
+                        path, (long long)decoded, (long long)info->frames);
+            return 1;
+        }
+    }
+    enum { LOG_MAX = 16384 };
+    char *tlog = calloc(1, LOG_MAX);
+    if (!tlog)
+        return 0;
+    sf_command(sf, SFC_GET_LOG_INFO, tlog, LOG_MAX);
+    const char *why = NULL;
+    for (const char *p = tlog; (p = strstr(p, "data : ")) != NULL; p++) {
+        unsigned long long said, real;
+        if (sscanf(p, "data : %llu (should be %llu)", &said, &real) == 2 && real < said &&
+            said != 0xFFFFFFFFULL && said != 0x7FFFFFFFULL && said != 0xFFFFFFFFFFFFFFFFULL) {
+            why = "its data chunk is cut short";
+            break;
+        }
+    }
+    /* libsndfile's own Ogg files may lack the end-of-stream flag; a cut one has no
+     * final granule position either (its length is unknown) */
+    if (!why && strstr(tlog, "ended unexpectedly") && info->frames == SF_COUNT_MAX)
+        why = "the stream ends unexpectedly";
+    free(tlog);
+    if (why) {
+        sep_set_err(err, errlen, "cannot use '%s': the file is truncated or corrupt (%s)", path,
+                    why);
+        return 1;
+    }
+    return 0;
+}
+
 int sep_audio_decode(const char *path, int samplerate, int channels, const char *tmp_dir,
                      sep_decoded *out, sep_audio_progress_fn progress, void *user, char *err,
                      size_t errlen)
 {
     memset(out, 0, sizeof(*out));
     out->fd = -1;
+    out->error = SEP_AUDIO_EINVALID;
     struct stat stbuf;
     if (stat(path, &stbuf) != 0) {
+        out->error = errno == ENOENT || errno == ENOTDIR || errno == ENAMETOOLONG || errno == ELOOP
+                         ? SEP_AUDIO_EMISSING
+                         : SEP_AUDIO_EIO;
         sep_set_err(err, errlen, "cannot open '%s': %s", path, strerror(errno));
         return -1;
     }
@@ -130,12 +192,21 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
         sep_set_err(err, errlen, "cannot open '%s': is a directory", path);
         return -1;
     }
+    if (stbuf.st_size == 0) {
+        sep_set_err(err, errlen, "cannot decode '%s': the file is empty", path);
+        return -1;
+    }
     SF_INFO info;
     memset(&info, 0, sizeof(info));
     SNDFILE *sf = sf_open(path, SFM_READ, &info);
     if (!sf) {
-        sep_set_err(err, errlen, "cannot decode '%s': not a supported audio file (%s)", path,
-                    sf_strerror(NULL));
+        if (access(path, R_OK) != 0) {
+            out->error = SEP_AUDIO_EIO;
+            sep_set_err(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        } else {
+            sep_set_err(err, errlen, "cannot decode '%s': not a supported audio file (%s)", path,
+                        sf_strerror(NULL));
+        }
         return -1;
     }
     if (info.channels < 1 || info.samplerate < 1) {
@@ -164,11 +235,13 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
     float *res = malloc(sizeof(float) * rs_cap * channels);
     int64_t written = 0;
     if (!raw || !conv || !res) {
+        out->error = SEP_AUDIO_EIO;
         sep_set_err(err, errlen, "out of memory");
         goto done;
     }
     out->fd = open_anonymous(tmp_dir);
     if (out->fd < 0) {
+        out->error = SEP_AUDIO_EIO;
         sep_set_err(err, errlen, "cannot create a temporary file in '%s': %s", tmp_dir,
                     strerror(errno));
         goto done;
@@ -191,13 +264,25 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
             sep_set_err(err, errlen, "cannot decode '%s': %s", path, sf_strerror(sf));
             goto done;
         }
-        if (n > 0)
+        if (n > 0) {
+            int64_t bad = first_non_finite(raw, (size_t)n * info.channels);
+            if (bad >= 0) {
+                int64_t frame = src_frames + bad / info.channels;
+                sep_set_err(err, errlen,
+                            "cannot use '%s': non-finite sample (NaN or Inf) at %.3f s "
+                            "(frame %lld, channel %d)",
+                            path, (double)frame / info.samplerate, (long long)frame,
+                            (int)(bad % info.channels) + 1);
+                goto done;
+            }
             convert_channels(raw, info.channels, conv, channels, (int)n);
+        }
         src_frames += n;
         if (!rs) {
             if (n == 0)
                 break;
             if (write_all(out->fd, conv, sizeof(float) * channels * (size_t)n)) {
+                out->error = SEP_AUDIO_EIO;
                 sep_set_err(err, errlen, "writing the decoded audio failed: %s", strerror(errno));
                 goto done;
             }
@@ -211,10 +296,12 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
                 soxr_error_t serr =
                     soxr_process(rs, n ? in : NULL, in_left, &idone, res, rs_cap, &odone);
                 if (serr) {
+                    out->error = SEP_AUDIO_EIO;
                     sep_set_err(err, errlen, "resampling failed: %s", serr);
                     goto done;
                 }
                 if (odone && write_all(out->fd, res, sizeof(float) * channels * odone)) {
+                    out->error = SEP_AUDIO_EIO;
                     sep_set_err(err, errlen, "writing the decoded audio failed: %s",
                                 strerror(errno));
                     goto done;
@@ -228,8 +315,11 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
             if (n == 0)
                 break;
         }
-        if (progress && info.frames > 0 &&
-            progress(user, fmin(1.0, (double)src_frames / (double)info.frames))) {
+        /* called for every block, also when the length is unknown (Ogg): it may cancel */
+        if (progress && progress(user, info.frames > 0 && info.frames < SF_COUNT_MAX
+                                           ? fmin(1.0, (double)src_frames / (double)info.frames)
+                                           : 0.0)) {
+            out->error = SEP_AUDIO_ECANCELED;
             sep_set_err(err, errlen, "canceled");
             goto done;
         }
@@ -238,6 +328,8 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
         sep_set_err(err, errlen, "cannot use '%s': it holds no audio frames", path);
         goto done;
     }
+    if (truncated(sf, &info, src_frames, err, errlen, path))
+        goto done;
     /* julius.resample_frac's default length: floor(frames * to / from). */
     int64_t want = rs ? (int64_t)((__int128)src_frames * samplerate / info.samplerate) : written;
     if (written < want) {
@@ -245,17 +337,20 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
         while (written < want) {
             size_t k = (size_t)(want - written) < rs_cap ? (size_t)(want - written) : rs_cap;
             if (write_all(out->fd, res, sizeof(float) * channels * k)) {
+                out->error = SEP_AUDIO_EIO;
                 sep_set_err(err, errlen, "writing the decoded audio failed: %s", strerror(errno));
                 goto done;
             }
             written += (int64_t)k;
         }
     } else if (written > want && ftruncate(out->fd, (off_t)want * channels * sizeof(float))) {
+        out->error = SEP_AUDIO_EIO;
         sep_set_err(err, errlen, "truncating the decoded audio failed: %s", strerror(errno));
         goto done;
     }
     out->frames = want;
     out->src_frames = src_frames;
+    out->error = SEP_AUDIO_OK;
     rc = 0;
 done:
     if (rs)
@@ -319,9 +414,12 @@ int sep_stem_spool_open(sep_stem_spool *s, int n_stems, int channels, int sample
     for (int i = 0; i < n_stems; i++) {
         s->fds[i] = open_anonymous(tmp_dir);
         if (s->fds[i] < 0) {
+            int e = errno;
+            sep_stem_spool_close(s);
+            s->error = SEP_AUDIO_EIO;
+            errno = e;
             sep_set_err(err, errlen, "cannot create a temporary file in '%s': %s", tmp_dir,
                         strerror(errno));
-            sep_stem_spool_close(s);
             return -1;
         }
     }
@@ -331,8 +429,10 @@ int sep_stem_spool_open(sep_stem_spool *s, int n_stems, int channels, int sample
 int sep_stem_spool_append(sep_stem_spool *s, int count, const float *src)
 {
     size_t n = (size_t)count * s->channels;
-    if (ensure_buf(&s->buf, &s->buf_floats, n))
+    if (ensure_buf(&s->buf, &s->buf_floats, n)) {
+        s->error = SEP_AUDIO_EIO;
         return -1;
+    }
     for (int i = 0; i < s->n_stems; i++) {
         float peak = s->peak[i];
         for (int c = 0; c < s->channels; c++) {
@@ -345,8 +445,10 @@ int sep_stem_spool_append(sep_stem_spool *s, int count, const float *src)
             }
         }
         s->peak[i] = peak;
-        if (write_all(s->fds[i], s->buf, n * sizeof(float)))
+        if (write_all(s->fds[i], s->buf, n * sizeof(float))) {
+            s->error = SEP_AUDIO_EIO;
             return -1;
+        }
     }
     s->frames += count;
     return 0;
@@ -357,8 +459,17 @@ static float clampf(float v, float lo, float hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
+/* SEP_CLIP_AUTO resolved for a format. */
+static sep_clip_mode effective_clip(sep_clip_mode clip, sep_out_format fmt)
+{
+    if (clip == SEP_CLIP_AUTO)
+        return fmt == SEP_OUT_WAVF32 ? SEP_CLIP_NONE : SEP_CLIP_RESCALE;
+    return clip;
+}
+
 static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_format fmt,
-                       sep_clip_mode clip, char *err, size_t errlen)
+                       sep_clip_mode clip, sep_audio_progress_fn progress, void *user, double frac0,
+                       double frac_span, char *err, size_t errlen)
 {
     static const int sndfile_format[] = {
         [SEP_OUT_WAV16] = SF_FORMAT_WAV | SF_FORMAT_PCM_16,
@@ -376,6 +487,7 @@ static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_fo
         info.format = SF_FORMAT_RF64 | (info.format & SF_FORMAT_SUBMASK);
     SNDFILE *sf = sf_open(path, SFM_WRITE, &info);
     if (!sf) {
+        s->error = SEP_AUDIO_EIO;
         sep_set_err(err, errlen, "cannot write '%s': %s", path, sf_strerror(NULL));
         return -1;
     }
@@ -391,13 +503,21 @@ static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_fo
     int32_t *iv = malloc(n * sizeof(int32_t));
     int16_t *sv = malloc(n * sizeof(int16_t));
     int rc = -1;
+    s->error = SEP_AUDIO_EIO;
     if (!f || !iv || !sv) {
         sep_set_err(err, errlen, "out of memory");
         goto done;
     }
+    /* float WAV stores what prevent_clip left, beyond +-1 included (torchaudio PCM_F) */
+    int is_float = fmt == SEP_OUT_WAVF32;
     for (int64_t pos = 0; pos < s->frames; pos += ENCODE_BLOCK) {
         int count = (int)(s->frames - pos < ENCODE_BLOCK ? s->frames - pos : ENCODE_BLOCK);
         size_t k = (size_t)count * s->channels;
+        if (progress && progress(user, frac0 + frac_span * (double)pos / (double)s->frames)) {
+            s->error = SEP_AUDIO_ECANCELED;
+            sep_set_err(err, errlen, "canceled");
+            goto done;
+        }
         if (pread_all(s->fds[stem], f, k * sizeof(float),
                       (off_t)pos * s->channels * sizeof(float))) {
             sep_set_err(err, errlen, "reading the stem spool failed: %s", strerror(errno));
@@ -409,7 +529,7 @@ static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_fo
                 v = v / scale;
             else if (clip == SEP_CLIP_CLAMP)
                 v = clampf(v, -0.99f, 0.99f);
-            f[i] = clampf(v, -1.0f, 1.0f);
+            f[i] = is_float ? v : clampf(v, -1.0f, 1.0f);
         }
         sf_count_t wrote;
         switch (fmt) {
@@ -436,9 +556,11 @@ static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_fo
         }
     }
     rc = 0;
+    s->error = SEP_AUDIO_OK;
 done:
     if (sf_close(sf) != 0 && rc == 0) {
         sep_set_err(err, errlen, "closing '%s' failed", path);
+        s->error = SEP_AUDIO_EIO;
         rc = -1;
     }
     free(f);
@@ -447,32 +569,64 @@ done:
     return rc;
 }
 
-int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40], sep_out_format fmt,
-                          sep_clip_mode clip, int64_t *bytes, char *err, size_t errlen)
+int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40], const char *tag,
+                          sep_out_format fmt, sep_clip_mode clip, char (*files)[SEP_STEM_FILE_MAX],
+                          int64_t *bytes, sep_audio_progress_fn progress, void *user, char *err,
+                          size_t errlen)
 {
     const char *ext = sep_out_extension(fmt);
+    char file[SEP_STEMS_MAX][SEP_STEM_FILE_MAX];
+    char final[SEP_STEMS_MAX][4096], tmp[SEP_STEMS_MAX][4200];
+    int encoded = 0, renamed = 0, rc = -1;
+    clip = effective_clip(clip, fmt);
+    s->error = SEP_AUDIO_EIO;
     for (int i = 0; i < s->n_stems; i++) {
-        char final[4096], tmp[4200];
-        if (snprintf(final, sizeof(final), "%s/%s.%s", dir, names[i], ext) >= (int)sizeof(final)) {
+        int fl = tag && *tag ? snprintf(file[i], sizeof(file[i]), "%s.%s.%s", names[i], tag, ext)
+                             : snprintf(file[i], sizeof(file[i]), "%s.%s", names[i], ext);
+        if (fl >= (int)sizeof(file[i]) ||
+            snprintf(final[i], sizeof(final[i]), "%s/%s", dir, file[i]) >= (int)sizeof(final[i])) {
             sep_set_err(err, errlen, "output path too long");
             return -1;
         }
-        snprintf(tmp, sizeof(tmp), "%s/.%s.%s.partial", dir, names[i], ext);
-        if (encode_stem(s, i, tmp, fmt, clip, err, errlen)) {
-            unlink(tmp);
-            return -1;
-        }
-        if (rename(tmp, final) != 0) {
-            sep_set_err(err, errlen, "cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
-            unlink(tmp);
-            return -1;
-        }
-        if (bytes) {
-            struct stat st;
-            bytes[i] = stat(final, &st) == 0 ? (int64_t)st.st_size : -1;
+        snprintf(tmp[i], sizeof(tmp[i]), "%s/.%s.partial", dir, file[i]);
+    }
+    /* every stem under its temporary name first ... */
+    for (; encoded < s->n_stems; encoded++) {
+        int i = encoded;
+        if (encode_stem(s, i, tmp[i], fmt, clip, progress, user, (double)i / s->n_stems,
+                        1.0 / s->n_stems, err, errlen)) {
+            unlink(tmp[i]);
+            goto fail;
         }
     }
+    /* ... then all renamed: a failure removes the ones already in place */
+    for (; renamed < s->n_stems; renamed++) {
+        int i = renamed;
+        if (rename(tmp[i], final[i]) != 0) {
+            s->error = SEP_AUDIO_EIO;
+            sep_set_err(err, errlen, "cannot rename '%s' to '%s': %s", tmp[i], final[i],
+                        strerror(errno));
+            goto fail;
+        }
+    }
+    for (int i = 0; i < s->n_stems; i++) {
+        if (files)
+            snprintf(files[i], SEP_STEM_FILE_MAX, "%s", file[i]);
+        if (bytes) {
+            struct stat st;
+            bytes[i] = stat(final[i], &st) == 0 ? (int64_t)st.st_size : -1;
+        }
+    }
+    if (progress)
+        progress(user, 1.0);
+    s->error = SEP_AUDIO_OK;
     return 0;
+fail:
+    for (int i = 0; i < renamed; i++)
+        unlink(final[i]);
+    for (int i = renamed; i < encoded; i++)
+        unlink(tmp[i]);
+    return rc;
 }
 
 void sep_stem_spool_close(sep_stem_spool *s)

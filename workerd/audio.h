@@ -13,7 +13,8 @@
  * write callback) and are spooled as float32 while their peaks are tracked; finishing
  * applies demucs.audio.save_audio's clip strategy (default "rescale": divide by
  * max(1.01 * peak, 1)), demucs' sample conversion (clamp to [-1, 1], then x * 32767 or
- * x * 8388607 truncated toward zero, or float32) and writes each stem to
+ * x * 8388607 truncated toward zero, or float32 written as it is: with clip "none" a
+ * float stem keeps samples beyond +-1, as demucs writes them) and writes each stem to
  * `{dir}/{stem}.{wav|flac}` through a temporary name and rename(), so a stem file is
  * either absent or complete.
  */
@@ -22,6 +23,16 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* What a failed call ran into (the job runner maps it onto its outcome codes). */
+typedef enum {
+    SEP_AUDIO_OK = 0,
+    SEP_AUDIO_EMISSING,  /* the input does not exist */
+    SEP_AUDIO_EINVALID,  /* not decodable: unknown format, corrupt, truncated, no channels
+                            or frames, channel layout the model cannot take, NaN/Inf */
+    SEP_AUDIO_EIO,       /* reading or writing a spool/output failed (ENOSPC, EIO, ...) */
+    SEP_AUDIO_ECANCELED, /* a progress callback asked to stop */
+} sep_audio_error;
 
 /* ---- decoding -------------------------------------------------------------------- */
 
@@ -36,13 +47,17 @@ typedef struct {
     char src_format[64]; /* e.g. "WAV (Microsoft), Signed 16 bit PCM" */
     float *buf;          /* pread scratch */
     size_t buf_floats;
+    sep_audio_error error; /* why sep_audio_decode failed */
 } sep_decoded;
 
 /* Fraction of the input decoded so far (0..1); may be NULL. Returns non-zero to abort. */
 typedef int (*sep_audio_progress_fn)(void *user, double fraction);
 
 /* Decodes `path` into a temp file created in `tmp_dir`. Returns 0, or -1 with a message
- * (for a file that does not exist or cannot be decoded, the message says so). */
+ * and out->error set. Refused as SEP_AUDIO_EINVALID besides undecodable files: a file
+ * shorter than its header says (a truncated WAV data chunk, FLAC or Ogg stream ending
+ * early, an MP3 with under 98 % of its announced frames), and any non-finite sample
+ * (NaN/Inf, from float files), named with its time. */
 int sep_audio_decode(const char *path, int samplerate, int channels, const char *tmp_dir,
                      sep_decoded *out, sep_audio_progress_fn progress, void *user, char *err,
                      size_t errlen);
@@ -65,7 +80,8 @@ typedef enum {
 typedef enum {
     SEP_CLIP_RESCALE = 0, /* x / max(1.01 * peak, 1) (demucs' default) */
     SEP_CLIP_CLAMP,       /* clamp to [-0.99, 0.99] */
-    SEP_CLIP_NONE,        /* only the final clamp to [-1, 1] */
+    SEP_CLIP_NONE,        /* nothing: integer formats clamp to [-1, 1], float keeps |x| > 1 */
+    SEP_CLIP_AUTO,        /* none for float WAV, rescale for the others (the API's rule) */
 } sep_clip_mode;
 
 const char *sep_out_extension(sep_out_format f);
@@ -79,6 +95,7 @@ typedef struct {
     int64_t frames;
     float *buf;
     size_t buf_floats;
+    sep_audio_error error; /* why a call failed */
 } sep_stem_spool;
 
 /* Opens one spool per stem in `tmp_dir`. 0 or -1 with a message. */
@@ -88,10 +105,18 @@ int sep_stem_spool_open(sep_stem_spool *s, int n_stems, int channels, int sample
 /* Appends frames laid out [stems][channels][count] (the apply write callback's layout). */
 int sep_stem_spool_append(sep_stem_spool *s, int count, const float *src);
 
-/* Encodes every stem to `{dir}/{names[i]}.{ext}` (temp name + rename). Reports the size
- * of each file in bytes[i] when bytes is not NULL. 0 or -1 with a message. */
-int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40], sep_out_format fmt,
-                          sep_clip_mode clip, int64_t *bytes, char *err, size_t errlen);
+#define SEP_STEM_FILE_MAX 128
+
+/* Encodes every stem to `{dir}/{names[i]}.{ext}`, or `{dir}/{names[i]}.{tag}.{ext}` when
+ * tag is not NULL or empty, all or nothing: each stem is encoded under a hidden
+ * temporary name in dir, then all are renamed; on any failure none of them (temporary
+ * or final) is left. The file names go to files[i] and their sizes to bytes[i] (either
+ * may be NULL). progress (may be NULL) gets the fraction of all stems encoded and may
+ * cancel. 0, or -1 with a message and s->error set. */
+int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40], const char *tag,
+                          sep_out_format fmt, sep_clip_mode clip, char (*files)[SEP_STEM_FILE_MAX],
+                          int64_t *bytes, sep_audio_progress_fn progress, void *user, char *err,
+                          size_t errlen);
 
 void sep_stem_spool_close(sep_stem_spool *s);
 

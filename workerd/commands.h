@@ -10,4 +10,7 @@
 /* Offline separation of files into DIR/{model}/{track}/{stem}.wav. */
 int workerd_cmd_separate(int argc, char **argv);
 
+/* Internal: a device worker process started by the pool (workerd/pool.c). */
+int workerd_cmd_device_worker(int argc, char **argv);
+
 #endif

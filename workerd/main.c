@@ -11,17 +11,20 @@ typedef struct {
     const char *name;
     int (*run)(int argc, char **argv);
     const char *summary;
+    int hidden; /* internal: not listed by --help */
 } workerd_command;
 
 static const workerd_command commands[] = {
     {"separate", workerd_cmd_separate, "separate audio files into stems, offline"},
+    {"device-worker", workerd_cmd_device_worker, "(internal) serve batches for the pool", 1},
 };
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: workerd <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+        if (!commands[i].hidden)
+            fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\nRun `workerd <command> --help` for the options of a command.\n");
 }
 

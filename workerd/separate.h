@@ -1,10 +1,13 @@
 /*
- * separate.h - one track through the whole pipeline: decode + resample to a spool file,
- * apply the model (models/apply.h), encode the stems, each written atomically.
+ * separate.h - one track through the whole pipeline on an engine of this process:
+ * decode + resample to a spool file, apply the model (models/apply.h), encode the
+ * stems, all written or none.
  *
- * Used by `workerd separate` and meant for the daemon's job runner: the caller owns the
- * loaded model and engine (loaded once, reused for every track) and chooses where the
- * stems go and where temporary files live (same filesystem, so renames are atomic).
+ * Used by `workerd separate`. It is a job of the daemon's job runner (jobexec.h) with
+ * an in-process forwarder (forward.h) over the caller's engine, so both share one
+ * path. The caller owns the loaded model and engine (loaded once, reused for every
+ * track) and chooses where the stems go and where temporary files live (same
+ * filesystem, so renames are atomic).
  */
 #ifndef WORKERD_SEPARATE_H
 #define WORKERD_SEPARATE_H
@@ -30,6 +33,7 @@ typedef struct {
     int n_stems;
     char stems[SEP_MAX_SOURCES][40];
     int64_t bytes[SEP_MAX_SOURCES];
+    int code; /* sep_job_code (jobexec.h) of a failure, 0 on success */
 } sep_separate_result;
 
 /* Stage is "decode", "separate" or "encode"; fraction is within the stage. Returns

@@ -48,6 +48,8 @@ import io
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "conf"))
+import localstack  # noqa: E402  (conf/localstack.py: ports outside the ephemeral range)
 MODULE = os.path.join(REPO, "build", "nginx", "objs", "ngx_http_sep_module.so")
 PASSWORD = "s3cret-pass"
 DB = 3
@@ -57,14 +59,6 @@ try:
     import redis
 except ImportError:
     redis = None
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wav_bytes(frames=2000):
@@ -115,7 +109,7 @@ http {{
 class Stack:
     def __init__(self):
         self.prefix = tempfile.mkdtemp(prefix="sep-mod-")
-        self.port = free_port()
+        self.port = None  # taken in start(), retried when another process has it
         self.spool = os.path.join(self.prefix, "spool")
         self.redis_proc = None
         self.nginx_started = False
@@ -141,12 +135,7 @@ class Stack:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        user = "user root;" if os.geteuid() == 0 else ""
-        with open(os.path.join(self.prefix, "nginx.conf"), "w") as f:
-            f.write(NGINX_CONF.format(user=user, prefix=self.prefix, module=MODULE, db=DB,
-                                      password=PASSWORD, timeout=TIMEOUT_MS, port=self.port))
-        subprocess.check_call(self.nginx_cmd())
-        self.nginx_started = True
+        self.port, _ = localstack.start_on_free_port(self.start_nginx, "nginx")
         deadline = time.monotonic() + 5
         while True:
             try:
@@ -163,6 +152,23 @@ class Stack:
             if time.monotonic() > deadline:
                 raise RuntimeError("module not connected:\n" + self.error_log())
             time.sleep(0.05)
+
+    def start_nginx(self, port):
+        """nginx (a daemon) listening on port; localstack.PortInUse when it was taken."""
+        user = "user root;" if os.geteuid() == 0 else ""
+        with open(os.path.join(self.prefix, "nginx.conf"), "w") as f:
+            f.write(NGINX_CONF.format(user=user, prefix=self.prefix, module=MODULE, db=DB,
+                                      password=PASSWORD, timeout=TIMEOUT_MS, port=port))
+        res = subprocess.run(self.nginx_cmd(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        if res.returncode != 0:
+            if "Address already in use" in res.stdout:
+                # the [emerg] of this attempt is not the stack's: later cases read the log
+                open(self.prefix + "/error.log", "w").close()
+                raise localstack.PortInUse(res.stdout.strip())
+            raise RuntimeError("nginx failed to start: " + res.stdout)
+        self.port = port
+        self.nginx_started = True
 
     def nginx_cmd(self, *extra):
         return ["/usr/sbin/nginx", "-p", self.prefix, "-c", self.prefix + "/nginx.conf",
@@ -591,6 +597,7 @@ def main(argv):
         if failed:
             print(stack.error_log()[-3000:])
         stack.stop()
+    print("CASES: %d passed, %d failed, 0 skipped" % (ran - failed, failed))
     if failed:
         print("FAIL: %d of %d module cases" % (failed, ran))
         return 1

@@ -1,66 +1,72 @@
 --[[
 complete: a worker has written every stem (temp file + rename into {spool}/{id}/)
-and finishes the job. Tests use it to stand in for workerd; it accepts a job that
-was never claimed (still queued) as well as a running one.
+and finishes the job it runs.
 
-KEYS[1]  {p}job:{id}
-KEYS[2]  {p}stats
-KEYS[3]  {p}q:high
-KEYS[4]  {p}q:normal
-KEYS[5]  {p}delayed
-ARGV[1]  event channel {p}ev:{id}
-ARGV[2]  consumer group name ("workers")
-ARGV[3]  stems as JSON: {"vocals": {"file": "vocals.wav", "bytes": 123}, ...}
-         (file names relative to {spool}/{id}/)
-ARGV[4]  total bytes written (stats bytes_out), may be "0"
-ARGV[5..] more job fields as name, value pairs (timing_decode_s,
-         timing_separate_s, timing_encode_s, audio_seconds, audio_sample_rate,
-         audio_channels, ...), optional
+KEYS     the job KEYS (shared/README.md)
+ARGV[1]  token (from claim)
+ARGV[2]  stems as a JSON object: {"vocals": {"file": "vocals.wav", "bytes": 123}, ...}
+         (each file a plain name in {spool}/{id}/: no "/", not "." or "..";
+         bytes an integer >= 0)
+ARGV[3]  total bytes written (integer >= 0; counter bytes_out)
+ARGV[4..] worker field pairs (shared/README.md: audio_seconds, audio_sample_rate,
+         audio_channels, timing_*_s, device), optional
 
-Effects: status completed, progress 1, stage done, finished_at, stems; error fields
-         cleared; the stream entry acknowledged and deleted (XACK + XDEL); the
-         record expires after its result_ttl; counters completed +1, bytes_out;
-         gauge running -1 (or queued -1); a "completed" event.
+Effects: status completed, progress 1, stage done, message "", finished_at, stems;
+         error fields and token removed; the stream entry XACK + XDEL'd; out of
+         {p}running and {p}delayed; the record expires after its result_ttl and is
+         scored in {p}expiry; counters completed +1, bytes_out; gauge running -1;
+         a "completed" event.
 Reply:   "OK"
-Errors (the first word of the error is its code):
-         "NOT_FOUND" (no such job), "NOT_ACTIVE" (already completed, failed or
-         canceled), "BAD_STEMS" (ARGV[3] is not a JSON object)
+Errors:  NOT_FOUND, NOT_RUNNING <status>, STALE attempt <n> is live,
+         BAD_STEMS <why>, ERR_ARG, ERR_KEYS
 ]]
-local job_key, stats_key, q_high, q_normal, delayed_key =
-    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local channel, group, stems, bytes_out = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]) or 0
-
-local job = redis.call('HMGET', job_key, 'id', 'status', 'priority', 'stream_id',
-                       'result_ttl', 'created_at', 'timing_queued_s')
-local id, status, priority, stream_id, ttl = job[1], job[2], job[3], job[4], tonumber(job[5])
-local refused = inactive_job_error(status)
-if refused then
-    return refused
+local function check_stems(text)
+    local ok, decoded = pcall(cjson.decode, text)
+    if not ok or type(decoded) ~= 'table' then
+        refuse('BAD_STEMS', 'stems must be a JSON object')
+    end
+    local count = 0
+    for name, stem in pairs(decoded) do
+        count = count + 1
+        if type(name) ~= 'string' or not name:match('^[a-z0-9_]+$') or #name > 64 then
+            refuse('BAD_STEMS', 'stem names must be 1..64 of [a-z0-9_]')
+        end
+        if type(stem) ~= 'table' or type(stem.file) ~= 'string' or stem.file == '' or
+            #stem.file > 255 or stem.file:find('/', 1, true) or stem.file == '.' or
+            stem.file == '..' or stem.file:find('%c') then
+            refuse('BAD_STEMS', 'stem "' .. name .. '" needs a plain file name')
+        end
+        if type(stem.bytes) ~= 'number' or stem.bytes < 0 or stem.bytes ~= math.floor(stem.bytes) or
+            stem.bytes > 9007199254740991 then
+            refuse('BAD_STEMS', 'stem "' .. name .. '" needs bytes, an integer >= 0')
+        end
+    end
+    if count == 0 then
+        refuse('BAD_STEMS', 'stems must name at least one stem')
+    end
 end
-local ok, decoded = pcall(cjson.decode, stems)
-if not ok or type(decoded) ~= 'table' then
-    return redis.error_reply('BAD_STEMS stems must be a JSON object')
+
+local function main()
+    local k = job_keys()
+    local token = arg_token(1)
+    local stems = arg_present(2, 'stems')
+    local bytes_out = arg_int(3, 'bytes_out', 0)
+    local extra = arg_worker_pairs(4)
+    local job = load_job(k)
+    require_live(job, token)
+    check_stems(stems)
+
+    local now = now_ms()
+    redis.call('HDEL', k.job, 'error_code', 'error_message', 'error_retryable')
+    local fields = {'progress', '1', 'message', '', 'stems', stems}
+    for i = 1, #extra do
+        fields[#fields + 1] = extra[i]
+    end
+    finish(k, job, 'completed', 'done', now, fields)
+    if bytes_out > 0 then
+        redis.call('HINCRBY', k.stats, 'bytes_out', int_str(bytes_out))
+    end
+    return redis.status_reply('OK')
 end
 
-local now = now_ms()
-local hset = {'HSET', job_key, 'status', 'completed', 'progress', '1', 'stage', 'done',
-              'message', '', 'finished_at', now, 'stems', stems}
-if not job[7] and tonumber(job[6]) then
-    hset[#hset + 1] = 'timing_queued_s'
-    hset[#hset + 1] = string.format('%.3f', (now - tonumber(job[6])) / 1000)
-end
-redis.call(unpack(append_argv_pairs(hset, 5)))
-redis.call('HDEL', job_key, 'error_code', 'error_message', 'error_retryable', 'stream_id')
-
-drop_stream_entry(priority_stream(priority, q_high, q_normal), group, stream_id)
-redis.call('ZREM', delayed_key, id)
-
-redis.call('HINCRBY', stats_key, 'completed', 1)
-redis.call('HINCRBY', stats_key, status, -1)
-if bytes_out > 0 then
-    redis.call('HINCRBY', stats_key, 'bytes_out', bytes_out)
-end
-expire_finished(job_key, ttl)
-
-publish_job(job_key, channel, 'completed')
-return redis.status_reply('OK')
+return run(main)

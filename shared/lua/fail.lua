@@ -1,100 +1,97 @@
 --[[
-fail: a job stopped with an error (or was canceled while running): retry it later,
-or mark it failed for good, or canceled.
+fail: a job a worker runs stopped with an error (or was canceled): retry it later,
+mark it failed for good, or canceled.
 
-KEYS[1]  {p}job:{id}
-KEYS[2]  {p}stats
-KEYS[3]  {p}q:high
-KEYS[4]  {p}q:normal
-KEYS[5]  {p}delayed
-KEYS[6]  {p}dead
-ARGV[1]  event channel {p}ev:{id}
-ARGV[2]  consumer group name ("workers")
-ARGV[3]  error code (snake_case; "canceled" when the worker stopped on a cancel)
-ARGV[4]  error message
-ARGV[5]  "1" when the error is transient (retry allowed), "0" when permanent
-ARGV[6]  backoff base in ms (delay = base * 2^(attempts-1), capped)
-ARGV[7]  backoff cap in ms
-ARGV[8]  jitter in ms, added to the delay (the caller draws it)
-ARGV[9..] more job fields as name, value pairs, optional
+KEYS     the job KEYS (shared/README.md)
+ARGV[1]  token (from claim)
+ARGV[2]  error code: 1..64 of [a-z0-9_] ("canceled" when the worker stopped on a
+         cancel)
+ARGV[3]  error message (may be ""; at most 1024 bytes)
+ARGV[4]  "1" when the error is transient (retry allowed), "0" when permanent
+ARGV[5]  backoff base in ms (integer >= 0): delay = base * 2^(attempts-1), capped
+ARGV[6]  backoff cap in ms (integer >= 0)
+ARGV[7]  jitter in ms (integer >= 0), added to the delay (the caller draws it)
+ARGV[8]  {p}dead MAXLEN (integer >= 1)
+ARGV[9..] worker field pairs (shared/README.md), optional
 
-Decision, after the stream entry is acknowledged and deleted (XACK + XDEL):
+The stream entry is XACK + XDEL'd and the job leaves {p}running, then:
   cancel_requested=1 or code "canceled"   -> {"canceled"}: status canceled, event
                                              "canceled", counter canceled +1
   retryable and attempts < max_attempts   -> {"retry", due_ms}: status queued, stage
-                                             retry_wait, the id in {p}delayed scored
-                                             by due time (promote.lua puts it back in
-                                             its stream), counter retried +1, gauge
-                                             queued +1, event "progress"
-  otherwise                               -> {"failed"}: status failed, entry in
-                                             {p}dead (id, code, message, attempts),
+                                             retry_wait, no stream_id, the id in
+                                             {p}delayed scored by due time (promote
+                                             puts it back in its stream), counter
+                                             retried +1, gauge queued +1, event
+                                             "progress"
+  otherwise                               -> {"failed"}: status failed, a {p}dead
+                                             entry (id, code, message, attempts),
                                              counter failed +1, event "failed"
-Terminal outcomes set finished_at and expire the record after its result_ttl.
-Gauge running -1 (queued -1 if the job was never claimed).
-Errors (the first word of the error is its code):
-         "NOT_FOUND", "NOT_ACTIVE" (already completed, failed or canceled)
+Terminal outcomes set finished_at, expire the record after its result_ttl and score
+it in {p}expiry. Gauge running -1. The token is removed in every outcome.
+Errors:  NOT_FOUND, NOT_RUNNING <status>, STALE attempt <n> is live, ERR_ARG, ERR_KEYS
 ]]
-local job_key, stats_key, q_high, q_normal, delayed_key, dead_key =
-    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local channel, group, code, message = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local retryable = ARGV[5] == '1'
-local base, cap, jitter = tonumber(ARGV[6]) or 1000, tonumber(ARGV[7]) or 60000,
-                          tonumber(ARGV[8]) or 0
-
-local job = redis.call('HMGET', job_key, 'id', 'status', 'priority', 'stream_id',
-                       'result_ttl', 'attempts', 'max_attempts', 'cancel_requested')
-local id, status, priority, stream_id, ttl = job[1], job[2], job[3], job[4], tonumber(job[5])
-local attempts, max_attempts = tonumber(job[6]) or 0, tonumber(job[7]) or 1
-local refused = inactive_job_error(status)
-if refused then
-    return refused
-end
-
-local now = now_ms()
-
-drop_stream_entry(priority_stream(priority, q_high, q_normal), group, stream_id)
-redis.call('HDEL', job_key, 'stream_id')
-redis.call('HINCRBY', stats_key, status, -1)
-
-local extra = append_argv_pairs({}, 9)
-if #extra > 0 then
-    redis.call('HSET', job_key, unpack(extra))
-end
-
-local function finish(final_status, stage, counter)
-    redis.call('HSET', job_key, 'status', final_status, 'stage', stage, 'finished_at', now)
-    redis.call('HINCRBY', stats_key, counter, 1)
-    expire_finished(job_key, ttl)
-end
-
-if job[8] == '1' or code == 'canceled' then
-    redis.call('HSET', job_key, 'message', 'canceled while running')
-    finish('canceled', 'canceled', 'canceled')
-    publish_job(job_key, channel, 'canceled')
-    return {'canceled'}
-end
-
-redis.call('HSET', job_key, 'error_code', code, 'error_message', message,
-           'error_retryable', retryable and '1' or '0')
-
-if retryable and attempts < max_attempts then
-    local delay = base * 2 ^ math.max(attempts - 1, 0)
-    if delay > cap then
-        delay = cap
+local function main()
+    local k = job_keys()
+    local token = arg_token(1)
+    local code = arg_match(2, 'code', '^[a-z0-9_]+$', 64, 'must be 1..64 of [a-z0-9_]')
+    local message = arg_present(3, 'message')
+    if #message > 1024 then
+        bad_arg(3, 'message', 'must be at most 1024 bytes')
     end
-    local due = now + math.floor(delay + jitter)
-    redis.call('HSET', job_key, 'status', 'queued', 'stage', 'retry_wait', 'progress', '0',
-               'message', 'retrying after an error: ' .. message)
-    redis.call('ZADD', delayed_key, due, id)
-    redis.call('HINCRBY', stats_key, 'retried', 1)
-    redis.call('HINCRBY', stats_key, 'queued', 1)
-    publish_job(job_key, channel, 'progress')
-    return {'retry', due}
+    local retryable = arg_oneof(4, 'retryable', {['0'] = true, ['1'] = true}, 'must be "0" or "1"') ==
+                          '1'
+    local base = arg_int(5, 'backoff_base_ms', 0)
+    local cap = arg_int(6, 'backoff_cap_ms', 0)
+    local jitter = arg_int(7, 'jitter_ms', 0)
+    local maxlen = arg_int(8, 'dead_maxlen', 1)
+    local extra = arg_worker_pairs(9)
+    local job = load_job(k)
+    require_live(job, token)
+
+    local now = now_ms()
+    if job.cancel_requested or code == 'canceled' then
+        local fields = {'message', 'canceled while running'}
+        for i = 1, #extra do
+            fields[#fields + 1] = extra[i]
+        end
+        finish(k, job, 'canceled', 'canceled', now, fields)
+        return {'canceled'}
+    end
+
+    local fields = {'error_code', code, 'error_message', message,
+                    'error_retryable', retryable and '1' or '0'}
+    for i = 1, #extra do
+        fields[#fields + 1] = extra[i]
+    end
+
+    if retryable and job.attempts < job.max_attempts then
+        local delay = base * 2 ^ math.max(job.attempts - 1, 0)
+        if delay > cap then
+            delay = cap
+        end
+        local due = now + math.floor(delay) + jitter
+        drop_stream_entry(job_stream(k, job.priority), job.stream_id)
+        redis.call('ZREM', k.running, k.id)
+        redis.call('HDEL', k.job, 'stream_id', 'token')
+        local hset = {'HSET', k.job, 'status', 'queued', 'stage', 'retry_wait', 'progress', '0',
+                      'message', 'retrying after an error: ' .. message}
+        for i = 1, #fields do
+            hset[#hset + 1] = fields[i]
+        end
+        redis.call(unpack(hset))
+        redis.call('ZADD', k.delayed, int_str(due), k.id)
+        redis.call('HINCRBY', k.stats, 'retried', 1)
+        gauge_add(k.stats, 'running', -1)
+        redis.call('HINCRBY', k.stats, 'queued', 1)
+        publish_job(k, 'progress')
+        return {'retry', due}
+    end
+
+    fields[#fields + 1] = 'message'
+    fields[#fields + 1] = message
+    finish(k, job, 'failed', 'failed', now, fields)
+    add_dead(k, maxlen, code, message, job.attempts)
+    return {'failed'}
 end
 
-redis.call('HSET', job_key, 'message', message)
-finish('failed', 'failed', 'failed')
-redis.call('XADD', dead_key, '*', 'id', id, 'code', code, 'message', message,
-           'attempts', attempts)
-publish_job(job_key, channel, 'failed')
-return {'failed'}
+return run(main)

@@ -2,85 +2,166 @@
 submit: create a job and queue it (one atomic step; run by the nginx module).
 
 KEYS[1]  {p}job:{id}                 the new job's hash
-KEYS[2]  {p}q:high | {p}q:normal      the stream of the job's priority
-KEYS[3]  {p}stats
-KEYS[4]  {p}idem:{key}                only when the request had an Idempotency-Key
-ARGV[1]  job id
-ARGV[2]  max queued jobs (0 = no limit; compared with the stats gauge "queued")
-ARGV[3]  idempotency key TTL in seconds
-ARGV[4]  key prefix {p} (to read the job an idempotency key already names)
-ARGV[5..] job hash fields as name, value pairs: model, stems_option, format,
-         priority, shifts, overlap, input, input_type, input_bytes, max_attempts,
-         result_ttl (see shared/sep_job.h)
+KEYS[2]  {p}stats
+KEYS[3]  {p}q:high
+KEYS[4]  {p}q:normal                 (the job goes to the stream of its priority)
+KEYS[5]  {p}idem:{key}               only when the request had an Idempotency-Key
+KEYS[6]  {p}job:{earlier id}         only when repeating the call after a "lookup"
+ARGV[1]  job id (the {id} of KEYS[1])
+ARGV[2]  max queued jobs (integer >= 0, 0 = no limit; compared with the gauge
+         "queued")
+ARGV[3]  idempotency key TTL in seconds (integer >= 1)
+ARGV[4..] job fields as name, value pairs (see shared/sep_job.h), each at most
+         once: model, stems_option, format, input_type (1..64 of [A-Za-z0-9_.-]),
+         input (a plain file name), priority ("high" | "normal"), shifts,
+         input_bytes (integers >= 0), overlap (a finite number), max_attempts,
+         result_ttl (integers >= 1); priority, max_attempts and result_ttl are
+         required
 
 Reply:   {"created", field, value, ...}  the new job's hash (all its fields)
-         {"exists", field, value, ...}   the job the idempotency key already names
+         {"exists", field, value, ...}   the job the idempotency key names
                                          (nothing was written)
-Errors (the first word of the error is its code):
-         "QUEUE_FULL <queued> <max>"     backpressure: the queue is full
-         "JOB_EXISTS"                    the id is taken (never with random ids)
+         {"lookup", id}                  the idempotency key names job id, which
+                                         was not given as KEYS[6]: call again with
+                                         KEYS[6] = {p}job:{id} (nothing written; if
+                                         that job has expired, the repeated call
+                                         creates the new job and moves the key)
+Errors:  QUEUE_FULL <queued> <max>       backpressure: the queue is full
+         JOB_EXISTS                      the id is taken (never with random ids)
+         ERR_ARG, ERR_KEYS
 
 The stream and its consumer group "workers" are created on first use (from id 0,
 so the first entry is delivered). Counters: submitted +1, bytes_in +input_bytes,
 gauge queued +1.
 ]]
-local job_key, stream_key, stats_key, idem_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id = ARGV[1]
-local max_queued = tonumber(ARGV[2]) or 0
-local idem_ttl = tonumber(ARGV[3]) or 86400
-local prefix = ARGV[4]
+local WORD = '^[%w_%.%-]+$'
+local FIELDS = {
+    model = 'word', stems_option = 'word', format = 'word', input_type = 'word',
+    input = 'file', priority = 'priority', shifts = 'count0', input_bytes = 'count0',
+    overlap = 'number', max_attempts = 'count1', result_ttl = 'count1',
+}
+local REQUIRED = {'priority', 'max_attempts', 'result_ttl'}
 
-if idem_key then
-    local existing = redis.call('GET', idem_key)
-    if existing then
-        local fields = redis.call('HGETALL', prefix .. 'job:' .. existing)
-        if #fields > 0 then
-            table.insert(fields, 1, 'exists')
-            return fields
+local function main()
+    if #KEYS < 4 or #KEYS > 6 then
+        refuse('ERR_KEYS', 'submit takes 4 to 6 keys')
+    end
+    local prefix, id = KEYS[1]:match('^(.*)job:([^:]+)$')
+    if not prefix then
+        refuse('ERR_KEYS', 'keys[1] must be {p}job:{id}')
+    end
+    for i, suffix in ipairs({'stats', 'q:high', 'q:normal'}) do
+        if KEYS[i + 1] ~= prefix .. suffix then
+            refuse('ERR_KEYS', string.format('keys[%d] must be %s%s', i + 1, prefix, suffix))
         end
     end
-end
-
-if max_queued > 0 then
-    local queued = tonumber(redis.call('HGET', stats_key, 'queued') or '0') or 0
-    if queued >= max_queued then
-        return redis.error_reply('QUEUE_FULL ' .. queued .. ' ' .. max_queued)
+    local idem_key, earlier_key = KEYS[5], KEYS[6]
+    if idem_key and (idem_key:sub(1, #prefix + 5) ~= prefix .. 'idem:' or #idem_key == #prefix + 5) then
+        refuse('ERR_KEYS', 'keys[5] must be ' .. prefix .. 'idem:{key}')
     end
-end
-
-if redis.call('EXISTS', job_key) == 1 then
-    return redis.error_reply('JOB_EXISTS the job id is taken')
-end
-
-local now = now_ms()
-
-local hset = {'HSET', job_key, 'id', id, 'status', 'queued', 'progress', '0',
-              'stage', 'queued', 'message', '', 'attempts', '0', 'created_at', tostring(now)}
-local input_bytes = 0
-for i = 5, #ARGV - 1, 2 do
-    hset[#hset + 1] = ARGV[i]
-    hset[#hset + 1] = ARGV[i + 1]
-    if ARGV[i] == 'input_bytes' then
-        input_bytes = tonumber(ARGV[i + 1]) or 0
+    if earlier_key and not earlier_key:match('job:[^:]+$') then
+        refuse('ERR_KEYS', 'keys[6] must be ' .. prefix .. 'job:{id}')
     end
+    if arg_present(1, 'id') ~= id then
+        bad_arg(1, 'id', 'must be the {id} of keys[1]')
+    end
+    local max_queued = arg_int(2, 'max_queued', 0)
+    local idem_ttl = arg_int(3, 'idempotency_ttl', 1)
+    if (#ARGV - 3) % 2 ~= 0 then
+        bad_arg(#ARGV, 'field pairs', 'must come as name, value pairs')
+    end
+    local fields = {}
+    for i = 4, #ARGV, 2 do
+        local name, value = ARGV[i], ARGV[i + 1]
+        local kind = FIELDS[name]
+        if not kind then
+            bad_arg(i, 'field', '"' .. shown(name) .. '" is not a field submit may set')
+        end
+        if fields[name] then
+            bad_arg(i, 'field', '"' .. name .. '" is given twice')
+        end
+        local v
+        if kind == 'word' then
+            if #value > 64 or not value:match(WORD) then
+                bad_arg(i + 1, name, 'must be 1..64 of [A-Za-z0-9_.-]')
+            end
+        elseif kind == 'file' then
+            if #value > 255 or not value:match(WORD) or value == '.' or value == '..' then
+                bad_arg(i + 1, name, 'must be a plain file name')
+            end
+        elseif kind == 'priority' then
+            if value ~= 'high' and value ~= 'normal' then
+                bad_arg(i + 1, name, 'must be "high" or "normal"')
+            end
+        elseif kind == 'number' then
+            if parse_number(value) == nil then
+                bad_arg(i + 1, name, 'must be a finite number')
+            end
+        else
+            v = parse_int(value)
+            local min = (kind == 'count1') and 1 or 0
+            if v == nil or v < min then
+                bad_arg(i + 1, name, string.format('must be an integer >= %d', min))
+            end
+        end
+        fields[name] = value
+    end
+    for _, name in ipairs(REQUIRED) do
+        if not fields[name] then
+            bad_arg(#ARGV + 1, name, 'is required')
+        end
+    end
+
+    if idem_key then
+        local existing = redis.call('GET', idem_key)
+        if existing then
+            if earlier_key ~= prefix .. 'job:' .. existing then
+                return {'lookup', existing}
+            end
+            local flat = redis.call('HGETALL', earlier_key)
+            if #flat > 0 then
+                table.insert(flat, 1, 'exists')
+                return flat
+            end
+        end
+    end
+
+    if max_queued > 0 then
+        local queued = tonumber(redis.call('HGET', KEYS[2], 'queued') or '0') or 0
+        if queued >= max_queued then
+            refuse('QUEUE_FULL', int_str(queued) .. ' ' .. int_str(max_queued))
+        end
+    end
+    if redis.call('EXISTS', KEYS[1]) == 1 then
+        refuse('JOB_EXISTS', 'the job id is taken')
+    end
+
+    local now = now_ms()
+    local stream = (fields.priority == 'high') and KEYS[3] or KEYS[4]
+    ensure_stream(stream)
+    local entry = redis.call('XADD', stream, '*', 'id', id)
+    local hset = {'HSET', KEYS[1], 'id', id, 'status', 'queued', 'progress', '0',
+                  'stage', 'queued', 'message', '', 'attempts', '0', 'created_at', int_str(now)}
+    for i = 4, #ARGV do
+        hset[#hset + 1] = ARGV[i]
+    end
+    hset[#hset + 1] = 'stream_id'
+    hset[#hset + 1] = entry
+    redis.call(unpack(hset))
+
+    redis.call('HINCRBY', KEYS[2], 'submitted', 1)
+    redis.call('HINCRBY', KEYS[2], 'queued', 1)
+    if fields.input_bytes and fields.input_bytes ~= '0' then
+        redis.call('HINCRBY', KEYS[2], 'bytes_in', int_str(parse_int(fields.input_bytes)))
+    end
+    if idem_key then
+        redis.call('SET', idem_key, id, 'EX', int_str(idem_ttl))
+    end
+
+    -- The new hash is exactly what was just written: answer it without reading it back.
+    hset[1] = 'created'
+    table.remove(hset, 2)
+    return hset
 end
 
-ensure_stream(stream_key, 'workers')
-local entry = redis.call('XADD', stream_key, '*', 'id', id)
-hset[#hset + 1] = 'stream_id'
-hset[#hset + 1] = entry
-redis.call(unpack(hset))
-
-redis.call('HINCRBY', stats_key, 'submitted', 1)
-redis.call('HINCRBY', stats_key, 'queued', 1)
-if input_bytes > 0 then
-    redis.call('HINCRBY', stats_key, 'bytes_in', input_bytes)
-end
-if idem_key then
-    redis.call('SET', idem_key, id, 'EX', idem_ttl)
-end
-
--- The new hash is exactly what was just written: answer it without reading it back.
-hset[1] = 'created'
-table.remove(hset, 2)
-return hset
+return run(main)

@@ -16,6 +16,11 @@
  * bounded on a track 30x longer than a segment); seeded shifts are reproducible;
  * option errors and callback aborts are reported.
  *
+ * The producer/consumer API (sep_apply_begin/next/put) is run on every reference case
+ * with three batches in flight whose outputs are put back in reverse order, as a
+ * device pool may return them: same outputs within TOLERANCE, and a batch's segments
+ * always belong to one network of the bag.
+ *
  * usage: test_apply FIXTURE_DIR
  */
 #include <jansson.h>
@@ -30,10 +35,11 @@
 
 #define TOLERANCE 2e-5
 
-static int failures;
+static int failures, checks;
 
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
+        checks++;                                                                                  \
         if (!(cond)) {                                                                             \
             printf("FAIL %s:%d: ", __FILE__, __LINE__);                                            \
             printf(__VA_ARGS__);                                                                   \
@@ -277,6 +283,109 @@ static void run_case(const char *dir, json_t *c, const float *track, int64_t fra
     unload(&lm);
 }
 
+/* Producer/consumer: up to 3 batches out at once, put back newest first. */
+static void run_case_pc(const char *dir, json_t *c, const float *track, int64_t frames,
+                        int channels)
+{
+    const char *name = json_string_value(json_object_get(c, "name"));
+    const char *file = json_string_value(json_object_get(c, "model"));
+    const char *outname = json_string_value(json_object_get(c, "output"));
+    enum { BATCH = 2, INFLIGHT = 3 };
+    loaded_model lm;
+    if (load(&lm, dir, file, BATCH))
+        return;
+    const sep_model_info *info = sep_model_get_info(lm.model);
+    sep_apply_opts o;
+    sep_apply_opts_default(&o);
+    o.overlap = json_real_value(json_object_get(c, "overlap"));
+    o.shifts = (int)json_integer_value(json_object_get(c, "shifts"));
+    json_t *seg = json_object_get(c, "segment");
+    o.segment = json_is_number(seg) ? json_number_value(seg) : 0.0;
+    json_t *two = json_object_get(c, "two_stems");
+    o.two_stems =
+        json_is_string(two) ? sep_model_source_index(lm.model, json_string_value(two)) : -1;
+    o.max_batch = BATCH;
+    o.max_inflight = INFLIGHT;
+    int offsets[SEP_MAX_BAG * SEP_APPLY_MAX_SHIFTS];
+    json_t *offs = json_object_get(c, "shift_offsets");
+    for (size_t i = 0; i < json_array_size(offs) && i < sizeof(offsets) / sizeof(int); i++)
+        offsets[i] = (int)json_integer_value(json_array_get(offs, i));
+    o.shift_offsets = json_array_size(offs) ? offsets : NULL;
+    int n_stems = sep_apply_stems(lm.model, &o, NULL);
+    char path[1200];
+    snprintf(path, sizeof(path), "%s/%s", dir, outname);
+    float *ref = read_f32(path, (size_t)n_stems * channels * frames);
+    CHECK(ref != NULL, "cannot read %s", path);
+    size_t seg_floats = (size_t)info->audio_channels * info->segment_samples;
+    float *in = malloc(sizeof(float) * BATCH * seg_floats);
+    float *out[INFLIGHT];
+    for (int i = 0; i < INFLIGHT; i++)
+        out[i] = malloc(sizeof(float) * BATCH * info->n_sources * seg_floats);
+    run_ctx r;
+    init_ctx(&r, track, frames, channels, ref, n_stems);
+    r.progress_calls = 1; /* track read-ahead from the start */
+    sep_apply_io io = {
+        .frames = frames, .channels = channels, .read = read_cb, .write = write_cb, .user = &r};
+    char err[512] = "";
+    sep_apply_state *st = ref ? sep_apply_begin(lm.model, &o, &io, err, sizeof(err)) : NULL;
+    CHECK(!ref || st, "%s: sep_apply_begin failed: %s", name, err);
+    int max_out = 0, rounds = 0, one_model = 1;
+    double last_fraction = 0.0;
+    while (st && !sep_apply_done(st) && rounds < 100000) {
+        sep_apply_chunk desc[INFLIGHT];
+        int k = 0;
+        while (k < INFLIGHT) {
+            int n = sep_apply_next(st, in, BATCH, &desc[k]);
+            CHECK(n >= 0, "%s: sep_apply_next: %s", name, sep_apply_error(st));
+            if (n <= 0)
+                break;
+            CHECK(desc[k].n == n && desc[k].length == info->segment_samples &&
+                      desc[k].model_index >= 0 && desc[k].model_index < info->n_models,
+                  "%s: bad descriptor", name);
+            /* the network runs the whole batch: one model_index for all its segments */
+            if (sep_engine_forward(lm.engine, desc[k].model_index, in, n, desc[k].length, out[k],
+                                   err, sizeof(err)))
+                one_model = 0;
+            k++;
+        }
+        if (k == 0) {
+            CHECK(0, "%s: nothing handed out before the end (pending %d)", name,
+                  sep_apply_pending(st));
+            break;
+        }
+        if (k > max_out)
+            max_out = k;
+        CHECK(sep_apply_pending(st) == k, "%s: pending %d, handed out %d", name,
+              sep_apply_pending(st), k);
+        /* a put of a batch that is not outstanding is refused */
+        sep_apply_chunk bogus = desc[0];
+        bogus.seq += 1000;
+        CHECK(sep_apply_put(st, &bogus, out[0], bogus.n) != 0, "%s: stale put accepted", name);
+        for (int j = k - 1; j >= 0; j--)
+            CHECK(sep_apply_put(st, &desc[j], out[j], desc[j].n) == 0, "%s: put: %s", name,
+                  sep_apply_error(st));
+        CHECK(sep_apply_fraction(st) >= last_fraction, "%s: fraction went back", name);
+        last_fraction = sep_apply_fraction(st);
+        rounds++;
+    }
+    if (st) {
+        CHECK(sep_apply_done(st) && r.order_ok && r.written == frames,
+              "%s: producer/consumer output not written once in order", name);
+        CHECK(last_fraction == 1.0, "%s: fraction ends at %g", name, last_fraction);
+        CHECK(one_model, "%s: forward failed", name);
+        CHECK(r.max_err <= TOLERANCE, "%s (producer/consumer): max abs error %.3g > %.1g", name,
+              r.max_err, TOLERANCE);
+        printf("MAXERR %-34s pc batch=%d inflight=%d (max out %d) max_abs=%.3g tol=%.0e\n", name,
+               BATCH, INFLIGHT, max_out, r.max_err, TOLERANCE);
+        sep_apply_end(st);
+    }
+    free(in);
+    for (int i = 0; i < INFLIGHT; i++)
+        free(out[i]);
+    free(ref);
+    unload(&lm);
+}
+
 /* Streaming: a track 30 segments long; written output must follow the reads closely. */
 static void test_streaming(const char *dir)
 {
@@ -412,6 +521,8 @@ int main(int argc, char **argv)
             strcmp(name, "bag_overlap50") == 0)
             run_case(dir, json_array_get(cases, i), track, frames, channels, 3);
     }
+    for (size_t i = 0; i < json_array_size(cases); i++)
+        run_case_pc(dir, json_array_get(cases, i), track, frames, channels);
     test_streaming(dir);
     test_seeded_shifts(track, frames, channels, dir);
     test_errors(track, frames, channels, dir);
@@ -419,10 +530,13 @@ int main(int argc, char **argv)
     size_t n_cases = json_array_size(cases);
     free(track);
     json_decref(manifest);
+    printf("CASES: %d passed, %d failed, 0 skipped\n", checks - failures, failures);
     if (failures) {
         printf("%d check(s) failed\n", failures);
         return 1;
     }
-    printf("PASS apply: %zu reference cases + batching, streaming, seeds, errors\n", n_cases);
+    printf("PASS apply: %zu reference cases + batching, producer/consumer, streaming, seeds, "
+           "errors\n",
+           n_cases);
     return 0;
 }

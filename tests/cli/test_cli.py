@@ -29,12 +29,12 @@ TOLERANCE = 2e-5  # absolute, float32 output vs reference (same as the apply sui
 SOURCES = ["drums", "bass", "other", "vocals"]
 
 failures = []
+passes = []
 
 
 def check(cond, what):
     print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        failures.append(what)
+    (passes if cond else failures).append(what)
     return cond
 
 
@@ -324,6 +324,7 @@ def main():
         test_memory(env)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print(f"CASES: {len(passes)} passed, {len(failures)} failed, 0 skipped")
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1

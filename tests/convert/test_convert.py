@@ -153,10 +153,12 @@ def text(value):
     return b"X" + struct.pack("<I", len(raw)) + raw
 
 
-def unused_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def refusing_socket():
+    """A socket bound to a loopback port but not listening: connections to that port
+    are refused for as long as the socket stays open (no other process can take it)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 @contextlib.contextmanager
@@ -490,7 +492,9 @@ class GetWeights(TempDirTest):
         self.out = self.tmp / "weights"
         self.env = {"TORCH_HOME": str(self.tmp / "torch")}
         self.catalog = self.tmp / "catalog.json"
-        self.dead_url = f"http://127.0.0.1:{unused_port()}/"
+        self.refusing = refusing_socket()
+        self.addCleanup(self.refusing.close)
+        self.dead_url = f"http://127.0.0.1:{self.refusing.getsockname()[1]}/"
 
     def write_catalog(self, url=None, **models):
         entries = {}
@@ -685,6 +689,9 @@ def main():
     loader = unittest.TestLoader()
     suite = loader.loadTestsFromModule(sys.modules[__name__])
     result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
+    bad = len(result.failures) + len(result.errors)
+    print(f"CASES: {result.testsRun - len(result.skipped) - bad} passed, {bad} failed, "
+          f"{len(result.skipped)} skipped")
     if not result.wasSuccessful():
         return 1
     ran = result.testsRun - len(result.skipped)

@@ -145,9 +145,10 @@ class Stack:
 
     def __init__(self, max_body="1m", max_queued=10000, worker_processes=2, conf_edit=None):
         self.prefix = tempfile.mkdtemp(prefix="sep-it-")
-        self.port = localstack.free_port()
-        self.redis_port = localstack.free_port()
-        self.values = localstack.local_values(self.prefix, self.port, self.redis_port,
+        self.port = None  # taken at start(), retried when another process has it
+        # Redis listens only on a Unix socket in the prefix: no TCP port to race for.
+        self.redis_address = localstack.redis_address(self.prefix)
+        self.values = localstack.local_values(self.prefix, 0, self.redis_address,
                                               max_body=max_body, max_queued=max_queued,
                                               worker_processes=worker_processes)
         self.spool = self.values["SPOOL"]
@@ -160,20 +161,23 @@ class Stack:
         atexit.register(self.stop)
 
     # lifecycle -------------------------------------------------------------------------
+    def render_conf(self, port):
+        self.values["LISTEN"] = "127.0.0.1:%d" % port
+        text = localstack.render_nginx_conf(self.values)
+        return self.conf_edit(text) if self.conf_edit else text
+
     def start(self):
         localstack.make_prefix_dirs(self.prefix)
-        with open(self.conf_path, "w", encoding="utf-8") as f:
-            text = localstack.render_nginx_conf(self.values)
-            f.write(self.conf_edit(text) if self.conf_edit else text)
         self.start_redis()
-        self.nginx_proc = localstack.start_nginx(self.prefix, self.conf_path, self.port)
+        self.port, self.nginx_proc = localstack.start_nginx_on_free_port(
+            self.prefix, self.conf_path, self.render_conf)
         return self
 
-    def start_redis(self):
+    def start_redis(self, extra_args=()):
         if self._stopped:
             raise RuntimeError("the stack was stopped")
-        self.redis_proc = localstack.start_redis(self.prefix, self.redis_port)
-        self.redis = redis.Redis(host="127.0.0.1", port=self.redis_port,
+        self.redis_proc = localstack.start_redis(self.prefix, extra_args=extra_args)
+        self.redis = redis.Redis(unix_socket_path=localstack.redis_socket(self.prefix),
                                  socket_timeout=5, decode_responses=False)
 
     def stop_redis(self):
@@ -302,6 +306,7 @@ class Cases:
             else:
                 print("ok   %-44s %.2fs%s" % (name, time.monotonic() - start,
                                            ("  " + detail) if detail else ""), flush=True)
+        print("CASES: %d passed, %d failed, 0 skipped" % (ran - len(failed), len(failed)))
         if failed:
             print("nginx error log (tail):\n" + stack.error_log_tail(), flush=True)
             print("FAILED: %d of %d cases: %s" % (len(failed), ran, ", ".join(failed)))

@@ -26,8 +26,8 @@ from harness import expect, expect_json_error  # noqa: E402
 
 MAX_BODY = 1024 * 1024  # client_max_body_size of the test server (1m)
 MAX_QUEUED = 40  # sep_max_queued of the test server
-Q_NORMAL = b"sep:q:normal"
-Q_HIGH = b"sep:q:high"
+Q_NORMAL = b"{sep}:q:normal"
+Q_HIGH = b"{sep}:q:high"
 WAV = harness.wav_bytes()
 
 cases = harness.Cases()
@@ -81,8 +81,8 @@ def submit_raw_wav(stack):
     with open(upload, "rb") as f:
         expect(f.read() == WAV, "the spooled upload differs from the uploaded bytes")
     expect(job_id in stack.stream_job_ids(Q_NORMAL), "job not in %s" % Q_NORMAL.decode())
-    expect(job_id not in stack.stream_job_ids(Q_HIGH), "normal job also in sep:q:high")
-    expect(stack.redis.exists(b"sep:job:" + job_id.encode()), "no sep:job:{id} hash")
+    expect(job_id not in stack.stream_job_ids(Q_HIGH), "normal job also in {sep}:q:high")
+    expect(stack.redis.exists(b"{sep}:job:" + job_id.encode()), "no {sep}:job:{id} hash")
 
 
 @cases.case
@@ -90,14 +90,14 @@ def submit_octet_stream(stack):
     job_id = expect_accepted(submit(stack, ctype="application/octet-stream"))
     upload = os.path.join(stack.job_dir(job_id), "input.wav")
     expect(os.path.isfile(upload), "no %s" % upload, stack.spool_files(job_id))
-    expect(job_id in stack.stream_job_ids(Q_NORMAL), "job not in sep:q:normal")
+    expect(job_id in stack.stream_job_ids(Q_NORMAL), "job not in {sep}:q:normal")
 
 
 @cases.case
 def submit_priority_high(stack):
     job_id = expect_accepted(submit(stack, "priority=high"))
-    expect(job_id in stack.stream_job_ids(Q_HIGH), "priority=high job not in sep:q:high")
-    expect(job_id not in stack.stream_job_ids(Q_NORMAL), "priority=high job in sep:q:normal")
+    expect(job_id in stack.stream_job_ids(Q_HIGH), "priority=high job not in {sep}:q:high")
+    expect(job_id not in stack.stream_job_ids(Q_NORMAL), "priority=high job in {sep}:q:normal")
 
 
 @cases.case
@@ -121,7 +121,7 @@ def submit_multipart(stack):
     expect(len(upload) == 1, "expected one spooled input for the multipart job", upload)
     with open(upload[0], "rb") as f:
         expect(f.read() == WAV, "the spooled multipart file part differs from the upload")
-    expect(job_id in stack.stream_job_ids(Q_HIGH), "multipart priority=high not in sep:q:high")
+    expect(job_id in stack.stream_job_ids(Q_HIGH), "multipart priority=high not in {sep}:q:high")
     rec = stack.request("GET", "/v1/jobs/" + job_id).json
     want = {"model": "htdemucs", "stems": "vocals", "format": "wav24", "priority": "high",
             "shifts": 1, "overlap": 0.25}
@@ -442,7 +442,7 @@ def redis_stalled_503_and_no_orphan_job(stack):
     job_id = expect_accepted(submit(stack))
     before_files = set(stack.spool_files())
     queued_before = queued_count(stack)
-    submitted_before = int(stack.redis.hget("sep:stats", "submitted") or 0)
+    submitted_before = int(stack.redis.hget("{sep}:stats", "submitted") or 0)
     stack.redis_proc.send_signal(sig.SIGSTOP)
     try:
         post = submit(stack)
@@ -455,7 +455,7 @@ def redis_stalled_503_and_no_orphan_job(stack):
     expect(get.elapsed < 2.0, "GET 503 took %.2fs" % get.elapsed)
 
     def submitted():
-        return int(stack.redis.hget("sep:stats", "submitted") or 0)
+        return int(stack.redis.hget("{sep}:stats", "submitted") or 0)
 
     deadline = time.monotonic() + 3.0
     while submitted() == submitted_before and time.monotonic() < deadline:
@@ -571,8 +571,8 @@ def main(argv):
     harness.install_signal_cleanup(stack)
     try:
         stack.start()
-        print("stack: nginx 127.0.0.1:%d, redis 127.0.0.1:%d, prefix %s"
-              % (stack.port, stack.redis_port, stack.prefix), flush=True)
+        print("stack: nginx 127.0.0.1:%d, redis %s, prefix %s"
+              % (stack.port, stack.redis_address, stack.prefix), flush=True)
         return cases.run(stack, only=argv[1:])
     except Exception as e:
         print("FAIL: could not start the stack: %s" % e)

@@ -32,12 +32,30 @@ class LocalRun:
 
     def __init__(self):
         self.prefix = tempfile.mkdtemp(prefix="sep-run-")
-        self.port = localstack.free_port()
-        self.redis_port = localstack.free_port()
+        self._stopped = False
+        self.new_ports()
+        harness.atexit.register(self.stop)
+
+    def new_ports(self):
+        """Ports outside the ephemeral range (localstack.pick_port)."""
+        self.port = localstack.pick_port()
+        self.redis_port = localstack.pick_port()
         self.env = dict(os.environ, SEP_RUN_DIR=self.prefix, SEP_PORT=str(self.port),
                         SEP_REDIS_PORT=str(self.redis_port), SEP_FETCH_WEIGHTS="0")
-        self._stopped = False
-        harness.atexit.register(self.stop)
+
+    def start(self, attempts=5):
+        """run-local; when another process took the HTTP port first (run-local refuses
+        a taken port, or nginx's bind fails), again on new ports, at most `attempts`."""
+        for attempt in range(1, attempts + 1):
+            res = self.script("run-local")
+            out = res.stdout or ""
+            if res.returncode == 0 or attempt == attempts or not (
+                    "is taken by another process" in out or "Address already in use" in out):
+                return res
+            print("port %d was taken; retrying run-local on other ports (%d/%d)"
+                  % (self.port, attempt, attempts), flush=True)
+            self.script("stop-local")
+            self.new_ports()
 
     def script(self, name):
         return subprocess.run([sys.executable, os.path.join(CONF, name)], env=self.env,
@@ -131,7 +149,7 @@ def run_refuses_a_taken_port(run):
 
 @cases.case
 def run_starts_and_answers(run):
-    res = run.script("run-local")
+    res = run.start()
     expect(res.returncode == 0, "run-local failed:\n" + res.stdout + run.error_log_tail())
     expect("http://127.0.0.1:%d" % run.port in res.stdout, "URL not printed", res.stdout)
     expect("curl" in res.stdout, "no curl example printed", res.stdout)
@@ -179,6 +197,50 @@ def stop_again_is_harmless(run):
     res = run.script("stop-local")
     expect(res.returncode == 0, "second stop-local failed:\n" + res.stdout)
     expect("nothing was running" in res.stdout, "second stop should find nothing", res.stdout)
+
+
+@cases.case
+def servers_retry_a_taken_port(run):
+    """localstack draws ports outside the ephemeral range; a server whose port was taken
+    in the meantime (nginx and redis-server both) is started again on another one."""
+    import socket
+
+    low, high = localstack.ephemeral_port_range()
+    drawn = [localstack.pick_port() for _ in range(200)]
+    expect(all(p >= 10000 and not low <= p <= high for p in drawn),
+           "a port in the ephemeral range %d-%d was drawn" % (low, high),
+           [p for p in drawn if low <= p <= high][:5])
+    prefix = tempfile.mkdtemp(prefix="sep-port-")
+    real_pick = localstack.pick_port
+    procs, logged = [], []
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", real_pick()))
+        other.listen()
+        taken = other.getsockname()[1]
+        picks = iter([taken])
+        localstack.pick_port = lambda: next(picks, None) or real_pick()
+        try:
+            localstack.make_prefix_dirs(prefix)
+            redis_port, proc = localstack.start_redis_tcp(prefix, log=logged.append)
+            procs.append(proc)
+            picks = iter([taken])
+            values = localstack.local_values(prefix, 0, "127.0.0.1:%d" % redis_port)
+
+            def render(port):
+                values["LISTEN"] = "127.0.0.1:%d" % port
+                return localstack.render_nginx_conf(values)
+            port, proc = localstack.start_nginx_on_free_port(
+                prefix, os.path.join(prefix, "nginx.conf"), render, log=logged.append)
+            procs.append(proc)
+        finally:
+            localstack.pick_port = real_pick
+            for proc in procs:
+                localstack.stop_process(proc)
+            shutil.rmtree(prefix, ignore_errors=True)
+    expect(taken not in (redis_port, port), "a server got the taken port %d" % taken)
+    expect(len(logged) == 2 and all("port %d was taken" % taken in m for m in logged),
+           "each retry is logged once", logged)
+    return "redis %d, nginx %d after %d taken" % (redis_port, port, taken)
 
 
 def main(argv):

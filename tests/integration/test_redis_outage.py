@@ -112,10 +112,13 @@ class ProbeStack(harness.Stack):
 
     def redis_client(self, timeout=1.0):
         """A fresh client to the stack's Redis (TCP or unix socket, as the stack uses)."""
-        kwargs = dict(self.redis.connection_pool.connection_kwargs)
+        pool = self.redis.connection_pool
+        kwargs = dict(pool.connection_kwargs)
         kwargs["socket_timeout"] = timeout
-        kwargs["socket_connect_timeout"] = 1.0
-        return harness.redis.Redis(**kwargs)
+        if "socket_connect_timeout" in kwargs:  # TCP only
+            kwargs["socket_connect_timeout"] = 1.0
+        return harness.redis.Redis(connection_pool=harness.redis.ConnectionPool(
+            connection_class=pool.connection_class, **kwargs))
 
 
 class Traffic:
@@ -181,6 +184,7 @@ class Pinger:
         self.stack = stack
         self.first_answer = None
         self.first_pong = None
+        self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.done = threading.Event()
 
@@ -208,6 +212,9 @@ class Pinger:
             except (harness.redis.exceptions.ConnectionError, OSError,
                     harness.redis.exceptions.TimeoutError):
                 pass
+            except Exception as e:  # noqa: BLE001 - reported by the case
+                self.error = repr(e)
+                return
             time.sleep(0.005)
 
     def wait(self, timeout):
@@ -314,7 +321,8 @@ def one_outage(stack, job_id, outage, workers):
         time.sleep(max(0.0, outage - (time.monotonic() - down_at)))
         stack.start_redis()
         pong = pinger.wait(20)
-        expect(pong is not None, "Redis did not answer PING after the restart")
+        expect(pong is not None, "Redis did not answer PING after the restart",
+               pinger.error)
         run_until_all_served(stack, traffic, pong, workers)
     finally:
         traffic.stop()
@@ -427,7 +435,8 @@ def loading_restart(_unused):
             time.sleep(0.3)
             stack.start_redis()  # returns once it answers PING: after the load
             pong = pinger.wait(30)
-            expect(pong is not None, "Redis did not answer PING after the restart")
+            expect(pong is not None, "Redis did not answer PING after the restart",
+               pinger.error)
             run_until_all_served(stack, traffic, pong, workers)
         finally:
             traffic.stop()

@@ -1,11 +1,12 @@
 """Finishes a job the way workerd does, for the integration tests.
 
 Runs the project's own Lua scripts (shared/lua/claim.lua, shared/lua/complete.lua,
-KEYS/ARGV as documented in their headers) with EVAL against the test's Redis, and
-writes the stems into the spool layout documented in ngx_module/README.md:
-{spool}/{id}/{stem}.{ext}, each written to a temp file and renamed into place.
-Nothing is decoded or separated: the stems are recognisable byte patterns, so a
-download can be compared byte for byte.
+with the KEYS/ARGV of the contract in shared/README.md) with EVAL against the test's
+Redis: the job's stream entry is read through the consumer group (XREADGROUP), then
+claimed (an attempt token) and completed with that token. The stems are written into
+the spool layout documented in ngx_module/README.md: {spool}/{id}/{stem}.{ext}, each
+written to a temp file and renamed into place. Nothing is decoded or separated: the
+stems are recognisable byte patterns, so a download can be compared byte for byte.
 """
 
 import json
@@ -13,8 +14,9 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LUA_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "lua")
-PREFIX = "sep:"
+PREFIX = "{sep}:"
 GROUP = "workers"
+JOB_KEY_SUFFIXES = ("stats", "q:high", "q:normal", "delayed", "running", "expiry", "dead")
 
 SOURCES = {
     "htdemucs": ["drums", "bass", "other", "vocals"],
@@ -46,24 +48,51 @@ def stem_bytes(job_id, name, size=24 * 1024):
     return b"RIFF" + (size - 8).to_bytes(4, "little") + b"WAVE" + body
 
 
-def claim(r, job_id, worker="it-worker/0"):
-    """claim.lua: the job becomes running; returns its hash as a dict (None: refused)."""
-    reply = r.eval(script("claim"), 2, PREFIX + "job:" + job_id, PREFIX + "stats", worker,
-                   PREFIX + "ev:" + job_id)
-    if not reply:
+def job_keys(job_id):
+    """The 8 KEYS of the job scripts (shared/README.md)."""
+    return [PREFIX + "job:" + job_id] + [PREFIX + s for s in JOB_KEY_SUFFIXES]
+
+
+def read_entry(r, job_id, queue, worker):
+    """Has worker read the job's stream entry through the group (its own pending
+    entries first, then new ones); returns the entry id or None."""
+    entry = r.hget(PREFIX + "job:" + job_id, "stream_id")
+    if entry is None:
         return None
-    return {reply[i].decode(): reply[i + 1].decode() for i in range(0, len(reply), 2)}
+    stream = PREFIX + "q:" + queue
+    for start in ("0", ">"):
+        for _stream, entries in r.xreadgroup(GROUP, worker, {stream: start}, count=1000) or []:
+            if any(e == entry for e, _fields in entries):
+                return entry.decode()
+    return None
 
 
-def complete_job(stack, job_id, claim_first=True):
+def claim(r, job_id, worker="it-worker/0"):
+    """claim.lua after reading the job's entry: returns (token, hash as a dict), or
+    None when the job is not run (the reply's reason is not "run")."""
+    queue = (r.hget(PREFIX + "job:" + job_id, "priority") or b"normal").decode()
+    entry = read_entry(r, job_id, queue, worker)
+    if entry is None:
+        return None
+    reply = r.eval(script("claim"), 8, *job_keys(job_id), worker, queue, entry,
+                   os.urandom(8).hex(), "300000", "1000")
+    if reply[0] != b"run":
+        return None
+    fields = {reply[i].decode(): reply[i + 1].decode() for i in range(2, len(reply) - 1, 2)}
+    return reply[1].decode(), fields
+
+
+def complete_job(stack, job_id):
     """Claim, write the stems, run complete.lua; returns {stem: bytes written}."""
     r = stack.redis
     fields = {k.decode(): v.decode() for k, v in r.hgetall(PREFIX + "job:" + job_id).items()}
     if not fields:
         raise AssertionError("job %s has no hash in Redis" % job_id)
-    if claim_first and claim(r, job_id) is None:
+    claimed = claim(r, job_id)
+    if claimed is None:
         raise AssertionError("claim.lua refused job %s (status %s)"
                              % (job_id, fields.get("status")))
+    token = claimed[0]
     ext = "flac" if fields.get("format") == "flac" else "wav"
     job_dir = stack.job_dir(job_id)
     os.makedirs(job_dir, exist_ok=True)
@@ -78,10 +107,7 @@ def complete_job(stack, job_id, claim_first=True):
         written[name] = data
         listed[name] = {"file": os.path.basename(final), "bytes": len(data)}
     total = sum(len(d) for d in written.values())
-    r.eval(script("complete"), 5,
-           PREFIX + "job:" + job_id, PREFIX + "stats", PREFIX + "q:high",
-           PREFIX + "q:normal", PREFIX + "delayed",
-           PREFIX + "ev:" + job_id, GROUP, json.dumps(listed), str(total),
+    r.eval(script("complete"), 8, *job_keys(job_id), token, json.dumps(listed), str(total),
            "timing_decode_s", "0.010", "timing_separate_s", "0.500",
            "timing_encode_s", "0.020", "audio_seconds", "0.25",
            "audio_sample_rate", "44100", "audio_channels", "2")

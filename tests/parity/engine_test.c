@@ -20,11 +20,12 @@
 
 #include "models/engine.h"
 
-static int failures;
+static int failures, checks;
 
 static void check(int ok, const char *what, const char *detail)
 {
     printf("%s %s%s%s\n", ok ? "PASS" : "FAIL", what, detail ? ": " : "", detail ? detail : "");
+    checks++;
     if (!ok)
         failures++;
 }
@@ -253,5 +254,6 @@ int main(int argc, char **argv)
     sep_model_free(m);
     free(b.bytes);
     printf("%s engine: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+    printf("CASES: %d passed, %d failed, 0 skipped\n", checks - failures, failures);
     return failures ? 1 : 0;
 }

@@ -27,7 +27,7 @@
 #define TOL 1e-5
 
 static sep_backend *be;
-static int failures;
+static int failures, checks;
 static unsigned rng = 12345;
 
 static float frand(void)
@@ -78,6 +78,7 @@ static void report(const char *name, float *d, double *ref, size_t n, double us)
     printf("MAXERR %-44s abs=%.2e rel=%.2e (%.0f us)%s\n", name, maxerr, rel, us,
            bad ? "  FAIL" : "");
     failures += bad;
+    checks++;
     free(h);
     free(ref);
     be->ops->free(be, d);
@@ -727,5 +728,7 @@ int main(int argc, char **argv)
     test_ispec("ispec nfft256 3x16 frames -> 1000", 3, 16, 1000, 256);
     be->ops->destroy(be);
     printf("%s ops: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+    printf("CASES: %d passed, %d failed, 0 skipped\n", checks > failures ? checks - failures : 0,
+           failures);
     return failures ? 1 : 0;
 }

@@ -262,6 +262,9 @@ int main(int argc, char **argv)
            sep_engine_workspace_bytes(eng) / 1048576.0, quick ? batch : 2);
     printf("%s %s: %d activations compared, end-to-end rel=%.3e (tol %.1e)\n",
            ck.failures ? "FAIL" : "PASS", info->name, ck.compared, end.rel, tol);
+    /* one case per compared activation, plus the sensitivity and batching checks */
+    int cases = ck.compared + 2 > ck.failures ? ck.compared + 2 : ck.failures;
+    printf("CASES: %d passed, %d failed, 0 skipped\n", cases - ck.failures, ck.failures);
     free(shifted);
     free(out_shift);
     free(out);

@@ -102,8 +102,37 @@ static void test_key_builders(void **state)
     sep_key_idem(buf, sizeof(buf), p, SEP_STR("order-42"));
     assert_string_equal(buf, "sep:idem:order-42");
 
+    sep_key_running(buf, sizeof(buf), p);
+    assert_string_equal(buf, "sep:running");
+    sep_key_expiry(buf, sizeof(buf), p);
+    assert_string_equal(buf, "sep:expiry");
+
     sep_key_stats(buf, sizeof(buf), SEP_STR("tenant{7}:"));
     assert_string_equal(buf, "tenant{7}:stats");
+    /* the default prefix is a Redis Cluster hash tag */
+    assert_string_equal(SEP_DEFAULT_PREFIX, "{sep}:");
+}
+
+static void test_job_script_keys(void **state)
+{
+    (void)state;
+    static const char *const want[SEP_JOB_KEYS] = {"{sep}:job:1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b",
+                                                   "{sep}:stats",
+                                                   "{sep}:q:high",
+                                                   "{sep}:q:normal",
+                                                   "{sep}:delayed",
+                                                   "{sep}:running",
+                                                   "{sep}:expiry",
+                                                   "{sep}:dead"};
+    sep_job_keys_t keys;
+    assert_int_equal(sep_job_keys(&keys, SEP_STR(SEP_DEFAULT_PREFIX),
+                                  SEP_STR("1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b")),
+                     0);
+    for (int i = 0; i < SEP_JOB_KEYS; i++) {
+        assert_string_equal(keys.key[i], want[i]);
+        assert_int_equal(keys.len[i], strlen(want[i]));
+    }
+    assert_int_equal(sep_job_keys(&keys, SEP_STR(SEP_DEFAULT_PREFIX), SEP_STR("")), -1);
 }
 
 static void test_key_builders_refuse_overflow_and_bad_parts(void **state)
@@ -167,6 +196,7 @@ int main(void)
         cmocka_unit_test(test_generated_ids_are_valid_and_unique),
         cmocka_unit_test(test_id_validation),
         cmocka_unit_test(test_key_builders),
+        cmocka_unit_test(test_job_script_keys),
         cmocka_unit_test(test_key_builders_refuse_overflow_and_bad_parts),
         cmocka_unit_test(test_prefix_and_idempotency_key_rules),
         cmocka_unit_test(test_priority_names),

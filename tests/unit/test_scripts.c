@@ -1,15 +1,19 @@
 /*
  * Tests of the Lua scripts (shared/lua/NAME.lua, compiled in as sep_scripts[])
- * against a real redis-server, started by the group setup on a free loopback port
- * in a temporary directory and stopped by the teardown (it also dies with this
- * process if the test crashes: PR_SET_PDEATHSIG).
+ * against a real redis-server, started by the group setup in a temporary directory,
+ * listening only on a Unix socket there (--port 0), and stopped by the teardown (it
+ * also dies with this process if the test crashes: PR_SET_PDEATHSIG).
  *
- * Every script runs through EVALSHA with the SHA1 the build computed, so the test
- * also proves that the generated table matches what Redis caches. Job lifecycles
- * are driven the way the module and workerd drive them: submit, idempotency,
- * backpressure, cancel in each state, XREADGROUP + claim, progress, complete,
- * fail-or-retry with promote, the dead stream, heartbeats, and the events
- * published on the job channel.
+ * Every script runs through EVALSHA with the SHA1 the build computed and with the
+ * keys of the C builders (sep_job_keys(), the sep_key_*() functions), so the test
+ * also proves that the generated table matches what Redis caches and that C callers
+ * build the KEYS the scripts check. Job lifecycles are driven the way the module and
+ * workerd drive them (the contract in shared/README.md): submit, idempotency
+ * (created / lookup / exists), backpressure, cancel in each state, XREADGROUP +
+ * claim (attempt token), touch, progress, complete, fail-or-retry with promote, the
+ * dead stream, heartbeats, and the events published on the job channel. The
+ * regression cases of each review finding and the model-based test are in
+ * tests/scripts/ (Python).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,16 +22,13 @@
 
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -39,31 +40,16 @@
 #include "shared/sep_keys.h"
 #include "shared/sep_scripts.h"
 
-#define PREFIX "t:"
+#define PREFIX "{t}:"
 
 typedef struct redis_server {
     pid_t pid;
-    int port;
     char dir[64];
+    char sock[96];
     redisContext *c;
 } redis_server_t;
 
 static redis_server_t server;
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(addr);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&addr, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(addr.sin_port);
-}
 
 static int start_redis(void **state)
 {
@@ -71,22 +57,21 @@ static int start_redis(void **state)
     snprintf(server.dir, sizeof(server.dir), "/tmp/sep-scripts-XXXXXX");
     if (mkdtemp(server.dir) == NULL)
         return -1;
-    server.port = free_port();
-    char port[16];
-    snprintf(port, sizeof(port), "%d", server.port);
+    snprintf(server.sock, sizeof(server.sock), "%s/redis.sock", server.dir);
     server.pid = fork();
     if (server.pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         int devnull = open("/dev/null", O_WRONLY);
         dup2(devnull, 1);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", server.dir, (char *)NULL);
+        execlp("redis-server", "redis-server", "--port", "0", "--unixsocket", server.sock,
+               "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir", server.dir,
+               (char *)NULL);
         _exit(127);
     }
-    for (int i = 0; i < 100; i++) {
+    for (int i = 0; i < 250; i++) {
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        server.c = redisConnect("127.0.0.1", server.port);
+        server.c = redisConnectUnix(server.sock);
         if (server.c && !server.c->err) {
             redisReply *r = redisCommand(server.c, "PING");
             int ok = r && r->type == REDIS_REPLY_STATUS;
@@ -98,7 +83,7 @@ static int start_redis(void **state)
             redisFree(server.c);
         server.c = NULL;
     }
-    fprintf(stderr, "redis-server did not start on port %d\n", server.port);
+    fprintf(stderr, "redis-server did not start on %s\n", server.sock);
     return -1;
 }
 
@@ -114,14 +99,6 @@ static int stop_redis(void **state)
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", server.dir);
     return system(cmd) == 0 ? 0 : -1;
-}
-
-static int flush_db(void **state)
-{
-    (void)state;
-    redisReply *r = redisCommand(server.c, "FLUSHALL");
-    freeReplyObject(r);
-    return 0;
 }
 
 /* ---- helpers ------------------------------------------------------------------- */
@@ -224,49 +201,64 @@ static void assert_kind(redisReply *r, const char *kind)
                  r->type == REDIS_REPLY_ERROR ? r->str : "");
 }
 
-typedef struct job_keys {
+/* A job: its id, the job KEYS (sep_job_keys), its channel, and the attempt token of
+ * its last claim. */
+typedef struct job {
     char id[SEP_ID_LEN + 1];
-    char job[SEP_KEY_MAX];
+    sep_job_keys_t keys;
+    const char *keyv[SEP_JOB_KEYS + 1];
     char channel[SEP_KEY_MAX];
-} job_keys_t;
+    char token[96];
+    char entry[64];
+} job_t;
 
-static void new_job_keys(job_keys_t *k)
+static void new_job(job_t *j)
 {
-    assert_int_equal(sep_id_generate(k->id), 0);
-    snprintf(k->job, sizeof(k->job), PREFIX "job:%s", k->id);
-    snprintf(k->channel, sizeof(k->channel), PREFIX "ev:%s", k->id);
+    memset(j, 0, sizeof(*j));
+    assert_int_equal(sep_id_generate(j->id), 0);
+    assert_int_equal(sep_job_keys(&j->keys, SEP_STR(PREFIX), SEP_STR(j->id)), 0);
+    for (int i = 0; i < SEP_JOB_KEYS; i++)
+        j->keyv[i] = j->keys.key[i];
+    j->keyv[SEP_JOB_KEYS] = NULL;
+    assert_true(sep_key_events(j->channel, sizeof(j->channel), SEP_STR(PREFIX), SEP_STR(j->id)) >
+                0);
 }
 
-/* Submits a job; returns the reply (caller frees). */
-static redisReply *submit(job_keys_t *k, const char *priority, int max_queued, const char *idem_key,
-                          int max_attempts)
+/* Submits a job; returns the reply (caller frees). earlier: the id a "lookup" named. */
+static redisReply *submit(job_t *j, const char *priority, int max_queued, const char *idem_key,
+                          const char *earlier, int max_attempts)
 {
-    char stream[64], idem[300], maxq[16], attempts[16];
-    snprintf(stream, sizeof(stream), PREFIX "q:%s", priority);
+    char idem[300], earlier_key[SEP_KEY_MAX], maxq[16], attempts[16];
     snprintf(maxq, sizeof(maxq), "%d", max_queued);
     snprintf(attempts, sizeof(attempts), "%d", max_attempts);
-    const char *keys[5] = {k->job, stream, PREFIX "stats", NULL, NULL};
+    const char *keys[7] = {
+        j->keys.key[0], PREFIX "stats", PREFIX "q:high", PREFIX "q:normal", NULL, NULL, NULL};
     if (idem_key) {
         snprintf(idem, sizeof(idem), PREFIX "idem:%s", idem_key);
-        keys[3] = idem;
+        keys[4] = idem;
+        if (earlier) {
+            snprintf(earlier_key, sizeof(earlier_key), PREFIX "job:%s", earlier);
+            keys[5] = earlier_key;
+        }
     }
     const char *args[] = {
-        k->id,     maxq,           "600",    PREFIX,       "model",      "htdemucs", "stems_option",
-        "vocals",  "format",       "wav",    "priority",   priority,     "shifts",   "1",
-        "overlap", "0.25",         "input",  "input.wav",  "input_type", "wav",      "input_bytes",
-        "1000",    "max_attempts", attempts, "result_ttl", "3600",       NULL};
+        j->id,    maxq,          "600",  "model",        "htdemucs",  "stems_option",
+        "vocals", "format",      "wav",  "priority",     priority,    "shifts",
+        "1",      "overlap",     "0.25", "input",        "input.wav", "input_type",
+        "wav",    "input_bytes", "1000", "max_attempts", attempts,    "result_ttl",
+        "3600",   NULL};
     return run_script(SEP_SCRIPT_SUBMIT, keys, args);
 }
 
-static void submit_ok(job_keys_t *k, const char *priority, int max_attempts)
+static void submit_ok(job_t *j, const char *priority, int max_attempts)
 {
-    new_job_keys(k);
-    redisReply *r = submit(k, priority, 0, NULL, max_attempts);
+    new_job(j);
+    redisReply *r = submit(j, priority, 0, NULL, NULL, max_attempts);
     assert_kind(r, "created");
     freeReplyObject(r);
 }
 
-/* XREADGROUP one entry of a stream as consumer "w1"; writes its entry id and job id. */
+/* XREADGROUP one new entry of a stream as consumer "w1"; writes its entry id and job id. */
 static int read_entry(const char *priority, char *entry_id, char *job_id)
 {
     redisReply *r = cmd("XREADGROUP GROUP workers w1 COUNT 1 STREAMS " PREFIX "q:%s >", priority);
@@ -281,19 +273,30 @@ static int read_entry(const char *priority, char *entry_id, char *job_id)
     return 1;
 }
 
-static redisReply *claim(job_keys_t *k, const char *reclaim)
+/* claim by w1 of the job's entry; keeps the token on "run". Returns the reply. */
+static redisReply *claim_entry(job_t *j, const char *priority, const char *entry)
 {
-    const char *keys[] = {k->job, PREFIX "stats", NULL};
-    const char *args[] = {"worker-1", k->channel, reclaim, NULL};
-    return run_script(SEP_SCRIPT_CLAIM, keys, args);
+    const char *args[] = {"w1", priority, entry, "0123456789abcdef", "30000", "100", NULL};
+    redisReply *r = run_script(SEP_SCRIPT_CLAIM, j->keyv, args);
+    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && strcmp(r->element[0]->str, "run") == 0)
+        snprintf(j->token, sizeof(j->token), "%s", r->element[1]->str);
+    return r;
 }
 
-static redisReply *complete(job_keys_t *k)
+/* Reads the job's entry (the next one of its stream) and claims it: must be "run". */
+static void read_and_claim(job_t *j, const char *priority)
 {
-    const char *keys[] = {
-        k->job, PREFIX "stats", PREFIX "q:high", PREFIX "q:normal", PREFIX "delayed", NULL};
-    const char *args[] = {k->channel,
-                          "workers",
+    char id[SEP_ID_LEN + 1];
+    assert_true(read_entry(priority, j->entry, id));
+    assert_string_equal(id, j->id);
+    redisReply *r = claim_entry(j, priority, j->entry);
+    assert_kind(r, "run");
+    freeReplyObject(r);
+}
+
+static redisReply *complete(job_t *j)
+{
+    const char *args[] = {j->token,
                           "{\"vocals\":{\"file\":\"vocals.wav\",\"bytes\":10},"
                           "\"no_vocals\":{\"file\":\"no_vocals.wav\",\"bytes\":12}}",
                           "22",
@@ -302,26 +305,34 @@ static redisReply *complete(job_keys_t *k)
                           "audio_seconds",
                           "3.25",
                           NULL};
-    return run_script(SEP_SCRIPT_COMPLETE, keys, args);
+    return run_script(SEP_SCRIPT_COMPLETE, j->keyv, args);
 }
 
-static redisReply *fail_job(job_keys_t *k, const char *code, const char *retryable,
-                            const char *base_ms)
+static redisReply *fail_job(job_t *j, const char *code, const char *retryable, const char *base_ms)
 {
-    const char *keys[] = {
-        k->job, PREFIX "stats", PREFIX "q:high", PREFIX "q:normal", PREFIX "delayed", PREFIX "dead",
-        NULL};
-    const char *args[] = {k->channel, "workers", code, "it broke", retryable,
-                          base_ms,    "60000",   "0",  NULL};
-    return run_script(SEP_SCRIPT_FAIL, keys, args);
+    const char *args[] = {j->token, code, "it broke", retryable, base_ms,
+                          "60000",  "0",  "100",      NULL};
+    return run_script(SEP_SCRIPT_FAIL, j->keyv, args);
 }
 
-static redisReply *cancel(job_keys_t *k)
+static redisReply *progress(job_t *j, const char *value, const char *stage, const char *message)
 {
-    const char *keys[] = {k->job,           PREFIX "q:high", PREFIX "q:normal",
-                          PREFIX "delayed", PREFIX "stats",  NULL};
-    const char *args[] = {k->channel, "workers", NULL};
-    return run_script(SEP_SCRIPT_CANCEL, keys, args);
+    const char *args[] = {j->token, value, stage, message, NULL};
+    return run_script(SEP_SCRIPT_PROGRESS, j->keyv, args);
+}
+
+static redisReply *cancel(job_t *j)
+{
+    const char *args[] = {NULL};
+    return run_script(SEP_SCRIPT_CANCEL, j->keyv, args);
+}
+
+static redisReply *promote(job_t *j)
+{
+    const char *keys[] = {PREFIX "delayed", PREFIX "q:high", PREFIX "q:normal", j->keys.key[0],
+                          NULL};
+    const char *args[] = {NULL};
+    return run_script(SEP_SCRIPT_PROMOTE, keys, args);
 }
 
 static long long stat_field(const char *field)
@@ -346,16 +357,17 @@ static void test_generated_table_matches_redis(void **state)
                      sep_scripts[i].sha1);
         freeReplyObject(r);
         /* each file documents its interface */
-        assert_non_null(strstr(sep_scripts[i].source, "KEYS[1"));
+        assert_non_null(strstr(sep_scripts[i].source, "KEYS"));
+        assert_non_null(strstr(sep_scripts[i].source, "return run(main)"));
     }
 }
 
 static void test_submit_creates_and_queues(void **state)
 {
     (void)state;
-    job_keys_t k;
-    new_job_keys(&k);
-    redisReply *r = submit(&k, "normal", 0, NULL, 3);
+    job_t j;
+    new_job(&j);
+    redisReply *r = submit(&j, "normal", 0, NULL, NULL, 3);
     assert_kind(r, "created");
     /* the reply is the hash: it renders as the public record */
     const char *items[64];
@@ -370,7 +382,7 @@ static void test_submit_creates_and_queues(void **state)
     assert_int_equal(sep_job_from_fields(&job, n, items, lens), 0);
     assert_true(sep_job_exists(&job));
     assert_int_equal(sep_job_status(&job), SEP_STATUS_QUEUED);
-    assert_true(sep_str_eq(job.id, k.id));
+    assert_true(sep_str_eq(job.id, j.id));
     assert_true(sep_str_eq(job.stems_option, "vocals"));
     assert_true(job.created_at > 1700000000000LL);
     assert_true(sep_str_is_set(job.stream_id));
@@ -382,24 +394,29 @@ static void test_submit_creates_and_queues(void **state)
     assert_int_equal(stat_field("submitted"), 1);
     assert_int_equal(stat_field("queued"), 1);
     assert_int_equal(stat_field("bytes_in"), 1000);
-    assert_int_equal(cmd_int("TTL %s", k.job), -1); /* no TTL while active */
+    assert_int_equal(cmd_int("TTL %s", j.keys.key[0]), -1); /* no TTL while active */
     /* the group exists and delivers the entry */
     char entry[64], id[SEP_ID_LEN + 1];
     assert_true(read_entry("normal", entry, id));
-    assert_string_equal(id, k.id);
-    assert_string_equal(entry, hget(k.id, "stream_id"));
+    assert_string_equal(id, j.id);
+    assert_string_equal(entry, hget(j.id, "stream_id"));
 }
 
 static void test_idempotency_key(void **state)
 {
     (void)state;
-    job_keys_t first, second;
-    new_job_keys(&first);
-    redisReply *r = submit(&first, "high", 0, "key-1", 3);
+    job_t first, second;
+    new_job(&first);
+    redisReply *r = submit(&first, "high", 0, "key-1", NULL, 3);
     assert_kind(r, "created");
     freeReplyObject(r);
-    new_job_keys(&second);
-    r = submit(&second, "high", 0, "key-1", 3);
+    new_job(&second);
+    /* the key names a job this call did not declare: look it up, nothing written */
+    r = submit(&second, "high", 0, "key-1", NULL, 3);
+    assert_kind(r, "lookup");
+    assert_string_equal(r->element[1]->str, first.id);
+    freeReplyObject(r);
+    r = submit(&second, "high", 0, "key-1", first.id, 3);
     assert_kind(r, "exists");
     int found = 0;
     for (size_t i = 1; i + 1 < r->elements; i += 2) {
@@ -408,41 +425,42 @@ static void test_idempotency_key(void **state)
     }
     assert_true(found);
     freeReplyObject(r);
-    assert_int_equal(cmd_int("EXISTS %s", second.job), 0);
+    assert_int_equal(cmd_int("EXISTS %s", second.keys.key[0]), 0);
     assert_int_equal(cmd_int("XLEN " PREFIX "q:high"), 1);
     assert_int_equal(stat_field("submitted"), 1);
     assert_true(cmd_int("TTL " PREFIX "idem:key-1") > 500);
     /* a key whose job expired is reused */
-    cmd_int("DEL %s", first.job);
-    r = submit(&second, "high", 0, "key-1", 3);
+    cmd_int("DEL %s", first.keys.key[0]);
+    r = submit(&second, "high", 0, "key-1", first.id, 3);
     assert_kind(r, "created");
+    freeReplyObject(r);
+    r = cmd("GET " PREFIX "idem:key-1");
+    assert_string_equal(r->str, second.id);
     freeReplyObject(r);
 }
 
 static void test_queue_full_backpressure(void **state)
 {
     (void)state;
-    job_keys_t a, b, c;
-    new_job_keys(&a);
-    new_job_keys(&b);
-    new_job_keys(&c);
-    redisReply *r = submit(&a, "normal", 2, NULL, 3);
+    job_t a, b, c;
+    new_job(&a);
+    new_job(&b);
+    new_job(&c);
+    redisReply *r = submit(&a, "normal", 2, NULL, NULL, 3);
     assert_kind(r, "created");
     freeReplyObject(r);
-    r = submit(&b, "high", 2, NULL, 3);
+    r = submit(&b, "high", 2, NULL, NULL, 3);
     assert_kind(r, "created");
     freeReplyObject(r);
-    r = submit(&c, "normal", 2, NULL, 3);
+    r = submit(&c, "normal", 2, NULL, NULL, 3);
     assert_error_code(r, "QUEUE_FULL 2 2");
     freeReplyObject(r);
-    assert_int_equal(cmd_int("EXISTS %s", c.job), 0);
+    assert_int_equal(cmd_int("EXISTS %s", c.keys.key[0]), 0);
     /* a claimed job no longer counts as queued */
-    r = claim(&a, NULL);
-    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-    freeReplyObject(r);
+    read_and_claim(&a, "normal");
     assert_int_equal(stat_field("queued"), 1);
     assert_int_equal(stat_field("running"), 1);
-    r = submit(&c, "normal", 2, NULL, 3);
+    r = submit(&c, "normal", 2, NULL, NULL, 3);
     assert_kind(r, "created");
     freeReplyObject(r);
     /* a canceled one neither */
@@ -455,7 +473,7 @@ static void test_queue_full_backpressure(void **state)
 static void test_cancel_in_every_state(void **state)
 {
     (void)state;
-    job_keys_t queued, running, done;
+    job_t queued, running, done;
     submit_ok(&queued, "normal", 3);
     /* a worker already read the entry but did not claim it yet */
     char entry[64], id[SEP_ID_LEN + 1];
@@ -469,19 +487,20 @@ static void test_cancel_in_every_state(void **state)
     r = cmd("XPENDING " PREFIX "q:normal workers");
     assert_int_equal(r->element[0]->integer, 0);
     freeReplyObject(r);
-    assert_true(cmd_int("TTL %s", queued.job) > 3000);
+    assert_true(cmd_int("TTL %s", queued.keys.key[0]) > 3000);
+    assert_true(cmd_int("ZSCORE " PREFIX "expiry %s", queued.id) > 0);
     assert_int_equal(stat_field("canceled"), 1);
-    /* the worker's claim now refuses it */
-    r = claim(&queued, NULL);
-    assert_int_equal(r->type, REDIS_REPLY_NIL);
+    /* the worker's claim now drops the entry */
+    r = claim_entry(&queued, "normal", entry);
+    assert_kind(r, "drop");
+    assert_string_equal(r->element[1]->str, "finished");
     freeReplyObject(r);
     r = cancel(&queued);
     assert_error_code(r, "ALREADY_DELETED");
     freeReplyObject(r);
 
     submit_ok(&running, "high", 3);
-    r = claim(&running, NULL);
-    freeReplyObject(r);
+    read_and_claim(&running, "high");
     r = cancel(&running);
     assert_kind(r, "cancel_requested");
     freeReplyObject(r);
@@ -490,14 +509,10 @@ static void test_cancel_in_every_state(void **state)
     r = cancel(&running); /* asking again changes nothing */
     assert_kind(r, "cancel_requested");
     freeReplyObject(r);
-    {
-        const char *keys[] = {running.job, NULL};
-        const char *args[] = {running.channel, "0.5", "separate", "", NULL};
-        r = run_script(SEP_SCRIPT_PROGRESS, keys, args);
-        assert_int_equal(r->type, REDIS_REPLY_INTEGER);
-        assert_int_equal(r->integer, 1); /* the worker learns it should stop */
-        freeReplyObject(r);
-    }
+    r = progress(&running, "0.5", "separate", "");
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(r->integer, 1); /* the worker learns it should stop */
+    freeReplyObject(r);
     r = fail_job(&running, "canceled", "0", "1000");
     assert_kind(r, "canceled");
     freeReplyObject(r);
@@ -505,6 +520,7 @@ static void test_cancel_in_every_state(void **state)
     assert_int_equal(stat_field("running"), 0);
 
     submit_ok(&done, "normal", 3);
+    read_and_claim(&done, "normal");
     r = complete(&done);
     freeReplyObject(r);
     r = cancel(&done);
@@ -516,65 +532,68 @@ static void test_cancel_in_every_state(void **state)
     assert_error_code(r, "ALREADY_DELETED");
     freeReplyObject(r);
 
-    job_keys_t unknown;
-    new_job_keys(&unknown);
+    job_t unknown;
+    new_job(&unknown);
     r = cancel(&unknown);
     assert_error_code(r, "NOT_FOUND");
     freeReplyObject(r);
 }
 
-static void test_claim_progress_complete_with_events(void **state)
+static void test_claim_touch_progress_complete_with_events(void **state)
 {
     (void)state;
-    job_keys_t k;
-    submit_ok(&k, "high", 3);
+    job_t j;
+    submit_ok(&j, "high", 3);
 
-    redisContext *sub = redisConnect("127.0.0.1", server.port);
+    redisContext *sub = redisConnectUnix(server.sock);
     assert_non_null(sub);
-    redisReply *r = redisCommand(sub, "SUBSCRIBE %s", k.channel);
+    redisReply *r = redisCommand(sub, "SUBSCRIBE %s", j.channel);
     freeReplyObject(r);
 
-    char entry[64], id[SEP_ID_LEN + 1];
-    assert_true(read_entry("high", entry, id));
-    assert_string_equal(id, k.id);
-    r = claim(&k, NULL);
-    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-    freeReplyObject(r);
-    assert_string_equal(hget(k.id, "status"), "running");
-    assert_string_equal(hget(k.id, "attempts"), "1");
-    assert_string_equal(hget(k.id, "worker"), "worker-1");
-    assert_true(strlen(hget(k.id, "timing_queued_s")) > 0);
-    r = claim(&k, NULL); /* running elsewhere: refused */
-    assert_int_equal(r->type, REDIS_REPLY_NIL);
-    freeReplyObject(r);
+    read_and_claim(&j, "high");
+    assert_string_equal(j.token, "1:0123456789abcdef");
+    assert_string_equal(hget(j.id, "status"), "running");
+    assert_string_equal(hget(j.id, "attempts"), "1");
+    assert_string_equal(hget(j.id, "worker"), "w1");
+    assert_string_equal(hget(j.id, "token"), j.token);
+    assert_true(strlen(hget(j.id, "timing_queued_s")) > 0);
+    assert_true(cmd_int("ZSCORE " PREFIX "running %s", j.id) > 0);
 
     {
-        const char *keys[] = {k.job, NULL};
-        const char *args[] = {k.channel,       "1.7",  "separate", "segment 3 of 8",
-                              "audio_seconds", "3.25", NULL};
-        r = run_script(SEP_SCRIPT_PROGRESS, keys, args);
+        const char *args[] = {j.token, "30000", NULL};
+        r = run_script(SEP_SCRIPT_TOUCH, j.keyv, args);
+        assert_int_equal(r->type, REDIS_REPLY_INTEGER);
         assert_int_equal(r->integer, 0);
         freeReplyObject(r);
     }
-    assert_string_equal(hget(k.id, "progress"), "1"); /* clamped */
-    assert_string_equal(hget(k.id, "stage"), "separate");
-    assert_string_equal(hget(k.id, "message"), "segment 3 of 8");
+    {
+        const char *args[] = {j.token,         "1.7",  "separate", "segment 3 of 8",
+                              "audio_seconds", "3.25", NULL};
+        r = run_script(SEP_SCRIPT_PROGRESS, j.keyv, args);
+        assert_int_equal(r->integer, 0);
+        freeReplyObject(r);
+    }
+    assert_string_equal(hget(j.id, "progress"), "1"); /* clamped */
+    assert_string_equal(hget(j.id, "stage"), "separate");
+    assert_string_equal(hget(j.id, "message"), "segment 3 of 8");
 
-    r = complete(&k);
+    r = complete(&j);
     assert_int_equal(r->type, REDIS_REPLY_STATUS);
     freeReplyObject(r);
-    assert_string_equal(hget(k.id, "status"), "completed");
+    assert_string_equal(hget(j.id, "status"), "completed");
+    assert_string_equal(hget(j.id, "token"), "");
     assert_int_equal(cmd_int("XLEN " PREFIX "q:high"), 0);
     r = cmd("XPENDING " PREFIX "q:high workers");
     assert_int_equal(r->element[0]->integer, 0);
     freeReplyObject(r);
-    long long ttl = cmd_int("TTL %s", k.job);
+    assert_int_equal(cmd_int("ZCARD " PREFIX "running"), 0);
+    long long ttl = cmd_int("TTL %s", j.keys.key[0]);
     assert_true(ttl > 3500 && ttl <= 3600);
     assert_int_equal(stat_field("completed"), 1);
     assert_int_equal(stat_field("running"), 0);
     assert_int_equal(stat_field("bytes_out"), 22);
-    r = complete(&k);
-    assert_error_code(r, "NOT_ACTIVE");
+    r = complete(&j); /* a replay */
+    assert_error_code(r, "NOT_RUNNING completed");
     freeReplyObject(r);
 
     /* events: claim (progress), progress, completed; each renders as a record */
@@ -588,7 +607,7 @@ static void test_claim_progress_complete_with_events(void **state)
         assert_int_equal(sep_event_parse(&ev, msg->element[2]->str, msg->element[2]->len), 0);
         if (!sep_str_eq(ev.event, expected[i]))
             fail_msg("event %d: %.*s, wanted %s", i, (int)ev.event.len, ev.event.ptr, expected[i]);
-        assert_true(sep_str_eq(ev.job.id, k.id));
+        assert_true(sep_str_eq(ev.job.id, j.id));
         if (i == 2) {
             assert_int_equal(sep_job_status(&ev.job), SEP_STATUS_COMPLETED);
             assert_int_equal(ev.job.n_stems, 2);
@@ -600,7 +619,7 @@ static void test_claim_progress_complete_with_events(void **state)
     redisFree(sub);
 
     /* the record renders with its stems */
-    r = cmd("HGETALL %s", k.job);
+    r = cmd("HGETALL %s", j.keys.key[0]);
     const char *items[80];
     size_t lens[80];
     for (size_t i = 0; i < r->elements; i++) {
@@ -616,153 +635,176 @@ static void test_claim_progress_complete_with_events(void **state)
     freeReplyObject(r);
 }
 
-static void test_complete_stands_in_for_an_unclaimed_job(void **state)
+static void test_refusals_change_nothing(void **state)
 {
     (void)state;
-    job_keys_t k;
-    submit_ok(&k, "normal", 3);
-    redisReply *r = complete(&k);
-    assert_int_equal(r->type, REDIS_REPLY_STATUS);
+    job_t j;
+    submit_ok(&j, "normal", 3);
+    /* never claimed: no token is live */
+    snprintf(j.token, sizeof(j.token), "1:0123456789abcdef");
+    redisReply *r = complete(&j);
+    assert_error_code(r, "NOT_RUNNING queued");
     freeReplyObject(r);
-    assert_string_equal(hget(k.id, "status"), "completed");
-    assert_int_equal(stat_field("queued"), 0);
-    assert_int_equal(cmd_int("XLEN " PREFIX "q:normal"), 0);
-    assert_true(strlen(hget(k.id, "timing_queued_s")) > 0);
 
-    job_keys_t bad;
-    submit_ok(&bad, "normal", 3);
-    const char *keys[] = {bad.job,           PREFIX "stats",   PREFIX "q:high",
-                          PREFIX "q:normal", PREFIX "delayed", NULL};
-    const char *args[] = {bad.channel, "workers", "not json", "0", NULL};
-    r = run_script(SEP_SCRIPT_COMPLETE, keys, args);
+    read_and_claim(&j, "normal");
+    const char *bad_stems[] = {j.token, "not json", "0", NULL};
+    r = run_script(SEP_SCRIPT_COMPLETE, j.keyv, bad_stems);
     assert_error_code(r, "BAD_STEMS");
     freeReplyObject(r);
-    assert_string_equal(hget(bad.id, "status"), "queued");
+    const char *bad_bytes[] = {j.token, "{\"vocals\":{\"file\":\"v.wav\",\"bytes\":1}}", "1e17",
+                               NULL};
+    r = run_script(SEP_SCRIPT_COMPLETE, j.keyv, bad_bytes);
+    assert_error_code(r, "ERR_ARG argv[3] bytes_out must be an integer >= 0");
+    freeReplyObject(r);
+    assert_string_equal(hget(j.id, "status"), "running");
+    assert_int_equal(stat_field("running"), 1);
+
+    /* a stale token: the job was reclaimed by a newer attempt */
+    char stale[96];
+    snprintf(stale, sizeof(stale), "%s", j.token);
+    snprintf(j.token, sizeof(j.token), "1:ffffffffffffffff");
+    r = progress(&j, "0.5", "", "");
+    assert_error_code(r, "STALE attempt 1 is live");
+    freeReplyObject(r);
+    snprintf(j.token, sizeof(j.token), "%s", stale);
+
+    /* wrong keys are refused before anything is read */
+    const char *keys[] = {j.keys.key[0], PREFIX "stats", NULL};
+    const char *args[] = {j.token, "30000", NULL};
+    r = run_script(SEP_SCRIPT_TOUCH, keys, args);
+    assert_error_code(r, "ERR_KEYS");
+    freeReplyObject(r);
 }
 
 static void test_retry_promote_then_dead(void **state)
 {
     (void)state;
-    job_keys_t k;
-    submit_ok(&k, "normal", 3);
-    char entry[64], id[SEP_ID_LEN + 1];
-    const char *promote_keys[] = {PREFIX "delayed", PREFIX "q:high", PREFIX "q:normal", NULL};
-    const char *promote_args[] = {PREFIX, "10", NULL};
+    job_t j;
+    submit_ok(&j, "normal", 3);
 
     for (int attempt = 1; attempt <= 3; attempt++) {
-        assert_true(read_entry("normal", entry, id));
-        assert_string_equal(id, k.id);
-        redisReply *r = claim(&k, NULL);
-        assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-        freeReplyObject(r);
+        read_and_claim(&j, "normal");
         char want[8];
         snprintf(want, sizeof(want), "%d", attempt);
-        assert_string_equal(hget(k.id, "attempts"), want);
+        assert_string_equal(hget(j.id, "attempts"), want);
 
-        r = fail_job(&k, "gpu_oom", "1", attempt == 1 ? "60000" : "0");
+        redisReply *r = fail_job(&j, "gpu_oom", "1", attempt == 1 ? "60000" : "0");
         if (attempt < 3) {
             assert_kind(r, "retry");
             long long due = r->element[1]->integer;
             freeReplyObject(r);
-            assert_string_equal(hget(k.id, "status"), "queued");
-            assert_string_equal(hget(k.id, "stage"), "retry_wait");
-            assert_string_equal(hget(k.id, "error_code"), "gpu_oom");
-            assert_int_equal(cmd_int("ZSCORE " PREFIX "delayed %s", k.id), due);
+            assert_string_equal(hget(j.id, "status"), "queued");
+            assert_string_equal(hget(j.id, "stage"), "retry_wait");
+            assert_string_equal(hget(j.id, "error_code"), "gpu_oom");
+            assert_int_equal(cmd_int("ZSCORE " PREFIX "delayed %s", j.id), due);
             assert_int_equal(cmd_int("XLEN " PREFIX "q:normal"), 0);
             if (attempt == 1) {
                 /* not due yet: promote moves nothing; then make it due */
-                r = run_script(SEP_SCRIPT_PROMOTE, promote_keys, promote_args);
+                r = promote(&j);
                 assert_int_equal(r->integer, 0);
                 freeReplyObject(r);
-                cmd_int("ZADD " PREFIX "delayed 0 %s", k.id);
+                cmd_int("ZADD " PREFIX "delayed 0 %s", j.id);
             }
-            r = run_script(SEP_SCRIPT_PROMOTE, promote_keys, promote_args);
+            r = promote(&j);
             assert_int_equal(r->integer, 1);
             freeReplyObject(r);
             assert_int_equal(cmd_int("ZCARD " PREFIX "delayed"), 0);
             assert_int_equal(cmd_int("XLEN " PREFIX "q:normal"), 1);
-            assert_string_equal(hget(k.id, "stage"), "queued");
+            assert_string_equal(hget(j.id, "stage"), "queued");
         } else {
             assert_kind(r, "failed");
             freeReplyObject(r);
         }
     }
-    assert_string_equal(hget(k.id, "status"), "failed");
-    assert_string_equal(hget(k.id, "error_retryable"), "1");
+    assert_string_equal(hget(j.id, "status"), "failed");
+    assert_string_equal(hget(j.id, "error_retryable"), "1");
     assert_int_equal(cmd_int("XLEN " PREFIX "dead"), 1);
     assert_int_equal(stat_field("retried"), 2);
     assert_int_equal(stat_field("failed"), 1);
     assert_int_equal(stat_field("queued"), 0);
     assert_int_equal(stat_field("running"), 0);
-    assert_true(cmd_int("TTL %s", k.job) > 3000);
-    redisReply *r = fail_job(&k, "x", "1", "0");
-    assert_error_code(r, "NOT_ACTIVE");
+    assert_true(cmd_int("TTL %s", j.keys.key[0]) > 3000);
+    redisReply *r = fail_job(&j, "x", "1", "0");
+    assert_error_code(r, "NOT_RUNNING failed");
     freeReplyObject(r);
 }
 
 static void test_permanent_failure_and_reclaim(void **state)
 {
     (void)state;
-    job_keys_t k;
-    submit_ok(&k, "normal", 3);
-    redisReply *r = claim(&k, NULL);
+    job_t j;
+    submit_ok(&j, "normal", 3);
+    read_and_claim(&j, "normal");
+    char first[96];
+    snprintf(first, sizeof(first), "%s", j.token);
+    /* w1 restarted: its own pending entry, claimed again, is a reclaim */
+    redisReply *r = claim_entry(&j, "normal", j.entry);
+    assert_kind(r, "run");
     freeReplyObject(r);
-    /* the worker died: another takes the entry over and reclaims */
-    r = claim(&k, "reclaim");
-    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-    freeReplyObject(r);
-    assert_string_equal(hget(k.id, "attempts"), "2");
+    assert_string_equal(j.token, "2:0123456789abcdef");
+    assert_string_equal(hget(j.id, "attempts"), "2");
     assert_int_equal(stat_field("running"), 1);
-    r = fail_job(&k, "decode_failed", "0", "0");
+    r = fail_job(&j, "decode_failed", "0", "0");
     assert_kind(r, "failed");
     freeReplyObject(r);
-    assert_string_equal(hget(k.id, "error_retryable"), "0");
+    assert_string_equal(hget(j.id, "error_retryable"), "0");
     r = cmd("XRANGE " PREFIX "dead - +");
     assert_int_equal(r->elements, 1);
     redisReply *fields = r->element[0]->element[1];
-    assert_string_equal(fields->element[1]->str, k.id);
+    assert_string_equal(fields->element[1]->str, j.id);
     assert_string_equal(fields->element[3]->str, "decode_failed");
     freeReplyObject(r);
 
     /* a canceled job found in the retry zset is dropped by promote */
-    job_keys_t c;
+    job_t c;
     submit_ok(&c, "normal", 3);
-    r = claim(&c, NULL);
-    freeReplyObject(r);
+    read_and_claim(&c, "normal");
     r = fail_job(&c, "busy", "1", "0");
     freeReplyObject(r);
     r = cancel(&c);
     assert_kind(r, "canceled");
     freeReplyObject(r);
     assert_int_equal(cmd_int("ZCARD " PREFIX "delayed"), 0);
-    const char *promote_keys[] = {PREFIX "delayed", PREFIX "q:high", PREFIX "q:normal", NULL};
-    const char *promote_args[] = {PREFIX, "10", NULL};
     cmd_int("ZADD " PREFIX "delayed 0 %s", c.id);
-    r = run_script(SEP_SCRIPT_PROMOTE, promote_keys, promote_args);
+    r = promote(&c);
     assert_int_equal(r->integer, 0);
     freeReplyObject(r);
+    assert_int_equal(cmd_int("ZCARD " PREFIX "delayed"), 0);
 }
 
-static void test_heartbeat_and_batch_get(void **state)
+static void test_heartbeat_setup_and_batch_get(void **state)
 {
     (void)state;
-    const char *keys[] = {PREFIX "worker:gpu-1/0", PREFIX "workers", NULL};
+    char worker_key[SEP_KEY_MAX], workers_key[SEP_KEY_MAX];
+    assert_true(
+        sep_key_worker(worker_key, sizeof(worker_key), SEP_STR(PREFIX), SEP_STR("gpu-1/0")) > 0);
+    assert_true(sep_key_workers(workers_key, sizeof(workers_key), SEP_STR(PREFIX)) > 0);
+    const char *keys[] = {worker_key, workers_key, NULL};
     const char *args[] = {"gpu-1/0", "30", "device", "cuda:0", "state", "idle", NULL};
     redisReply *r = run_script(SEP_SCRIPT_HEARTBEAT, keys, args);
     assert_int_equal(r->type, REDIS_REPLY_INTEGER);
     long long now = r->integer;
     freeReplyObject(r);
-    assert_int_equal(cmd_int("ZSCORE " PREFIX "workers gpu-1/0"), now);
+    long long expires = cmd_int("ZSCORE " PREFIX "workers gpu-1/0");
+    assert_true(expires >= now + 30000 && expires <= now + 30001);
     assert_true(cmd_int("TTL " PREFIX "worker:gpu-1/0") > 25);
     r = cmd("HGET " PREFIX "worker:gpu-1/0 device");
     assert_string_equal(r->str, "cuda:0");
     freeReplyObject(r);
 
-    job_keys_t a, missing;
-    submit_ok(&a, "normal", 3);
-    new_job_keys(&missing);
-    const char *get_keys[] = {a.job, missing.job, NULL};
+    const char *setup_keys[] = {PREFIX "q:high", PREFIX "q:normal", NULL};
     const char *no_args[] = {NULL};
+    r = run_script(SEP_SCRIPT_SETUP, setup_keys, no_args);
+    assert_int_equal(r->integer, 2);
+    freeReplyObject(r);
+    r = run_script(SEP_SCRIPT_SETUP, setup_keys, no_args);
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+
+    job_t a, missing;
+    submit_ok(&a, "normal", 3);
+    new_job(&missing);
+    const char *get_keys[] = {a.keys.key[0], missing.keys.key[0], NULL};
     r = run_script(SEP_SCRIPT_GET, get_keys, no_args);
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
     assert_int_equal(r->elements, 2);
@@ -776,25 +818,26 @@ static void test_noscript_after_flush(void **state)
     (void)state;
     redisReply *r = cmd("SCRIPT FLUSH");
     freeReplyObject(r);
-    job_keys_t k;
-    new_job_keys(&k);
-    r = submit(&k, "normal", 0, NULL, 3);
+    job_t j;
+    new_job(&j);
+    r = submit(&j, "normal", 0, NULL, NULL, 3);
     assert_error_code(r, "NOSCRIPT");
     freeReplyObject(r);
     r = cmd("SCRIPT LOAD %b", sep_scripts[SEP_SCRIPT_SUBMIT].source,
             sep_scripts[SEP_SCRIPT_SUBMIT].length);
     freeReplyObject(r);
-    r = submit(&k, "normal", 0, NULL, 3);
+    r = submit(&j, "normal", 0, NULL, NULL, 3);
     assert_kind(r, "created");
     freeReplyObject(r);
 }
 
 static int load_all(void **state)
 {
-    flush_db(state);
+    (void)state;
+    redisReply *r = redisCommand(server.c, "FLUSHALL");
+    freeReplyObject(r);
     for (int i = 0; i < SEP_SCRIPT_COUNT; i++) {
-        redisReply *r =
-            redisCommand(server.c, "SCRIPT LOAD %b", sep_scripts[i].source, sep_scripts[i].length);
+        r = redisCommand(server.c, "SCRIPT LOAD %b", sep_scripts[i].source, sep_scripts[i].length);
         freeReplyObject(r);
     }
     return 0;
@@ -809,11 +852,11 @@ int main(void)
         T(test_idempotency_key),
         T(test_queue_full_backpressure),
         T(test_cancel_in_every_state),
-        T(test_claim_progress_complete_with_events),
-        T(test_complete_stands_in_for_an_unclaimed_job),
+        T(test_claim_touch_progress_complete_with_events),
+        T(test_refusals_change_nothing),
         T(test_retry_promote_then_dead),
         T(test_permanent_failure_and_reclaim),
-        T(test_heartbeat_and_batch_get),
+        T(test_heartbeat_setup_and_batch_get),
         T(test_noscript_after_flush),
     };
 #undef T
