@@ -29,6 +29,10 @@ static ngx_int_t ngx_http_sep_redis_failure(ngx_http_request_t *r, ngx_http_sep_
         return ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_unavailable",
                                        "the job store is unreachable; retry later");
     }
+    if (ngx_http_sep_redis_not_ready(reply)) {
+        return ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_loading",
+                                       "the job store is starting up; retry later");
+    }
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sep: unexpected redis reply (type %d): %*s",
                   reply->type, reply->type == REDIS_REPLY_ERROR ? reply->len : 0,
                   reply->type == REDIS_REPLY_ERROR ? reply->str : "");

@@ -8,12 +8,27 @@
  * level-triggered (hiredis reads one buffer per call and expects to be called
  * again while data is pending, like with ae).
  *
- * Connection life: DISCONNECTED -> (connect) CONNECTING -> CONNECTED. AUTH, SELECT
- * and SCRIPT LOAD of the module's scripts are queued right after connect, so they
- * precede every request's command on the wire. A failed or lost connection is
- * retried after a backoff (doubling from sep_redis_backoff's MIN to MAX, reset once
- * a connection's setup succeeded). While DISCONNECTED, commands are refused at
- * once so requests get a quick 503; while CONNECTING they are buffered by hiredis.
+ * Connection life: DISCONNECTED -> (connect) CONNECTING -> CONNECTED. AUTH, SELECT,
+ * SCRIPT LOAD of the module's scripts and a probe (EXISTS of the stats key) are
+ * queued right after connect, so they precede every request's command on the wire;
+ * the connection is "ready" once all of them succeeded. A failed or lost connection
+ * is retried after a backoff (doubling from sep_redis_backoff's MIN to MAX, reset once
+ * Redis answers). A request that finds the connection down does not wait for that
+ * timer: when the last attempt is older than MIN it starts one at once (so a down
+ * Redis sees at most one attempt per MIN per worker from traffic), and its command
+ * is buffered by hiredis behind the setup, so it waits for the attempt within
+ * sep_redis_timeout; when the attempt fails, hiredis fails every buffered command
+ * (503 redis_unavailable). Within MIN of a failed attempt requests get 503 at once.
+ *
+ * Redis that answers but cannot serve yet (-LOADING after a restart, -BUSY while a
+ * script runs too long, -MASTERDOWN on a replica) keeps the connection: the setup is
+ * repeated every MIN until it succeeds, the backoff is not doubled, and requests get
+ * 503 redis_loading (their commands still go to Redis, so the first one after the
+ * load is served; a NOSCRIPT then loads the script).
+ *
+ * Outages are logged twice: when serving stops (lost connection, failed first
+ * connect, not-ready answer) and when it is back, with the outage's length; the
+ * attempts in between log at debug level only.
  *
  * Commands: each request's command gets a record (ngx_http_sep_cmd_t, recycled
  * through a free list) that hiredis keeps as privdata until the reply. The record,
@@ -49,13 +64,23 @@ typedef struct {
     ngx_uint_t state;
     ngx_event_t reconnect;
     ngx_event_t connect_timeout;
+    ngx_event_t setup_retry; /* Redis answered LOADING/BUSY/MASTERDOWN: setup again */
     ngx_msec_t backoff;
-    ngx_uint_t setup_pending; /* AUTH/SELECT/SCRIPT LOAD replies still due */
+    ngx_msec_t last_attempt;  /* when the last connect started */
+    ngx_msec_t down_since;    /* when serving stopped (while down) */
+    ngx_uint_t attempts;      /* connects and setups since then */
+    ngx_uint_t setup_round;   /* tags the replies of the current setup */
+    ngx_uint_t setup_pending; /* replies of the current setup still due */
     ngx_queue_t inflight;
     ngx_queue_t free;
     ngx_log_t *log;
     unsigned exiting : 1;
-    unsigned writing : 1; /* inside redisAsyncHandleWrite */
+    unsigned writing : 1;      /* inside redisAsyncHandleWrite */
+    unsigned ready : 1;        /* the setup of this connection succeeded */
+    unsigned setup_failed : 1; /* the current setup got a not-ready answer */
+    unsigned down : 1;         /* an outage was logged, its end not yet */
+    unsigned was_ready : 1;    /* some connection of this worker was ready */
+    u_char not_ready[80];      /* the first not-ready answer of the setup */
 } ngx_http_sep_redis_t;
 
 /* One connection per worker process. */
@@ -329,22 +354,172 @@ static void ngx_http_sep_redis_write_handler(ngx_event_t *ev)
 
 /* ---- connection life -------------------------------------------------------- */
 
+/* Setup steps; a setup command's privdata is (round << 8) | step. */
+enum { SEP_SETUP_AUTH = 0, SEP_SETUP_SELECT, SEP_SETUP_PROBE, SEP_SETUP_SCRIPT };
+
+#define SEP_SETUP_TAG(round, step) ((void *)(uintptr_t)((((round)&0xffffff) << 8) | (step)))
+
+static const char *ngx_http_sep_setup_step_name(ngx_uint_t step)
+{
+    switch (step) {
+    case SEP_SETUP_AUTH:
+        return "AUTH";
+    case SEP_SETUP_SELECT:
+        return "SELECT";
+    case SEP_SETUP_PROBE:
+        return "EXISTS (probe)";
+    default:
+        return "SCRIPT LOAD";
+    }
+}
+
+ngx_uint_t ngx_http_sep_redis_not_ready(redisReply *reply)
+{
+    return ngx_http_sep_redis_error_is(reply, "LOADING") ||
+           ngx_http_sep_redis_error_is(reply, "BUSY") ||
+           ngx_http_sep_redis_error_is(reply, "MASTERDOWN");
+}
+
+/* Serving stopped: logged once per outage, whatever the number of attempts. */
+static void ngx_http_sep_redis_mark_down(const char *what, const char *detail)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    redis->ready = 0;
+    if (redis->down) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis still unavailable: %s: %s",
+                       what, detail);
+        return;
+    }
+    redis->down = 1;
+    redis->down_since = ngx_current_msec;
+    redis->attempts = 0;
+    ngx_log_error(NGX_LOG_WARN, redis->log, 0,
+                  "sep: redis %V unavailable: %s: %s; retrying every %M..%M ms, "
+                  "requests get 503 until it is back",
+                  &redis->mcf->redis_host, what, detail, redis->mcf->backoff_min,
+                  redis->mcf->backoff_max);
+}
+
+/* The setup of the current connection succeeded. */
+static void ngx_http_sep_redis_mark_up(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    redis->ready = 1;
+    redis->backoff = redis->mcf->backoff_min;
+    if (redis->down) {
+        redis->down = 0;
+        ngx_log_error(NGX_LOG_WARN, redis->log, 0,
+                      "sep: redis %V is back after %M ms unavailable (%ui attempts)",
+                      &redis->mcf->redis_host, (ngx_msec_t)(ngx_current_msec - redis->down_since),
+                      redis->attempts);
+    } else if (!redis->was_ready) {
+        ngx_log_error(NGX_LOG_INFO, redis->log, 0, "sep: connected to redis %V",
+                      &redis->mcf->redis_host);
+    }
+    redis->was_ready = 1;
+}
+
+/* Redis answers LOADING/BUSY/MASTERDOWN: keep the connection, set up again at MIN. */
+static void ngx_http_sep_redis_not_ready_reply(const char *detail)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    ngx_http_sep_redis_mark_down("it cannot serve yet", detail);
+    redis->backoff = redis->mcf->backoff_min; /* it answers: never doubled for this */
+    if (redis->setup_pending == 0 && !redis->setup_retry.timer_set && !redis->exiting) {
+        ngx_add_timer(&redis->setup_retry, redis->mcf->backoff_min);
+    }
+}
+
 static void ngx_http_sep_redis_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
     redisReply *rr = reply;
-    const char *what = privdata;
+    uintptr_t tag = (uintptr_t)privdata;
+    const char *what = ngx_http_sep_setup_step_name(tag & 0xff);
 
     if (rr == NULL) {
         return; /* the connection went away; that path logs and reconnects */
     }
+    if ((tag >> 8) != (redis->setup_round & 0xffffff) || redis->setup_pending == 0) {
+        return; /* a reply of an earlier setup */
+    }
     if (rr->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, ngx_http_sep_redis.log, 0, "sep: redis %s failed: %s", what,
-                      rr->str);
-        redisAsyncDisconnect(ac);
+        if (ngx_http_sep_redis_not_ready(rr)) {
+            if (!redis->setup_failed) {
+                ngx_cpystrn(redis->not_ready, (u_char *)rr->str, sizeof(redis->not_ready));
+            }
+            redis->setup_failed = 1;
+        } else {
+            /* AUTH refused, a script Redis will not load: reconnect with backoff */
+            ngx_http_sep_redis_mark_down(what, rr->str);
+            redis->setup_pending = 0;
+            redisAsyncDisconnect(ac);
+            return;
+        }
+    }
+    if (--redis->setup_pending > 0) {
         return;
     }
-    if (ngx_http_sep_redis.setup_pending > 0 && --ngx_http_sep_redis.setup_pending == 0) {
-        ngx_http_sep_redis.backoff = ngx_http_sep_redis.mcf->backoff_min;
+    if (redis->setup_failed) {
+        ngx_http_sep_redis_not_ready_reply((const char *)redis->not_ready);
+    } else {
+        ngx_http_sep_redis_mark_up();
+    }
+}
+
+/* AUTH, SELECT, SCRIPT LOAD of the module's scripts and the probe, as one round. */
+static void ngx_http_sep_redis_setup(redisAsyncContext *ac)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    ngx_http_sep_main_conf_t *mcf = redis->mcf;
+    ngx_uint_t i, round;
+
+    round = ++redis->setup_round;
+    redis->setup_pending = 0;
+    redis->setup_failed = 0;
+    redis->attempts++;
+
+    if (mcf->redis_password.len) {
+        if (redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply,
+                              SEP_SETUP_TAG(round, SEP_SETUP_AUTH), "AUTH %b",
+                              mcf->redis_password.data, mcf->redis_password.len) == REDIS_OK) {
+            redis->setup_pending++;
+        }
+    }
+    if (mcf->redis_db > 0) {
+        if (redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply,
+                              SEP_SETUP_TAG(round, SEP_SETUP_SELECT), "SELECT %d",
+                              (int)mcf->redis_db) == REDIS_OK) {
+            redis->setup_pending++;
+        }
+    }
+    for (i = 0; i < sizeof(ngx_http_sep_module_scripts) / sizeof(sep_script_id_t); i++) {
+        const sep_script_t *s = &sep_scripts[ngx_http_sep_module_scripts[i]];
+        if (redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply,
+                              SEP_SETUP_TAG(round, SEP_SETUP_SCRIPT + i), "SCRIPT LOAD %b",
+                              s->source, s->length) == REDIS_OK) {
+            redis->setup_pending++;
+        }
+    }
+    /* A data command: refused with LOADING, BUSY or MASTERDOWN like every request's
+     * (SCRIPT LOAD is allowed on a stale replica). */
+    if (redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply, SEP_SETUP_TAG(round, SEP_SETUP_PROBE),
+                          "EXISTS %b", mcf->key_stats.data, mcf->key_stats.len) == REDIS_OK) {
+        redis->setup_pending++;
+    }
+}
+
+static void ngx_http_sep_redis_setup_retry_handler(ngx_event_t *ev)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    if (!redis->exiting && redis->ac && redis->state == SEP_REDIS_CONNECTED && !redis->ready &&
+        redis->setup_pending == 0) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis setup again");
+        ngx_http_sep_redis_setup(redis->ac);
     }
 }
 
@@ -357,16 +532,15 @@ static void ngx_http_sep_redis_on_connect(const redisAsyncContext *ac, int statu
     }
     if (status != REDIS_OK) {
         /* hiredis frees the context when this returns */
-        ngx_log_error(NGX_LOG_ERR, redis->log, 0, "sep: redis connect to %V failed: %s",
-                      &redis->mcf->redis_host, ac->errstr);
+        ngx_http_sep_redis_mark_down("connect failed", ac->errstr);
         redis->ac = NULL;
         redis->state = SEP_REDIS_DISCONNECTED;
         ngx_http_sep_redis_schedule_reconnect();
         return;
     }
     redis->state = SEP_REDIS_CONNECTED;
-    ngx_log_error(NGX_LOG_INFO, redis->log, 0, "sep: connected to redis %V",
-                  &redis->mcf->redis_host);
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis %V: connected",
+                   &redis->mcf->redis_host);
 }
 
 static void ngx_http_sep_redis_on_disconnect(const redisAsyncContext *ac, int status)
@@ -375,11 +549,15 @@ static void ngx_http_sep_redis_on_disconnect(const redisAsyncContext *ac, int st
 
     redis->ac = NULL;
     redis->state = SEP_REDIS_DISCONNECTED;
+    redis->ready = 0;
+    redis->setup_pending = 0;
+    if (redis->setup_retry.timer_set) {
+        ngx_del_timer(&redis->setup_retry);
+    }
     if (redis->exiting) {
         return;
     }
-    ngx_log_error(NGX_LOG_WARN, redis->log, 0, "sep: lost the redis connection: %s",
-                  ac->errstr[0] ? ac->errstr : "closed");
+    ngx_http_sep_redis_mark_down("lost the connection", ac->errstr[0] ? ac->errstr : "closed");
     ngx_http_sep_redis_schedule_reconnect();
 }
 
@@ -393,8 +571,7 @@ static void ngx_http_sep_redis_reconnect_handler(ngx_event_t *ev)
 static void ngx_http_sep_redis_connect_timeout_handler(ngx_event_t *ev)
 {
     if (ngx_http_sep_redis.state == SEP_REDIS_CONNECTING) {
-        ngx_log_error(NGX_LOG_ERR, ngx_http_sep_redis.log, 0, "sep: redis connect to %V timed out",
-                      &ngx_http_sep_redis.mcf->redis_host);
+        ngx_http_sep_redis_mark_down("connect", "timed out");
         ngx_http_sep_redis_drop("connect timed out");
         ngx_http_sep_redis_schedule_reconnect();
     }
@@ -425,8 +602,13 @@ static void ngx_http_sep_redis_drop(const char *why)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: dropping redis connection: %s", why);
     redis->ac = NULL;
     redis->state = SEP_REDIS_DISCONNECTED;
+    redis->ready = 0;
+    redis->setup_pending = 0;
     if (redis->connect_timeout.timer_set) {
         ngx_del_timer(&redis->connect_timeout);
+    }
+    if (redis->setup_retry.timer_set) {
+        ngx_del_timer(&redis->setup_retry);
     }
     redisAsyncFree(ac);
 }
@@ -437,7 +619,8 @@ static void ngx_http_sep_redis_connect(void)
     ngx_http_sep_main_conf_t *mcf = redis->mcf;
     redisAsyncContext *ac;
     ngx_connection_t *c;
-    ngx_uint_t i;
+
+    redis->last_attempt = ngx_current_msec;
 
     if (mcf->redis_port == 0) {
         ac = redisAsyncConnectUnix((const char *)mcf->redis_host.data);
@@ -445,8 +628,8 @@ static void ngx_http_sep_redis_connect(void)
         ac = redisAsyncConnect((const char *)mcf->redis_host.data, (int)mcf->redis_port);
     }
     if (ac == NULL || ac->err) {
-        ngx_log_error(NGX_LOG_ERR, redis->log, 0, "sep: redis connect to %V failed: %s",
-                      &mcf->redis_host, ac ? ac->errstr : "out of memory");
+        redis->attempts++;
+        ngx_http_sep_redis_mark_down("connect failed", ac ? ac->errstr : "out of memory");
         if (ac) {
             redisAsyncFree(ac);
         }
@@ -457,6 +640,7 @@ static void ngx_http_sep_redis_connect(void)
     c = ngx_get_connection(ac->c.fd, redis->log);
     if (c == NULL) {
         redisAsyncFree(ac);
+        ngx_http_sep_redis_mark_down("connect failed", "no free nginx connection");
         ngx_http_sep_redis_schedule_reconnect();
         return;
     }
@@ -479,29 +663,14 @@ static void ngx_http_sep_redis_connect(void)
     redis->ac = ac;
     redis->conn = c;
     redis->state = SEP_REDIS_CONNECTING;
+    redis->ready = 0;
 
     /* Setting the connect callback arms the write event that reports the
      * connect(2) outcome; the adapter must be attached before. */
     redisAsyncSetConnectCallback(ac, ngx_http_sep_redis_on_connect);
     redisAsyncSetDisconnectCallback(ac, ngx_http_sep_redis_on_disconnect);
 
-    redis->setup_pending = 0;
-    if (mcf->redis_password.len) {
-        redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply, "AUTH", "AUTH %b",
-                          mcf->redis_password.data, mcf->redis_password.len);
-        redis->setup_pending++;
-    }
-    if (mcf->redis_db > 0) {
-        redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply, "SELECT", "SELECT %d",
-                          (int)mcf->redis_db);
-        redis->setup_pending++;
-    }
-    for (i = 0; i < sizeof(ngx_http_sep_module_scripts) / sizeof(sep_script_id_t); i++) {
-        const sep_script_t *s = &sep_scripts[ngx_http_sep_module_scripts[i]];
-        redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply, "SCRIPT LOAD", "SCRIPT LOAD %b",
-                          s->source, s->length);
-        redis->setup_pending++;
-    }
+    ngx_http_sep_redis_setup(ac);
 
     ngx_add_timer(&redis->connect_timeout, mcf->redis_timeout);
 }
@@ -527,6 +696,11 @@ ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_
     redis->connect_timeout.log = cycle->log;
     redis->connect_timeout.cancelable = 1;
 
+    redis->setup_retry.handler = ngx_http_sep_redis_setup_retry_handler;
+    redis->setup_retry.data = redis;
+    redis->setup_retry.log = cycle->log;
+    redis->setup_retry.cancelable = 1;
+
     ngx_http_sep_redis_connect();
     return NGX_OK;
 }
@@ -543,6 +717,9 @@ void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle)
     redis->exiting = 1;
     if (redis->reconnect.timer_set) {
         ngx_del_timer(&redis->reconnect);
+    }
+    if (redis->setup_retry.timer_set) {
+        ngx_del_timer(&redis->setup_retry);
     }
 
     /* Requests still waiting die with the process: make their replies no-ops. */
@@ -697,6 +874,11 @@ static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *p
     ngx_queue_remove(&cmd->queue);
     ctx = cmd->ctx;
 
+    /* Redis stopped serving (a reload, a long script): stay connected, set up again. */
+    if (ngx_http_sep_redis.ready && ngx_http_sep_redis_not_ready(rr)) {
+        ngx_http_sep_redis_not_ready_reply(rr->str);
+    }
+
     if (ctx == NULL) {
         if (cmd->cancel_if_created && rr && rr->type == REDIS_REPLY_ARRAY && rr->elements > 0 &&
             rr->element[0]->type == REDIS_REPLY_STRING && rr->element[0]->len == 7 &&
@@ -754,6 +936,16 @@ ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *
     char *formatted = NULL;
     int len;
 
+    /* Down: try at once unless an attempt started within MIN (the backoff timer
+     * stays for idle workers); the command then waits for the attempt's outcome. */
+    if (redis->ac == NULL && !redis->exiting &&
+        ngx_current_msec - redis->last_attempt >= redis->mcf->backoff_min) {
+        if (redis->reconnect.timer_set) {
+            ngx_del_timer(&redis->reconnect);
+        }
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis connect on demand");
+        ngx_http_sep_redis_connect();
+    }
     if (redis->ac == NULL || redis->state == SEP_REDIS_DISCONNECTED) {
         return NGX_DECLINED;
     }

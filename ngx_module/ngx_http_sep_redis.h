@@ -27,7 +27,9 @@ void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle);
  * Sends argv for request r and arms its deadline. script is the SEP_SCRIPT_* the
  * command runs with EVALSHA (a NOSCRIPT answer then loads it and repeats the
  * command once), or -1. Returns NGX_OK (the handler will be called), NGX_DECLINED
- * when Redis is not connected (answer 503 at once) or NGX_ERROR.
+ * when Redis is not connected (answer 503 at once) or NGX_ERROR. A connection that is
+ * down is retried at once (at most once per backoff MIN); the command then waits in
+ * hiredis' buffer for that attempt and its handler gets NULL if the attempt fails.
  */
 ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
                                      ngx_http_sep_reply_pt handler, ngx_int_t script, int argc,
@@ -51,5 +53,9 @@ ngx_int_t ngx_http_sep_cancel_command(ngx_http_sep_main_conf_t *mcf, sep_str_t i
 
 /* 1 when reply is an error whose code (first word) is `code`. */
 ngx_uint_t ngx_http_sep_redis_error_is(redisReply *reply, const char *code);
+
+/* 1 when reply says Redis cannot serve yet (LOADING, BUSY, MASTERDOWN): the command
+ * did not run; the request answers 503 redis_loading. */
+ngx_uint_t ngx_http_sep_redis_not_ready(redisReply *reply);
 
 #endif /* NGX_HTTP_SEP_REDIS_H */

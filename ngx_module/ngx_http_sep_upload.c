@@ -758,6 +758,11 @@ static void ngx_http_sep_submit_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t 
             rc = ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_unavailable",
                                          "the job store is unreachable; retry later");
         }
+    } else if (ngx_http_sep_redis_not_ready(reply)) {
+        /* LOADING, BUSY, MASTERDOWN: the script did not run */
+        ngx_http_sep_spool_cleanup(r, ctx);
+        rc = ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_loading",
+                                     "the job store is starting up; retry later");
     } else if (ngx_http_sep_redis_error_is(reply, "QUEUE_FULL")) {
         ngx_http_sep_spool_cleanup(r, ctx);
         rc = ngx_http_sep_send_error(

@@ -1,7 +1,10 @@
 # tests/: suites run by `make test` (each appends its target name to TEST_SUITES).
 #
 # test-integration  the HTTP API against a real redis-server + nginx with the module
-#                   (tests/integration/test_http_api.py), on loopback, temporary prefix
+#                   (tests/integration/test_http_api.py), on loopback, temporary prefix;
+#                   then Redis outages and a restart that loads a big RDB under traffic,
+#                   with 2 and 4 workers (tests/integration/test_redis_outage.py, about
+#                   1 minute; prints RESULT lines)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once
@@ -18,6 +21,7 @@ TEST_SUITES += test-local-stack test-integration test-workerd
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
+	$(PY) tests/integration/test_redis_outage.py
 
 # workerd run end to end: redis + nginx + supervisors with CPU device workers
 test-workerd: $(NGX_MODULE_SO) $(WORKERD_BIN)

@@ -16,6 +16,15 @@ on failure (SEP_TEST_KEEP=1 keeps it). Cases:
   json_errors         nginx's own errors in sep_api locations are JSON (413 on a chunked
                       body, 400 on a broken chunked body), 411 without a length, HEAD,
                       Idempotency-Key and multipart refusals
+  busy                a script past busy-reply-threshold: Redis answers BUSY; GET and
+                      POST get 503 redis_loading (Retry-After, no spool files), the
+                      connection stays, the outage is logged once ("cannot serve yet",
+                      "is back"), and a GET is served at most 0.5 s after the script ends
+  reconnect_waits     the connection dropped, Redis unreachable until the backoff has
+                      grown, then back but busy (DEBUG SLEEP): a request does not get a
+                      503 at once but waits for the attempt it starts; a client that
+                      closes while its request waits harms nothing (same workers, no
+                      alert)
   quit_in_flight      `nginx -s quit` while requests wait for Redis: every one is
                       answered, workers exit, no alert in the error log
 
@@ -242,6 +251,24 @@ class Stack:
     def spool_entries(self):
         return sorted(e for e in os.listdir(self.spool) if e != ".incoming")
 
+    def redis_client(self):
+        return redis.Redis(unix_socket_path=self.prefix + "/redis.sock", password=PASSWORD,
+                           db=DB)
+
+    def worker_pids(self):
+        with open(self.prefix + "/nginx.pid") as f:
+            master = int(f.read())
+        pids = set()
+        for name in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == master and fields[0] != "Z":
+                pids.add(int(name))
+        return pids
+
 
 class Failure(Exception):
     pass
@@ -347,6 +374,95 @@ def case_noscript(stack):
     expect("loaded it again" in stack.error_log(), "reload not logged")
 
 
+BUSY_SCRIPT = """
+local t0 = redis.call('TIME')
+while true do
+    local t = redis.call('TIME')
+    if (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > tonumber(ARGV[1]) then return 1 end
+end
+"""
+
+
+def case_busy(stack):
+    job_id = submit(stack).json["id"]
+    before = stack.spool_entries()
+    log_at = len(stack.error_log())
+    admin = stack.redis_client()
+    threshold = admin.config_get("busy-reply-threshold")["busy-reply-threshold"]
+    admin.config_set("busy-reply-threshold", 100)
+    ended = {}
+
+    def run():
+        c = stack.redis_client()
+        c.eval(BUSY_SCRIPT, 0, 900000)
+        ended["at"] = time.monotonic()
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        time.sleep(0.35)
+        get = stack.request("GET", "/v1/jobs/" + job_id)
+        post = submit(stack)
+    finally:
+        t.join()
+        admin.config_set("busy-reply-threshold", threshold)
+    expect("at" in ended, "the busy script did not end")
+    expect_error(get, 503, "redis_loading")
+    expect(get.getheader("retry-after") == "1", "Retry-After on redis_loading")
+    expect(get.elapsed < TIMEOUT_MS / 1000, "redis_loading came after %.3fs" % get.elapsed)
+    expect_error(post, 503, "redis_loading")
+    expect(stack.spool_entries() == before, "the refused POST left spool files")
+    while True:
+        got = stack.request("GET", "/v1/jobs/" + job_id)
+        if got.status == 200:
+            break
+        expect(time.monotonic() - ended["at"] < 0.5, "still %d 0.5 s after the script ended"
+               % got.status, got.json)
+        time.sleep(0.01)
+    expect(time.monotonic() - ended["at"] < 0.5, "first 200 %.3fs after the script ended"
+           % (time.monotonic() - ended["at"]))
+    deadline = time.monotonic() + 2
+    while "is back after" not in stack.error_log()[log_at:]:
+        expect(time.monotonic() < deadline, "no \"is back\" line", stack.error_log()[log_at:])
+        time.sleep(0.02)
+    log = stack.error_log()[log_at:]
+    expect("cannot serve yet: BUSY" in log, "the BUSY outage is not logged", log)
+    expect("lost the connection" not in log, "the connection was dropped for BUSY", log)
+
+
+def case_reconnect_waits(stack):
+    job_id = submit(stack).json["id"]
+    workers = stack.worker_pids()
+    log_at = len(stack.error_log())
+    sock = stack.prefix + "/redis.sock"
+    admin = stack.redis_client()
+    admin.ping()  # connected before the socket goes away
+    os.rename(sock, sock + ".away")
+    try:
+        admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        time.sleep(1.5)  # failed attempts: the backoff is at its MAX (500 ms)
+    finally:
+        os.rename(sock + ".away", sock)
+    asleep = threading.Thread(target=lambda: admin.execute_command("DEBUG", "SLEEP", 0.35))
+    asleep.start()
+    try:
+        time.sleep(0.08)  # any attempt within MIN now happened with the socket back
+        gone = socket.create_connection(("127.0.0.1", stack.port), timeout=5)
+        gone.sendall(b"GET /v1/jobs/%s HTTP/1.1\r\nHost: t\r\n\r\n" % job_id.encode())
+        time.sleep(0.03)
+        gone.close()  # its request is still waiting for Redis
+        get = stack.request("GET", "/v1/jobs/" + job_id)
+    finally:
+        asleep.join()
+    waited = get.status == 200 or (get.json or {}).get("error", {}).get("code") == "redis_timeout"
+    expect(waited and get.elapsed > 0.1, "the request did not wait for the reconnect "
+           "(%d after %.3fs)" % (get.status, get.elapsed), get.json)
+    expect(stack.request("GET", "/v1/jobs/" + job_id).status == 200, "GET afterwards")
+    expect(stack.worker_pids() == workers, "workers changed", (workers, stack.worker_pids()))
+    log = stack.error_log()[log_at:]
+    expect("[alert]" not in log and "signal" not in log, "error log", log)
+
+
 def case_json_errors(stack):
     before = stack.spool_entries()
     # 413 from nginx itself while reading a chunked body
@@ -438,8 +554,8 @@ def case_quit_in_flight(stack):
                [line for line in log.splitlines() if bad in line][:3])
 
 
-CASES = [case_auth_db_unix, case_redis_slow, case_noscript, case_json_errors,
-         case_quit_in_flight]
+CASES = [case_auth_db_unix, case_redis_slow, case_noscript, case_json_errors, case_busy,
+         case_reconnect_waits, case_quit_in_flight]
 
 
 def main(argv):

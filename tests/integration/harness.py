@@ -143,7 +143,7 @@ def multipart(fields, files, boundary=None):
 class Stack:
     """redis-server + nginx with the module under a temporary prefix."""
 
-    def __init__(self, max_body="1m", max_queued=10000, worker_processes=2):
+    def __init__(self, max_body="1m", max_queued=10000, worker_processes=2, conf_edit=None):
         self.prefix = tempfile.mkdtemp(prefix="sep-it-")
         self.port = None  # taken at start(), retried when another process has it
         # Redis listens only on a Unix socket in the prefix: no TCP port to race for.
@@ -156,13 +156,15 @@ class Stack:
         self.redis_proc = None
         self.nginx_proc = None
         self.keep_prefix = bool(os.environ.get("SEP_TEST_KEEP"))
+        self.conf_edit = conf_edit  # text -> text, applied to the rendered nginx.conf
         self._stopped = False
         atexit.register(self.stop)
 
     # lifecycle -------------------------------------------------------------------------
     def render_conf(self, port):
         self.values["LISTEN"] = "127.0.0.1:%d" % port
-        return localstack.render_nginx_conf(self.values)
+        text = localstack.render_nginx_conf(self.values)
+        return self.conf_edit(text) if self.conf_edit else text
 
     def start(self):
         localstack.make_prefix_dirs(self.prefix)
