@@ -18,12 +18,13 @@
  *
  *   setting              default              meaning
  *   redis                127.0.0.1:6379       Redis: host:port or unix:/path [db=N] [password=S]
- *   prefix               sep:                 prefix of every Redis key (nginx's sep_key_prefix)
+ *   prefix               {sep}:               prefix of every Redis key (nginx's sep_key_prefix)
  *   name                 (host name)          this supervisor's consumer/worker name
  *   spool                /var/lib/sep/spool   the spool shared with nginx (inputs, stems)
  *   models_dir           models/weights       NAME.safetensors files
  *   device               auto                 auto | cpu | cuda
  *   cpu_workers          1                    CPU worker processes when there is no GPU
+ *   gpus                 1                    GPU worker processes with device cuda
  *   threads              0                    engine threads per CPU worker (0 = cores/workers)
  *   max_batch            4                    segments per device batch (several jobs mix)
  *   concurrency          2                    jobs in flight at once
@@ -31,13 +32,13 @@
  *   visibility_timeout   60s                  a claim's lease; only dead supervisors' jobs
  *                                             are taken over after it
  *   heartbeat_interval   5s                   heartbeat + lease refresh (< visibility/2)
- *   max_attempts         3                    tries of a job with retryable errors
  *   retry_backoff_base   2s                   first retry delay, doubled per attempt (+ jitter)
  *   retry_backoff_max    5m                   cap of the retry delay
  *   soft_time_limit      1h                   job fails with time_limit (0 = none)
  *   hard_time_limit      65m                  worker killed, job retried (0 = none)
  *   drain_timeout        30s                  SIGTERM: wait this long for running jobs
  *   janitor_interval     60s                  sweep of expired/deleted spool directories
+ *   orphan_age           1h                   age of a spool dir without a record to remove
  *   dead_max             10000                length kept of the {p}dead stream
  *   verbose              0                    log level: 0 info, 1 debug (-v, -vv)
  */
@@ -59,7 +60,7 @@ typedef struct {
     int max_batch;
     int concurrency;
     int max_jobs_per_worker;
-    int max_attempts;
+    int gpus;
     int dead_max;
     int verbose;
     /* seconds */
@@ -71,6 +72,7 @@ typedef struct {
     double hard_time_limit; /* 0 = none */
     double drain_timeout;
     double janitor_interval;
+    double orphan_age;
     /* where it came from */
     char config_path[1024]; /* the file read ("" when none) */
 } sep_workerd_config;

@@ -29,9 +29,9 @@ typedef struct {
     char redis[512];
     char redis_password[256];
     int redis_db;
-    char prefix[64];
+    char prefix[72];
     /* this host */
-    char name[128];
+    char name[256];
     char spool[1024];
     char models_dir[1024];
     char exe[1024]; /* the workerd binary, exec'd for device workers */

@@ -63,14 +63,15 @@ static void test_defaults(void **state)
     char err[512];
     assert_int_equal(load(&c, err, sizeof(err), NULL), 0);
     assert_string_equal(c.redis, "127.0.0.1:6379");
-    assert_string_equal(c.prefix, "sep:");
+    assert_string_equal(c.prefix, "{sep}:");
     assert_string_equal(c.device, "auto");
     assert_true(c.name[0] != '\0'); /* the host name */
     assert_int_equal(c.cpu_workers, 1);
     assert_int_equal(c.threads, 0);
     assert_int_equal(c.max_batch, 4);
     assert_int_equal(c.concurrency, 2);
-    assert_int_equal(c.max_attempts, 3);
+    assert_int_equal(c.gpus, 1);
+    assert_true(c.orphan_age == 3600);
     assert_int_equal(c.dead_max, 10000);
     assert_int_equal(c.verbose, 0);
     assert_true(c.visibility_timeout == 60);
@@ -138,7 +139,7 @@ static void test_file_and_flags(void **state)
     assert_int_equal(
         load(&c, err, sizeof(err), "--prefix", "x:", "--models-dir", "/m", "--device", "cuda",
              "--concurrency", "5", "--max-jobs-per-worker", "7", "--visibility-timeout", "90",
-             "--heartbeat-interval", "10", "--max-attempts", "4", "--retry-backoff-base", "1s",
+             "--heartbeat-interval", "10", "--gpus", "4", "--retry-backoff-base", "1s",
              "--retry-backoff-max", "1m", "--soft-time-limit", "10m", "--hard-time-limit", "20m",
              "--janitor-interval", "2m", "--dead-max", "99", "--verbose", NULL),
         0);
@@ -148,7 +149,7 @@ static void test_file_and_flags(void **state)
     assert_int_equal(c.concurrency, 5);
     assert_int_equal(c.max_jobs_per_worker, 7);
     assert_true(c.visibility_timeout == 90 && c.heartbeat_interval == 10);
-    assert_int_equal(c.max_attempts, 4);
+    assert_int_equal(c.gpus, 4);
     assert_true(c.retry_backoff_base == 1 && c.retry_backoff_max == 60);
     assert_true(c.soft_time_limit == 600 && c.hard_time_limit == 1200);
     assert_true(c.janitor_interval == 120);
@@ -293,7 +294,8 @@ static void test_help_and_print(void **state)
                            "--max-jobs-per-worker",
                            "--visibility-timeout",
                            "--heartbeat-interval",
-                           "--max-attempts",
+                           "--gpus",
+                           "--orphan-age",
                            "--retry-backoff-base",
                            "--retry-backoff-max",
                            "--soft-time-limit",

@@ -107,7 +107,7 @@ class Service:
         settings = {"concurrency": 2, "cpu-workers": 1, "threads": 1,
                     "visibility-timeout": 5, "heartbeat-interval": 0.5,
                     "janitor-interval": 1, "drain-timeout": 10,
-                    "retry-backoff-base": 100, "retry-backoff-max": 400}
+                    "retry-backoff-base": "100ms", "retry-backoff-max": "400ms"}
         settings.update({k.replace("_", "-"): v for k, v in opts.items()})
         args = [WORKERD, "run", "--redis", self.stack.redis_address, "--prefix", PREFIX,
                 "--name", name, "--spool", self.stack.spool, "--models-dir", self.models]
@@ -431,7 +431,7 @@ def sigterm_drains_and_gives_back(svc):
     svc.workers["w2"].send_signal(signal.SIGTERM)
     expect(svc.workers["w2"].wait(timeout=30) == 0, "w2 exit status")
     w3 = svc.start_workerd("w3", concurrency=1, drain_timeout=30)
-    job2 = svc.submit_ok(wav(3), "shifts=3")
+    job2 = svc.submit_ok(wav(10), SLOW)
     wait_running(svc, job2)
     w3.send_signal(signal.SIGTERM)
     expect(w3.wait(timeout=60) == 0, "w3 exit status")
@@ -448,7 +448,7 @@ def time_limits(svc):
            "soft limit", rec)
     expect(rec["attempts"] == 1, "time_limit is not retried", rec)
     svc.workers["soft"].kill()
-    w = svc.start_workerd("hard", concurrency=1, hard_time_limit=0.5)
+    w = svc.start_workerd("hard", concurrency=1, hard_time_limit=0.5, soft_time_limit=0)
     pids = None
     wait_for(lambda: device_worker_pids(w), "device worker", 10)
     pids = device_worker_pids(w)
