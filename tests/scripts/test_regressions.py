@@ -283,6 +283,15 @@ def a_worker_restarted_under_its_name_reclaims_its_job(j):
     refused("STALE", j.progress, job_id, t1)
     expect(pending_owner(j, "normal", entry) == "w1", "entry not pending for w1")
     expect(j.complete(job_id, reply[1].decode()) == b"OK", "complete")
+    # an entry not read through the group cannot be claimed (no pending entry: a
+    # running job must always have one for a reclaim to find)
+    unread = queued_job(j)
+    entry = j.job(unread)["stream_id"]
+    before = snapshot(j.r)
+    msg = refused("ERR_ARG", j.claim, unread, "w1", "normal", entry)
+    expect("argv[3] entry is not pending" in msg, msg)
+    expect(snapshot(j.r) == before, "a refused claim changed the state")
+    expect(j.cancel(unread)[0] == b"canceled", "cancel")
     # an entry of a job that is gone is dropped (XACK + XDEL) by the script itself
     gone = queued_job(j)
     (entry, _), = j.read("w1", "normal")
