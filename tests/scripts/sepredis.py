@@ -404,6 +404,14 @@ def check_invariants(r, prefix="{sep}:", strict_owner=True):
     for gauge in ("queued", "running"):
         if stats.get(gauge, 0) != counts[gauge]:
             fail("gauge %s is %d, a recount gives %d", gauge, stats.get(gauge, 0), counts[gauge])
+    fixed = {prefix + s for s in JOB_KEY_SUFFIXES[:-1] + ("dead", "workers")}
+    for key in r.scan_iter(count=1000):
+        name = key.decode()
+        if name in fixed:
+            continue
+        kind = name[len(prefix):].split(":", 1)[0] if name.startswith(prefix) else None
+        if kind not in ("job", "idem", "worker"):
+            fail("unexpected key %s (every key of the service is known and bounded)", name)
     for key in r.scan_iter(match=prefix + "idem:*"):
         if r.ttl(key) <= 0:
             fail("idempotency key %s has no TTL", key)

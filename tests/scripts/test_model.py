@@ -4,7 +4,7 @@ shared/README.md): a Hypothesis RuleBasedStateMachine drives the real scripts on
 real redis-server with several workers that read, claim, touch, report progress,
 complete, fail (retryable or not), requeue, crash, restart under their name, take
 over entries with XAUTOCLAIM, pause and come back with late calls, and replay old
-calls; clients submit and cancel; a timer promotes and runs the janitor. A plain
+calls; clients submit and cancel; timers promote, heartbeat and run the janitor. A plain
 Python model predicts every reply; after every step the invariants hold:
 
   * each job is in exactly one place (stream entry, {p}delayed, or terminal), the
@@ -442,6 +442,12 @@ class ScriptMachine(RuleBasedStateMachine):
             job.delayed_due = False
             job.entry = self.r.hget(self.j.p + "job:" + job.id, "stream_id").decode()
             self.entries[(job.priority, job.entry)] = job.id
+
+    @rule(w=st.sampled_from(WORKERS))
+    def heartbeat(self, w):
+        self.call(self.j.heartbeat, w, "30", ["state", "busy" if self.workers[w].held else "idle"])
+        names = {m.decode() for m in self.r.zrange(self.j.p + "workers", 0, -1)}
+        assert w in names and names <= set(WORKERS), names
 
     @rule()
     def janitor(self):
