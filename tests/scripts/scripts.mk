@@ -2,7 +2,7 @@
 # redis-server on a Unix socket in its own temporary directory (included from
 # shared/shared.mk).
 #
-#   test-scripts-regress  one case per finding of the scripts review (issue 16)
+#   test-scripts-regress  one case per defect a review of the scripts reproduced
 #   test-scripts-model    Hypothesis state machine: workers, crashes, pauses, late and
 #                         replayed calls; invariants after every step
 #                         (SEP_MODEL_STEPS steps, default 5000)
