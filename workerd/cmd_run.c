@@ -64,7 +64,8 @@ static int to_settings(const sep_workerd_config *c, sep_supervisor_settings *s, 
     snprintf(s->models_dir, sizeof(s->models_dir), "%s", c->models_dir);
     /* auto: GPUs when the build has the CUDA backend and the driver finds one; this
      * build's device workers report a device error for cuda, so auto is the CPU */
-    snprintf(s->device, sizeof(s->device), "%s", strcmp(c->device, "auto") == 0 ? "cpu" : c->device);
+    snprintf(s->device, sizeof(s->device), "%s",
+             strcmp(c->device, "auto") == 0 ? "cpu" : c->device);
     s->gpus = c->gpus;
     s->cpu_workers = c->cpu_workers;
     s->threads = c->threads;

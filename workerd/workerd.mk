@@ -31,7 +31,8 @@ WORKERD_OBJDIR   := $(BUILD)/obj-workerd
 WORKERD_SRCS     := workerd/main.c workerd/cmd_separate.c workerd/separate.c workerd/audio.c \
                     workerd/jobexec.c workerd/forward.c workerd/config.c \
                     workerd/device_worker.c workerd/pool.c \
-                    workerd/cmd_run.c workerd/supervisor.c workerd/redis_client.c
+                    workerd/cmd_run.c workerd/supervisor.c workerd/redis_client.c \
+                    workerd/cmd_inspect.c
 WORKERD_OBJS     := $(patsubst workerd/%.c,$(WORKERD_OBJDIR)/%.o,$(WORKERD_SRCS))
 WORKERD_LDLIBS   := -lsndfile -lsoxr -linih -lhiredis -ljansson -lm -lpthread
 TEST_APPLY_BIN   := $(BUILD)/tests/test_apply

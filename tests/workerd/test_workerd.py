@@ -514,6 +514,36 @@ def many_jobs_exactly_once(svc):
     return "200 jobs, each executed once"
 
 
+@service_case()
+def inspect_and_purge(svc):
+    common = ["--redis", svc.stack.redis_address, "--prefix", PREFIX,
+              "--spool", svc.stack.spool]
+
+    def tool(*args):
+        res = subprocess.run([WORKERD] + list(args) + common, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=30)
+        expect(res.returncode == 0, "workerd %s: %d" % (args[0], res.returncode), res.stdout)
+        return res.stdout
+    ids = [svc.submit_ok(wav(0.2)) for _ in range(3)] + [svc.submit_ok(wav(0.2), "priority=high")]
+    out = tool("inspect")
+    expect(re.search(r"normal\s+3 waiting", out) and re.search(r"high\s+1 waiting", out),
+           "queues in inspect", out)
+    out = tool("purge", "--queued")
+    expect("canceled 4 queued job(s)" in out, "purge --queued", out)
+    for job_id in ids:
+        rec = svc.job(job_id)
+        expect(rec["status"] == "canceled", "purged job", rec)
+        expect(not os.path.exists(svc.stack.job_dir(job_id)), "spool dir of a purged job")
+    stats = svc.redis.hgetall(PREFIX.encode() + b"stats")
+    expect(int(stats.get(b"queued", 0)) == 0, "queued gauge after purge", stats)
+    svc.start_workerd("insp", concurrency=1)
+    job_id = svc.submit_ok(wav(20), SLOW)
+    wait_running(svc, job_id)
+    out = tool("inspect")
+    expect("insp" in out and job_id in out, "worker and running job in inspect", out)
+    return "inspect + purge --queued (4 jobs)"
+
+
 def main(argv):
     if harness.redis is None:
         print("SKIP: python3-redis is not installed (make deps)")
