@@ -408,8 +408,13 @@ static void finish_failed(job_ctx *c, const sep_job_outcome *o)
         const char *what = reply_str(r->element[0]);
         if (what && strcmp(what, "retry") == 0)
             log_info("job %s: %s (%s), retry scheduled", sl->id, code, o->message);
-        else if (what && strcmp(what, "canceled") == 0)
-            log_info("job %s: canceled", sl->id);
+        else if (what && strcmp(what, "canceled") == 0) {
+            /* a canceled job's files go at once (its input included), not at expiry */
+            char dir[1200];
+            snprintf(dir, sizeof(dir), "%s/%s", s->spool, sl->id);
+            remove_tree(dir);
+            log_info("job %s: canceled; its files are removed", sl->id);
+        }
         else {
             atomic_fetch_add(&sl->sv->jobs_failed, 1);
             log_info("job %s: failed: %s (%s)", sl->id, code, o->message);
@@ -1163,8 +1168,9 @@ int sep_supervisor_run(sep_supervisor_settings *s,
         if (!recovered && !sv.draining) {
             /* our own pending entries (a restart under the same name): claim sees them
              * as this worker's and hands them out again */
+            /* COUNT covers the entries of our running jobs too (claim_entry skips them) */
             int room = s->concurrency - running_count(&sv);
-            if (room > 0 && read_queues(&sv, room, -1, 1, "0") >= 0)
+            if (room > 0 && read_queues(&sv, s->concurrency + 2, -1, 1, "0") >= 0)
                 recovered = 1;
         }
         if (now >= next_promote) {
