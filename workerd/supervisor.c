@@ -767,7 +767,7 @@ static void reclaim(supervisor *sv)
 static void heartbeat(supervisor *sv)
 {
     const sep_supervisor_settings *s = sv->s;
-    char wkey[256], wset[256], ttl[16], pid[16], running[16], done[24], failed[24], jobs[2048],
+    char wkey[400], wset[256], ttl[16], pid[16], running[16], done[24], failed[24], jobs[2048],
         rss[32], wcount[16];
     snprintf(wkey, sizeof(wkey), "%sworker:%s", s->prefix, s->name);
     key(wset, sizeof(wset), s->prefix, "workers");
