@@ -1217,7 +1217,7 @@ int sep_supervisor_run(sep_supervisor_settings *s,
 
     log_info("drained; stopping the device workers");
     if (sv.rc.c) {
-        char wkey[256], wset[256];
+        char wkey[400], wset[256];
         snprintf(wkey, sizeof(wkey), "%sworker:%s", s->prefix, s->name);
         key(wset, sizeof(wset), s->prefix, "workers");
         redisReply *r = sep_redis_client_commandf(&sv.rc, "DEL %s", wkey);
