@@ -242,6 +242,20 @@ static int over(const redisReply *r)
            script_error_is(r, "NOT_FOUND");
 }
 
+/* An error reply that is the script's verdict (its arguments or the job's state), as
+ * opposed to one from Redis itself (-LOADING, -BUSY, -OOM, -MASTERDOWN, ...), after
+ * which the same call may succeed later. */
+static int script_verdict(const redisReply *r)
+{
+    static const char *const codes[] = {
+        "ERR_ARG",     "ERR_KEYS",   "NOT_FOUND",  "NOT_RUNNING",     "STALE",
+        "NOT_OVERDUE", "QUEUE_FULL", "JOB_EXISTS", "ALREADY_DELETED", "BAD_STEMS"};
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
+        if (script_error_is(r, codes[i]))
+            return 1;
+    return 0;
+}
+
 static int on_progress(void *user, const char *stage, double fraction)
 {
     job_ctx *c = user;
@@ -271,8 +285,10 @@ static int on_progress(void *user, const char *stage, double fraction)
         log_info("job %s: cancel requested; stopping", sl->id);
         atomic_store(&sl->stop, SEP_JOB_STOP_CANCEL);
         stop = 1;
-    } else if (r->type == REDIS_REPLY_ERROR) {
+    } else if (r->type == REDIS_REPLY_ERROR && script_verdict(r)) {
         log_warn("job %s: progress refused: %s", sl->id, r->str);
+    } else if (r->type == REDIS_REPLY_ERROR) { /* -BUSY, -LOADING: the next one may pass */
+        log_debug("job %s: progress not recorded: %s", sl->id, r->str);
     }
     freeReplyObject(r);
     return stop;
@@ -280,23 +296,61 @@ static int on_progress(void *user, const char *stage, double fraction)
 
 /* Calls a finishing script until Redis answers (connection errors retried with
  * backoff, up to about the visibility timeout: after that the claim is gone anyway). */
-static redisReply *final_call(job_ctx *c, sep_script_id_t id, int nargs, const char **args)
+static redisReply *final_call(job_ctx *c, sep_script_id_t id, int nargs, const char **args,
+                              int *resent)
 {
     double give_up = now_s() + c->slot->sv->s->visibility_timeout + 5;
     double wait = 0.1;
+    if (resent)
+        *resent = 0;
     for (;;) {
         redisReply *r = sep_redis_client_script(c->rc, id, JOB_KEYS, c->jk->k, nargs, args);
-        if (r)
+        if (r && (r->type != REDIS_REPLY_ERROR || script_verdict(r)))
             return r;
+        char why[1100];
+        snprintf(why, sizeof(why), "%s", r ? r->str : c->rc->err);
+        if (r) /* Redis refused to run it now (-LOADING, -BUSY, ...): nothing was written */
+            freeReplyObject(r);
+        else if (resent) /* it may have run: its reply was lost with the connection */
+            *resent = 1;
         if (now_s() + wait > give_up) {
-            log_error("job %s: giving up on %s: %s", c->slot->id, sep_scripts[id].name, c->rc->err);
+            log_error("job %s: giving up on %s: %s", c->slot->id, sep_scripts[id].name, why);
             return NULL;
         }
-        log_warn("job %s: %s: %s; retrying in %.1fs", c->slot->id, sep_scripts[id].name, c->rc->err,
-                 wait);
+        log_warn("job %s: %s: %s; retrying in %.1fs", c->slot->id, sep_scripts[id].name, why, wait);
         usleep((useconds_t)(wait * 1e6));
         wait = wait * 2 > 5 ? 5 : wait * 2;
     }
+}
+
+/* The attempt tag in a stem's file name "{stem}.{tag}.{ext}" ("" when none). */
+static const char *tag_of(const sep_job_outcome *o)
+{
+    static __thread char tag[128];
+    tag[0] = 0;
+    if (o->n_stems > 0) {
+        const char *f = o->stems[0].file;
+        const char *a = strchr(f, '.'), *b = strrchr(f, '.');
+        if (a && b > a + 1 && (size_t)(b - a - 1) < sizeof(tag)) {
+            memcpy(tag, a + 1, (size_t)(b - a - 1));
+            tag[b - a - 1] = 0;
+        }
+    }
+    return tag;
+}
+
+/* Whether the record is completed with stems of this attempt (files tagged `tag`). */
+static int completed_with_our_files(job_ctx *c, const char *tag)
+{
+    if (!tag[0])
+        return 0;
+    redisReply *r = sep_redis_client_commandf(c->rc, "HMGET %s status stems", c->jk->k[0]);
+    int ours = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && reply_str(r->element[0]) &&
+               strcmp(r->element[0]->str, "completed") == 0 && reply_str(r->element[1]) &&
+               strstr(r->element[1]->str, tag) != NULL;
+    if (r)
+        freeReplyObject(r);
+    return ours;
 }
 
 static void remove_stems(const char *dir, const sep_job_outcome *o)
@@ -358,7 +412,19 @@ static void finish_completed(job_ctx *c, const char *dir, const sep_job_outcome 
                           te,
                           "device",
                           sl->sv->s->device};
-    redisReply *r = final_call(c, SEP_SCRIPT_COMPLETE, (int)(sizeof(args) / sizeof(args[0])), args);
+    int resent = 0;
+    redisReply *r =
+        final_call(c, SEP_SCRIPT_COMPLETE, (int)(sizeof(args) / sizeof(args[0])), args, &resent);
+    if (r && r->type == REDIS_REPLY_ERROR && resent && completed_with_our_files(c, tag_of(o))) {
+        /* the first complete ran but its reply was lost with the connection: the
+         * record is completed and points at our files; the resent one is refused */
+        freeReplyObject(r);
+        r = NULL;
+        atomic_fetch_add(&sl->sv->jobs_done, 1);
+        log_info("job %s: completed (attempt %d; the reply was lost, the record says so)", sl->id,
+                 sl->attempt);
+        return;
+    }
     if (r && r->type != REDIS_REPLY_ERROR) {
         atomic_fetch_add(&sl->sv->jobs_done, 1);
         log_info("job %s: completed (attempt %d, %.1f s of audio, decode %.2fs separate %.2fs "
@@ -382,7 +448,7 @@ static void finish_failed(job_ctx *c, const sep_job_outcome *o)
     const sep_supervisor_settings *s = sl->sv->s;
     if (o->code == SEP_JOB_INTERRUPTED) { /* drain: give it back at once */
         const char *args[] = {sl->token, "worker draining"};
-        redisReply *r = final_call(c, SEP_SCRIPT_REQUEUE, 2, args);
+        redisReply *r = final_call(c, SEP_SCRIPT_REQUEUE, 2, args, NULL);
         log_info("job %s: given back to the queue (drain)%s%s", sl->id, r ? "" : ": ",
                  r ? "" : c->rc->err);
         if (r)
@@ -401,7 +467,7 @@ static void finish_failed(job_ctx *c, const sep_job_outcome *o)
     snprintf(maxlen, sizeof(maxlen), "%d", s->dead_max);
     const char *code = o->code == SEP_JOB_CANCELED ? "canceled" : o->code_name;
     const char *args[] = {sl->token, code, o->message, retry, base, cap, jitter, maxlen};
-    redisReply *r = final_call(c, SEP_SCRIPT_FAIL, 8, args);
+    redisReply *r = final_call(c, SEP_SCRIPT_FAIL, 8, args, NULL);
     if (!r)
         return;
     if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1) {
@@ -414,8 +480,7 @@ static void finish_failed(job_ctx *c, const sep_job_outcome *o)
             snprintf(dir, sizeof(dir), "%s/%s", s->spool, sl->id);
             remove_tree(dir);
             log_info("job %s: canceled; its files are removed", sl->id);
-        }
-        else {
+        } else {
             atomic_fetch_add(&sl->sv->jobs_failed, 1);
             log_info("job %s: failed: %s (%s)", sl->id, code, o->message);
         }
@@ -520,17 +585,21 @@ static void *job_thread(void *arg)
 
 /* ---- the main thread: claims ----------------------------------------------------------- */
 
+/* Over every slot, not only the first `concurrency`: a SIGHUP may have lowered it
+ * while jobs run in the higher slots. */
 static int running_count(supervisor *sv)
 {
     int n = 0;
-    for (int i = 0; i < sv->s->concurrency && i < MAX_SLOTS; i++)
+    for (int i = 0; i < MAX_SLOTS; i++)
         n += atomic_load(&sv->slots[i].state) != SLOT_FREE;
     return n;
 }
 
 static job_slot *free_slot(supervisor *sv)
 {
-    for (int i = 0; i < sv->s->concurrency && i < MAX_SLOTS; i++)
+    if (running_count(sv) >= sv->s->concurrency)
+        return NULL;
+    for (int i = 0; i < MAX_SLOTS; i++)
         if (atomic_load(&sv->slots[i].state) == SLOT_FREE)
             return &sv->slots[i];
     return NULL;
@@ -1008,6 +1077,43 @@ static void list_models(supervisor *sv)
     closedir(d);
 }
 
+/* ---- one name, one supervisor ------------------------------------------------------------ */
+
+/* Another live supervisor under our name would have its running jobs taken as ours
+ * after a restart (claim reclaims a worker's own entries). 0 when the name is free (no
+ * heartbeat, or the heartbeat of a dead process of this host: our own previous life),
+ * -1 when someone else holds it, 1 when Redis could not tell. */
+static int name_is_free(supervisor *sv)
+{
+    char wkey[400], host[128] = "";
+    snprintf(wkey, sizeof(wkey), "%sworker:%s", sv->s->prefix, sv->s->name);
+    gethostname(host, sizeof(host) - 1);
+    redisReply *r = sep_redis_client_commandf(&sv->rc, "HMGET %s host pid", wkey);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+        if (r)
+            freeReplyObject(r);
+        return 1;
+    }
+    int rc = 0;
+    const char *h = reply_str(r->element[0]), *p = reply_str(r->element[1]);
+    if (h && p) {
+        int pid = atoi(p);
+        if (strcmp(h, host) != 0) {
+            log_error("another supervisor named %s is alive on host %s (pid %s); names must "
+                      "be unique: set --name (its heartbeat expires if it is gone)",
+                      sv->s->name, h, p);
+            rc = -1;
+        } else if (pid > 0 && pid != getpid() && kill(pid, 0) == 0) {
+            log_error("another supervisor named %s runs on this host (pid %d); names must be "
+                      "unique: set --name",
+                      sv->s->name, pid);
+            rc = -1;
+        }
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
 /* ---- run ------------------------------------------------------------------------------------ */
 
 static sep_pool *start_pool(const sep_supervisor_settings *s, const char *device, int n)
@@ -1068,7 +1174,7 @@ int sep_supervisor_run(sep_supervisor_settings *s,
              (cuda ? s->gpus : s->cpu_workers) == 1 ? "" : "s", s->concurrency, sv.models);
 
     double next_beat = 0, next_promote = 0, next_reclaim = 0, next_janitor = 0;
-    int recovered = 0, redis_up = -1;
+    int recovered = 0, redis_up = -1, name_checked = 0;
     double down_since = 0;
     static char removed[100][64];
     int n_removed = 0;
@@ -1157,6 +1263,20 @@ int sep_supervisor_run(sep_supervisor_settings *s,
                 freeReplyObject(g);
             }
         }
+        if (!name_checked) {
+            int free_name = name_is_free(&sv);
+            if (free_name < 0) {
+                rc_exit = 1;
+                break;
+            }
+            name_checked = free_name == 0;
+            if (!name_checked) { /* Redis did not answer: reconnect and ask again */
+                redis_up = 0;
+                down_since = now;
+                usleep(200000);
+                continue;
+            }
+        }
         if (now >= next_beat) {
             heartbeat(&sv);
             next_beat = now + s->heartbeat_interval;
@@ -1215,8 +1335,8 @@ int sep_supervisor_run(sep_supervisor_settings *s,
         }
     }
 
-    log_info("drained; stopping the device workers");
-    if (sv.rc.c) {
+    log_info("%s; stopping the device workers", rc_exit ? "not started" : "drained");
+    if (sv.rc.c && name_checked) { /* the heartbeat is ours only when the name was */
         char wkey[400], wset[256];
         snprintf(wkey, sizeof(wkey), "%sworker:%s", s->prefix, s->name);
         key(wset, sizeof(wset), s->prefix, "workers");
