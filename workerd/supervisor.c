@@ -378,6 +378,36 @@ static int stems_json(const sep_job_outcome *o, char *buf, size_t cap, long long
     return n < cap ? 0 : -1;
 }
 
+/* After our complete: stems other attempts left in the job's directory (one killed
+ * after its renames, before its complete answered) are nobody's; they go. The input and
+ * our own files stay: a stem file is "{stem}.{tag}.{ext}" with a tag "a<attempt>-...". */
+static void remove_other_attempts(const char *dir, const char *ours)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *a = strchr(e->d_name, '.');
+        const char *b = strrchr(e->d_name, '.');
+        if (!a || b <= a + 2 || a[1] != 'a' || a == e->d_name)
+            continue;
+        size_t tl = (size_t)(b - a - 1);
+        if (tl == strlen(ours) && strncmp(a + 1, ours, tl) == 0)
+            continue;
+        int tagged = 1;
+        for (const char *p = a + 1; p < b; p++)
+            if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-'))
+                tagged = 0;
+        if (!tagged)
+            continue;
+        char path[2048];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+}
+
 static void finish_completed(job_ctx *c, const char *dir, const sep_job_outcome *o)
 {
     job_slot *sl = c->slot;
@@ -421,12 +451,14 @@ static void finish_completed(job_ctx *c, const char *dir, const sep_job_outcome 
         freeReplyObject(r);
         r = NULL;
         atomic_fetch_add(&sl->sv->jobs_done, 1);
+        remove_other_attempts(dir, tag_of(o));
         log_info("job %s: completed (attempt %d; the reply was lost, the record says so)", sl->id,
                  sl->attempt);
         return;
     }
     if (r && r->type != REDIS_REPLY_ERROR) {
         atomic_fetch_add(&sl->sv->jobs_done, 1);
+        remove_other_attempts(dir, tag_of(o));
         log_info("job %s: completed (attempt %d, %.1f s of audio, decode %.2fs separate %.2fs "
                  "encode %.2fs%s)",
                  sl->id, sl->attempt, o->audio_seconds, o->decode_s, o->separate_s, o->encode_s,
@@ -447,10 +479,9 @@ static void finish_failed(job_ctx *c, const sep_job_outcome *o)
     job_slot *sl = c->slot;
     const sep_supervisor_settings *s = sl->sv->s;
     if (o->code == SEP_JOB_INTERRUPTED) { /* drain: give it back at once */
-        const char *args[] = {sl->token, "worker draining"};
+        const char *args[] = {sl->token, "given back by its worker"};
         redisReply *r = final_call(c, SEP_SCRIPT_REQUEUE, 2, args, NULL);
-        log_info("job %s: given back to the queue (drain)%s%s", sl->id, r ? "" : ": ",
-                 r ? "" : c->rc->err);
+        log_info("job %s: given back to the queue%s%s", sl->id, r ? "" : ": ", r ? "" : c->rc->err);
         if (r)
             freeReplyObject(r);
         return;
@@ -499,6 +530,34 @@ static int pool_forward(void *ctx, const char *model, int model_index, const flo
                         int length, float *out, double deadline, char *err, size_t errlen)
 {
     return sep_pool_forward(ctx, model, model_index, in, n, length, out, deadline, err, errlen);
+}
+
+/* Whether another live supervisor offers `model` (its heartbeat's models list). */
+static int offered_elsewhere(sep_redis_client *rc, const sep_supervisor_settings *s,
+                             const char *model)
+{
+    char wset[256];
+    key(wset, sizeof(wset), s->prefix, "workers");
+    redisReply *names = sep_redis_client_commandf(rc, "ZRANGE %s 0 -1", wset);
+    int found = 0;
+    for (size_t i = 0; names && names->type == REDIS_REPLY_ARRAY && i < names->elements && !found;
+         i++) {
+        const char *name = reply_str(names->element[i]);
+        if (!name || strcmp(name, s->name) == 0)
+            continue;
+        char wkey[400];
+        snprintf(wkey, sizeof(wkey), "%sworker:%s", s->prefix, name);
+        redisReply *m = sep_redis_client_commandf(rc, "HGET %s models", wkey);
+        const char *list = reply_str(m);
+        size_t ml = strlen(model);
+        for (const char *p = list; p && *p && !found; p = strchr(p, ',') ? strchr(p, ',') + 1 : "")
+            found = strncmp(p, model, ml) == 0 && (p[ml] == ',' || p[ml] == 0);
+        if (m)
+            freeReplyObject(m);
+    }
+    if (names)
+        freeReplyObject(names);
+    return found;
 }
 
 static void *job_thread(void *arg)
@@ -568,7 +627,17 @@ static void *job_thread(void *arg)
         sep_job_execute(&spec, &o);
     }
 
-    if (atomic_load(&sl->lost)) {
+    if (o.code == SEP_JOB_MODEL_UNAVAILABLE && !atomic_load(&sl->lost) &&
+        offered_elsewhere(&rc, &s, sl->model)) {
+        /* another host can run it: give it back (no attempt spent) instead of failing
+         * it for good, and pause so that host gets to claim it first */
+        o.code = SEP_JOB_INTERRUPTED;
+        log_warn("job %s: model %s does not load here (%s); given back for a host that "
+                 "offers it",
+                 sl->id, sl->model, o.message);
+        finish_failed(&c, &o);
+        usleep(1000000);
+    } else if (atomic_load(&sl->lost)) {
         /* the attempt is over: jobexec removed partial files; finished stems go too */
         if (o.code == SEP_JOB_OK)
             remove_stems(dir, &o);
@@ -1069,10 +1138,16 @@ static void list_models(supervisor *sv)
         size_t el = strlen(ext);
         if (len <= el || strcmp(e->d_name + len - el, ext) != 0 || e->d_name[0] == '.')
             continue;
-        if (n + len + 2 >= sizeof(sv->models))
+        if (n + len + 2 >= sizeof(sv->models) || len - el >= 64)
             break;
-        n += (size_t)snprintf(sv->models + n, sizeof(sv->models) - n, "%s%.*s", n ? "," : "",
-                              (int)(len - el), e->d_name);
+        /* only what loads is advertised: a corrupt file is not a model we can run */
+        char name[64], err[300];
+        snprintf(name, sizeof(name), "%.*s", (int)(len - el), e->d_name);
+        if (!sep_pool_model(sv->pool, name, err, sizeof(err))) {
+            log_warn("model %s is not offered: %s", name, err);
+            continue;
+        }
+        n += (size_t)snprintf(sv->models + n, sizeof(sv->models) - n, "%s%s", n ? "," : "", name);
     }
     closedir(d);
 }
