@@ -66,6 +66,8 @@ extern char **environ;
 #define MAX_OUT 2              /* batches in flight per worker */
 #define START_TIMEOUT_S 30.0   /* sep_pool_start waits this long for every READY */
 #define STOP_GRACE_S 2.0       /* STOP, then SIGKILL */
+#define STOP_WAIT_S 5.0        /* a caller's raised stop flag: its batch gets this long */
+#define STOP_POLL_S 0.25       /* how often stop flags are looked at */
 #define BROKEN_AFTER 5         /* consecutive deaths before READY: the worker slot is broken */
 #define DEFAULT_SEGMENT 343980 /* htdemucs / htdemucs_6s: 7.8 s at 44.1 kHz */
 #define DEFAULT_CHANNELS 2
@@ -82,6 +84,8 @@ struct req {
     size_t seg_in, seg_out; /* floats per segment */
     char model[SEP_RING_MODEL_MAX];
     double deadline;
+    const atomic_int *stop; /* the caller's stop flag (NULL: none) */
+    double stop_seen;       /* when it was first seen raised (0: not yet) */
     uint64_t serial;
     int next_seg; /* fresh segments [next_seg, n) not yet dispatched */
     int *rerun;   /* segments re-queued after a worker died */
@@ -695,12 +699,23 @@ static void schedule(sep_pool *p)
     }
 }
 
-/* Deadlines: returns the earliest future deadline (0 = none). */
+/* Deadlines: returns the earliest future deadline (0 = none). A request whose stop
+ * flag was raised gets STOP_WAIT_S to finish, then is treated as past its deadline
+ * (a hung worker must not hold a cancel or a drain until the hard time limit). */
 static double check_deadlines(sep_pool *p, double now)
 {
     double next = 0;
     for (req *r = p->head, *nx; r; r = nx) {
         nx = r->next;
+        if (r->stop) {
+            if (r->stop_seen == 0 && atomic_load(r->stop))
+                r->stop_seen = now;
+            double wake = r->stop_seen ? r->stop_seen + STOP_WAIT_S : now + STOP_POLL_S;
+            if (r->stop_seen && (r->deadline <= 0 || wake < r->deadline))
+                r->deadline = wake;
+            if (!r->stop_seen && (next == 0 || wake < next))
+                next = wake;
+        }
         if (r->deadline <= 0)
             continue;
         if (r->deadline > now) {
@@ -721,8 +736,12 @@ static double check_deadlines(sep_pool *p, double now)
                     break;
                 }
         }
-        finish(p, r, SEP_POOL_ETIME, "deadline passed (%d of %d segments done)",
-               r->n - r->remaining, r->n);
+        if (r->stop_seen)
+            finish(p, r, SEP_POOL_ESTOPPED, "stopped: its batch did not finish within %.0fs",
+                   STOP_WAIT_S);
+        else
+            finish(p, r, SEP_POOL_ETIME, "deadline passed (%d of %d segments done)",
+                   r->n - r->remaining, r->n);
     }
     return next;
 }
@@ -1039,6 +1058,14 @@ void sep_pool_stop(sep_pool *p)
 int sep_pool_forward(sep_pool *p, const char *model, int model_index, const float *in, int n,
                      int length, float *out, double deadline, char *err, size_t errlen)
 {
+    return sep_pool_forward_stoppable(p, model, model_index, in, n, length, out, deadline, NULL,
+                                      err, errlen);
+}
+
+int sep_pool_forward_stoppable(sep_pool *p, const char *model, int model_index, const float *in,
+                               int n, int length, float *out, double deadline,
+                               const atomic_int *stop, char *err, size_t errlen)
+{
     if (!p || !model || n < 0 || (n > 0 && (!in || !out)) || length < 1) {
         set_err(err, errlen, "pool: bad arguments");
         return SEP_POOL_EINVAL;
@@ -1081,6 +1108,7 @@ int sep_pool_forward(sep_pool *p, const char *model, int model_index, const floa
     r.seg_out = seg_out;
     snprintf(r.model, sizeof(r.model), "%s", model);
     r.deadline = deadline;
+    r.stop = stop;
     r.err = err;
     r.errlen = errlen;
     r.rerun = malloc((size_t)n * sizeof(int));

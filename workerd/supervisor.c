@@ -521,15 +521,18 @@ static void finish_failed(job_ctx *c, const sep_job_outcome *o)
     freeReplyObject(r);
 }
 
-static sep_pool *pool_for(const supervisor *sv)
-{
-    return sv->pool;
-}
+/* A job's forwarder: the pool, watching the job's stop flag (cancel, drain). */
+typedef struct {
+    sep_pool *pool;
+    const atomic_int *stop;
+} job_forwarder;
 
 static int pool_forward(void *ctx, const char *model, int model_index, const float *in, int n,
                         int length, float *out, double deadline, char *err, size_t errlen)
 {
-    return sep_pool_forward(ctx, model, model_index, in, n, length, out, deadline, err, errlen);
+    const job_forwarder *f = ctx;
+    return sep_pool_forward_stoppable(f->pool, model, model_index, in, n, length, out, deadline,
+                                      f->stop, err, errlen);
 }
 
 /* Whether another live supervisor offers `model` (its heartbeat's models list). */
@@ -588,11 +591,12 @@ static void *job_thread(void *arg)
     sep_job_outcome o;
     memset(&o, 0, sizeof(o));
     sep_job_spec_init(&spec);
+    job_forwarder dev = {sv->pool, &sl->stop}, cpu = {sv->cpu_pool, &sl->stop};
     spec.forward = pool_forward;
-    spec.forward_ctx = pool_for(sv);
+    spec.forward_ctx = &dev;
     if (sv->cpu_pool) {
         spec.fallback = pool_forward;
-        spec.fallback_ctx = sv->cpu_pool;
+        spec.fallback_ctx = &cpu;
     }
     spec.model = sep_pool_model(sv->pool, sl->model, err, sizeof(err));
     spec.model_name = sl->model;
