@@ -12,6 +12,7 @@ only from final states, so "completed once" means one execution that finished.
     /usr/bin/python3 tests/workerd/test_workerd.py [case-name-substring ...]
 """
 
+import glob
 import io
 import math
 import os
@@ -541,6 +542,27 @@ def inspect_and_purge(svc):
     out = tool("inspect")
     expect("insp" in out and job_id in out, "worker and running job in inspect", out)
     return "inspect + purge --queued (4 jobs)"
+
+
+# regressions: one script per defect a review reproduced (tests/workerd/regress/NN_*.py)
+REGRESS = os.path.join(HERE, "regress")
+
+
+def regression_case(path):
+    def run(_unused):
+        res = subprocess.run([sys.executable, path], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=240)
+        verdict = [l for l in res.stdout.splitlines() if l.startswith(("PASS", "FAIL"))]
+        expect(res.returncode == 0 and verdict and verdict[-1].startswith("PASS"),
+               "%s: %s" % (os.path.basename(path), verdict[-1:] or "no verdict"),
+               res.stdout[-3000:])
+        return verdict[-1][len("PASS: "):]
+    run.__name__ = "regress_" + os.path.basename(path)[:-3]
+    return cases.case(run)
+
+
+for _path in sorted(glob.glob(os.path.join(REGRESS, "[0-9][0-9]_*.py"))):
+    regression_case(_path)
 
 
 def main(argv):
