@@ -56,6 +56,8 @@ def main():
         print("ok   an untagged prefix (sep:) is refused: %s" % refusal.split(".")[0])
 
         ran, failed = test_regressions.run_cases(server)
+        # the untagged-prefix check, the regression cases, then the model run
+        print("CASES: %d passed, %d failed, 0 skipped" % (1 + ran - failed, failed))
         if failed:
             print("FAIL: %d of %d regression cases on the Cluster" % (failed, ran))
             return 1

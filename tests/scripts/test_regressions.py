@@ -415,6 +415,7 @@ def run_cases(server, wanted=()):
 def main(argv):
     with RedisServer() as server:
         ran, failed = run_cases(server, argv[1:])
+    print("CASES: %d passed, %d failed, 0 skipped" % (ran - failed, failed))
     if failed:
         print("FAIL: %d of %d cases" % (failed, ran))
         return 1
