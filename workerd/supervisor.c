@@ -102,7 +102,8 @@ struct supervisor {
     job_slot slots[MAX_SLOTS];
     atomic_long jobs_done, jobs_failed;
     int draining;
-    int unclaimed; /* an entry was delivered to us with no slot free for it */
+    int unclaimed;          /* an entry was delivered to us with no slot free for it */
+    char orphan_cursor[64]; /* the last spool directory the orphan sweep looked at */
     double drain_deadline;
     char models[512]; /* comma-separated names in models_dir (heartbeat) */
 };
@@ -1024,36 +1025,65 @@ static void promote(supervisor *sv)
 
 /* Spool directories whose job has no record, older than orphan_age (an upload whose
  * submit never happened, a record that expired before the janitor saw it). */
+#define ORPHAN_BATCH 500
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 static void remove_orphans(supervisor *sv)
 {
+    /* A pass looks at the next ORPHAN_BATCH job directories after the last one looked
+     * at, in name order (ids are random: a fair sample of the spool), and wraps around,
+     * so every directory is reached however many there are. */
     DIR *d = opendir(sv->s->spool);
     if (!d)
         return;
+    size_t cap = 0, n = 0;
+    char **names = NULL;
     struct dirent *e;
-    int checked = 0;
+    while ((e = readdir(d))) {
+        /* ".incoming" (nginx's body temp files) and anything not a job's are left */
+        if (!id_ok(e->d_name) || strcmp(e->d_name, sv->orphan_cursor) <= 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 256;
+            char **more = realloc(names, cap * sizeof(*names));
+            if (!more)
+                break;
+            names = more;
+        }
+        if (!(names[n] = strdup(e->d_name)))
+            break;
+        n++;
+    }
+    closedir(d);
+    qsort(names, n, sizeof(*names), cmp_names);
+    size_t take = n < ORPHAN_BATCH ? n : ORPHAN_BATCH;
     time_t now = time(NULL);
-    while ((e = readdir(d)) && checked < 1000) {
-        if (!id_ok(e->d_name))
-            continue; /* ".incoming" (nginx's body temp files) and anything not a job's */
-        checked++;
+    for (size_t i = 0; i < take; i++) {
         char path[1400];
         struct stat st;
-        snprintf(path, sizeof(path), "%s/%s", sv->s->spool, e->d_name);
+        snprintf(path, sizeof(path), "%s/%s", sv->s->spool, names[i]);
+        snprintf(sv->orphan_cursor, sizeof(sv->orphan_cursor), "%s", names[i]);
         if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) ||
             difftime(now, st.st_mtime) < sv->s->orphan_age)
             continue;
         char jkey[256];
-        snprintf(jkey, sizeof(jkey), "%sjob:%s", sv->s->prefix, e->d_name);
+        snprintf(jkey, sizeof(jkey), "%sjob:%s", sv->s->prefix, names[i]);
         redisReply *r = sep_redis_client_commandf(&sv->rc, "EXISTS %s", jkey);
         if (!r)
             break;
-        if (r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
-            if (remove_tree(path) == 0)
-                log_info("job %s: orphaned spool directory removed", e->d_name);
-        }
+        if (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && remove_tree(path) == 0)
+            log_info("job %s: orphaned spool directory removed", names[i]);
         freeReplyObject(r);
     }
-    closedir(d);
+    if (take == n) /* the end of the spool: the next pass starts from the beginning */
+        sv->orphan_cursor[0] = 0;
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
 }
 
 static void janitor(supervisor *sv, char (*removed)[64], int *n_removed)
@@ -1279,6 +1309,7 @@ int sep_supervisor_run(sep_supervisor_settings *s,
                     s->hard_time_limit = next.hard_time_limit;
                     s->drain_timeout = next.drain_timeout;
                     s->janitor_interval = next.janitor_interval;
+                    s->orphan_age = next.orphan_age;
                     s->retry_backoff_base_ms = next.retry_backoff_base_ms;
                     s->retry_backoff_max_ms = next.retry_backoff_max_ms;
                     s->dead_max = next.dead_max;
