@@ -34,11 +34,12 @@
 
 #include "models/util.h"
 #include "shared/sep_id.h"
+#include "shared/sep_keys.h"
 #include "workerd/jobexec.h"
 #include "workerd/pool.h"
 #include "workerd/redis_client.h"
 
-#define JOB_KEYS 8
+#define JOB_KEYS SEP_JOB_KEYS
 #define MAX_SLOTS 64
 
 /* ---- logging: one line per event, with the job id where there is one ---------- */
@@ -122,19 +123,18 @@ static void on_signal(int sig)
 /* ---- keys ------------------------------------------------------------------------- */
 
 typedef struct {
-    char buf[JOB_KEYS][256];
+    sep_job_keys_t keys;
     const char *k[JOB_KEYS];
 } job_keys;
 
-/* KEYS of every job script, in the order of shared/README.md. */
+/* KEYS of every job script, in the order of shared/README.md (shared/sep_keys.h). */
 static void make_job_keys(job_keys *jk, const char *prefix, const char *id)
 {
-    static const char *const tails[JOB_KEYS] = {"job:",    "stats",   "q:high", "q:normal",
-                                                "delayed", "running", "expiry", "dead"};
-    for (int i = 0; i < JOB_KEYS; i++) {
-        snprintf(jk->buf[i], sizeof(jk->buf[i]), "%s%s%s", prefix, tails[i], i == 0 ? id : "");
-        jk->k[i] = jk->buf[i];
-    }
+    sep_str_t p = {prefix, strlen(prefix)}, i = {id, strlen(id)};
+    if (sep_job_keys(&jk->keys, p, i) != 0)
+        memset(&jk->keys, 0, sizeof(jk->keys)); /* the scripts refuse empty keys */
+    for (int n = 0; n < JOB_KEYS; n++)
+        jk->k[n] = jk->keys.key[n];
 }
 
 static void key(char *buf, size_t cap, const char *prefix, const char *tail)
