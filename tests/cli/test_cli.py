@@ -612,15 +612,28 @@ def test_odd_inputs(env, sanitized):
     check(ok, f"case 7: a {len(hdr + data)}-byte 1 Hz WAV separates"
           f"{'' if sanitized else ' within 4 GiB of address space'} ({r.stderr.strip()})")
 
-    if os.geteuid() == 0:
-        skip("case 7: permission denied message (running as root)")
-    else:
-        shutil.copy(env.path("good.wav"), env.path("locked.wav"))
-        os.chmod(env.path("locked.wav"), 0)
-        r = env.separate("-o", "err", "locked.wav")
-        check(r.returncode == 1 and "Permission denied" in r.stderr
+    # an unreadable input: as root, run workerd as nobody in a world-writable folder
+    as_root = os.geteuid() == 0
+    room = tempfile.mkdtemp(prefix="sep-cli-perm-")
+    try:
+        os.chmod(room, 0o777)
+        shutil.copy(env.model, os.path.join(room, "m.safetensors"))
+        os.chmod(os.path.join(room, "m.safetensors"), 0o644)
+        shutil.copy(env.path("good.wav"), os.path.join(room, "locked.wav"))
+        os.chmod(os.path.join(room, "locked.wav"), 0)
+
+        def as_nobody():
+            os.setgid(65534)
+            os.setuid(65534)
+
+        r = env.separate("-o", os.path.join(room, "out"), "locked.wav",
+                         model=os.path.join(room, "m.safetensors"), cwd=room,
+                         preexec=as_nobody if as_root else None)
+        check(r.returncode == 1 and "cannot open 'locked.wav': Permission denied" in r.stderr
               and "not a supported" not in r.stderr,
               f"case 7: an unreadable file is reported as permission denied ({r.stderr.strip()})")
+    finally:
+        shutil.rmtree(room, ignore_errors=True)
 
 
 def main():
