@@ -25,7 +25,8 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := build-essential pkg-config curl bc python3 python3-redis python3-hypothesis \
             nginx-core nginx-dev libpcre2-dev libpcre3-dev zlib1g-dev libssl-dev \
             redis-server libhiredis-dev libjansson-dev libcmocka-dev \
-            libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev wrk python3-numpy
+            libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev wrk python3-numpy \
+            clang-14 libclang-rt-14-dev
 # The PyTorch reference (fixtures, full-size parity check, benchmarks).
 APT_REF_PKGS := python3-torch python3-torchaudio libopenblas0-pthread python3-venv \
                 python3-numpy python3-yaml python3-tqdm
@@ -39,6 +40,7 @@ include models/models.mk
 include workerd/workerd.mk
 include ngx_module/module.mk
 include tests/tests.mk
+include tests/fuzz/fuzz.mk
 include bench/bench.mk
 
 .PHONY: all deps deps-reference test run stop clean format

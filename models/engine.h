@@ -25,6 +25,8 @@
 #define SEP_MAX_SOURCES 8
 #define SEP_MAX_BAG 8
 #define SEP_NAME_MAX 64
+#define SEP_SOURCE_NAME_MAX 31            /* source names: [A-Za-z0-9_-]{1,31} */
+#define SEP_MAX_SEGMENT_SAMPLES (1 << 24) /* metadata segment_samples cap */
 
 typedef struct sep_model sep_model;
 typedef struct sep_engine sep_engine;
@@ -43,9 +45,14 @@ typedef struct {
 } sep_model_info;
 
 /* Loads a .safetensors weights file (see models/FORMAT.md). Any missing tensor or
- * shape mismatch fails with a message naming the tensor. */
+ * shape mismatch fails with a message naming the tensor; metadata and
+ * hyperparameters outside the rules of models/FORMAT.md ("Validation") fail naming
+ * the field, its value and the rule. */
 sep_model *sep_model_load(const char *path, char *err, size_t errlen);
 const sep_model_info *sep_model_get_info(const sep_model *m);
+/* 0 when `name` is a valid source name ([A-Za-z0-9_-]{1,31}), else -1 with
+ * 'source name "NAME": must match [A-Za-z0-9_-]{1,31}' in err. */
+int sep_check_source_name(const char *name, char *err, size_t errlen);
 /* Index of a source by name, or -1. */
 int sep_model_source_index(const sep_model *m, const char *name);
 /* Prints the file's metadata and each network's hyperparameters. */

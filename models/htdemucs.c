@@ -16,9 +16,11 @@
 #include "models/htdemucs.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -72,21 +74,64 @@ static double kw_double(kw_reader *r, const char *key)
     return d;
 }
 
-static int kw_int(kw_reader *r, const char *key)
+/* A value for messages: integers without a fraction, others as %g. */
+static void fmt_value(char *buf, size_t len, double v)
+{
+    if (v == floor(v) && fabs(v) < 1e15)
+        snprintf(buf, len, "%.0f", v);
+    else
+        snprintf(buf, len, "%g", v);
+}
+
+__attribute__((format(printf, 4, 5))) static void kw_fail(kw_reader *r, const char *key, double v,
+                                                          const char *rule, ...)
+{
+    if (r->failed)
+        return;
+    char value[48], why[256];
+    fmt_value(value, sizeof(value), v);
+    va_list ap;
+    va_start(ap, rule);
+    vsnprintf(why, sizeof(why), rule, ap);
+    va_end(ap);
+    snprintf(r->err, r->errlen, "hyperparameter %s = %s: %s", key, value, why);
+    r->failed = 1;
+}
+
+/* An integer in [lo, hi]; the range is checked on the JSON number, before any cast. */
+static int kw_int_in(kw_reader *r, const char *key, int lo, int hi)
 {
     double d = kw_double(r, key);
-    if (!r->failed && d != floor(d)) {
-        snprintf(r->err, r->errlen, "model kwargs: \"%s\" = %g is not an integer", key, d);
-        r->failed = 1;
+    if (r->failed)
+        return lo;
+    if (d != floor(d) || d < lo || d > hi) {
+        kw_fail(r, key, d, "must be an integer in [%d, %d]", lo, hi);
+        return lo;
     }
     return (int)d;
 }
 
 /* null counts as 0 (e.g. channels_time). */
-static int kw_int_or_null(kw_reader *r, const char *key)
+static int kw_int_or_null_in(kw_reader *r, const char *key, int lo, int hi)
 {
     json_t *v = kw_get(r, key);
-    return v && json_is_null(v) ? 0 : kw_int(r, key);
+    return v && json_is_null(v) ? 0 : kw_int_in(r, key, lo, hi);
+}
+
+/* A finite number in (lo, hi] (open_lo) or [lo, hi]. */
+static double kw_real_in(kw_reader *r, const char *key, double lo, double hi, int open_lo)
+{
+    double d = kw_double(r, key);
+    if (r->failed)
+        return d;
+    if (!isfinite(d) || (open_lo ? d <= lo : d < lo) || d > hi) {
+        char l[48], h[48];
+        fmt_value(l, sizeof(l), lo);
+        fmt_value(h, sizeof(h), hi);
+        kw_fail(r, key, d, "must be a number in %s%s, %s]", open_lo ? "(" : "[", l, h);
+        return open_lo ? hi : lo;
+    }
+    return d;
 }
 
 static int kw_unsupported(kw_reader *r, const char *what)
@@ -98,12 +143,179 @@ static int kw_unsupported(kw_reader *r, const char *what)
     return -1;
 }
 
+/* A channel count computed in double (growth products), checked before the cast. */
+static int check_count(kw_reader *r, const char *key, double keyval, double count, const char *what,
+                       int layer)
+{
+    if (r->failed)
+        return 1;
+    if (!(count >= 1 && count <= HTD_MAX_CHANNELS)) {
+        char c[48];
+        fmt_value(c, sizeof(c), count);
+        kw_fail(r, key, keyval, "%s %d would have %s channels, every count must be in [1, %d]",
+                what, layer, c, HTD_MAX_CHANNELS);
+        return 1;
+    }
+    return 0;
+}
+
+static void check_groups(kw_reader *r, const htd_hparams *hp, int64_t channels, const char *what,
+                         int layer)
+{
+    if (!r->failed && channels % hp->norm_groups != 0)
+        kw_fail(r, "norm_groups", hp->norm_groups,
+                "must divide the channel count of every normalized layer (%s %d has %lld)", what,
+                layer, (long long)channels);
+}
+
+static void check_dconv(kw_reader *r, const htd_hparams *hp, int64_t channels, const char *what,
+                        int layer)
+{
+    if (r->failed || hp->dconv_depth == 0)
+        return;
+    double hidden = floor((double)channels / hp->dconv_comp);
+    if (!(hidden >= 1 && hidden <= HTD_MAX_CHANNELS)) {
+        char h[48];
+        fmt_value(h, sizeof(h), hidden);
+        kw_fail(r, "dconv_comp", hp->dconv_comp,
+                "the DConv of %s %d would have %s hidden channels (%lld / dconv_comp), it needs "
+                "[1, %d]",
+                what, layer, h, (long long)channels, HTD_MAX_CHANNELS);
+    }
+}
+
+/* The structure htd_build makes, walked with 64-bit counts: every layer's channel
+ * count in [1, HTD_MAX_CHANNELS], norm_groups dividing every GroupNorm'd count, the
+ * DConv hidden sizes, the frequency axis halving as the decoder expects, and the
+ * transformer's dimensions. Mirrored by models/convert_lib/htdemucs_args.py. */
+static void check_structure(kw_reader *r, const htd_hparams *hp)
+{
+    int64_t S = hp->n_sources, C = hp->audio_channels;
+    int64_t chin = C, chin_z = 2 * C;
+    double chout = hp->channels_time ? hp->channels_time : hp->channels;
+    double chout_z = hp->channels;
+    int64_t freqs = hp->nfft / 2;
+    if (check_count(r, "audio_channels", (double)C, (double)(2 * C * S), "the output layer", 0))
+        return;
+    for (int index = 0; index < hp->depth && !r->failed; index++) {
+        int norm = index >= hp->norm_starts;
+        int freq = freqs > 1;
+        int ker = freq ? hp->kernel_size : 2 * hp->time_stride;
+        int stri = freq ? hp->stride : hp->time_stride;
+        int pad = 1, last_freq = 0;
+        if (freq && freqs <= hp->kernel_size) {
+            ker = (int)freqs;
+            pad = 0;
+            last_freq = 1;
+        }
+        if (last_freq) {
+            chout_z = chout > chout_z ? chout : chout_z;
+            chout = chout_z;
+        }
+        if (check_count(r, "growth", hp->growth, chout_z, "encoder layer", index) ||
+            check_count(r, "growth", hp->growth, chout, "time encoder layer", index))
+            return;
+        int64_t cz = (int64_t)chout_z, ct = (int64_t)chout;
+        if (freq && !last_freq) {
+            /* conv (ker, stride, pad ker/4) must map freqs to freqs / stride, and the
+             * decoder's transposed conv back again */
+            int64_t p = ker / 4;
+            int64_t out = freqs + 2 * p >= ker ? (freqs + 2 * p - ker) / stri + 1 : 0;
+            if (freqs % stri != 0 || out != freqs / stri ||
+                (out - 1) * stri + ker - 2 * p != freqs) {
+                kw_fail(r, "kernel_size", hp->kernel_size,
+                        "with stride %d, encoder layer %d maps %lld frequency bins to %lld, "
+                        "not %lld / %d (and back)",
+                        stri, index, (long long)freqs, (long long)out, (long long)freqs, stri);
+                return;
+            }
+        }
+        (void)pad;
+        if (norm) {
+            check_groups(r, hp, cz, "encoder layer", index);
+            if (hp->rewrite)
+                check_groups(r, hp, 2 * cz, "encoder layer", index);
+        }
+        if (hp->dconv_mode & 1)
+            check_dconv(r, hp, cz, "encoder layer", index);
+        if (freq && !last_freq) {
+            if (norm) {
+                check_groups(r, hp, ct, "time encoder layer", index);
+                if (hp->rewrite)
+                    check_groups(r, hp, 2 * ct, "time encoder layer", index);
+            }
+            if (hp->dconv_mode & 1)
+                check_dconv(r, hp, ct, "time encoder layer", index);
+        }
+        if (index == 0) {
+            chin = C * S;
+            chin_z = 2 * chin;
+        }
+        /* decoder layer: chout_z -> chin_z; norm2 over its output, norm1 over 2 * input */
+        if (norm) {
+            check_groups(r, hp, chin_z, "decoder layer", hp->depth - 1 - index);
+            if (hp->rewrite)
+                check_groups(r, hp, 2 * cz, "decoder layer", hp->depth - 1 - index);
+        }
+        if (hp->dconv_mode & 2)
+            check_dconv(r, hp, cz, "decoder layer", hp->depth - 1 - index);
+        if (freq) {
+            if (norm)
+                check_groups(r, hp, chin, "time decoder layer", index);
+            if (!last_freq) {
+                if (norm && hp->rewrite)
+                    check_groups(r, hp, 2 * ct, "time decoder layer", index);
+                if (hp->dconv_mode & 2)
+                    check_dconv(r, hp, ct, "time decoder layer", index);
+            }
+        }
+        chin = ct;
+        chin_z = cz;
+        chout = floor(hp->growth * (double)ct);
+        chout_z = floor(hp->growth * (double)cz);
+        if (freq)
+            freqs = freqs <= hp->kernel_size ? 1 : freqs / hp->stride;
+    }
+    if (r->failed)
+        return;
+    double tc = floor((double)hp->channels * pow(hp->growth, hp->depth - 1));
+    if (check_count(r, "growth", hp->growth, tc, "the transformer input", 0))
+        return;
+    if ((hp->t_layers > 0 || hp->bottom_channels) &&
+        ((int64_t)tc != chin_z || (int64_t)tc != chin)) {
+        kw_fail(r, "growth", hp->growth,
+                "the transformer takes channels * growth^(depth - 1) = %lld channels, the last "
+                "encoder layers give %lld and %lld",
+                (long long)tc, (long long)chin_z, (long long)chin);
+        return;
+    }
+    if (hp->bottom_channels)
+        tc = hp->bottom_channels;
+    if (hp->t_layers > 0) {
+        int64_t t = (int64_t)tc;
+        if (t % hp->t_heads != 0 || t % 4 != 0) {
+            kw_fail(r, "t_heads", hp->t_heads,
+                    "the transformer dimension %lld must be a multiple of 4 and of t_heads",
+                    (long long)t);
+            return;
+        }
+        double hidden = floor(tc * hp->t_hidden_scale);
+        if (!(hidden >= 1 && hidden <= 4 * HTD_MAX_CHANNELS)) {
+            char h[48];
+            fmt_value(h, sizeof(h), hidden);
+            kw_fail(r, "t_hidden_scale", hp->t_hidden_scale,
+                    "the transformer's hidden size would be %s, it needs [1, %d]", h,
+                    4 * HTD_MAX_CHANNELS);
+        }
+    }
+}
+
 int htd_parse_hparams(htd_hparams *hp, const char *kwargs_json, int n_sources, char *err,
                       size_t errlen)
 {
     memset(hp, 0, sizeof(*hp));
     json_error_t jerr;
-    json_t *obj = json_loads(kwargs_json, 0, &jerr);
+    json_t *obj = json_loads(kwargs_json, JSON_REJECT_DUPLICATES, &jerr);
     if (!obj || !json_is_object(obj)) {
         snprintf(err, errlen, "model kwargs: %s", obj ? "not an object" : jerr.text);
         json_decref(obj);
@@ -118,42 +330,51 @@ int htd_parse_hparams(htd_hparams *hp, const char *kwargs_json, int n_sources, c
         json_decref(obj);
         return -1;
     }
-    hp->audio_channels = kw_int(&r, "audio_channels");
-    hp->channels = kw_int(&r, "channels");
-    hp->channels_time = kw_int_or_null(&r, "channels_time");
-    hp->growth = kw_double(&r, "growth");
-    hp->nfft = kw_int(&r, "nfft");
-    hp->cac = kw_int(&r, "cac");
-    hp->depth = kw_int(&r, "depth");
-    hp->rewrite = kw_int(&r, "rewrite");
-    hp->freq_emb = kw_double(&r, "freq_emb");
-    hp->emb_scale = kw_double(&r, "emb_scale");
-    hp->kernel_size = kw_int(&r, "kernel_size");
-    hp->time_stride = kw_int(&r, "time_stride");
-    hp->stride = kw_int(&r, "stride");
-    hp->context = kw_int(&r, "context");
-    hp->context_enc = kw_int(&r, "context_enc");
-    hp->norm_starts = kw_int(&r, "norm_starts");
-    hp->norm_groups = kw_int(&r, "norm_groups");
-    hp->dconv_mode = kw_int(&r, "dconv_mode");
-    hp->dconv_depth = kw_int(&r, "dconv_depth");
-    hp->dconv_comp = kw_double(&r, "dconv_comp");
-    hp->bottom_channels = kw_int(&r, "bottom_channels");
-    hp->t_layers = kw_int(&r, "t_layers");
-    hp->t_hidden_scale = kw_double(&r, "t_hidden_scale");
-    hp->t_heads = kw_int(&r, "t_heads");
-    hp->t_norm_in = kw_int(&r, "t_norm_in");
-    hp->t_norm_first = kw_int(&r, "t_norm_first");
-    hp->t_norm_out = kw_int(&r, "t_norm_out");
-    hp->t_max_period = kw_double(&r, "t_max_period");
-    hp->t_layer_scale = kw_int(&r, "t_layer_scale");
-    hp->t_gelu = kw_int(&r, "t_gelu");
-    hp->t_weight_pos_embed = kw_double(&r, "t_weight_pos_embed");
-    hp->t_cape_mean_normalize = kw_int(&r, "t_cape_mean_normalize");
-    hp->t_cross_first = kw_int(&r, "t_cross_first");
-    hp->samplerate = kw_int(&r, "samplerate");
-    hp->segment = kw_double(&r, "segment");
-    hp->use_train_segment = kw_int(&r, "use_train_segment");
+    /* every count >= 1 (or a documented 0) and under a cap (htdemucs.h) */
+    hp->audio_channels = kw_int_in(&r, "audio_channels", 1, HTD_MAX_AUDIO_CHANNELS);
+    hp->channels = kw_int_in(&r, "channels", 1, HTD_MAX_CHANNELS);
+    hp->channels_time = kw_int_or_null_in(&r, "channels_time", 0, HTD_MAX_CHANNELS);
+    hp->growth = kw_real_in(&r, "growth", 0, HTD_MAX_GROWTH, 1);
+    hp->nfft = kw_int_in(&r, "nfft", 16, HTD_MAX_NFFT);
+    hp->cac = kw_int_in(&r, "cac", 0, 1);
+    hp->depth = kw_int_in(&r, "depth", 1, HTD_MAX_DEPTH);
+    hp->rewrite = kw_int_in(&r, "rewrite", 0, 1);
+    hp->freq_emb = kw_real_in(&r, "freq_emb", -1e6, 1e6, 0);
+    hp->emb_scale = kw_real_in(&r, "emb_scale", -1e6, 1e6, 0);
+    hp->kernel_size = kw_int_in(&r, "kernel_size", 1, HTD_MAX_KERNEL);
+    hp->time_stride = kw_int_in(&r, "time_stride", 1, HTD_MAX_STRIDE);
+    hp->stride = kw_int_in(&r, "stride", 1, HTD_MAX_STRIDE);
+    hp->context = kw_int_in(&r, "context", 0, HTD_MAX_CONTEXT);
+    hp->context_enc = kw_int_in(&r, "context_enc", 0, HTD_MAX_CONTEXT);
+    hp->norm_starts = kw_int_in(&r, "norm_starts", 0, HTD_MAX_NORM_STARTS);
+    hp->norm_groups = kw_int_in(&r, "norm_groups", 1, HTD_MAX_CHANNELS);
+    hp->dconv_mode = kw_int_in(&r, "dconv_mode", 0, 3);
+    hp->dconv_depth = kw_int_in(&r, "dconv_depth", -HTD_MAX_DCONV, HTD_MAX_DCONV);
+    hp->dconv_comp = kw_real_in(&r, "dconv_comp", 0, HTD_MAX_CHANNELS, 1);
+    hp->bottom_channels = kw_int_in(&r, "bottom_channels", 0, HTD_MAX_CHANNELS);
+    hp->t_layers = kw_int_in(&r, "t_layers", 0, HTD_MAX_TLAYERS);
+    int tl = hp->t_layers > 0;
+    /* the transformer's settings only matter when there is one */
+    hp->t_hidden_scale =
+        tl ? kw_real_in(&r, "t_hidden_scale", 0, 64, 1) : kw_double(&r, "t_hidden_scale");
+    double heads = kw_double(&r, "t_heads");
+    if (tl)
+        hp->t_heads = kw_int_in(&r, "t_heads", 1, HTD_MAX_HEADS);
+    else
+        hp->t_heads = heads >= 1 && heads <= HTD_MAX_HEADS ? (int)heads : 0;
+    hp->t_norm_in = kw_int_in(&r, "t_norm_in", 0, 1);
+    hp->t_norm_first = kw_int_in(&r, "t_norm_first", 0, 1);
+    hp->t_norm_out = kw_int_in(&r, "t_norm_out", 0, INT_MAX);
+    hp->t_max_period =
+        tl ? kw_real_in(&r, "t_max_period", 0, 1e12, 1) : kw_double(&r, "t_max_period");
+    hp->t_layer_scale = kw_int_in(&r, "t_layer_scale", 0, 1);
+    hp->t_gelu = kw_int_in(&r, "t_gelu", 0, 1);
+    hp->t_weight_pos_embed = kw_real_in(&r, "t_weight_pos_embed", -1e6, 1e6, 0);
+    hp->t_cape_mean_normalize = kw_int_in(&r, "t_cape_mean_normalize", 0, 1);
+    hp->t_cross_first = kw_int_in(&r, "t_cross_first", 0, 1);
+    hp->samplerate = kw_int_in(&r, "samplerate", 1, HTD_MAX_SAMPLERATE);
+    hp->segment = kw_real_in(&r, "segment", 0, HTD_MAX_SEGMENT, 1);
+    hp->use_train_segment = kw_int_in(&r, "use_train_segment", 0, 1);
 
     json_t *emb = kw_get(&r, "t_emb");
     if (emb && !json_is_string(emb))
@@ -171,25 +392,23 @@ int htd_parse_hparams(htd_hparams *hp, const char *kwargs_json, int n_sources, c
         if (hp->t_layers > 0) {
             if (strcmp(hp->t_emb, "sin") != 0 && strcmp(hp->t_emb, "cape") != 0)
                 kw_unsupported(&r, "t_emb other than \"sin\" or \"cape\"");
-            if (kw_int(&r, "t_sparse_self_attn") || kw_int(&r, "t_sparse_cross_attn"))
+            if (kw_int_in(&r, "t_sparse_self_attn", 0, INT_MAX) ||
+                kw_int_in(&r, "t_sparse_cross_attn", 0, INT_MAX))
                 kw_unsupported(&r, "sparse attention (t_sparse_*_attn)");
-            if (kw_int(&r, "t_group_norm"))
+            if (kw_int_in(&r, "t_group_norm", 0, INT_MAX))
                 kw_unsupported(&r, "t_group_norm");
-            if (!hp->t_norm_in && kw_int(&r, "t_norm_in_group"))
+            if (!hp->t_norm_in && kw_int_in(&r, "t_norm_in_group", 0, INT_MAX))
                 kw_unsupported(&r, "t_norm_in_group");
-            if (kw_int(&r, "t_sin_random_shift"))
+            if (kw_int_in(&r, "t_sin_random_shift", 0, INT_MAX))
                 kw_unsupported(&r, "t_sin_random_shift (random positions at inference)");
             if (hp->t_norm_out > 1)
                 kw_unsupported(&r, "t_norm_out with more than one group");
         }
-        if (hp->depth < 1 || hp->depth > HTD_MAX_DEPTH)
-            kw_unsupported(&r, "depth outside 1..8");
-        if (abs(hp->dconv_depth) > HTD_MAX_DCONV)
-            kw_unsupported(&r, "dconv_depth beyond 4");
-        if (hp->t_layers < 0 || hp->t_layers > HTD_MAX_TLAYERS)
-            kw_unsupported(&r, "t_layers beyond 16");
-        if (hp->nfft < 16 || (hp->nfft & (hp->nfft - 1)))
-            kw_unsupported(&r, "nfft that is not a power of two >= 16");
+        if (!r.failed && (hp->nfft & (hp->nfft - 1)))
+            kw_fail(&r, "nfft", hp->nfft, "must be a power of two in [16, %d]", HTD_MAX_NFFT);
+        if (!r.failed && hp->n_sources < 1)
+            kw_fail(&r, "sources", hp->n_sources, "needs at least one source");
+        check_structure(&r, hp);
     }
     json_decref(obj);
     return r.failed ? -1 : 0;

@@ -18,6 +18,18 @@
 #define HTD_MAX_DEPTH 8
 #define HTD_MAX_DCONV 4
 #define HTD_MAX_TLAYERS 16
+/* Caps of the hyperparameter check (htd_parse_hparams; models/FORMAT.md lists them). */
+#define HTD_MAX_AUDIO_CHANNELS 8
+#define HTD_MAX_CHANNELS 16384 /* any layer's channel count, computed in 64 bits */
+#define HTD_MAX_GROWTH 16
+#define HTD_MAX_NFFT 65536
+#define HTD_MAX_KERNEL 64
+#define HTD_MAX_STRIDE 64
+#define HTD_MAX_CONTEXT 16
+#define HTD_MAX_NORM_STARTS 64
+#define HTD_MAX_HEADS 64
+#define HTD_MAX_SAMPLERATE 768000
+#define HTD_MAX_SEGMENT 3600 /* seconds */
 
 /* HTDemucs.__init__ arguments the network depends on (the rest are training-only). */
 typedef struct {
@@ -127,7 +139,12 @@ typedef const float *(*htd_tensor_fn)(void *ud, const char *name, int ndim, cons
                                       char *err, size_t errlen);
 
 /* Parses a JSON kwargs object (text) into hparams; fails on a missing key or an
- * option this engine does not implement, naming it. */
+ * option this engine does not implement, naming it. Then validates the whole
+ * description before anything is allocated: every count >= 1 and under its cap
+ * (HTD_MAX_*), the channel progression (growth) computed in 64 bits and capped,
+ * norm_groups dividing every GroupNorm'd channel count, the frequency axis mapping
+ * onto itself through each encoder/decoder pair, the transformer's sizes. Messages:
+ * "hyperparameter NAME = VALUE: RULE" (the converter words them the same). */
 int htd_parse_hparams(htd_hparams *hp, const char *kwargs_json, int n_sources, char *err,
                       size_t errlen);
 void htd_print_hparams(const htd_hparams *hp, FILE *out);

@@ -6,8 +6,15 @@
  * is built against the mapped tensors, which checks every tensor's presence and
  * shape (the error names the tensor); a tensor the structure does not use is an
  * error too, since it means the file and the hyperparameters disagree.
+ *
+ * Nothing the metadata says is trusted: integers are range-checked before any cast,
+ * source names (they become stem file names) must match [A-Za-z0-9_-]{1,31} and be
+ * distinct, the JSON values refuse duplicate keys, and htd_parse_hparams validates
+ * each network's description before a structure is built.
  */
+#include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,16 +62,64 @@ static const float *host_tensor(void *ud, const char *name, int ndim, const int 
     return t ? t->data : NULL;
 }
 
-static int meta_int(const st_file *f, const char *key, int *out, char *err, size_t errlen)
+/* A decimal integer in [lo, hi], checked before the cast. */
+static int meta_int(const st_file *f, const char *key, int lo, int hi, int *out, char *err,
+                    size_t errlen)
 {
     const char *v = st_meta(f, key);
     char *end = NULL;
-    long x = v ? strtol(v, &end, 10) : 0;
+    errno = 0;
+    long long x = v ? strtoll(v, &end, 10) : 0;
     if (!v || end == v || *end) {
         snprintf(err, errlen, "metadata \"%s\" %s", key, v ? "is not an integer" : "is missing");
         return -1;
     }
+    if (errno == ERANGE || x < lo || x > hi) {
+        snprintf(err, errlen, "metadata \"%s\" = %.40s: must be an integer in [%d, %d]", key, v, lo,
+                 hi);
+        return -1;
+    }
     *out = (int)x;
+    return 0;
+}
+
+/* `s` for a message: printable ASCII kept (quotes and backslashes escaped), the rest
+ * as \xHH, cut at 48 characters. */
+static void quote_name(const char *s, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (size_t i = 0; s[i] && o + 5 < outlen; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (i >= 48) {
+            o += (size_t)snprintf(out + o, outlen - o, "...");
+            break;
+        }
+        if (c == '"' || c == '\\')
+            o += (size_t)snprintf(out + o, outlen - o, "\\%c", c);
+        else if (c < 0x20 || c > 0x7e)
+            o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", c);
+        else
+            out[o++] = (char)c;
+    }
+    out[o < outlen ? o : outlen - 1] = '\0';
+}
+
+int sep_check_source_name(const char *name, char *err, size_t errlen)
+{
+    size_t n = strlen(name);
+    int ok = n >= 1 && n <= SEP_SOURCE_NAME_MAX;
+    for (size_t i = 0; ok && i < n; i++) {
+        char c = name[i];
+        ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+             c == '_' || c == '-';
+    }
+    if (!ok) {
+        char q[256];
+        quote_name(name, q, sizeof(q));
+        snprintf(err, errlen, "source name \"%s\": must match [A-Za-z0-9_-]{1,%d}", q,
+                 SEP_SOURCE_NAME_MAX);
+        return -1;
+    }
     return 0;
 }
 
@@ -76,7 +131,7 @@ static json_t *meta_json(const st_file *f, const char *key, char *err, size_t er
         return NULL;
     }
     json_error_t jerr;
-    json_t *j = json_loads(v, 0, &jerr);
+    json_t *j = json_loads(v, JSON_REJECT_DUPLICATES, &jerr);
     if (!j)
         snprintf(err, errlen, "metadata \"%s\": %s", key, jerr.text);
     return j;
@@ -94,12 +149,16 @@ static int load_info(sep_model *m, char *err, size_t errlen)
     }
     const char *name = st_meta(f, "name");
     snprintf(info->name, sizeof(info->name), "%s", name ? name : "");
-    if (meta_int(f, "samplerate", &info->samplerate, err, errlen) ||
-        meta_int(f, "audio_channels", &info->audio_channels, err, errlen) ||
-        meta_int(f, "segment_samples", &info->segment_samples, err, errlen))
+    if (meta_int(f, "samplerate", 1, HTD_MAX_SAMPLERATE, &info->samplerate, err, errlen) ||
+        meta_int(f, "audio_channels", 1, HTD_MAX_AUDIO_CHANNELS, &info->audio_channels, err,
+                 errlen) ||
+        meta_int(f, "segment_samples", 1, SEP_MAX_SEGMENT_SAMPLES, &info->segment_samples, err,
+                 errlen))
         return -1;
     const char *seg = st_meta(f, "segment");
     info->segment_seconds = seg ? strtod(seg, NULL) : 0;
+    if (!isfinite(info->segment_seconds))
+        info->segment_seconds = 0;
     if (info->segment_samples <= 0 || info->samplerate <= 0 || info->audio_channels <= 0) {
         snprintf(err, errlen, "metadata: bad samplerate/audio_channels/segment_samples");
         return -1;
@@ -117,12 +176,27 @@ static int load_info(sep_model *m, char *err, size_t errlen)
     info->n_sources = (int)json_array_size(src);
     for (int i = 0; i < info->n_sources; i++) {
         json_t *s = json_array_get(src, (size_t)i);
-        if (!json_is_string(s) || strlen(json_string_value(s)) >= sizeof(info->sources[0])) {
-            snprintf(err, errlen, "metadata \"sources\": bad name at %d", i);
+        char sub[320];
+        if (!json_is_string(s)) {
+            snprintf(err, errlen, "metadata \"sources\": entry %d is not a string", i);
+            json_decref(src);
+            return -1;
+        }
+        if (sep_check_source_name(json_string_value(s), sub, sizeof(sub))) {
+            snprintf(err, errlen, "metadata \"sources\": %s", sub);
             json_decref(src);
             return -1;
         }
         snprintf(info->sources[i], sizeof(info->sources[i]), "%s", json_string_value(s));
+        for (int k = 0; k < i; k++)
+            if (strcmp(info->sources[k], info->sources[i]) == 0) {
+                snprintf(err, errlen,
+                         "metadata \"sources\": source name \"%s\" appears twice: names must be "
+                         "distinct",
+                         info->sources[i]);
+                json_decref(src);
+                return -1;
+            }
     }
     json_decref(src);
 
@@ -163,6 +237,13 @@ static int load_info(sep_model *m, char *err, size_t errlen)
             snprintf(err, errlen, "network %d: %s", i, sub);
             break;
         }
+        if (info->segment_samples < hp.nfft) {
+            snprintf(err, errlen,
+                     "metadata \"segment_samples\" = %d: must be at least network %d's nfft (%d)",
+                     info->segment_samples, i, hp.nfft);
+            rc = -1;
+            break;
+        }
         if (hp.audio_channels != info->audio_channels || hp.samplerate != info->samplerate) {
             snprintf(err, errlen, "network %d: audio_channels/samplerate differ from the file's",
                      i);
@@ -197,13 +278,14 @@ static int load_info(sep_model *m, char *err, size_t errlen)
                 json_t *x = json_array_get(row, (size_t)s);
                 ok = json_is_number(x);
                 v = ok ? json_number_value(x) : 0;
+                ok = ok && isfinite(v) && fabs(v) <= 1e6;
                 info->bag_weights[i][s] = (float)v;
             }
         }
         json_decref(w);
         if (!ok) {
-            snprintf(err, errlen, "metadata \"weights\": expected [%d][%d] numbers", info->n_models,
-                     info->n_sources);
+            snprintf(err, errlen, "metadata \"weights\": expected [%d][%d] finite numbers",
+                     info->n_models, info->n_sources);
             return -1;
         }
     }

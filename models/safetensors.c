@@ -1,9 +1,13 @@
 /*
  * safetensors.c - mmap a safetensors file and index its tensors (see safetensors.h).
  *
- * The header is parsed with jansson; every tensor's offsets are checked against the
- * file size and its shape, so a truncated or inconsistent file fails at open time
- * with a message naming the tensor, never later with a wild read.
+ * The header is parsed with jansson (duplicate keys refused); every tensor's offsets
+ * are checked against the file size and its shape (the element count computed with
+ * overflow checks), its data must be 4-byte aligned from the start of the file (so
+ * the floats can be read in place on any CPU), and the tensors must tile the data
+ * area exactly: no overlaps, no aliases, no holes, nothing after the last one. A
+ * truncated or inconsistent file fails at open time with a message naming the
+ * tensor, never later with a wild or misaligned read.
  */
 #include "models/safetensors.h"
 
@@ -22,8 +26,53 @@ static int tensor_cmp(const void *a, const void *b)
     return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
 }
 
+static int range_cmp(const void *a, const void *b)
+{
+    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
+    if (x->begin != y->begin)
+        return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end;
+}
+
+/* The tensors' byte ranges, in file order, must tile [0, data_size) exactly. */
+static int check_layout(st_file *f, size_t data_size, char *err, size_t errlen)
+{
+    int n = f->n_tensors;
+    const st_tensor **order = malloc(sizeof(*order) * (size_t)(n ? n : 1));
+    if (!order) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        order[i] = &f->tensors[i];
+    qsort(order, (size_t)n, sizeof(*order), range_cmp);
+    size_t pos = 0;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const st_tensor *t = order[i];
+        if (t->begin < pos) {
+            snprintf(err, errlen, "tensor %s: data_offsets [%zu, %zu] overlap tensor %s", t->name,
+                     t->begin, t->end, order[i - 1]->name);
+            rc = -1;
+        } else if (t->begin > pos) {
+            snprintf(err, errlen,
+                     "tensor %s: data_offsets [%zu, %zu] leave a hole of %zu bytes before it",
+                     t->name, t->begin, t->end, t->begin - pos);
+            rc = -1;
+        }
+        pos = t->end;
+    }
+    if (rc == 0 && pos != data_size) {
+        snprintf(err, errlen, "%zu bytes after the last tensor's data belong to no tensor",
+                 data_size - pos);
+        rc = -1;
+    }
+    free(order);
+    return rc;
+}
+
 static int parse_tensor(st_tensor *t, const char *name, json_t *desc, const uint8_t *data,
-                        size_t data_size, char *err, size_t errlen)
+                        size_t data_start, size_t data_size, char *err, size_t errlen)
 {
     json_t *dtype = json_object_get(desc, "dtype");
     json_t *shape = json_object_get(desc, "shape");
@@ -52,7 +101,14 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *desc, const uint
             return -1;
         }
         t->shape[i] = json_integer_value(d);
-        t->count *= (size_t)t->shape[i];
+        /* the byte count must fit the file, so any product past it is an error */
+        size_t c;
+        if (__builtin_mul_overflow(t->count, (size_t)t->shape[i], &c) ||
+            c > SIZE_MAX / sizeof(float)) {
+            snprintf(err, errlen, "tensor %s: the shape's element count overflows", name);
+            return -1;
+        }
+        t->count = c;
     }
     json_t *b = json_array_get(offs, 0), *e = json_array_get(offs, 1);
     if (!json_is_integer(b) || !json_is_integer(e)) {
@@ -68,10 +124,15 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *desc, const uint
                  name, (long long)begin, (long long)end);
         return -1;
     }
-    if (begin % 4 != 0) {
-        snprintf(err, errlen, "tensor %s: data not 4-byte aligned", name);
+    if (((uintptr_t)data + (uintptr_t)begin) % sizeof(float) != 0) {
+        snprintf(err, errlen,
+                 "tensor %s: data at byte %lld of the file is not 4-byte aligned (header "
+                 "length + 8 + begin must be a multiple of 4)",
+                 name, (long long)(data_start + (size_t)begin));
         return -1;
     }
+    t->begin = (size_t)begin;
+    t->end = (size_t)end;
     t->data = (const float *)(data + begin);
     t->name = strdup(name);
     return t->name ? 0 : -1;
@@ -110,7 +171,7 @@ int st_open(st_file *f, const char *path, char *err, size_t errlen)
         return -1;
     }
     json_error_t jerr;
-    json_t *root = json_loadb((const char *)bytes + 8, hlen, 0, &jerr);
+    json_t *root = json_loadb((const char *)bytes + 8, hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root || !json_is_object(root)) {
         snprintf(err, errlen, "%s: header JSON: %s", path, root ? "not an object" : jerr.text);
         json_decref(root);
@@ -129,6 +190,11 @@ int st_open(st_file *f, const char *path, char *err, size_t errlen)
         if (rc != 0)
             break;
         if (strcmp(key, "__metadata__") == 0) {
+            if (!json_is_object(value)) {
+                snprintf(err, errlen, "%s: __metadata__ is not an object", path);
+                rc = -1;
+                break;
+            }
             size_t nm = json_object_size(value);
             f->meta_keys = calloc(nm ? nm : 1, sizeof(char *));
             f->meta_values = calloc(nm ? nm : 1, sizeof(char *));
@@ -144,12 +210,17 @@ int st_open(st_file *f, const char *path, char *err, size_t errlen)
                 f->meta_keys[f->n_meta] = strdup(mk);
                 f->meta_values[f->n_meta] = strdup(json_string_value(mv));
                 f->n_meta++;
+                if (!f->meta_keys[f->n_meta - 1] || !f->meta_values[f->n_meta - 1]) {
+                    snprintf(err, errlen, "%s: out of memory", path);
+                    rc = -1;
+                    break;
+                }
             }
             continue;
         }
         char sub[384];
-        if (parse_tensor(&f->tensors[f->n_tensors], key, value, data, data_size, sub,
-                         sizeof(sub))) {
+        if (parse_tensor(&f->tensors[f->n_tensors], key, value, data, 8 + (size_t)hlen, data_size,
+                         sub, sizeof(sub))) {
             snprintf(err, errlen, "%s: %s", path, sub);
             rc = -1;
         } else {
@@ -157,6 +228,13 @@ int st_open(st_file *f, const char *path, char *err, size_t errlen)
         }
     }
     json_decref(root);
+    if (rc == 0) {
+        char sub[384];
+        if (check_layout(f, data_size, sub, sizeof(sub))) {
+            snprintf(err, errlen, "%s: %s", path, sub);
+            rc = -1;
+        }
+    }
     if (rc != 0) {
         st_close(f);
         return -1;

@@ -5,6 +5,9 @@
  * ({"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}),
  * then the raw tensor bytes. Tensors are used in place, from the mapping; only F32
  * tensors are accepted (models/FORMAT.md). Names are kept sorted for bsearch lookup.
+ * st_open refuses duplicate keys, shapes whose element count overflows, data that is
+ * not 4-byte aligned from the start of the file, and tensor ranges that overlap or
+ * leave bytes of the data area unused.
  */
 #ifndef SEP_MODELS_SAFETENSORS_H
 #define SEP_MODELS_SAFETENSORS_H
@@ -20,6 +23,7 @@ typedef struct {
     int64_t shape[ST_MAX_DIMS];
     size_t count;      /* number of elements */
     const float *data; /* inside the mapping */
+    size_t begin, end; /* data_offsets, from the start of the data area */
     int used;          /* set by callers that consume the tensor */
 } st_tensor;
 

@@ -18,6 +18,10 @@
 #include "models/util.h"
 #define DECODE_BLOCK 16384 /* frames per libsndfile read */
 #define ENCODE_BLOCK 16384 /* frames per libsndfile write */
+/* frames of resampler output per soxr_process call, whatever the ratio: the input
+ * block is fed in as many calls as its output needs (a 1 Hz file upsampled to
+ * 44.1 kHz does not get a 44100x output buffer) */
+#define RESAMPLE_BLOCK 16384
 
 /* An unnamed file in dir: O_TMPFILE where the filesystem has it, else mkstemp + unlink. */
 static int open_anonymous(const char *dir)
@@ -198,14 +202,23 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
     }
     SF_INFO info;
     memset(&info, 0, sizeof(info));
-    SNDFILE *sf = sf_open(path, SFM_READ, &info);
+    /* opened here, so that a permission problem is reported as one (libsndfile would
+     * call it "not a supported audio file (System error : ...)") */
+    int in_fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (in_fd < 0) {
+        out->error = SEP_AUDIO_EIO;
+        sep_set_err(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    SNDFILE *sf = sf_open_fd(in_fd, SFM_READ, &info, SF_TRUE);
     if (!sf) {
-        if (access(path, R_OK) != 0) {
+        const char *why = sf_strerror(NULL);
+        if (strstr(why, "System error")) {
             out->error = SEP_AUDIO_EIO;
-            sep_set_err(err, errlen, "cannot open '%s': %s", path, strerror(errno));
+            sep_set_err(err, errlen, "cannot read '%s': %s", path, why);
         } else {
             sep_set_err(err, errlen, "cannot decode '%s': not a supported audio file (%s)", path,
-                        sf_strerror(NULL));
+                        why);
         }
         return -1;
     }
@@ -231,7 +244,7 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
     soxr_t rs = NULL;
     float *raw = malloc(sizeof(float) * DECODE_BLOCK * info.channels);
     float *conv = malloc(sizeof(float) * DECODE_BLOCK * channels);
-    size_t rs_cap = (size_t)ceil((double)DECODE_BLOCK * samplerate / info.samplerate) + 64;
+    size_t rs_cap = RESAMPLE_BLOCK;
     float *res = malloc(sizeof(float) * rs_cap * channels);
     int64_t written = 0;
     if (!raw || !conv || !res) {
@@ -576,8 +589,9 @@ int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40],
 {
     const char *ext = sep_out_extension(fmt);
     char file[SEP_STEMS_MAX][SEP_STEM_FILE_MAX];
-    char final[SEP_STEMS_MAX][4096], tmp[SEP_STEMS_MAX][4200];
-    int encoded = 0, renamed = 0, rc = -1;
+    char final[SEP_STEMS_MAX][4096], tmp[SEP_STEMS_MAX][4200], prev[SEP_STEMS_MAX][4200];
+    int had_prev[SEP_STEMS_MAX] = {0};
+    int encoded = 0, renamed = 0, saved = 0, rc = -1;
     clip = effective_clip(clip, fmt);
     s->error = SEP_AUDIO_EIO;
     for (int i = 0; i < s->n_stems; i++) {
@@ -589,6 +603,7 @@ int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40],
             return -1;
         }
         snprintf(tmp[i], sizeof(tmp[i]), "%s/.%s.partial", dir, file[i]);
+        snprintf(prev[i], sizeof(prev[i]), "%s/.%s.previous", dir, file[i]);
     }
     /* every stem under its temporary name first ... */
     for (; encoded < s->n_stems; encoded++) {
@@ -599,7 +614,15 @@ int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40],
             goto fail;
         }
     }
-    /* ... then all renamed: a failure removes the ones already in place */
+    /* ... a previous run's stems kept aside (hard links), so that a failure below puts
+     * the old set back whole instead of leaving a mix of old and new ... */
+    for (; saved < s->n_stems; saved++) {
+        int i = saved;
+        unlink(prev[i]);
+        if (link(final[i], prev[i]) == 0)
+            had_prev[i] = 1;
+    }
+    /* ... then all renamed: a failure removes the new ones and restores the old */
     for (; renamed < s->n_stems; renamed++) {
         int i = renamed;
         if (rename(tmp[i], final[i]) != 0) {
@@ -610,6 +633,8 @@ int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40],
         }
     }
     for (int i = 0; i < s->n_stems; i++) {
+        if (had_prev[i])
+            unlink(prev[i]);
         if (files)
             snprintf(files[i], SEP_STEM_FILE_MAX, "%s", file[i]);
         if (bytes) {
@@ -623,7 +648,11 @@ int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40],
     return 0;
 fail:
     for (int i = 0; i < renamed; i++)
-        unlink(final[i]);
+        if (!had_prev[i] || rename(prev[i], final[i]) != 0)
+            unlink(final[i]);
+    for (int i = renamed; i < saved; i++)
+        if (had_prev[i])
+            unlink(prev[i]);
     for (int i = renamed; i < encoded; i++)
         unlink(tmp[i]);
     return rc;

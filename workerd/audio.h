@@ -110,9 +110,11 @@ int sep_stem_spool_append(sep_stem_spool *s, int count, const float *src);
 /* Encodes every stem to `{dir}/{names[i]}.{ext}`, or `{dir}/{names[i]}.{tag}.{ext}` when
  * tag is not NULL or empty, all or nothing: each stem is encoded under a hidden
  * temporary name in dir, then all are renamed; on any failure none of them (temporary
- * or final) is left. The file names go to files[i] and their sizes to bytes[i] (either
- * may be NULL). progress (may be NULL) gets the fraction of all stems encoded and may
- * cancel. 0, or -1 with a message and s->error set. */
+ * or final) is left, and stems a previous run left under the final names are put
+ * back (they are hard-linked aside while the new ones are renamed in), so the folder
+ * holds the old set or the new one, never a mix. The file names go to files[i] and their sizes to
+ * bytes[i] (either may be NULL). progress (may be NULL) gets the fraction of all stems encoded and
+ * may cancel. 0, or -1 with a message and s->error set. */
 int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40], const char *tag,
                           sep_out_format fmt, sep_clip_mode clip, char (*files)[SEP_STEM_FILE_MAX],
                           int64_t *bytes, sep_audio_progress_fn progress, void *user, char *err,

@@ -5,12 +5,20 @@
  * The model is loaded and prepared once, then every track goes through
  * sep_separate_file(). A track that fails is reported and skipped; the exit status is
  * 1 when any failed, 2 on a usage error.
+ *
+ * Every path under -o is built from sanitized components: the model folder (from
+ * the weights file name) and each track folder (the input's base name without its
+ * extension) are never empty, "." or "..", and hold no '/' (such a name gets a '_'
+ * in front); stem names come from the model, which the loader restricts to
+ * [A-Za-z0-9_-]. An empty -o is refused, as are two inputs that would share a track
+ * folder. -j above the usable cores is lowered to them, with a note.
  */
 #include "workerd/commands.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,31 +35,40 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: workerd separate [options] FILE...\n"
-               "\n"
-               "Separates each audio FILE into stems with HTDemucs, written as\n"
-               "DIR/{model}/{track}/{stem}.wav (demucs' layout). Reads WAV, FLAC, Ogg Vorbis,\n"
-               "Opus, MP3 and whatever else libsndfile reads; resamples to the model's rate.\n"
-               "\n"
-               "options:\n"
-               "  -o, --out DIR          output folder (default: separated)\n"
-               "  -n, --name NAME|FILE   model name, looked up as $SEP_MODELS/NAME.safetensors\n"
-               "                         (default folder: " DEFAULT_WEIGHTS_DIR
-               "), or a .safetensors path\n"
-               "                         (default: " DEFAULT_MODEL ")\n"
-               "      --two-stems STEM   write STEM and no_STEM (the sum of the others)\n"
-               "      --shifts N         random time shifts averaged (default: 1; 0 = off)\n"
-               "      --seed N           seed of the shift offsets (default: 0)\n"
-               "      --overlap X        overlap between segments (default: 0.25)\n"
-               "      --segment S        segment length in seconds (default: the model's)\n"
-               "      --int24            24-bit output\n"
-               "      --float32          32-bit float WAV output\n"
-               "      --flac             FLAC output (16-bit, or 24-bit with --int24)\n"
-               "      --clip-mode MODE   rescale (default), clamp or none\n"
-               "  -d, --device DEV       cpu (default) or cuda\n"
-               "  -j, --threads N        CPU threads for the engine (default: all cores)\n"
-               "      --batch N          segments per forward pass (default: 1)\n"
-               "  -h, --help             this text\n");
+    fprintf(f,
+            "usage: workerd separate [options] FILE...\n"
+            "\n"
+            "Separates each audio FILE into stems with HTDemucs, written as\n"
+            "DIR/{model}/{track}/{stem}.wav (demucs' layout). Reads WAV, FLAC, Ogg Vorbis,\n"
+            "Opus, MP3 and whatever else libsndfile reads; resamples to the model's rate.\n"
+            "\n"
+            "options:\n"
+            "  -o, --out DIR          output folder (default: separated; not empty)\n"
+            "  -n, --name NAME|FILE   model name, looked up as $SEP_MODELS/NAME.safetensors\n"
+            "                         (default folder: " DEFAULT_WEIGHTS_DIR
+            "), or a .safetensors path\n"
+            "                         (default: " DEFAULT_MODEL ")\n"
+            "      --two-stems STEM   write STEM and no_STEM (the sum of the others)\n"
+            "      --shifts N         random time shifts averaged (default: 1; 0 = off)\n"
+            "      --seed N           seed of the shift offsets (default: 0)\n"
+            "      --overlap X        overlap between segments (default: 0.25)\n"
+            "      --segment S        segment length in seconds (default: the model's)\n"
+            "      --int24            24-bit output\n"
+            "      --float32          32-bit float WAV output\n"
+            "      --flac             FLAC output (16-bit, or 24-bit with --int24)\n"
+            "      --clip-mode MODE   rescale (default), clamp or none\n"
+            "  -d, --device DEV       cpu (default) or cuda\n"
+            "  -j, --threads N        CPU threads for the engine (default: all cores; more\n"
+            "                         than the usable cores is lowered to them, with a note)\n"
+            "      --batch N          segments per forward pass (default: 1)\n"
+            "  -h, --help             this text\n"
+            "\n"
+            "Each FILE needs its own track folder: two inputs with the same name once the\n"
+            "folder and extension are dropped (a/x.wav, b/x.flac) are refused before anything\n"
+            "runs (demucs would overwrite the first one's stems). A folder name that would be\n"
+            "empty, '.' or '..' (a track '...wav') gets a '_' in front.\n"
+            "A track's stems appear together: they are written under temporary names and\n"
+            "renamed only when all of them succeeded; on failure none of the new files stays.\n");
 }
 
 static int parse_int(const char *s, const char *what, int lo, int hi, int *out)
@@ -87,15 +104,47 @@ static int ends_with(const char *s, const char *suffix)
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* The track's folder name: file name without its last extension (demucs). */
+/* A single path component made safe to join under -o: '/' becomes '_', and a
+ * component that is empty, "." or ".." gets a '_' in front ("_", "_.", "_.."). */
+static void sanitize_component(char *name, size_t size)
+{
+    for (char *p = name; *p; p++)
+        if (*p == '/')
+            *p = '_';
+    if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+        size_t n = strlen(name);
+        if (n + 2 <= size) {
+            memmove(name + 1, name, n + 1);
+            name[0] = '_';
+        }
+    }
+}
+
+/* The track's folder name: file name without its last extension (demucs), sanitized. */
 static void track_name(const char *path, char *out, size_t outlen)
 {
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    snprintf(out, outlen, "%s", base);
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/') /* "dir/" names dir */
+        len--;
+    const char *base = path;
+    for (size_t i = 0; i < len; i++)
+        if (path[i] == '/')
+            base = path + i + 1;
+    snprintf(out, outlen, "%.*s", (int)(path + len - base), base);
     char *dot = strrchr(out, '.');
     if (dot && dot != out)
         *dot = '\0';
+    sanitize_component(out, outlen);
+}
+
+/* CPUs this process may run on. */
+static int usable_cores(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
 }
 
 typedef struct {
@@ -253,6 +302,32 @@ int workerd_cmd_separate(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (!*out_root) {
+        fprintf(stderr, "workerd separate: -o/--out must name a folder (got an empty string)\n");
+        return 2;
+    }
+    /* two inputs with one track folder would overwrite each other's stems */
+    for (int i = optind; i < argc; i++) {
+        char a[256], b[256];
+        track_name(argv[i], a, sizeof(a));
+        for (int k = optind; k < i; k++) {
+            track_name(argv[k], b, sizeof(b));
+            if (strcmp(a, b) == 0) {
+                fprintf(stderr,
+                        "workerd separate: '%s' and '%s' would both be written to the track "
+                        "folder '%s'; rename one or separate them in two runs\n",
+                        argv[k], argv[i], a);
+                return 2;
+            }
+        }
+    }
+    int cores = usable_cores();
+    if (threads > cores) {
+        fprintf(stderr,
+                "workerd separate: note: -j %d is more than the %d usable core%s; using %d\n",
+                threads, cores, cores > 1 ? "s" : "", cores);
+        threads = cores;
+    }
     if (int24 && float32) {
         fprintf(stderr, "workerd separate: --int24 and --float32 exclude each other\n");
         return 2;
@@ -285,6 +360,7 @@ int workerd_cmd_separate(int argc, char **argv)
         snprintf(weights, sizeof(weights), "%s/%s.safetensors", dir, name);
         snprintf(model_dir_name, sizeof(model_dir_name), "%s", name);
     }
+    sanitize_component(model_dir_name, sizeof(model_dir_name));
     struct stat st;
     if (stat(weights, &st) != 0) {
         if (is_path)

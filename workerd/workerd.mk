@@ -19,6 +19,10 @@
 #                         the real pool: two jobs mixing batches, cuda -> CPU fallback
 #   make test-workerd-config  `workerd run` settings (workerd/config.c): INI file (inih),
 #                         flags, errors, reload, --help, conf/workerd.conf (cmocka, ASan)
+#   make asan             build/asan/workerd: workerd, the apply layer, the engine and the
+#                         shared code all built with ASan + UBSan (-O1, no recovery)
+#   make test-cli-asan    the test-cli suite run on build/asan/workerd (RSS and
+#                         address-space checks skipped; LeakSanitizer on)
 #
 # The engine itself (build/libsepmodels.a) comes from models/models.mk; its link flags
 # are taken from SEPMODELS_LDLIBS when models.mk sets it.
@@ -52,9 +56,35 @@ ALL_TARGETS += $(SEPAPPLY_LIB) $(AUDIOTOOL_BIN) $(TEST_CONFIG_BIN)
 ifeq ($(WORKERD_HAVE_ENGINE),1)
 ALL_TARGETS += $(WORKERD_BIN) $(TEST_APPLY_BIN) $(TEST_JOBEXEC_BIN) $(TEST_JOBEXEC_POOL_BIN)
 endif
-TEST_SUITES += test-apply test-cli test-pool test-pool-tsan test-jobexec test-workerd-config
+TEST_SUITES += test-apply test-cli test-cli-asan test-pool test-pool-tsan test-jobexec \
+               test-workerd-config
 
-.PHONY: test-apply test-cli test-pool test-pool-tsan test-jobexec test-workerd-config
+.PHONY: test-apply test-cli test-cli-asan test-pool test-pool-tsan test-jobexec \
+        test-workerd-config asan
+
+# ASan + UBSan build of the whole binary (objects under build/asan/obj/<source path>);
+# the shared code goes into an archive, as in the normal link (only what is used).
+WORKERD_ASAN_BIN  := $(BUILD)/asan/workerd
+WORKERD_ASAN_SRCS := $(WORKERD_SRCS) models/apply.c $(MODELS_SRCS)
+WORKERD_ASAN_OBJS := $(patsubst %.c,$(BUILD)/asan/obj/%.o,$(WORKERD_ASAN_SRCS))
+SHARED_ASAN_OBJS  := $(patsubst %.c,$(BUILD)/asan/obj/%.o,$(SHARED_SRCS) $(SHARED_GEN))
+SHARED_ASAN_LIB   := $(BUILD)/asan/libsepshared.a
+
+$(SHARED_ASAN_LIB): $(SHARED_ASAN_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/asan/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) -O1 -fopenmp $(BLAS_CFLAGS) $(WORKERD_SAN) -MMD -MP -c $< -o $@
+
+$(WORKERD_ASAN_BIN): $(WORKERD_ASAN_OBJS) $(SHARED_ASAN_LIB)
+	$(CC) $(CFLAGS_COMMON) $(WORKERD_SAN) -o $@ $(WORKERD_ASAN_OBJS) $(SHARED_ASAN_LIB) \
+	    $(SEPMODELS_LDLIBS) $(WORKERD_LDLIBS)
+
+asan: $(WORKERD_ASAN_BIN)
+
+-include $(WORKERD_ASAN_OBJS:.o=.d) $(SHARED_ASAN_OBJS:.o=.d)
 
 $(WORKERD_OBJDIR)/%.o: workerd/%.c
 	@mkdir -p $(@D)
@@ -131,6 +161,11 @@ test-cli: $(WORKERD_BIN) $(AUDIOTOOL_BIN)
 	$(PY) tests/cli/test_cli.py --workerd $(WORKERD_BIN) --audiotool $(AUDIOTOOL_BIN) \
 	    --fixtures tests/fixtures/apply
 
+test-cli-asan: $(WORKERD_ASAN_BIN) $(AUDIOTOOL_BIN)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(PY) tests/cli/test_cli.py --workerd $(WORKERD_ASAN_BIN) --audiotool $(AUDIOTOOL_BIN) \
+	    --fixtures tests/fixtures/apply --sanitized
+
 test-pool: $(TEST_POOL_BIN) $(WORKERD_BIN)
 	@tests/unit/run-cmocka pool $(TEST_POOL_BIN)
 
@@ -141,6 +176,6 @@ test-pool-tsan: $(TEST_POOL_TSAN_BIN) $(WORKERD_BIN)
 test-jobexec: $(TEST_JOBEXEC_BIN) $(TEST_JOBEXEC_POOL_BIN) $(WORKERD_BIN)
 	@tests/unit/run-cmocka jobexec $(TEST_JOBEXEC_BIN) $(TEST_JOBEXEC_POOL_BIN)
 else
-test-apply test-cli test-pool test-pool-tsan test-jobexec:
+test-apply test-cli test-cli-asan test-pool test-pool-tsan test-jobexec:
 	@echo "SKIP: the engine library $(SEPMODELS_LIB) is not built by models/models.mk"
 endif

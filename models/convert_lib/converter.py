@@ -15,6 +15,7 @@ import os
 import re
 import sys
 
+from . import engine_rules
 from . import htdemucs_args
 from . import safetensors_file
 from . import torch_checkpoint
@@ -273,6 +274,11 @@ def convert(paths, output, name=None, bag_weights=None, out=sys.stdout):
         for path in paths:
             models.append(read_model(os.fspath(path)))
         weights = check_bag(models, bag_weights)
+        shortest = min(m.segment_samples for m in models)
+        try:
+            engine_rules.check_segment_samples(shortest, [int(m.bound["nfft"]) for m in models])
+        except engine_rules.RuleError as exc:
+            raise CheckpointError(str(exc)) from None
         metadata = build_metadata(name, models, weights)
         for index, model in enumerate(models):
             describe_model(index, model, out)

@@ -12,6 +12,8 @@ into JSON. HTDEMUCS_PARAMETERS mirrors `demucs.htdemucs.HTDemucs.__init__` of de
 from fractions import Fraction
 import numbers
 
+from . import engine_rules
+
 REQUIRED = object()  # marker: the parameter has no default
 
 # (name, default) in the order of HTDemucs.__init__ (self excluded).
@@ -131,21 +133,16 @@ def _is_number(value):
 
 
 def validate(bound):
-    """Checks the few values whose type the engine relies on."""
+    """Checks the values against the engine's rules (engine_rules: the C loader's
+    checks, same order, same messages)."""
     sources = bound["sources"]
     if not isinstance(sources, (list, tuple)) or not sources:
         raise ArgumentError(f"sources must be a non-empty list of names, got {sources!r}")
-    for source in sources:
-        if not isinstance(source, str) or not source:
-            raise ArgumentError(f"source name {source!r} is not a non-empty string")
-    if len(set(sources)) != len(sources):
-        raise ArgumentError(f"duplicate source names in {list(sources)!r}")
-    for name in ("audio_channels", "samplerate", "channels", "depth", "nfft"):
-        if not _is_int(bound[name]) or bound[name] <= 0:
-            raise ArgumentError(f"{name} must be a positive integer, got {bound[name]!r}")
-    segment = bound["segment"]
-    if not _is_number(segment) or segment <= 0:
-        raise ArgumentError(f"segment must be a positive number of seconds, got {segment!r}")
+    try:
+        engine_rules.check_sources(sources)
+        engine_rules.check_hparams(json_kwargs(bound), len(sources))
+    except engine_rules.RuleError as exc:
+        raise ArgumentError(str(exc)) from None
 
 
 def segment_samples(segment, samplerate):

@@ -12,6 +12,15 @@ progress bar on a TTY and silence otherwise, float output beyond +-1 with
 input length, and that the separated 44.1 kHz fixture track matches the reference
 demucs.separate output (tests/reference/make_apply_fixtures.py) within TOLERANCE.
 
+Untrusted weights and odd names (issue 17, one test per reported case): source names
+that are paths or repeat, hyperparameters that used to crash (stride 0 -> SIGFPE),
+misaligned tensor data, a failed run that must leave the old stem set whole (a
+blocked rename, and a full disk on the 3rd stem when a tmpfs can be mounted), '..'
+model and track names, an empty -o, out-of-range integer metadata, -j beyond the
+cores, two inputs with one track folder, a 1 Hz input (the resampler's buffer must
+not scale with the ratio), a permission error named as such.
+With --sanitized (ASan + UBSan build) the RSS and address-space checks are skipped.
+
 usage: test_cli.py --workerd build/workerd --audiotool build/tests/audiotool
                    --fixtures tests/fixtures/apply
 """
@@ -31,6 +40,12 @@ SOURCES = ["drums", "bass", "other", "vocals"]
 
 failures = []
 passes = []
+skips = []
+
+
+def skip(what):
+    print("skip " + what)
+    skips.append(what)
 
 
 def check(cond, what):
@@ -67,9 +82,12 @@ class Env:
         self.tool("dump", path, raw)
         return np.fromfile(raw, dtype="<f4").reshape(info["channels"], -1)
 
-    def separate(self, *argv, env=None, model=None):
-        cmd = [self.workerd, "separate", "-n", model or self.model, "-j", "1", *argv]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.tmp)
+    def separate(self, *argv, env=None, model=None, threads="1", cwd=None, preexec=None):
+        cmd = [self.workerd, "separate", "-n", model or self.model]
+        if threads:
+            cmd += ["-j", threads]
+        return subprocess.run(cmd + list(argv), capture_output=True, text=True, env=env,
+                              cwd=cwd or self.tmp, preexec_fn=preexec)
 
 
 def reference(env, case):
@@ -357,11 +375,274 @@ def test_memory(env):
     check(grow < 4.0, f"peak RSS does not grow with input length (+{grow:.1f} MiB)")
 
 
+# ---- untrusted weights and odd names --------------------------------------------
+
+
+def read_weights(path):
+    import struct
+    with open(path, "rb") as f:
+        blob = f.read()
+    (hlen,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8:8 + hlen]), blob[8 + hlen:]
+
+
+def write_weights(path, header, data, hlen=None):
+    """header (dict) + data; the header padded with spaces to a multiple of 8 bytes,
+    or to exactly hlen bytes."""
+    import struct
+    text = json.dumps(header).encode()
+    size = hlen if hlen is not None else (len(text) + 7) // 8 * 8
+    text += b" " * (size - len(text))
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", size) + text + data)
+
+
+def altered_model(env, name, meta=None, kwargs=None, hlen=None, drop_tensors=False):
+    header, data = read_weights(env.model)
+    md = header["__metadata__"]
+    for k, v in (meta or {}).items():
+        md[k] = v
+    if kwargs:
+        models = json.loads(md["models"])
+        models[0]["kwargs"].update(kwargs)
+        md["models"] = json.dumps(models)
+    if drop_tensors:
+        header, data = {"__metadata__": md}, b""
+    path = env.path(name)
+    write_weights(path, header, data, hlen)
+    return path
+
+
+def files_under(root):
+    return sorted(os.path.relpath(os.path.join(dp, f), root)
+                  for dp, _, fs in os.walk(root) for f in fs)
+
+
+def test_untrusted_weights(env):
+    """Cases 1, 2, 3 and 7 (metadata): the load refuses, naming field, value, rule."""
+    env.tool("gen", env.path("s.wav"), "wav16", "44100", "2", "0.5")
+    os.makedirs(env.path("uw"), exist_ok=True)
+    before = set(files_under(env.tmp))
+    evil = altered_model(env, "evil.safetensors", meta={
+        "sources": json.dumps(["/../../../../pwned", "bass", "other", "vocals"])})
+    r = env.separate("s.wav", "-o", "out/a", model="evil.safetensors")
+    check(r.returncode == 1 and 'source name "/../../../../pwned": must match '
+          "[A-Za-z0-9_-]{1,31}" in r.stderr,
+          f"case 1: a source name with a path is refused ({r.stderr.strip()})")
+    pwned = [f for f in files_under(env.tmp) if "pwned" in f] + \
+        [f for f in os.listdir("/") if "pwned" in f]
+    check(not pwned and not os.path.exists(os.path.join(os.path.dirname(env.tmp), "pwned.wav")),
+          f"case 1: nothing written outside -o ({pwned})")
+    altered_model(env, "dup.safetensors", meta={"sources": json.dumps(["a", "a", "a", "a"])})
+    r = env.separate("s.wav", "-o", "out/a", model="dup.safetensors")
+    check(r.returncode == 1 and 'source name "a" appears twice: names must be distinct'
+          in r.stderr, f"case 1: duplicate source names are refused ({r.stderr.strip()})")
+    del evil
+
+    for label, kw, needle in [
+            ("stride 0", {"stride": 0}, "hyperparameter stride = 0: must be an integer in [1, 64]"),
+            ("norm_groups 0", {"norm_groups": 0}, "hyperparameter norm_groups = 0:"),
+            ("kernel_size 0", {"kernel_size": 0}, "hyperparameter kernel_size = 0:"),
+            ("time_stride 0", {"time_stride": 0}, "hyperparameter time_stride = 0:"),
+            ("growth 0", {"growth": 0}, "hyperparameter growth = 0: must be a number in (0, 16]"),
+            ("channels 1e10", {"channels": 10 ** 10}, "hyperparameter channels = 10000000000:"),
+            ("growth 1e30", {"growth": 1e30}, "hyperparameter growth = 1e+30:"),
+            ("context_enc 2^30", {"context_enc": 2 ** 30}, "hyperparameter context_enc = 1073741824:"),
+            ("norm_groups 3 (normed layers)", {"norm_groups": 3, "norm_starts": 0},
+             "hyperparameter norm_groups = 3: must divide the channel count of every normalized"),
+            ("norm_groups -1", {"norm_groups": -1}, "hyperparameter norm_groups = -1:"),
+            ("norm_groups 1000 (normed layers)", {"norm_groups": 1000, "norm_starts": 0},
+             "hyperparameter norm_groups = 1000: must divide")]:
+        name = "hp_" + label.split()[0] + ".safetensors"
+        altered_model(env, name, kwargs=kw)
+        r = env.separate("-o", "uw", "s.wav", model=name)
+        check(r.returncode == 1 and needle in r.stderr,
+              f"case 2: {label} is refused at load, rc {r.returncode} ({r.stderr.strip()})")
+    altered_model(env, "meta_stride0.safetensors", kwargs={"stride": 0}, drop_tensors=True)
+    size = os.path.getsize(env.path("meta_stride0.safetensors"))
+    r = env.separate("-o", "uw", "s.wav", model="meta_stride0.safetensors")
+    check(r.returncode == 1 and "hyperparameter stride = 0" in r.stderr,
+          f"case 2: a {size}-byte metadata-only file with stride 0: rc 1, no SIGFPE "
+          f"(rc {r.returncode}: {r.stderr.strip()})")
+
+    header, data = read_weights(env.model)
+    text = json.dumps(header).encode()
+    hlen = (len(text) + 7) // 8 * 8 + 1  # 8k + 1: valid, but the floats are misaligned
+    write_weights(env.path("misaligned.safetensors"), header, data, hlen)
+    r = env.separate("-o", "uw", "s.wav", model="misaligned.safetensors")
+    check(r.returncode == 1 and "not 4-byte aligned" in r.stderr,
+          f"case 3: tensor data misaligned in the file is refused ({r.stderr.strip()})")
+
+    altered_model(env, "seg.safetensors", meta={"segment_samples": "4294971706"})
+    r = env.separate("-o", "uw", "s.wav", model="seg.safetensors")
+    check(r.returncode == 1 and 'metadata "segment_samples" = 4294971706: must be an integer'
+          in r.stderr, f"case 7: segment_samples beyond int is refused ({r.stderr.strip()})")
+    header, data = read_weights(env.model)
+    name = next(k for k in header if k != "__metadata__")
+    header[name]["shape"] = [2 ** 62]
+    write_weights(env.path("shape.safetensors"), header, data)
+    r = env.separate("-o", "uw", "s.wav", model="shape.safetensors")
+    check(r.returncode == 1 and "element count overflows" in r.stderr,
+          f"case 7: a [2^62] shape is refused ({r.stderr.strip()})")
+    header, data = read_weights(env.model)
+    names = [k for k in header if k != "__metadata__"]
+    header["0.alias"] = dict(header[names[0]])
+    write_weights(env.path("alias.safetensors"), header, data)
+    r = env.separate("-o", "uw", "s.wav", model="alias.safetensors")
+    check(r.returncode == 1 and "overlap tensor" in r.stderr,
+          f"case 7: aliased tensor ranges are refused ({r.stderr.strip()})")
+    after = set(files_under(env.tmp)) - before
+    stray = [f for f in after if f.endswith(".wav")]
+    check(not stray, f"no stems written by refused models ({stray})")
+
+
+def stem_bytes(d):
+    out = {}
+    for f in stems_in(d):
+        p = os.path.join(d, f)
+        if os.path.isfile(p):
+            with open(p, "rb") as fh:
+                out[f] = fh.read()
+    return out
+
+
+def test_stem_set_all_or_nothing(env):
+    """Case 4: a failed run leaves the previous set whole, never a mix."""
+    env.tool("gen", env.path("set.wav"), "wav16", "44100", "2", "0.5")
+    r = env.separate("-o", "set", "set.wav")
+    d = env.path("set", "tiny_apply", "set")
+    old = stem_bytes(d)
+    if not check(r.returncode == 0 and len(old) == 4, "case 4: first run writes 4 stems"):
+        return
+    # the 3rd stem cannot be renamed into place (a folder holds its name)
+    os.remove(os.path.join(d, "other.wav"))
+    os.mkdir(os.path.join(d, "other.wav"))
+    env.tool("gen", env.path("set.wav"), "wav16", "44100", "2", "0.7")  # other length
+    r = env.separate("-o", "set", "set.wav")
+    now = stem_bytes(d)
+    want = {k: v for k, v in old.items() if k != "other.wav"}
+    check(r.returncode == 1 and now == want,
+          f"case 4: a rename failure on the 3rd stem restores the old drums/bass "
+          f"(rc {r.returncode}, same: {sorted(k for k in now if now[k] == old.get(k))})")
+    hidden = [f for f in os.listdir(d) if f.startswith(".")]
+    check(not hidden, f"case 4: no temporaries or backups left ({hidden})")
+    os.rmdir(os.path.join(d, "other.wav"))
+
+    # out of disk space on the 3rd stem (a small tmpfs), when this machine lets us mount
+    mnt = env.path("full")
+    os.makedirs(mnt)
+    frames = 22050
+    unit = 4 * 2 * frames  # one float32 stereo spool
+    # the old set (4 half units), the decode and 4 stem spools (5 units), 2 new 16-bit
+    # stems (1 unit) and half of a third
+    size = (2 + 5 + 1) * unit + unit // 4
+    m = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mnt],
+                       capture_output=True)
+    if m.returncode != 0:
+        skip("case 4: ENOSPC on the 3rd stem (cannot mount a tmpfs here)")
+        return
+    try:
+        d = os.path.join(mnt, "tiny_apply", "set")
+        os.makedirs(d)
+        for f, b in old.items():
+            with open(os.path.join(d, f), "wb") as fh:
+                fh.write(b)
+        env.tool("gen", env.path("set.wav"), "wav16", "44100", "2", "0.5")
+        r = env.separate("-o", mnt, "set.wav")
+        check(r.returncode == 1 and "other.wav" in r.stderr and stem_bytes(d) == old and
+              not [f for f in os.listdir(d) if f.startswith(".")],
+              f"case 4: disk full on the 3rd stem: the previous set is untouched "
+              f"(rc {r.returncode}: {r.stderr.strip()})")
+    finally:
+        subprocess.run(["umount", mnt], capture_output=True)
+
+
+def test_odd_names(env):
+    """Cases 5, 6 and 7 (CLI): '..' names, empty -o, -j, same-basename inputs."""
+    env.tool("gen", env.path("...wav"), "wav16", "44100", "2", "0.3")
+    shutil.copy(env.model, env.path("...safetensors"))
+    os.makedirs(env.path("odd"), exist_ok=True)
+    before = set(files_under(env.tmp))
+    r = env.separate("-o", "odd/sub", "...wav", model="...safetensors")
+    new = sorted(set(files_under(env.tmp)) - before)
+    check(r.returncode == 0 and new and all(f.startswith("odd/sub/_../_../") for f in new),
+          f"case 5: '..' model and track names stay under -o ({new}, {r.stderr.strip()})")
+
+    existed = os.path.exists("/tiny_apply")
+    r = env.separate("-o", "", "good.wav")
+    made = not existed and os.path.exists("/tiny_apply")
+    check(r.returncode == 2 and "-o/--out must name a folder" in r.stderr and not made,
+          f"case 6: -o '' is refused, nothing made under / ({r.stderr.strip()})")
+
+    r = env.separate("-o", "odd", "good.wav", threads="256")
+    check(r.returncode == 0 and "-j 256 is more than the" in r.stderr and "usable core" in r.stderr,
+          f"case 7: -j 256 is lowered to the usable cores with a note ({r.stderr.strip()})")
+
+    os.makedirs(env.path("d1"), exist_ok=True)
+    os.makedirs(env.path("d2"), exist_ok=True)
+    shutil.copy(env.path("good.wav"), env.path("d1", "x.wav"))
+    env.tool("convert", env.path("good.wav"), env.path("d2", "x.flac"), "flac16")
+    r = env.separate("-o", "same", "d1/x.wav", "d2/x.flac")
+    check(r.returncode == 2 and "would both be written to the track folder 'x'" in r.stderr
+          and not os.path.exists(env.path("same")),
+          f"case 7: two inputs with one track folder are refused ({r.stderr.strip()})")
+    r = subprocess.run([env.workerd, "separate", "--help"], capture_output=True, text=True)
+    check("same name" in r.stdout and "refused" in r.stdout, "--help says same names are refused")
+
+
+def test_odd_inputs(env, sanitized):
+    """Case 7 (audio): a 1 Hz WAV, permission errors."""
+    import resource
+    import struct
+    frames = 2
+    data = struct.pack("<2h", 1000, -1000) * frames
+    hdr = (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " +
+           struct.pack("<IHHIIHH", 16, 1, 2, 1, 4, 4, 16) + b"data" + struct.pack("<I", len(data)))
+    with open(env.path("onehz.wav"), "wb") as f:
+        f.write(hdr + data)
+
+    def limit_as():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    r = env.separate("-o", "hz", "onehz.wav", preexec=None if sanitized else limit_as)
+    d = env.path("hz", "tiny_apply", "onehz")
+    ok = r.returncode == 0 and len(stems_in(d)) == 4
+    if ok:
+        ok = env.info(os.path.join(d, "vocals.wav"))["frames"] == frames * 44100
+    check(ok, f"case 7: a {len(hdr + data)}-byte 1 Hz WAV separates"
+          f"{'' if sanitized else ' within 4 GiB of address space'} ({r.stderr.strip()})")
+
+    # an unreadable input: as root, run workerd as nobody in a world-writable folder
+    as_root = os.geteuid() == 0
+    room = tempfile.mkdtemp(prefix="sep-cli-perm-")
+    try:
+        os.chmod(room, 0o777)
+        shutil.copy(env.model, os.path.join(room, "m.safetensors"))
+        os.chmod(os.path.join(room, "m.safetensors"), 0o644)
+        shutil.copy(env.path("good.wav"), os.path.join(room, "locked.wav"))
+        os.chmod(os.path.join(room, "locked.wav"), 0)
+
+        def as_nobody():
+            os.setgid(65534)
+            os.setuid(65534)
+
+        r = env.separate("-o", os.path.join(room, "out"), "locked.wav",
+                         model=os.path.join(room, "m.safetensors"), cwd=room,
+                         preexec=as_nobody if as_root else None)
+        check(r.returncode == 1 and "cannot open 'locked.wav': Permission denied" in r.stderr
+              and "not a supported" not in r.stderr,
+              f"case 7: an unreadable file is reported as permission denied ({r.stderr.strip()})")
+    finally:
+        shutil.rmtree(room, ignore_errors=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workerd", required=True)
     parser.add_argument("--audiotool", required=True)
     parser.add_argument("--fixtures", required=True)
+    parser.add_argument("--sanitized", action="store_true",
+                        help="workerd is an ASan/UBSan build: skip RSS and address-space limits")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="sep-cli-test-")
     try:
@@ -373,10 +654,17 @@ def main():
         test_errors(env)
         test_float_and_bad_samples(env)
         test_tty_progress(env)
-        test_memory(env)
+        if args.sanitized:
+            skip("peak RSS (sanitized build)")
+        else:
+            test_memory(env)
+        test_untrusted_weights(env)
+        test_stem_set_all_or_nothing(env)
+        test_odd_names(env)
+        test_odd_inputs(env, args.sanitized)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"CASES: {len(passes)} passed, {len(failures)} failed, 0 skipped")
+    print(f"CASES: {len(passes)} passed, {len(failures)} failed, {len(skips)} skipped")
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1

@@ -6,7 +6,10 @@ reproduce their tensors exactly (float16 states as the exact float16 values), ev
 HTDemucs argument and the segment length. Error paths: corrupt archives, forbidden
 pickle globals, unsupported classes and quantized states, bag mismatches, checksum
 mismatches and failed downloads in get-weights (served over file:// and a real local
-HTTP server). When build/refvenv (torch + demucs) exists, extra checks compare with
+HTTP server). The engine's rules (engine_rules.py, mirroring models/model.c and
+htdemucs.c): path-like or repeated source names and out-of-range hyperparameters are
+refused with the engine's words, the same text build/workerd gives for the same
+description (when build/workerd is built). When build/refvenv (torch + demucs) exists, extra checks compare with
 demucs directly: the HTDemucs signature, the official catalog, a state/output round
 trip, and a full-size htdemucs conversion.
 """
@@ -51,7 +54,9 @@ def reference_installed():
 REFERENCE = reference_installed()
 
 sys.path.insert(0, str(ROOT / "models"))
-from convert_lib import htdemucs_args, official_models  # noqa: E402
+from convert_lib import engine_rules, htdemucs_args, official_models  # noqa: E402
+
+WORKERD = ROOT / os.environ.get("WORKERD", "build/workerd")
 
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 with np.load(FIXTURES / "expected.npz") as _npz:
@@ -483,6 +488,105 @@ class ArgumentHandling(unittest.TestCase):
     def test_checksum_prefix(self):
         self.assertEqual(official_models.checksum_prefix("955717e8-8726e21a.th"), "8726e21a")
         self.assertIsNone(official_models.checksum_prefix("model.th"))
+
+
+class EngineRules(TempDirTest):
+    """The converter refuses what the engine would (models/convert_lib/engine_rules.py
+    mirrors models/model.c and htdemucs.c), with the engine's words."""
+
+    HPARAM_CASES = [
+        ({"stride": 0}, "hyperparameter stride = 0: must be an integer in [1, 64]"),
+        ({"norm_groups": 0}, "hyperparameter norm_groups = 0: must be an integer in [1, 16384]"),
+        ({"kernel_size": 0}, "hyperparameter kernel_size = 0: must be an integer in [1, 64]"),
+        ({"time_stride": 0}, "hyperparameter time_stride = 0: must be an integer in [1, 64]"),
+        ({"growth": 0}, "hyperparameter growth = 0: must be a number in (0, 16]"),
+        ({"growth": 1e30}, "hyperparameter growth = 1e+30: must be a number in (0, 16]"),
+        ({"channels": 10**10},
+         "hyperparameter channels = 10000000000: must be an integer in [1, 16384]"),
+        ({"context_enc": 2**30},
+         "hyperparameter context_enc = 1073741824: must be an integer in [0, 16]"),
+        ({"nfft": 1000}, "hyperparameter nfft = 1000: must be a power of two in [16, 65536]"),
+        ({"norm_groups": -1}, "hyperparameter norm_groups = -1: must be an integer in [1, 16384]"),
+        ({"norm_groups": 3, "norm_starts": 0},
+         "hyperparameter norm_groups = 3: must divide the channel count of every normalized "
+         "layer"),
+        ({"growth": 0.01}, "hyperparameter growth = 0.01: encoder layer 1 would have 0 channels"),
+        ({"kernel_size": 3}, "hyperparameter kernel_size = 3: with stride 4, encoder layer 0"),
+        ({"dconv_comp": 1e-300}, "hyperparameter dconv_comp = 1e-300:"),
+        ({"t_heads": 5}, "hyperparameter t_heads = 5: the transformer dimension"),
+    ]
+
+    def converted(self):
+        _, out = self.convert(fixture("a_half"))
+        with open(out, "rb") as f:
+            blob = f.read()
+        (hlen,) = struct.unpack("<Q", blob[:8])
+        return json.loads(blob[8 : 8 + hlen]), blob[8 + hlen :]
+
+    def test_path_source_name_is_refused(self):
+        target = self.tmp / "evil.th"
+        rewrite_zip(fixture("a_half"), target, edit_pickle=lambda d: d.replace(b"vocals", b"../../"))
+        proc, out = self.convert(target, rc=1)
+        self.assertIn('source name "../../": must match [A-Za-z0-9_-]{1,31}', proc.stderr)
+        self.assertFalse(out.exists())
+
+    def test_duplicate_source_names_are_refused(self):
+        target = self.tmp / "dup.th"
+        rewrite_zip(fixture("a_half"), target, edit_pickle=lambda d: d.replace(b"other", b"drums"))
+        proc, out = self.convert(target, rc=1)
+        self.assertIn('source name "drums" appears twice: names must be distinct', proc.stderr)
+        self.assertFalse(out.exists())
+
+    def test_hyperparameters_are_refused_with_the_engine_words(self):
+        for edit, message in self.HPARAM_CASES:
+            with self.subTest(edit=edit):
+                kwargs = dict({"sources": ["drums", "bass", "other", "vocals"]}, **edit)
+                with self.assertRaises(htdemucs_args.ArgumentError) as ctx:
+                    htdemucs_args.bind_arguments((), kwargs)
+                self.assertIn(message, str(ctx.exception))
+
+    def test_segment_samples_rules(self):
+        with self.assertRaises(engine_rules.RuleError) as ctx:
+            engine_rules.check_segment_samples(4294971706, [4096])
+        self.assertIn('metadata "segment_samples" = 4294971706: must be an integer', str(ctx.exception))
+        with self.assertRaises(engine_rules.RuleError):
+            engine_rules.check_segment_samples(100, [4096])
+
+    def test_same_text_as_the_engine(self):
+        """Each refused description gives the converter and the C loader the same text."""
+        if not WORKERD.exists():
+            self.skipTest(f"{WORKERD} is not built")
+        header, data = self.converted()
+        meta = header["__metadata__"]
+        sources = json.loads(meta["sources"])
+        base = json.loads(meta["models"])
+        cases = [(edit, None) for edit, _ in self.HPARAM_CASES]
+        cases += [(None, ["/../../pwned"] + sources[1:]), (None, ["a"] * len(sources))]
+        for edit, new_sources in cases:
+            with self.subTest(edit=edit, sources=new_sources):
+                models = json.loads(json.dumps(base))
+                if edit:
+                    models[0]["kwargs"].update(edit)
+                meta2 = dict(meta, models=json.dumps(models))
+                if new_sources:
+                    meta2["sources"] = json.dumps(new_sources)
+                text = json.dumps(dict(header, __metadata__=meta2)).encode()
+                text += b" " * ((-len(text)) % 8)
+                path = self.tmp / "variant.safetensors"
+                path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+                proc = subprocess.run(
+                    [str(WORKERD), "separate", "-n", str(path), "-o", str(self.tmp / "o"), "x.wav"],
+                    capture_output=True, text=True,
+                )
+                self.assertEqual(proc.returncode, 1, proc.stderr)
+                try:
+                    if new_sources:
+                        engine_rules.check_sources(new_sources)
+                    else:
+                        engine_rules.check_hparams(models[0]["kwargs"], len(sources))
+                    self.fail("the converter's rules accept it")
+                except engine_rules.RuleError as exc:
+                    self.assertIn(str(exc), proc.stderr.strip())
 
 
 class GetWeights(TempDirTest):
