@@ -25,6 +25,9 @@ on failure (SEP_TEST_KEEP=1 keeps it). Cases:
                       503 at once but waits for the attempt it starts; a client that
                       closes while its request waits harms nothing (same workers, no
                       alert)
+  held_timeout        the connection dropped and Redis asleep past sep_redis_timeout: a
+                      POST waiting for the reconnect gets 503 redis_timeout and its
+                      submit is never sent (no job created, none canceled later)
   quit_in_flight      `nginx -s quit` while requests wait for Redis: every one is
                       answered, workers exit, no alert in the error log
 
@@ -54,6 +57,8 @@ MODULE = os.path.join(REPO, "build", "nginx", "objs", "ngx_http_sep_module.so")
 PASSWORD = "s3cret-pass"
 DB = 3
 TIMEOUT_MS = 400
+STATS_KEY = "mt:stats"
+JOB_PATTERN = "mt:job:*"
 
 try:
     import redis
@@ -463,6 +468,38 @@ def case_reconnect_waits(stack):
     expect("[alert]" not in log and "signal" not in log, "error log", log)
 
 
+def case_held_timeout(stack):
+    admin = stack.redis_client()
+    admin.ping()
+    before = stack.spool_entries()
+    stats_before = admin.hgetall(STATS_KEY)
+    jobs_before = len(list(admin.scan_iter(JOB_PATTERN)))
+
+    def kill_and_sleep():
+        pipe = admin.pipeline(transaction=False)
+        pipe.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        pipe.execute_command("DEBUG", "SLEEP", 0.9)
+        pipe.execute()
+
+    asleep = threading.Thread(target=kill_and_sleep)
+    asleep.start()
+    try:
+        time.sleep(0.12)  # the workers saw the close and reconnect into the sleep
+        post = submit(stack)
+    finally:
+        asleep.join()
+    expect_error(post, 503, "redis_timeout")
+    expect(stack.spool_entries() == before, "the refused POST left spool files")
+    time.sleep(0.3)  # the setup is answered now: a sent submit would have run
+    expect(stack.request("GET", "/v1/jobs/00000000-0000-4000-8000-000000000000").status == 404,
+           "serving after the sleep")
+    stats = admin.hgetall(STATS_KEY)
+    for field in (b"submitted", b"canceled"):
+        expect(stats.get(field) == stats_before.get(field), "%s changed: the held submit ran"
+               % field.decode(), (stats_before.get(field), stats.get(field)))
+    expect(len(list(admin.scan_iter(JOB_PATTERN))) == jobs_before, "a job was created")
+
+
 def case_json_errors(stack):
     before = stack.spool_entries()
     # 413 from nginx itself while reading a chunked body
@@ -555,7 +592,7 @@ def case_quit_in_flight(stack):
 
 
 CASES = [case_auth_db_unix, case_redis_slow, case_noscript, case_json_errors, case_busy,
-         case_reconnect_waits, case_quit_in_flight]
+         case_reconnect_waits, case_held_timeout, case_quit_in_flight]
 
 
 def main(argv):
