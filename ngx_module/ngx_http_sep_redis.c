@@ -20,7 +20,8 @@
  * (not sent): when the setup is answered they go out in order; when the attempt
  * fails each request gets 503 redis_unavailable; a request that stops waiting first
  * (sep_redis_timeout, client gone) leaves the queue and nothing of it is ever sent.
- * Within MIN of a failed attempt requests get 503 at once.
+ * Within MIN of a failed attempt a request waits (held the same way) for the next
+ * attempt, which is then due at the failed one + MIN.
  *
  * Redis that answers but cannot serve yet (-LOADING after a restart, -BUSY while a
  * script runs too long, -MASTERDOWN on a replica) keeps the connection: the setup is
@@ -651,6 +652,7 @@ static void ngx_http_sep_redis_connect(void)
             redisAsyncFree(ac);
         }
         ngx_http_sep_redis_schedule_reconnect();
+        ngx_http_sep_redis_fail_held();
         return;
     }
 
@@ -659,6 +661,7 @@ static void ngx_http_sep_redis_connect(void)
         redisAsyncFree(ac);
         ngx_http_sep_redis_mark_down("connect failed", "no free nginx connection");
         ngx_http_sep_redis_schedule_reconnect();
+        ngx_http_sep_redis_fail_held();
         return;
     }
     c->data = redis;
@@ -1034,20 +1037,35 @@ ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
     ngx_http_sep_cmd_t *cmd;
+    ngx_msec_t since, wait;
+    ngx_uint_t hold = 0;
     char *formatted = NULL;
     int len;
 
-    /* Down: try at once unless an attempt started within MIN (the backoff timer
-     * stays for idle workers); the command then waits for the attempt's outcome. */
-    if (redis->ac == NULL && !redis->exiting &&
-        ngx_current_msec - redis->last_attempt >= redis->mcf->backoff_min) {
-        if (redis->reconnect.timer_set) {
-            ngx_del_timer(&redis->reconnect);
+    /* Down: try at once unless an attempt started within MIN; then the next attempt
+     * is due at that one + MIN (the backoff timer is pulled in; an idle worker keeps
+     * its own). Either way the command waits for that attempt's outcome. */
+    if (redis->ac == NULL && !redis->exiting) {
+        since = ngx_current_msec - redis->last_attempt;
+        if (since >= redis->mcf->backoff_min) {
+            if (redis->reconnect.timer_set) {
+                ngx_del_timer(&redis->reconnect);
+            }
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis connect on demand");
+            ngx_http_sep_redis_connect();
+        } else {
+            wait = redis->mcf->backoff_min - since;
+            if (redis->reconnect.timer_set &&
+                (ngx_msec_int_t)(redis->reconnect.timer.key - (ngx_current_msec + wait)) > 0) {
+                ngx_del_timer(&redis->reconnect); /* re-adding a set timer may be a no-op */
+            }
+            if (!redis->reconnect.timer_set) {
+                ngx_add_timer(&redis->reconnect, wait);
+            }
+            hold = 1;
         }
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis connect on demand");
-        ngx_http_sep_redis_connect();
     }
-    if (redis->ac == NULL || redis->state == SEP_REDIS_DISCONNECTED) {
+    if (!hold && (redis->ac == NULL || redis->state == SEP_REDIS_DISCONNECTED)) {
         return NGX_DECLINED;
     }
 
@@ -1066,7 +1084,7 @@ ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *
     cmd->formatted = formatted;
     cmd->formatted_len = (size_t)len;
 
-    if (redis->attempt) {
+    if (hold || redis->attempt) {
         /* held until the attempt's setup is answered: a request that stops waiting
          * (timeout, client gone) then has sent nothing */
         cmd->held = 1;

@@ -19,7 +19,7 @@ on failure (SEP_TEST_KEEP=1 keeps it). Cases:
   busy                a script past busy-reply-threshold: Redis answers BUSY; GET and
                       POST get 503 redis_loading (Retry-After, no spool files), the
                       connection stays, the outage is logged once ("cannot serve yet",
-                      "is back"), and a GET is served at most 0.5 s after the script ends
+                      "is back"), and the first GET after the script ended is served
   reconnect_waits     the connection dropped, Redis unreachable until the backoff has
                       grown, then back but busy (DEBUG SLEEP): a request does not get a
                       503 at once but waits for the attempt it starts; a client that
@@ -417,15 +417,10 @@ def case_busy(stack):
     expect(get.elapsed < TIMEOUT_MS / 1000, "redis_loading came after %.3fs" % get.elapsed)
     expect_error(post, 503, "redis_loading")
     expect(stack.spool_entries() == before, "the refused POST left spool files")
-    while True:
-        got = stack.request("GET", "/v1/jobs/" + job_id)
-        if got.status == 200:
-            break
-        expect(time.monotonic() - ended["at"] < 0.5, "still %d 0.5 s after the script ended"
-               % got.status, got.json)
-        time.sleep(0.01)
-    expect(time.monotonic() - ended["at"] < 0.5, "first 200 %.3fs after the script ended"
-           % (time.monotonic() - ended["at"]))
+    # Redis serves again the moment the script returned: so does the module (no
+    # reconnect, no waiting for the setup retry)
+    got = stack.request("GET", "/v1/jobs/" + job_id)
+    expect(got.status == 200, "the first GET after the script ended: %d" % got.status, got.json)
     deadline = time.monotonic() + 2
     while "is back after" not in stack.error_log()[log_at:]:
         expect(time.monotonic() < deadline, "no \"is back\" line", stack.error_log()[log_at:])
@@ -478,7 +473,7 @@ def case_held_timeout(stack):
     def kill_and_sleep():
         pipe = admin.pipeline(transaction=False)
         pipe.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-        pipe.execute_command("DEBUG", "SLEEP", 0.9)
+        pipe.execute_command("DEBUG", "SLEEP", 1.5)
         pipe.execute()
 
     asleep = threading.Thread(target=kill_and_sleep)

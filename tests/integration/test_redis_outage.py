@@ -41,7 +41,7 @@ from harness import expect  # noqa: E402
 # SEP_OUTAGES="0.3,1,3.3,6.5,7" measures other outages (seconds, comma-separated).
 OUTAGES = tuple(float(x) for x in os.environ.get("SEP_OUTAGES", "0.3,3.3,6.5").split(","))
 LIMIT_AFTER_PING = 0.5  # no 503 later than this after Redis answers PING again
-CLIENTS = 2  # client threads, each opening a fresh connection every 10 ms
+CLIENTS = 4  # client threads, each opening a fresh connection every 10 ms
 PAUSE = 0.010
 SETTLE = 1.0  # traffic goes on this long after PONG (a late 503 would show)
 WAV = harness.wav_bytes(seconds=0.05)
