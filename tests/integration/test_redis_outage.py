@@ -88,6 +88,16 @@ class ProbeStack(harness.Stack):
                 pids.add(int(name))
         return pids
 
+    def started_workers(self, timeout=15.0):
+        """The worker pids once all of them are up (nginx answers before the last one
+        may have started)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.worker_pids()
+            if len(pids) >= self.workers or time.monotonic() > deadline:
+                return pids
+            time.sleep(0.05)
+
     def probes(self):
         """{probe id: (pid, status)} from the probe access log."""
         out = {}
@@ -365,7 +375,7 @@ def outage_case(workers_n):
         stack = ProbeStack(workers_n)
         try:
             stack.start()
-            workers = stack.worker_pids()
+            workers = stack.started_workers()
             expect(len(workers) == workers_n, "expected %d workers, found %s"
                    % (workers_n, sorted(workers)))
             job_id = warm_up(stack, workers)
@@ -415,7 +425,8 @@ def loading_restart(_unused):
     stack = ProbeStack(2)
     try:
         stack.start()
-        workers = stack.worker_pids()
+        workers = stack.started_workers()
+        expect(len(workers) == 2, "expected 2 workers, found %s" % sorted(workers))
         job_id = warm_up(stack, workers)
         made = time.monotonic()
         fill = stack.redis_client(timeout=120)
