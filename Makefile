@@ -22,10 +22,10 @@ CFLAGS_COMMON := $(CSTD) $(OPT) -g $(WARNINGS) -fPIC -D_GNU_SOURCE -I.
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Everything the build, the tests and `make run` need, from Debian's archive.
-APT_PKGS := build-essential pkg-config curl bc python3 python3-redis \
+APT_PKGS := build-essential pkg-config curl bc python3 python3-redis python3-hypothesis \
             nginx-core nginx-dev libpcre2-dev libpcre3-dev zlib1g-dev libssl-dev \
             redis-server libhiredis-dev libjansson-dev libcmocka-dev \
-            libsndfile1-dev libsoxr-dev libopenblas-dev libfftw3-dev wrk python3-numpy
+            libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev wrk python3-numpy
 # The PyTorch reference (fixtures, full-size parity check, benchmarks).
 APT_REF_PKGS := python3-torch python3-torchaudio libopenblas0-pthread python3-venv \
                 python3-numpy python3-yaml python3-tqdm

@@ -216,11 +216,14 @@ def redis_address(prefix, port=None):
     return "127.0.0.1:%d" % port if port else "unix:" + redis_socket(prefix)
 
 
-def redis_args(prefix, port=None, daemon=False):
+def redis_args(prefix, port=None, daemon=False, durable=False):
     """redis-server arguments: on 127.0.0.1:port, or (port None) only on the Unix socket
-    prefix/redis/redis.sock; no persistence; files under prefix/redis."""
+    prefix/redis/redis.sock; files under prefix/redis. durable: AOF with `appendfsync
+    always` (a 202 then survives a Redis crash, as `make run` runs it); else none."""
     rdir = os.path.join(os.path.abspath(prefix), "redis")
-    args = [REDIS_BIN, "--dir", rdir, "--save", "", "--appendonly", "no",
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else \
+        ["--appendonly", "no"]
+    args = [REDIS_BIN, "--dir", rdir, "--save", ""] + persistence + [
             "--protected-mode", "yes", "--logfile", os.path.join(rdir, "redis.log")]
     if port:
         args += ["--bind", "127.0.0.1", "--port", str(port)]

@@ -227,8 +227,8 @@ static ngx_uint_t ngx_http_sep_stem_file_valid(ngx_str_t *stem, ngx_str_t *ext, 
 {
     size_t i, tag;
 
-    if (file.len < stem->len + 1 + ext->len ||
-        ngx_strncmp(file.ptr, stem->data, stem->len) != 0 || file.ptr[stem->len] != '.' ||
+    if (file.len < stem->len + 1 + ext->len || ngx_strncmp(file.ptr, stem->data, stem->len) != 0 ||
+        file.ptr[stem->len] != '.' ||
         ngx_strncmp(file.ptr + file.len - ext->len, ext->data, ext->len) != 0) {
         return 0;
     }
@@ -241,8 +241,8 @@ static ngx_uint_t ngx_http_sep_stem_file_valid(ngx_str_t *stem, ngx_str_t *ext, 
         return 0;
     }
     for (i = stem->len + 1; i < stem->len + 1 + tag; i++) {
-        if (!((file.ptr[i] >= 'a' && file.ptr[i] <= 'z') || (file.ptr[i] >= '0' && file.ptr[i] <= '9') ||
-              file.ptr[i] == '-')) {
+        if (!((file.ptr[i] >= 'a' && file.ptr[i] <= 'z') ||
+              (file.ptr[i] >= '0' && file.ptr[i] <= '9') || file.ptr[i] == '-')) {
             return 0;
         }
     }

@@ -503,7 +503,20 @@ size_t sep_job_render_json(const sep_job_t *job, char *buf, size_t cap)
             SEP_JW_LIT(w, ":{\"url\":\"" SEP_API_JOBS_PATH);
             sep_jw_raw(w, job->id.ptr, job->id.len); /* a validated id: no escaping */
             SEP_JW_LIT(w, "/stems/");
-            sep_jw_raw(w, stem->file.ptr, stem->file.len); /* checked by sep_stem_file_safe */
+            /* the public name is {stem}.{ext}: a file "{stem}.{attempt tag}.{ext}" keeps
+             * its tag out of the URL (the module maps the URL back to the record's file) */
+            const char *ext = stem->file.ptr + stem->file.len;
+            while (ext > stem->file.ptr && ext[-1] != '.')
+                ext--;
+            if (ext > stem->file.ptr && stem->name.len + 1 < stem->file.len &&
+                memcmp(stem->file.ptr, stem->name.ptr, stem->name.len) == 0 &&
+                stem->file.ptr[stem->name.len] == '.') {
+                sep_jw_raw(w, stem->name.ptr, stem->name.len);
+                SEP_JW_LIT(w, ".");
+                sep_jw_raw(w, ext, (size_t)(stem->file.ptr + stem->file.len - ext));
+            } else {
+                sep_jw_raw(w, stem->file.ptr, stem->file.len); /* checked by sep_stem_file_safe */
+            }
             SEP_JW_LIT(w, "\",");
             SEP_JW_KEY(w, "bytes");
             sep_jw_opt_int(w, stem->bytes);

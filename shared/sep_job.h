@@ -22,10 +22,13 @@
  *     input            spool file name of the upload ("input.wav", ...)
  *     input_type       sniffed type (sep_audio_type_name: wav, rf64, flac, ...)
  *     input_bytes      upload size
- *     stream_id        id of the job's entry in {p}q:{priority} (for XACK/XDEL)
- *   written by workerd (claim, progress, complete, fail scripts):
+ *     stream_id        id of the job's entry in {p}q:{priority} while it is queued
+ *                      in its stream or running (none while waiting for a retry)
+ *   written by workerd (claim, touch, progress, complete, fail, requeue scripts):
  *     started_at, finished_at
  *     worker           name of the worker running / that ran the job
+ *     token            the live attempt token "<attempt>:<hex>" while running
+ *                      (shared/README.md: fencing); not rendered
  *     audio_seconds, audio_sample_rate, audio_channels
  *     error_code, error_message, error_retryable ("1" / "0")
  *     stems            JSON object: {"vocals": {"file": "vocals.wav", "bytes": 123},

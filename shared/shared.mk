@@ -5,7 +5,8 @@
 #   build/gen/shared/sep_scripts.c       shared/lua/*.lua as C strings + SHA1s (each
 #                                        script preceded by shared/lua/lib.lua)
 #                                        (compiled into the library and the module)
-# Unit tests (tests/unit/, cmocka) are declared in tests/unit/unit.mk.
+# Unit tests (tests/unit/, cmocka) are declared in tests/unit/unit.mk, the Python
+# tests of the scripts (regressions, model-based, Cluster) in tests/scripts/scripts.mk.
 
 SHARED_LUA_SCRIPTS := submit cancel get claim progress complete fail promote heartbeat touch \
                       requeue force_cancel setup janitor
@@ -37,3 +38,4 @@ $(SHARED_LIB): $(SHARED_OBJS)
 	ar rcs $@ $^
 
 include tests/unit/unit.mk
+include tests/scripts/scripts.mk

@@ -5,20 +5,27 @@
 #                   then Redis outages and a restart that loads a big RDB under traffic,
 #                   with 2 and 4 workers (tests/integration/test_redis_outage.py, about
 #                   1 minute; prints RESULT lines)
+# test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
+#                   stems, bad inputs, crashes of device workers / supervisors / Redis,
+#                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once
 # test-local-stack  `make run` / `make stop` (conf/run-local, conf/stop-local) on a
 #                   temporary run directory, and conf/nginx.conf being up to date
 # test-stress       SUITE=<suite> N=<runs>: one suite N times in a row; prints each run's
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
-TEST_SUITES += test-local-stack test-integration
+TEST_SUITES += test-local-stack test-integration test-workerd
 
-.PHONY: test-integration test-local-stack test-stress
+.PHONY: test-integration test-local-stack test-stress test-workerd
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
 	$(PY) tests/integration/test_redis_outage.py
+
+# workerd run end to end: redis + nginx + supervisors with CPU device workers
+test-workerd: $(NGX_MODULE_SO) $(WORKERD_BIN)
+	$(PY) tests/workerd/test_workerd.py
 
 test-local-stack: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_local_stack.py

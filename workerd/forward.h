@@ -4,10 +4,15 @@
  * A forwarder runs n segments of `length` samples through network `model_index` of
  * the bag of `model`: in [n][channels][length] -> out [n][sources][channels][length].
  * The signature is exactly that of the device-worker pool's sep_pool_forward()
- * (workerd/pool.h), so a pool is a forwarder as it is: pass sep_pool_forward cast to
- * sep_forward_fn with the pool as ctx. A forwarder must be callable from several job
- * threads at once (the pool merges their segments into shared device batches); the
- * runner never holds a lock around it.
+ * (workerd/pool.h) but for its first parameter, so a pool becomes a forwarder with a
+ * one-line adapter (calling through a cast function pointer would be undefined):
+ *
+ *   static int pool_forward(void *ctx, const char *model, int mi, const float *in, int n,
+ *                           int length, float *out, double deadline, char *err, size_t len)
+ *   { return sep_pool_forward(ctx, model, mi, in, n, length, out, deadline, err, len); }
+ *
+ * A forwarder must be callable from several job threads at once (the pool merges their
+ * segments into shared device batches); the runner never holds a lock around it.
  *
  * deadline: CLOCK_MONOTONIC seconds (models/util.h sep_wall_seconds), 0 = none.
  *

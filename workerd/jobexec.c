@@ -225,6 +225,15 @@ static sep_job_code forward_code(int rc)
     }
 }
 
+/* Index of the first NaN/Inf among n floats, or (size_t)-1. */
+static size_t first_non_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return i;
+    return (size_t)-1;
+}
+
 /* Options -> apply options; 0, or -1 with the outcome set (invalid_options). */
 static int build_options(job_ctx *j, sep_apply_opts *ao)
 {
@@ -308,9 +317,16 @@ static int run_separate(job_ctx *j, const sep_apply_opts *ao)
             err[0] = '\0';
             int frc = fwd(fwd_ctx, name, desc.model_index, in, n, desc.length, out, j->hard_at, err,
                           sizeof(err));
-            if (frc == SEP_FWD_OK)
-                break;
-            if (frc == SEP_FWD_EDEVICE && s->fallback && fwd != s->fallback) {
+            if (frc == SEP_FWD_OK) {
+                /* a device that computes garbage is a device error, not silent stems */
+                size_t bad = first_non_finite(out, (size_t)n * info->n_sources * seg);
+                if (bad == (size_t)-1)
+                    break;
+                frc = SEP_FWD_EDEVICE;
+                snprintf(err, sizeof(err), "the network returned a non-finite value (segment %zu)",
+                         bad / (info->n_sources * seg));
+            }
+            if (frc == SEP_FWD_EDEVICE && s->fallback && !j->out->fell_back) {
                 fwd = s->fallback;
                 fwd_ctx = s->fallback_ctx;
                 j->out->fell_back = 1;

@@ -26,7 +26,8 @@
  *              internal_error     a forwarder refused its arguments (a bug)
  *   retryable  worker_crashed     the device worker died running our segments
  *              time_limit_hard    the hard time limit passed (the worker was killed)
- *              device_error       GPU init/OOM and no fallback forwarder (or it failed)
+ *              device_error       GPU init/OOM, or NaN/Inf in the network's output, and
+ *                                 no fallback forwarder (or it failed too)
  *              io_error           reading/writing the spool or output failed (ENOSPC)
  *              interrupted        the stop flag asked to give the job back (drain)
  *

@@ -15,6 +15,9 @@ typedef struct {
 } workerd_command;
 
 static const workerd_command commands[] = {
+    {"run", workerd_cmd_run, "the daemon: claim queued jobs, separate them, write their stems"},
+    {"inspect", workerd_cmd_inspect, "queues, workers and running jobs in Redis"},
+    {"purge", workerd_cmd_purge, "cancel queued jobs and/or empty the dead-letter stream"},
     {"separate", workerd_cmd_separate, "separate audio files into stems, offline"},
     {"device-worker", workerd_cmd_device_worker, "(internal) serve batches for the pool", 1},
 };

@@ -4,7 +4,9 @@
  *
  * Threads: callers of sep_pool_forward() only enqueue a request and sleep on its
  * condition variable; one dispatcher thread does everything else, under the pool's
- * mutex except while it sleeps in poll():
+ * mutex except while it sleeps in poll() and while it copies PCM between the callers'
+ * buffers and the arena. Only the dispatcher ends a request (finish()), so the
+ * requests named by a batch, and their buffers, stay valid without the lock:
  *
  *   poll(wake eventfd, every worker's event eventfd and pidfd; timeout = the next
  *        deadline, restart or stop grace)
@@ -64,6 +66,8 @@ extern char **environ;
 #define MAX_OUT 2              /* batches in flight per worker */
 #define START_TIMEOUT_S 30.0   /* sep_pool_start waits this long for every READY */
 #define STOP_GRACE_S 2.0       /* STOP, then SIGKILL */
+#define STOP_WAIT_S 5.0        /* a caller's raised stop flag: its batch gets this long */
+#define STOP_POLL_S 0.25       /* how often stop flags are looked at */
 #define BROKEN_AFTER 5         /* consecutive deaths before READY: the worker slot is broken */
 #define DEFAULT_SEGMENT 343980 /* htdemucs / htdemucs_6s: 7.8 s at 44.1 kHz */
 #define DEFAULT_CHANNELS 2
@@ -80,6 +84,8 @@ struct req {
     size_t seg_in, seg_out; /* floats per segment */
     char model[SEP_RING_MODEL_MAX];
     double deadline;
+    const atomic_int *stop; /* the caller's stop flag (NULL: none) */
+    double stop_seen;       /* when it was first seen raised (0: not yet) */
     uint64_t serial;
     int next_seg; /* fresh segments [next_seg, n) not yet dispatched */
     int *rerun;   /* segments re-queued after a worker died */
@@ -316,6 +322,14 @@ static void finish(sep_pool *p, req *r, int status, const char *fmt, ...)
     pthread_cond_signal(&r->cv);
 }
 
+static void fail_all(sep_pool *p, int code, const char *why)
+{
+    for (req *r = p->head, *nx; r; r = nx) {
+        nx = r->next;
+        finish(p, r, code, "%s", why);
+    }
+}
+
 static int has_pending(const req *r)
 {
     return !r->done && (r->n_rerun > 0 || r->next_seg < r->n);
@@ -357,7 +371,23 @@ static void spawn(sep_pool *p, wkr *w)
     snprintf(mb, sizeof(mb), "%d", p->reg_slots);
     snprintf(delay, sizeof(delay), "%d", p->delay_ms);
     int cuda = strncmp(p->device, "cuda", 4) == 0;
+    /* GPU i: the i-th entry of our own CUDA_VISIBLE_DEVICES when the operator set one
+     * (e.g. "2,3" -> workers see GPU 2 and GPU 3), else device i */
     snprintf(dev_env, sizeof(dev_env), "CUDA_VISIBLE_DEVICES=%d", w->index);
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    if (cuda && vis && *vis) {
+        const char *q = vis;
+        for (int i = 0; i < w->index && q; i++) {
+            q = strchr(q, ',');
+            if (q)
+                q++;
+        }
+        if (q && *q && *q != ',') {
+            size_t len = strcspn(q, ",");
+            if (len < sizeof(dev_env) - 22)
+                snprintf(dev_env, sizeof(dev_env), "CUDA_VISIBLE_DEVICES=%.*s", (int)len, q);
+        }
+    }
     char *argv[] = {p->exe,     "device-worker", "--shm-fd", fds[0],       "--cmd-fd",
                     fds[1],     "--evt-fd",      fds[2],     "--ppid",     ppid,
                     "--models", p->models_dir,   "--device", p->device,    "--threads",
@@ -462,7 +492,7 @@ static void on_exit_(sep_pool *p, wkr *w, int st)
     }
     if (!deliberate)
         logf_("worker %d (%s): %s%s", w->index, w->device, w->last_exit,
-              w->n_out ? ", its segments re-run" : "");
+              w->n_out ? ", its batches re-queued" : "");
     w->n_out = 0;
     w->region_busy = 0;
     w->pid = 0;
@@ -513,6 +543,15 @@ static void on_done(sep_pool *p, wkr *w, const sep_msg *m)
     memmove(&w->out[0], &w->out[1], sizeof(batch) * (size_t)(w->n_out - 1));
     w->n_out--;
     const float *outs = sep_shm_out(&w->shm, (uint32_t)(bt.region * p->reg_slots));
+    if (m->status == SEP_MSG_OK) {
+        /* outputs to the callers without the lock (as in schedule) */
+        pthread_mutex_unlock(&p->mu);
+        for (int k = 0; k < bt.count; k++)
+            if (bt.e[k].r)
+                memcpy(bt.e[k].r->out + (size_t)bt.e[k].seg * bt.e[k].r->seg_out,
+                       outs + (size_t)k * bt.e[k].r->seg_out, bt.e[k].r->seg_out * sizeof(float));
+        pthread_mutex_lock(&p->mu);
+    }
     for (int k = 0; k < bt.count; k++) {
         req *r = bt.e[k].r;
         if (!r)
@@ -527,8 +566,6 @@ static void on_done(sep_pool *p, wkr *w, const sep_msg *m)
             finish(p, r, code, "%s", text[0] ? text : sep_pool_strerror(code));
             continue;
         }
-        memcpy(r->out + (size_t)bt.e[k].seg * r->seg_out, outs + (size_t)k * r->seg_out,
-               r->seg_out * sizeof(float));
         if (--r->remaining == 0)
             finish(p, r, SEP_POOL_OK, NULL);
     }
@@ -618,8 +655,6 @@ static void schedule(sep_pool *p)
                 continue;
             while (has_pending(r) && bt->count < p->reg_slots) {
                 int seg = take_seg(r);
-                memcpy(ins + (size_t)bt->count * r->seg_in, r->in + (size_t)seg * r->seg_in,
-                       r->seg_in * sizeof(float));
                 bt->e[bt->count].r = r;
                 bt->e[bt->count].seg = seg;
                 bt->count++;
@@ -628,6 +663,15 @@ static void schedule(sep_pool *p)
                 last = r;
             }
         }
+        /* Copy the inputs without the lock: only this thread finishes requests, so
+         * the entries' requests (and their buffers) stay valid meanwhile. */
+        pthread_mutex_unlock(&p->mu);
+        for (int k = 0; k < bt->count; k++) {
+            const req *r = bt->e[k].r;
+            memcpy(ins + (size_t)k * r->seg_in, r->in + (size_t)bt->e[k].seg * r->seg_in,
+                   r->seg_in * sizeof(float));
+        }
+        pthread_mutex_lock(&p->mu);
         sep_msg m;
         memset(&m, 0, sizeof(m));
         m.type = SEP_MSG_BATCH;
@@ -655,12 +699,23 @@ static void schedule(sep_pool *p)
     }
 }
 
-/* Deadlines: returns the earliest future deadline (0 = none). */
+/* Deadlines: returns the earliest future deadline (0 = none). A request whose stop
+ * flag was raised gets STOP_WAIT_S to finish, then is treated as past its deadline
+ * (a hung worker must not hold a cancel or a drain until the hard time limit). */
 static double check_deadlines(sep_pool *p, double now)
 {
     double next = 0;
     for (req *r = p->head, *nx; r; r = nx) {
         nx = r->next;
+        if (r->stop) {
+            if (r->stop_seen == 0 && atomic_load(r->stop))
+                r->stop_seen = now;
+            double wake = r->stop_seen ? r->stop_seen + STOP_WAIT_S : now + STOP_POLL_S;
+            if (r->stop_seen && (r->deadline <= 0 || wake < r->deadline))
+                r->deadline = wake;
+            if (!r->stop_seen && (next == 0 || wake < next))
+                next = wake;
+        }
         if (r->deadline <= 0)
             continue;
         if (r->deadline > now) {
@@ -681,8 +736,12 @@ static double check_deadlines(sep_pool *p, double now)
                     break;
                 }
         }
-        finish(p, r, SEP_POOL_ETIME, "deadline passed (%d of %d segments done)",
-               r->n - r->remaining, r->n);
+        if (r->stop_seen)
+            finish(p, r, SEP_POOL_ESTOPPED, "stopped: its batch did not finish within %.0fs",
+                   STOP_WAIT_S);
+        else
+            finish(p, r, SEP_POOL_ETIME, "deadline passed (%d of %d segments done)",
+                   r->n - r->remaining, r->n);
     }
     return next;
 }
@@ -706,6 +765,7 @@ static void *dispatcher(void *arg)
         }
         if (p->stopping) {
             int alive = 0;
+            fail_all(p, SEP_POOL_ESTOPPED, "the device pool is stopping");
             if (stop_deadline == 0) {
                 stop_deadline = now + STOP_GRACE_S;
                 sep_msg stop;
@@ -752,11 +812,7 @@ static void *dispatcher(void *arg)
                 }
             }
             if (all_broken(p))
-                for (req *r = p->head, *nx; r; r = nx) {
-                    nx = r->next;
-                    finish(p, r, SEP_POOL_EDEVICE, "no device worker could start (%s)",
-                           p->w[0].last_exit);
-                }
+                fail_all(p, SEP_POOL_EDEVICE, "no device worker could start");
             schedule(p);
             pthread_cond_broadcast(&p->state_cv);
             poll_until = next;
@@ -795,6 +851,7 @@ static void *dispatcher(void *arg)
             waitpid(p->w[i].pid, &st, 0);
             on_exit_(p, &p->w[i], st);
         }
+    fail_all(p, SEP_POOL_ESTOPPED, "the device pool is stopping");
     p->exited = 1;
     pthread_cond_broadcast(&p->state_cv);
     pthread_mutex_unlock(&p->mu);
@@ -988,13 +1045,9 @@ void sep_pool_stop(sep_pool *p)
     if (!p)
         return;
     pthread_mutex_lock(&p->mu);
-    p->stopping = 1;
-    for (req *r = p->head, *nx; r; r = nx) {
-        nx = r->next;
-        finish(p, r, SEP_POOL_ESTOPPED, "the device pool is stopping");
-    }
+    p->stopping = 1; /* the dispatcher fails the waiting calls with ESTOPPED */
     wake(p);
-    while (p->callers > 0)
+    while (p->callers > 0 && p->thread_started)
         pthread_cond_wait(&p->state_cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
     if (p->thread_started)
@@ -1004,6 +1057,14 @@ void sep_pool_stop(sep_pool *p)
 
 int sep_pool_forward(sep_pool *p, const char *model, int model_index, const float *in, int n,
                      int length, float *out, double deadline, char *err, size_t errlen)
+{
+    return sep_pool_forward_stoppable(p, model, model_index, in, n, length, out, deadline, NULL,
+                                      err, errlen);
+}
+
+int sep_pool_forward_stoppable(sep_pool *p, const char *model, int model_index, const float *in,
+                               int n, int length, float *out, double deadline,
+                               const atomic_int *stop, char *err, size_t errlen)
 {
     if (!p || !model || n < 0 || (n > 0 && (!in || !out)) || length < 1) {
         set_err(err, errlen, "pool: bad arguments");
@@ -1047,6 +1108,7 @@ int sep_pool_forward(sep_pool *p, const char *model, int model_index, const floa
     r.seg_out = seg_out;
     snprintf(r.model, sizeof(r.model), "%s", model);
     r.deadline = deadline;
+    r.stop = stop;
     r.err = err;
     r.errlen = errlen;
     r.rerun = malloc((size_t)n * sizeof(int));
@@ -1059,7 +1121,7 @@ int sep_pool_forward(sep_pool *p, const char *model, int model_index, const floa
     }
     pthread_cond_init(&r.cv, NULL);
     pthread_mutex_lock(&p->mu);
-    if (p->stopping) {
+    if (p->stopping || p->exited) {
         pthread_mutex_unlock(&p->mu);
         pthread_cond_destroy(&r.cv);
         free(r.rerun);

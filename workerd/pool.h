@@ -18,6 +18,7 @@
 #ifndef WORKERD_POOL_H
 #define WORKERD_POOL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -61,6 +62,12 @@ typedef enum {
     SEP_WORKER_DEAD          /* exited; waiting to be restarted */
 } sep_pool_worker_state;
 
+/* sep_pool_forward that also watches the caller's stop flag: once it reads non-zero,
+ * the segments get 5 s more; then the worker running them is killed (and restarted) and
+ * SEP_POOL_ESTOPPED returned, so a hung worker never holds a cancel or a drain. */
+int sep_pool_forward_stoppable(sep_pool *p, const char *model, int model_index, const float *in,
+                               int n, int length, float *out, double deadline,
+                               const atomic_int *stop, char *err, size_t errlen);
 /* Per-worker stats for heartbeats. */
 typedef struct {
     int index;                   /* 0..n_workers-1 */

@@ -30,7 +30,8 @@ for "drop gone" and "busy"):
                     error_code worker_lost, a {p}dead entry, event failed
   canceled  ""      a reclaim of a job whose cancel was requested: canceled,
                     event canceled
-Errors: ERR_ARG, ERR_KEYS (also when the entry belongs to another job).
+Errors: ERR_ARG (also when the job's current entry is not pending: it was not read
+        through the group), ERR_KEYS (also when the entry belongs to another job).
 ]]
 local function main()
     local k = job_keys()
@@ -75,6 +76,12 @@ local function main()
     end
     if job.stream_id ~= entry or job_stream(k, job.priority) ~= stream then
         return drop('stale_entry')
+    end
+
+    -- The entry must be pending (read through the group, or taken with XAUTOCLAIM):
+    -- a running job always has a pending entry, so a reclaim can find it.
+    if #redis.call('XPENDING', stream, GROUP, entry, entry, 1) == 0 then
+        bad_arg(3, 'entry', 'is not pending in the group (read it with XREADGROUP first)')
     end
 
     local now = now_ms()

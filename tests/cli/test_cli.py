@@ -6,7 +6,8 @@ and float, FLAC, MP3, Ogg Vorbis, Opus, a 48 kHz mono file. Checks demucs' outpu
 layout DIR/{model}/{track}/{stem}.{ext}, stem names and count, lengths, sample rates,
 channel counts, output formats (16-bit, 24-bit, float WAV, FLAC), two-stem mode, exit
 statuses and messages for a missing file, a garbage file and missing weights, the
-progress bar on a TTY and silence otherwise, that resampling keeps time alignment
+progress bar on a TTY and silence otherwise, float output beyond +-1 with
+--clip-mode none, NaN/Inf samples and a cut WAV refused, that resampling keeps time alignment
 (48 kHz vs 44.1 kHz renderings of one signal), that peak memory does not grow with the
 input length, and that the separated 44.1 kHz fixture track matches the reference
 demucs.separate output (tests/reference/make_apply_fixtures.py) within TOLERANCE.
@@ -262,6 +263,56 @@ def test_errors(env):
     check(not leftovers, f"no temporary files left behind: {leftovers}")
 
 
+def write_float_wav(path, samples):
+    """samples [frames][channels] float32 as a WAVE_FORMAT_IEEE_FLOAT file."""
+    import struct
+    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+    ch = samples.shape[1]
+    hdr = (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " +
+           struct.pack("<IHHIIHH", 16, 3, ch, 44100, 44100 * 4 * ch, 4 * ch, 32) +
+           b"data" + struct.pack("<I", len(data)))
+    with open(path, "wb") as f:
+        f.write(hdr + data)
+
+
+def test_float_and_bad_samples(env):
+    """Float output keeps |x| > 1 with --clip-mode none; NaN/Inf and cut files refused."""
+    t = np.arange(44100) / 44100.0
+    loud = 4 * np.stack([np.sign(np.sin(2 * np.pi * 220 * t)), np.sin(2 * np.pi * 330 * t)], 1)
+    write_float_wav(env.path("loud.wav"), loud)
+    peaks = {}
+    for flags in (("--float32", "--clip-mode", "none"), ("--float32",),
+                  ("--int24", "--clip-mode", "none")):
+        name = "_".join(f.strip("-") for f in flags)
+        r = env.separate("-o", "loud_" + name, *flags, "loud.wav")
+        if not check(r.returncode == 0, f"loud input {' '.join(flags)} ({r.stderr.strip()})"):
+            return
+        out = env.path("loud_" + name, "tiny_apply", "loud")
+        peaks[flags] = max(float(np.abs(env.samples(os.path.join(out, f))).max())
+                           for f in stems_in(out))
+    print(f"RESULT cli loud input stem peaks: {peaks}")
+    check(peaks[("--float32", "--clip-mode", "none")] > 1.0,
+          "--float32 --clip-mode none keeps samples beyond +-1")
+    check(peaks[("--float32",)] <= 1.0, "--float32 with rescale stays within +-1")
+    check(peaks[("--int24", "--clip-mode", "none")] <= 1.0, "--int24 clamps to +-1")
+
+    for name, value in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+        x = loud.copy() / 8
+        x[1234, 1] = value
+        write_float_wav(env.path(name), x)
+        r = env.separate("-o", "bad", name)
+        check(r.returncode == 1 and "non-finite sample" in r.stderr,
+              f"{name}: rc 1 + message ({r.stderr.strip()})")
+    env.tool("gen", env.path("cut.wav"), "wav16", "44100", "2", "1.0")
+    os.truncate(env.path("cut.wav"), os.path.getsize(env.path("cut.wav")) // 2)
+    r = env.separate("-o", "bad", "cut.wav")
+    check(r.returncode == 1 and "truncated" in r.stderr,
+          f"truncated WAV: rc 1 + message ({r.stderr.strip()})")
+    check(not os.path.exists(env.path("bad", "tiny_apply", "nan")) and
+          not os.path.exists(env.path("bad", "tiny_apply", "cut")),
+          "no output folder for refused inputs")
+
+
 def test_tty_progress(env):
     """On a TTY the progress bar is drawn and ends at 100%."""
     master, slave = pty.openpty()
@@ -320,6 +371,7 @@ def main():
         test_formats(env)
         test_resampling(env)
         test_errors(env)
+        test_float_and_bad_samples(env)
         test_tty_progress(env)
         test_memory(env)
     finally:

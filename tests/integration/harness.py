@@ -308,7 +308,8 @@ class Cases:
                                            ("  " + detail) if detail else ""), flush=True)
         print("CASES: %d passed, %d failed, 0 skipped" % (ran - len(failed), len(failed)))
         if failed:
-            print("nginx error log (tail):\n" + stack.error_log_tail(), flush=True)
+            if stack is not None:
+                print("nginx error log (tail):\n" + stack.error_log_tail(), flush=True)
             print("FAILED: %d of %d cases: %s" % (len(failed), ran, ", ".join(failed)))
             return 1
         print("PASS: %d cases" % ran)

@@ -286,6 +286,32 @@ def delete_queued_job(stack):
                       "DELETE unknown id")
 
 
+@cases.case
+def delete_running_job(stack):
+    """A running job: DELETE asks its worker to stop (202); when its worker is gone
+    (the claim was not renewed), DELETE cancels it at once (200) and removes its files."""
+    import worker_sim  # noqa: E402
+
+    job_id = expect_accepted(submit(stack))
+    claimed = worker_sim.claim(stack.redis, job_id)
+    expect(claimed is not None, "claim refused")
+    resp = stack.request("DELETE", "/v1/jobs/" + job_id)
+    expect(resp.status == 202 and resp.json.get("status") == "running",
+           "DELETE of a live running job: expected 202 running", resp)
+    expect(stack.spool_files(job_id), "a live job's files were deleted")
+    # the worker learns it and stops: fail with code canceled
+    expect(worker_sim.fail(stack.redis, job_id, claimed[0]) == [b"canceled"], "fail canceled")
+
+    job_id = expect_accepted(submit(stack))
+    expect(worker_sim.claim(stack.redis, job_id, visibility_ms=1) is not None, "claim refused")
+    time.sleep(0.01)
+    resp = stack.request("DELETE", "/v1/jobs/" + job_id)
+    expect(resp.status == 200 and resp.json.get("status") == "canceled",
+           "DELETE of a job whose worker is gone: expected 200 canceled", resp)
+    expect(not stack.spool_files(job_id), "its spool files are still there",
+           stack.spool_files(job_id))
+
+
 # stems -----------------------------------------------------------------------------------
 @cases.case
 def stem_download(stack):

@@ -67,19 +67,26 @@ def read_entry(r, job_id, queue, worker):
     return None
 
 
-def claim(r, job_id, worker="it-worker/0"):
+def claim(r, job_id, worker="it-worker/0", visibility_ms=300000):
     """claim.lua after reading the job's entry: returns (token, hash as a dict), or
-    None when the job is not run (the reply's reason is not "run")."""
+    None when the job is not run (the reply's reason is not "run"). A short
+    visibility_ms stands for a worker that dies right after claiming."""
     queue = (r.hget(PREFIX + "job:" + job_id, "priority") or b"normal").decode()
     entry = read_entry(r, job_id, queue, worker)
     if entry is None:
         return None
     reply = r.eval(script("claim"), 8, *job_keys(job_id), worker, queue, entry,
-                   os.urandom(8).hex(), "300000", "1000")
+                   os.urandom(8).hex(), str(visibility_ms), "1000")
     if reply[0] != b"run":
         return None
     fields = {reply[i].decode(): reply[i + 1].decode() for i in range(2, len(reply) - 1, 2)}
     return reply[1].decode(), fields
+
+
+def fail(r, job_id, token, code="canceled", message="", retryable="0"):
+    """fail.lua for the attempt of token: returns the reply ([b"canceled"], ...)."""
+    return r.eval(script("fail"), 8, *job_keys(job_id), token, code, message, retryable,
+                  "0", "0", "0", "1000")
 
 
 def complete_job(stack, job_id):

@@ -503,24 +503,57 @@ static void test_recycle(void **state)
     stop(p);
 }
 
+/* the value of NAME in a process's environment ("" when absent) */
+static void proc_env(pid_t pid, const char *name, char *out, size_t outlen)
+{
+    char path[64], buf[65536];
+    snprintf(path, sizeof(path), "/proc/%d/environ", (int)pid);
+    out[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    size_t nl = strlen(name);
+    for (size_t i = 0; i < n; i += strlen(buf + i) + 1)
+        if (strncmp(buf + i, name, nl) == 0 && buf[i + nl] == '=')
+            snprintf(out, outlen, "%s", buf + i + nl + 1);
+}
+
 static void test_cuda_without_backend(void **state)
 {
     (void)state;
     sep_pool_config c = base_config();
     c.device = "cuda";
-    c.n_workers = 1;
+    c.n_workers = 2;
+    setenv("CUDA_VISIBLE_DEVICES", "5,7", 1); /* the operator's GPUs: workers get one each */
     sep_pool *p = start(&c);
+    unsetenv("CUDA_VISIBLE_DEVICES");
     char err[512];
     float *in = make_input(1, SEG, 9);
     float *out = malloc((size_t)SRC * CH * SEG * sizeof(float));
     int rc = sep_pool_forward(p, MODEL, 0, in, 1, SEG, out, 0, err, sizeof(err));
     printf("cuda: rc %d: %s\n", rc, err);
     assert_int_equal(rc, SEP_POOL_EDEVICE);
-    sep_pool_worker_stats st[1];
-    sep_pool_stats(p, st, 1);
+    sep_pool_worker_stats st[2];
+    assert_int_equal(sep_pool_stats(p, st, 2), 2);
     assert_string_equal(st[0].device, "cuda:0");
+    assert_string_equal(st[1].device, "cuda:1");
+    char v[64];
+    proc_env(st[0].pid, "CUDA_VISIBLE_DEVICES", v, sizeof(v));
+    assert_string_equal(v, "5");
+    proc_env(st[1].pid, "CUDA_VISIBLE_DEVICES", v, sizeof(v));
+    assert_string_equal(v, "7");
     free(in);
     free(out);
+    stop(p);
+    /* without an operator list: device i */
+    c.n_workers = 1;
+    p = start(&c);
+    sep_pool_stats(p, st, 1);
+    proc_env(st[0].pid, "CUDA_VISIBLE_DEVICES", v, sizeof(v));
+    assert_string_equal(v, "0");
     stop(p);
 }
 
