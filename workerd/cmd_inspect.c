@@ -14,11 +14,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "shared/sep_keys.h"
 #include "workerd/commands.h"
 #include "workerd/config.h"
 #include "workerd/redis_client.h"
-
-#define JOB_KEYS 8
 
 typedef struct {
     sep_redis_client rc;
@@ -51,19 +50,12 @@ static int load_settings(tool *t, int argc, char **argv, const char *const *own,
     }
     if (rc == 1)
         return 1;
-    /* "ADDRESS [db=N] [password=SECRET]" */
-    char addr[512] = "", pass[256] = "";
-    int db = 0;
-    char buf[512];
-    snprintf(buf, sizeof(buf), "%s", t->c.redis);
-    char *save = NULL;
-    for (char *w = strtok_r(buf, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
-        if (strncmp(w, "db=", 3) == 0)
-            db = atoi(w + 3);
-        else if (strncmp(w, "password=", 9) == 0)
-            snprintf(pass, sizeof(pass), "%s", w + 9);
-        else
-            snprintf(addr, sizeof(addr), "%s", w);
+    char addr[512], pass[256];
+    int db;
+    if (sep_redis_parse_spec(t->c.redis, addr, sizeof(addr), pass, sizeof(pass), &db, err,
+                             sizeof(err)) != 0) {
+        fprintf(stderr, "workerd %s: %s\n", argv[0], err);
+        return -1;
     }
     sep_redis_client_init(&t->rc, addr, pass, db, 5000);
     if (sep_redis_client_connect(&t->rc) != 0) {
@@ -176,9 +168,9 @@ static int inspect(tool *t)
         redisReply *h =
             sep_redis_client_commandf(&t->rc, "HMGET %s worker attempts stage progress", jk);
         double left = atof(elem_or(r, 2 * i + 1, "0")) / 1000.0 - (double)time(NULL);
-        printf("  %s worker %s attempt %s stage %s progress %s, claim %s %.0fs\n", elem_or(r, 2 * i, "?"),
-               elem_or(h, 0, "?"), elem_or(h, 1, "?"), elem_or(h, 2, "?"), elem_or(h, 3, "?"),
-               left >= 0 ? "expires in" : "EXPIRED", left >= 0 ? left : -left);
+        printf("  %s worker %s attempt %s stage %s progress %s, claim %s %.0fs\n",
+               elem_or(r, 2 * i, "?"), elem_or(h, 0, "?"), elem_or(h, 1, "?"), elem_or(h, 2, "?"),
+               elem_or(h, 3, "?"), left >= 0 ? "expires in" : "EXPIRED", left >= 0 ? left : -left);
         if (h)
             freeReplyObject(h);
     }
@@ -200,15 +192,14 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 /* Cancels one job with the `cancel` script; 1 when it was canceled. */
 static int cancel_job(tool *t, const char *id)
 {
-    static const char *const tails[JOB_KEYS] = {"job:",    "stats",   "q:high", "q:normal",
-                                                "delayed", "running", "expiry", "dead"};
-    char buf[JOB_KEYS][256];
-    const char *keys[JOB_KEYS];
-    for (int i = 0; i < JOB_KEYS; i++) {
-        snprintf(buf[i], sizeof(buf[i]), "%s%s%s", t->c.prefix, tails[i], i == 0 ? id : "");
-        keys[i] = buf[i];
-    }
-    redisReply *r = sep_redis_client_script(&t->rc, SEP_SCRIPT_CANCEL, JOB_KEYS, keys, 0, NULL);
+    sep_job_keys_t jk;
+    const char *keys[SEP_JOB_KEYS];
+    if (sep_job_keys(&jk, (sep_str_t){t->c.prefix, strlen(t->c.prefix)},
+                     (sep_str_t){id, strlen(id)}) != 0)
+        return 0;
+    for (int i = 0; i < SEP_JOB_KEYS; i++)
+        keys[i] = jk.key[i];
+    redisReply *r = sep_redis_client_script(&t->rc, SEP_SCRIPT_CANCEL, SEP_JOB_KEYS, keys, 0, NULL);
     int done =
         r && r->type == REDIS_REPLY_ARRAY && elem(r, 0) && strcmp(elem(r, 0), "canceled") == 0;
     if (r)

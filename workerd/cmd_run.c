@@ -11,6 +11,7 @@
 
 #include "workerd/commands.h"
 #include "workerd/config.h"
+#include "workerd/redis_client.h"
 #include "workerd/supervisor.h"
 
 typedef struct {
@@ -19,44 +20,12 @@ typedef struct {
     sep_workerd_config current;
 } run_ctx;
 
-/* "ADDRESS [db=N] [password=SECRET]" -> the three settings. 0 or -1. */
-static int split_redis(const char *text, sep_supervisor_settings *s, char *err, size_t errlen)
-{
-    char buf[sizeof(((sep_workerd_config *)0)->redis)];
-    snprintf(buf, sizeof(buf), "%s", text);
-    s->redis_db = 0;
-    s->redis_password[0] = 0;
-    char *save = NULL;
-    char *word = strtok_r(buf, " \t", &save);
-    if (!word) {
-        snprintf(err, errlen, "redis: no address");
-        return -1;
-    }
-    snprintf(s->redis, sizeof(s->redis), "%s", word);
-    while ((word = strtok_r(NULL, " \t", &save))) {
-        if (strncmp(word, "db=", 3) == 0) {
-            char *end;
-            long db = strtol(word + 3, &end, 10);
-            if (*end || end == word + 3 || db < 0 || db > 15) {
-                snprintf(err, errlen, "redis: db must be 0..15 (%s)", word);
-                return -1;
-            }
-            s->redis_db = (int)db;
-        } else if (strncmp(word, "password=", 9) == 0) {
-            snprintf(s->redis_password, sizeof(s->redis_password), "%s", word + 9);
-        } else {
-            snprintf(err, errlen, "redis: unknown option '%s' (db=N, password=SECRET)", word);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static int to_settings(const sep_workerd_config *c, sep_supervisor_settings *s, char *err,
                        size_t errlen)
 {
     memset(s, 0, sizeof(*s));
-    if (split_redis(c->redis, s, err, errlen) != 0)
+    if (sep_redis_parse_spec(c->redis, s->redis, sizeof(s->redis), s->redis_password,
+                             sizeof(s->redis_password), &s->redis_db, err, errlen) != 0)
         return -1;
     snprintf(s->prefix, sizeof(s->prefix), "%s", c->prefix);
     snprintf(s->name, sizeof(s->name), "%s", c->name);

@@ -16,6 +16,39 @@ static struct timeval ms_tv(int ms)
     return tv;
 }
 
+int sep_redis_parse_spec(const char *spec, char *address, size_t address_cap, char *password,
+                         size_t password_cap, int *db, char *err, size_t errlen)
+{
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", spec);
+    *db = 0;
+    password[0] = 0;
+    char *save = NULL;
+    char *word = strtok_r(buf, " \t", &save);
+    if (!word) {
+        snprintf(err, errlen, "redis: no address");
+        return -1;
+    }
+    snprintf(address, address_cap, "%s", word);
+    while ((word = strtok_r(NULL, " \t", &save))) {
+        if (strncmp(word, "db=", 3) == 0) {
+            char *end;
+            long v = strtol(word + 3, &end, 10);
+            if (*end || end == word + 3 || v < 0 || v > 15) {
+                snprintf(err, errlen, "redis: db must be 0..15 (%s)", word);
+                return -1;
+            }
+            *db = (int)v;
+        } else if (strncmp(word, "password=", 9) == 0) {
+            snprintf(password, password_cap, "%s", word + 9);
+        } else {
+            snprintf(err, errlen, "redis: unknown option '%s' (db=N, password=SECRET)", word);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 void sep_redis_client_init(sep_redis_client *rc, const char *address, const char *password, int db,
                            int timeout_ms)
 {

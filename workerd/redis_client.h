@@ -26,6 +26,11 @@ typedef struct {
     char err[1024]; /* the last connection error */
 } sep_redis_client;
 
+/* The `redis` setting "ADDRESS [db=N] [password=SECRET]" split into its parts (db 0
+ * and no password when absent). 0, or -1 with a message. */
+int sep_redis_parse_spec(const char *spec, char *address, size_t address_cap, char *password,
+                         size_t password_cap, int *db, char *err, size_t errlen);
+
 void sep_redis_client_init(sep_redis_client *rc, const char *address, const char *password, int db,
                            int timeout_ms);
 void sep_redis_client_close(sep_redis_client *rc);

@@ -34,11 +34,12 @@
 
 #include "models/util.h"
 #include "shared/sep_id.h"
+#include "shared/sep_keys.h"
 #include "workerd/jobexec.h"
 #include "workerd/pool.h"
 #include "workerd/redis_client.h"
 
-#define JOB_KEYS 8
+#define JOB_KEYS SEP_JOB_KEYS
 #define MAX_SLOTS 64
 
 /* ---- logging: one line per event, with the job id where there is one ---------- */
@@ -101,9 +102,10 @@ struct supervisor {
     sep_pool *cpu_pool; /* fallback when device is cuda (NULL otherwise) */
     job_slot slots[MAX_SLOTS];
     atomic_long jobs_done, jobs_failed;
-    int draining;
+    atomic_int draining;    /* SIGTERM: job threads read it too (drain_deadline first) */
     int unclaimed;          /* an entry was delivered to us with no slot free for it */
     char orphan_cursor[64]; /* the last spool directory the orphan sweep looked at */
+    int owner_warned;       /* the spool's owner marker names another service (logged) */
     double drain_deadline;
     char models[512]; /* comma-separated names in models_dir (heartbeat) */
 };
@@ -121,19 +123,18 @@ static void on_signal(int sig)
 /* ---- keys ------------------------------------------------------------------------- */
 
 typedef struct {
-    char buf[JOB_KEYS][256];
+    sep_job_keys_t keys;
     const char *k[JOB_KEYS];
 } job_keys;
 
-/* KEYS of every job script, in the order of shared/README.md. */
+/* KEYS of every job script, in the order of shared/README.md (shared/sep_keys.h). */
 static void make_job_keys(job_keys *jk, const char *prefix, const char *id)
 {
-    static const char *const tails[JOB_KEYS] = {"job:",    "stats",   "q:high", "q:normal",
-                                                "delayed", "running", "expiry", "dead"};
-    for (int i = 0; i < JOB_KEYS; i++) {
-        snprintf(jk->buf[i], sizeof(jk->buf[i]), "%s%s%s", prefix, tails[i], i == 0 ? id : "");
-        jk->k[i] = jk->buf[i];
-    }
+    sep_str_t p = {prefix, strlen(prefix)}, i = {id, strlen(id)};
+    if (sep_job_keys(&jk->keys, p, i) != 0)
+        memset(&jk->keys, 0, sizeof(jk->keys)); /* the scripts refuse empty keys */
+    for (int n = 0; n < JOB_KEYS; n++)
+        jk->k[n] = jk->keys.key[n];
 }
 
 static void key(char *buf, size_t cap, const char *prefix, const char *tail)
@@ -300,7 +301,8 @@ static int on_progress(void *user, const char *stage, double fraction)
 static redisReply *final_call(job_ctx *c, sep_script_id_t id, int nargs, const char **args,
                               int *resent)
 {
-    double give_up = now_s() + c->slot->sv->s->visibility_timeout + 5;
+    supervisor *sv = c->slot->sv;
+    double give_up = now_s() + sv->s->visibility_timeout + 5;
     double wait = 0.1;
     if (resent)
         *resent = 0;
@@ -314,6 +316,10 @@ static redisReply *final_call(job_ctx *c, sep_script_id_t id, int nargs, const c
             freeReplyObject(r);
         else if (resent) /* it may have run: its reply was lost with the connection */
             *resent = 1;
+        /* draining: the process must end near drain_timeout; the job stays claimed
+         * and another host takes it after the visibility timeout */
+        if (atomic_load(&sv->draining) && sv->drain_deadline + 2 < give_up)
+            give_up = sv->drain_deadline + 2;
         if (now_s() + wait > give_up) {
             log_error("job %s: giving up on %s: %s", c->slot->id, sep_scripts[id].name, why);
             return NULL;
@@ -482,7 +488,12 @@ static void finish_failed(job_ctx *c, const sep_job_outcome *o)
     if (o->code == SEP_JOB_INTERRUPTED) { /* drain: give it back at once */
         const char *args[] = {sl->token, "given back by its worker"};
         redisReply *r = final_call(c, SEP_SCRIPT_REQUEUE, 2, args, NULL);
-        log_info("job %s: given back to the queue%s%s", sl->id, r ? "" : ": ", r ? "" : c->rc->err);
+        if (r && r->type != REDIS_REPLY_ERROR)
+            log_info("job %s: given back to the queue", sl->id);
+        else
+            log_warn("job %s: could not be given back (%s); another host takes it after the "
+                     "visibility timeout",
+                     sl->id, r ? r->str : c->rc->err);
         if (r)
             freeReplyObject(r);
         return;
@@ -975,8 +986,10 @@ static void heartbeat(supervisor *sv)
                    atomic_load(&sl->stop) == SEP_JOB_RUN) {
             log_info("job %s: cancel requested; stopping", sl->id);
             atomic_store(&sl->stop, SEP_JOB_STOP_CANCEL);
-        } else if (r->type == REDIS_REPLY_ERROR) {
+        } else if (r->type == REDIS_REPLY_ERROR && script_verdict(r)) {
             log_warn("job %s: touch refused: %s", sl->id, r->str);
+        } else if (r->type == REDIS_REPLY_ERROR) { /* -BUSY, -OOM: the next beat retries */
+            log_debug("job %s: touch not recorded: %s", sl->id, r->str);
         }
         freeReplyObject(r);
     }
@@ -1032,8 +1045,52 @@ static int cmp_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Whether the spool is ours to sweep: {spool}/.sep-owner names the prefix and Redis db
+ * of the service it belongs to (written by the first supervisor that sweeps it). A
+ * supervisor with another prefix or db (a typo, a staging instance on the production
+ * spool) would find no record for any directory and delete them all. */
+static int spool_is_ours(supervisor *sv)
+{
+    char path[1200], want[200], have[200] = "";
+    snprintf(path, sizeof(path), "%s/.sep-owner", sv->s->spool);
+    snprintf(want, sizeof(want), "prefix=%s db=%d\n", sv->s->prefix, sv->s->redis_db);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (!fgets(have, sizeof(have), f))
+            have[0] = 0;
+        fclose(f);
+    } else if (errno == ENOENT) {
+        char tmp[1300];
+        snprintf(tmp, sizeof(tmp), "%s.%d", path, getpid());
+        f = fopen(tmp, "w");
+        if (f) {
+            fputs(want, f);
+            if (fclose(f) == 0 && link(tmp, path) == 0) /* first writer wins */
+                snprintf(have, sizeof(have), "%s", want);
+            unlink(tmp);
+        }
+        if (!have[0])
+            return 0; /* another supervisor wrote it first: read the winner next pass */
+    }
+    if (strcmp(have, want) == 0)
+        return 1;
+    if (!sv->owner_warned) {
+        size_t n = strlen(have);
+        if (n && have[n - 1] == '\n')
+            have[n - 1] = 0;
+        log_warn("spool %s belongs to %s, not to prefix=%s db=%d: its orphan sweep is off "
+                 "(fix --prefix/--redis, or remove %s if the spool is really this service's)",
+                 sv->s->spool, have[0] ? have : "another service", sv->s->prefix, sv->s->redis_db,
+                 path);
+        sv->owner_warned = 1;
+    }
+    return 0;
+}
+
 static void remove_orphans(supervisor *sv)
 {
+    if (!spool_is_ours(sv))
+        return;
     /* A pass looks at the next ORPHAN_BATCH job directories after the last one looked
      * at, in name order (ids are random: a fair sample of the spool), and wraps around,
      * so every directory is reached however many there are. */
@@ -1062,24 +1119,46 @@ static void remove_orphans(supervisor *sv)
     qsort(names, n, sizeof(*names), cmp_names);
     size_t take = n < ORPHAN_BATCH ? n : ORPHAN_BATCH;
     time_t now = time(NULL);
-    for (size_t i = 0; i < take; i++) {
+    char *orphan = calloc(take ? take : 1, 1);
+    size_t n_orphans = 0, n_records = 0, looked = 0;
+    for (size_t i = 0; orphan && i < take; i++, looked++) {
         char path[1400];
         struct stat st;
         snprintf(path, sizeof(path), "%s/%s", sv->s->spool, names[i]);
-        snprintf(sv->orphan_cursor, sizeof(sv->orphan_cursor), "%s", names[i]);
-        if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) ||
-            difftime(now, st.st_mtime) < sv->s->orphan_age)
+        if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode)) {
             continue;
+        }
         char jkey[256];
         snprintf(jkey, sizeof(jkey), "%sjob:%s", sv->s->prefix, names[i]);
         redisReply *r = sep_redis_client_commandf(&sv->rc, "EXISTS %s", jkey);
         if (!r)
             break;
-        if (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && remove_tree(path) == 0)
-            log_info("job %s: orphaned spool directory removed", names[i]);
+        if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+            n_records++;
+        else if (difftime(now, st.st_mtime) >= sv->s->orphan_age)
+            orphan[i] = 1, n_orphans++;
         freeReplyObject(r);
     }
-    if (take == n) /* the end of the spool: the next pass starts from the beginning */
+    /* many old directories and not one record: more likely the wrong prefix or db (or
+     * a flushed Redis) than that many orphans; nothing is removed, an operator decides */
+    if (n_orphans >= 10 && n_records == 0) {
+        if (!sv->owner_warned)
+            log_warn("orphan sweep: none of %zu old spool directories has a record under "
+                     "prefix %s db %d; nothing removed (check --prefix/--redis)",
+                     n_orphans, sv->s->prefix, sv->s->redis_db);
+        sv->owner_warned = 1;
+        n_orphans = 0;
+    }
+    for (size_t i = 0; n_orphans && i < looked; i++) {
+        char path[1400];
+        snprintf(path, sizeof(path), "%s/%s", sv->s->spool, names[i]);
+        if (orphan[i] && remove_tree(path) == 0)
+            log_info("job %s: orphaned spool directory removed", names[i]);
+    }
+    if (looked)
+        snprintf(sv->orphan_cursor, sizeof(sv->orphan_cursor), "%s", names[looked - 1]);
+    free(orphan);
+    if (take == n && looked == take) /* the end of the spool: start again next pass */
         sv->orphan_cursor[0] = 0;
     for (size_t i = 0; i < n; i++)
         free(names[i]);
@@ -1323,8 +1402,8 @@ int sep_supervisor_run(sep_supervisor_settings *s,
             }
         }
         if (got_term && !sv.draining) {
-            sv.draining = 1;
             sv.drain_deadline = now + s->drain_timeout;
+            atomic_store(&sv.draining, 1);
             log_info("draining: no new jobs; %d running get %.0fs to finish", running_count(&sv),
                      s->drain_timeout);
             next_beat = 0;

@@ -74,7 +74,7 @@ local function main()
     if job.status ~= 'queued' and job.status ~= 'running' then
         return drop('finished')
     end
-    if job.stream_id ~= entry or job_stream(k, job.priority) ~= stream then
+    if job.stream_id ~= entry then
         return drop('stale_entry')
     end
 
@@ -82,6 +82,14 @@ local function main()
     -- a running job always has a pending entry, so a reclaim can find it.
     if #redis.call('XPENDING', stream, GROUP, entry, entry, 1) == 0 then
         bad_arg(3, 'entry', 'is not pending in the group (read it with XREADGROUP first)')
+    end
+
+    -- The job's current entry is the truth about its queue: a record whose priority
+    -- names the other stream (rewritten by hand, a migration) follows the entry, so
+    -- later calls ack the right stream (dropping it would leave the job nowhere).
+    if job_stream(k, job.priority) ~= stream then
+        redis.call('HSET', k.job, 'priority', queue)
+        job.priority = queue
     end
 
     local now = now_ms()

@@ -3,7 +3,9 @@
 RedisServer starts redis-server in its own temporary directory, listening only on a
 Unix socket there (--port 0), and removes the directory when stopped (also when the
 test fails: use it as a context manager). With cluster=True it is a one-node Redis
-Cluster owning every slot.
+Cluster owning every slot; its cluster bus still needs a TCP port (by default the
+client port + 10000, i.e. 10000 for every such server): it gets one from
+conf/localstack.py (outside the ephemeral range, retried when taken).
 
 Scripts loads shared/lua/NAME.lua preceded by shared/lua/lib.lua, as the build does
 (shared/gen-scripts.sh), and calls them with EVALSHA; job_keys() builds the 8 KEYS of
@@ -13,6 +15,7 @@ the job scripts (shared/README.md).
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -20,6 +23,8 @@ import redis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "conf"))
+import localstack  # noqa: E402  (ports outside the ephemeral range, EADDRINUSE retries)
 LUA_DIR = os.path.join(ROOT, "shared", "lua")
 GROUP = "workers"
 JOB_KEY_SUFFIXES = ("stats", "q:high", "q:normal", "delayed", "running", "expiry", "dead")
@@ -30,19 +35,34 @@ class RedisServer:
         self.cluster = cluster
         self.dir = tempfile.mkdtemp(prefix="sep-scripts-")
         self.sock = os.path.join(self.dir, "redis.sock")
-        args = ["redis-server", "--port", "0", "--unixsocket", self.sock,
-                "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-                "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")]
-        if cluster:
-            args += ["--cluster-enabled", "yes",
-                     "--cluster-config-file", os.path.join(self.dir, "nodes.conf")]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = None
         try:
-            self.r = self._connect()
+            if cluster:
+                localstack.start_on_free_port(self._start, "redis-server cluster bus")
+            else:
+                self._start(None)
             if cluster:
                 self._own_all_slots()
         except BaseException:
             self.stop()
+            raise
+
+    def _start(self, bus_port):
+        log = os.path.join(self.dir, "redis.log")
+        args = ["redis-server", "--port", "0", "--unixsocket", self.sock,
+                "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+                "--dir", self.dir, "--logfile", log]
+        if bus_port:
+            args += ["--cluster-enabled", "yes", "--cluster-port", str(bus_port),
+                     "--cluster-config-file", os.path.join(self.dir, "nodes.conf")]
+        since = os.path.getsize(log) if os.path.exists(log) else 0
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self.r = self._connect()
+        except RuntimeError:
+            self.proc.wait()
+            if bus_port and localstack._log_says_port_taken(log, since):
+                raise localstack.PortInUse("cluster bus port %d" % bus_port) from None
             raise
 
     def _connect(self):
@@ -66,7 +86,7 @@ class RedisServer:
             time.sleep(0.05)
 
     def stop(self):
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
