@@ -15,10 +15,13 @@
  * is retried after a backoff (doubling from sep_redis_backoff's MIN to MAX, reset once
  * Redis answers). A request that finds the connection down does not wait for that
  * timer: when the last attempt is older than MIN it starts one at once (so a down
- * Redis sees at most one attempt per MIN per worker from traffic), and its command
- * is buffered by hiredis behind the setup, so it waits for the attempt within
- * sep_redis_timeout; when the attempt fails, hiredis fails every buffered command
- * (503 redis_unavailable). Within MIN of a failed attempt requests get 503 at once.
+ * Redis sees at most one attempt per MIN per worker from traffic). While an attempt
+ * (connect + first setup) is in flight, commands are held on the module's own queue
+ * (not sent): when the setup is answered they go out in order; when the attempt
+ * fails each request gets 503 redis_unavailable; a request that stops waiting first
+ * (sep_redis_timeout, client gone) leaves the queue and nothing of it is ever sent.
+ * Within MIN of a failed attempt a request waits (held the same way) for the next
+ * attempt, which is then due at the failed one + MIN.
  *
  * Redis that answers but cannot serve yet (-LOADING after a restart, -BUSY while a
  * script runs too long, -MASTERDOWN on a replica) keeps the connection: the setup is
@@ -54,6 +57,7 @@ struct ngx_http_sep_cmd_s {
     size_t formatted_len;
     unsigned retried : 1;
     unsigned cancel_if_created : 1;
+    unsigned held : 1; /* on the held queue: not sent yet */
     u_char job_id[SEP_ID_LEN];
 };
 
@@ -72,6 +76,7 @@ typedef struct {
     ngx_uint_t setup_round;   /* tags the replies of the current setup */
     ngx_uint_t setup_pending; /* replies of the current setup still due */
     ngx_queue_t inflight;
+    ngx_queue_t held; /* commands waiting for the connect attempt in flight */
     ngx_queue_t free;
     ngx_log_t *log;
     unsigned exiting : 1;
@@ -80,6 +85,7 @@ typedef struct {
     unsigned setup_failed : 1; /* the current setup got a not-ready answer */
     unsigned down : 1;         /* an outage was logged, its end not yet */
     unsigned was_ready : 1;    /* some connection of this worker was ready */
+    unsigned attempt : 1;      /* a connect and its first setup are in flight */
     u_char not_ready[80];      /* the first not-ready answer of the setup */
 } ngx_http_sep_redis_t;
 
@@ -92,6 +98,9 @@ static const sep_script_id_t ngx_http_sep_module_scripts[] = {SEP_SCRIPT_SUBMIT,
 static void ngx_http_sep_redis_connect(void);
 static void ngx_http_sep_redis_schedule_reconnect(void);
 static void ngx_http_sep_redis_drop(const char *why);
+static void ngx_http_sep_redis_send_held(void);
+static void ngx_http_sep_redis_fail_held(void);
+static void ngx_http_sep_cmd_release(ngx_http_sep_cmd_t *cmd);
 
 /* ---- reply objects from an arena ----------------------------------------------
  *
@@ -468,6 +477,10 @@ static void ngx_http_sep_redis_setup_reply(redisAsyncContext *ac, void *reply, v
     } else {
         ngx_http_sep_redis_mark_up();
     }
+    if (redis->attempt) { /* the attempt is over: what waited for it goes out */
+        redis->attempt = 0;
+        ngx_http_sep_redis_send_held();
+    }
 }
 
 /* AUTH, SELECT, SCRIPT LOAD of the module's scripts and the probe, as one round. */
@@ -535,7 +548,9 @@ static void ngx_http_sep_redis_on_connect(const redisAsyncContext *ac, int statu
         ngx_http_sep_redis_mark_down("connect failed", ac->errstr);
         redis->ac = NULL;
         redis->state = SEP_REDIS_DISCONNECTED;
+        redis->attempt = 0;
         ngx_http_sep_redis_schedule_reconnect();
+        ngx_http_sep_redis_fail_held();
         return;
     }
     redis->state = SEP_REDIS_CONNECTED;
@@ -551,14 +566,15 @@ static void ngx_http_sep_redis_on_disconnect(const redisAsyncContext *ac, int st
     redis->state = SEP_REDIS_DISCONNECTED;
     redis->ready = 0;
     redis->setup_pending = 0;
+    redis->attempt = 0;
     if (redis->setup_retry.timer_set) {
         ngx_del_timer(&redis->setup_retry);
     }
-    if (redis->exiting) {
-        return;
+    if (!redis->exiting) {
+        ngx_http_sep_redis_mark_down("lost the connection", ac->errstr[0] ? ac->errstr : "closed");
+        ngx_http_sep_redis_schedule_reconnect();
     }
-    ngx_http_sep_redis_mark_down("lost the connection", ac->errstr[0] ? ac->errstr : "closed");
-    ngx_http_sep_redis_schedule_reconnect();
+    ngx_http_sep_redis_fail_held();
 }
 
 static void ngx_http_sep_redis_reconnect_handler(ngx_event_t *ev)
@@ -610,7 +626,9 @@ static void ngx_http_sep_redis_drop(const char *why)
     if (redis->setup_retry.timer_set) {
         ngx_del_timer(&redis->setup_retry);
     }
+    redis->attempt = 0;
     redisAsyncFree(ac);
+    ngx_http_sep_redis_fail_held();
 }
 
 static void ngx_http_sep_redis_connect(void)
@@ -634,6 +652,7 @@ static void ngx_http_sep_redis_connect(void)
             redisAsyncFree(ac);
         }
         ngx_http_sep_redis_schedule_reconnect();
+        ngx_http_sep_redis_fail_held();
         return;
     }
 
@@ -642,6 +661,7 @@ static void ngx_http_sep_redis_connect(void)
         redisAsyncFree(ac);
         ngx_http_sep_redis_mark_down("connect failed", "no free nginx connection");
         ngx_http_sep_redis_schedule_reconnect();
+        ngx_http_sep_redis_fail_held();
         return;
     }
     c->data = redis;
@@ -664,6 +684,7 @@ static void ngx_http_sep_redis_connect(void)
     redis->conn = c;
     redis->state = SEP_REDIS_CONNECTING;
     redis->ready = 0;
+    redis->attempt = 1;
 
     /* Setting the connect callback arms the write event that reports the
      * connect(2) outcome; the adapter must be attached before. */
@@ -684,6 +705,7 @@ ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_
     redis->log = cycle->log;
     redis->backoff = mcf->backoff_min;
     ngx_queue_init(&redis->inflight);
+    ngx_queue_init(&redis->held);
     ngx_queue_init(&redis->free);
 
     redis->reconnect.handler = ngx_http_sep_redis_reconnect_handler;
@@ -730,6 +752,16 @@ void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle)
             cmd->ctx->cmd = NULL;
             cmd->ctx = NULL;
         }
+    }
+    while (!ngx_queue_empty(&redis->held)) {
+        q = ngx_queue_head(&redis->held);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
+        cmd->held = 0;
+        if (cmd->ctx) {
+            cmd->ctx->cmd = NULL;
+        }
+        ngx_http_sep_cmd_release(cmd);
     }
     ngx_http_sep_redis_drop("worker exit");
 
@@ -902,6 +934,72 @@ static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *p
     ngx_http_run_posted_requests(c);
 }
 
+/* A command that will not get a reply: its request is answered as for a lost
+ * connection (503 redis_unavailable). */
+static void ngx_http_sep_redis_fail_cmd(ngx_http_sep_cmd_t *cmd)
+{
+    ngx_http_sep_ctx_t *ctx = cmd->ctx;
+    ngx_http_sep_reply_pt handler = cmd->handler;
+    ngx_http_request_t *r;
+    ngx_connection_t *c;
+
+    ngx_http_sep_cmd_release(cmd);
+    if (ctx == NULL) {
+        return;
+    }
+    r = ctx->request;
+    c = r->connection;
+    ctx->cmd = NULL;
+    if (ctx->timeout.timer_set) {
+        ngx_del_timer(&ctx->timeout);
+    }
+    handler(r, ctx, NULL);
+    ngx_http_run_posted_requests(c);
+}
+
+/* The attempt's setup was answered: the held commands go out, in their order. A
+ * handler run from here may detach other held commands; the head is taken anew. */
+static void ngx_http_sep_redis_send_held(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    ngx_http_sep_cmd_t *cmd;
+    ngx_queue_t *q;
+
+    while (!ngx_queue_empty(&redis->held)) {
+        q = ngx_queue_head(&redis->held);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
+        cmd->held = 0;
+        if (redis->ac &&
+            redisAsyncFormattedCommand(redis->ac, ngx_http_sep_redis_reply, cmd, cmd->formatted,
+                                       cmd->formatted_len) == REDIS_OK) {
+            if (cmd->script < 0) {
+                redisFreeCommand(cmd->formatted);
+                cmd->formatted = NULL;
+            }
+            ngx_queue_insert_tail(&redis->inflight, &cmd->queue);
+            continue;
+        }
+        ngx_http_sep_redis_fail_cmd(cmd);
+    }
+}
+
+/* The attempt failed: every held command's request gets its 503 now. */
+static void ngx_http_sep_redis_fail_held(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    ngx_http_sep_cmd_t *cmd;
+    ngx_queue_t *q;
+
+    while (!ngx_queue_empty(&redis->held)) {
+        q = ngx_queue_head(&redis->held);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
+        cmd->held = 0;
+        ngx_http_sep_redis_fail_cmd(cmd);
+    }
+}
+
 static void ngx_http_sep_redis_timeout_handler(ngx_event_t *ev)
 {
     ngx_http_sep_ctx_t *ctx = ev->data;
@@ -914,10 +1012,16 @@ static void ngx_http_sep_redis_timeout_handler(ngx_event_t *ev)
         return;
     }
     handler = cmd->handler;
-    cmd->ctx = NULL;
-    if (cmd->script == SEP_SCRIPT_SUBMIT && ctx->id.len == SEP_ID_LEN) {
-        cmd->cancel_if_created = 1;
-        ngx_memcpy(cmd->job_id, ctx->id.data, SEP_ID_LEN);
+    if (cmd->held) { /* never sent: nothing will run late */
+        ngx_queue_remove(&cmd->queue);
+        cmd->held = 0;
+        ngx_http_sep_cmd_release(cmd);
+    } else {
+        cmd->ctx = NULL;
+        if (cmd->script == SEP_SCRIPT_SUBMIT && ctx->id.len == SEP_ID_LEN) {
+            cmd->cancel_if_created = 1;
+            ngx_memcpy(cmd->job_id, ctx->id.data, SEP_ID_LEN);
+        }
     }
     ctx->cmd = NULL;
 
@@ -933,20 +1037,35 @@ ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
     ngx_http_sep_cmd_t *cmd;
+    ngx_msec_t since, wait;
+    ngx_uint_t hold = 0;
     char *formatted = NULL;
     int len;
 
-    /* Down: try at once unless an attempt started within MIN (the backoff timer
-     * stays for idle workers); the command then waits for the attempt's outcome. */
-    if (redis->ac == NULL && !redis->exiting &&
-        ngx_current_msec - redis->last_attempt >= redis->mcf->backoff_min) {
-        if (redis->reconnect.timer_set) {
-            ngx_del_timer(&redis->reconnect);
+    /* Down: try at once unless an attempt started within MIN; then the next attempt
+     * is due at that one + MIN (the backoff timer is pulled in; an idle worker keeps
+     * its own). Either way the command waits for that attempt's outcome. */
+    if (redis->ac == NULL && !redis->exiting) {
+        since = ngx_current_msec - redis->last_attempt;
+        if (since >= redis->mcf->backoff_min) {
+            if (redis->reconnect.timer_set) {
+                ngx_del_timer(&redis->reconnect);
+            }
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis connect on demand");
+            ngx_http_sep_redis_connect();
+        } else {
+            wait = redis->mcf->backoff_min - since;
+            if (redis->reconnect.timer_set &&
+                (ngx_msec_int_t)(redis->reconnect.timer.key - (ngx_current_msec + wait)) > 0) {
+                ngx_del_timer(&redis->reconnect); /* re-adding a set timer may be a no-op */
+            }
+            if (!redis->reconnect.timer_set) {
+                ngx_add_timer(&redis->reconnect, wait);
+            }
+            hold = 1;
         }
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis connect on demand");
-        ngx_http_sep_redis_connect();
     }
-    if (redis->ac == NULL || redis->state == SEP_REDIS_DISCONNECTED) {
+    if (!hold && (redis->ac == NULL || redis->state == SEP_REDIS_DISCONNECTED)) {
         return NGX_DECLINED;
     }
 
@@ -959,23 +1078,29 @@ ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *
         redisFreeCommand(formatted);
         return NGX_ERROR;
     }
-    if (redisAsyncFormattedCommand(redis->ac, ngx_http_sep_redis_reply, cmd, formatted,
-                                   (size_t)len) != REDIS_OK) {
-        redisFreeCommand(formatted);
-        ngx_queue_insert_head(&redis->free, &cmd->queue);
-        return NGX_DECLINED;
-    }
-
     cmd->ctx = ctx;
     cmd->handler = handler;
     cmd->script = script;
-    if (script >= 0) {
-        cmd->formatted = formatted;
-        cmd->formatted_len = (size_t)len;
+    cmd->formatted = formatted;
+    cmd->formatted_len = (size_t)len;
+
+    if (hold || redis->attempt) {
+        /* held until the attempt's setup is answered: a request that stops waiting
+         * (timeout, client gone) then has sent nothing */
+        cmd->held = 1;
+        ngx_queue_insert_tail(&redis->held, &cmd->queue);
     } else {
-        redisFreeCommand(formatted);
+        if (redisAsyncFormattedCommand(redis->ac, ngx_http_sep_redis_reply, cmd, formatted,
+                                       (size_t)len) != REDIS_OK) {
+            ngx_http_sep_cmd_release(cmd);
+            return NGX_DECLINED;
+        }
+        if (script < 0) {
+            redisFreeCommand(formatted);
+            cmd->formatted = NULL;
+        }
+        ngx_queue_insert_tail(&redis->inflight, &cmd->queue);
     }
-    ngx_queue_insert_tail(&redis->inflight, &cmd->queue);
     ctx->cmd = cmd;
 
     ctx->timeout.handler = ngx_http_sep_redis_timeout_handler;
@@ -987,10 +1112,16 @@ ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *
 
 void ngx_http_sep_redis_detach(ngx_http_sep_ctx_t *ctx)
 {
-    if (ctx->cmd) {
-        ctx->cmd->ctx = NULL;
-        ctx->cmd = NULL;
+    ngx_http_sep_cmd_t *cmd = ctx->cmd;
+
+    if (cmd && cmd->held) { /* never sent: forget it */
+        ngx_queue_remove(&cmd->queue);
+        cmd->held = 0;
+        ngx_http_sep_cmd_release(cmd);
+    } else if (cmd) {
+        cmd->ctx = NULL;
     }
+    ctx->cmd = NULL;
     if (ctx->timeout.timer_set) {
         ngx_del_timer(&ctx->timeout);
     }

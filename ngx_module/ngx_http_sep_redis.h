@@ -27,9 +27,10 @@ void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle);
  * Sends argv for request r and arms its deadline. script is the SEP_SCRIPT_* the
  * command runs with EVALSHA (a NOSCRIPT answer then loads it and repeats the
  * command once), or -1. Returns NGX_OK (the handler will be called), NGX_DECLINED
- * when Redis is not connected (answer 503 at once) or NGX_ERROR. A connection that is
- * down is retried at once (at most once per backoff MIN); the command then waits in
- * hiredis' buffer for that attempt and its handler gets NULL if the attempt fails.
+ * when Redis cannot be reached (answer 503 at once: the worker is exiting) or
+ * NGX_ERROR. A connection that is down is retried at once, or at the last attempt +
+ * the backoff's MIN; the command is held (not sent) until that attempt's setup is
+ * answered, and its handler gets NULL if the attempt fails.
  */
 ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
                                      ngx_http_sep_reply_pt handler, ngx_int_t script, int argc,
