@@ -9,11 +9,14 @@
 # bench-memory peak RSS of workerd (supervisor + device workers) for a 10-minute and a
 #              60-minute input through the service, tiny model (bench/memory;
 #              results/memory-<date>.txt)
+# bench-service songs per hour, 20 x 10 s songs through the whole service with the
+#              full-size htdemucs structure (random weights) against Flask + Celery +
+#              reference demucs apply_model (bench/service; results/service-<date>.txt)
 # deps-bench   the Debian packages of the Celery-style peer
 
 BENCH_PEER_PKGS := python3-flask python3-celery gunicorn
 
-.PHONY: bench-http bench-queue bench-memory deps-bench
+.PHONY: bench-http bench-queue bench-memory bench-service deps-bench
 
 deps-bench: deps
 	$(call apt_install_missing,$(BENCH_PEER_PKGS))
@@ -29,6 +32,10 @@ bench-queue: deps-bench
 bench-memory: deps
 	@$(MAKE) --no-print-directory all
 	$(PY) bench/memory
+
+bench-service: deps-bench deps-reference
+	@$(MAKE) --no-print-directory all
+	$(PY) bench/service
 
 # end-to-end separation benchmark (workerd vs the demucs CLI), owned by workerd/
 include bench/e2e.mk
