@@ -3,11 +3,20 @@
 # bench-http   submissions/s and status reads/s of nginx + the module, against nginx DAV
 #              PUT (upper bound) and the Celery-style Flask stack, in the same run
 #              (bench/http; results in bench/results/http-<date>.txt)
+# bench-queue  queue overhead: submit -> claimed and submit -> completed, p50/p99 over
+#              1,000 tiny jobs through nginx + module + workerd, against the Celery-style
+#              peer in the same run (bench/queue; results/queue-<date>.txt)
+# bench-memory peak RSS of workerd (supervisor + device workers) for a 10-minute and a
+#              60-minute input through the service, tiny model (bench/memory;
+#              results/memory-<date>.txt)
+# bench-service songs per hour, 20 x 10 s songs through the whole service with the
+#              full-size htdemucs structure (random weights) against Flask + Celery +
+#              reference demucs apply_model (bench/service; results/service-<date>.txt)
 # deps-bench   the Debian packages of the Celery-style peer
 
 BENCH_PEER_PKGS := python3-flask python3-celery gunicorn
 
-.PHONY: bench-http deps-bench
+.PHONY: bench-http bench-queue bench-memory bench-service deps-bench
 
 deps-bench: deps
 	$(call apt_install_missing,$(BENCH_PEER_PKGS))
@@ -15,6 +24,18 @@ deps-bench: deps
 bench-http: deps-bench
 	@$(MAKE) --no-print-directory all
 	$(PY) bench/http
+
+bench-queue: deps-bench
+	@$(MAKE) --no-print-directory all
+	$(PY) bench/queue
+
+bench-memory: deps
+	@$(MAKE) --no-print-directory all
+	$(PY) bench/memory
+
+bench-service: deps-bench deps-reference
+	@$(MAKE) --no-print-directory all
+	$(PY) bench/service
 
 # end-to-end separation benchmark (workerd vs the demucs CLI), owned by workerd/
 include bench/e2e.mk

@@ -4,8 +4,9 @@ Flask API (run under gunicorn) + Celery worker + Redis as broker and result back
 in the shape of the Flask/FastAPI + Celery setups used for audio jobs:
 POST /jobs saves the upload to a spool directory, writes a job hash to Redis, enqueues
 a Celery task (late ack) and answers 202 with the id; GET /jobs/<id> reads the hash.
-The task does no audio work (it marks the job completed), so what is measured is the
-queueing system alone. Configured by CELERY_BROKER_URL and SPOOL (bench/http sets both).
+The task marks the job running (started_at) as it starts, does no audio work, and marks
+it completed (completed_at), so what is measured is the queueing system alone; the
+times are time.time() of this host (bench/queue reads them). Configured by CELERY_BROKER_URL and SPOOL (bench/http sets both).
 """
 import os
 import time
@@ -29,6 +30,7 @@ app = Flask(__name__)
 
 @celery.task(name="process_audio")
 def process_audio(job_id, path):
+    r.hset(f"job:{job_id}", mapping={"status": "running", "started_at": time.time()})
     r.hset(f"job:{job_id}", mapping={"status": "completed", "progress": 100,
                                      "completed_at": time.time()})
     return {"status": "completed"}
