@@ -24,9 +24,12 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -105,6 +108,7 @@ struct supervisor {
     atomic_int draining;    /* SIGTERM: job threads read it too (drain_deadline first) */
     int unclaimed;          /* an entry was delivered to us with no slot free for it */
     char orphan_cursor[64]; /* the last spool directory the orphan sweep looked at */
+    int slot_freed;         /* eventfd: a job thread ended (the loop waits on it when full) */
     int owner_warned;       /* the spool's owner marker names another service (logged) */
     double drain_deadline;
     char models[512]; /* comma-separated names in models_dir (heartbeat) */
@@ -585,7 +589,7 @@ static void *job_thread(void *arg)
     pthread_mutex_unlock(&sv->settings_lock);
 
     sep_redis_client rc;
-    sep_redis_client_init(&rc, s.redis, s.redis_password, s.redis_db, 5000);
+    sep_redis_client_init(&rc, s.redis, s.redis_password, s.redis_db, 10000);
     job_keys jk;
     make_job_keys(&jk, s.prefix, sl->id);
     job_ctx c = {sl, &rc, &jk, 0};
@@ -665,6 +669,10 @@ static void *job_thread(void *arg)
     }
     sep_redis_client_close(&rc);
     atomic_store(&sl->state, SLOT_DONE);
+    uint64_t one = 1; /* wake the main loop: a slot is free for the next claim */
+    if (write(sv->slot_freed, &one, sizeof(one)) < 0) {
+        /* the counter is full or closed: the loop's timeout catches up */
+    }
     return NULL;
 }
 
@@ -1345,6 +1353,14 @@ int sep_supervisor_run(sep_supervisor_settings *s,
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* OpenMP threads of the CPU engine would spin between batches, taking the cores
+     * from decode/encode and the other workers; an operator's own choice is kept */
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
+    sv.slot_freed = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (sv.slot_freed < 0) {
+        log_error("eventfd: %s", strerror(errno));
+        return 1;
+    }
     int cuda = strcmp(s->device, "cuda") == 0;
     sv.pool = start_pool(s, s->device, cuda ? (s->gpus > 0 ? s->gpus : 1) : s->cpu_workers);
     if (cuda && sv.pool && s->cpu_workers > 0)
@@ -1355,7 +1371,7 @@ int sep_supervisor_run(sep_supervisor_settings *s,
     if (mkdir(s->spool, 0755) != 0 && errno != EEXIST)
         log_warn("spool %s: %s", s->spool, strerror(errno));
 
-    sep_redis_client_init(&sv.rc, s->redis, s->redis_password, s->redis_db, 5000);
+    sep_redis_client_init(&sv.rc, s->redis, s->redis_password, s->redis_db, 10000);
     log_info("started: name %s, redis %s, prefix %s, spool %s, device %s (%d worker%s), "
              "concurrency %d, models [%s]",
              s->name, s->redis, s->prefix, s->spool, s->device, cuda ? s->gpus : s->cpu_workers,
@@ -1520,7 +1536,14 @@ int sep_supervisor_run(sep_supervisor_settings *s,
                 log_warn("redis lost: %s", sv.rc.err);
             }
         } else {
-            usleep((useconds_t)block * 1000);
+            /* every slot busy (or draining): wait for a job to end, not a fixed time */
+            struct pollfd pfd = {sv.slot_freed, POLLIN, 0};
+            if (poll(&pfd, 1, block) > 0) {
+                uint64_t n;
+                if (read(sv.slot_freed, &n, sizeof(n)) < 0) {
+                    /* nothing to read: another wakeup took it */
+                }
+            }
         }
     }
 
@@ -1540,6 +1563,7 @@ int sep_supervisor_run(sep_supervisor_settings *s,
     if (sv.cpu_pool)
         sep_pool_stop(sv.cpu_pool);
     sep_pool_stop(sv.pool);
+    close(sv.slot_freed);
     log_info("stopped");
     return rc_exit;
 }
