@@ -155,10 +155,20 @@ static int load_info(sep_model *m, char *err, size_t errlen)
         meta_int(f, "segment_samples", 1, SEP_MAX_SEGMENT_SAMPLES, &info->segment_samples, err,
                  errlen))
         return -1;
+    /* "segment" (seconds) must say what segment_samples says: the samples a forward pass
+     * takes are bounded by the segment the network was trained on, not by the cap alone */
     const char *seg = st_meta(f, "segment");
-    info->segment_seconds = seg ? strtod(seg, NULL) : 0;
-    if (!isfinite(info->segment_seconds))
-        info->segment_seconds = 0;
+    char *seg_end = NULL;
+    info->segment_seconds = seg ? strtod(seg, &seg_end) : NAN;
+    double expect = info->segment_seconds * info->samplerate;
+    if (!seg || seg_end == seg || *seg_end || !isfinite(info->segment_seconds) ||
+        info->segment_seconds <= 0 || fabs(expect - info->segment_samples) > 1.0) {
+        snprintf(err, errlen,
+                 "metadata \"segment\" = %s: must be a number of seconds > 0 with segment x "
+                 "samplerate = segment_samples (%d at %d Hz)",
+                 seg ? seg : "missing", info->segment_samples, info->samplerate);
+        return -1;
+    }
     if (info->segment_samples <= 0 || info->samplerate <= 0 || info->audio_channels <= 0) {
         snprintf(err, errlen, "metadata: bad samplerate/audio_channels/segment_samples");
         return -1;

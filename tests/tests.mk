@@ -14,9 +14,9 @@
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
-TEST_SUITES += test-local-stack test-integration test-workerd
+TEST_SUITES += test-local-stack test-integration test-workerd test-cli-regress
 
-.PHONY: test-integration test-local-stack test-stress test-workerd
+.PHONY: test-integration test-local-stack test-stress test-workerd test-cli-regress
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
@@ -26,6 +26,15 @@ test-integration: $(NGX_MODULE_SO)
 # workerd run end to end: redis + nginx + supervisors with CPU device workers
 test-workerd: $(NGX_MODULE_SO) $(WORKERD_BIN)
 	$(PY) tests/workerd/test_workerd.py
+
+# workerd separate and the weights loader: one script per defect a review reproduced
+# (tests/cli/regress/NN_*.py, each prints PASS or FAIL)
+test-cli-regress: $(WORKERD_BIN)
+	@p=0; f=0; for t in tests/cli/regress/[0-9][0-9]_*.py; do \
+	  if out=$$(timeout 120 $(PY) $$t 2>&1) && printf '%s\n' "$$out" | grep -q '^PASS'; then \
+	    p=$$((p + 1)); echo "ok   $$(basename $$t)"; \
+	  else f=$$((f + 1)); echo "FAIL $$(basename $$t)"; printf '%s\n' "$$out" | tail -n 15; fi; \
+	done; echo "CASES: $$p passed, $$f failed, 0 skipped"; [ $$f -eq 0 ]
 
 test-local-stack: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_local_stack.py

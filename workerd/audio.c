@@ -498,8 +498,17 @@ static int encode_stem(sep_stem_spool *s, int stem, const char *path, sep_out_fo
     if ((info.format & SF_FORMAT_TYPEMASK) == SF_FORMAT_WAV &&
         s->frames * s->channels * 4 > 0xFFFFFF00LL)
         info.format = SF_FORMAT_RF64 | (info.format & SF_FORMAT_SUBMASK);
-    SNDFILE *sf = sf_open(path, SFM_WRITE, &info);
+    /* a new file, never through a link another process put at the name */
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        s->error = SEP_AUDIO_EIO;
+        sep_set_err(err, errlen, "cannot create '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    SNDFILE *sf = sf_open_fd(fd, SFM_WRITE, &info, SF_TRUE);
     if (!sf) {
+        close(fd);
+        unlink(path);
         s->error = SEP_AUDIO_EIO;
         sep_set_err(err, errlen, "cannot write '%s': %s", path, sf_strerror(NULL));
         return -1;
@@ -602,8 +611,9 @@ int sep_stem_spool_finish(sep_stem_spool *s, const char *dir, char (*names)[40],
             sep_set_err(err, errlen, "output path too long");
             return -1;
         }
-        snprintf(tmp[i], sizeof(tmp[i]), "%s/.%s.partial", dir, file[i]);
-        snprintf(prev[i], sizeof(prev[i]), "%s/.%s.previous", dir, file[i]);
+        /* this process's own temporary names: two runs on one folder never share one */
+        snprintf(tmp[i], sizeof(tmp[i]), "%s/.%s.%d.partial", dir, file[i], (int)getpid());
+        snprintf(prev[i], sizeof(prev[i]), "%s/.%s.%d.previous", dir, file[i], (int)getpid());
     }
     /* every stem under its temporary name first ... */
     for (; encoded < s->n_stems; encoded++) {

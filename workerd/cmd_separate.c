@@ -109,7 +109,7 @@ static int ends_with(const char *s, const char *suffix)
 static void sanitize_component(char *name, size_t size)
 {
     for (char *p = name; *p; p++)
-        if (*p == '/')
+        if (*p == '/' || (unsigned char)*p < 0x20 || *p == 0x7f) /* no path, no terminal codes */
             *p = '_';
     if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
         size_t n = strlen(name);

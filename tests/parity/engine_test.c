@@ -421,7 +421,19 @@ int main(int argc, char **argv)
         "metadata \"segment_samples\" = 4294971706: must be an integer in [1, ", NULL);
     json_decref(h);
     h = header(&b);
+    set_meta(h, "segment_samples", "8820"); /* twice what "segment" (0.1 s) says */
+    expect_load_error("segment_samples that disagrees with segment is refused",
+                      write_variant(&b, h, (size_t)-1),
+                      "metadata \"segment\" = 0.1: must be a number of seconds > 0", NULL);
+    json_decref(h);
+    h = header(&b);
+    set_meta(h, "segment", "nan");
+    expect_load_error("a segment that is not a number is refused", write_variant(&b, h, (size_t)-1),
+                      "metadata \"segment\" = nan: must be a number", NULL);
+    json_decref(h);
+    h = header(&b);
     set_meta(h, "segment_samples", "100");
+    set_meta(h, "segment", "0.0022675736961451248"); /* 100 samples at 44.1 kHz */
     expect_load_error("segment_samples below nfft is refused", write_variant(&b, h, (size_t)-1),
                       "must be at least network 0's nfft", NULL);
     json_decref(h);
