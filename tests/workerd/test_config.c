@@ -136,13 +136,13 @@ static void test_file_and_flags(void **state)
     assert_int_equal(c.concurrency, 3); /* from the file */
 
     /* every setting has its flag */
-    assert_int_equal(
-        load(&c, err, sizeof(err), "--prefix", "x:", "--models-dir", "/m", "--device", "cuda",
-             "--concurrency", "5", "--max-jobs-per-worker", "7", "--visibility-timeout", "90",
-             "--heartbeat-interval", "10", "--gpus", "4", "--retry-backoff-base", "1s",
-             "--retry-backoff-max", "1m", "--soft-time-limit", "10m", "--hard-time-limit", "20m",
-             "--janitor-interval", "2m", "--dead-max", "99", "--verbose", NULL),
-        0);
+    assert_int_equal(load(&c, err, sizeof(err), "--prefix", "x:", "--models-dir", "/m", "--device",
+                          "cuda", "--concurrency", "5", "--max-jobs-per-worker", "7",
+                          "--visibility-timeout", "90", "--heartbeat-interval", "10", "--gpus", "4",
+                          "--retry-backoff-base", "1s", "--retry-backoff-max", "1m",
+                          "--soft-time-limit", "10m", "--hard-time-limit", "20m",
+                          "--janitor-interval", "2m", "--dead-max", "99", "--verbose", NULL),
+                     0);
     assert_string_equal(c.prefix, "x:");
     assert_string_equal(c.models_dir, "/m");
     assert_string_equal(c.device, "cuda");
