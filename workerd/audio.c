@@ -131,7 +131,7 @@ static int64_t first_non_finite(const float *x, size_t n)
 /* A file that ends before its header says it does. libsndfile decodes what is there
  * without an error, so this compares the frames decoded with the announced count and
  * reads libsndfile's parse log (WAV data chunks cut short: "data : N (should be M)",
- * the streaming placeholders 0 and 0xFFFFFFFF aside; Ogg streams without their end and
+ * the streaming sentinel sizes 0 and 0xFFFFFFFF aside; Ogg streams without their end and
  * final position).
  * 1 (message set) or 0. */
 static int truncated(SNDFILE *sf, const SF_INFO *info, int64_t decoded, char *err, size_t errlen,

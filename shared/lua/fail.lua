@@ -34,10 +34,7 @@ local function main()
     local k = job_keys()
     local token = arg_token(1)
     local code = arg_match(2, 'code', '^[a-z0-9_]+$', 64, 'must be 1..64 of [a-z0-9_]')
-    local message = arg_present(3, 'message')
-    if #message > 1024 then
-        bad_arg(3, 'message', 'must be at most 1024 bytes')
-    end
+    local message = arg_message(3)
     local retryable = arg_oneof(4, 'retryable', {['0'] = true, ['1'] = true}, 'must be "0" or "1"') ==
                           '1'
     local base = arg_int(5, 'backoff_base_ms', 0)

@@ -88,6 +88,15 @@ local function arg_present(n, name)
     return v
 end
 
+-- ARGV[n], a message for the record: present (may be ""), at most 1024 bytes.
+local function arg_message(n)
+    local message = arg_present(n, 'message')
+    if #message > 1024 then
+        bad_arg(n, 'message', 'must be at most 1024 bytes')
+    end
+    return message
+end
+
 -- ARGV[n] as an integer >= min (and <= max when given).
 local function arg_int(n, name, min, max)
     local v = parse_int(arg_present(n, name))

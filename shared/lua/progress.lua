@@ -23,10 +23,7 @@ local function main()
     if stage ~= '' and (#stage > 32 or not stage:match('^[a-z0-9_]+$')) then
         bad_arg(3, 'stage', 'must be "" or 1..32 of [a-z0-9_]')
     end
-    local message = arg_present(4, 'message')
-    if #message > 1024 then
-        bad_arg(4, 'message', 'must be at most 1024 bytes')
-    end
+    local message = arg_message(4)
     local extra = arg_worker_pairs(5)
     local job = load_job(k)
     require_live(job, token)

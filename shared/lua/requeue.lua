@@ -16,10 +16,7 @@ Errors:  NOT_FOUND, NOT_RUNNING <status>, STALE attempt <n> is live, ERR_ARG, ER
 local function main()
     local k = job_keys()
     local token = arg_token(1)
-    local message = arg_present(2, 'message')
-    if #message > 1024 then
-        bad_arg(2, 'message', 'must be at most 1024 bytes')
-    end
+    local message = arg_message(2)
     no_more_args(2)
     local job = load_job(k)
     require_live(job, token)
