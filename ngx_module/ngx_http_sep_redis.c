@@ -98,8 +98,7 @@ static const sep_script_id_t ngx_http_sep_module_scripts[] = {SEP_SCRIPT_SUBMIT,
 static void ngx_http_sep_redis_connect(void);
 static void ngx_http_sep_redis_schedule_reconnect(void);
 static void ngx_http_sep_redis_drop(const char *why);
-static void ngx_http_sep_redis_send_held(void);
-static void ngx_http_sep_redis_fail_held(void);
+static void ngx_http_sep_redis_release_held(ngx_uint_t send);
 static void ngx_http_sep_cmd_release(ngx_http_sep_cmd_t *cmd);
 
 /* ---- reply objects from an arena ----------------------------------------------
@@ -479,7 +478,7 @@ static void ngx_http_sep_redis_setup_reply(redisAsyncContext *ac, void *reply, v
     }
     if (redis->attempt) { /* the attempt is over: what waited for it goes out */
         redis->attempt = 0;
-        ngx_http_sep_redis_send_held();
+        ngx_http_sep_redis_release_held(1);
     }
 }
 
@@ -550,7 +549,7 @@ static void ngx_http_sep_redis_on_connect(const redisAsyncContext *ac, int statu
         redis->state = SEP_REDIS_DISCONNECTED;
         redis->attempt = 0;
         ngx_http_sep_redis_schedule_reconnect();
-        ngx_http_sep_redis_fail_held();
+        ngx_http_sep_redis_release_held(0);
         return;
     }
     redis->state = SEP_REDIS_CONNECTED;
@@ -574,7 +573,7 @@ static void ngx_http_sep_redis_on_disconnect(const redisAsyncContext *ac, int st
         ngx_http_sep_redis_mark_down("lost the connection", ac->errstr[0] ? ac->errstr : "closed");
         ngx_http_sep_redis_schedule_reconnect();
     }
-    ngx_http_sep_redis_fail_held();
+    ngx_http_sep_redis_release_held(0);
 }
 
 static void ngx_http_sep_redis_reconnect_handler(ngx_event_t *ev)
@@ -628,7 +627,7 @@ static void ngx_http_sep_redis_drop(const char *why)
     }
     redis->attempt = 0;
     redisAsyncFree(ac);
-    ngx_http_sep_redis_fail_held();
+    ngx_http_sep_redis_release_held(0);
 }
 
 static void ngx_http_sep_redis_connect(void)
@@ -652,7 +651,7 @@ static void ngx_http_sep_redis_connect(void)
             redisAsyncFree(ac);
         }
         ngx_http_sep_redis_schedule_reconnect();
-        ngx_http_sep_redis_fail_held();
+        ngx_http_sep_redis_release_held(0);
         return;
     }
 
@@ -661,7 +660,7 @@ static void ngx_http_sep_redis_connect(void)
         redisAsyncFree(ac);
         ngx_http_sep_redis_mark_down("connect failed", "no free nginx connection");
         ngx_http_sep_redis_schedule_reconnect();
-        ngx_http_sep_redis_fail_held();
+        ngx_http_sep_redis_release_held(0);
         return;
     }
     c->data = redis;
@@ -957,9 +956,12 @@ static void ngx_http_sep_redis_fail_cmd(ngx_http_sep_cmd_t *cmd)
     ngx_http_run_posted_requests(c);
 }
 
-/* The attempt's setup was answered: the held commands go out, in their order. A
- * handler run from here may detach other held commands; the head is taken anew. */
-static void ngx_http_sep_redis_send_held(void)
+/*
+ * The held commands leave the queue, in their order: when the attempt's setup was
+ * answered (send) they go out; when it failed, each request gets its 503 now. A handler
+ * run from here may detach other held commands, so the head is taken anew each time.
+ */
+static void ngx_http_sep_redis_release_held(ngx_uint_t send)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
     ngx_http_sep_cmd_t *cmd;
@@ -970,7 +972,7 @@ static void ngx_http_sep_redis_send_held(void)
         ngx_queue_remove(q);
         cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
         cmd->held = 0;
-        if (redis->ac &&
+        if (send && redis->ac &&
             redisAsyncFormattedCommand(redis->ac, ngx_http_sep_redis_reply, cmd, cmd->formatted,
                                        cmd->formatted_len) == REDIS_OK) {
             if (cmd->script < 0) {
@@ -980,22 +982,6 @@ static void ngx_http_sep_redis_send_held(void)
             ngx_queue_insert_tail(&redis->inflight, &cmd->queue);
             continue;
         }
-        ngx_http_sep_redis_fail_cmd(cmd);
-    }
-}
-
-/* The attempt failed: every held command's request gets its 503 now. */
-static void ngx_http_sep_redis_fail_held(void)
-{
-    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
-    ngx_http_sep_cmd_t *cmd;
-    ngx_queue_t *q;
-
-    while (!ngx_queue_empty(&redis->held)) {
-        q = ngx_queue_head(&redis->held);
-        ngx_queue_remove(q);
-        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
-        cmd->held = 0;
         ngx_http_sep_redis_fail_cmd(cmd);
     }
 }
