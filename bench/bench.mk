@@ -12,11 +12,13 @@
 # bench-service songs per hour, 20 x 10 s songs through the whole service with the
 #              full-size htdemucs structure (random weights) against Flask + Celery +
 #              reference demucs apply_model (bench/service; results/service-<date>.txt)
+# bench-faults the request path under faults: a wedged Redis connection, GETs beside a
+#              large multipart upload (bench/faults/*.py; results/faults-<date>.txt)
 # deps-bench   the Debian packages of the Celery-style peer
 
 BENCH_PEER_PKGS := python3-flask python3-celery gunicorn
 
-.PHONY: bench-http bench-queue bench-memory bench-service deps-bench
+.PHONY: bench-http bench-queue bench-memory bench-service bench-faults deps-bench
 
 deps-bench: deps
 	$(call apt_install_missing,$(BENCH_PEER_PKGS))
@@ -36,6 +38,10 @@ bench-memory: deps
 bench-service: deps-bench deps-reference
 	@$(MAKE) --no-print-directory all
 	$(PY) bench/service
+
+bench-faults: deps
+	@$(MAKE) --no-print-directory all
+	@for f in bench/faults/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 # end-to-end separation benchmark (workerd vs the demucs CLI), owned by workerd/
 include bench/e2e.mk
