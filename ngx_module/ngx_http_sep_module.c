@@ -543,6 +543,22 @@ static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
 
 /* ---- JSON for nginx's own error pages in sep_api locations ------------------ */
 
+/*
+ * An API answer: the request is in a sep_api location, or it was redirected internally
+ * to sep_stems_location by a stem download (the redirect clears the module's context and
+ * changes the location, so the URI is what tells; that location is `internal`, nothing
+ * else reaches it). nginx's own errors there (a stem gone from disk, an unsatisfiable
+ * Range) are then JSON like every other answer under /v1/.
+ */
+static ngx_uint_t ngx_http_sep_answers_as_api(ngx_http_request_t *r, ngx_http_sep_loc_conf_t *lcf)
+{
+    if (lcf->api == 1) {
+        return 1;
+    }
+    return r->internal && lcf->stems_location.len > 0 && r->uri.len > lcf->stems_location.len &&
+           ngx_strncmp(r->uri.data, lcf->stems_location.data, lcf->stems_location.len) == 0;
+}
+
 static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
 {
     ngx_http_sep_loc_conf_t *lcf;
@@ -554,7 +570,7 @@ static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
-    if (lcf == NULL || lcf->api != 1) {
+    if (lcf == NULL || !ngx_http_sep_answers_as_api(r, lcf)) {
         return ngx_http_next_header_filter(r);
     }
     ctx = ngx_http_get_module_ctx(r, ngx_http_sep_module);

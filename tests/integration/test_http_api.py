@@ -386,6 +386,35 @@ def stem_path_tricks(stack):
 
 
 @cases.case
+def stem_errors_after_redirect_are_json(stack):
+    """Errors nginx itself makes after the internal redirect to the stems location (a stem
+    listed in the record but gone from disk, an unsatisfiable Range) are the API's JSON."""
+    import worker_sim  # noqa: E402
+
+    job_id = expect_accepted(submit(stack))
+    stems = worker_sim.complete_job(stack, job_id)
+    names = sorted(stems)
+    gone, kept = names[0], names[1]
+    os.unlink(os.path.join(stack.job_dir(job_id), gone + ".wav"))
+    err = expect_json_error(stack.request("GET", "/v1/jobs/%s/stems/%s.wav" % (job_id, gone)),
+                            404, "stem listed but missing on disk")
+    size = len(stems[kept])
+    path = "/v1/jobs/%s/stems/%s.wav" % (job_id, kept)
+    resp = stack.request("GET", path, headers={"Range": "bytes=%d-" % (size + 100)})
+    expect_json_error(resp, 416, "Range past the end")
+    expect((resp.header("content-range") or "") == "bytes */%d" % size,
+           "416 Content-Range: %r" % resp.header("content-range"), resp)
+    head = stack.request("HEAD", "/v1/jobs/%s/stems/%s.wav" % (job_id, gone))
+    expect(head.status == 404 and not head.body, "HEAD of a missing stem: %d, %d bytes"
+           % (head.status, len(head.body)), head)
+    # The stem that is there is still served whole and as a range.
+    expect(stack.request("GET", path).body == stems[kept], "stem bytes after the errors")
+    part = stack.request("GET", path, headers={"Range": "bytes=0-9"})
+    expect(part.status == 206 and part.body == stems[kept][:10], "Range 0-9", part)
+    return "missing stem: 404 %s; Range past the end: 416 JSON" % err["code"]
+
+
+@cases.case
 def keepalive_survives_every_answer(stack):
     """Each kind of answer leaves a keep-alive connection usable for the next request."""
     import http.client
