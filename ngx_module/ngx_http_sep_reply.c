@@ -179,10 +179,14 @@ ngx_int_t ngx_http_sep_set_location(ngx_http_request_t *r, ngx_str_t *id)
     }
     ngx_memcpy(ngx_cpymem(value.data, SEP_API_JOBS_PATH, sizeof(SEP_API_JOBS_PATH) - 1), id->data,
                id->len);
+    /*
+     * A plain header, not r->headers_out.location: nginx would make that absolute from
+     * its own listen port and the Host header, which is wrong behind a TLS proxy or on
+     * another port. A relative reference is valid in Location (RFC 9110, 10.2.2).
+     */
     if (ngx_http_sep_add_header(r, "Location", &value, &h) != NGX_OK) {
         return NGX_ERROR;
     }
-    r->headers_out.location = h;
     return NGX_OK;
 }
 
