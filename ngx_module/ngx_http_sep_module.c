@@ -92,6 +92,20 @@ static ngx_command_t ngx_http_sep_commands[] = {
      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sep_loc_conf_t, multipart_max_header), NULL},
 
+    {ngx_string("sep_cors_origins"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
+     ngx_http_sep_cors_origins_conf, NGX_HTTP_LOC_CONF_OFFSET, 0, NULL},
+
+    {ngx_string("sep_cors_credentials"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sep_loc_conf_t, cors_credentials), NULL},
+
+    {ngx_string("sep_cors_max_age"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sep_loc_conf_t, cors_max_age), NULL},
+
     ngx_null_command};
 
 static ngx_http_module_t ngx_http_sep_module_ctx = {
@@ -202,6 +216,9 @@ static void *ngx_http_sep_create_loc_conf(ngx_conf_t *cf)
     lcf->idempotency_ttl = NGX_CONF_UNSET;
     lcf->multipart_buffer = NGX_CONF_UNSET_SIZE;
     lcf->multipart_max_header = NGX_CONF_UNSET_SIZE;
+    lcf->cors_origins = NGX_CONF_UNSET_PTR;
+    lcf->cors_credentials = NGX_CONF_UNSET;
+    lcf->cors_max_age = NGX_CONF_UNSET;
     return lcf;
 }
 
@@ -220,6 +237,9 @@ static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *chi
     ngx_conf_merge_str_value(conf->stems_location, prev->stems_location, "/_sep_stems/");
     ngx_conf_merge_size_value(conf->multipart_buffer, prev->multipart_buffer, 64 * 1024);
     ngx_conf_merge_size_value(conf->multipart_max_header, prev->multipart_max_header, 8 * 1024);
+    ngx_conf_merge_ptr_value(conf->cors_origins, prev->cors_origins, NULL);
+    ngx_conf_merge_value(conf->cors_credentials, prev->cors_credentials, 0);
+    ngx_conf_merge_sec_value(conf->cors_max_age, prev->cors_max_age, 600);
 
     while (conf->spool.len > 1 && conf->spool.data[conf->spool.len - 1] == '/') {
         conf->spool.len--;
@@ -444,11 +464,15 @@ ngx_http_sep_ctx_t *ngx_http_sep_get_ctx(ngx_http_request_t *r)
     return ctx;
 }
 
+/* A method the path does not take: OPTIONS gets its 204 (a CORS preflight), others 405. */
 static ngx_int_t ngx_http_sep_method_not_allowed(ngx_http_request_t *r, const char *allow)
 {
     ngx_table_elt_t *h;
     ngx_int_t rc;
 
+    if (r->method == NGX_HTTP_OPTIONS) {
+        return ngx_http_sep_options(r, allow);
+    }
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
@@ -566,11 +590,17 @@ static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
     u_char *body;
     size_t len;
 
-    if (r != r->main || r->headers_out.status < NGX_HTTP_BAD_REQUEST) {
+    if (r != r->main) {
         return ngx_http_next_header_filter(r);
     }
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
     if (lcf == NULL || !ngx_http_sep_answers_as_api(r, lcf)) {
+        return ngx_http_next_header_filter(r);
+    }
+    if (ngx_http_sep_cors_headers(r, lcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    if (r->headers_out.status < NGX_HTTP_BAD_REQUEST) {
         return ngx_http_next_header_filter(r);
     }
     ctx = ngx_http_get_module_ctx(r, ngx_http_sep_module);

@@ -8,6 +8,7 @@
  *   ngx_http_sep_reply.c    JSON answers and errors
  *   ngx_http_sep_upload.c   POST /v1/jobs
  *   ngx_http_sep_jobs.c     GET and DELETE /v1/jobs/{id}, stem downloads
+ *   ngx_http_sep_cors.c     CORS headers and the OPTIONS (preflight) answer
  */
 #ifndef NGX_HTTP_SEP_MODULE_H
 #define NGX_HTTP_SEP_MODULE_H
@@ -51,6 +52,9 @@ typedef struct {
     ngx_str_t stems_location; /* starts and ends with '/' */
     size_t multipart_buffer;
     size_t multipart_max_header;
+    ngx_array_t *cors_origins; /* of ngx_http_complex_value_t; NULL: CORS off */
+    ngx_flag_t cors_credentials;
+    time_t cors_max_age;
 } ngx_http_sep_loc_conf_t;
 
 typedef struct ngx_http_sep_cmd_s ngx_http_sep_cmd_t;
@@ -120,6 +124,13 @@ ngx_int_t ngx_http_sep_cancel_handler(ngx_http_request_t *r, ngx_str_t *id);
 ngx_int_t ngx_http_sep_stem_handler(ngx_http_request_t *r, ngx_str_t *id, ngx_str_t *file);
 /* Deletes {spool}/{id}/ and the plain files in it. */
 void ngx_http_sep_remove_job_dir(ngx_log_t *log, ngx_str_t *spool, ngx_str_t *id);
+
+/* ngx_http_sep_cors.c: the sep_cors_origins directive; the CORS headers of an API answer
+ * (from the header filter; adds nothing when CORS is off or the origin is not allowed);
+ * the answer to OPTIONS on a path that takes `allow` (a comma-separated method list). */
+char *ngx_http_sep_cors_origins_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_sep_cors_headers(ngx_http_request_t *r, ngx_http_sep_loc_conf_t *lcf);
+ngx_int_t ngx_http_sep_options(ngx_http_request_t *r, const char *allow);
 
 /* Builds {prefix}{kind}{suffix} in the pool; NULL on error. */
 ngx_int_t ngx_http_sep_key(ngx_pool_t *pool, ngx_str_t *out, ngx_str_t *prefix, const char *kind,

@@ -2,6 +2,7 @@
 #
 # test-integration  the HTTP API against a real redis-server + nginx with the module
 #                   (tests/integration/test_http_api.py), on loopback, temporary prefix;
+#                   CORS and preflight (tests/integration/test_cors.py);
 #                   then Redis outages and a restart that loads a big RDB under traffic,
 #                   with 2 and 4 workers (tests/integration/test_redis_outage.py, about
 #                   1 minute; prints RESULT lines)
@@ -21,6 +22,7 @@ TEST_SUITES += test-local-stack test-integration test-workerd test-cli-regress
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
+	$(PY) tests/integration/test_cors.py
 	$(PY) tests/integration/test_redis_outage.py
 
 # workerd run end to end: redis + nginx + supervisors with CPU device workers

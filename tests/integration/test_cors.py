@@ -1,0 +1,251 @@
+#!/usr/bin/python3
+"""CORS for browser clients on another origin, over HTTP against a live stack (real
+redis-server + nginx with the module): the headers on every kind of API answer, the
+preflight OPTIONS answered without Redis, disallowed origins, an origin computed by an
+nginx `map`, credentials, CORS off by default, and `nginx -t` refusing a bad origin.
+
+Each case starts the stack it needs (CORS on, off, or with credentials)."""
+
+import os
+import subprocess
+import sys
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+import worker_sim  # noqa: E402
+from harness import expect, expect_json_error  # noqa: E402
+
+APP = "http://app.example:3000"
+MAPPED = "https://studio.example.org"
+EVIL = "https://evil.example.com"
+WAV = harness.wav_bytes()
+
+# The http{} map computes one more allowed origin from the request's own Origin.
+MAP = """    map $http_origin $sep_test_origin {
+        ~^https://[a-z]+\\.example\\.org$ $http_origin;
+        default "";
+    }
+"""
+
+
+def with_server_lines(lines, http_lines=""):
+    def edit(text):
+        text = text.replace("    server {", http_lines + "    server {", 1)
+        return text.replace("        server_name", lines + "        server_name", 1)
+    return edit
+
+
+CORS_ON = with_server_lines("        sep_cors_origins %s $sep_test_origin;\n" % APP, MAP)
+CORS_CREDENTIALS = with_server_lines("        sep_cors_origins *;\n"
+                                     "        sep_cors_credentials on;\n"
+                                     "        sep_cors_max_age 1h;\n")
+
+cases = harness.Cases()
+
+
+def stack_with(edit):
+    return harness.Stack(worker_processes=1, conf_edit=edit).start()
+
+
+def expect_cors(resp, origin, what):
+    expect(resp.header("access-control-allow-origin") == origin,
+           "%s: Access-Control-Allow-Origin %r, expected %r"
+           % (what, resp.header("access-control-allow-origin"), origin), resp)
+    expose = resp.header("access-control-expose-headers") or ""
+    for name in ("Location", "Retry-After", "ETag", "Content-Range", "Content-Length"):
+        expect(name in expose, "%s: %s not exposed (%r)" % (what, name, expose))
+    expect("Origin" in (resp.header("vary") or ""), "%s: no Vary: Origin" % what, resp)
+
+
+def expect_no_cors(resp, what):
+    found = [k for k in resp.headers if k.startswith("access-control-")]
+    expect(not found, "%s: CORS headers for an origin that is not allowed: %s" % (what, found),
+           resp)
+
+
+def preflight(stack, path, origin, method, headers="content-type"):
+    return stack.request("OPTIONS", path, headers={
+        "Origin": origin, "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": headers})
+
+
+def completed_job(stack):
+    resp = stack.request("POST", "/v1/jobs", body=WAV, headers={"Content-Type": "audio/wav"})
+    expect(resp.status == 202, "submit: %d" % resp.status, resp)
+    job_id = resp.json["id"]
+    return job_id, worker_sim.complete_job(stack, job_id)
+
+
+@cases.case
+def answers_carry_cors_for_an_allowed_origin(_):
+    stack = stack_with(CORS_ON)
+    try:
+        o = {"Origin": APP}
+        body, ctype = harness.multipart([], [("file", "a.wav", "audio/wav", WAV)])
+        resp = stack.request("POST", "/v1/jobs", body=body,
+                             headers=dict(o, **{"Content-Type": ctype}))
+        expect(resp.status == 202, "multipart POST: %d" % resp.status, resp)
+        expect_cors(resp, APP, "multipart POST 202")
+        raw = stack.request("POST", "/v1/jobs", body=WAV, headers=dict(
+            o, **{"Content-Type": "audio/wav", "Idempotency-Key": str(uuid.uuid4())}))
+        expect_cors(raw, APP, "raw POST 202")
+        expect_cors(stack.request("GET", "/v1/jobs/" + raw.json["id"], headers=o), APP,
+                    "GET status 200")
+        expect_cors(expect_json_resp(stack.request("GET", "/v1/jobs/" + str(uuid.uuid4()),
+                                                   headers=o), 404), APP, "GET 404")
+        expect_cors(stack.request("DELETE", "/v1/jobs/" + raw.json["id"], headers=o), APP,
+                    "DELETE")
+        expect_cors(expect_json_resp(stack.request("PUT", "/v1/jobs", body=b"x", headers=o),
+                                     405), APP, "405")
+        expect_cors(expect_json_resp(stack.request(
+            "POST", "/v1/jobs", body=b"text " * 40,
+            headers=dict(o, **{"Content-Type": "text/plain"})), 415), APP, "415")
+        job_id, stems = completed_job(stack)
+        name = sorted(stems)[0]
+        path = "/v1/jobs/%s/stems/%s.wav" % (job_id, name)
+        stem = stack.request("GET", path, headers=o)
+        expect(stem.status == 200 and stem.body == stems[name], "stem download", stem)
+        expect_cors(stem, APP, "stem download (after the internal redirect)")
+        part = stack.request("GET", path, headers=dict(o, Range="bytes=0-9"))
+        expect(part.status == 206, "Range: %d" % part.status, part)
+        expect_cors(part, APP, "206")
+        past = stack.request("GET", path, headers=dict(o, Range="bytes=%d-" % (len(stems[name])
+                                                                             + 10)))
+        expect_json_error(past, 416, "Range past the end")
+        expect_cors(past, APP, "416 after the internal redirect")
+        stack.stop_redis()
+        down = stack.request("GET", "/v1/jobs/" + job_id, headers=o)
+        expect_json_error(down, 503, "Redis down")
+        expect_cors(down, APP, "503")
+        return "202, 200, 404, 405, 415, stems 200/206/416, 503: all with CORS"
+    finally:
+        stack.stop()
+
+
+def expect_json_resp(resp, status):
+    expect_json_error(resp, status)
+    return resp
+
+
+@cases.case
+def preflight_without_redis(_):
+    stack = stack_with(CORS_ON)
+    try:
+        stack.stop_redis()  # a preflight is nginx's alone
+        jid = str(uuid.uuid4())
+        want = {"/v1/jobs": {"POST"},
+                "/v1/jobs/" + jid: {"GET", "HEAD", "DELETE"},
+                "/v1/jobs/%s/stems/vocals.wav" % jid: {"GET", "HEAD"}}
+        for path, methods in want.items():
+            method = sorted(methods)[0]
+            resp = preflight(stack, path, APP, method, "content-type,idempotency-key")
+            expect(resp.status == 204, "preflight %s: %d" % (path, resp.status), resp)
+            expect(not resp.body, "preflight %s: a body" % path, resp)
+            expect_cors(resp, APP, "preflight " + path)
+            got = {m.strip() for m in (resp.header("access-control-allow-methods")
+                                       or "").split(",")}
+            expect(methods <= got and "PUT" not in got,
+                   "preflight %s: methods %s, expected %s" % (path, got, methods), resp)
+            allow_h = (resp.header("access-control-allow-headers") or "").lower()
+            for h in ("content-type", "idempotency-key", "authorization", "last-event-id",
+                      "range"):
+                expect(h in allow_h, "preflight %s: header %s not allowed" % (path, h), resp)
+            expect(resp.header("access-control-max-age") == "600",
+                   "preflight max-age %r" % resp.header("access-control-max-age"), resp)
+        mapped = preflight(stack, "/v1/jobs", MAPPED, "POST")
+        expect(mapped.status == 204, "mapped origin preflight %d" % mapped.status, mapped)
+        expect_cors(mapped, MAPPED, "origin allowed by the map")
+        return "204 with methods per path, Redis stopped"
+    finally:
+        stack.stop()
+
+
+@cases.case
+def disallowed_origin_gets_no_cors_but_is_served(_):
+    stack = stack_with(CORS_ON)
+    try:
+        for origin in (EVIL, APP + ".evil.com", "null", "http://app.example:3001"):
+            pre = preflight(stack, "/v1/jobs", origin, "POST")
+            expect(pre.status == 204, "preflight from %s: %d" % (origin, pre.status), pre)
+            expect_no_cors(pre, "preflight from " + origin)
+            resp = stack.request("POST", "/v1/jobs", body=WAV,
+                                 headers={"Origin": origin, "Content-Type": "audio/wav"})
+            expect(resp.status == 202, "POST from %s still served: %d" % (origin, resp.status),
+                   resp)
+            expect_no_cors(resp, "POST from " + origin)
+            expect("Origin" in (resp.header("vary") or ""), "no Vary: Origin", resp)
+        plain = stack.request("GET", "/v1/jobs/" + str(uuid.uuid4()))
+        expect_no_cors(plain, "a request without Origin")
+        return "4 origins refused CORS, requests served"
+    finally:
+        stack.stop()
+
+
+@cases.case
+def credentials_echo_the_origin(_):
+    stack = stack_with(CORS_CREDENTIALS)
+    try:
+        resp = stack.request("GET", "/v1/jobs/" + str(uuid.uuid4()), headers={"Origin": EVIL})
+        expect_cors(resp, EVIL, "credentials with *")
+        expect(resp.header("access-control-allow-credentials") == "true",
+               "no Access-Control-Allow-Credentials", resp)
+        pre = preflight(stack, "/v1/jobs", EVIL, "POST")
+        expect(pre.header("access-control-max-age") == "3600", "max-age 1h", pre)
+        return "origin echoed with credentials"
+    finally:
+        stack.stop()
+
+
+@cases.case
+def cors_off_by_default(_):
+    stack = stack_with(None)
+    try:
+        resp = stack.request("POST", "/v1/jobs", body=WAV,
+                             headers={"Origin": APP, "Content-Type": "audio/wav"})
+        expect(resp.status == 202, "POST %d" % resp.status, resp)
+        expect_no_cors(resp, "POST, CORS off")
+        pre = preflight(stack, "/v1/jobs", APP, "POST")
+        expect(pre.status == 204, "OPTIONS, CORS off: %d" % pre.status, pre)
+        expect_no_cors(pre, "OPTIONS, CORS off")
+        expect((pre.header("allow") or "") == "POST, OPTIONS", "Allow %r" % pre.header("allow"),
+               pre)
+        return "no CORS headers; OPTIONS 204 with Allow"
+    finally:
+        stack.stop()
+
+
+@cases.case
+def nginx_t_refuses_a_bad_origin(_):
+    stack = harness.Stack(worker_processes=1,
+                          conf_edit=with_server_lines("        sep_cors_origins app.example;\n"))
+    try:
+        harness.localstack.make_prefix_dirs(stack.prefix)
+        with open(stack.conf_path, "w") as f:
+            f.write(stack.render_conf(1))
+        res = subprocess.run(harness.localstack.nginx_args(stack.prefix, stack.conf_path, "-t"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        expect(res.returncode != 0, "nginx -t accepted sep_cors_origins app.example")
+        expect("sep_cors_origins" in res.stdout and "app.example" in res.stdout,
+               "nginx -t message does not name the directive: " + res.stdout)
+        return res.stdout.strip().splitlines()[0][-90:]
+    finally:
+        stack.stop()
+
+
+class _NoStack:
+    @staticmethod
+    def error_log_tail(lines=30):
+        return "(each case has its own stack)"
+
+
+def main(argv):
+    if harness.redis is None:
+        print("SKIP: python3-redis is not installed (make deps)")
+        return 0
+    return cases.run(_NoStack(), only=argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
