@@ -23,6 +23,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Everything the build, the tests and `make run` need, from Debian's archive.
 APT_PKGS := build-essential pkg-config curl bc python3 python3-redis python3-hypothesis \
+            chromium chromium-driver python3-selenium \
             nginx-core nginx-dev libpcre2-dev libpcre3-dev zlib1g-dev libssl-dev \
             redis-server libhiredis-dev libjansson-dev libcmocka-dev \
             libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev wrk python3-numpy \

@@ -53,6 +53,7 @@ OPERATOR_VALUES = {
     "TEMP": "/var/lib/nginx",
     "MAX_BODY": "2g",
     "MAX_QUEUED": "10000",
+    "WEB": "/usr/share/sep/web",
 }
 
 
@@ -197,6 +198,7 @@ def local_values(prefix, port, redis_addr, module_so=MODULE_SO, max_body="64m",
         "TEMP": os.path.join(prefix, "temp"),
         "MAX_BODY": max_body,
         "MAX_QUEUED": str(max_queued),
+        "WEB": os.path.join(REPO_ROOT, "web"),
     }
 
 

@@ -9,21 +9,28 @@
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once
+# test-browser      headless chromium (selenium) against a live stack + workerd: what a
+#                   page on another origin can read with CORS on and off, the stems
+#                   player (web/) uploading, following and decoding every stem
+#                   (tests/browser/test_browser.py; screenshots in build/browser/)
 # test-local-stack  `make run` / `make stop` (conf/run-local, conf/stop-local) on a
 #                   temporary run directory, and conf/nginx.conf being up to date
 # test-stress       SUITE=<suite> N=<runs>: one suite N times in a row; prints each run's
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
-TEST_SUITES += test-local-stack test-integration test-workerd test-cli-regress
+TEST_SUITES += test-local-stack test-integration test-workerd test-cli-regress test-browser
 
-.PHONY: test-integration test-local-stack test-stress test-workerd test-cli-regress
+.PHONY: test-integration test-local-stack test-stress test-workerd test-cli-regress test-browser
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
 	$(PY) tests/integration/test_cors.py
 	$(PY) tests/integration/test_redis_outage.py
+
+test-browser: $(NGX_MODULE_SO) $(WORKERD_BIN)
+	$(PY) tests/browser/test_browser.py
 
 # workerd run end to end: redis + nginx + supervisors with CPU device workers
 test-workerd: $(NGX_MODULE_SO) $(WORKERD_BIN)

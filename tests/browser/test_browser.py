@@ -1,0 +1,247 @@
+#!/usr/bin/python3
+"""Browser clients in a real browser: Debian's chromium (headless, driven by
+python3-selenium through chromedriver) against a live stack (redis-server + nginx with
+the module + `workerd run` with the tiny model, as tests/workerd/ starts it), the pages
+loaded from a *different* origin than the API (a second static server on its own port).
+
+  cors_table_*        what a page on another origin can read of the API, with `fetch`:
+                      multipart POST (FormData + Blob), raw POST, POST with
+                      Idempotency-Key, GET of an unknown job, DELETE. With
+                      sep_cors_origins naming the page's origin every row is readable;
+                      without it every row fails as browsers make it fail.
+  player_*            web/player.html uploads a WAV (XHR progress), follows the job to
+                      completion, fetches and decodes every stem (decodeAudioData) with
+                      the input's duration; a screenshot goes to build/browser/.
+
+Skips (not fails) when chromium, chromedriver or selenium are missing (make deps
+installs them).
+"""
+
+import functools
+import http.server
+import os
+import shutil
+import sys
+import threading
+import wave
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+sys.path.insert(0, os.path.join(REPO, "tests", "workerd"))
+
+import harness  # noqa: E402
+from harness import expect  # noqa: E402
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+SHOTS = os.path.join(REPO, "build", "browser")
+SECONDS = 2.0
+
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:  # reported as a SKIP
+    webdriver = None
+
+cases = harness.Cases()
+
+
+class PageServer:
+    """web/ on its own origin: a static HTTP server on a port the kernel gave it (bound
+    before anyone knows it, so no other process can take it in between)."""
+
+    def __init__(self):
+        handler = functools.partial(_QuietHandler, directory=os.path.join(REPO, "web"))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.httpd.server_address[1]
+        self.origin = "http://127.0.0.1:%d" % self.port
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def browser():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--autoplay-policy=no-user-gesture-required", "--window-size=1200,900",
+                "--no-first-run", "--disable-extensions"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=DriverService(executable_path=CHROMEDRIVER), options=opts)
+
+
+def service(cors_origin):
+    import test_workerd  # tests/workerd/test_workerd.py: Service = stack + supervisors
+
+    svc = test_workerd.Service()
+    if cors_origin:
+        svc.stack.conf_edit = lambda text: text.replace(
+            "        server_name", "        sep_cors_origins %s;\n        server_name"
+            % cors_origin, 1)
+    return svc.start()
+
+
+# One fetch per row of the table; each resolves to "readable <status>" or "failed <error>".
+TABLE_JS = r"""
+const api = arguments[0], done = arguments[arguments.length - 1];
+const wav = new Uint8Array(arguments[1]);
+async function row(name, make) {
+  try {
+    const resp = await make();
+    const body = await resp.json();
+    return [name, "readable " + resp.status, body.id || (body.error && body.error.code) || ""];
+  } catch (e) { return [name, "failed " + e.name + ": " + e.message, ""]; }
+}
+(async () => {
+  const out = [];
+  const form = new FormData();
+  form.append("file", new Blob([wav], {type: "audio/wav"}), "a.wav");
+  out.push(await row("multipart POST", () => fetch(api + "/v1/jobs", {method: "POST", body: form})));
+  out.push(await row("raw POST", () => fetch(api + "/v1/jobs", {method: "POST", body: wav,
+                                             headers: {"Content-Type": "audio/wav"}})));
+  out.push(await row("POST with Idempotency-Key", () => fetch(api + "/v1/jobs", {method: "POST",
+      body: wav, headers: {"Content-Type": "audio/wav", "Idempotency-Key": "k-" + Date.now()}})));
+  out.push(await row("GET unknown job", () => fetch(api + "/v1/jobs/1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b")));
+  const id = out[1][2] || "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b";
+  out.push(await row("DELETE", () => fetch(api + "/v1/jobs/" + id, {method: "DELETE"})));
+  done(out);
+})();
+"""
+
+
+def run_table(cors_on):
+    pages = PageServer()
+    svc = service(pages.origin if cors_on else None)
+    drv = None
+    try:
+        drv = browser()
+        drv.set_script_timeout(30)
+        drv.get(pages.origin + "/player.html?api=http://127.0.0.1:%d" % svc.stack.port)
+        wav = list(harness.wav_bytes(seconds=0.25))
+        rows = drv.execute_async_script(TABLE_JS, "http://127.0.0.1:%d" % svc.stack.port, wav)
+        return rows
+    finally:
+        if drv is not None:
+            drv.quit()
+        svc.stop()
+        pages.stop()
+
+
+@cases.case
+def cors_table_readable_with_cors_on(_):
+    rows = run_table(cors_on=True)
+    want = {"multipart POST": "readable 202", "raw POST": "readable 202",
+            "POST with Idempotency-Key": "readable 202", "GET unknown job": "readable 404",
+            "DELETE": "readable 200"}
+    bad = ["%s: %s (expected %s)" % (n, got, want[n]) for n, got, _ in rows if got != want[n]]
+    expect(len(rows) == len(want) and not bad, "; ".join(bad) or repr(rows))
+    return ", ".join("%s %s" % (n, got.split()[1]) for n, got, _ in rows)
+
+
+@cases.case
+def cors_table_fails_with_cors_off(_):
+    rows = run_table(cors_on=False)
+    bad = ["%s: %s" % (n, got) for n, got, _ in rows if not got.startswith("failed")]
+    expect(len(rows) == 5 and not bad, "readable without CORS: " + "; ".join(bad))
+    return "all 5 rows: " + rows[0][1]
+
+
+@cases.case
+def player_uploads_follows_and_decodes_every_stem(_):
+    return player_run(same_origin=False)
+
+
+@cases.case
+def player_same_origin_served_by_nginx(_):
+    return player_run(same_origin=True)
+
+
+def player_run(same_origin):
+    """The page from the second server with CORS on, or from nginx's /ui/ (no CORS)."""
+    pages = PageServer()
+    svc = service(None if same_origin else pages.origin)
+    drv = None
+    api = "http://127.0.0.1:%d" % svc.stack.port
+    url = (api + "/ui/player.html") if same_origin else \
+        (pages.origin + "/player.html?api=" + api)
+    shot = os.path.join(SHOTS, "player-same-origin.png" if same_origin else "player.png")
+    path = os.path.join(svc.stack.prefix, "song.wav")
+    with open(path, "wb") as f:
+        f.write(harness.wav_bytes(seconds=SECONDS))
+    with wave.open(path) as w:
+        duration = w.getnframes() / w.getframerate()
+    try:
+        svc.start_workerd("w1")
+        drv = browser()
+        drv.get(url)
+        drv.find_element(By.ID, "file").send_keys(path)
+        state = lambda d: d.execute_script("return window.sepPlayer")  # noqa: E731
+        try:
+            WebDriverWait(drv, 120, poll_frequency=0.2).until(
+                lambda d: state(d)["status"] in ("ready", "error", "failed", "gone"))
+        finally:
+            os.makedirs(SHOTS, exist_ok=True)
+            drv.save_screenshot(shot)
+        st = state(drv)
+        expect(st["status"] == "ready", "player ended in %s: %s" % (st["status"], st["errors"]),
+               svc.log("w1")[-2000:])
+        upload = drv.execute_script("return document.getElementById('upload').value")
+        expect(upload == 1, "upload progress bar at %r" % upload)
+        stems = st["stems"]
+        expect(sorted(stems) == ["bass", "drums", "other", "vocals"], "stems %s" % sorted(stems))
+        for name, info in stems.items():
+            expect(abs(info["duration"] - duration) < 0.05,
+                   "%s decodes to %.3f s, the input is %.3f s" % (name, info["duration"],
+                                                                  duration))
+        drawn = drv.execute_script("""
+            return [...document.querySelectorAll('#stems .row canvas.wave')].map(c => {
+              if (!c.width || !c.height) return 0;
+              const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+              let n = 0;
+              for (let i = 3; i < px.length; i += 4) n += px[i] > 0;
+              return n / (c.width * c.height);
+            });""")
+        expect(len(drawn) == 4 and all(f > 0.05 for f in drawn),
+               "waveforms: share of painted pixels per stem %s" % drawn)
+        drv.find_element(By.ID, "play").click()
+        playing = drv.execute_script("return document.getElementById('play').textContent")
+        expect(playing == "Pause", "play button after a click: %r" % playing)
+        drv.save_screenshot(shot)
+        return "job %s: 4 stems of %.2f s decoded; screenshot %s" % (
+            st["jobId"], duration, os.path.relpath(shot, REPO))
+    finally:
+        if drv is not None:
+            drv.quit()
+        svc.stop()
+        pages.stop()
+
+
+class _NoStack:
+    @staticmethod
+    def error_log_tail(lines=30):
+        return "(each case has its own stack)"
+
+
+def main(argv):
+    missing = [what for what, ok in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER),
+                                     ("python3-selenium", webdriver), ("python3-redis",
+                                                                       harness.redis)) if not ok]
+    if missing:
+        print("SKIP: %s not installed (make deps)" % ", ".join(missing))
+        print("CASES: 0 passed, 0 failed, %d skipped" % len(cases.cases))
+        return 0
+    return cases.run(_NoStack(), only=argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
