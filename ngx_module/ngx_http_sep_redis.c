@@ -11,17 +11,22 @@
  * Connection life: DISCONNECTED -> (connect) CONNECTING -> CONNECTED. AUTH, SELECT,
  * SCRIPT LOAD of the module's scripts and a probe (EXISTS of the stats key) are
  * queued right after connect, so they precede every request's command on the wire;
- * the connection is "ready" once all of them succeeded. A failed or lost connection
- * is retried after a backoff (doubling from sep_redis_backoff's MIN to MAX, reset once
- * Redis answers). A request that finds the connection down does not wait for that
- * timer: when the last attempt is older than MIN it starts one at once (so a down
- * Redis sees at most one attempt per MIN per worker from traffic). While an attempt
- * (connect + first setup) is in flight, commands are held on the module's own queue
- * (not sent): when the setup is answered they go out in order; when the attempt
- * fails each request gets 503 redis_unavailable; a request that stops waiting first
- * (sep_redis_timeout, client gone) leaves the queue and nothing of it is ever sent.
- * Within MIN of a failed attempt a request waits (held the same way) for the next
- * attempt, which is then due at the failed one + MIN.
+ * the connection is "ready" once all of them succeeded. The connect and then each
+ * setup round must be answered within sep_redis_timeout, else the connection is
+ * dropped (a peer that accepts and never answers is given up on). A TCP connection
+ * has TCP keepalive on (a peer gone without a close is noticed while idle). A failed
+ * or lost connection is retried after a backoff (doubling from sep_redis_backoff's
+ * MIN to MAX, reset once Redis answers), also in a worker that is shutting down
+ * gracefully and still serves requests (every timer of this file is cancelable:
+ * none keeps such a worker from exiting). A request that finds the connection down
+ * does not wait for that timer: when the last attempt is older than MIN it starts
+ * one at once (so a down Redis sees at most one attempt per MIN per worker from
+ * traffic). While an attempt (connect + first setup) is in flight, commands are held
+ * on the module's own queue (not sent): when the setup is answered they go out in
+ * order; when the attempt fails each request gets 503 redis_unavailable; a request
+ * that stops waiting first (sep_redis_timeout, client gone) leaves the queue and
+ * nothing of it is ever sent. Within MIN of a failed attempt a request waits (held
+ * the same way) for the next attempt, which is then due at the failed one + MIN.
  *
  * Redis that answers but cannot serve yet (-LOADING after a restart, -BUSY while a
  * script runs too long, -MASTERDOWN on a replica) keeps the connection: the setup is
@@ -29,9 +34,20 @@
  * 503 redis_loading (their commands still go to Redis, so the first one after the
  * load is served; a NOSCRIPT then loads the script).
  *
+ * A connection that stops answering while open (a request's reply is sep_redis_timeout
+ * late) is checked with a spare connection, set up beside it while new commands are
+ * held: if the spare's setup is answered and the current connection is still silent,
+ * the spare replaces it (a NAT or load balancer forgot the flow; the old connection's
+ * commands in flight get their 503 as for a lost connection); if Redis answers on the
+ * current connection first, or the spare is not answered either (Redis is slow for
+ * everyone: a long script), the spare is closed and the connection kept, so late
+ * replies still arrive. Spares are tried at most once per sep_redis_timeout plus a
+ * backoff doubling from MIN to MAX while they fail (section "a spare" below).
+ *
  * Outages are logged twice: when serving stops (lost connection, failed first
- * connect, not-ready answer) and when it is back, with the outage's length; the
- * attempts in between log at debug level only.
+ * connect, not-ready answer, a reply sep_redis_timeout late) and when it is back,
+ * with the outage's length; the attempts in between and each late request log at
+ * debug level only.
  *
  * Commands: each request's command gets a record (ngx_http_sep_cmd_t, recycled
  * through a free list) that hiredis keeps as privdata until the reply. The record,
@@ -67,8 +83,15 @@ typedef struct {
     ngx_connection_t *conn;
     ngx_uint_t state;
     ngx_event_t reconnect;
-    ngx_event_t connect_timeout;
-    ngx_event_t setup_retry; /* Redis answered LOADING/BUSY/MASTERDOWN: setup again */
+    ngx_event_t connect_timeout; /* the connect, then each setup round */
+    ngx_event_t setup_retry;     /* Redis answered LOADING/BUSY/MASTERDOWN: setup again */
+    redisAsyncContext *spare_ac; /* a replacement being set up while this one is silent */
+    ngx_connection_t *spare_conn;
+    ngx_event_t spare_timeout;
+    ngx_uint_t spare_round;   /* tags the replies of the spare's setup */
+    ngx_uint_t spare_pending; /* replies of the spare's setup still due */
+    ngx_msec_t spare_backoff; /* wait after a failed spare, doubled up to MAX */
+    ngx_msec_t spare_next;    /* no spare before this */
     ngx_msec_t backoff;
     ngx_msec_t last_attempt;  /* when the last connect started */
     ngx_msec_t down_since;    /* when serving stopped (while down) */
@@ -85,7 +108,8 @@ typedef struct {
     unsigned setup_failed : 1; /* the current setup got a not-ready answer */
     unsigned down : 1;         /* an outage was logged, its end not yet */
     unsigned was_ready : 1;    /* some connection of this worker was ready */
-    unsigned attempt : 1;      /* a connect and its first setup are in flight */
+    unsigned attempt : 1;      /* a connect and its first setup (or a spare) are in flight */
+    unsigned stalled : 1;      /* a sent command's reply is overdue, nothing heard since */
     u_char not_ready[80];      /* the first not-ready answer of the setup */
 } ngx_http_sep_redis_t;
 
@@ -98,6 +122,8 @@ static const sep_script_id_t ngx_http_sep_module_scripts[] = {SEP_SCRIPT_SUBMIT,
 static void ngx_http_sep_redis_connect(void);
 static void ngx_http_sep_redis_schedule_reconnect(void);
 static void ngx_http_sep_redis_drop(const char *why);
+static void ngx_http_sep_redis_spare_close(void);
+static void ngx_http_sep_redis_heard(void);
 static void ngx_http_sep_redis_release_held(ngx_uint_t send);
 static void ngx_http_sep_cmd_release(ngx_http_sep_cmd_t *cmd);
 
@@ -284,7 +310,8 @@ static void ngx_http_sep_redis_add_write(void *privdata)
     if (c->write->active) {
         return;
     }
-    if (ngx_http_sep_redis.state == SEP_REDIS_CONNECTED && !ngx_http_sep_redis.writing) {
+    if (c == ngx_http_sep_redis.conn && ngx_http_sep_redis.state == SEP_REDIS_CONNECTED &&
+        !ngx_http_sep_redis.writing) {
         if (!c->write->posted) {
             ngx_post_event(c->write, &ngx_posted_events);
         }
@@ -328,36 +355,59 @@ static void ngx_http_sep_redis_cleanup(void *privdata)
     if (ngx_http_sep_redis.conn == c) {
         ngx_http_sep_redis.conn = NULL;
     }
+    if (ngx_http_sep_redis.spare_conn == c) {
+        ngx_http_sep_redis.spare_conn = NULL;
+    }
 }
 
+/* Bytes are waiting on the socket: the peer answers (EOF and errors read as 0). */
+static ngx_uint_t ngx_http_sep_redis_readable(ngx_connection_t *c)
+{
+    int n = 0;
+
+    return c != NULL && ioctl(c->fd, FIONREAD, &n) == 0 && n > 0;
+}
+
+/* The connection's context is c->data (the current connection or a spare). */
 static void ngx_http_sep_redis_read_handler(ngx_event_t *ev)
 {
     ngx_connection_t *c = ev->data;
+    redisAsyncContext *ac = c->data;
 
     if (c->close) { /* worker_shutdown_timeout: nginx closes every connection */
         ngx_http_sep_redis.exiting = 1;
+        ngx_http_sep_redis_spare_close();
         ngx_http_sep_redis_drop("worker is shutting down");
         return;
     }
-    if (ngx_http_sep_redis.ac) {
-        redisAsyncHandleRead(ngx_http_sep_redis.ac);
+    /* While the current connection is silent (or a spare is being set up), its first bytes
+     * end that: Redis answers on it after all. */
+    if (ac == ngx_http_sep_redis.ac &&
+        (ngx_http_sep_redis.stalled || ngx_http_sep_redis.spare_ac) &&
+        ngx_http_sep_redis_readable(c)) {
+        ngx_http_sep_redis_heard();
     }
+    redisAsyncHandleRead(ac);
 }
 
 static void ngx_http_sep_redis_write_handler(ngx_event_t *ev)
 {
     ngx_connection_t *c = ev->data;
+    redisAsyncContext *ac = c->data;
 
     if (c->close) {
         ngx_http_sep_redis.exiting = 1;
+        ngx_http_sep_redis_spare_close();
         ngx_http_sep_redis_drop("worker is shutting down");
         return;
     }
-    if (ngx_http_sep_redis.ac) {
-        ngx_http_sep_redis.writing = 1; /* a write that leaves data arms the event */
-        redisAsyncHandleWrite(ngx_http_sep_redis.ac);
-        ngx_http_sep_redis.writing = 0;
+    if (ac != ngx_http_sep_redis.ac) {
+        redisAsyncHandleWrite(ac);
+        return;
     }
+    ngx_http_sep_redis.writing = 1; /* a write that leaves data arms the event */
+    redisAsyncHandleWrite(ac);
+    ngx_http_sep_redis.writing = 0;
 }
 
 /* ---- connection life -------------------------------------------------------- */
@@ -389,11 +439,10 @@ ngx_uint_t ngx_http_sep_redis_not_ready(redisReply *reply)
 }
 
 /* Serving stopped: logged once per outage, whatever the number of attempts. */
-static void ngx_http_sep_redis_mark_down(const char *what, const char *detail)
+static void ngx_http_sep_redis_outage_begins(const char *what, const char *detail)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
 
-    redis->ready = 0;
     if (redis->down) {
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis still unavailable: %s: %s",
                        what, detail);
@@ -409,12 +458,20 @@ static void ngx_http_sep_redis_mark_down(const char *what, const char *detail)
                   redis->mcf->backoff_max);
 }
 
+/* The current connection cannot serve (lost, refused, not set up). */
+static void ngx_http_sep_redis_mark_down(const char *what, const char *detail)
+{
+    ngx_http_sep_redis.ready = 0;
+    ngx_http_sep_redis_outage_begins(what, detail);
+}
+
 /* The setup of the current connection succeeded. */
 static void ngx_http_sep_redis_mark_up(void)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
 
     redis->ready = 1;
+    redis->stalled = 0;
     redis->backoff = redis->mcf->backoff_min;
     if (redis->down) {
         redis->down = 0;
@@ -471,56 +528,80 @@ static void ngx_http_sep_redis_setup_reply(redisAsyncContext *ac, void *reply, v
     if (--redis->setup_pending > 0) {
         return;
     }
+    if (redis->connect_timeout.timer_set) {
+        ngx_del_timer(&redis->connect_timeout);
+    }
     if (redis->setup_failed) {
         ngx_http_sep_redis_not_ready_reply((const char *)redis->not_ready);
     } else {
         ngx_http_sep_redis_mark_up();
     }
-    if (redis->attempt) { /* the attempt is over: what waited for it goes out */
+    if (redis->attempt && redis->spare_ac == NULL) {
+        /* the attempt is over: what waited for it goes out */
         redis->attempt = 0;
         ngx_http_sep_redis_release_held(1);
     }
 }
 
-/* AUTH, SELECT, SCRIPT LOAD of the module's scripts and the probe, as one round. */
-static void ngx_http_sep_redis_setup(redisAsyncContext *ac)
+/* Queues AUTH, SELECT, SCRIPT LOAD of the module's scripts and the probe, each reply
+ * to fn tagged with round; returns how many were queued. */
+static ngx_uint_t ngx_http_sep_redis_send_setup(redisAsyncContext *ac, redisCallbackFn *fn,
+                                                ngx_uint_t round)
 {
-    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
-    ngx_http_sep_main_conf_t *mcf = redis->mcf;
-    ngx_uint_t i, round;
-
-    round = ++redis->setup_round;
-    redis->setup_pending = 0;
-    redis->setup_failed = 0;
-    redis->attempts++;
+    ngx_http_sep_main_conf_t *mcf = ngx_http_sep_redis.mcf;
+    ngx_uint_t i, queued = 0;
 
     if (mcf->redis_password.len) {
-        if (redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply,
-                              SEP_SETUP_TAG(round, SEP_SETUP_AUTH), "AUTH %b",
+        if (redisAsyncCommand(ac, fn, SEP_SETUP_TAG(round, SEP_SETUP_AUTH), "AUTH %b",
                               mcf->redis_password.data, mcf->redis_password.len) == REDIS_OK) {
-            redis->setup_pending++;
+            queued++;
         }
     }
     if (mcf->redis_db > 0) {
-        if (redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply,
-                              SEP_SETUP_TAG(round, SEP_SETUP_SELECT), "SELECT %d",
+        if (redisAsyncCommand(ac, fn, SEP_SETUP_TAG(round, SEP_SETUP_SELECT), "SELECT %d",
                               (int)mcf->redis_db) == REDIS_OK) {
-            redis->setup_pending++;
+            queued++;
         }
     }
     for (i = 0; i < sizeof(ngx_http_sep_module_scripts) / sizeof(sep_script_id_t); i++) {
         const sep_script_t *s = &sep_scripts[ngx_http_sep_module_scripts[i]];
-        if (redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply,
-                              SEP_SETUP_TAG(round, SEP_SETUP_SCRIPT + i), "SCRIPT LOAD %b",
+        if (redisAsyncCommand(ac, fn, SEP_SETUP_TAG(round, SEP_SETUP_SCRIPT + i), "SCRIPT LOAD %b",
                               s->source, s->length) == REDIS_OK) {
-            redis->setup_pending++;
+            queued++;
         }
     }
     /* A data command: refused with LOADING, BUSY or MASTERDOWN like every request's
      * (SCRIPT LOAD is allowed on a stale replica). */
-    if (redisAsyncCommand(ac, ngx_http_sep_redis_setup_reply, SEP_SETUP_TAG(round, SEP_SETUP_PROBE),
-                          "EXISTS %b", mcf->key_stats.data, mcf->key_stats.len) == REDIS_OK) {
-        redis->setup_pending++;
+    if (redisAsyncCommand(ac, fn, SEP_SETUP_TAG(round, SEP_SETUP_PROBE), "EXISTS %b",
+                          mcf->key_stats.data, mcf->key_stats.len) == REDIS_OK) {
+        queued++;
+    }
+    return queued;
+}
+
+/* (Re)arms ev for ms from now: adding a set timer again may be a no-op. */
+static void ngx_http_sep_redis_arm(ngx_event_t *ev, ngx_msec_t ms)
+{
+    if (ev->timer_set) {
+        ngx_del_timer(ev);
+    }
+    ngx_add_timer(ev, ms);
+}
+
+/* One setup round on the current connection. On a connected socket its replies are
+ * due within sep_redis_timeout (the connect timer is re-armed for them); a round
+ * queued before the connect completes gets its limit when it does. */
+static void ngx_http_sep_redis_setup(redisAsyncContext *ac)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    ngx_uint_t round;
+
+    round = ++redis->setup_round;
+    redis->setup_failed = 0;
+    redis->attempts++;
+    redis->setup_pending = ngx_http_sep_redis_send_setup(ac, ngx_http_sep_redis_setup_reply, round);
+    if (redis->state == SEP_REDIS_CONNECTED && redis->setup_pending > 0) {
+        ngx_http_sep_redis_arm(&redis->connect_timeout, redis->mcf->redis_timeout);
     }
 }
 
@@ -535,10 +616,230 @@ static void ngx_http_sep_redis_setup_retry_handler(ngx_event_t *ev)
     }
 }
 
+/* ---- a spare: a second connection for a current one that went silent ------------
+ *
+ * A reply overdue on the current connection (a request got 503 redis_timeout) either
+ * means Redis is slow for everyone (a long script, a stall) or that this connection
+ * alone is dead without a close (a NAT or load balancer that forgot the flow, a
+ * failover behind a virtual address). A new connection tells them apart: it is opened
+ * and set up while the current one is kept, and commands wait for it (held). If its
+ * setup is answered while the current connection is still silent, it replaces that
+ * one, whose commands in flight get their 503. If Redis answers on the current
+ * connection first, or the spare gets no answer within sep_redis_timeout either, the
+ * spare is closed and the current connection kept (late replies, and the compensation
+ * of a late submit, still come on it); the next spare waits for the backoff, doubled
+ * per failed spare.
+ */
+
+/* Forgets the spare without closing it (hiredis frees it, or it became the current
+ * connection). */
+static void ngx_http_sep_redis_spare_forget(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    redis->spare_ac = NULL;
+    if (redis->spare_timeout.timer_set) {
+        ngx_del_timer(&redis->spare_timeout);
+    }
+}
+
+static void ngx_http_sep_redis_spare_close(void)
+{
+    redisAsyncContext *ac = ngx_http_sep_redis.spare_ac;
+
+    if (ac == NULL) {
+        return;
+    }
+    ngx_http_sep_redis_spare_forget();
+    redisAsyncFree(ac); /* deferred by hiredis when called from one of its callbacks */
+}
+
+/* The spare is over and the current connection stays: what waited goes out on it. */
+static void ngx_http_sep_redis_spare_done(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    ngx_http_sep_redis_spare_close();
+    if (redis->attempt) {
+        redis->attempt = 0;
+        ngx_http_sep_redis_release_held(1);
+    }
+}
+
+static void ngx_http_sep_redis_spare_failed(const char *why)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, redis->log, 0,
+                   "sep: redis spare connection failed: %s; keeping the current one, next spare "
+                   "in %M ms or later",
+                   why, redis->spare_backoff);
+    redis->spare_next = ngx_current_msec + redis->spare_backoff;
+    redis->spare_backoff = ngx_min(redis->spare_backoff * 2, redis->mcf->backoff_max);
+    ngx_http_sep_redis_spare_done();
+}
+
+/* Redis answers on the current connection again (a reply's first bytes). */
+static void ngx_http_sep_redis_heard(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+
+    if (redis->spare_ac) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, redis->log, 0,
+                       "sep: redis answers on the current connection: spare closed");
+        ngx_http_sep_redis_spare_done();
+    }
+    if (redis->stalled) {
+        redis->stalled = 0;
+        redis->spare_backoff = redis->mcf->backoff_min;
+        if (redis->ready) {
+            ngx_http_sep_redis_mark_up(); /* "is back" */
+        }
+    }
+}
+
+/* The spare is set up while the current connection is still silent: it takes over. */
+static void ngx_http_sep_redis_replace(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    redisAsyncContext *old = redis->ac;
+    redisAsyncContext *ac = redis->spare_ac;
+    ngx_uint_t in_flight = 0;
+    ngx_queue_t *q;
+
+    for (q = ngx_queue_head(&redis->inflight); q != ngx_queue_sentinel(&redis->inflight);
+         q = ngx_queue_next(q)) {
+        in_flight++;
+    }
+    ngx_log_error(NGX_LOG_NOTICE, redis->log, 0,
+                  "sep: redis %V: no reply on the connection for %M ms while a new one "
+                  "answered: replacing it (%ui commands in flight on it get 503)",
+                  &redis->mcf->redis_host, (ngx_msec_t)(ngx_current_msec - redis->down_since),
+                  in_flight);
+
+    ngx_http_sep_redis_spare_forget();
+    redis->ac = ac;
+    redis->conn = redis->spare_conn;
+    redis->spare_conn = NULL;
+    ac->data = redis; /* the current connection from now on */
+    redis->state = SEP_REDIS_CONNECTED;
+    redis->setup_pending = 0;
+    redis->stalled = 0;
+    redis->spare_backoff = redis->mcf->backoff_min;
+    if (redis->connect_timeout.timer_set) {
+        ngx_del_timer(&redis->connect_timeout);
+    }
+    if (redis->setup_retry.timer_set) {
+        ngx_del_timer(&redis->setup_retry);
+    }
+    if (old) {
+        old->data = NULL;    /* its disconnect is not the current connection's */
+        redisAsyncFree(old); /* its callbacks get NULL: those requests get 503 */
+    }
+    ngx_http_sep_redis_mark_up();
+    redis->attempt = 0;
+    ngx_http_sep_redis_release_held(1);
+}
+
+static void ngx_http_sep_redis_spare_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    redisReply *rr = reply;
+    uintptr_t tag = (uintptr_t)privdata;
+
+    if (rr == NULL || ac != redis->spare_ac || (tag >> 8) != (redis->spare_round & 0xffffff)) {
+        return; /* a spare that is going away */
+    }
+    if (rr->type == REDIS_REPLY_ERROR) {
+        /* refused or not ready: no sign that the current connection is the problem */
+        ngx_http_sep_redis_spare_failed(rr->str);
+        return;
+    }
+    if (--redis->spare_pending > 0) {
+        return;
+    }
+    if (ngx_http_sep_redis_readable(redis->conn)) {
+        ngx_http_sep_redis_heard(); /* its answer is already here: keep it */
+        return;
+    }
+    ngx_http_sep_redis_replace();
+}
+
+static void ngx_http_sep_redis_spare_timeout_handler(ngx_event_t *ev)
+{
+    if (ngx_http_sep_redis.spare_ac) {
+        ngx_http_sep_redis_spare_failed("no reply either");
+    }
+}
+
+static ngx_int_t ngx_http_sep_redis_open(redisAsyncContext **acp, ngx_connection_t **cp,
+                                         u_char *err, size_t errlen);
+
+static void ngx_http_sep_redis_spare_start(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    redisAsyncContext *ac;
+    ngx_connection_t *c;
+    u_char err[128];
+
+    redis->attempts++;
+    if (ngx_http_sep_redis_open(&ac, &c, err, sizeof(err)) != NGX_OK) {
+        ngx_http_sep_redis_spare_failed((const char *)err);
+        return;
+    }
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, redis->log, 0,
+                   "sep: redis connection silent: setting up a spare");
+    redis->spare_ac = ac;
+    redis->spare_conn = c;
+    redis->attempt = 1; /* new commands wait for the outcome */
+    redis->spare_pending = ngx_http_sep_redis_send_setup(ac, ngx_http_sep_redis_spare_setup_reply,
+                                                         ++redis->spare_round);
+    ngx_http_sep_redis_arm(&redis->spare_timeout, redis->mcf->redis_timeout);
+}
+
+/* A sent command's reply is sep_redis_timeout late: the outage is logged once, and a
+ * spare connection is set up unless one is or failed within the backoff. */
+static void ngx_http_sep_redis_reply_overdue(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    u_char detail[64];
+
+    if (redis->ac == NULL || redis->state != SEP_REDIS_CONNECTED) {
+        return;
+    }
+    if (!redis->stalled) {
+        redis->stalled = 1;
+        if (redis->ready) {
+            *ngx_snprintf(detail, sizeof(detail) - 1, "no reply within %M ms",
+                          redis->mcf->redis_timeout) = '\0';
+            ngx_http_sep_redis_outage_begins("not answering", (const char *)detail);
+        }
+    }
+    /* not set up (LOADING, ...): the setup rounds have their own limit */
+    if (redis->ready && !redis->attempt && redis->spare_ac == NULL && !redis->exiting &&
+        (ngx_msec_int_t)(ngx_current_msec - redis->spare_next) >= 0) {
+        ngx_http_sep_redis_spare_start();
+    }
+}
+
+/* ---- connect, lose, retry ---------------------------------------------------------- */
+
 static void ngx_http_sep_redis_on_connect(const redisAsyncContext *ac, int status)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
 
+    if (ac->data != redis) { /* a spare */
+        if (ac != redis->spare_ac) {
+            return;
+        }
+        if (status != REDIS_OK) {
+            ngx_http_sep_redis_spare_forget(); /* hiredis frees it when this returns */
+            ngx_http_sep_redis_spare_failed(ac->errstr);
+            return;
+        }
+        ngx_http_sep_redis_arm(&redis->spare_timeout, redis->mcf->redis_timeout);
+        return;
+    }
     if (redis->connect_timeout.timer_set) {
         ngx_del_timer(&redis->connect_timeout);
     }
@@ -555,20 +856,36 @@ static void ngx_http_sep_redis_on_connect(const redisAsyncContext *ac, int statu
     redis->state = SEP_REDIS_CONNECTED;
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis %V: connected",
                    &redis->mcf->redis_host);
+    /* the setup queued at connect: answered within the limit, or the attempt failed */
+    if (redis->setup_pending > 0) {
+        ngx_http_sep_redis_arm(&redis->connect_timeout, redis->mcf->redis_timeout);
+    }
 }
 
 static void ngx_http_sep_redis_on_disconnect(const redisAsyncContext *ac, int status)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
 
+    if (ac->data != redis) { /* a spare, or a connection replaced by one */
+        if (ac == redis->spare_ac) {
+            ngx_http_sep_redis_spare_forget(); /* hiredis is freeing it */
+            ngx_http_sep_redis_spare_failed(ac->errstr[0] ? ac->errstr : "closed");
+        }
+        return;
+    }
     redis->ac = NULL;
     redis->state = SEP_REDIS_DISCONNECTED;
     redis->ready = 0;
     redis->setup_pending = 0;
     redis->attempt = 0;
+    redis->stalled = 0;
+    if (redis->connect_timeout.timer_set) {
+        ngx_del_timer(&redis->connect_timeout);
+    }
     if (redis->setup_retry.timer_set) {
         ngx_del_timer(&redis->setup_retry);
     }
+    ngx_http_sep_redis_spare_close();
     if (!redis->exiting) {
         ngx_http_sep_redis_mark_down("lost the connection", ac->errstr[0] ? ac->errstr : "closed");
         ngx_http_sep_redis_schedule_reconnect();
@@ -583,25 +900,36 @@ static void ngx_http_sep_redis_reconnect_handler(ngx_event_t *ev)
     }
 }
 
+/* The connect, or a setup round (AUTH, SELECT, SCRIPT LOAD, probe), got no answer
+ * within sep_redis_timeout: a peer that accepts and never answers is given up on. */
 static void ngx_http_sep_redis_connect_timeout_handler(ngx_event_t *ev)
 {
-    if (ngx_http_sep_redis.state == SEP_REDIS_CONNECTING) {
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    u_char detail[64];
+
+    if (redis->state == SEP_REDIS_CONNECTING) {
         ngx_http_sep_redis_mark_down("connect", "timed out");
         ngx_http_sep_redis_drop("connect timed out");
+        ngx_http_sep_redis_schedule_reconnect();
+    } else if (redis->state == SEP_REDIS_CONNECTED && redis->setup_pending > 0) {
+        *ngx_snprintf(detail, sizeof(detail) - 1, "no reply within %M ms",
+                      redis->mcf->redis_timeout) = '\0';
+        ngx_http_sep_redis_mark_down("setup", (const char *)detail);
+        ngx_http_sep_redis_drop("setup not answered");
         ngx_http_sep_redis_schedule_reconnect();
     }
 }
 
+/* Also in a worker that is shutting down gracefully: it still serves its requests
+ * (the timer is cancelable, so it never keeps the worker from exiting). */
 static void ngx_http_sep_redis_schedule_reconnect(void)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
 
-    if (redis->exiting || ngx_exiting || ngx_quit || ngx_terminate) {
+    if (redis->exiting || ngx_terminate || redis->reconnect.timer_set) {
         return;
     }
-    if (!redis->reconnect.timer_set) {
-        ngx_add_timer(&redis->reconnect, redis->backoff);
-    }
+    ngx_add_timer(&redis->reconnect, redis->backoff);
     redis->backoff = ngx_min(redis->backoff * 2, redis->mcf->backoff_max);
 }
 
@@ -619,25 +947,32 @@ static void ngx_http_sep_redis_drop(const char *why)
     redis->state = SEP_REDIS_DISCONNECTED;
     redis->ready = 0;
     redis->setup_pending = 0;
+    redis->stalled = 0;
     if (redis->connect_timeout.timer_set) {
         ngx_del_timer(&redis->connect_timeout);
     }
     if (redis->setup_retry.timer_set) {
         ngx_del_timer(&redis->setup_retry);
     }
+    ngx_http_sep_redis_spare_close();
     redis->attempt = 0;
     redisAsyncFree(ac);
     ngx_http_sep_redis_release_held(0);
 }
 
-static void ngx_http_sep_redis_connect(void)
+/*
+ * A non-blocking hiredis connection bound to the event loop (the current one or a
+ * spare: ac->data tells, see on_connect). A TCP one has TCP keepalive on (idle 15 s,
+ * then a keepalive probe every 5 s, dead after 3 unanswered), so a peer gone without
+ * a close is noticed on an idle connection too. On NGX_ERROR, err holds why.
+ */
+static ngx_int_t ngx_http_sep_redis_open(redisAsyncContext **acp, ngx_connection_t **cp,
+                                         u_char *err, size_t errlen)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
     ngx_http_sep_main_conf_t *mcf = redis->mcf;
     redisAsyncContext *ac;
     ngx_connection_t *c;
-
-    redis->last_attempt = ngx_current_msec;
 
     if (mcf->redis_port == 0) {
         ac = redisAsyncConnectUnix((const char *)mcf->redis_host.data);
@@ -645,25 +980,26 @@ static void ngx_http_sep_redis_connect(void)
         ac = redisAsyncConnect((const char *)mcf->redis_host.data, (int)mcf->redis_port);
     }
     if (ac == NULL || ac->err) {
-        redis->attempts++;
-        ngx_http_sep_redis_mark_down("connect failed", ac ? ac->errstr : "out of memory");
+        ngx_cpystrn(err, (u_char *)(ac ? ac->errstr : "out of memory"), errlen);
         if (ac) {
             redisAsyncFree(ac);
         }
-        ngx_http_sep_redis_schedule_reconnect();
-        ngx_http_sep_redis_release_held(0);
-        return;
+        return NGX_ERROR;
+    }
+    if (mcf->redis_port != 0 && redisEnableKeepAlive(&ac->c) != REDIS_OK) {
+        ngx_log_error(NGX_LOG_WARN, redis->log, 0, "sep: redis: cannot enable TCP keepalive: %s",
+                      ac->c.errstr);
+        ac->c.err = 0; /* the connection itself is fine */
+        ac->c.errstr[0] = '\0';
     }
 
     c = ngx_get_connection(ac->c.fd, redis->log);
     if (c == NULL) {
         redisAsyncFree(ac);
-        ngx_http_sep_redis_mark_down("connect failed", "no free nginx connection");
-        ngx_http_sep_redis_schedule_reconnect();
-        ngx_http_sep_redis_release_held(0);
-        return;
+        ngx_cpystrn(err, (u_char *)"no free nginx connection", errlen);
+        return NGX_ERROR;
     }
-    c->data = redis;
+    c->data = ac;
     c->log = redis->log;
     c->read->log = redis->log;
     c->write->log = redis->log;
@@ -671,7 +1007,7 @@ static void ngx_http_sep_redis_connect(void)
     c->write->handler = ngx_http_sep_redis_write_handler;
 
     ac->c.reader->fn = &ngx_http_sep_reply_functions;
-    ac->data = redis;
+    ac->data = NULL; /* a spare until the caller says otherwise */
     ac->ev.data = c;
     ac->ev.addRead = ngx_http_sep_redis_add_read;
     ac->ev.delRead = ngx_http_sep_redis_del_read;
@@ -679,20 +1015,43 @@ static void ngx_http_sep_redis_connect(void)
     ac->ev.delWrite = ngx_http_sep_redis_del_write;
     ac->ev.cleanup = ngx_http_sep_redis_cleanup;
 
-    redis->ac = ac;
-    redis->conn = c;
-    redis->state = SEP_REDIS_CONNECTING;
-    redis->ready = 0;
-    redis->attempt = 1;
-
     /* Setting the connect callback arms the write event that reports the
      * connect(2) outcome; the adapter must be attached before. */
     redisAsyncSetConnectCallback(ac, ngx_http_sep_redis_on_connect);
     redisAsyncSetDisconnectCallback(ac, ngx_http_sep_redis_on_disconnect);
 
+    *acp = ac;
+    *cp = c;
+    return NGX_OK;
+}
+
+static void ngx_http_sep_redis_connect(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    redisAsyncContext *ac;
+    ngx_connection_t *c;
+    u_char err[128];
+
+    redis->last_attempt = ngx_current_msec;
+
+    if (ngx_http_sep_redis_open(&ac, &c, err, sizeof(err)) != NGX_OK) {
+        redis->attempts++;
+        ngx_http_sep_redis_mark_down("connect failed", (const char *)err);
+        ngx_http_sep_redis_schedule_reconnect();
+        ngx_http_sep_redis_release_held(0);
+        return;
+    }
+    ac->data = redis;
+    redis->ac = ac;
+    redis->conn = c;
+    redis->state = SEP_REDIS_CONNECTING;
+    redis->ready = 0;
+    redis->stalled = 0;
+    redis->attempt = 1;
+
     ngx_http_sep_redis_setup(ac);
 
-    ngx_add_timer(&redis->connect_timeout, mcf->redis_timeout);
+    ngx_add_timer(&redis->connect_timeout, redis->mcf->redis_timeout);
 }
 
 ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_conf_t *mcf)
@@ -703,6 +1062,7 @@ ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_
     redis->mcf = mcf;
     redis->log = cycle->log;
     redis->backoff = mcf->backoff_min;
+    redis->spare_backoff = mcf->backoff_min;
     ngx_queue_init(&redis->inflight);
     ngx_queue_init(&redis->held);
     ngx_queue_init(&redis->free);
@@ -721,6 +1081,11 @@ ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_
     redis->setup_retry.data = redis;
     redis->setup_retry.log = cycle->log;
     redis->setup_retry.cancelable = 1;
+
+    redis->spare_timeout.handler = ngx_http_sep_redis_spare_timeout_handler;
+    redis->spare_timeout.data = redis;
+    redis->spare_timeout.log = cycle->log;
+    redis->spare_timeout.cancelable = 1;
 
     ngx_http_sep_redis_connect();
     return NGX_OK;
@@ -762,6 +1127,7 @@ void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle)
         }
         ngx_http_sep_cmd_release(cmd);
     }
+    ngx_http_sep_redis_spare_close();
     ngx_http_sep_redis_drop("worker exit");
 
     ngx_http_sep_arena_free();
@@ -1008,11 +1374,12 @@ static void ngx_http_sep_redis_timeout_handler(ngx_event_t *ev)
             cmd->cancel_if_created = 1;
             ngx_memcpy(cmd->job_id, ctx->id.data, SEP_ID_LEN);
         }
+        ngx_http_sep_redis_reply_overdue(); /* the outage is logged there, once */
     }
     ctx->cmd = NULL;
 
-    ngx_log_error(NGX_LOG_ERR, c->log, 0, "sep: no redis reply within %M ms",
-                  ngx_http_sep_redis.mcf->redis_timeout);
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0, "sep: no redis reply within %M ms",
+                   ngx_http_sep_redis.mcf->redis_timeout);
     handler(r, ctx, NULL);
     ngx_http_run_posted_requests(c);
 }

@@ -6,6 +6,11 @@
 #                   then Redis outages and a restart that loads a big RDB under traffic,
 #                   with 2 and 4 workers (tests/integration/test_redis_outage.py, about
 #                   1 minute; prints RESULT lines)
+# test-redis-faults the Redis connection under faults of the connection itself
+#                   (tests/integration/test_redis_faults.py): a wedged connection behind a
+#                   TCP relay is replaced, TCP keepalive, a slow Redis keeps its
+#                   connection, an exiting worker reconnects, a silent peer is given up
+#                   on, a stall is logged once (about 20 s)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once
@@ -19,9 +24,11 @@
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
-TEST_SUITES += test-local-stack test-integration test-workerd test-cli-regress test-browser
+TEST_SUITES += test-local-stack test-integration test-redis-faults test-workerd test-cli-regress \
+               test-browser
 
-.PHONY: test-integration test-local-stack test-stress test-workerd test-cli-regress test-browser
+.PHONY: test-integration test-redis-faults test-local-stack test-stress test-workerd \
+        test-cli-regress test-browser
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
@@ -31,6 +38,10 @@ test-integration: $(NGX_MODULE_SO)
 
 test-browser: $(NGX_MODULE_SO) $(WORKERD_BIN)
 	$(PY) tests/browser/test_browser.py
+
+# The module's Redis connection under faults of the connection (relay, SIGSTOP, reload)
+test-redis-faults: $(NGX_MODULE_SO)
+	$(PY) tests/integration/test_redis_faults.py
 
 # workerd run end to end: redis + nginx + supervisors with CPU device workers
 test-workerd: $(NGX_MODULE_SO) $(WORKERD_BIN)

@@ -4,6 +4,11 @@ separation module, on loopback, under a temporary prefix, torn down even on fail
   Stack            starts redis-server + nginx (conf rendered from conf/nginx.conf.in
                    by conf/localstack.py), knows the ports, the spool and a Redis
                    client; stop() is idempotent and also runs at exit and on SIGINT/TERM.
+                   Redis listens on a Unix socket, or on loopback TCP (redis_tcp=True);
+                   nginx may be pointed at another address (sep_redis=, e.g. a relay).
+  TcpRelay         a TCP relay between nginx and Redis whose open connections can be
+                   wedged (nothing forwarded any more, nothing closed) while new ones
+                   are still forwarded: a NAT or load balancer that forgot a flow.
   request()        one HTTP request on a fresh connection, returns a Response with the
                    status, headers, raw body and decoded JSON (when it is JSON).
   wav_bytes()      a real little PCM WAV file (stdlib `wave`).
@@ -14,16 +19,20 @@ separation module, on loopback, under a temporary prefix, torn down even on fail
 
 import atexit
 import contextlib
+import errno
 import http.client
 import io
 import json
 import math
 import os
+import selectors
 import shutil
 import signal
+import socket
 import struct
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -82,8 +91,6 @@ def request(port, method, path, body=None, headers=None, timeout=10.0):
 def raw_request(port, data, timeout=10.0):
     """Sends bytes as they are (for requests http.client will not form) and parses the
     one response that comes back on a connection the server closes."""
-    import socket
-
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
@@ -143,11 +150,18 @@ def multipart(fields, files, boundary=None):
 class Stack:
     """redis-server + nginx with the module under a temporary prefix."""
 
-    def __init__(self, max_body="1m", max_queued=10000, worker_processes=2, conf_edit=None):
+    def __init__(self, max_body="1m", max_queued=10000, worker_processes=2, conf_edit=None,
+                 redis_tcp=False, sep_redis=None):
         self.prefix = tempfile.mkdtemp(prefix="sep-it-")
         self.port = None  # taken at start(), retried when another process has it
-        # Redis listens only on a Unix socket in the prefix: no TCP port to race for.
+        # Redis listens only on a Unix socket in the prefix (no TCP port to race for),
+        # or with redis_tcp on a loopback port picked at start() (kept over restarts).
+        self.redis_tcp = redis_tcp
+        self.redis_port = None
         self.redis_address = localstack.redis_address(self.prefix)
+        # What nginx's sep_redis names: a function of the started stack (e.g. a relay's
+        # address), or Redis' own address.
+        self.sep_redis = sep_redis
         self.values = localstack.local_values(self.prefix, 0, self.redis_address,
                                               max_body=max_body, max_queued=max_queued,
                                               worker_processes=worker_processes)
@@ -169,6 +183,7 @@ class Stack:
     def start(self):
         localstack.make_prefix_dirs(self.prefix)
         self.start_redis()
+        self.values["REDIS"] = self.sep_redis(self) if self.sep_redis else self.redis_address
         self.port, self.nginx_proc = localstack.start_nginx_on_free_port(
             self.prefix, self.conf_path, self.render_conf)
         return self
@@ -176,9 +191,20 @@ class Stack:
     def start_redis(self, extra_args=()):
         if self._stopped:
             raise RuntimeError("the stack was stopped")
-        self.redis_proc = localstack.start_redis(self.prefix, extra_args=extra_args)
-        self.redis = redis.Redis(unix_socket_path=localstack.redis_socket(self.prefix),
-                                 socket_timeout=5, decode_responses=False)
+        if not self.redis_tcp:
+            self.redis_proc = localstack.start_redis(self.prefix, extra_args=extra_args)
+            self.redis = redis.Redis(unix_socket_path=localstack.redis_socket(self.prefix),
+                                     socket_timeout=5, decode_responses=False)
+            return
+        if self.redis_port is None:
+            self.redis_port, self.redis_proc = localstack.start_redis_tcp(
+                self.prefix, extra_args=extra_args)
+            self.redis_address = localstack.redis_address(self.prefix, self.redis_port)
+        else:  # a restart: the same port, which nginx (or a relay) already names
+            self.redis_proc = localstack.start_redis(self.prefix, self.redis_port,
+                                                     extra_args=extra_args)
+        self.redis = redis.Redis(host="127.0.0.1", port=self.redis_port, socket_timeout=5,
+                                 decode_responses=False)
 
     def stop_redis(self):
         localstack.stop_process(self.redis_proc)
@@ -242,6 +268,156 @@ class Stack:
                 if key in (b"id", b"job", b"job_id") or _looks_like_uuid(text):
                     ids.append(text)
         return ids
+
+
+class TcpRelay:
+    """A TCP relay on a loopback port of localstack's: every accepted connection is
+    forwarded to upstream() (a (host, port) asked for at each accept). wedge() freezes
+    the connections open at that moment: nothing read or forwarded on them any more in
+    either direction, nothing closed (the peers see a silent, open connection), while
+    connections accepted afterwards are forwarded as before. One thread, one selector;
+    stop() closes everything."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.port = None
+        self.accepted = 0  # connections accepted so far
+        self._first = None  # the client side of the first connection accepted
+        self._lock = threading.Lock()
+        self._pairs = {}  # socket -> its peer, for the connections being forwarded
+        self._wedged = []  # sockets of wedged connections, kept open until stop()
+        self._wedge_asked = False
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._listener = None
+        self._thread = None
+        self._stopping = False
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def start(self):
+        def bind(port):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError as e:
+                s.close()
+                if e.errno == errno.EADDRINUSE:
+                    raise localstack.PortInUse(str(e)) from None
+                raise
+            s.listen(128)
+            return s
+
+        self.port, self._listener = localstack.start_on_free_port(bind, "tcp relay")
+        self._selector.register(self._listener, selectors.EVENT_READ, "accept")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._thread = threading.Thread(target=self._run, name="tcp-relay", daemon=True)
+        self._thread.start()
+        return self
+
+    def wedge(self):
+        """Freezes the connections open now; returns how many there were."""
+        done = threading.Event()
+        with self._lock:
+            self._wedge_asked = done
+        self._wake_w.send(b"w")
+        done.wait(5)
+        with self._lock:
+            return len(self._wedged) // 2
+
+    def open_connections(self):
+        """Connections being forwarded now (not wedged, not closed)."""
+        with self._lock:
+            return len(self._pairs) // 2
+
+    def first_open(self):
+        """Whether the first connection accepted is still being forwarded."""
+        with self._lock:
+            return self._first is not None and self._first in self._pairs
+
+    def stop(self):
+        if self._thread is None or self._stopping:
+            return
+        self._stopping = True
+        self._wake_w.send(b"s")
+        self._thread.join(5)
+        for s in list(self._pairs) + self._wedged + [self._listener, self._wake_r,
+                                                    self._wake_w]:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _close_pair(self, s):
+        with self._lock:
+            peer = self._pairs.pop(s, None)
+            if peer is not None:
+                self._pairs.pop(peer, None)
+        for x in (s, peer):
+            if x is None:
+                continue
+            try:
+                self._selector.unregister(x)
+            except (KeyError, ValueError):
+                pass
+            x.close()
+
+    def _accept(self):
+        client, _ = self._listener.accept()
+        self.accepted += 1
+        try:
+            server = socket.create_connection(self.upstream(), timeout=2)
+        except OSError:
+            client.close()  # upstream down: the client sees the connection refused late
+            return
+        for x in (client, server):
+            x.settimeout(2)
+            x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._pairs[client] = server
+            self._pairs[server] = client
+            if self._first is None:
+                self._first = client
+        self._selector.register(client, selectors.EVENT_READ, "data")
+        self._selector.register(server, selectors.EVENT_READ, "data")
+
+    def _do_wedge(self, done):
+        with self._lock:
+            frozen = list(self._pairs)
+            self._pairs.clear()
+            self._wedged.extend(frozen)
+        for x in frozen:
+            self._selector.unregister(x)
+        done.set()
+
+    def _run(self):
+        while not self._stopping:
+            for key, _ in self._selector.select(0.5):
+                if key.data == "wake":
+                    key.fileobj.recv(64)
+                    with self._lock:
+                        done, self._wedge_asked = self._wedge_asked, False
+                    if done:
+                        self._do_wedge(done)
+                elif key.data == "accept":
+                    self._accept()
+                else:
+                    s = key.fileobj
+                    with self._lock:
+                        peer = self._pairs.get(s)
+                    if peer is None:
+                        continue  # closed or wedged in this round
+                    try:
+                        data = s.recv(65536)
+                        if data:
+                            peer.sendall(data)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self._close_pair(s)
 
 
 def _looks_like_uuid(text):
