@@ -413,3 +413,41 @@ def pid_alive(pid):
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+# Run directories `make run` started from this checkout, one absolute path per line, so
+# `make stop` finds a run made with SEP_RUN_DIR too. SEP_RUN_REGISTRY names another file
+# (the tests use their own, so they never stop a developer's run).
+def run_registry():
+    return os.environ.get("SEP_RUN_REGISTRY") or os.path.join(REPO_ROOT, "build", "local-runs")
+
+
+def recorded_runs():
+    try:
+        with open(run_registry()) as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def _write_runs(runs):
+    path = run_registry()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.writelines(r + "\n" for r in runs)
+    os.replace(tmp, path)
+
+
+def record_run(run_dir):
+    run_dir = os.path.abspath(run_dir)
+    runs = recorded_runs()
+    if run_dir not in runs:
+        _write_runs(runs + [run_dir])
+
+
+def forget_run(run_dir):
+    run_dir = os.path.abspath(run_dir)
+    runs = recorded_runs()
+    if run_dir in runs:
+        _write_runs([r for r in runs if r != run_dir])

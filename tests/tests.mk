@@ -59,8 +59,9 @@ test-cli-regress: $(WORKERD_BIN)
 test-local-stack: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_local_stack.py
 
-run: deps
-	@$(MAKE) --no-print-directory all
+# `make run` needs only the runtime packages and builds only what it starts.
+run: deps-run
+	@$(MAKE) --no-print-directory $(NGX_MODULE_SO) $(WORKERD_BIN)
 	@SEP_PORT=$(SEP_PORT) $(PY) conf/run-local
 
 stop:

@@ -41,7 +41,8 @@ class LocalRun:
         self.port = localstack.pick_port()
         self.redis_port = localstack.pick_port()
         self.env = dict(os.environ, SEP_RUN_DIR=self.prefix, SEP_PORT=str(self.port),
-                        SEP_REDIS_PORT=str(self.redis_port), SEP_FETCH_WEIGHTS="0")
+                        SEP_REDIS_PORT=str(self.redis_port), SEP_FETCH_WEIGHTS="0",
+                        SEP_RUN_REGISTRY=os.path.join(self.prefix, "local-runs"))
 
     def start(self, attempts=5):
         """run-local; when another process took the HTTP port first (run-local refuses
@@ -57,8 +58,8 @@ class LocalRun:
             self.script("stop-local")
             self.new_ports()
 
-    def script(self, name):
-        return subprocess.run([sys.executable, os.path.join(CONF, name)], env=self.env,
+    def script(self, name, env=None):
+        return subprocess.run([sys.executable, os.path.join(CONF, name)], env=env or self.env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=120)
 
@@ -241,6 +242,51 @@ def servers_retry_a_taken_port(run):
     expect(len(logged) == 2 and all("port %d was taken" % taken in m for m in logged),
            "each retry is logged once", logged)
     return "redis %d, nginx %d after %d taken" % (redis_port, port, taken)
+
+
+@cases.case
+def run_refuses_a_taken_redis_port(run):
+    """An explicit SEP_REDIS_PORT that another process holds is refused, as SEP_PORT is,
+    instead of silently becoming another port; nothing is left running."""
+    import socket
+
+    other = LocalRun()
+    try:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", other.redis_port))
+            holder.listen()
+            res = other.script("run-local")
+        out = res.stdout or ""
+        expect(res.returncode != 0, "run-local started with SEP_REDIS_PORT taken", out)
+        expect("SEP_REDIS_PORT" in out and "is taken" in out and str(other.redis_port) in out,
+               "the refusal names the variable and the port", out)
+        expect(not other.processes_using_prefix(), "processes left running",
+               other.processes_using_prefix())
+    finally:
+        other.stop()
+
+
+@cases.case
+def plain_stop_finds_a_run_dir_run(run):
+    """A run started with SEP_RUN_DIR is stopped by a plain `make stop` (no SEP_RUN_DIR),
+    and the banner names the exact stop command."""
+    other = LocalRun()
+    try:
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        expect("SEP_RUN_DIR=%s make stop" % other.prefix in res.stdout,
+               "the banner names the stop command for this run dir", res.stdout)
+        expect(other.processes_using_prefix(), "nothing runs in the run dir")
+        env = dict(other.env)
+        del env["SEP_RUN_DIR"]
+        res = other.script("stop-local", env=env)
+        expect(res.returncode == 0, "stop-local failed", res.stdout)
+        expect("stopped the run in %s" % other.prefix in res.stdout, "stop says which run",
+               res.stdout)
+        left = other.processes_using_prefix()
+        expect(not left, "a plain stop left processes of the SEP_RUN_DIR run", left)
+    finally:
+        other.stop()
 
 
 def main(argv):
