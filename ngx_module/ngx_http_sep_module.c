@@ -106,6 +106,11 @@ static ngx_command_t ngx_http_sep_commands[] = {
      ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET,
      offsetof(ngx_http_sep_loc_conf_t, cors_max_age), NULL},
 
+    {ngx_string("sep_events_heartbeat"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sep_loc_conf_t, events_heartbeat), NULL},
+
     ngx_null_command};
 
 static ngx_http_module_t ngx_http_sep_module_ctx = {
@@ -219,6 +224,7 @@ static void *ngx_http_sep_create_loc_conf(ngx_conf_t *cf)
     lcf->cors_origins = NGX_CONF_UNSET_PTR;
     lcf->cors_credentials = NGX_CONF_UNSET;
     lcf->cors_max_age = NGX_CONF_UNSET;
+    lcf->events_heartbeat = NGX_CONF_UNSET_MSEC;
     return lcf;
 }
 
@@ -240,6 +246,7 @@ static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *chi
     ngx_conf_merge_ptr_value(conf->cors_origins, prev->cors_origins, NULL);
     ngx_conf_merge_value(conf->cors_credentials, prev->cors_credentials, 0);
     ngx_conf_merge_sec_value(conf->cors_max_age, prev->cors_max_age, 600);
+    ngx_conf_merge_msec_value(conf->events_heartbeat, prev->events_heartbeat, 15000);
 
     while (conf->spool.len > 1 && conf->spool.data[conf->spool.len - 1] == '/') {
         conf->spool.len--;
@@ -266,6 +273,10 @@ static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *chi
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "sep_stems_location \"%V\" must start and end with \"/\"",
                            &conf->stems_location);
+        return NGX_CONF_ERROR;
+    }
+    if (conf->events_heartbeat == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_events_heartbeat must be more than 0");
         return NGX_CONF_ERROR;
     }
     if (conf->multipart_buffer < 4096) {
@@ -428,11 +439,15 @@ static ngx_int_t ngx_http_sep_init_process(ngx_cycle_t *cycle)
     if (mcf == NULL || !mcf->enabled) {
         return NGX_OK;
     }
+    if (ngx_http_sep_events_init_process(cycle, mcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
     return ngx_http_sep_redis_init_process(cycle, mcf);
 }
 
 static void ngx_http_sep_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_sep_events_exit_process(cycle);
     ngx_http_sep_redis_exit_process(cycle);
 }
 
@@ -504,6 +519,7 @@ static ngx_int_t ngx_http_sep_not_found(ngx_http_request_t *r)
  *   jobs                       POST
  *   jobs/{id}                  GET, HEAD, DELETE
  *   jobs/{id}/stems/{file}     GET, HEAD
+ *   jobs/{id}/events           GET (text/event-stream)
  */
 static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
 {
@@ -550,6 +566,12 @@ static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
     }
 
     p = slash + 1;
+    if (end - p == 6 && ngx_strncmp(p, "events", 6) == 0) {
+        if (r->method != NGX_HTTP_GET) {
+            return ngx_http_sep_method_not_allowed(r, "GET");
+        }
+        return ngx_http_sep_events_handler(r, &id);
+    }
     if (end - p > 6 && ngx_strncmp(p, "stems/", 6) == 0) {
         file.data = p + 6;
         file.len = end - file.data;

@@ -9,6 +9,8 @@
  *   ngx_http_sep_upload.c   POST /v1/jobs
  *   ngx_http_sep_jobs.c     GET and DELETE /v1/jobs/{id}, stem downloads
  *   ngx_http_sep_cors.c     CORS headers and the OPTIONS (preflight) answer
+ *   ngx_http_sep_events.c   GET /v1/jobs/{id}/events (Server-Sent Events) and the
+ *                           worker's Redis subscriber connection
  */
 #ifndef NGX_HTTP_SEP_MODULE_H
 #define NGX_HTTP_SEP_MODULE_H
@@ -55,6 +57,7 @@ typedef struct {
     ngx_array_t *cors_origins; /* of ngx_http_complex_value_t; NULL: CORS off */
     ngx_flag_t cors_credentials;
     time_t cors_max_age;
+    ngx_msec_t events_heartbeat; /* `: ping` comment interval of an event stream */
 } ngx_http_sep_loc_conf_t;
 
 typedef struct ngx_http_sep_cmd_s ngx_http_sep_cmd_t;
@@ -83,6 +86,8 @@ typedef struct {
     const char *input_type;
     u_char head[SEP_SNIFF_BYTES]; /* first body bytes, when they came with the headers */
     size_t head_len;
+
+    void *stream; /* GET .../events: the event stream (ngx_http_sep_events.c) */
 
     unsigned json : 1;            /* the response is the module's own JSON */
     unsigned error_body_sent : 1; /* the error filter replaced nginx's page */
@@ -124,6 +129,12 @@ ngx_int_t ngx_http_sep_cancel_handler(ngx_http_request_t *r, ngx_str_t *id);
 ngx_int_t ngx_http_sep_stem_handler(ngx_http_request_t *r, ngx_str_t *id, ngx_str_t *file);
 /* Deletes {spool}/{id}/ and the plain files in it. */
 void ngx_http_sep_remove_job_dir(ngx_log_t *log, ngx_str_t *spool, ngx_str_t *id);
+
+/* ngx_http_sep_events.c: the event stream of a job; the worker's subscriber connection
+ * (set up in init_process, connected when a stream needs it). */
+ngx_int_t ngx_http_sep_events_handler(ngx_http_request_t *r, ngx_str_t *id);
+ngx_int_t ngx_http_sep_events_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_conf_t *mcf);
+void ngx_http_sep_events_exit_process(ngx_cycle_t *cycle);
 
 /* ngx_http_sep_cors.c: the sep_cors_origins directive; the CORS headers of an API answer
  * (from the header filter; adds nothing when CORS is off or the origin is not allowed);
