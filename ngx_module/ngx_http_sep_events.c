@@ -1009,7 +1009,9 @@ static ngx_int_t ngx_http_sep_stream_headers(ngx_http_sep_stream_t *st)
     if (r->connection->type == SOCK_STREAM) {
         (void)ngx_tcp_nodelay(r->connection); /* events are small and want out at once */
     }
-    return NGX_OK;
+    /* the head goes out now, also when no event follows yet */
+    rc = ngx_http_send_special(r, NGX_HTTP_FLUSH);
+    return rc == NGX_ERROR ? NGX_ERROR : NGX_OK;
 }
 
 static void ngx_http_sep_stream_record(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,

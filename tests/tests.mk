@@ -6,6 +6,11 @@
 #                   then Redis outages and a restart that loads a big RDB under traffic,
 #                   with 2 and 4 workers (tests/integration/test_redis_outage.py, about
 #                   1 minute; prints RESULT lines)
+# test-events       GET /v1/jobs/{id}/events, Server-Sent Events (tests/integration/
+#                   test_events.py): order to the terminal event, late subscriber,
+#                   finished job, Last-Event-ID, 1,000 clients on one job, 1,000
+#                   connect/disconnect cycles (worker RSS, Redis clients, channels),
+#                   Redis stopped mid-stream, heartbeat + CORS, nginx -s reload
 # test-redis-faults the Redis connection under faults of the connection itself
 #                   (tests/integration/test_redis_faults.py): a wedged connection behind a
 #                   TCP relay is replaced, TCP keepalive, a slow Redis keeps its
@@ -24,10 +29,10 @@
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
-TEST_SUITES += test-local-stack test-integration test-redis-faults test-workerd test-cli-regress \
-               test-browser
+TEST_SUITES += test-local-stack test-integration test-events test-redis-faults test-workerd \
+               test-cli-regress test-browser
 
-.PHONY: test-integration test-redis-faults test-local-stack test-stress test-workerd \
+.PHONY: test-integration test-events test-redis-faults test-local-stack test-stress test-workerd \
         test-cli-regress test-browser
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
@@ -35,6 +40,9 @@ test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
 	$(PY) tests/integration/test_cors.py
 	$(PY) tests/integration/test_redis_outage.py
+
+test-events: $(NGX_MODULE_SO)
+	$(PY) tests/integration/test_events.py
 
 test-browser: $(NGX_MODULE_SO) $(WORKERD_BIN)
 	$(PY) tests/browser/test_browser.py
