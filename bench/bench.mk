@@ -14,11 +14,14 @@
 #              reference demucs apply_model (bench/service; results/service-<date>.txt)
 # bench-faults the request path under faults: a wedged Redis connection, GETs beside a
 #              large multipart upload (bench/faults/*.py; results/faults-<date>.txt)
+# bench-events SSE fan-out: 10,000 event streams on one nginx worker, spread over 100 jobs
+#              and then all on one job: Redis connections, worker RSS, publish -> client
+#              latency p50/p99 (bench/events; results/events-<date>.txt)
 # deps-bench   the Debian packages of the Celery-style peer
 
 BENCH_PEER_PKGS := python3-flask python3-celery gunicorn
 
-.PHONY: bench-http bench-queue bench-memory bench-service bench-faults deps-bench
+.PHONY: bench-http bench-queue bench-memory bench-service bench-faults bench-events deps-bench
 
 deps-bench: deps
 	$(call apt_install_missing,$(BENCH_PEER_PKGS))
@@ -42,6 +45,16 @@ bench-service: deps-bench deps-reference
 bench-faults: deps
 	@$(MAKE) --no-print-directory all
 	@for f in bench/faults/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+SSE_CLIENTS_BIN := $(BUILD)/bench/sse_clients
+
+$(SSE_CLIENTS_BIN): bench/events/sse_clients.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
+
+bench-events: deps $(SSE_CLIENTS_BIN)
+	@$(MAKE) --no-print-directory all
+	$(PY) bench/events/fanout.py | tee $(BUILD)/bench/events.txt
 
 # end-to-end separation benchmark (workerd vs the demucs CLI), owned by workerd/
 include bench/e2e.mk
