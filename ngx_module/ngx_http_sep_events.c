@@ -1006,7 +1006,10 @@ static ngx_int_t ngx_http_sep_stream_headers(ngx_http_sep_stream_t *st)
         return NGX_ERROR;
     }
     st->headers_sent = 1;
-    if (r->connection->type == SOCK_STREAM) {
+#if (NGX_HTTP_V2)
+    if (r->stream == NULL)
+#endif
+    {
         (void)ngx_tcp_nodelay(r->connection); /* events are small and want out at once */
     }
     /* the head goes out now, also when no event follows yet */

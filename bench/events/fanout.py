@@ -75,6 +75,13 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_ms(pid):
+    """utime + stime of a process, in ms."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
 def nginx_redis_connections(r):
     """(all, subscriber) connections to Redis that are not this script's (every
     connection of this script is named DRIVER_NAME; the harness' own client is not
@@ -105,6 +112,13 @@ def run_phase(stack, r, pid, label, jobs, tokens, clients, rounds, interval):
     channels = len([c for c in r.pubsub_channels() if c.startswith(b"{sep}:ev:")])
     progress_sha = r.script_load(worker_sim.script("progress"))
     keys = {j: worker_sim.job_keys(j) for j in jobs}
+    perf = None
+    if os.environ.get("BENCH_PERF"):
+        perf = subprocess.Popen(["perf", "record", "-g", "-p", str(pid), "-o",
+                                 os.environ["BENCH_PERF"]], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    cpu0 = cpu_ms(pid)
     t0 = time.monotonic()
     for i in range(rounds):
         job = jobs[i % len(jobs)]
@@ -115,6 +129,10 @@ def run_phase(stack, r, pid, label, jobs, tokens, clients, rounds, interval):
         if delay > 0:
             time.sleep(delay)
     out, _ = proc.communicate(timeout=timeout + 30)
+    cpu1 = cpu_ms(pid)
+    if perf:
+        perf.send_signal(2)
+        perf.wait()
     result = out.strip().splitlines()[-1]
     fields = dict(kv.split("=") for kv in result.split()[1:])
     samples, p50, p99, mx = (int(fields[k]) for k in ("samples", "p50_us", "p99_us", "max_us"))
@@ -129,6 +147,8 @@ def run_phase(stack, r, pid, label, jobs, tokens, clients, rounds, interval):
         "  publish -> client latency over %d deliveries (of %d expected): p50 %.2f ms, "
         "p99 %.2f ms, max %.2f ms; client: %s" % (samples, expected, p50 / 1000.0, p99 / 1000.0,
                                                  mx / 1000.0, result),
+        "  nginx worker CPU while publishing: %.0f ms for %d deliveries (%.1f us each, "
+        "syscalls included)" % (cpu1 - cpu0, samples, (cpu1 - cpu0) * 1000.0 / max(samples, 1)),
     ]
     met = conns1 <= 2 and p99 <= 5000 and samples == expected
     lines.append("RESULT events_fanout phase=%s clients=%d jobs=%d redis_conns=%d goal<=2 "

@@ -347,6 +347,13 @@ def memory_cycles(_shared):
         rss1 = rss_kib(pid)
         expect(rss1 - rss0 < 1024, "nginx worker RSS grew %d KiB over 1,000 streams"
                % (rss1 - rss0))
+        # and the channels still work: a new stream gets live events
+        s = open_stream(stack, jobs[0])
+        expect(s.read_until(got_events(1)), "no first event after the cycles")
+        progress(stack, jobs[0], token, 0.99)
+        expect(s.read_until(got_events(2)) and s.events[1]["json"]["progress"] == 0.99,
+               "no live event after the cycles", s.events)
+        s.close()
         return "RSS %d -> %d KiB, Redis clients %d -> %d" % (rss0, rss1, clients0,
                                                             client_count(stack))
     finally:
