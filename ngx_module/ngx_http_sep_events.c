@@ -379,8 +379,8 @@ static ngx_uint_t ngx_http_sep_terminal_name(sep_str_t ev)
            (ev.len == 8 && ngx_strncmp(ev.ptr, "canceled", 8) == 0);
 }
 
-/* "event: NAME\nid: SEQ\ndata: RECORD\n\n" for job, allocated with alloc(len). Returns
- * the frame's length, 0 on error. */
+/* "event: NAME\nid: SEQ\ndata: RECORD\n\n" for job, from pool (ngx_alloc'ed when pool
+ * is NULL); *len is its length. NULL on error. */
 static u_char *ngx_http_sep_render_frame(ngx_pool_t *pool, sep_str_t event, int64_t seq,
                                          sep_job_t *job, size_t *len)
 {
@@ -435,6 +435,13 @@ static void ngx_http_sep_sub_message(ngx_http_sep_chan_t *ch, const char *msg, s
         seq = ngx_http_sep_parse_seq(json_string_value(seqv), json_string_length(seqv));
     }
     terminal = ngx_http_sep_terminal_name(ev.event);
+    if (!terminal && !(ev.event.len == 8 && ngx_strncmp(ev.event.ptr, "progress", 8) == 0)) {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_sep_sub.log, 0,
+                      "sep: event of an unknown kind on job %*s dropped", (size_t)SEP_ID_LEN,
+                      ch->id);
+        sep_event_clear(&ev);
+        return;
+    }
     frame = ngx_http_sep_render_frame(NULL, ev.event, seq, &ev.job, &len);
     sep_event_clear(&ev);
     if (frame == NULL || seq < 0) {
@@ -795,6 +802,7 @@ static void ngx_http_sep_stream_cleanup(void *data)
 static void ngx_http_sep_stream_end(ngx_http_sep_stream_t *st, ngx_int_t rc)
 {
     ngx_http_request_t *r = st->request;
+    ngx_connection_t *c;
     ngx_chain_t out;
     ngx_buf_t *b;
 
@@ -819,7 +827,11 @@ static void ngx_http_sep_stream_end(ngx_http_sep_stream_t *st, ngx_int_t rc)
             rc = ngx_http_output_filter(r, &out);
         }
     }
+    c = r->connection;
     ngx_http_finalize_request(r, rc);
+    /* ended from another connection's event (a message, Redis lost): what the
+     * finalization posted (a termination) runs now */
+    ngx_http_run_posted_requests(c);
 }
 
 /* An error before the stream started is JSON (503 + Retry-After); after it, an
@@ -828,6 +840,7 @@ static void ngx_http_sep_stream_fail(ngx_http_sep_stream_t *st, const char *code
                                      const char *message)
 {
     ngx_http_request_t *r = st->request;
+    ngx_connection_t *c = r->connection;
     u_char frame[512], *p;
     ngx_int_t rc;
 
@@ -840,6 +853,7 @@ static void ngx_http_sep_stream_fail(ngx_http_sep_stream_t *st, const char *code
         ngx_http_sep_redis_detach(st->ctx);
         rc = ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, code, "%s", message);
         ngx_http_finalize_request(r, rc);
+        ngx_http_run_posted_requests(c);
         return;
     }
     p = ngx_snprintf(frame, sizeof(frame),
@@ -850,6 +864,7 @@ static void ngx_http_sep_stream_fail(ngx_http_sep_stream_t *st, const char *code
     ngx_http_sep_stream_detach(st);
     ngx_http_sep_redis_detach(st->ctx);
     ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
 }
 
 /* Writes what is left of the stream's output (the client's socket was full). */
