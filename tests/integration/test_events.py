@@ -143,6 +143,19 @@ def rss_kib(pid):
     return 0
 
 
+def server_side_state(server_port, client_port):
+    """The TCP state (hex, as /proc/net/tcp gives it: 01 established) of nginx's
+    socket for a loopback client, or None when there is none."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if (int(local.split(":")[1], 16) == server_port and
+                    int(remote.split(":")[1], 16) == client_port):
+                return state
+    return None
+
+
 def raise_fd_limit(n):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < n:
@@ -311,6 +324,53 @@ def client_gone_unsubscribes_at_once(stack):
         s.close()
     expect(wait_for(lambda: channel_subscribers(stack, job_id) == 0, 5),
            "the channel stays subscribed after its clients left")
+
+
+@cases.case
+def client_not_reading_is_dropped(stack):
+    """A client that stops reading is dropped once 1 MiB of events waits for it (after
+    the socket buffers filled), and its channel freed, while other clients go on."""
+    job_id = submit(stack)
+    token = claim(stack, job_id)
+    stuck = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", stack.port))
+    stuck.sendall(("GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % events_path(job_id)).encode())
+    expect(wait_for(lambda: channel_subscribers(stack, job_id) >= 1, 5), "not subscribed")
+    sha = stack.redis.script_load(worker_sim.script("progress"))
+    keys = worker_sim.job_keys(job_id)
+    big = "x" * 1000
+    sent = 0
+    while channel_subscribers(stack, job_id) > 0 and sent < 20000:
+        for _ in range(200):
+            stack.redis.evalsha(sha, 8, *keys, token, "0.5", "separate", big)
+        sent += 200
+    expect(wait_for(lambda: channel_subscribers(stack, job_id) == 0, 5),
+           "the client that does not read is still subscribed after %d events" % sent)
+    # nginx closed its side at once (before this client reads anything)
+    client_port = stuck.getsockname()[1]
+    expect(wait_for(lambda: server_side_state(stack.port, client_port) not in ("01", None), 3),
+           "nginx keeps the dropped client's connection open (TCP state %s)"
+           % server_side_state(stack.port, client_port))
+    # what was in the socket buffers, then the end
+    stuck.settimeout(10)
+    eof = False
+    try:
+        while True:
+            if not stuck.recv(1 << 20):
+                eof = True
+                break
+    except OSError:  # a reset is an end too
+        eof = True
+    expect(eof, "the dropped client's connection stays open")
+    stuck.close()
+    # the job is followed as before
+    s = open_stream(stack, job_id)
+    expect(s.read_until(got_events(1)), "no stream after the drop")
+    complete(stack, job_id, token)
+    expect(s.read_until(ended), "no terminal event", s.events[-1:])
+    s.close()
+    return "dropped after %d events of ~1.7 KB" % sent
 
 
 def memory_cycles(_shared):
