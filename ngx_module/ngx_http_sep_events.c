@@ -1106,7 +1106,9 @@ static void ngx_http_sep_stream_record(ngx_http_request_t *r, ngx_http_sep_ctx_t
     frame = NULL;
     len = 0;
     if (st->client_seq != seq) {
-        frame = ngx_http_sep_render_frame(r->pool, event, seq, &job, &len);
+        /* rendered into memory freed once it is copied: its bound (every field at its
+         * longest) is a large allocation a pool would keep for the stream's life */
+        frame = ngx_http_sep_render_frame(NULL, event, seq, &job, &len);
         if (frame == NULL) {
             sep_job_clear(&job);
             ngx_http_sep_stream_end(st, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -1116,6 +1118,9 @@ static void ngx_http_sep_stream_record(ngx_http_request_t *r, ngx_http_sep_ctx_t
     sep_job_clear(&job);
 
     if (ngx_http_sep_stream_headers(st) != NGX_OK) {
+        if (frame) {
+            ngx_free(frame);
+        }
         ngx_http_sep_stream_end(st, NGX_ERROR);
         return;
     }
@@ -1123,6 +1128,7 @@ static void ngx_http_sep_stream_record(ngx_http_request_t *r, ngx_http_sep_ctx_t
     st->last_seq = seq;
     if (frame) {
         rc = ngx_http_sep_stream_send(st, frame, len, terminal);
+        ngx_free(frame);
         if (rc == NGX_ERROR || terminal) {
             ngx_http_sep_stream_end(st, rc);
             return;
