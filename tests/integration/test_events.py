@@ -11,12 +11,14 @@ clients on one job all get every event over one SUBSCRIBE per nginx worker; 1,00
 connect/disconnect cycles leave the nginx worker's memory, Redis' client count and the
 channels where they started; a client that goes away unsubscribes at once; Redis
 stopped mid-stream (an `error` event, the stream ends; 503 JSON while Redis is down;
-streams work again once it is back); heartbeat comments and CORS headers on the
+streams work again once it is back); AUTH on the subscriber connection (a Redis with a
+password); heartbeat comments and CORS headers on the
 stream; `nginx -s reload` ends the old worker's streams so it exits.
 """
 
 import json
 import os
+import re
 import resource
 import socket
 import sys
@@ -452,6 +454,39 @@ def redis_stopped_mid_stream(_shared):
         stack.stop()
 
 
+class PasswordStack(harness.Stack):
+    """A stack whose Redis needs a password (AUTH on both of nginx's connections)."""
+
+    PASSWORD = "events-s3cret"
+
+    def __init__(self):
+        super().__init__(worker_processes=1, conf_edit=lambda text: re.sub(
+            r"(\n\s*sep_redis [^;\n]+);", r"\1 password=%s;" % self.PASSWORD, text, 1))
+
+    def start_redis(self, extra_args=()):
+        super().start_redis(extra_args)  # its readiness check is a PING without AUTH
+        self.redis.config_set("requirepass", self.PASSWORD)
+        self.redis = harness.redis.Redis(
+            unix_socket_path=harness.localstack.redis_socket(self.prefix),
+            password=self.PASSWORD, socket_timeout=5)
+
+
+def redis_with_password(_shared):
+    stack = PasswordStack().start()
+    try:
+        job_id = submit(stack)
+        s = open_stream(stack, job_id)
+        expect(s.read_until(got_events(1)), "no first event with AUTH", s.status, s.body)
+        token = claim(stack, job_id)
+        complete(stack, job_id, token)
+        expect(s.read_until(ended), "no live events with AUTH", s.events)
+        expect([e["event"] for e in s.events] == ["progress", "progress", "completed"],
+               "events", s.events)
+        s.close()
+    finally:
+        stack.stop()
+
+
 def heartbeat_and_cors(_shared):
     def edit(text):
         return text.replace("        server_name",
@@ -498,7 +533,8 @@ def reload_ends_streams(_shared):
         stack.stop()
 
 
-for fn in (memory_cycles, redis_stopped_mid_stream, heartbeat_and_cors, reload_ends_streams):
+for fn in (memory_cycles, redis_stopped_mid_stream, redis_with_password, heartbeat_and_cors,
+           reload_ends_streams):
     cases.case(fn)
 
 
