@@ -7,13 +7,14 @@ Cases: events in order ending with the terminal one and the stream closing; a la
 subscriber gets the current state at once; a finished job gets its terminal event and
 the stream ends; Last-Event-ID on reconnect (newer state only; the same id: no repeat;
 a finished job seen to its end: 204); unknown / bad id (404 JSON), POST (405); 1,000
-clients on one job all get every event over one SUBSCRIBE per nginx worker; 1,000
-connect/disconnect cycles leave the nginx worker's memory, Redis' client count and the
-channels where they started; a client that goes away unsubscribes at once; Redis
-stopped mid-stream (an `error` event, the stream ends; 503 JSON while Redis is down;
-streams work again once it is back); AUTH on the subscriber connection (a Redis with a
-password); heartbeat comments and CORS headers on the
-stream; `nginx -s reload` ends the old worker's streams so it exits.
+clients on one job all get every event over one SUBSCRIBE per nginx worker; a client
+that goes away unsubscribes at once; a client that stops reading is dropped (its
+connection closed at once) after 1 MiB unsent; 1,000 connect/disconnect cycles leave
+the nginx worker's memory, Redis' client count and the channels where they started;
+Redis stopped mid-stream (an `error` event, the stream ends; 503 JSON while Redis is
+down; streams work again once it is back); AUTH on the subscriber connection (a Redis
+with a password); heartbeat comments and CORS headers on the stream; `nginx -s
+reload` ends the old worker's streams so it exits.
 """
 
 import json
