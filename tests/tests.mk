@@ -8,9 +8,10 @@
 #                   1 minute; prints RESULT lines)
 # test-events       GET /v1/jobs/{id}/events, Server-Sent Events (tests/integration/
 #                   test_events.py): order to the terminal event, late subscriber,
-#                   finished job, Last-Event-ID, 1,000 clients on one job, 1,000
-#                   connect/disconnect cycles (worker RSS, Redis clients, channels),
-#                   Redis stopped mid-stream, heartbeat + CORS, nginx -s reload
+#                   finished job, Last-Event-ID, 1,000 clients on one job, a client
+#                   gone or not reading, 1,000 connect/disconnect cycles (worker RSS,
+#                   Redis clients, channels), Redis stopped mid-stream, Redis with a
+#                   password, heartbeat + CORS, nginx -s reload
 # test-redis-faults the Redis connection under faults of the connection itself
 #                   (tests/integration/test_redis_faults.py): a wedged connection behind a
 #                   TCP relay is replaced, TCP keepalive, a slow Redis keeps its
