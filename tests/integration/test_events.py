@@ -12,9 +12,10 @@ that goes away unsubscribes at once; a client that stops reading is dropped (its
 connection closed at once) after 1 MiB unsent; 1,000 connect/disconnect cycles leave
 the nginx worker's memory, Redis' client count and the channels where they started;
 Redis stopped mid-stream (an `error` event, the stream ends; 503 JSON while Redis is
-down; streams work again once it is back); AUTH on the subscriber connection (a Redis
-with a password); heartbeat comments and CORS headers on the stream; `nginx -s
-reload` ends the old worker's streams so it exits.
+down; streams work again once it is back); the subscriber connection killed (streams
+end with the error event, new ones subscribe again); AUTH on the subscriber connection
+(a Redis with a password); heartbeat comments and CORS headers on the stream; `nginx
+-s reload` ends the old worker's streams so it exits.
 """
 
 import json
@@ -374,6 +375,32 @@ def client_not_reading_is_dropped(stack):
     expect(s.read_until(ended), "no terminal event", s.events[-1:])
     s.close()
     return "dropped after %d events of ~1.7 KB" % sent
+
+
+@cases.case
+def subscriber_killed_streams_end_and_come_back(stack):
+    """The subscriber connection alone is lost (CLIENT KILL): its streams get the
+    error event and end; streams opened afterwards subscribe again and get live events."""
+    job_id = submit(stack)
+    token = claim(stack, job_id)
+    streams = [open_stream(stack, job_id) for _ in range(20)]
+    expect(pump(streams, lambda: all(s.events for s in streams), 20), "first events")
+    killed = stack.redis.client_kill_filter(_type="pubsub")
+    expect(killed >= 1, "no subscriber connection to kill")
+    expect(pump(streams, lambda: all(s.ended or s.closed for s in streams), 10),
+           "streams did not end when the subscriber connection was lost")
+    expect(all(s.events[-1]["event"] == "error" for s in streams), "no error event",
+           [s.events[-1] for s in streams][:2])
+    for s in streams:
+        s.close()
+    again = open_stream(stack, job_id, {"Last-Event-ID": "1"})
+    expect(again.read_until(lambda x: x.status is not None), "no answer after the loss")
+    expect_stream_head(again, "after the loss")
+    progress(stack, job_id, token, 0.7)
+    expect(again.read_until(got_events(1)), "no live event after resubscribing", again.body)
+    expect(again.events[0]["json"]["progress"] == 0.7, "event", again.events[0])
+    again.close()
+    return "%d subscriber connection(s) killed" % killed
 
 
 def memory_cycles(_shared):
