@@ -104,7 +104,9 @@ typedef struct {
     ngx_rbtree_node_t sentinel;
     ngx_uint_t channels;
     ngx_uint_t streams;
+    ngx_log_t connect_log; /* at alert level: nginx's connect() errors (crit, error) left out */
     unsigned exiting : 1;
+    unsigned down_logged : 1; /* an outage of this connection was logged */
     unsigned ping_pending : 1;
     unsigned ready : 1; /* init_process ran */
 } ngx_http_sep_sub_t;
@@ -319,6 +321,15 @@ static void ngx_http_sep_sub_lost(const char *why, ngx_uint_t exiting)
         ngx_log_error(NGX_LOG_WARN, sub->log, 0,
                       "sep: redis subscriber connection lost: %s; %ui event streams end", why,
                       sub->streams);
+        sub->down_logged = 1;
+    } else if (!exiting && !sub->down_logged) {
+        /* once per outage, as for the command connection; the attempts in between at
+         * debug level */
+        ngx_log_error(NGX_LOG_WARN, sub->log, 0,
+                      "sep: redis %V: subscriber connection failed: %s; event streams get "
+                      "503 until it is back",
+                      &sub->mcf->redis_host, why);
+        sub->down_logged = 1;
     } else {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, sub->log, 0, "sep: redis subscriber: %s", why);
     }
@@ -337,6 +348,11 @@ static void ngx_http_sep_sub_up(void)
     ngx_http_sep_chan_t *ch;
 
     sub->state = SEP_SUB_UP;
+    if (sub->down_logged) {
+        ngx_log_error(NGX_LOG_WARN, sub->log, 0, "sep: redis %V: subscriber connection is back",
+                      &sub->mcf->redis_host);
+        sub->down_logged = 0;
+    }
     if (sub->connect_timer.timer_set) {
         ngx_del_timer(&sub->connect_timer);
     }
@@ -644,7 +660,8 @@ static void ngx_http_sep_sub_write_handler(ngx_event_t *wev)
             err = ngx_socket_errno;
         }
         if (err) {
-            ngx_log_error(NGX_LOG_WARN, sub->log, err, "sep: redis subscriber connect failed");
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, sub->log, 0,
+                           "sep: redis subscriber connect failed: errno %d", err);
             ngx_http_sep_sub_lost("connect failed", 0);
             return;
         }
@@ -716,7 +733,7 @@ static void ngx_http_sep_sub_connect(void)
     sub->peer.socklen = sub->addr.socklen;
     sub->peer.name = &sub->addr.name;
     sub->peer.get = ngx_event_get_peer;
-    sub->peer.log = sub->log;
+    sub->peer.log = &sub->connect_log; /* nginx's own connect() error line: see sub_lost */
     sub->peer.log_error = NGX_ERROR_ERR;
 
     rc = ngx_event_connect_peer(&sub->peer);
@@ -1289,6 +1306,8 @@ ngx_int_t ngx_http_sep_events_init_process(ngx_cycle_t *cycle, ngx_http_sep_main
     ngx_memzero(sub, sizeof(*sub));
     sub->mcf = mcf;
     sub->log = cycle->log;
+    sub->connect_log = *cycle->log;
+    sub->connect_log.log_level = NGX_LOG_ALERT;
     ngx_rbtree_init(&sub->tree, &sub->sentinel, ngx_str_rbtree_insert_value);
 
     if (mcf->redis_port == 0) {

@@ -463,8 +463,10 @@ def redis_stopped_mid_stream(_shared):
         expect(s.events[-1]["json"]["error"]["code"] == "redis_unavailable", "error data",
                s.events[-1])
         s.close()
-        resp = stack.request("GET", events_path(job_id))
-        expect_json_error(resp, 503, "events while Redis is down")
+        for _ in range(5):  # each one tries to connect (100 ms of backoff MIN apart)
+            resp = stack.request("GET", events_path(job_id))
+            expect_json_error(resp, 503, "events while Redis is down")
+            time.sleep(0.15)
         stack.start_redis()
         time.sleep(0.3)
         # the job is gone with the unpersisted Redis: a new one, followed again
@@ -478,6 +480,13 @@ def redis_stopped_mid_stream(_shared):
         expect([e["event"] for e in s.events] == ["progress", "progress", "completed"],
                "events after the restart", s.events)
         s.close()
+        # the outage is logged once (not once per attempt), its end once
+        log = stack.error_log_tail(400)
+        lines = [l for l in log.splitlines() if "subscriber connection" in l or
+                 ("connect()" in l and "redis" in l)]
+        expect(len([l for l in lines if "lost" in l]) == 1 and
+               len([l for l in lines if "is back" in l]) == 1 and len(lines) == 2,
+               "outage lines of the subscriber connection", lines)
     finally:
         stack.stop()
 
