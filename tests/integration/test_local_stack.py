@@ -289,6 +289,78 @@ def plain_stop_finds_a_run_dir_run(run):
         other.stop()
 
 
+@cases.case
+def run_as_root_drops_workers_to_nobody(run):
+    """Started as root, nginx's workers run as nobody (who owns the spool) when nobody can
+    reach the run directory and web/; uploads, reads and deletes still work. When nobody
+    cannot reach them, the workers stay root and run-local says so."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return "skipped: not root"
+    other = LocalRun()
+    try:
+        os.chmod(other.prefix, 0o755)
+        web = os.path.join(harness.REPO_ROOT, "web", "player.html")
+        reachable = localstack.user_can_reach("nobody", "nogroup", [other.prefix, web])
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        master = other.pids()["nginx"]
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit()
+                   and _ppid(int(p)) == master]
+        uids = {_uid(p) for p in workers}
+        if not reachable:
+            expect("warning: the user nobody cannot reach" in res.stdout,
+                   "run-local says why the workers stay root", res.stdout)
+            expect(uids == {0}, "workers should stay root", uids)
+            return "nobody cannot reach %s: workers stay root, as said" % harness.REPO_ROOT
+        nobody = pwd.getpwnam("nobody").pw_uid
+        expect(workers and uids == {nobody}, "nginx workers should run as nobody", uids)
+        body = harness.wav_bytes()
+        resp = harness.request(other.port, "POST", "/v1/jobs", body,
+                               {"Content-Type": "audio/wav"})
+        expect(resp.status == 202, "POST as nobody", resp.status, resp.body[:300],
+               other.error_log_tail())
+        job = resp.json["id"]
+        resp = harness.request(other.port, "GET", "/ui/player.html")
+        expect(resp.status == 200, "the player page is readable by nobody", resp.status)
+        # workerd (root) takes the job; without weights it fails at once. Then the
+        # module, as nobody, deletes the finished job's files.
+        import time
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            resp = harness.request(other.port, "GET", "/v1/jobs/" + job)
+            if resp.json and resp.json.get("status") in ("completed", "failed", "canceled"):
+                break
+            time.sleep(0.2)
+        resp = harness.request(other.port, "DELETE", "/v1/jobs/" + job)
+        expect(resp.status == 200 and not os.path.exists(
+            os.path.join(other.prefix, "spool", job)),
+               "DELETE removes the upload as nobody", resp.status, resp.body[:300])
+        return "%d workers as nobody" % len(workers)
+    finally:
+        other.stop()
+
+
+def _proc_status(pid, field):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _ppid(pid):
+    return _proc_status(pid, "PPid")
+
+
+def _uid(pid):
+    return _proc_status(pid, "Uid")
+
+
 def main(argv):
     if not os.path.exists(localstack.MODULE_SO):
         print("FAIL: %s is not built (make)" % localstack.MODULE_SO)
