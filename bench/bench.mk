@@ -14,11 +14,16 @@
 #              reference demucs apply_model (bench/service; results/service-<date>.txt)
 # bench-faults the request path under faults: a wedged Redis connection, GETs beside a
 #              large multipart upload (bench/faults/*.py; results/faults-<date>.txt)
+# bench-chaos  DURATION=S (1800): uploads while device workers, supervisors and Redis are
+#              SIGKILLed and nginx reloaded at random; every accepted job must complete
+#              exactly once, nothing left in the spool (bench/chaos; results appended
+#              to results/chaos-<date>.txt). `make test-chaos` is its 2-minute run.
 # deps-bench   the Debian packages of the Celery-style peer
 
 BENCH_PEER_PKGS := python3-flask python3-celery gunicorn
 
-.PHONY: bench-http bench-queue bench-memory bench-service bench-faults deps-bench
+.PHONY: bench-http bench-queue bench-memory bench-service bench-faults bench-chaos \
+        test-chaos deps-bench
 
 deps-bench: deps
 	$(call apt_install_missing,$(BENCH_PEER_PKGS))
@@ -42,6 +47,15 @@ bench-service: deps-bench deps-reference
 bench-faults: deps
 	@$(MAKE) --no-print-directory all
 	@for f in bench/faults/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+DURATION ?= 1800
+bench-chaos: deps
+	@$(MAKE) --no-print-directory all
+	$(PY) bench/chaos $(DURATION) --record
+
+TEST_SUITES += test-chaos
+test-chaos: $(NGX_MODULE_SO) $(WORKERD_BIN)
+	$(PY) bench/chaos 120
 
 # end-to-end separation benchmark (workerd vs the demucs CLI), owned by workerd/
 include bench/e2e.mk
