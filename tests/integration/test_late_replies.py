@@ -28,6 +28,9 @@ has closed the connection by then).
                                    deadline)
   late_submit_after_worker_exit    POST -> 503, reload while Redis is stopped: no job
                                    is left in Redis when it wakes (none with no input)
+  submit_in_flight_at_fast_stop    a submit waiting in a stopped Redis when nginx stops
+                                   (SIGTERM): the exiting worker pipelines its cancel
+                                   (with the Idempotency-Key) and removes its upload
   nginx_t_refuses_bad_ttls         `nginx -t` refuses sep_idempotency_ttl 0 (and the
                                    other TTL/size/timeout directives out of range),
                                    naming the directive
@@ -374,6 +377,54 @@ def late_submit_after_worker_exit(_unused):
         expect(not live, "a job with no input is left queued", jobs, stack.spool_files())
         queued = int(stack.redis.hget(PREFIX + "stats", "queued") or 0)
         expect(queued == 0, "the queued gauge says %d" % queued)
+    finally:
+        try:
+            os.kill(stack.redis_proc.pid, signal.SIGCONT)
+        except Exception:  # noqa: BLE001
+            pass
+        stack.stop()
+
+
+@cases.case
+def submit_in_flight_at_fast_stop(_unused):
+    # sep_redis_timeout 5s: Redis wakes well before the submit's deadline
+    stack = new_stack(conf_edit=lambda t: t.replace("sep_redis_timeout 1s;",
+                                                    "sep_redis_timeout 5s;"))
+    try:
+        stack.request("GET", "/v1/jobs/1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b")
+        (worker,) = worker_pids(stack)
+        hdr = {"Content-Type": "audio/wav", "Idempotency-Key": "at-stop"}
+        os.kill(stack.redis_proc.pid, signal.SIGSTOP)
+        try:
+            out = {}
+
+            def post():
+                try:
+                    out["r"] = stack.request("POST", "/v1/jobs", body=WAV, headers=hdr,
+                                             timeout=15)
+                except Exception as e:  # noqa: BLE001 (the connection is closed: expected)
+                    out["r"] = repr(e)
+
+            th = threading.Thread(target=post)
+            th.start()
+            # the submit is sent (the upload is in the spool) and waits in Redis' socket
+            expect(wait_for(lambda: stack.spool_files(), 3), "the upload never reached the spool")
+            time.sleep(0.2)
+            os.kill(stack.nginx_proc.pid, signal.SIGTERM)  # fast shutdown: no answer
+            expect(wait_for(lambda: not pid_alive(worker), 3), "the worker did not exit")
+            th.join(15)
+        finally:
+            os.kill(stack.redis_proc.pid, signal.SIGCONT)
+        # Redis runs the submit (before its deadline), then the cancel the exiting
+        # worker pipelined behind it
+        time.sleep(1.0)
+        jobs = [(k.decode(), stack.redis.hget(k, "status"))
+                for k in stack.redis.keys(PREFIX + "job:*")]
+        expect(jobs and all(st == b"canceled" for _k, st in jobs),
+               "the submit in flight at exit was not canceled", jobs, out.get("r"))
+        expect(stack.redis.get(PREFIX + "idem:at-stop") is None,
+               "its Idempotency-Key still names the canceled job")
+        expect(stack.spool_files() == [], "its upload stays in the spool", stack.spool_files())
     finally:
         try:
             os.kill(stack.redis_proc.pid, signal.SIGCONT)
