@@ -1360,7 +1360,8 @@ static void ngx_http_sep_cmd_orphan(ngx_http_sep_cmd_t *cmd, ngx_http_sep_ctx_t 
             (sep_str_t){(const char *)ctx->idempotency_key.data, ctx->idempotency_key.len});
     }
     cmd->late = late;
-    if (redis->late++ == 0 && !redis->linger.timer_set) {
+    redis->late++;
+    if (!redis->linger.timer_set) {
         ngx_add_timer(&redis->linger, SEP_LATE_WAIT_FACTOR * redis->mcf->redis_timeout);
     }
 }
@@ -1421,7 +1422,8 @@ static void ngx_http_sep_redis_late_cancel(ngx_http_sep_cmd_t *from)
     ngx_memcpy(cmd->job_id, from->job_id, SEP_ID_LEN);
     cmd->spool = from->spool;
     cmd->late = SEP_LATE_REMOVE_IF_DELETED;
-    if (redis->late++ == 0 && !redis->linger.timer_set) {
+    redis->late++;
+    if (!redis->linger.timer_set) {
         ngx_add_timer(&redis->linger, SEP_LATE_WAIT_FACTOR * redis->mcf->redis_timeout);
     }
     ngx_queue_insert_tail(&redis->inflight, &cmd->queue);
