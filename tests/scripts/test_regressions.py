@@ -435,10 +435,10 @@ def cancel_with_the_idempotency_key_frees_it(j):
     other = queued_job(j)
     expect(j.cancel(other, idem="k-comp")[0] == b"canceled", "cancel other")
     expect(j.r.get(j.p + "idem:k-comp") == retry.encode(), "the key of another job went")
-    # a cancel refused (no such job) writes nothing; a key from another prefix is refused
+    # a cancel refused (no such job) writes nothing; a ninth key that is no idem key is refused
     before = snapshot(j.r)
     refused("NOT_FOUND", j.cancel, new_id(), idem="k-comp")
-    refused("ERR_KEYS", j.s.call, "cancel", j.keys(retry) + ["other:idem:k-comp"], [])
+    refused("ERR_KEYS", j.s.call, "cancel", j.keys(retry) + [j.p + "job:k-comp"], [])
     refused("ALREADY_DELETED", j.cancel, other, idem="k-comp")
     expect(snapshot(j.r) == before, "a refused cancel changed the state")
 
