@@ -131,14 +131,17 @@ def expect_late_delete_took_effect(stack, job_id, wake_at):
     ran = wait_for(lambda: job_hash(stack, job_id).get("files_deleted") == "1",
                    max(0.0, wake_at - time.monotonic()) + 5)
     expect(ran, "Redis did not run the late cancel", job_hash(stack, job_id))
+    ran_at = time.monotonic()
     gone = wait_for(lambda: not os.path.exists(stack.job_dir(job_id)), 5)
     expect(gone, "files_deleted=1 but the job's directory stays",
            stack.spool_files(job_id), job_hash(stack, job_id))
+    gone_after = time.monotonic() - ran_at
     again = stack.request("DELETE", "/v1/jobs/" + job_id)
     expect(again.status == 409 and error_code(again) == "already_deleted",
            "the retried DELETE", again)
     got = stack.request("GET", "/v1/jobs/" + job_id)
     expect(got.status == 200 and got.json.get("files_deleted") is True, "GET", got)
+    return gone_after
 
 
 def edited_conf(stack, old, new):
@@ -159,9 +162,11 @@ def late_delete_removes_files(_unused):
         expect(resp.status == 503 and error_code(resp) == "redis_timeout",
                "DELETE during the pause: expected 503 redis_timeout", resp)
         expect(resp.elapsed < 2.5, "the 503 took %.2fs" % resp.elapsed)
-        expect_late_delete_took_effect(stack, job_id, wake_at)
+        gone = expect_late_delete_took_effect(stack, job_id, wake_at)
         expect(job_hash(stack, job_id).get("status") == "canceled", "status",
                job_hash(stack, job_id))
+        return "503 after %.2fs; directory gone %.2fs after Redis ran the cancel" % (
+            resp.elapsed, gone)
     finally:
         stack.stop()
 
