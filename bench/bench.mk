@@ -15,10 +15,18 @@
 # bench-faults the request path under faults: a wedged Redis connection, GETs beside a
 #              large multipart upload (bench/faults/*.py; results/faults-<date>.txt)
 # deps-bench   the Debian packages of the Celery-style peer
+# test-benchlib the statistics and verdict logic of bench/benchlib.py (the library every
+#              bench uses: machine record, quiet check, interleaving, NOISY / INVALID)
+#              on fixed numbers (bench/test_benchlib.py; a test suite, in TEST_SUITES)
 
 BENCH_PEER_PKGS := python3-flask python3-celery gunicorn
 
-.PHONY: bench-http bench-queue bench-memory bench-service bench-faults deps-bench
+.PHONY: bench-http bench-queue bench-memory bench-service bench-faults deps-bench test-benchlib
+
+TEST_SUITES += test-benchlib
+
+test-benchlib:
+	$(PY) bench/test_benchlib.py
 
 deps-bench: deps
 	$(call apt_install_missing,$(BENCH_PEER_PKGS))
