@@ -306,6 +306,17 @@ def tree_cpu_seconds(roots):
     return ticks / CLK_TCK
 
 
+def machine_busy_seconds():
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and
+    iowait). Its change over a measurement minus the measured processes' CPU time is what
+    the rest of the machine (and the kernel outside them) used meanwhile."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest time is already counted in user time
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
 def _status_kib(pid, key):
     try:
         with open("/proc/%d/status" % pid) as f:
