@@ -1,8 +1,10 @@
 # bench/: benchmarks (not tests); each prints its figures and the ratio to its peer.
 #
-# bench-http   submissions/s and status reads/s of nginx + the module, against nginx DAV
-#              PUT (upper bound) and the Celery-style Flask stack, in the same run
-#              (bench/http; results in bench/results/http-<date>.txt)
+# bench-http   successful submissions/s and status reads/s of nginx + the module, their
+#              latency percentiles and server CPU-ms per request, against nginx DAV PUT
+#              (upper bound) and the Celery-style Flask stack as the seeds run it and
+#              tuned, in the same run, interleaved, checked (bench/http, bench/benchlib.py;
+#              results in bench/results/http-<YYYYmmdd-HHMM>[-NOISY|-INVALID].txt)
 # bench-queue  queue overhead: submit -> claimed and submit -> completed, p50/p99 over
 #              1,000 tiny jobs through nginx + module + workerd, against the Celery-style
 #              peer in the same run (bench/queue; results/queue-<date>.txt)
