@@ -184,15 +184,33 @@ def machine_busy_counter_moves_forward():
     assert b >= a > 0, (a, b)
 
 
-def load_http():
+def load_bench(name):
     import importlib.machinery
     import importlib.util
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "http")
-    loader = importlib.machinery.SourceFileLoader("bench_http", path)
-    spec = importlib.util.spec_from_loader("bench_http", loader)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    loader = importlib.machinery.SourceFileLoader("bench_" + name, path)
+    spec = importlib.util.spec_from_loader("bench_" + name, loader)
     mod = importlib.util.module_from_spec(spec)
     loader.exec_module(mod)
     return mod
+
+
+def load_http():
+    return load_bench("http")
+
+
+@case
+def e2e_timed_cpu_load_and_terminal():
+    e2e = load_bench("e2e")
+    # the demucs side reports its load time; CPU time comes from /usr/bin/time
+    r = e2e.timed([sys.executable, "-c", "import sys, time\nt=time.process_time()\n"
+                   "while time.process_time()-t<0.2: pass\n"
+                   "print('E2E_LOAD_SECONDS 1.250', file=sys.stderr)"])
+    assert r["load"] == 1.25 and r["cpu"] >= 0.15 and r["wall"] > 0, r
+    # workerd prints its phase times only on a terminal: tty=True must give it one
+    r = e2e.timed(["sh", "-c", "test -t 2 && echo 'x: decode 0.00 s, separate 0.00 s, "
+                   "encode 0.00 s'"], tty=True)
+    assert r["load"] is not None and abs(r["load"] - r["wall"]) < 1e-9, r
 
 
 WRK_OUT = """Running 10s test @ http://127.0.0.1:1/v1/jobs
