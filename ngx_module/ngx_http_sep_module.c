@@ -33,6 +33,22 @@ static char *ngx_http_sep_model_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *c
 #define SEP_MAX_TTL_S 315360000
 #define SEP_MAX_REDIS_TIMEOUT_MS 600000
 
+/* Each numeric directive's bounds, checked as it is read (ngx_http_sep_conf.c). */
+#define SEP_BOUNDS(name, kind, low, high, range)                                                   \
+    static ngx_http_sep_bounds_t name = {ngx_http_sep_check_bounds, kind, low, high, range}
+SEP_BOUNDS(sep_redis_timeout_bounds, SEP_BOUND_MSEC, 1, SEP_MAX_REDIS_TIMEOUT_MS,
+           "between 1ms and 10m");
+SEP_BOUNDS(sep_result_ttl_bounds, SEP_BOUND_SEC, 1, SEP_MAX_TTL_S, "between 1s and 10y");
+SEP_BOUNDS(sep_idempotency_ttl_bounds, SEP_BOUND_SEC, 1, SEP_MAX_TTL_S, "between 1s and 10y");
+SEP_BOUNDS(sep_cors_max_age_bounds, SEP_BOUND_SEC, 0, SEP_MAX_TTL_S, "between 0 and 10y");
+SEP_BOUNDS(sep_max_queued_bounds, SEP_BOUND_NUM, 0, NGX_MAX_INT_T_VALUE, "0 or more");
+SEP_BOUNDS(sep_max_attempts_bounds, SEP_BOUND_NUM, 1, 1000, "between 1 and 1000");
+SEP_BOUNDS(sep_multipart_buffer_bounds, SEP_BOUND_SIZE, 4096, 16 * 1024 * 1024,
+           "between 4k and 16m");
+SEP_BOUNDS(sep_multipart_max_header_bounds, SEP_BOUND_SIZE, 256, 64 * 1024, "between 256 and 64k");
+static ngx_conf_post_t sep_spool_post = {ngx_http_sep_check_spool};
+static ngx_conf_post_t sep_stems_location_post = {ngx_http_sep_check_stems_location};
+
 static ngx_http_output_header_filter_pt ngx_http_next_header_filter;
 static ngx_http_output_body_filter_pt ngx_http_next_body_filter;
 
@@ -45,7 +61,8 @@ static ngx_command_t ngx_http_sep_commands[] = {
      NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL},
 
     {ngx_string("sep_redis_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_msec_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(ngx_http_sep_main_conf_t, redis_timeout), NULL},
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(ngx_http_sep_main_conf_t, redis_timeout),
+     &sep_redis_timeout_bounds},
 
     {ngx_string("sep_redis_backoff"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
      ngx_http_sep_backoff_conf, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL},
@@ -56,7 +73,7 @@ static ngx_command_t ngx_http_sep_commands[] = {
     {ngx_string("sep_spool"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ngx_http_sep_loc_conf_t, spool),
-     NULL},
+     &sep_spool_post},
 
     {ngx_string("sep_default_model"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -66,37 +83,37 @@ static ngx_command_t ngx_http_sep_commands[] = {
     {ngx_string("sep_max_queued"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ngx_http_sep_loc_conf_t, max_queued),
-     NULL},
+     &sep_max_queued_bounds},
 
     {ngx_string("sep_result_ttl"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ngx_http_sep_loc_conf_t, result_ttl),
-     NULL},
+     &sep_result_ttl_bounds},
 
     {ngx_string("sep_max_attempts"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, max_attempts), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, max_attempts), &sep_max_attempts_bounds},
 
     {ngx_string("sep_idempotency_ttl"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, idempotency_ttl), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, idempotency_ttl), &sep_idempotency_ttl_bounds},
 
     {ngx_string("sep_stems_location"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, stems_location), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, stems_location), &sep_stems_location_post},
 
     {ngx_string("sep_multipart_buffer"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, multipart_buffer), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, multipart_buffer), &sep_multipart_buffer_bounds},
 
     {ngx_string("sep_multipart_max_header"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, multipart_max_header), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, multipart_max_header), &sep_multipart_max_header_bounds},
 
     {ngx_string("sep_cors_origins"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
@@ -110,7 +127,7 @@ static ngx_command_t ngx_http_sep_commands[] = {
     {ngx_string("sep_cors_max_age"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, cors_max_age), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, cors_max_age), &sep_cors_max_age_bounds},
 
     ngx_null_command};
 
@@ -190,12 +207,6 @@ static char *ngx_http_sep_init_main_conf(ngx_conf_t *cf, void *conf)
         mcf->redis_port = SEP_DEFAULT_REDIS_PORT;
     }
     ngx_conf_init_msec_value(mcf->redis_timeout, 1000);
-    if (mcf->redis_timeout < 1 || mcf->redis_timeout > SEP_MAX_REDIS_TIMEOUT_MS) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_redis_timeout must be between 1ms and 10m, not %M ms",
-                           mcf->redis_timeout);
-        return NGX_CONF_ERROR;
-    }
     ngx_conf_init_msec_value(mcf->backoff_min, 100);
     ngx_conf_init_msec_value(mcf->backoff_max, 5000);
     if (mcf->key_prefix.data == NULL) {
@@ -253,58 +264,8 @@ static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *chi
     ngx_conf_merge_value(conf->cors_credentials, prev->cors_credentials, 0);
     ngx_conf_merge_sec_value(conf->cors_max_age, prev->cors_max_age, 600);
 
-    while (conf->spool.len > 1 && conf->spool.data[conf->spool.len - 1] == '/') {
-        conf->spool.len--;
-    }
-    if (conf->spool.len && conf->spool.data[0] != '/') {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_spool \"%V\" must be an absolute path",
-                           &conf->spool);
-        return NGX_CONF_ERROR;
-    }
     if (conf->api && conf->spool.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_api needs sep_spool");
-        return NGX_CONF_ERROR;
-    }
-    if (conf->result_ttl < 1 || conf->result_ttl > SEP_MAX_TTL_S) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_result_ttl must be between 1s and 10y (%T s), not %T s",
-                           (time_t)SEP_MAX_TTL_S, conf->result_ttl);
-        return NGX_CONF_ERROR;
-    }
-    if (conf->idempotency_ttl < 1 || conf->idempotency_ttl > SEP_MAX_TTL_S) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_idempotency_ttl must be between 1s and 10y (%T s), not %T s",
-                           (time_t)SEP_MAX_TTL_S, conf->idempotency_ttl);
-        return NGX_CONF_ERROR;
-    }
-    if (conf->cors_max_age < 0 || conf->cors_max_age > SEP_MAX_TTL_S) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_cors_max_age must be between 0 and 10y (%T s), not %T s",
-                           (time_t)SEP_MAX_TTL_S, conf->cors_max_age);
-        return NGX_CONF_ERROR;
-    }
-    if (conf->max_queued < 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_max_queued must be 0 or more");
-        return NGX_CONF_ERROR;
-    }
-    if (conf->max_attempts < 1) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_max_attempts must be 1 or more");
-        return NGX_CONF_ERROR;
-    }
-    if (conf->stems_location.len < 2 || conf->stems_location.data[0] != '/' ||
-        conf->stems_location.data[conf->stems_location.len - 1] != '/') {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_stems_location \"%V\" must start and end with \"/\"",
-                           &conf->stems_location);
-        return NGX_CONF_ERROR;
-    }
-    if (conf->multipart_buffer < 4096 || conf->multipart_buffer > 16 * 1024 * 1024) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_multipart_buffer must be between 4k and 16m");
-        return NGX_CONF_ERROR;
-    }
-    if (conf->multipart_max_header < 256 || conf->multipart_max_header > 64 * 1024) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_multipart_max_header must be between 256 and 64k");
         return NGX_CONF_ERROR;
     }
     return NGX_CONF_OK;
@@ -326,6 +287,9 @@ static char *ngx_http_sep_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     clcf->handler = ngx_http_sep_handler;
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sep_module);
     mcf->enabled = 1;
+    if (ngx_http_sep_conf_add_api(cf, mcf, lcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
     return NGX_CONF_OK;
 }
 
@@ -458,6 +422,7 @@ static ngx_int_t ngx_http_sep_init_process(ngx_cycle_t *cycle)
     if (mcf == NULL || !mcf->enabled) {
         return NGX_OK;
     }
+    ngx_http_sep_conf_check_spools(cycle, mcf);
     return ngx_http_sep_redis_init_process(cycle, mcf);
 }
 
@@ -697,6 +662,8 @@ static ngx_int_t ngx_http_sep_body_filter(ngx_http_request_t *r, ngx_chain_t *in
 
 static ngx_int_t ngx_http_sep_postconfiguration(ngx_conf_t *cf)
 {
+    ngx_http_sep_conf_check_locations(cf,
+                                      ngx_http_conf_get_module_main_conf(cf, ngx_http_sep_module));
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_sep_header_filter;
     ngx_http_next_body_filter = ngx_http_top_body_filter;

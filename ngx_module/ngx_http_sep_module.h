@@ -9,6 +9,8 @@
  *   ngx_http_sep_upload.c   POST /v1/jobs
  *   ngx_http_sep_jobs.c     GET and DELETE /v1/jobs/{id}, stem downloads
  *   ngx_http_sep_cors.c     CORS headers and the OPTIONS (preflight) answer
+ *   ngx_http_sep_conf.c     directive bounds, and the checks of nginx -t and of a
+ *                           starting worker (spool, locations)
  */
 #ifndef NGX_HTTP_SEP_MODULE_H
 #define NGX_HTTP_SEP_MODULE_H
@@ -34,6 +36,8 @@ typedef struct {
     ngx_msec_t backoff_min;
     ngx_msec_t backoff_max;
 
+    ngx_array_t *apis; /* of ngx_http_sep_api_loc_t: the sep_api locations */
+
     ngx_str_t key_prefix;
     /* keys that do not depend on a job, built once */
     ngx_str_t key_q_high;
@@ -56,6 +60,32 @@ typedef struct {
     ngx_flag_t cors_credentials;
     time_t cors_max_age;
 } ngx_http_sep_loc_conf_t;
+
+/* A sep_api location, recorded for the checks of ngx_http_sep_conf.c. */
+typedef struct {
+    ngx_http_sep_loc_conf_t *lcf;
+    ngx_http_core_loc_conf_t *clcf;   /* the location */
+    ngx_http_core_loc_conf_t *server; /* its server's, with the location trees */
+    ngx_str_t file;
+    ngx_uint_t line;
+} ngx_http_sep_api_loc_t;
+
+/* ngx_http_sep_conf.c: bounds of a numeric directive, checked as it is read (the post
+ * of its command), and the checks of the whole configuration and of a starting worker */
+enum { SEP_BOUND_NUM, SEP_BOUND_SEC, SEP_BOUND_MSEC, SEP_BOUND_SIZE };
+typedef struct {
+    ngx_conf_post_handler_pt post_handler;
+    int kind;
+    int64_t low, high;
+    const char *range; /* as the message says it: "between 1s and 10y" */
+} ngx_http_sep_bounds_t;
+char *ngx_http_sep_check_bounds(ngx_conf_t *cf, void *post, void *data);
+char *ngx_http_sep_check_spool(ngx_conf_t *cf, void *post, void *data);
+char *ngx_http_sep_check_stems_location(ngx_conf_t *cf, void *post, void *data);
+ngx_int_t ngx_http_sep_conf_add_api(ngx_conf_t *cf, ngx_http_sep_main_conf_t *mcf,
+                                    ngx_http_sep_loc_conf_t *lcf);
+void ngx_http_sep_conf_check_locations(ngx_conf_t *cf, ngx_http_sep_main_conf_t *mcf);
+void ngx_http_sep_conf_check_spools(ngx_cycle_t *cycle, ngx_http_sep_main_conf_t *mcf);
 
 typedef struct ngx_http_sep_cmd_s ngx_http_sep_cmd_t;
 

@@ -3,6 +3,8 @@
 # test-integration  the HTTP API against a real redis-server + nginx with the module
 #                   (tests/integration/test_http_api.py), on loopback, temporary prefix;
 #                   CORS and preflight (tests/integration/test_cors.py);
+#                   what nginx -t and a starting worker say about the configuration
+#                   (tests/integration/test_conf_checks.py);
 #                   then Redis outages and a restart that loads a big RDB under traffic,
 #                   with 2 and 4 workers (tests/integration/test_redis_outage.py, about
 #                   1 minute; prints RESULT lines)
@@ -43,6 +45,7 @@ TEST_SUITES += test-local-stack test-integration test-redis-faults test-late-rep
 test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
 	$(PY) tests/integration/test_cors.py
+	$(PY) tests/integration/test_conf_checks.py
 	$(PY) tests/integration/test_redis_outage.py
 
 test-docs: $(NGX_MODULE_SO) $(WORKERD_BIN)
