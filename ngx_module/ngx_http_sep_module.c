@@ -206,6 +206,15 @@ static char *ngx_http_sep_init_main_conf(ngx_conf_t *cf, void *conf)
         ngx_str_set(&mcf->redis_host, "127.0.0.1");
         mcf->redis_port = SEP_DEFAULT_REDIS_PORT;
     }
+    mcf->redis_addr.data = ngx_pnalloc(cf->pool, mcf->redis_host.len + NGX_INT_T_LEN + 8);
+    if (mcf->redis_addr.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+    mcf->redis_addr.len =
+        (mcf->redis_port
+             ? ngx_sprintf(mcf->redis_addr.data, "%V:%i", &mcf->redis_host, mcf->redis_port)
+             : ngx_sprintf(mcf->redis_addr.data, "unix:%V", &mcf->redis_host)) -
+        mcf->redis_addr.data;
     ngx_conf_init_msec_value(mcf->redis_timeout, 1000);
     ngx_conf_init_msec_value(mcf->backoff_min, 100);
     ngx_conf_init_msec_value(mcf->backoff_max, 5000);

@@ -30,6 +30,7 @@ typedef struct {
 
     ngx_str_t redis_host; /* NUL-terminated IP text, or the unix socket path */
     ngx_int_t redis_port; /* 0 for a unix socket */
+    ngx_str_t redis_addr; /* for log lines: "host:port" or "unix:/path" */
     ngx_int_t redis_db;
     ngx_str_t redis_password;
     ngx_msec_t redis_timeout;

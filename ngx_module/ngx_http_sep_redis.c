@@ -482,7 +482,7 @@ static void ngx_http_sep_redis_outage_begins(const char *what, const char *detai
     ngx_log_error(NGX_LOG_WARN, redis->log, 0,
                   "sep: redis %V unavailable: %s: %s; retrying every %M..%M ms, "
                   "requests get 503 until it is back",
-                  &redis->mcf->redis_host, what, detail, redis->mcf->backoff_min,
+                  &redis->mcf->redis_addr, what, detail, redis->mcf->backoff_min,
                   redis->mcf->backoff_max);
 }
 
@@ -505,11 +505,11 @@ static void ngx_http_sep_redis_mark_up(void)
         redis->down = 0;
         ngx_log_error(NGX_LOG_WARN, redis->log, 0,
                       "sep: redis %V is back after %M ms unavailable (%ui attempts)",
-                      &redis->mcf->redis_host, (ngx_msec_t)(ngx_current_msec - redis->down_since),
+                      &redis->mcf->redis_addr, (ngx_msec_t)(ngx_current_msec - redis->down_since),
                       redis->attempts);
     } else if (!redis->was_ready) {
         ngx_log_error(NGX_LOG_INFO, redis->log, 0, "sep: connected to redis %V",
-                      &redis->mcf->redis_host);
+                      &redis->mcf->redis_addr);
     }
     redis->was_ready = 1;
 }
@@ -742,7 +742,7 @@ static void ngx_http_sep_redis_replace(void)
     ngx_log_error(NGX_LOG_NOTICE, redis->log, 0,
                   "sep: redis %V: no reply on the connection for %M ms while a new one "
                   "answered: replacing it (%ui commands in flight on it get 503)",
-                  &redis->mcf->redis_host, (ngx_msec_t)(ngx_current_msec - redis->down_since),
+                  &redis->mcf->redis_addr, (ngx_msec_t)(ngx_current_msec - redis->down_since),
                   in_flight);
 
     ngx_http_sep_redis_spare_forget();
@@ -883,7 +883,7 @@ static void ngx_http_sep_redis_on_connect(const redisAsyncContext *ac, int statu
     }
     redis->state = SEP_REDIS_CONNECTED;
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis %V: connected",
-                   &redis->mcf->redis_host);
+                   &redis->mcf->redis_addr);
     /* the setup queued at connect: answered within the limit, or the attempt failed */
     if (redis->setup_pending > 0) {
         ngx_http_sep_redis_arm(&redis->connect_timeout, redis->mcf->redis_timeout);
