@@ -268,16 +268,17 @@ def redis_log(prefix):
     return os.path.join(os.path.abspath(prefix), "redis", "redis.log")
 
 
-def start_redis(prefix, port=None, extra_args=()):
+def start_redis(prefix, port=None, extra_args=(), timeout=10.0):
     """A foreground redis-server child (on the prefix's Unix socket, or on 127.0.0.1:port);
-    returns once it answers PING. Raises PortInUse when the port was taken."""
+    returns once it answers PING (within timeout s: loading a big AOF takes longer).
+    Raises PortInUse when the port was taken."""
     log = redis_log(prefix)
     since = _file_size(log)
     proc = subprocess.Popen(redis_args(prefix, port) + list(extra_args),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=_die_with_parent)
     try:
-        wait_redis(redis_address(prefix, port), proc=proc)
+        wait_redis(redis_address(prefix, port), proc=proc, timeout=timeout)
     except RuntimeError as e:
         stop_process(proc)
         if port and _log_says_port_taken(log, since):
