@@ -11,6 +11,8 @@
 #include "ngx_module/ngx_http_sep_module.h"
 #include "ngx_module/ngx_http_sep_redis.h"
 
+#include <sys/statvfs.h>
+
 #define SEP_DEFAULT_REDIS_PORT 6379
 
 static ngx_int_t ngx_http_sep_postconfiguration(ngx_conf_t *cf);
@@ -587,6 +589,32 @@ static ngx_uint_t ngx_http_sep_answers_as_api(ngx_http_request_t *r, ngx_http_se
            ngx_strncmp(r->uri.data, lcf->stems_location.data, lcf->stems_location.len) == 0;
 }
 
+/* Whether the filesystem nginx writes upload bodies to (client_body_temp_path), or the
+ * spool, has less room than one more write of the body: a 500 of nginx's own while it
+ * read the body was then a full disk, which the API answers as 507. */
+static ngx_flag_t ngx_http_sep_body_store_full(ngx_http_request_t *r, ngx_http_sep_loc_conf_t *lcf)
+{
+    ngx_http_core_loc_conf_t *clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    u_char path[NGX_MAX_PATH + 1];
+    ngx_str_t *dirs[2];
+    struct statvfs fs;
+    ngx_uint_t i;
+
+    dirs[0] = &clcf->client_body_temp_path->name;
+    dirs[1] = &lcf->spool;
+    for (i = 0; i < 2; i++) {
+        if (dirs[i]->len == 0 || dirs[i]->len > NGX_MAX_PATH) {
+            continue;
+        }
+        ngx_cpystrn(path, dirs[i]->data, dirs[i]->len + 1);
+        if (statvfs((char *)path, &fs) == 0 &&
+            (uint64_t)fs.f_bavail * fs.f_frsize < (uint64_t)clcf->client_body_buffer_size + 65536) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
 {
     ngx_http_sep_loc_conf_t *lcf;
@@ -614,6 +642,11 @@ static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
     ctx = ngx_http_sep_get_ctx(r);
     if (ctx == NULL) {
         return ngx_http_next_header_filter(r);
+    }
+    if (r->headers_out.status == NGX_HTTP_INTERNAL_SERVER_ERROR && r->method == NGX_HTTP_POST &&
+        ngx_http_sep_body_store_full(r, lcf)) {
+        /* nginx could not write the body to its temp file: the disk is full */
+        r->headers_out.status = NGX_HTTP_INSUFFICIENT_STORAGE;
     }
     body = ngx_http_sep_status_error_json(r->pool, r->headers_out.status, &len);
     if (body == NULL) {

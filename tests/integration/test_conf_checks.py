@@ -12,6 +12,10 @@
                                     start, that every upload will fail
   temp_path_on_another_filesystem   client_body_temp_path on tmpfs, the spool not: a
                                     warning at start that each raw upload is copied
+  full_spool_is_507                 the spool (and the body temp path in it) on a 1 MiB
+                                    tmpfs: raw and multipart uploads larger than it get
+                                    507 insufficient_storage, nothing is left behind, and
+                                    a small upload still gets 202 (needs mount: root)
 """
 
 import os
@@ -182,6 +186,37 @@ def temp_path_on_another_filesystem(_unused):
     finally:
         stack.stop()
         subprocess.run(["rm", "-rf", temp])
+
+
+@cases.case
+def full_spool_is_507(_unused):
+    stack = harness.Stack(worker_processes=1, max_body="16m")
+    spool = stack.spool
+    os.makedirs(spool, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", spool],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if res.returncode != 0:
+        stack.stop()
+        return "skipped: cannot mount a tmpfs here (%s)" % res.stdout.strip()
+    try:
+        stack.start()
+        big = harness.wav_bytes(seconds=8)  # 1.4 MB of audio
+        raw = stack.request("POST", "/v1/jobs", big, {"Content-Type": "audio/wav"})
+        harness.expect_json_error(raw, 507, "raw upload larger than the spool")
+        expect(raw.json["error"]["code"] == "insufficient_storage", "raw: code", raw.json)
+        body, ctype = harness.multipart([], [("file", "a.wav", "audio/wav", big)])
+        form = stack.request("POST", "/v1/jobs", body, {"Content-Type": ctype})
+        harness.expect_json_error(form, 507, "multipart upload larger than the spool")
+        left = [f for f in stack.spool_files()]
+        expect(not left, "files left in the spool after the refusals", left)
+        small = stack.request("POST", "/v1/jobs", harness.wav_bytes(seconds=0.2),
+                              {"Content-Type": "audio/wav"})
+        expect(small.status == 202, "a small upload after the refusals", small.status,
+               small.body[:200])
+        return "raw and multipart 507, then 202"
+    finally:
+        subprocess.run(["umount", "-l", spool])
+        stack.stop()
 
 
 def main(argv):
