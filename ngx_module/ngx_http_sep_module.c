@@ -304,7 +304,7 @@ static char *ngx_http_sep_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     return NGX_CONF_OK;
 }
 
-/* sep_redis host:port | unix:/path [db=N] [password=SECRET] */
+/* sep_redis host:port | unix:/path [db=N] [user=NAME] [password=SECRET] */
 static char *ngx_http_sep_redis_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_sep_main_conf_t *mcf = conf;
@@ -363,11 +363,17 @@ static char *ngx_http_sep_redis_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *c
         } else if (ngx_strncmp(value[i].data, "password=", 9) == 0 && value[i].len > 9) {
             mcf->redis_password.data = value[i].data + 9;
             mcf->redis_password.len = value[i].len - 9;
+        } else if (ngx_strncmp(value[i].data, "user=", 5) == 0 && value[i].len > 5) {
+            mcf->redis_user.data = value[i].data + 5;
+            mcf->redis_user.len = value[i].len - 5;
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid sep_redis parameter \"%V\"",
                                &value[i]);
             return NGX_CONF_ERROR;
         }
+    }
+    if (mcf->redis_user.len && mcf->redis_password.len == 0) {
+        return "has user= without password=";
     }
     return NGX_CONF_OK;
 }

@@ -32,6 +32,7 @@ typedef struct {
     ngx_int_t redis_port; /* 0 for a unix socket */
     ngx_str_t redis_addr; /* for log lines: "host:port" or "unix:/path" */
     ngx_int_t redis_db;
+    ngx_str_t redis_user; /* an ACL user (AUTH user password); empty: the default user */
     ngx_str_t redis_password;
     ngx_msec_t redis_timeout;
     ngx_msec_t backoff_min;

@@ -579,7 +579,13 @@ static ngx_uint_t ngx_http_sep_redis_send_setup(redisAsyncContext *ac, redisCall
     ngx_http_sep_main_conf_t *mcf = ngx_http_sep_redis.mcf;
     ngx_uint_t i, queued = 0;
 
-    if (mcf->redis_password.len) {
+    if (mcf->redis_user.len) { /* an ACL user */
+        if (redisAsyncCommand(ac, fn, SEP_SETUP_TAG(round, SEP_SETUP_AUTH), "AUTH %b %b",
+                              mcf->redis_user.data, mcf->redis_user.len, mcf->redis_password.data,
+                              mcf->redis_password.len) == REDIS_OK) {
+            queued++;
+        }
+    } else if (mcf->redis_password.len) {
         if (redisAsyncCommand(ac, fn, SEP_SETUP_TAG(round, SEP_SETUP_AUTH), "AUTH %b",
                               mcf->redis_password.data, mcf->redis_password.len) == REDIS_OK) {
             queued++;
