@@ -173,21 +173,48 @@ static ngx_table_elt_t *ngx_http_sep_cors_origin(ngx_http_request_t *r,
     return *how > 0 ? origin : NULL;
 }
 
+/* Whether the answer already has a Vary header naming Origin. */
+static ngx_uint_t ngx_http_sep_cors_varies(ngx_http_request_t *r)
+{
+    ngx_list_part_t *part = &r->headers_out.headers.part;
+    ngx_table_elt_t *h = part->elts;
+    ngx_uint_t i;
+
+    for (i = 0; /* void */; i++) {
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+        if (h[i].hash != 0 && h[i].key.len == sizeof("Vary") - 1 &&
+            ngx_strncasecmp(h[i].key.data, (u_char *)"Vary", sizeof("Vary") - 1) == 0 &&
+            ngx_strlcasestrn(h[i].value.data, h[i].value.data + h[i].value.len, (u_char *)"origin",
+                             sizeof("origin") - 2) != NULL) {
+            return 1;
+        }
+    }
+}
+
 ngx_int_t ngx_http_sep_cors_headers(ngx_http_request_t *r, ngx_http_sep_loc_conf_t *lcf)
 {
     static ngx_str_t acao = ngx_string("Access-Control-Allow-Origin");
     ngx_table_elt_t *origin;
     ngx_int_t how;
 
+    /* off, or already added: an error page (a 416 of the range filter) sends the headers
+     * a second time, with what the first pass added still in the list */
     if (lcf->cors_origins == NULL ||
         ngx_http_sep_find_header(&r->headers_out.headers, &acao) != NULL) {
-        return NGX_OK; /* off, or already added (an error page sends headers again) */
+        return NGX_OK;
     }
     origin = ngx_http_sep_cors_origin(r, lcf, &how);
     if (how < 0) {
         return NGX_ERROR;
     }
-    if (how != 2 || lcf->cors_credentials) {
+    if ((how != 2 || lcf->cors_credentials) && !ngx_http_sep_cors_varies(r)) {
         /* the answer depends on Origin: caches must keep one per origin */
         if (ngx_http_sep_cors_push_literal(r, "Vary", "Origin") != NGX_OK) {
             return NGX_ERROR;

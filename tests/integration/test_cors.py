@@ -7,6 +7,7 @@ nginx `map`, credentials, CORS off by default, and `nginx -t` refusing a bad ori
 Each case starts the stack it needs (CORS on, off, or with credentials)."""
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -230,6 +231,44 @@ def nginx_t_refuses_a_bad_origin(_):
         expect("sep_cors_origins" in res.stdout and "app.example" in res.stdout,
                "nginx -t message does not name the directive: " + res.stdout)
         return res.stdout.strip().splitlines()[0][-90:]
+    finally:
+        stack.stop()
+
+
+def raw_head(stack, request):
+    """The status line and header lines of the answer to raw request bytes, as sent
+    (http.client folds repeated headers into one)."""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as s:
+        s.sendall(request)
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+
+
+@cases.case
+def vary_once_when_nginx_sends_the_headers_again(_):
+    # A 416 of the range filter sends the headers a second time (the JSON error page):
+    # Vary: Origin must still be there once, for every kind of Origin.
+    stack = stack_with(CORS_ON)
+    try:
+        job_id, stems = completed_job(stack)
+        path = "/v1/jobs/%s/stems/%s.wav" % (job_id, sorted(stems)[0])
+        seen = []
+        for origin in (None, EVIL, APP):
+            head = raw_head(stack, ("GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                                    "Range: bytes=99999999-\r\n%s\r\n"
+                                    % (path, "Origin: %s\r\n" % origin if origin else ""))
+                            .encode())
+            varies = [h for h in head if h.lower().startswith("vary:")]
+            expect(head[0].split()[1] == "416", "%s: %s" % (origin, head[0]))
+            expect(len(varies) == 1 and "origin" in varies[0].lower(),
+                   "416 from %s: Vary lines %r" % (origin or "no Origin", varies))
+            seen.append(len(varies))
+        return "416 without Origin, from a refused and an allowed origin: Vary %s" % seen
     finally:
         stack.stop()
 
