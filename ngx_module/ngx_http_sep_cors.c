@@ -5,7 +5,9 @@
  *   sep_cors_origins <origin|*|$variable> ... | off
  *                          origins allowed; each argument may hold variables (a `map`
  *                          of $http_origin computes it) and may evaluate to several
- *                          origins separated by spaces, to `*`, or to "" (none)
+ *                          origins separated by spaces, to `*`, or to "" (none);
+ *                          a literal origin is scheme://host[:port] as browsers send
+ *                          it (no path, no default port), compared without case
  *   sep_cors_credentials on|off
  *                          Access-Control-Allow-Credentials: true; the origin is then
  *                          echoed even where `*` allowed it (browsers refuse `*` there)
@@ -29,12 +31,71 @@
 static ngx_str_t ngx_http_sep_cors_origin_key = ngx_string("Origin");
 static ngx_str_t ngx_http_sep_cors_acrm_key = ngx_string("Access-Control-Request-Method");
 
+/*
+ * What is wrong with a literal origin, or NULL: browsers send scheme://host[:port] in
+ * lower case, without a path (not even "/") and without the scheme's default port, so
+ * anything else would never match. Lower-cases it in place.
+ */
+static const char *ngx_http_sep_cors_check_origin(ngx_str_t *v)
+{
+    u_char *p, *end, *host, *colon = NULL;
+
+    p = ngx_strlcasestrn(v->data, v->data + v->len, (u_char *)"://", 2);
+    if (p == NULL || p == v->data) {
+        return "is not an origin (scheme://host[:port]), \"*\" or a variable";
+    }
+    ngx_strlow(v->data, v->data, v->len);
+    host = p + 3;
+    end = v->data + v->len;
+    for (p = host; p < end; p++) {
+        if (*p == '/' || *p == '?' || *p == '#' || *p == '@') {
+            return "has a path, query or user part (an origin is scheme://host[:port], "
+                   "without even a trailing slash)";
+        }
+    }
+    p = host;
+    if (p < end && *p == '[') { /* an IPv6 literal: the port comes after the bracket */
+        p = ngx_strlchr(p, end, ']');
+        if (p == NULL) {
+            return "has an unclosed IPv6 literal";
+        }
+        p++;
+        if (p < end && *p != ':') {
+            return "has something after its IPv6 literal that is no port";
+        }
+        colon = p < end ? p : NULL;
+    } else {
+        colon = ngx_strlchr(host, end, ':');
+    }
+    if ((colon ? colon : end) == host) {
+        return "has no host";
+    }
+    if (colon != NULL) {
+        if (colon + 1 == end) {
+            return "has an empty port";
+        }
+        for (p = colon + 1; p < end; p++) {
+            if (*p < '0' || *p > '9') {
+                return "has a port that is not a number";
+            }
+        }
+        if ((host - v->data == sizeof("http://") - 1 && ngx_strncmp(v->data, "http", 4) == 0 &&
+             end - colon == 3 && ngx_strncmp(colon, ":80", 3) == 0) ||
+            (host - v->data == sizeof("https://") - 1 && ngx_strncmp(v->data, "https", 5) == 0 &&
+             end - colon == 4 && ngx_strncmp(colon, ":443", 4) == 0)) {
+            return "names the scheme's default port, which browsers leave out of Origin";
+        }
+    }
+    return NULL;
+}
+
 char *ngx_http_sep_cors_origins_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_sep_loc_conf_t *lcf = conf;
     ngx_str_t *value = cf->args->elts;
     ngx_http_compile_complex_value_t ccv;
     ngx_http_complex_value_t *cv;
+    const char *bad;
     ngx_uint_t i;
 
     if (lcf->cors_origins != NGX_CONF_UNSET_PTR) {
@@ -55,11 +116,8 @@ char *ngx_http_sep_cors_origins_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *c
             return NGX_CONF_ERROR;
         }
         if (ngx_strchr(value[i].data, '$') == NULL && ngx_strcmp(value[i].data, "*") != 0 &&
-            ngx_strstr(value[i].data, "://") == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "sep_cors_origins: \"%V\" is not an origin "
-                               "(scheme://host[:port]), \"*\" or a variable",
-                               &value[i]);
+            (bad = ngx_http_sep_cors_check_origin(&value[i])) != NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_cors_origins: \"%V\" %s", &value[i], bad);
             return NGX_CONF_ERROR;
         }
         cv = ngx_array_push(lcf->cors_origins);
@@ -147,7 +205,7 @@ static ngx_int_t ngx_http_sep_cors_allowed(ngx_http_request_t *r, ngx_http_sep_l
             if (p - tok == 1 && *tok == '*') {
                 star = 1;
             } else if ((size_t)(p - tok) == origin->len &&
-                       ngx_strncmp(tok, origin->data, origin->len) == 0) {
+                       ngx_strncasecmp(tok, origin->data, origin->len) == 0) {
                 return 1;
             }
         }

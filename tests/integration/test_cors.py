@@ -273,6 +273,55 @@ def vary_once_when_nginx_sends_the_headers_again(_):
         stack.stop()
 
 
+def nginx_t(line):
+    """`nginx -t` on the sample conf with one more server line: (returncode, output)."""
+    stack = harness.Stack(worker_processes=1, conf_edit=with_server_lines(line))
+    try:
+        harness.localstack.make_prefix_dirs(stack.prefix)
+        with open(stack.conf_path, "w") as f:
+            f.write(stack.render_conf(1))
+        res = subprocess.run(harness.localstack.nginx_args(stack.prefix, stack.conf_path, "-t"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return res.returncode, res.stdout
+    finally:
+        stack.stop()
+
+
+@cases.case
+def nginx_t_refuses_origins_no_browser_sends(_):
+    # Browsers send scheme://host[:port]: no path (not even "/"), no default port.
+    for origin in ("http://app.example:3000/", "http://app.example:3000/ui",
+                   "https://app.example:443", "http://app.example:80", "http://:3000",
+                   "http://app.example:", "http://user@app.example", "http://[::1"):
+        rc, out = nginx_t("        sep_cors_origins %s;\n" % origin)
+        expect(rc != 0, "nginx -t accepted sep_cors_origins %s" % origin)
+        expect(origin in out, "nginx -t does not name %s: %s" % (origin, out))
+    for origin in ("http://[::1]:8080", "https://app.example:8443", "http://localhost"):
+        rc, out = nginx_t("        sep_cors_origins %s;\n" % origin)
+        expect(rc == 0, "nginx -t refused sep_cors_origins %s: %s" % (origin, out))
+    return "8 refused, 3 accepted"
+
+
+@cases.case
+def origins_compare_without_regard_to_case(_):
+    # A configured origin in capitals, and one a map computes in capitals, match the
+    # lower-case Origin browsers send; the answer echoes what the browser sent.
+    mapped = """    map $http_origin $sep_upper {
+        default "HTTPS://Studio.Example.ORG";
+    }
+"""
+    stack = stack_with(with_server_lines("        sep_cors_origins http://App.Example:3000 "
+                                         "$sep_upper;\n", mapped))
+    try:
+        for origin in (APP, MAPPED):
+            resp = stack.request("GET", "/v1/jobs/" + str(uuid.uuid4()),
+                                 headers={"Origin": origin})
+            expect_cors(resp, origin, "configured in capitals, Origin " + origin)
+        return "literal and mapped origins in capitals match"
+    finally:
+        stack.stop()
+
+
 class _NoStack:
     @staticmethod
     def error_log_tail(lines=30):
