@@ -27,6 +27,10 @@
     return err;
   }
 
+  function sameOrigin(base) {
+    try { return new URL(base, location.href).origin === location.origin; } catch (_) { return false; }
+  }
+
   function terminal(status) {
     return status === "completed" || status === "failed" || status === "canceled";
   }
@@ -51,7 +55,13 @@
           reject(apiError(xhr.status, xhr.responseText));
         }
       };
-      xhr.onerror = function () { reject(new Error("the upload could not reach " + base)); };
+      xhr.onerror = function () {
+        /* the browser tells no more: the server is down, or it answered but does not
+         * allow this page's origin (an API on another origin needs CORS there) */
+        reject(new Error("the upload could not reach " + base +
+          (sameOrigin(base) ? "" : ", or that server does not allow pages of " +
+           location.origin + " (sep_cors_origins)")));
+      };
       xhr.send(form);
     });
   }

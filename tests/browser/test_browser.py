@@ -16,6 +16,8 @@ loaded from a *different* origin than the API (a second static server on its own
                       text (markup in it stays text).
   player_second_*     a second file chosen while the first job runs: the first job's
                       completion no longer drives the page.
+  player_cors_off_*   the player on another origin than an API with CORS off: the error
+                      names sep_cors_origins as a cause, and nothing is queued.
 
 Skips (not fails) when chromium, chromedriver or selenium are missing (make deps
 installs them).
@@ -301,6 +303,33 @@ def player_second_file_stops_following_the_first(_):
     finally:
         drv.quit()
         stack.stop()
+
+
+@cases.case
+def player_cors_off_says_so_and_queues_nothing(_):
+    pages = PageServer()
+    stack = harness.Stack(worker_processes=1).start()
+    drv = None
+    try:
+        path = os.path.join(stack.prefix, "song.wav")
+        with open(path, "wb") as f:
+            f.write(harness.wav_bytes(seconds=0.5))
+        drv = browser()
+        drv.get(pages.origin + "/player.html?api=http://127.0.0.1:%d" % stack.port)
+        drv.find_element(By.ID, "file").send_keys(path)
+        WebDriverWait(drv, 30, poll_frequency=0.2).until(
+            lambda d: player_state(d)["status"] == "error")
+        text = drv.find_element(By.ID, "status").text
+        expect("sep_cors_origins" in text and pages.origin in text,
+               "the error does not name CORS as a cause: %r" % text)
+        jobs = stack.redis.keys(b"*job:*")
+        expect(not jobs, "a job was queued for a page that cannot read it: %s" % jobs)
+        return text[-70:]
+    finally:
+        if drv is not None:
+            drv.quit()
+        stack.stop()
+        pages.stop()
 
 
 class _NoStack:
