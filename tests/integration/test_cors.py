@@ -273,6 +273,39 @@ def vary_once_when_nginx_sends_the_headers_again(_):
         stack.stop()
 
 
+@cases.case
+def stems_carry_cors_of_the_api_location(_):
+    # sep_cors_origins in the sep_api location only, or at server level: a stem download
+    # (redirected to sep_stems_location) carries the API location's CORS, each header
+    # once, also for a refused origin and for nginx's 416 after the redirect.
+    in_location = lambda text: text.replace(  # noqa: E731
+        "            sep_api;\n", "            sep_api;\n            sep_cors_origins %s;\n"
+        % APP, 1)
+    seen = 0
+    for edit in (in_location, CORS_ON):
+        stack = stack_with(edit)
+        try:
+            job_id, stems = completed_job(stack)
+            path = "/v1/jobs/%s/stems/%s.wav" % (job_id, sorted(stems)[0])
+            for origin, rng, status in ((APP, "", "200"), (EVIL, "", "200"),
+                                        (APP, "Range: bytes=99999999-\r\n", "416")):
+                head = raw_head(stack, ("GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                                        "Origin: %s\r\n%s\r\n" % (path, origin, rng)).encode())
+                lines = [h.lower() for h in head[1:]]
+                count = lambda name: sum(h.startswith(name + ":") for h in lines)  # noqa: E731
+                what = "%s stem from %s (%s)" % (status, origin,
+                                                 "location" if edit is in_location else "server")
+                expect(head[0].split()[1] == status, "%s: %s" % (what, head[0]))
+                expect(count("vary") == 1, "%s: Vary lines %d" % (what, count("vary")), head)
+                want = 1 if origin == APP else 0
+                for name in ("access-control-allow-origin", "access-control-expose-headers"):
+                    expect(count(name) == want, "%s: %d %s" % (what, count(name), name), head)
+                seen += 1
+        finally:
+            stack.stop()
+    return "%d stem answers, CORS in the location and at server level" % seen
+
+
 def nginx_t(line):
     """`nginx -t` on the sample conf with one more server line: (returncode, output)."""
     stack = harness.Stack(worker_processes=1, conf_edit=with_server_lines(line))
