@@ -194,6 +194,10 @@
             say(String(e), true);
           });
         }
+      }, function (err) {
+        if (gen !== generation) return;
+        say("Job " + rec.id + ": " + state.status + "; its status cannot be read now (" +
+            err.message + "), retrying…");
       });
     }, function (err) {
       if (gen !== generation) return;

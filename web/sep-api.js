@@ -6,10 +6,12 @@
  *   SepApi.upload(base, file, fields, onProgress)   -> Promise<job record>  (XHR, so the
  *                                                     upload's progress is reported)
  *   SepApi.getJob(base, id)                          -> Promise<job record>
- *   SepApi.follow(base, id, onRecord)                -> stop(): the job's records as they
+ *   SepApi.follow(base, id, onRecord[, onError])     -> stop(): the job's records as they
  *                                                     change, over SSE (/events) where the
  *                                                     server has it, polling every second
- *                                                     otherwise; ends at a terminal status
+ *                                                     otherwise; ends at a terminal status;
+ *                                                     onError(err) for a poll that failed
+ *                                                     (503, network), tried again
  *   SepApi.terminal(status)                          -> whether a status is final
  */
 (function (global) {
@@ -76,7 +78,7 @@
       });
   }
 
-  function follow(base, id, onRecord) {
+  function follow(base, id, onRecord, onError) {
     let stopped = false, timer = null, source = null, last = null;
 
     function deliver(rec) {
@@ -89,6 +91,7 @@
       if (stopped) return;
       getJob(base, id).then(deliver, function (err) {
         if (err.status === 404) { stop(); onRecord({ id: id, status: "gone" }); return; }
+        if (onError && !stopped) onError(err); /* polled again in a second */
       }).then(function () {
         if (!stopped) timer = setTimeout(poll, 1000);
       });

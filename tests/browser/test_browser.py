@@ -18,6 +18,8 @@ loaded from a *different* origin than the API (a second static server on its own
                       completion no longer drives the page.
   player_cors_off_*   the player on another origin than an API with CORS off: the error
                       names sep_cors_origins as a cause, and nothing is queued.
+  player_status_*     the job's status unreadable for a while (Redis stalled: 503): the
+                      page says so and that it retries, then follows the job again.
 
 Skips (not fails) when chromium, chromedriver or selenium are missing (make deps
 installs them).
@@ -27,6 +29,7 @@ import functools
 import http.server
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -330,6 +333,37 @@ def player_cors_off_says_so_and_queues_nothing(_):
             drv.quit()
         stack.stop()
         pages.stop()
+
+
+def status_line_until(drv, pred, seconds):
+    """The player's status line once pred(text) holds, or as it is after seconds."""
+    deadline = time.monotonic() + seconds
+    while True:
+        text = drv.find_element(By.ID, "status").text
+        if pred(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
+
+
+@cases.case
+def player_status_unreadable_says_so_and_retries(_):
+    stack, drv, paths = same_origin_player(["song.wav"])
+    try:
+        drv.find_element(By.ID, "file").send_keys(paths[0])
+        WebDriverWait(drv, 30, poll_frequency=0.2).until(lambda d: player_state(d)["jobId"])
+        time.sleep(1.5)
+        os.kill(stack.redis_proc.pid, signal.SIGSTOP)  # Redis stalls: the API answers 503
+        try:
+            down = status_line_until(drv, lambda text: "retrying" in text, 30)
+            expect("retrying" in down, "no word of the unreadable status in 30 s: %r" % down)
+        finally:
+            os.kill(stack.redis_proc.pid, signal.SIGCONT)
+        again = status_line_until(drv, lambda text: "retrying" not in text, 30)
+        expect("queued" in again, "after Redis came back: %r" % again)
+        return "%r, then %r" % (down[-45:], again[-12:])
+    finally:
+        drv.quit()
+        stack.stop()
 
 
 class _NoStack:
