@@ -14,7 +14,8 @@
  *               {spool}/{id}/input.part (sniffed from its first bytes, renamed to
  *               input.{ext} at the end), the option fields are collected
  *
- * and one EVALSHA submit (shared/lua/submit.lua) creates the job and queues it.
+ * and one EVALSHA submit (shared/lua/submit.lua) creates the job and queues it
+ * (with a deadline: Redis runs it no later than this request waits for it).
  * Whatever fails after the spool directory exists removes it again before the
  * answer is sent, so a refused upload leaves nothing behind, not even for a moment
  * after the client has its answer.
@@ -194,11 +195,16 @@ ngx_int_t ngx_http_sep_upload_handler(ngx_http_request_t *r)
     }
 
     /* The first body bytes usually arrive with the headers: keep them for the
-     * sniff, which then needs no read of the temp file. */
+     * sniff, which then needs no read of the temp file. Never more than the body:
+     * bytes past it belong to the next pipelined request. */
     if (!multipart && !r->headers_in.chunked && r->header_in) {
         size_t preread = r->header_in->last - r->header_in->pos;
-        if (preread >= sizeof(ctx->head) || (off_t)preread == r->headers_in.content_length_n) {
-            ctx->head_len = ngx_min(preread, sizeof(ctx->head));
+        size_t want = sizeof(ctx->head);
+        if ((off_t)want > r->headers_in.content_length_n) {
+            want = (size_t)r->headers_in.content_length_n;
+        }
+        if (preread >= want) {
+            ctx->head_len = want;
             ngx_memcpy(ctx->head, r->header_in->pos, ctx->head_len);
         }
     }
@@ -635,6 +641,8 @@ static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *
     char job_key[SEP_KEY_MAX], idem_key[SEP_KEY_MAX], earlier_key[SEP_KEY_MAX], overlap[32];
     u_char max_queued[NGX_INT_T_LEN], idem_ttl[NGX_TIME_T_LEN], shifts[NGX_INT_T_LEN];
     u_char input_bytes[NGX_OFF_T_LEN], max_attempts[NGX_INT_T_LEN], result_ttl[NGX_TIME_T_LEN];
+    u_char deadline[NGX_INT64_LEN];
+    ngx_time_t *tp = ngx_timeofday();
     u_char *input_name;
     const char *argv[40];
     size_t argvlen[40], job_len, idem_len = 0, earlier_len = 0, overlap_len;
@@ -681,6 +689,11 @@ static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *
     SEP_ARG(ctx->id.data, ctx->id.len);
     SEP_ARG_NUM(max_queued, "%i", lcf->max_queued);
     SEP_ARG_NUM(idem_ttl, "%T", lcf->idempotency_ttl);
+    /* the wall-clock time in ms at which this request stops waiting for the reply:
+     * Redis refuses to run the submit later (PAST_DEADLINE), so that no job is created
+     * that the client was told failed */
+    SEP_ARG_NUM(deadline, "%L",
+                (int64_t)tp->sec * 1000 + (int64_t)tp->msec + (int64_t)mcf->redis_timeout);
     SEP_ARG("model", 5);
     SEP_ARG_STR(sep_model_info(o->model)->name);
     SEP_ARG("stems_option", 12);
