@@ -279,6 +279,20 @@ static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *chi
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_api needs sep_spool");
         return NGX_CONF_ERROR;
     }
+    if (conf->cors_credentials && conf->cors_origins) {
+        ngx_http_complex_value_t *cv = conf->cors_origins->elts;
+        ngx_uint_t i;
+        for (i = 0; i < conf->cors_origins->nelts; i++) {
+            if (cv[i].lengths == NULL && cv[i].value.len == 1 && cv[i].value.data[0] == '*') {
+                /* every site could read answers made with the user's credentials */
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "sep_cors_origins * with sep_cors_credentials on would let "
+                                   "every site read answers sent with the browser's "
+                                   "credentials; name the origins instead");
+                return NGX_CONF_ERROR;
+            }
+        }
+    }
     return NGX_CONF_OK;
 }
 

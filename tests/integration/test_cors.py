@@ -39,7 +39,7 @@ def with_server_lines(lines, http_lines=""):
 
 
 CORS_ON = with_server_lines("        sep_cors_origins %s $sep_test_origin;\n" % APP, MAP)
-CORS_CREDENTIALS = with_server_lines("        sep_cors_origins *;\n"
+CORS_CREDENTIALS = with_server_lines("        sep_cors_origins %s;\n" % EVIL +
                                      "        sep_cors_credentials on;\n"
                                      "        sep_cors_max_age 1h;\n")
 
@@ -189,7 +189,7 @@ def credentials_echo_the_origin(_):
     stack = stack_with(CORS_CREDENTIALS)
     try:
         resp = stack.request("GET", "/v1/jobs/" + str(uuid.uuid4()), headers={"Origin": EVIL})
-        expect_cors(resp, EVIL, "credentials with *")
+        expect_cors(resp, EVIL, "credentials with a named origin")
         expect(resp.header("access-control-allow-credentials") == "true",
                "no Access-Control-Allow-Credentials", resp)
         pre = preflight(stack, "/v1/jobs", EVIL, "POST")
@@ -333,6 +333,20 @@ def nginx_t_refuses_origins_no_browser_sends(_):
         rc, out = nginx_t("        sep_cors_origins %s;\n" % origin)
         expect(rc == 0, "nginx -t refused sep_cors_origins %s: %s" % (origin, out))
     return "8 refused, 3 accepted"
+
+
+@cases.case
+def nginx_t_refuses_star_with_credentials(_):
+    # `*` with credentials would echo every Origin (null included) with
+    # Access-Control-Allow-Credentials: any page could read answers made with the
+    # browser's cookies or HTTP authentication. Name the origins instead.
+    rc, out = nginx_t("        sep_cors_origins *;\n        sep_cors_credentials on;\n")
+    expect(rc != 0 and "sep_cors_credentials" in out and "name the origins" in out,
+           "nginx -t accepted * with credentials", out)
+    rc, out = nginx_t("        sep_cors_origins %s;\n        sep_cors_credentials on;\n" % APP)
+    expect(rc == 0, "nginx -t refused a named origin with credentials", out)
+    rc, out = nginx_t("        sep_cors_origins *;\n")
+    expect(rc == 0, "nginx -t refused * without credentials", out)
 
 
 @cases.case
