@@ -509,10 +509,17 @@ static ngx_int_t ngx_http_sep_method_not_allowed(ngx_http_request_t *r, const ch
     }
     h->hash = 1;
     ngx_str_set(&h->key, "Allow");
-    h->value.data = (u_char *)allow;
-    h->value.len = ngx_strlen(allow);
+    /* the same list an OPTIONS request gets (every API path answers OPTIONS) */
+    h->value.len = ngx_strlen(allow) + sizeof(", OPTIONS") - 1;
+    h->value.data = ngx_pnalloc(r->pool, h->value.len);
+    if (h->value.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ngx_memcpy(ngx_cpymem(h->value.data, allow, ngx_strlen(allow)), ", OPTIONS",
+               sizeof(", OPTIONS") - 1);
     return ngx_http_sep_send_error(r, NGX_HTTP_NOT_ALLOWED, "method_not_allowed",
-                                   "%V is not allowed here; allowed: %s", &r->method_name, allow);
+                                   "%V is not allowed here; allowed: %V", &r->method_name,
+                                   &h->value);
 }
 
 static ngx_int_t ngx_http_sep_not_found(ngx_http_request_t *r)

@@ -265,7 +265,13 @@ def wrong_method_405(stack):
     for method, path in (("PUT", "/v1/jobs"), ("PATCH", "/v1/jobs"),
                          ("POST", "/v1/jobs/" + str(uuid.uuid4())),
                          ("PUT", "/v1/jobs/" + str(uuid.uuid4()))):
-        expect_json_error(stack.request(method, path, body=b"x"), 405, method + " " + path)
+        resp = stack.request(method, path, body=b"x")
+        expect_json_error(resp, 405, method + " " + path)
+        # Allow lists what OPTIONS on the path lists, OPTIONS included
+        options = stack.request("OPTIONS", path)
+        expect(resp.header("allow") and resp.header("allow") == options.header("allow") and
+               "OPTIONS" in resp.header("allow"), "Allow of %s %s: %r vs OPTIONS %r"
+               % (method, path, resp.header("allow"), options.header("allow")))
 
 
 # cancel ----------------------------------------------------------------------------------
