@@ -81,8 +81,7 @@ typedef struct {
     ngx_uint_t lookups;
     off_t input_bytes;
     const char *input_type;
-    u_char head[SEP_SNIFF_BYTES]; /* first body bytes, when they came with the headers */
-    size_t head_len;
+    struct ngx_http_sep_upload_s *upload; /* the body being read (ngx_http_sep_upload.c) */
 
     unsigned json : 1;            /* the response is the module's own JSON */
     unsigned error_body_sent : 1; /* the error filter replaced nginx's page */
