@@ -11,6 +11,10 @@
 #                   TCP relay is replaced, TCP keepalive, a slow Redis keeps its
 #                   connection, an exiting worker reconnects, a silent peer is given up
 #                   on, a stall is logged once (about 20 s)
+# test-upload-stream uploads read as they arrive (tests/integration/test_upload_stream.py):
+#                   GETs beside a 300 MB multipart upload on one worker, 600 MB uploads
+#                   not timed out by a stale clock, tiny chunks, a chunked 413 and a
+#                   client gone mid-upload leave nothing in the spool (about 10 s)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once
@@ -24,11 +28,11 @@
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
-TEST_SUITES += test-local-stack test-integration test-redis-faults test-workerd test-cli-regress \
-               test-browser
+TEST_SUITES += test-local-stack test-integration test-redis-faults test-upload-stream test-workerd \
+               test-cli-regress test-browser
 
-.PHONY: test-integration test-redis-faults test-local-stack test-stress test-workerd \
-        test-cli-regress test-browser
+.PHONY: test-integration test-redis-faults test-upload-stream test-local-stack test-stress \
+        test-workerd test-cli-regress test-browser
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
@@ -42,6 +46,10 @@ test-browser: $(NGX_MODULE_SO) $(WORKERD_BIN)
 # The module's Redis connection under faults of the connection (relay, SIGSTOP, reload)
 test-redis-faults: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_redis_faults.py
+
+# Uploads read as they arrive: one worker beside large uploads, bodies that end badly
+test-upload-stream: $(NGX_MODULE_SO)
+	$(PY) tests/integration/test_upload_stream.py
 
 # workerd run end to end: redis + nginx + supervisors with CPU device workers
 test-workerd: $(NGX_MODULE_SO) $(WORKERD_BIN)
