@@ -3,8 +3,9 @@
 #   make test     install what is missing, build, run every test suite, print a summary
 #   make run      start redis + nginx (+ workerd) on 127.0.0.1:$(SEP_PORT) under ./run/
 #   make stop     stop what `make run` started
-#   make deps     install missing Debian packages (apt-get); `make deps-reference` adds the
-#                 PyTorch reference (only for fixture generation and benchmarks)
+#   make deps     install missing Debian packages (apt-get): `make deps-run` only what the
+#                 build and `make run` need, `make deps` also what the tests and benches
+#                 need; `make deps-reference` adds the PyTorch reference (fixtures, benches)
 # Each component has its own fragment (<dir>/*.mk) that appends to ALL_TARGETS and
 # TEST_SUITES; this file only ties them together.
 SHELL := /bin/bash
@@ -21,13 +22,15 @@ WARNINGS := -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 CFLAGS_COMMON := $(CSTD) $(OPT) -g $(WARNINGS) -fPIC -D_GNU_SOURCE -I.
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Everything the build, the tests and `make run` need, from Debian's archive.
-APT_PKGS := build-essential pkg-config curl bc python3 python3-redis python3-hypothesis \
-            chromium chromium-driver python3-selenium \
-            nginx-core nginx-dev libpcre2-dev libpcre3-dev zlib1g-dev libssl-dev \
-            redis-server libhiredis-dev libjansson-dev libcmocka-dev \
-            libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev wrk python3-numpy \
-            clang-14 libclang-rt-14-dev
+# From Debian's archive: what `make` and `make run` need (build + runtime), and what only
+# the tests and benchmarks add (`make deps` installs both, `make run` only the first).
+APT_RUN_PKGS  := build-essential pkg-config curl python3 python3-numpy \
+                 nginx-core nginx-dev libpcre2-dev libpcre3-dev zlib1g-dev libssl-dev \
+                 redis-server libhiredis-dev libjansson-dev \
+                 libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev
+APT_TEST_PKGS := bc python3-redis python3-hypothesis libcmocka-dev wrk \
+                 chromium chromium-driver python3-selenium clang-14 libclang-rt-14-dev
+APT_PKGS      := $(APT_RUN_PKGS) $(APT_TEST_PKGS)
 # The PyTorch reference (fixtures, full-size parity check, benchmarks).
 APT_REF_PKGS := python3-torch python3-torchaudio libopenblas0-pthread python3-venv \
                 python3-numpy python3-yaml python3-tqdm
@@ -44,20 +47,29 @@ include tests/tests.mk
 include tests/fuzz/fuzz.mk
 include bench/bench.mk
 
-.PHONY: all deps deps-reference test run stop clean format
+.PHONY: all deps deps-run deps-reference test run stop clean format
 all: $(ALL_TARGETS)
 
+# Installs the packages of $(1) that are missing; without root and without sudo it says
+# how to get them instead of failing in apt-get.
 define apt_install_missing
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
+	  if [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; then \
+	    echo "deps: missing Debian packages:" $$missing; \
+	    echo "deps: run \`make $@\` as root (or install sudo) to install them"; exit 1; \
+	  fi; \
 	  echo "deps: installing" $$missing; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 endef
 
-deps:
-	$(call apt_install_missing,$(APT_PKGS))
+deps: deps-run
+	$(call apt_install_missing,$(APT_TEST_PKGS))
+
+deps-run:
+	$(call apt_install_missing,$(APT_RUN_PKGS))
 
 # Reference venv: Debian's torch + `pip install --no-deps demucs` and its pure-Python needs.
 deps-reference: deps

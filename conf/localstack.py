@@ -177,14 +177,19 @@ def render_nginx_conf(values, template=TEMPLATE):
 
 
 def local_values(prefix, port, redis_addr, module_so=MODULE_SO, max_body="64m",
-                 max_queued=10000, worker_processes=2, daemon=False):
-    """Template values for a private prefix: every path under it, loopback only."""
+                 max_queued=10000, worker_processes=2, daemon=False, user=None):
+    """Template values for a private prefix: every path under it, loopback only.
+    `user`: the nginx workers' user when the master runs as root (`make run` passes
+    `nobody nogroup` when nobody can reach the prefix); without it a master started as
+    root keeps its workers root (test prefixes, which nobody may not be able to read)."""
     prefix = os.path.abspath(prefix)
+    if os.geteuid() != 0:
+        user_line = ""
+    else:
+        user_line = "user %s;" % (user or "root")
     return {
         "RENDERED": "Rendered by conf/localstack.py for the prefix %s." % prefix,
-        # A master started as root would switch its workers to `nobody`, who cannot
-        # read a private prefix; when root runs it locally the workers stay root.
-        "USER": "user root;" if os.geteuid() == 0 else "",
+        "USER": user_line,
         "DAEMON": "" if daemon else "daemon off;",
         "MODULE": module_so,
         "PID": os.path.join(prefix, "nginx.pid"),
@@ -200,6 +205,29 @@ def local_values(prefix, port, redis_addr, module_so=MODULE_SO, max_body="64m",
         "MAX_QUEUED": str(max_queued),
         "WEB": os.path.join(REPO_ROOT, "web"),
     }
+
+
+def user_can_reach(user, group, paths):
+    """Whether `user` (in `group`) can traverse each directory of `paths` and read each
+    file: checked in a child process that switches to that user (only as root)."""
+    import grp
+    import pwd
+    try:
+        uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError:
+        return False
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            ok = all(os.access(p, os.X_OK if os.path.isdir(p) else os.R_OK) for p in paths)
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def make_prefix_dirs(prefix):
@@ -413,3 +441,41 @@ def pid_alive(pid):
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+# Run directories `make run` started from this checkout, one absolute path per line, so
+# `make stop` finds a run made with SEP_RUN_DIR too. SEP_RUN_REGISTRY names another file
+# (the tests use their own, so they never stop a developer's run).
+def run_registry():
+    return os.environ.get("SEP_RUN_REGISTRY") or os.path.join(REPO_ROOT, "build", "local-runs")
+
+
+def recorded_runs():
+    try:
+        with open(run_registry()) as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def _write_runs(runs):
+    path = run_registry()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.writelines(r + "\n" for r in runs)
+    os.replace(tmp, path)
+
+
+def record_run(run_dir):
+    run_dir = os.path.abspath(run_dir)
+    runs = recorded_runs()
+    if run_dir not in runs:
+        _write_runs(runs + [run_dir])
+
+
+def forget_run(run_dir):
+    run_dir = os.path.abspath(run_dir)
+    runs = recorded_runs()
+    if run_dir in runs:
+        _write_runs([r for r in runs if r != run_dir])

@@ -22,6 +22,8 @@
 #                   page on another origin can read with CORS on and off, the stems
 #                   player (web/) uploading, following and decoding every stem
 #                   (tests/browser/test_browser.py; screenshots in build/browser/)
+# test-docs         the READMEs' curl examples run as written against a live stack + workerd;
+#                   the error-code table against the module's sources (tests/docs/)
 # test-local-stack  `make run` / `make stop` (conf/run-local, conf/stop-local) on a
 #                   temporary run directory, and conf/nginx.conf being up to date
 # test-stress       SUITE=<suite> N=<runs>: one suite N times in a row; prints each run's
@@ -29,16 +31,19 @@
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
 TEST_SUITES += test-local-stack test-integration test-redis-faults test-upload-stream test-workerd \
-               test-cli-regress test-browser
+               test-cli-regress test-browser test-docs
 
 .PHONY: test-integration test-redis-faults test-upload-stream test-local-stack test-stress \
-        test-workerd test-cli-regress test-browser
+        test-workerd test-cli-regress test-browser test-docs
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
 	$(PY) tests/integration/test_cors.py
 	$(PY) tests/integration/test_redis_outage.py
+
+test-docs: $(NGX_MODULE_SO) $(WORKERD_BIN)
+	$(PY) tests/docs/test_docs.py
 
 test-browser: $(NGX_MODULE_SO) $(WORKERD_BIN)
 	$(PY) tests/browser/test_browser.py
@@ -67,8 +72,9 @@ test-cli-regress: $(WORKERD_BIN)
 test-local-stack: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_local_stack.py
 
-run: deps
-	@$(MAKE) --no-print-directory all
+# `make run` needs only the runtime packages and builds only what it starts.
+run: deps-run
+	@$(MAKE) --no-print-directory $(NGX_MODULE_SO) $(WORKERD_BIN)
 	@SEP_PORT=$(SEP_PORT) $(PY) conf/run-local
 
 stop:

@@ -41,7 +41,8 @@ class LocalRun:
         self.port = localstack.pick_port()
         self.redis_port = localstack.pick_port()
         self.env = dict(os.environ, SEP_RUN_DIR=self.prefix, SEP_PORT=str(self.port),
-                        SEP_REDIS_PORT=str(self.redis_port), SEP_FETCH_WEIGHTS="0")
+                        SEP_REDIS_PORT=str(self.redis_port), SEP_FETCH_WEIGHTS="0",
+                        SEP_RUN_REGISTRY=os.path.join(self.prefix, "local-runs"))
 
     def start(self, attempts=5):
         """run-local; when another process took the HTTP port first (run-local refuses
@@ -57,8 +58,8 @@ class LocalRun:
             self.script("stop-local")
             self.new_ports()
 
-    def script(self, name):
-        return subprocess.run([sys.executable, os.path.join(CONF, name)], env=self.env,
+    def script(self, name, env=None):
+        return subprocess.run([sys.executable, os.path.join(CONF, name)], env=env or self.env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=120)
 
@@ -241,6 +242,123 @@ def servers_retry_a_taken_port(run):
     expect(len(logged) == 2 and all("port %d was taken" % taken in m for m in logged),
            "each retry is logged once", logged)
     return "redis %d, nginx %d after %d taken" % (redis_port, port, taken)
+
+
+@cases.case
+def run_refuses_a_taken_redis_port(run):
+    """An explicit SEP_REDIS_PORT that another process holds is refused, as SEP_PORT is,
+    instead of silently becoming another port; nothing is left running."""
+    import socket
+
+    other = LocalRun()
+    try:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", other.redis_port))
+            holder.listen()
+            res = other.script("run-local")
+        out = res.stdout or ""
+        expect(res.returncode != 0, "run-local started with SEP_REDIS_PORT taken", out)
+        expect("SEP_REDIS_PORT" in out and "is taken" in out and str(other.redis_port) in out,
+               "the refusal names the variable and the port", out)
+        expect(not other.processes_using_prefix(), "processes left running",
+               other.processes_using_prefix())
+    finally:
+        other.stop()
+
+
+@cases.case
+def plain_stop_finds_a_run_dir_run(run):
+    """A run started with SEP_RUN_DIR is stopped by a plain `make stop` (no SEP_RUN_DIR),
+    and the banner names the exact stop command."""
+    other = LocalRun()
+    try:
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        expect("SEP_RUN_DIR=%s make stop" % other.prefix in res.stdout,
+               "the banner names the stop command for this run dir", res.stdout)
+        expect(other.processes_using_prefix(), "nothing runs in the run dir")
+        env = dict(other.env)
+        del env["SEP_RUN_DIR"]
+        res = other.script("stop-local", env=env)
+        expect(res.returncode == 0, "stop-local failed", res.stdout)
+        expect("stopped the run in %s" % other.prefix in res.stdout, "stop says which run",
+               res.stdout)
+        left = other.processes_using_prefix()
+        expect(not left, "a plain stop left processes of the SEP_RUN_DIR run", left)
+    finally:
+        other.stop()
+
+
+@cases.case
+def run_as_root_drops_workers_to_nobody(run):
+    """Started as root, nginx's workers run as nobody (who owns the spool) when nobody can
+    reach the run directory and web/; uploads, reads and deletes still work. When nobody
+    cannot reach them, the workers stay root and run-local says so."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return "skipped: not root"
+    other = LocalRun()
+    try:
+        os.chmod(other.prefix, 0o755)
+        web = os.path.join(harness.REPO_ROOT, "web", "player.html")
+        reachable = localstack.user_can_reach("nobody", "nogroup", [other.prefix, web])
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        master = other.pids()["nginx"]
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit()
+                   and _ppid(int(p)) == master]
+        uids = {_uid(p) for p in workers}
+        if not reachable:
+            expect("warning: the user nobody cannot reach" in res.stdout,
+                   "run-local says why the workers stay root", res.stdout)
+            expect(uids == {0}, "workers should stay root", uids)
+            return "nobody cannot reach %s: workers stay root, as said" % harness.REPO_ROOT
+        nobody = pwd.getpwnam("nobody").pw_uid
+        expect(workers and uids == {nobody}, "nginx workers should run as nobody", uids)
+        body = harness.wav_bytes()
+        resp = harness.request(other.port, "POST", "/v1/jobs", body,
+                               {"Content-Type": "audio/wav"})
+        expect(resp.status == 202, "POST as nobody", resp.status, resp.body[:300],
+               other.error_log_tail())
+        job = resp.json["id"]
+        resp = harness.request(other.port, "GET", "/ui/player.html")
+        expect(resp.status == 200, "the player page is readable by nobody", resp.status)
+        # workerd (root) takes the job; without weights it fails at once. Then the
+        # module, as nobody, deletes the finished job's files.
+        import time
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            resp = harness.request(other.port, "GET", "/v1/jobs/" + job)
+            if resp.json and resp.json.get("status") in ("completed", "failed", "canceled"):
+                break
+            time.sleep(0.2)
+        resp = harness.request(other.port, "DELETE", "/v1/jobs/" + job)
+        expect(resp.status == 200 and not os.path.exists(
+            os.path.join(other.prefix, "spool", job)),
+               "DELETE removes the upload as nobody", resp.status, resp.body[:300])
+        return "%d workers as nobody" % len(workers)
+    finally:
+        other.stop()
+
+
+def _proc_status(pid, field):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _ppid(pid):
+    return _proc_status(pid, "PPid")
+
+
+def _uid(pid):
+    return _proc_status(pid, "Uid")
 
 
 def main(argv):
