@@ -14,7 +14,9 @@ directory removed before the next one.
 
 Prints, per mode, the worst and p99 GET latency over all its uploads, the answers of
 the uploads (202 vs 503 by code), and one RESULT line per mode against the goal: GETs
-p99 <= 20 ms and every upload 202.
+p99 <= 20 ms and every upload 202. The same GETs are also measured for 3 s with no
+upload before each mode and at the end: on a machine shared with other work that is
+the latency its load alone causes.
 
     /usr/bin/python3 bench/faults/multipart_upload.py [--bytes N] [--uploads K]
         [--raw-uploads K] [--modes multipart,raw]
@@ -166,6 +168,17 @@ def pct(sorted_vals, q):
     return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
 
 
+def baseline(stack, status_path, seconds):
+    """The same GETs with no upload running: what the machine's load alone costs."""
+    poller = Poller(stack.port, status_path)
+    poller.start()
+    time.sleep(seconds)
+    lat, errs = poller.stop()
+    print("no upload, %.0f s: GETs %d (failed %d), worst %.3f s, p99 %.3f s, p50 %.4f s"
+          % (seconds, len(lat), errs, lat[-1] if lat else float("nan"), pct(lat, 0.99),
+             pct(lat, 0.5)), flush=True)
+
+
 def run_mode(stack, mode, total, count, status_path):
     ctx = multiprocessing.get_context("fork")
     all_lat, answers, errors = [], {}, 0
@@ -243,7 +256,9 @@ def main(argv):
         for mode in args.modes.split(","):
             count = args.uploads if mode == "multipart" else args.raw_uploads
             if count > 0:
+                baseline(stack, status_path, 3.0)
                 run_mode(stack, mode, args.bytes, count, status_path)
+        baseline(stack, status_path, 3.0)
     finally:
         stack.stop()
     return 0
