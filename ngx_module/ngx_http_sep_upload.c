@@ -48,7 +48,6 @@ struct ngx_http_sep_upload_s {
     ngx_http_sep_ctx_t *ctx;
     ngx_uint_t multipart;
     ngx_uint_t receiving; /* the body is still coming in */
-    off_t body_bytes;     /* of the body, so far */
     size_t turn;          /* bytes handed over in this event-loop turn */
 
     /* multipart: the parser and the current part */
@@ -606,7 +605,6 @@ static void ngx_http_sep_upload_consume(ngx_http_request_t *r, ngx_http_sep_uplo
         b = cl->buf;
         len = b->last - b->pos;
         up->turn += len;
-        up->body_bytes += len;
         if (len > 0) {
             if (!up->multipart) {
                 ngx_http_sep_file_data(up, b->pos, len);
@@ -720,6 +718,19 @@ static void ngx_http_sep_upload_done(ngx_http_request_t *r, ngx_http_sep_upload_
      * keeps the request alive until then */
 }
 
+/* Goes on reading in the next event-loop turn. HTTP/2 hands a stream's data over
+ * itself (its read handler is called per DATA frame): there it is read on at once. */
+static ngx_uint_t ngx_http_sep_upload_yield(ngx_http_request_t *r)
+{
+#if (NGX_HTTP_V2)
+    if (r->stream) {
+        return 0;
+    }
+#endif
+    ngx_post_event(r->connection->read, &ngx_posted_next_events);
+    return 1;
+}
+
 /* Reads what the client sent: at most SEP_UPLOAD_TURN bytes, then the rest in a
  * later event-loop turn so that other connections of the worker are served in
  * between, however fast the client sends. */
@@ -727,10 +738,12 @@ static void ngx_http_sep_upload_read(ngx_http_request_t *r)
 {
     ngx_http_sep_ctx_t *ctx = ngx_http_get_module_ctx(r, ngx_http_sep_module);
     ngx_http_sep_upload_t *up = ctx->upload;
+    size_t before;
     ngx_int_t rc;
 
     up->turn = 0;
     for (;;) {
+        before = up->turn;
         rc = ngx_http_read_unbuffered_request_body(r);
         if (rc >= NGX_HTTP_SPECIAL_RESPONSE || rc == NGX_ERROR) {
             ngx_http_sep_upload_abort(r, up);
@@ -743,11 +756,10 @@ static void ngx_http_sep_upload_read(ngx_http_request_t *r)
             return;
         }
         /* NGX_AGAIN: wait for the socket, or go on in the next turn */
-        if (!r->connection->read->ready) {
+        if (!r->connection->read->ready || up->turn == before) {
             return;
         }
-        if (up->turn >= SEP_UPLOAD_TURN) {
-            ngx_post_event(r->connection->read, &ngx_posted_next_events);
+        if (up->turn >= SEP_UPLOAD_TURN && ngx_http_sep_upload_yield(r)) {
             return;
         }
     }
@@ -772,7 +784,7 @@ static void ngx_http_sep_upload_start(ngx_http_request_t *r)
     }
     r->read_event_handler = ngx_http_sep_upload_read;
     if (r->connection->read->ready) {
-        ngx_post_event(r->connection->read, &ngx_posted_next_events);
+        (void)ngx_http_sep_upload_yield(r);
     }
 }
 

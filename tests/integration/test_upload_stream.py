@@ -38,8 +38,9 @@ REDIS_TIMEOUT = "300ms"
 # served anything else: 0.2 to 0.5 s for 300 MB on a 2-core test machine (and its
 # submit was answered 503 whenever the copy took longer than sep_redis_timeout, with
 # other connections waiting: at 800 MB and 300 ms, always). Read as it arrives, a GET
-# waits about 8 ms (20 to 60 ms with both cores busy with other work).
-WORST_GET_BOUND = 0.1
+# waits about 8 ms on a quiet machine, 20 to 100 ms when other work keeps both cores
+# busy (a load average of 10 to 17), as GETs without any upload then do too.
+WORST_GET_BOUND = 0.15
 
 cases = harness.Cases()
 _stacks = {}
