@@ -50,7 +50,7 @@ typedef struct {
     ngx_int_t max_attempts;
     time_t idempotency_ttl;
     ngx_str_t stems_location; /* starts and ends with '/' */
-    size_t multipart_buffer;
+    size_t multipart_buffer;  /* bytes of an upload read per event-loop turn */
     size_t multipart_max_header;
     ngx_array_t *cors_origins; /* of ngx_http_complex_value_t; NULL: CORS off */
     ngx_flag_t cors_credentials;

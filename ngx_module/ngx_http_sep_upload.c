@@ -13,7 +13,7 @@
  *
  * The audio file's first SEP_SNIFF_BYTES are sniffed; audio opens {spool}/{id}/
  * input.part and every byte is written there as it comes (a refused upload is read
- * to its end and dropped). At most SEP_UPLOAD_TURN bytes are read and stored per
+ * to its end and dropped). About sep_multipart_buffer bytes are read and stored per
  * event-loop turn, the rest in the next turns (ngx_posted_next_events), so a client
  * sending faster than the worker stores never keeps the worker's other connections
  * waiting. At the end input.part is renamed to input.{ext} (the same directory) and
@@ -37,8 +37,6 @@
 #define SEP_OPTION_VALUE_MAX 64
 #define SEP_DIR_ACCESS 0775
 #define SEP_FILE_ACCESS 0664
-/* bytes of an upload read and stored per event-loop turn */
-#define SEP_UPLOAD_TURN (256 * 1024)
 
 enum { SEP_FORM_IGNORE = 0, SEP_FORM_FILE, SEP_FORM_OPTION };
 
@@ -731,12 +729,13 @@ static ngx_uint_t ngx_http_sep_upload_yield(ngx_http_request_t *r)
     return 1;
 }
 
-/* Reads what the client sent: at most SEP_UPLOAD_TURN bytes, then the rest in a
+/* Reads what the client sent: sep_multipart_buffer bytes (or one read more), then the rest in a
  * later event-loop turn so that other connections of the worker are served in
  * between, however fast the client sends. */
 static void ngx_http_sep_upload_read(ngx_http_request_t *r)
 {
     ngx_http_sep_ctx_t *ctx = ngx_http_get_module_ctx(r, ngx_http_sep_module);
+    ngx_http_sep_loc_conf_t *lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
     ngx_http_sep_upload_t *up = ctx->upload;
     size_t before;
     ngx_int_t rc;
@@ -759,7 +758,7 @@ static void ngx_http_sep_upload_read(ngx_http_request_t *r)
         if (!r->connection->read->ready || up->turn == before) {
             return;
         }
-        if (up->turn >= SEP_UPLOAD_TURN && ngx_http_sep_upload_yield(r)) {
+        if (up->turn >= lcf->multipart_buffer && ngx_http_sep_upload_yield(r)) {
             return;
         }
     }
