@@ -16,10 +16,12 @@ Prints, per mode, the worst and p99 GET latency over all its uploads, the answer
 the uploads (202 vs 503 by code), and one RESULT line per mode against the goal: GETs
 p99 <= 20 ms and every upload 202. The same GETs are also measured for 3 s with no
 upload before each mode and at the end: on a machine shared with other work that is
-the latency its load alone causes.
+the latency its load alone causes. --trace-worker also straces the nginx worker during
+each upload and prints its longest event-loop turn: how long the worker itself kept
+every other connection waiting, whatever the client side's own delays.
 
     /usr/bin/python3 bench/faults/multipart_upload.py [--bytes N] [--uploads K]
-        [--raw-uploads K] [--modes multipart,raw]
+        [--raw-uploads K] [--modes multipart,raw] [--trace-worker]
     (defaults: 1.2 GB = 1200000000 bytes, 10 multipart uploads, 3 raw)
 """
 
@@ -32,6 +34,7 @@ import re
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -179,7 +182,48 @@ def baseline(stack, status_path, seconds):
              pct(lat, 0.5)), flush=True)
 
 
-def run_mode(stack, mode, total, count, status_path):
+class WorkerTrace:
+    """strace -ttt -T of the nginx worker during one upload: the longest event-loop turn
+    (from an epoll_wait's return to the next epoll_wait) with the system calls it made,
+    and the longest system call.
+    The figures come from the worker itself, whatever delays the client side has on a
+    busy machine; strace slows every system call down, so they are upper bounds."""
+
+    def __init__(self, stack, path):
+        self.path = path
+        out = subprocess.run(["pgrep", "-P", str(stack.nginx_proc.pid)],
+                             stdout=subprocess.PIPE, universal_newlines=True).stdout.split()
+        self.proc = subprocess.Popen(["strace", "-q", "-ttt", "-T", "-o", path, "-p", out[0]],
+                                     stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        rows = []
+        with open(self.path, errors="replace") as f:
+            for line in f:
+                m = re.match(r"(\d+\.\d+) (\w+)\(.*<(\d+\.\d+)>$", line.strip())
+                if m:
+                    rows.append((float(m.group(1)), m.group(2), float(m.group(3))))
+        os.unlink(self.path)
+        turn, longest, calls, in_turn = 0.0, (0.0, ""), {}, {}
+        last_return = None
+        for start, name, took in rows:
+            if name.startswith("epoll_wait"):
+                if last_return is not None and start - last_return > turn:
+                    turn, calls = start - last_return, in_turn
+                last_return = start + took
+                in_turn = {}
+            else:
+                in_turn[name] = in_turn.get(name, 0) + 1
+                if took > longest[0]:
+                    longest = (took, name)
+        made = ", ".join("%d %s" % (n, c) for c, n in sorted(calls.items(), key=lambda x: -x[1]))
+        return turn, longest, made
+
+
+def run_mode(stack, mode, total, count, status_path, trace=False):
     ctx = multiprocessing.get_context("fork")
     all_lat, answers, errors = [], {}, 0
     for i in range(count):
@@ -187,6 +231,7 @@ def run_mode(stack, mode, total, count, status_path):
         # forked before the GETs start, started once they run
         proc = ctx.Process(target=upload, args=(stack.port, mode, total, go, q))
         proc.start()
+        tracer = WorkerTrace(stack, os.path.join(stack.prefix, "worker.strace")) if trace else None
         poller = Poller(stack.port, status_path)
         poller.start()
         time.sleep(0.3)
@@ -195,14 +240,19 @@ def run_mode(stack, mode, total, count, status_path):
         proc.join(30)
         time.sleep(0.2)  # and a little after its answer
         lat, errs = poller.stop()
+        traced = ""
+        if tracer:
+            turn, (took, name), made = tracer.stop()
+            traced = "; worker (strace): longest event-loop turn %.3f s (%s), longest " \
+                     "syscall %.3f s (%s)" % (turn, made, took, name)
         all_lat += lat
         errors += errs
         key = "%d%s" % (status, " " + code if code else "")
         answers[key] = answers.get(key, 0) + 1
         print("  %s upload %d/%d: %s in %.2f s (+%.3f s after the last byte); GETs %d, "
-              "worst %.3f s, p99 %.3f s, failed %d"
+              "worst %.3f s, p99 %.3f s, failed %d%s"
               % (mode, i + 1, count, key, send_s + answer_s, answer_s, len(lat),
-                 lat[-1] if lat else float("nan"), pct(lat, 0.99), errs), flush=True)
+                 lat[-1] if lat else float("nan"), pct(lat, 0.99), errs, traced), flush=True)
         if job:
             stack.request("DELETE", "/v1/jobs/" + job, timeout=60)
             shutil.rmtree(stack.job_dir(job), ignore_errors=True)
@@ -235,6 +285,8 @@ def main(argv):
     ap.add_argument("--uploads", type=int, default=10)
     ap.add_argument("--raw-uploads", type=int, default=3)
     ap.add_argument("--modes", default="multipart,raw")
+    ap.add_argument("--trace-worker", action="store_true",
+                    help="strace the worker: its longest event-loop turn per upload")
     args = ap.parse_args(argv[1:])
     max_body = "%dm" % (args.bytes // (1 << 20) + 16)
     stack = harness.Stack(worker_processes=1, max_body=max_body)
@@ -257,7 +309,7 @@ def main(argv):
             count = args.uploads if mode == "multipart" else args.raw_uploads
             if count > 0:
                 baseline(stack, status_path, 3.0)
-                run_mode(stack, mode, args.bytes, count, status_path)
+                run_mode(stack, mode, args.bytes, count, status_path, args.trace_worker)
         baseline(stack, status_path, 3.0)
     finally:
         stack.stop()
