@@ -27,6 +27,12 @@ static char *ngx_http_sep_backoff_conf(ngx_conf_t *cf, ngx_command_t *cmd, void 
 static char *ngx_http_sep_prefix_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_sep_model_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
+/* Bounds of the time directives: a TTL is at most 10 years (what shared/lua/submit.lua
+ * accepts, far below what Redis' EXPIRE does), a Redis reply is waited for at most
+ * 10 minutes. */
+#define SEP_MAX_TTL_S 315360000
+#define SEP_MAX_REDIS_TIMEOUT_MS 600000
+
 static ngx_http_output_header_filter_pt ngx_http_next_header_filter;
 static ngx_http_output_body_filter_pt ngx_http_next_body_filter;
 
@@ -184,6 +190,12 @@ static char *ngx_http_sep_init_main_conf(ngx_conf_t *cf, void *conf)
         mcf->redis_port = SEP_DEFAULT_REDIS_PORT;
     }
     ngx_conf_init_msec_value(mcf->redis_timeout, 1000);
+    if (mcf->redis_timeout < 1 || mcf->redis_timeout > SEP_MAX_REDIS_TIMEOUT_MS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sep_redis_timeout must be between 1ms and 10m, not %M ms",
+                           mcf->redis_timeout);
+        return NGX_CONF_ERROR;
+    }
     ngx_conf_init_msec_value(mcf->backoff_min, 100);
     ngx_conf_init_msec_value(mcf->backoff_max, 5000);
     if (mcf->key_prefix.data == NULL) {
@@ -253,6 +265,24 @@ static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *chi
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_api needs sep_spool");
         return NGX_CONF_ERROR;
     }
+    if (conf->result_ttl < 1 || conf->result_ttl > SEP_MAX_TTL_S) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sep_result_ttl must be between 1s and 10y (%T s), not %T s",
+                           (time_t)SEP_MAX_TTL_S, conf->result_ttl);
+        return NGX_CONF_ERROR;
+    }
+    if (conf->idempotency_ttl < 1 || conf->idempotency_ttl > SEP_MAX_TTL_S) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sep_idempotency_ttl must be between 1s and 10y (%T s), not %T s",
+                           (time_t)SEP_MAX_TTL_S, conf->idempotency_ttl);
+        return NGX_CONF_ERROR;
+    }
+    if (conf->cors_max_age < 0 || conf->cors_max_age > SEP_MAX_TTL_S) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sep_cors_max_age must be between 0 and 10y (%T s), not %T s",
+                           (time_t)SEP_MAX_TTL_S, conf->cors_max_age);
+        return NGX_CONF_ERROR;
+    }
     if (conf->max_queued < 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_max_queued must be 0 or more");
         return NGX_CONF_ERROR;
@@ -268,8 +298,8 @@ static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *chi
                            &conf->stems_location);
         return NGX_CONF_ERROR;
     }
-    if (conf->multipart_buffer < 4096) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_multipart_buffer must be at least 4k");
+    if (conf->multipart_buffer < 4096 || conf->multipart_buffer > 16 * 1024 * 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_multipart_buffer must be between 4k and 16m");
         return NGX_CONF_ERROR;
     }
     if (conf->multipart_max_header < 256 || conf->multipart_max_header > 64 * 1024) {

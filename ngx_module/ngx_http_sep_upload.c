@@ -17,8 +17,10 @@
  * event-loop turn, the rest in the next turns (ngx_posted_next_events), so a client
  * sending faster than the worker stores never keeps the worker's other connections
  * waiting. At the end input.part is renamed to input.{ext} (the same directory) and
- * one EVALSHA submit (shared/lua/submit.lua) creates the job and queues it, its
- * reply timer armed from a fresh clock (ngx_time_update).
+ * one EVALSHA submit (shared/lua/submit.lua) creates the job and queues it, with a
+ * deadline (Redis runs it no later than this request waits for it). Its reply timer
+ * and that deadline are computed from a fresh clock (ngx_time_update), not from the
+ * time nginx cached when the event-loop turn began.
  *
  * Whatever fails after the spool directory exists removes it again before the
  * answer is sent, so a refused upload leaves nothing behind, not even for a moment
@@ -799,6 +801,8 @@ static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *
     char job_key[SEP_KEY_MAX], idem_key[SEP_KEY_MAX], earlier_key[SEP_KEY_MAX], overlap[32];
     u_char max_queued[NGX_INT_T_LEN], idem_ttl[NGX_TIME_T_LEN], shifts[NGX_INT_T_LEN];
     u_char input_bytes[NGX_OFF_T_LEN], max_attempts[NGX_INT_T_LEN], result_ttl[NGX_TIME_T_LEN];
+    u_char deadline[NGX_INT64_LEN];
+    ngx_time_t *tp = ngx_timeofday();
     u_char *input_name;
     const char *argv[40];
     size_t argvlen[40], job_len, idem_len = 0, earlier_len = 0, overlap_len;
@@ -845,6 +849,11 @@ static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *
     SEP_ARG(ctx->id.data, ctx->id.len);
     SEP_ARG_NUM(max_queued, "%i", lcf->max_queued);
     SEP_ARG_NUM(idem_ttl, "%T", lcf->idempotency_ttl);
+    /* the wall-clock time in ms at which this request stops waiting for the reply:
+     * Redis refuses to run the submit later (PAST_DEADLINE), so that no job is created
+     * that the client was told failed */
+    SEP_ARG_NUM(deadline, "%L",
+                (int64_t)tp->sec * 1000 + (int64_t)tp->msec + (int64_t)mcf->redis_timeout);
     SEP_ARG("model", 5);
     SEP_ARG_STR(sep_model_info(o->model)->name);
     SEP_ARG("stems_option", 12);

@@ -12,9 +12,17 @@
 #                   connection, an exiting worker reconnects, a silent peer is given up
 #                   on, a stall is logged once (about 20 s)
 # test-upload-stream uploads read as they arrive (tests/integration/test_upload_stream.py):
-#                   GETs beside a 300 MB multipart upload on one worker, 600 MB uploads
-#                   not timed out by a stale clock, tiny chunks, a chunked 413 and a
-#                   client gone mid-upload leave nothing in the spool (about 10 s)
+#                   GETs beside a 300 MB multipart upload on one worker, 800 MB uploads
+#                   not timed out by a stale clock, tiny chunks; a chunked 413 and a
+#                   client gone or stalled mid-upload leave nothing in the spool
+#                   (about 15 s)
+# test-late-replies Redis replies that arrive after the request was answered 503
+#                   (tests/integration/test_late_replies.py, Redis stalled with CLIENT
+#                   PAUSE or SIGSTOP): a late DELETE/purge still removes the job's files,
+#                   also from a worker exiting after a reload; a late submit never leaves
+#                   a job (its deadline) and frees its Idempotency-Key; nginx -t refuses
+#                   TTL/size/timeout directives out of range; the sniff of a small raw
+#                   body stays in the body (about 40 s)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once
@@ -30,11 +38,11 @@
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
-TEST_SUITES += test-local-stack test-integration test-redis-faults test-upload-stream test-workerd \
-               test-cli-regress test-browser test-docs
+TEST_SUITES += test-local-stack test-integration test-redis-faults test-late-replies \
+               test-upload-stream test-workerd test-cli-regress test-browser test-docs
 
-.PHONY: test-integration test-redis-faults test-upload-stream test-local-stack test-stress \
-        test-workerd test-cli-regress test-browser test-docs
+.PHONY: test-integration test-redis-faults test-late-replies test-upload-stream test-local-stack \
+        test-stress test-workerd test-cli-regress test-browser test-docs
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
@@ -55,6 +63,10 @@ test-redis-faults: $(NGX_MODULE_SO)
 # Uploads read as they arrive: one worker beside large uploads, bodies that end badly
 test-upload-stream: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_upload_stream.py
+
+# Late Redis replies on the request path (CLIENT PAUSE / SIGSTOP stalls, reloads)
+test-late-replies: $(NGX_MODULE_SO)
+	$(PY) tests/integration/test_late_replies.py
 
 # workerd run end to end: redis + nginx + supervisors with CPU device workers
 test-workerd: $(NGX_MODULE_SO) $(WORKERD_BIN)
