@@ -247,7 +247,7 @@ static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *chi
     ngx_conf_merge_value(conf->max_attempts, prev->max_attempts, 3);
     ngx_conf_merge_sec_value(conf->idempotency_ttl, prev->idempotency_ttl, 86400);
     ngx_conf_merge_str_value(conf->stems_location, prev->stems_location, "/_sep_stems/");
-    ngx_conf_merge_size_value(conf->multipart_buffer, prev->multipart_buffer, 256 * 1024);
+    ngx_conf_merge_size_value(conf->multipart_buffer, prev->multipart_buffer, 64 * 1024);
     ngx_conf_merge_size_value(conf->multipart_max_header, prev->multipart_max_header, 8 * 1024);
     ngx_conf_merge_ptr_value(conf->cors_origins, prev->cors_origins, NULL);
     ngx_conf_merge_value(conf->cors_credentials, prev->cors_credentials, 0);
