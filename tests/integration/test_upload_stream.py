@@ -345,6 +345,33 @@ def client_stalled_mid_upload_leaves_nothing(stack):
 
 
 @cases.case
+def client_body_in_file_only_is_no_temp_file(stack):
+    """`client_body_in_file_only on` (or clean) in the API's location changes nothing:
+    the upload still goes straight into the spool, no file is left in the body temp
+    path, raw and multipart uploads are spooled whole."""
+    if "file_only" not in _stacks:
+        edit = lambda text: text.replace("            sep_api;",  # noqa: E731
+                                         "            sep_api;\n"
+                                         "            client_body_in_file_only on;", 1)
+        _stacks["file_only"] = harness.Stack(max_body="1m", conf_edit=edit).start()
+    stack = _stacks["file_only"]
+    with open(stack.conf_path, encoding="utf-8") as f:
+        expect("client_body_in_file_only on;" in f.read(), "the directive was not added")
+    wav = harness.wav_bytes(0.5)
+    body, ctype = harness.multipart([("format", "flac")], [("file", "a.wav", "audio/wav", wav)])
+    for what, data, ct in (("raw", wav, "audio/wav"), ("multipart", body, ctype)):
+        r = stack.request("POST", "/v1/jobs", body=data, headers={"Content-Type": ct})
+        expect(r.status == 202, "a %s upload with client_body_in_file_only on: %d"
+               % (what, r.status), r)
+        with open(os.path.join(stack.job_dir(r.json["id"]), "input.wav"), "rb") as f:
+            expect(f.read() == wav, "the %s upload was spooled wrongly" % what)
+    temp = []
+    for root, _dirs, files in os.walk(os.path.join(stack.spool, ".incoming")):
+        temp += [os.path.join(root, n) for n in files]
+    expect(not temp, "files left in client_body_temp_path: %s" % temp)
+
+
+@cases.case
 def error_log_has_no_alerts(stack):
     for name, st in sorted(_stacks.items()):
         with open(st.values["ERROR_LOG"], encoding="utf-8", errors="replace") as f:
