@@ -56,7 +56,7 @@ typedef struct {
     ngx_int_t max_attempts;
     time_t idempotency_ttl;
     ngx_str_t stems_location; /* starts and ends with '/' */
-    size_t multipart_buffer;
+    size_t multipart_buffer;  /* bytes of an upload read per event-loop turn */
     size_t multipart_max_header;
     ngx_array_t *cors_origins; /* of ngx_http_complex_value_t; NULL: CORS off */
     ngx_flag_t cors_credentials;
@@ -113,8 +113,7 @@ typedef struct {
     ngx_uint_t lookups;
     off_t input_bytes;
     const char *input_type;
-    u_char head[SEP_SNIFF_BYTES]; /* first body bytes, when they came with the headers */
-    size_t head_len;
+    struct ngx_http_sep_upload_s *upload; /* the body being read (ngx_http_sep_upload.c) */
 
     unsigned json : 1;            /* the response is the module's own JSON */
     unsigned error_body_sent : 1; /* the error filter replaced nginx's page */
