@@ -40,7 +40,10 @@
 
 #include "models/engine.h"
 
-#define SEP_APPLY_MAX_SHIFTS 64
+/* The limits of the HTTP API (SEP_SHIFTS_MAX, SEP_OVERLAP_LIMIT in shared/sep_options.h;
+ * tests/cli/test_cli.py checks that they agree): one set for the CLI and the API. */
+#define SEP_APPLY_MAX_SHIFTS 10
+#define SEP_APPLY_OVERLAP_LIMIT 0.99
 
 typedef struct {
     int shifts;              /* random time shifts averaged (0 = deterministic; demucs CLI: 1) */

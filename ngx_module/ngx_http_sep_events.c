@@ -328,7 +328,7 @@ static void ngx_http_sep_sub_lost(const char *why, ngx_uint_t exiting)
         ngx_log_error(NGX_LOG_WARN, sub->log, 0,
                       "sep: redis %V: subscriber connection failed: %s; event streams get "
                       "503 until it is back",
-                      &sub->mcf->redis_host, why);
+                      &sub->mcf->redis_addr, why);
         sub->down_logged = 1;
     } else {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, sub->log, 0, "sep: redis subscriber: %s", why);
@@ -350,7 +350,7 @@ static void ngx_http_sep_sub_up(void)
     sub->state = SEP_SUB_UP;
     if (sub->down_logged) {
         ngx_log_error(NGX_LOG_WARN, sub->log, 0, "sep: redis %V: subscriber connection is back",
-                      &sub->mcf->redis_host);
+                      &sub->mcf->redis_addr);
         sub->down_logged = 0;
     }
     if (sub->connect_timer.timer_set) {
@@ -648,8 +648,9 @@ static void ngx_http_sep_sub_write_handler(ngx_event_t *wev)
     ngx_http_sep_main_conf_t *mcf = sub->mcf;
     int err = 0;
     socklen_t len = sizeof(err);
-    const char *argv[2];
-    size_t argvlen[2];
+    const char *argv[3];
+    size_t argvlen[3];
+    int n;
 
     if (c->close) {
         ngx_http_sep_sub_lost("worker is shutting down", 1);
@@ -667,12 +668,17 @@ static void ngx_http_sep_sub_write_handler(ngx_event_t *wev)
         }
         sub->state = SEP_SUB_SETUP;
         if (mcf->redis_password.len) {
-            argv[0] = "AUTH";
-            argvlen[0] = 4;
-            argv[1] = (const char *)mcf->redis_password.data;
-            argvlen[1] = mcf->redis_password.len;
-            /* first on the wire: before any SUBSCRIBE */
-            if (ngx_http_sep_sub_append(2, argv, argvlen) == NGX_OK) {
+            /* AUTH [user] password, first on the wire: before any SUBSCRIBE */
+            n = 0;
+            argv[n] = "AUTH";
+            argvlen[n++] = 4;
+            if (mcf->redis_user.len) { /* an ACL user */
+                argv[n] = (const char *)mcf->redis_user.data;
+                argvlen[n++] = mcf->redis_user.len;
+            }
+            argv[n] = (const char *)mcf->redis_password.data;
+            argvlen[n++] = mcf->redis_password.len;
+            if (ngx_http_sep_sub_append(n, argv, argvlen) == NGX_OK) {
                 sub->setup_pending = 1;
             }
         }
@@ -1328,7 +1334,7 @@ ngx_int_t ngx_http_sep_events_init_process(ngx_cycle_t *cycle, ngx_http_sep_main
         }
         ngx_inet_set_port(sub->addr.sockaddr, (in_port_t)mcf->redis_port);
     }
-    sub->addr.name = mcf->redis_host;
+    sub->addr.name = mcf->redis_addr;
 
     sub->connect_timer.handler = ngx_http_sep_sub_connect_timeout;
     sub->keepalive.handler = ngx_http_sep_sub_keepalive_handler;

@@ -274,9 +274,10 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
     if (!sep_job_exists(&job)) {
         rc = ngx_http_sep_no_such_job(r);
     } else if (sep_job_status(&job) != SEP_STATUS_COMPLETED) {
-        rc = ngx_http_sep_send_error(r, NGX_HTTP_NOT_FOUND, "job_not_completed",
-                                     "the job is %*s; stems exist once it is completed",
-                                     job.status.len, job.status.ptr);
+        rc = ngx_http_sep_send_error(
+            r, NGX_HTTP_NOT_FOUND, "job_not_completed",
+            "the job's status is %*s; stems are there only once it is completed", job.status.len,
+            job.status.ptr);
     } else if (job.files_deleted) {
         rc = ngx_http_sep_no_such_stem(r, "the job's files were deleted");
     } else if (sep_model_from_name(job.model, &model) != 0 ||
@@ -315,6 +316,11 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
     *p++ = '/';
     ngx_memcpy(p, file.data, file.len);
 
+    /* CORS of this location: the stems location may have no sep_cors_origins of its own */
+    if (ngx_http_sep_cors_headers(r, lcf) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
     (void)ngx_http_internal_redirect(r, &uri, NULL);
     ngx_http_finalize_request(r, NGX_DONE);
 }

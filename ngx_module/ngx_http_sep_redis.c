@@ -52,17 +52,37 @@
  * Commands: each request's command gets a record (ngx_http_sep_cmd_t, recycled
  * through a free list) that hiredis keeps as privdata until the reply. The record,
  * not the request, is what outlives a timeout: when the request stops waiting, the
- * record forgets it, and the late reply is dropped. A submit whose request timed
- * out is compensated: if the late reply says the job was created, it is canceled
- * at once, because the client was told the submission failed.
+ * record forgets it, and the late reply is dropped, except for two commands whose
+ * effect the client was told did not happen, or would happen:
+ *   - a submit (its request was answered 503): when the late reply says the job was
+ *     created, it is canceled at once with the request's Idempotency-Key, which the
+ *     cancel deletes if it still names that job (the client's retry then creates a
+ *     working job). submit.lua itself refuses to run after the request's deadline
+ *     (PAST_DEADLINE), so this is only for a reply already on its way;
+ *   - a DELETE, and that compensating cancel: when the late reply says the job was
+ *     canceled or purged, {spool}/{id}/ is removed (Redis now says files_deleted).
+ * The record keeps what that takes (the id, the spool, the key). A worker that is
+ * exiting waits for such replies (a non-cancelable timer, at most
+ * SEP_LATE_WAIT_FACTOR * sep_redis_timeout); what is still due when it exits is
+ * settled at exit: a submit gets its cancel pipelined behind it on the connection
+ * (Redis runs the two in order, even after the close); a DELETE is logged with the
+ * directory it may leave.
  */
 #include "ngx_module/ngx_http_sep_redis.h"
+
+#include <poll.h>
 
 #include <hiredis/async.h>
 
 #include "shared/sep_scripts.h"
 
 enum { SEP_REDIS_DISCONNECTED = 0, SEP_REDIS_CONNECTING, SEP_REDIS_CONNECTED };
+
+/* What a reply does that arrives after its request stopped waiting. */
+enum { SEP_LATE_DROP = 0, SEP_LATE_CANCEL_IF_CREATED, SEP_LATE_REMOVE_IF_DELETED };
+
+/* An exiting worker waits this many sep_redis_timeout for late replies to act on. */
+#define SEP_LATE_WAIT_FACTOR 10
 
 struct ngx_http_sep_cmd_s {
     ngx_queue_t queue;       /* in flight, or on the free list */
@@ -72,9 +92,12 @@ struct ngx_http_sep_cmd_s {
     char *formatted;  /* the command, kept for a NOSCRIPT retry */
     size_t formatted_len;
     unsigned retried : 1;
-    unsigned cancel_if_created : 1;
+    unsigned late : 2; /* SEP_LATE_*: set when the request stops waiting */
     unsigned held : 1; /* on the held queue: not sent yet */
     u_char job_id[SEP_ID_LEN];
+    ngx_str_t *spool;    /* the job's spool (the location's sep_spool) */
+    size_t idem_key_len; /* submit: {p}idem:{key} of the request, 0 without one */
+    char idem_key[SEP_KEY_MAX];
 };
 
 typedef struct {
@@ -101,6 +124,8 @@ typedef struct {
     ngx_queue_t inflight;
     ngx_queue_t held; /* commands waiting for the connect attempt in flight */
     ngx_queue_t free;
+    ngx_uint_t late;    /* commands in flight with a late action (SEP_LATE_*) */
+    ngx_event_t linger; /* not cancelable: keeps an exiting worker for those replies */
     ngx_log_t *log;
     unsigned exiting : 1;
     unsigned writing : 1;      /* inside redisAsyncHandleWrite */
@@ -126,6 +151,9 @@ static void ngx_http_sep_redis_spare_close(void);
 static void ngx_http_sep_redis_heard(void);
 static void ngx_http_sep_redis_release_held(ngx_uint_t send);
 static void ngx_http_sep_cmd_release(ngx_http_sep_cmd_t *cmd);
+static void ngx_http_sep_redis_late_cancel(ngx_http_sep_cmd_t *from);
+static void ngx_http_sep_cmd_orphan(ngx_http_sep_cmd_t *cmd, ngx_http_sep_ctx_t *ctx);
+static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 /* ---- reply objects from an arena ----------------------------------------------
  *
@@ -454,7 +482,7 @@ static void ngx_http_sep_redis_outage_begins(const char *what, const char *detai
     ngx_log_error(NGX_LOG_WARN, redis->log, 0,
                   "sep: redis %V unavailable: %s: %s; retrying every %M..%M ms, "
                   "requests get 503 until it is back",
-                  &redis->mcf->redis_host, what, detail, redis->mcf->backoff_min,
+                  &redis->mcf->redis_addr, what, detail, redis->mcf->backoff_min,
                   redis->mcf->backoff_max);
 }
 
@@ -477,11 +505,11 @@ static void ngx_http_sep_redis_mark_up(void)
         redis->down = 0;
         ngx_log_error(NGX_LOG_WARN, redis->log, 0,
                       "sep: redis %V is back after %M ms unavailable (%ui attempts)",
-                      &redis->mcf->redis_host, (ngx_msec_t)(ngx_current_msec - redis->down_since),
+                      &redis->mcf->redis_addr, (ngx_msec_t)(ngx_current_msec - redis->down_since),
                       redis->attempts);
     } else if (!redis->was_ready) {
         ngx_log_error(NGX_LOG_INFO, redis->log, 0, "sep: connected to redis %V",
-                      &redis->mcf->redis_host);
+                      &redis->mcf->redis_addr);
     }
     redis->was_ready = 1;
 }
@@ -551,7 +579,13 @@ static ngx_uint_t ngx_http_sep_redis_send_setup(redisAsyncContext *ac, redisCall
     ngx_http_sep_main_conf_t *mcf = ngx_http_sep_redis.mcf;
     ngx_uint_t i, queued = 0;
 
-    if (mcf->redis_password.len) {
+    if (mcf->redis_user.len) { /* an ACL user */
+        if (redisAsyncCommand(ac, fn, SEP_SETUP_TAG(round, SEP_SETUP_AUTH), "AUTH %b %b",
+                              mcf->redis_user.data, mcf->redis_user.len, mcf->redis_password.data,
+                              mcf->redis_password.len) == REDIS_OK) {
+            queued++;
+        }
+    } else if (mcf->redis_password.len) {
         if (redisAsyncCommand(ac, fn, SEP_SETUP_TAG(round, SEP_SETUP_AUTH), "AUTH %b",
                               mcf->redis_password.data, mcf->redis_password.len) == REDIS_OK) {
             queued++;
@@ -714,7 +748,7 @@ static void ngx_http_sep_redis_replace(void)
     ngx_log_error(NGX_LOG_NOTICE, redis->log, 0,
                   "sep: redis %V: no reply on the connection for %M ms while a new one "
                   "answered: replacing it (%ui commands in flight on it get 503)",
-                  &redis->mcf->redis_host, (ngx_msec_t)(ngx_current_msec - redis->down_since),
+                  &redis->mcf->redis_addr, (ngx_msec_t)(ngx_current_msec - redis->down_since),
                   in_flight);
 
     ngx_http_sep_redis_spare_forget();
@@ -855,7 +889,7 @@ static void ngx_http_sep_redis_on_connect(const redisAsyncContext *ac, int statu
     }
     redis->state = SEP_REDIS_CONNECTED;
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis %V: connected",
-                   &redis->mcf->redis_host);
+                   &redis->mcf->redis_addr);
     /* the setup queued at connect: answered within the limit, or the attempt failed */
     if (redis->setup_pending > 0) {
         ngx_http_sep_redis_arm(&redis->connect_timeout, redis->mcf->redis_timeout);
@@ -1054,6 +1088,35 @@ static void ngx_http_sep_redis_connect(void)
     ngx_add_timer(&redis->connect_timeout, redis->mcf->redis_timeout);
 }
 
+/* The wait for late replies is over: an exiting worker may go (what is still due is
+ * settled in exit_process). */
+static void ngx_http_sep_redis_linger_handler(ngx_event_t *ev)
+{
+    if (ngx_http_sep_redis.late) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0, "sep: %ui late redis replies still due after %M ms",
+                      ngx_http_sep_redis.late,
+                      (ngx_msec_t)(SEP_LATE_WAIT_FACTOR * ngx_http_sep_redis.mcf->redis_timeout));
+    }
+}
+
+/* Writes what hiredis has buffered, blocking up to about 100 ms (at exit only). */
+static void ngx_http_sep_redis_flush_now(redisAsyncContext *ac)
+{
+    struct pollfd pfd;
+    int done = 0;
+
+    for (int i = 0; i < 10 && !done; i++) {
+        if (redisBufferWrite(&ac->c, &done) == REDIS_ERR) {
+            return;
+        }
+        if (!done) {
+            pfd.fd = ac->c.fd;
+            pfd.events = POLLOUT;
+            (void)poll(&pfd, 1, 10);
+        }
+    }
+}
+
 ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_conf_t *mcf)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
@@ -1087,6 +1150,10 @@ ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_
     redis->spare_timeout.log = cycle->log;
     redis->spare_timeout.cancelable = 1;
 
+    redis->linger.handler = ngx_http_sep_redis_linger_handler;
+    redis->linger.data = redis;
+    redis->linger.log = cycle->log;
+
     ngx_http_sep_redis_connect();
     return NGX_OK;
 }
@@ -1096,6 +1163,7 @@ void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle)
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
     ngx_queue_t *q;
     ngx_http_sep_cmd_t *cmd;
+    ngx_http_sep_ctx_t *ctx;
 
     if (redis->mcf == NULL) {
         return;
@@ -1108,14 +1176,40 @@ void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle)
         ngx_del_timer(&redis->setup_retry);
     }
 
-    /* Requests still waiting die with the process: make their replies no-ops. */
+    /* Requests still waiting die with the process (their clients get no answer):
+     * they stop waiting as for a timeout. Then the late actions still due are settled
+     * as far as they can be without a reply: a submit gets its cancel pipelined
+     * behind it (if Redis runs the submit at all, it runs the cancel next), and its
+     * upload goes; a DELETE's directory is left to what Redis did, and logged. */
     for (q = ngx_queue_head(&redis->inflight); q != ngx_queue_sentinel(&redis->inflight);
          q = ngx_queue_next(q)) {
         cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
         if (cmd->ctx) {
-            cmd->ctx->cmd = NULL;
-            cmd->ctx = NULL;
+            ctx = cmd->ctx;
+            ngx_http_sep_cmd_orphan(cmd, ctx);
+            ctx->cmd = NULL;
         }
+    }
+    for (q = ngx_queue_head(&redis->inflight); q != ngx_queue_sentinel(&redis->inflight);
+         q = ngx_queue_next(q)) {
+        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
+        if (cmd->late == SEP_LATE_CANCEL_IF_CREATED) {
+            ngx_http_sep_redis_late_cancel(cmd);
+            ngx_http_sep_remove_job_dir(redis->log, cmd->spool,
+                                        &(ngx_str_t){SEP_ID_LEN, cmd->job_id});
+        } else if (cmd->late == SEP_LATE_REMOVE_IF_DELETED) {
+            ngx_log_error(NGX_LOG_WARN, redis->log, 0,
+                          "sep: job %*s: worker exits before the reply to its cancel; if "
+                          "Redis canceled it, \"%V/%*s\" stays",
+                          (size_t)SEP_ID_LEN, cmd->job_id, cmd->spool, (size_t)SEP_ID_LEN,
+                          cmd->job_id);
+        }
+    }
+    if (redis->ac && redis->state == SEP_REDIS_CONNECTED) {
+        ngx_http_sep_redis_flush_now(redis->ac);
+    }
+    if (redis->linger.timer_set) {
+        ngx_del_timer(&redis->linger);
     }
     while (!ngx_queue_empty(&redis->held)) {
         q = ngx_queue_head(&redis->held);
@@ -1163,6 +1257,12 @@ static ngx_http_sep_cmd_t *ngx_http_sep_cmd_alloc(void)
 
 static void ngx_http_sep_cmd_release(ngx_http_sep_cmd_t *cmd)
 {
+    if (cmd->late != SEP_LATE_DROP) {
+        cmd->late = SEP_LATE_DROP;
+        if (--ngx_http_sep_redis.late == 0 && ngx_http_sep_redis.linger.timer_set) {
+            ngx_del_timer(&ngx_http_sep_redis.linger);
+        }
+    }
     if (cmd->formatted) {
         redisFreeCommand(cmd->formatted);
         cmd->formatted = NULL;
@@ -1225,23 +1325,130 @@ ngx_int_t ngx_http_sep_cancel_command(ngx_http_sep_main_conf_t *mcf, sep_str_t i
     return NGX_OK;
 }
 
-/* A job was created by a submit whose request had already been answered 503:
- * cancel it so that no job exists the client was told failed. */
-static void ngx_http_sep_redis_cancel_late_job(u_char *id)
+/* 1 when reply is an array whose first element is the string `kind`. */
+static ngx_uint_t ngx_http_sep_reply_kind(redisReply *reply, const char *kind)
 {
-    ngx_http_sep_cancel_command_t cmd;
+    size_t n = ngx_strlen(kind);
 
-    if (ngx_http_sep_redis.ac == NULL ||
-        ngx_http_sep_cancel_command(ngx_http_sep_redis.mcf,
-                                    (sep_str_t){(const char *)id, SEP_ID_LEN}, &cmd) != NGX_OK) {
+    return reply && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+           reply->element[0]->type == REDIS_REPLY_STRING && reply->element[0]->len == n &&
+           ngx_strncmp(reply->element[0]->str, kind, n) == 0;
+}
+
+/* The request of cmd stops waiting (timeout, client gone, worker exit): what its
+ * reply must still do is kept in the record. */
+static void ngx_http_sep_cmd_orphan(ngx_http_sep_cmd_t *cmd, ngx_http_sep_ctx_t *ctx)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    ngx_http_sep_loc_conf_t *lcf;
+    sep_str_t prefix;
+    ngx_uint_t late = SEP_LATE_DROP;
+
+    cmd->ctx = NULL;
+    if (ctx->id.len != SEP_ID_LEN || cmd->late != SEP_LATE_DROP) {
         return;
     }
-    ngx_log_error(NGX_LOG_WARN, ngx_http_sep_redis.log, 0,
+    if (cmd->script == SEP_SCRIPT_SUBMIT) {
+        late = SEP_LATE_CANCEL_IF_CREATED;
+    } else if (cmd->script == SEP_SCRIPT_CANCEL) {
+        late = SEP_LATE_REMOVE_IF_DELETED;
+    } else {
+        return;
+    }
+    lcf = ngx_http_get_module_loc_conf(ctx->request, ngx_http_sep_module);
+    ngx_memcpy(cmd->job_id, ctx->id.data, SEP_ID_LEN);
+    cmd->spool = &lcf->spool;
+    cmd->idem_key_len = 0;
+    if (late == SEP_LATE_CANCEL_IF_CREATED && ctx->idempotency_key.len) {
+        prefix = (sep_str_t){(const char *)redis->mcf->key_prefix.data, redis->mcf->key_prefix.len};
+        cmd->idem_key_len = sep_key_idem(
+            cmd->idem_key, sizeof(cmd->idem_key), prefix,
+            (sep_str_t){(const char *)ctx->idempotency_key.data, ctx->idempotency_key.len});
+    }
+    cmd->late = late;
+    redis->late++;
+    if (!redis->linger.timer_set) {
+        ngx_add_timer(&redis->linger, SEP_LATE_WAIT_FACTOR * redis->mcf->redis_timeout);
+    }
+}
+
+/*
+ * A job was created by a submit whose request had already been answered 503 (or
+ * whose worker exits): cancel it, so that no job exists the client was told failed,
+ * with the request's Idempotency-Key (freed if it still names the job). The cancel's
+ * own reply removes {spool}/{id}/ when it says canceled (a late record of its own);
+ * at exit it is sent with no record (its reply will not be read).
+ */
+static void ngx_http_sep_redis_late_cancel(ngx_http_sep_cmd_t *from)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    ngx_http_sep_cancel_command_t cc;
+    ngx_http_sep_cmd_t *cmd;
+    char *formatted = NULL;
+    int argc = NGX_HTTP_SEP_CANCEL_ARGC, len;
+
+    if (redis->ac == NULL || redis->state != SEP_REDIS_CONNECTED ||
+        ngx_http_sep_cancel_command(redis->mcf, (sep_str_t){(const char *)from->job_id, SEP_ID_LEN},
+                                    &cc) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
+                      "sep: job %*s was created after its request timed out and cannot be "
+                      "canceled now",
+                      (size_t)SEP_ID_LEN, from->job_id);
+        return;
+    }
+    if (from->idem_key_len) {
+        cc.argv[2] = "9";
+        cc.argv[argc] = from->idem_key;
+        cc.argvlen[argc++] = from->idem_key_len;
+    }
+    ngx_log_error(NGX_LOG_WARN, redis->log, 0,
                   "sep: job %*s was created after its request timed out; canceling it",
-                  (size_t)SEP_ID_LEN, id);
-    redisAsyncCommandArgv(ngx_http_sep_redis.ac, ngx_http_sep_redis_log_reply,
-                          "cancel of a late submit", NGX_HTTP_SEP_CANCEL_ARGC, cmd.argv,
-                          cmd.argvlen);
+                  (size_t)SEP_ID_LEN, from->job_id);
+    if (redis->exiting) {
+        redisAsyncCommandArgv(redis->ac, ngx_http_sep_redis_log_reply, "cancel of a late submit",
+                              argc, cc.argv, cc.argvlen);
+        return;
+    }
+    len = redisFormatCommandArgv(&formatted, argc, cc.argv, cc.argvlen);
+    cmd = len < 0 ? NULL : ngx_http_sep_cmd_alloc();
+    if (cmd == NULL) {
+        if (formatted) {
+            redisFreeCommand(formatted);
+        }
+        return;
+    }
+    cmd->script = SEP_SCRIPT_CANCEL;
+    cmd->formatted = formatted;
+    cmd->formatted_len = (size_t)len;
+    if (redisAsyncFormattedCommand(redis->ac, ngx_http_sep_redis_reply, cmd, formatted,
+                                   (size_t)len) != REDIS_OK) {
+        ngx_http_sep_cmd_release(cmd);
+        return;
+    }
+    ngx_memcpy(cmd->job_id, from->job_id, SEP_ID_LEN);
+    cmd->spool = from->spool;
+    cmd->late = SEP_LATE_REMOVE_IF_DELETED;
+    redis->late++;
+    if (!redis->linger.timer_set) {
+        ngx_add_timer(&redis->linger, SEP_LATE_WAIT_FACTOR * redis->mcf->redis_timeout);
+    }
+    ngx_queue_insert_tail(&redis->inflight, &cmd->queue);
+}
+
+/* A reply that came after its request stopped waiting. */
+static void ngx_http_sep_redis_late_reply(ngx_http_sep_cmd_t *cmd, redisReply *rr)
+{
+    if (cmd->late == SEP_LATE_CANCEL_IF_CREATED && ngx_http_sep_reply_kind(rr, "created")) {
+        ngx_http_sep_redis_late_cancel(cmd);
+    } else if (cmd->late == SEP_LATE_REMOVE_IF_DELETED &&
+               (ngx_http_sep_reply_kind(rr, "canceled") || ngx_http_sep_reply_kind(rr, "purge"))) {
+        ngx_log_error(NGX_LOG_NOTICE, ngx_http_sep_redis.log, 0,
+                      "sep: job %*s was canceled after its request stopped waiting; removing "
+                      "its files",
+                      (size_t)SEP_ID_LEN, cmd->job_id);
+        ngx_http_sep_remove_job_dir(ngx_http_sep_redis.log, cmd->spool,
+                                    &(ngx_str_t){SEP_ID_LEN, cmd->job_id});
+    }
 }
 
 static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -1277,11 +1484,7 @@ static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *p
     }
 
     if (ctx == NULL) {
-        if (cmd->cancel_if_created && rr && rr->type == REDIS_REPLY_ARRAY && rr->elements > 0 &&
-            rr->element[0]->type == REDIS_REPLY_STRING && rr->element[0]->len == 7 &&
-            ngx_strncmp(rr->element[0]->str, "created", 7) == 0) {
-            ngx_http_sep_redis_cancel_late_job(cmd->job_id);
-        }
+        ngx_http_sep_redis_late_reply(cmd, rr);
         ngx_http_sep_cmd_release(cmd);
         return;
     }
@@ -1369,11 +1572,7 @@ static void ngx_http_sep_redis_timeout_handler(ngx_event_t *ev)
         cmd->held = 0;
         ngx_http_sep_cmd_release(cmd);
     } else {
-        cmd->ctx = NULL;
-        if (cmd->script == SEP_SCRIPT_SUBMIT && ctx->id.len == SEP_ID_LEN) {
-            cmd->cancel_if_created = 1;
-            ngx_memcpy(cmd->job_id, ctx->id.data, SEP_ID_LEN);
-        }
+        ngx_http_sep_cmd_orphan(cmd, ctx);
         ngx_http_sep_redis_reply_overdue(); /* the outage is logged there, once */
     }
     ctx->cmd = NULL;
@@ -1472,7 +1671,7 @@ void ngx_http_sep_redis_detach(ngx_http_sep_ctx_t *ctx)
         cmd->held = 0;
         ngx_http_sep_cmd_release(cmd);
     } else if (cmd) {
-        cmd->ctx = NULL;
+        ngx_http_sep_cmd_orphan(cmd, ctx);
     }
     ctx->cmd = NULL;
     if (ctx->timeout.timer_set) {

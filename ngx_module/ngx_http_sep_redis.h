@@ -6,7 +6,9 @@
  * A request sends at most one command at a time. Its reply handler is called once:
  * with the reply, or with NULL when the connection failed or the deadline passed
  * (ctx->timeout.timedout tells which). After that the request owes nothing to this
- * layer: a reply that arrives late is dropped here without touching the request.
+ * layer: a reply that arrives late never touches the request; it is dropped, except
+ * that a late submit that created a job cancels it and a late DELETE that canceled
+ * or purged a job removes its spool directory (ngx_http_sep_redis.c).
  */
 #ifndef NGX_HTTP_SEP_REDIS_H
 #define NGX_HTTP_SEP_REDIS_H
@@ -40,12 +42,13 @@ ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *
 void ngx_http_sep_redis_detach(ngx_http_sep_ctx_t *ctx);
 
 /* EVALSHA cancel (shared/lua/cancel.lua) for one job: the argv and the job KEYS it
- * points into (shared/README.md; no ARGV). */
+ * points into (shared/README.md; no ARGV). One more slot for an optional KEYS[9]
+ * ({p}idem:{key}, numkeys then "9"). */
 #define NGX_HTTP_SEP_CANCEL_ARGC (3 + SEP_JOB_KEYS)
 typedef struct {
     sep_job_keys_t keys;
-    const char *argv[NGX_HTTP_SEP_CANCEL_ARGC];
-    size_t argvlen[NGX_HTTP_SEP_CANCEL_ARGC];
+    const char *argv[NGX_HTTP_SEP_CANCEL_ARGC + 1];
+    size_t argvlen[NGX_HTTP_SEP_CANCEL_ARGC + 1];
 } ngx_http_sep_cancel_command_t;
 
 /* Fills cmd for job id. NGX_OK, or NGX_ERROR when the id makes no key. */

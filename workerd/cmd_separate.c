@@ -49,17 +49,17 @@ static void usage(FILE *f)
             "), or a .safetensors path\n"
             "                         (default: " DEFAULT_MODEL ")\n"
             "      --two-stems STEM   write STEM and no_STEM (the sum of the others)\n"
-            "      --shifts N         random time shifts averaged (default: 1; 0 = off)\n"
+            "      --shifts N         random time shifts averaged, 0..10 (default: 1; 0 = off)\n"
             "      --seed N           seed of the shift offsets (default: 0)\n"
-            "      --overlap X        overlap between segments (default: 0.25)\n"
+            "      --overlap X        overlap between segments, in [0, 0.99) (default: 0.25)\n"
             "      --segment S        segment length in seconds (default: the model's)\n"
             "      --int24            24-bit output\n"
             "      --float32          32-bit float WAV output\n"
             "      --flac             FLAC output (16-bit, or 24-bit with --int24)\n"
             "      --clip-mode MODE   rescale (default), clamp or none\n"
-            "  -d, --device DEV       cpu (default) or cuda\n"
+            "  -d, --device DEV       cpu (default) or cuda (a build with the CUDA backend)\n"
             "  -j, --threads N        CPU threads for the engine (default: all cores; more\n"
-            "                         than the usable cores is lowered to them, with a note)\n"
+            "      --jobs N           than the usable cores is lowered to them, with a note)\n"
             "      --batch N          segments per forward pass (default: 1)\n"
             "  -h, --help             this text\n"
             "\n"
@@ -248,6 +248,11 @@ int workerd_cmd_separate(int argc, char **argv)
         case OPT_OVERLAP:
             if (parse_double(optarg, "--overlap", &so.apply.overlap))
                 return 2;
+            if (!(so.apply.overlap >= 0 && so.apply.overlap < SEP_APPLY_OVERLAP_LIMIT)) {
+                fprintf(stderr, "workerd separate: --overlap must be in [0, %g) (got '%s')\n",
+                        SEP_APPLY_OVERLAP_LIMIT, optarg);
+                return 2;
+            }
             break;
         case OPT_SEGMENT:
             if (parse_double(optarg, "--segment", &so.apply.segment))
@@ -279,6 +284,11 @@ int workerd_cmd_separate(int argc, char **argv)
             }
             break;
         case 'd':
+            if (strcmp(optarg, "cpu") != 0 && strcmp(optarg, "cuda") != 0) {
+                fprintf(stderr, "workerd separate: --device must be cpu or cuda (got '%s')\n",
+                        optarg);
+                return 2;
+            }
             device = optarg;
             break;
         case 'j':

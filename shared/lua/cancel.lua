@@ -1,7 +1,11 @@
 --[[
 cancel: DELETE /v1/jobs/{id} (run by the nginx module).
 
-KEYS     the job KEYS (shared/README.md)
+KEYS     the job KEYS (shared/README.md), then optionally
+KEYS[9]  {p}idem:{key}   an Idempotency-Key of the submit that created the job: it
+                         is deleted when it still names this job (the module's
+                         cancel of a job created after its POST was answered 503, so
+                         that the client's retry with that key creates a new job)
 ARGV     none
 
 Reply, then the job's hash after the change (field, value, ...):
@@ -22,11 +26,24 @@ Errors:  NOT_FOUND (no such job, or it expired), ALREADY_DELETED (finished and i
          files were already deleted), ERR_ARG, ERR_KEYS
 ]]
 local function main()
-    local k = job_keys()
+    local k = job_keys(1)
+    local idem_key = KEYS[9]
+    if idem_key and (idem_key:sub(1, #k.prefix + 5) ~= k.prefix .. 'idem:' or
+                     #idem_key == #k.prefix + 5) then
+        refuse('ERR_KEYS', 'keys[9] must be ' .. k.prefix .. 'idem:{key}')
+    end
     no_more_args(0)
     local job = load_job(k)
     if not job.status then
         refuse('NOT_FOUND', 'no such job')
+    end
+    local finished = job.status ~= 'queued' and job.status ~= 'running'
+    if finished and redis.call('HGET', k.job, 'files_deleted') == '1' then
+        refuse('ALREADY_DELETED', 'the job files were already deleted')
+    end
+    -- No check follows: the key goes whatever the outcome below.
+    if idem_key and redis.call('GET', idem_key) == k.id then
+        redis.call('DEL', idem_key)
     end
 
     local now = now_ms()
@@ -49,10 +66,6 @@ local function main()
         local flat = redis.call('HGETALL', k.job)
         table.insert(flat, 1, 'cancel_requested')
         return flat
-    end
-    local files_deleted = redis.call('HGET', k.job, 'files_deleted')
-    if files_deleted == '1' then
-        refuse('ALREADY_DELETED', 'the job files were already deleted')
     end
     redis.call('HSET', k.job, 'files_deleted', '1')
     local flat = redis.call('HGETALL', k.job)

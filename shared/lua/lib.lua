@@ -195,9 +195,10 @@ end
 -- The 8 KEYS every job script takes (shared/README.md), checked against the prefix
 -- and id of KEYS[1] = {p}job:{id}; returns them by name, with the event channel.
 local JOB_KEY_SUFFIXES = {'stats', 'q:high', 'q:normal', 'delayed', 'running', 'expiry', 'dead'}
-local function job_keys()
-    if #KEYS ~= 8 then
-        refuse('ERR_KEYS', string.format('%d keys given; job scripts take 8', #KEYS))
+local function job_keys(extra)
+    if #KEYS ~= 8 and not (extra and #KEYS > 8 and #KEYS <= 8 + extra) then
+        refuse('ERR_KEYS', string.format('%d keys given; job scripts take 8', #KEYS)
+                               .. (extra and string.format(' (+ up to %d)', extra) or ''))
     end
     local prefix, id = KEYS[1]:match('^(.*)job:([^:]+)$')
     if not prefix then

@@ -10,12 +10,15 @@ KEYS[6]  {p}job:{earlier id}         only when repeating the call after a "looku
 ARGV[1]  job id (the {id} of KEYS[1])
 ARGV[2]  max queued jobs (integer >= 0, 0 = no limit; compared with the gauge
          "queued")
-ARGV[3]  idempotency key TTL in seconds (integer >= 1)
-ARGV[4..] job fields as name, value pairs (see shared/sep_job.h), each at most
+ARGV[3]  idempotency key TTL in seconds (integer in 1..MAX_TTL, 10 years)
+ARGV[4]  deadline: Redis time in ms (integer >= 0, 0 = none) after which the call
+         is refused with PAST_DEADLINE and writes nothing (the caller stopped
+         waiting for the reply at that time and told its client the submit failed)
+ARGV[5..] job fields as name, value pairs (see shared/sep_job.h), each at most
          once: model, stems_option, format, input_type (1..64 of [A-Za-z0-9_.-]),
          input (a plain file name), priority ("high" | "normal"), shifts,
-         input_bytes (integers >= 0), overlap (a finite number), max_attempts,
-         result_ttl (integers >= 1); priority, max_attempts and result_ttl are
+         input_bytes (integers >= 0), overlap (a finite number), max_attempts (integer >= 1),
+         result_ttl (integer in 1..MAX_TTL); priority, max_attempts and result_ttl are
          required
 
 Reply:   {"created", field, value, ...}  the new job's hash (all its fields)
@@ -26,20 +29,26 @@ Reply:   {"created", field, value, ...}  the new job's hash (all its fields)
                                          KEYS[6] = {p}job:{id} (nothing written; if
                                          that job has expired, the repeated call
                                          creates the new job and moves the key)
-Errors:  QUEUE_FULL <queued> <max>       backpressure: the queue is full
+Errors:  PAST_DEADLINE <now> <deadline>  run after ARGV[4]'s deadline (nothing written)
+         QUEUE_FULL <queued> <max>       backpressure: the queue is full
          JOB_EXISTS                      the id is taken (never with random ids)
          ERR_ARG, ERR_KEYS
 
 The stream and its consumer group "workers" are created on first use (from id 0,
 so the first entry is delivered). Counters: submitted +1, bytes_in +input_bytes,
 gauge queued +1.
+
+Every check comes before the first write, and the idempotency key (the write with
+an argument Redis itself checks: the TTL) is the first write: a call that fails
+leaves nothing behind.
 ]]
 local WORD = '^[%w_%.%-]+$'
 local FIELDS = {
     model = 'word', stems_option = 'word', format = 'word', input_type = 'word',
     input = 'file', priority = 'priority', shifts = 'count0', input_bytes = 'count0',
-    overlap = 'number', max_attempts = 'count1', result_ttl = 'count1',
+    overlap = 'number', max_attempts = 'count1', result_ttl = 'ttl',
 }
+local MAX_TTL = 315360000 -- 10 years, in seconds: far below what EXPIRE accepts
 local REQUIRED = {'priority', 'max_attempts', 'result_ttl'}
 
 local function main()
@@ -66,12 +75,13 @@ local function main()
         bad_arg(1, 'id', 'must be the {id} of keys[1]')
     end
     local max_queued = arg_int(2, 'max_queued', 0)
-    local idem_ttl = arg_int(3, 'idempotency_ttl', 1)
-    if (#ARGV - 3) % 2 ~= 0 then
+    local idem_ttl = arg_int(3, 'idempotency_ttl', 1, MAX_TTL)
+    local deadline = arg_int(4, 'deadline_ms', 0)
+    if (#ARGV - 4) % 2 ~= 0 then
         bad_arg(#ARGV, 'field pairs', 'must come as name, value pairs')
     end
     local fields = {}
-    for i = 4, #ARGV, 2 do
+    for i = 5, #ARGV, 2 do
         local name, value = ARGV[i], ARGV[i + 1]
         local kind = FIELDS[name]
         if not kind then
@@ -97,6 +107,11 @@ local function main()
             if parse_number(value) == nil then
                 bad_arg(i + 1, name, 'must be a finite number')
             end
+        elseif kind == 'ttl' then
+            v = parse_int(value)
+            if v == nil or v < 1 or v > MAX_TTL then
+                bad_arg(i + 1, name, string.format('must be an integer in 1..%d', MAX_TTL))
+            end
         else
             v = parse_int(value)
             local min = (kind == 'count1') and 1 or 0
@@ -110,6 +125,11 @@ local function main()
         if not fields[name] then
             bad_arg(#ARGV + 1, name, 'is required')
         end
+    end
+
+    local now = now_ms()
+    if deadline > 0 and now > deadline then
+        refuse('PAST_DEADLINE', int_str(now) .. ' ' .. int_str(deadline))
     end
 
     if idem_key then
@@ -136,13 +156,16 @@ local function main()
         refuse('JOB_EXISTS', 'the job id is taken')
     end
 
-    local now = now_ms()
+    -- The writes. The idempotency key first: SET checks its TTL itself.
+    if idem_key then
+        redis.call('SET', idem_key, id, 'EX', int_str(idem_ttl))
+    end
     local stream = (fields.priority == 'high') and KEYS[3] or KEYS[4]
     ensure_stream(stream)
     local entry = redis.call('XADD', stream, '*', 'id', id)
     local hset = {'HSET', KEYS[1], 'id', id, 'status', 'queued', 'progress', '0',
                   'stage', 'queued', 'message', '', 'attempts', '0', 'created_at', int_str(now)}
-    for i = 4, #ARGV do
+    for i = 5, #ARGV do
         hset[#hset + 1] = ARGV[i]
     end
     hset[#hset + 1] = 'stream_id'
@@ -153,9 +176,6 @@ local function main()
     redis.call('HINCRBY', KEYS[2], 'queued', 1)
     if fields.input_bytes and fields.input_bytes ~= '0' then
         redis.call('HINCRBY', KEYS[2], 'bytes_in', int_str(parse_int(fields.input_bytes)))
-    end
-    if idem_key then
-        redis.call('SET', idem_key, id, 'EX', int_str(idem_ttl))
     end
 
     -- The new hash is exactly what was just written: answer it without reading it back.

@@ -27,6 +27,7 @@ usage: test_cli.py --workerd build/workerd --audiotool build/tests/audiotool
 import argparse
 import json
 import os
+import re
 import pty
 import shutil
 import subprocess
@@ -276,6 +277,25 @@ def test_errors(env):
     check(r.returncode == 2 and "segment" in r.stderr, f"segment too long: rc 2 ({r.stderr.strip()})")
     r = env.separate("-o", "err")
     check(r.returncode == 2 and "no input" in r.stderr, "no input: rc 2")
+    # the API's limits (shared/sep_options.h), and a bad device is a usage error
+    for args, what in ((["--shifts", "11"], "--shifts"), (["--overlap", "0.99"], "--overlap"),
+                       (["--overlap", "-0.1"], "--overlap"), (["-d", "gpu"], "--device")):
+        r = env.separate("-o", "err", *args, "good.wav")
+        check(r.returncode == 2 and what in r.stderr,
+              f"{' '.join(args)}: rc 2 naming {what} (rc {r.returncode}, {r.stderr.strip()})")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "models", "apply.h")) as f:
+        apply_h = f.read()
+    with open(os.path.join(root, "shared", "sep_options.h")) as f:
+        options_h = f.read()
+    for cli, api in (("SEP_APPLY_MAX_SHIFTS", "SEP_SHIFTS_MAX"),
+                     ("SEP_APPLY_OVERLAP_LIMIT", "SEP_OVERLAP_LIMIT")):
+        a = re.search(r"#define %s (\S+)" % cli, apply_h)
+        b = re.search(r"#define %s (\S+)" % api, options_h)
+        check(a and b and a.group(1) == b.group(1),
+              f"CLI limit {cli} equals the API's {api} ({a and a.group(1)} vs {b and b.group(1)})")
+    r = env.separate("-o", "err-j", "--jobs", "1", "--shifts", "10", "good.wav")
+    check(r.returncode == 0, f"--jobs (demucs' -j) and --shifts 10 are accepted ({r.stderr.strip()})")
     leftovers = [os.path.join(dp, f) for dp, _, fs in os.walk(env.path("err"))
                  for f in fs if f.startswith(".")]
     check(not leftovers, f"no temporary files left behind: {leftovers}")

@@ -289,6 +289,155 @@ def plain_stop_finds_a_run_dir_run(run):
         other.stop()
 
 
+@cases.case
+def run_as_root_drops_workers_to_nobody(run):
+    """Started as root, nginx's workers run as nobody (who owns the spool) when nobody can
+    reach the run directory and web/; uploads, reads and deletes still work. When nobody
+    cannot reach them, the workers stay root and run-local says so."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return "skipped: not root"
+    other = LocalRun()
+    try:
+        os.chmod(other.prefix, 0o755)
+        web = os.path.join(harness.REPO_ROOT, "web", "player.html")
+        reachable = localstack.user_can_reach("nobody", "nogroup", [other.prefix, web])
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        master = other.pids()["nginx"]
+        workers = [int(p) for p in os.listdir("/proc") if p.isdigit()
+                   and _ppid(int(p)) == master]
+        uids = {_uid(p) for p in workers}
+        if not reachable:
+            expect("warning: the user nobody cannot reach" in res.stdout,
+                   "run-local says why the workers stay root", res.stdout)
+            expect(uids == {0}, "workers should stay root", uids)
+            return "nobody cannot reach %s: workers stay root, as said" % harness.REPO_ROOT
+        nobody = pwd.getpwnam("nobody").pw_uid
+        expect(workers and uids == {nobody}, "nginx workers should run as nobody", uids)
+        body = harness.wav_bytes()
+        resp = harness.request(other.port, "POST", "/v1/jobs", body,
+                               {"Content-Type": "audio/wav"})
+        expect(resp.status == 202, "POST as nobody", resp.status, resp.body[:300],
+               other.error_log_tail())
+        job = resp.json["id"]
+        resp = harness.request(other.port, "GET", "/ui/player.html")
+        expect(resp.status == 200, "the player page is readable by nobody", resp.status)
+        # workerd (root) takes the job; without weights it fails at once. Then the
+        # module, as nobody, deletes the finished job's files.
+        import time
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            resp = harness.request(other.port, "GET", "/v1/jobs/" + job)
+            if resp.json and resp.json.get("status") in ("completed", "failed", "canceled"):
+                break
+            time.sleep(0.2)
+        resp = harness.request(other.port, "DELETE", "/v1/jobs/" + job)
+        expect(resp.status == 200 and not os.path.exists(
+            os.path.join(other.prefix, "spool", job)),
+               "DELETE removes the upload as nobody", resp.status, resp.body[:300])
+        return "%d workers as nobody" % len(workers)
+    finally:
+        other.stop()
+
+
+@cases.case
+def redis_users_have_least_privilege(run):
+    """`make run`'s Redis has ACL users: nginx's (sep-nginx) and workerd's (sep-workerd)
+    may run their own commands and scripts on the key prefix only; the default user needs
+    the operator's password. The service works through them: a job is taken by workerd
+    (it fails at once without weights: model_unavailable) and read back through nginx."""
+    import json
+    import time
+
+    import redis as redis_py
+
+    other = LocalRun()
+    try:
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        with open(os.path.join(other.prefix, "redis", "passwords.json")) as f:
+            passwords = json.load(f)
+        expect(os.stat(os.path.join(other.prefix, "redis", "passwords.json")).st_mode & 0o077
+               == 0, "passwords.json is readable by others")
+
+        def client(user=None):
+            return redis_py.Redis(host="127.0.0.1", port=other.redis_port, username=user,
+                                  password=passwords.get(user or "default") if user != "anon"
+                                  else None, socket_timeout=5)
+
+        def refused(conn, *cmd):
+            try:
+                conn.execute_command(*cmd)
+            except redis_py.exceptions.ResponseError as e:
+                return "NOPERM" in str(e) or "NOAUTH" in str(e) or "no permissions" in str(e)
+            except redis_py.exceptions.AuthenticationError:
+                return True
+            return False
+
+        nginx, workerd = client("sep-nginx"), client("sep-workerd")
+        for conn, name in ((nginx, "sep-nginx"), (workerd, "sep-workerd")):
+            expect(refused(conn, "FLUSHALL"), "%s may FLUSHALL" % name)
+            expect(refused(conn, "CONFIG", "GET", "*"), "%s may CONFIG GET" % name)
+            expect(refused(conn, "KEYS", "*"), "%s may KEYS" % name)
+            expect(refused(conn, "SET", "other:key", "1"), "%s may write outside the prefix"
+                   % name)
+            expect(refused(conn, "EVAL", "return 1", "0"), "%s may EVAL any script" % name)
+        expect(refused(nginx, "XREADGROUP", "GROUP", "workers", "x", "STREAMS",
+                       "{sep}:q:normal", ">"), "sep-nginx may read the queue as a worker")
+        try:
+            client("anon").execute_command("GET", "{sep}:stats")
+            anon_ok = True
+        except (redis_py.exceptions.ResponseError, redis_py.exceptions.AuthenticationError):
+            anon_ok = False
+        expect(not anon_ok, "a client without a password reads Redis")
+        expect(client().ping(), "the operator's default user with its password")
+
+        resp = harness.request(other.port, "POST", "/v1/jobs", harness.wav_bytes(),
+                               {"Content-Type": "audio/wav"})
+        expect(resp.status == 202, "POST through sep-nginx", resp.status, resp.body[:300],
+               other.error_log_tail())
+        job = resp.json["id"]
+        if not os.access(os.path.join(harness.REPO_ROOT, "build", "workerd"), os.X_OK):
+            return "ACLs hold; workerd not built"
+        deadline = time.monotonic() + 30
+        rec = {}
+        while time.monotonic() < deadline:
+            rec = harness.request(other.port, "GET", "/v1/jobs/" + job).json or {}
+            if rec.get("status") in ("completed", "failed"):
+                break
+            time.sleep(0.2)
+        expect(rec.get("status") in ("completed", "failed") and
+               (rec.get("status") == "completed" or
+                (rec.get("error") or {}).get("code") == "model_unavailable"),
+               "workerd did not take the job through sep-workerd", rec,
+               open(os.path.join(other.prefix, "logs", "workerd.log")).read()[-1500:])
+        return "nginx and workerd users refused FLUSHALL/CONFIG/KEYS/EVAL/other keys; job %s" \
+            % rec.get("status")
+    finally:
+        other.stop()
+
+
+def _proc_status(pid, field):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _ppid(pid):
+    return _proc_status(pid, "PPid")
+
+
+def _uid(pid):
+    return _proc_status(pid, "Uid")
+
+
 def main(argv):
     if not os.path.exists(localstack.MODULE_SO):
         print("FAIL: %s is not built (make)" % localstack.MODULE_SO)

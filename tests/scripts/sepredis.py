@@ -204,14 +204,15 @@ class Jobs:
         return job_keys(self.p, job_id)
 
     def submit(self, job_id, priority="normal", max_attempts=3, result_ttl=3600,
-               max_queued=0, idem=None, idem_ttl=600, earlier=None, extra=()):
+               max_queued=0, idem=None, idem_ttl=600, earlier=None, extra=(),
+               deadline_ms=0):
         keys = [self.p + "job:" + job_id, self.p + "stats", self.p + "q:high",
                 self.p + "q:normal"]
         if idem is not None:
             keys.append(self.p + "idem:" + idem)
             if earlier is not None:
                 keys.append(self.p + "job:" + earlier)
-        args = [job_id, str(max_queued), str(idem_ttl),
+        args = [job_id, str(max_queued), str(idem_ttl), str(deadline_ms),
                 "model", "htdemucs", "stems_option", "vocals", "format", "wav",
                 "priority", priority, "shifts", "1", "overlap", "0.25",
                 "input", "input.wav", "input_type", "wav", "input_bytes", "1000",
@@ -247,8 +248,9 @@ class Jobs:
     def requeue(self, job_id, token, message="worker draining"):
         return self.s.call("requeue", self.keys(job_id), [token, message])
 
-    def cancel(self, job_id):
-        return self.s.call("cancel", self.keys(job_id), [])
+    def cancel(self, job_id, idem=None):
+        keys = self.keys(job_id) + ([self.p + "idem:" + idem] if idem is not None else [])
+        return self.s.call("cancel", keys, [])
 
     def force_cancel(self, job_id, token, message=""):
         return self.s.call("force_cancel", self.keys(job_id), [token, message])

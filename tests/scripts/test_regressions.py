@@ -203,10 +203,10 @@ def every_argument_checked_before_the_first_write(j):
                          (["overlap", "nan"], "overlap")):
         job = new_id()
         keys = [j.p + "job:" + job, j.p + "stats", j.p + "q:high", j.p + "q:normal"]
-        args = [job, "0", "600", "priority", "normal", "max_attempts", "3",
+        args = [job, "0", "600", "0", "priority", "normal", "max_attempts", "3",
                 "result_ttl", "60"]
         if extra[0] in ("max_attempts",):
-            args = args[:5] + args[7:]
+            args = args[:6] + args[8:]
         msg = refused("ERR_ARG", j.s.call, "submit", keys, args + extra)
         expect(where in msg, "submit error %r does not name %r", msg, where)
     expect(snapshot(j.r) == before, "a refused submit changed the state")
@@ -228,7 +228,7 @@ def every_argument_checked_before_the_first_write(j):
 def ttls_must_be_integers_of_at_least_one(j):
     before = snapshot(j.r)
     msg = refused("ERR_ARG", j.submit, new_id(), idem="k", idem_ttl=0)
-    expect("argv[3] idempotency_ttl must be an integer >= 1" in msg, msg)
+    expect("argv[3] idempotency_ttl must be an integer in 1..315360000" in msg, msg)
     refused("ERR_ARG", j.submit, new_id(), result_ttl=0)
     refused("ERR_ARG", j.submit, new_id(), result_ttl="2.5")
     expect(snapshot(j.r) == before, "a refused submit wrote something")
@@ -386,6 +386,61 @@ def progress_nan_refused_and_queue_time_kept_on_reclaim(j):
     reply = j.claim(job_id, "w2", "normal", entry)
     expect(reply[0] == b"run", "reclaim %r", reply[:2])
     expect(j.job(job_id)["timing_queued_s"] == queued_s, "timing_queued_s recomputed")
+
+
+# 12 --------------------------------------------------------------------------------------
+@case
+def submit_past_its_deadline_writes_nothing(j):
+    """A submit Redis runs after the caller stopped waiting (its deadline, Redis time
+    in ms) is refused and leaves no job, stream entry, counter or idempotency key."""
+    now_ms = int(j.r.time()[0]) * 1000
+    before = snapshot(j.r)
+    msg = refused("PAST_DEADLINE", j.submit, new_id(), idem="k-late", deadline_ms=now_ms - 1)
+    expect(str(now_ms - 1) in msg, "PAST_DEADLINE %r does not give the deadline", msg)
+    expect(snapshot(j.r) == before, "a late submit changed the state")
+    # before its deadline it is an ordinary submit
+    job_id = queued_job(j, idem="k-late", deadline_ms=now_ms + 60000)
+    expect(j.r.get(j.p + "idem:k-late") == job_id.encode(), "idem key not set")
+    refused("ERR_ARG", j.submit, new_id(), deadline_ms=-1)
+
+
+# 13 --------------------------------------------------------------------------------------
+@case
+def submit_ttls_are_bounded(j):
+    """The TTLs are bounded (10 years), far below what EXPIRE accepts, so a finish
+    never fails on its EXPIRE; a refused submit writes nothing."""
+    before = snapshot(j.r)
+    for kw, where in (({"idem": "k-ttl", "idem_ttl": 10 ** 14}, "idempotency_ttl"),
+                      ({"result_ttl": 10 ** 14}, "result_ttl")):
+        msg = refused("ERR_ARG", j.submit, new_id(), **kw)
+        expect(where in msg, "error %r does not name %r", msg, where)
+    expect(snapshot(j.r) == before, "a refused submit changed the state")
+    expect(j.r.xlen(j.p + "q:normal") == 0, "a job was queued")
+    queued_job(j, idem="k-ttl", idem_ttl=315360000, result_ttl=315360000)
+
+
+# 14 --------------------------------------------------------------------------------------
+@case
+def cancel_with_the_idempotency_key_frees_it(j):
+    """The module's cancel of a job created after its POST was answered 503 passes the
+    POST's Idempotency-Key: the key goes when it still names that job (so the client's
+    retry creates a new job), and stays when it names another job."""
+    job_id = queued_job(j, idem="k-comp")
+    reply = j.cancel(job_id, idem="k-comp")
+    expect(reply[0] == b"canceled", "cancel: %r", reply[:2])
+    expect(j.r.get(j.p + "idem:k-comp") is None, "the key still names the canceled job")
+    retry = queued_job(j, idem="k-comp")
+    expect(j.r.get(j.p + "idem:k-comp") == retry.encode(), "the retry did not take the key")
+    # a key that names another job is left alone
+    other = queued_job(j)
+    expect(j.cancel(other, idem="k-comp")[0] == b"canceled", "cancel other")
+    expect(j.r.get(j.p + "idem:k-comp") == retry.encode(), "the key of another job went")
+    # a cancel refused (no such job) writes nothing; a ninth key that is no idem key is refused
+    before = snapshot(j.r)
+    refused("NOT_FOUND", j.cancel, new_id(), idem="k-comp")
+    refused("ERR_KEYS", j.s.call, "cancel", j.keys(retry) + [j.p + "job:k-comp"], [])
+    refused("ALREADY_DELETED", j.cancel, other, idem="k-comp")
+    expect(snapshot(j.r) == before, "a refused cancel changed the state")
 
 
 def run_cases(server, wanted=()):

@@ -224,6 +224,9 @@ static void new_job(job_t *j)
                 0);
 }
 
+/* ARGV[4] of submit: the deadline in Redis ms ("0": none). */
+static const char *submit_deadline = "0";
+
 /* Submits a job; returns the reply (caller frees). earlier: the id a "lookup" named. */
 static redisReply *submit(job_t *j, const char *priority, int max_queued, const char *idem_key,
                           const char *earlier, int max_attempts)
@@ -242,11 +245,11 @@ static redisReply *submit(job_t *j, const char *priority, int max_queued, const 
         }
     }
     const char *args[] = {
-        j->id,    maxq,          "600",  "model",        "htdemucs",  "stems_option",
-        "vocals", "format",      "wav",  "priority",     priority,    "shifts",
-        "1",      "overlap",     "0.25", "input",        "input.wav", "input_type",
-        "wav",    "input_bytes", "1000", "max_attempts", attempts,    "result_ttl",
-        "3600",   NULL};
+        j->id,          maxq,     "600",         submit_deadline, "model",        "htdemucs",
+        "stems_option", "vocals", "format",      "wav",           "priority",     priority,
+        "shifts",       "1",      "overlap",     "0.25",          "input",        "input.wav",
+        "input_type",   "wav",    "input_bytes", "1000",          "max_attempts", attempts,
+        "result_ttl",   "3600",   NULL};
     return run_script(SEP_SCRIPT_SUBMIT, keys, args);
 }
 
@@ -436,6 +439,51 @@ static void test_idempotency_key(void **state)
     freeReplyObject(r);
     r = cmd("GET " PREFIX "idem:key-1");
     assert_string_equal(r->str, second.id);
+    freeReplyObject(r);
+}
+
+/* A submit run after its deadline writes nothing; the module's compensating cancel
+ * (KEYS[9] = the POST's idempotency key) frees the key that names the job it cancels. */
+static void test_deadline_and_compensating_cancel(void **state)
+{
+    (void)state;
+    job_t late, job, retry;
+    char deadline[32], idem[64] = PREFIX "idem:key-c";
+    redisReply *r = cmd("TIME");
+    long long now = atoll(r->element[0]->str) * 1000;
+    freeReplyObject(r);
+
+    snprintf(deadline, sizeof(deadline), "%lld", now - 1);
+    submit_deadline = deadline;
+    new_job(&late);
+    r = submit(&late, "normal", 0, "key-c", NULL, 3);
+    submit_deadline = "0";
+    assert_error_code(r, "PAST_DEADLINE");
+    freeReplyObject(r);
+    assert_int_equal(cmd_int("EXISTS %s " PREFIX "idem:key-c " PREFIX "q:normal", late.keys.key[0]),
+                     0);
+    assert_int_equal(stat_field("submitted"), 0);
+
+    snprintf(deadline, sizeof(deadline), "%lld", now + 60000);
+    submit_deadline = deadline;
+    new_job(&job);
+    r = submit(&job, "normal", 0, "key-c", NULL, 3);
+    submit_deadline = "0";
+    assert_kind(r, "created");
+    freeReplyObject(r);
+    const char *keys[SEP_JOB_KEYS + 2];
+    for (int i = 0; i < SEP_JOB_KEYS; i++)
+        keys[i] = job.keyv[i];
+    keys[SEP_JOB_KEYS] = idem;
+    keys[SEP_JOB_KEYS + 1] = NULL;
+    const char *args[] = {NULL};
+    r = run_script(SEP_SCRIPT_CANCEL, keys, args);
+    assert_kind(r, "canceled");
+    freeReplyObject(r);
+    assert_int_equal(cmd_int("EXISTS " PREFIX "idem:key-c"), 0);
+    new_job(&retry);
+    r = submit(&retry, "normal", 0, "key-c", NULL, 3);
+    assert_kind(r, "created");
     freeReplyObject(r);
 }
 
@@ -850,6 +898,7 @@ int main(void)
         T(test_generated_table_matches_redis),
         T(test_submit_creates_and_queues),
         T(test_idempotency_key),
+        T(test_deadline_and_compensating_cancel),
         T(test_queue_full_backpressure),
         T(test_cancel_in_every_state),
         T(test_claim_touch_progress_complete_with_events),

@@ -1,0 +1,249 @@
+#!/usr/bin/python3
+"""The docs check: what the READMEs show is what the service does.
+
+Runs every `curl` example in the ```sh blocks of README.md, ngx_module/README.md and
+workerd/README.md, as written, against a live stack (redis-server + nginx with the
+module + `workerd run` with the tiny test model installed as `htdemucs`), in a
+temporary directory that holds the repository's examples/ folder:
+
+  * `API=...` lines of a block are kept, with SEP_PORT set to the stack's port, so
+    `${SEP_PORT:-8080}` resolves to it;
+  * `<id>` is the id of the first job a command of the same block created;
+  * a command that fetches a stem first waits until that job is completed;
+  * each command must exit 0 and get a 2xx answer (curl's `%{http_code}`).
+
+Also checks that the error codes the module sends are the ones in the table of
+ngx_module/README.md ("Error codes"), that the root README's status list matches that
+table, and that no README example posts a raw body without a Content-Type.
+One line per case, `CASES: ...` and `PASS`/`FAIL` at the end.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+sys.path.insert(0, os.path.join(REPO, "tests", "workerd"))
+
+import harness  # noqa: E402
+from harness import expect  # noqa: E402
+
+DOCS = ["README.md", "ngx_module/README.md", "workerd/README.md"]
+cases = harness.Cases()
+
+
+def sh_blocks(doc):
+    """(first line number, [(line number, command)]) of each ```sh block of doc, with
+    backslash continuations joined."""
+    blocks, inside, cmds, pending, start = [], False, [], None, 0
+    with open(os.path.join(REPO, doc), encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            text = line.rstrip("\n")
+            if not inside and text.strip() in ("```sh", "```bash", "```console"):
+                inside, cmds, pending, start = True, [], None, n
+                continue
+            if inside and text.strip() == "```":
+                inside = False
+                blocks.append((start, cmds))
+                continue
+            if not inside:
+                continue
+            if pending is not None:
+                pending = (pending[0], pending[1] + " " + text.strip())
+            else:
+                pending = (n, text.strip())
+            if pending[1].endswith("\\"):
+                pending = (pending[0], pending[1][:-1].rstrip())
+                continue
+            cmds.append(pending)
+            pending = None
+    return blocks
+
+
+def strip_comment(cmd):
+    """The command without a trailing `  # comment` (the READMEs' style)."""
+    return re.sub(r"\s{2,}#\s.*$", "", cmd).strip()
+
+
+def curl_examples():
+    """[(doc, line, [(line, command)] of the block)] for each block with a curl line."""
+    found = []
+    for doc in DOCS:
+        for start, cmds in sh_blocks(doc):
+            kept = [(n, strip_comment(c)) for n, c in cmds
+                    if c.startswith("curl ") or re.match(r"^[A-Z_]+=\S+$", c)]
+            if any(c.startswith("curl ") for _, c in kept):
+                found.append((doc, start, kept))
+    return found
+
+
+class Live:
+    """The stack the examples run against, and the directory they run in."""
+
+    def __init__(self):
+        import test_workerd  # tests/workerd/test_workerd.py: stack + supervisors
+
+        self.svc = test_workerd.Service().start()
+        self.svc.start_workerd("docs")
+        self.cwd = tempfile.mkdtemp(prefix="sep-docs-")
+        os.symlink(os.path.join(REPO, "examples"), os.path.join(self.cwd, "examples"))
+
+    @property
+    def port(self):
+        return self.svc.stack.port
+
+    def run(self, assignments, cmd):
+        script = "\n".join(assignments + [cmd + " -w '\\n__HTTP__%{http_code}'"])
+        env = dict(os.environ, SEP_PORT=str(self.port))
+        return subprocess.run(["bash", "-c", script], cwd=self.cwd, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+
+    def wait_completed(self, job_id, timeout=60):
+        deadline = time.monotonic() + timeout
+        status = None
+        while time.monotonic() < deadline:
+            resp = harness.request(self.port, "GET", "/v1/jobs/" + job_id)
+            status = resp.json and resp.json.get("status")
+            if status in ("completed", "failed", "canceled"):
+                return status
+            time.sleep(0.1)
+        return status
+
+    def stop(self):
+        self.svc.stop()
+        shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+def run_block(live, doc, start, cmds):
+    assignments, first_id, ran = [], None, 0
+    for n, cmd in cmds:
+        if not cmd.startswith("curl "):
+            assignments.append(cmd)
+            continue
+        if "<id>" in cmd:
+            expect(first_id, "%s:%d uses <id> before any command of its block made a job"
+                   % (doc, n))
+            cmd = cmd.replace("<id>", first_id)
+            if "/stems/" in cmd:
+                status = live.wait_completed(first_id)
+                expect(status == "completed", "%s:%d: job %s is %s, not completed"
+                       % (doc, n, first_id, status), live.svc.log("docs")[-1500:])
+        res = live.run(assignments, cmd)
+        out = res.stdout.decode(errors="replace")
+        body, _, code = out.rpartition("\n__HTTP__")
+        expect(res.returncode == 0, "%s:%d: curl exited %d" % (doc, n, res.returncode), cmd,
+               res.stderr.decode(errors="replace")[-500:])
+        expect(code.isdigit() and 200 <= int(code) < 300,
+               "%s:%d: answered %s, not 2xx" % (doc, n, code), cmd, body[:400])
+        if first_id is None:
+            try:
+                first_id = json.loads(body).get("id")
+            except ValueError:
+                pass
+        ran += 1
+    return ran
+
+
+@cases.case
+def every_curl_example_answers_as_written(_):
+    blocks = curl_examples()
+    expect(blocks, "no curl example found in " + ", ".join(DOCS))
+    live = Live()
+    try:
+        ran = sum(run_block(live, doc, start, cmds) for doc, start, cmds in blocks)
+    finally:
+        live.stop()
+    return "%d commands in %d blocks" % (ran, len(blocks))
+
+
+@cases.case
+def raw_body_examples_name_their_content_type(_):
+    bad = []
+    for doc in DOCS:
+        for _, cmds in sh_blocks(doc):
+            for n, cmd in cmds:
+                if cmd.startswith("curl ") and "--data-binary" in cmd and \
+                        "Content-Type" not in cmd:
+                    bad.append("%s:%d" % (doc, n))
+    expect(not bad, "raw-body examples without -H 'Content-Type: ...' (they get 415)", bad)
+
+
+def module_error_codes():
+    """(status, code) of every error the module's C sources send."""
+    codes = set()
+    status_names = {
+        "BAD_REQUEST": 400, "NOT_FOUND": 404, "NOT_ALLOWED": 405, "REQUEST_TIME_OUT": 408,
+        "CONFLICT": 409, "LENGTH_REQUIRED": 411, "REQUEST_ENTITY_TOO_LARGE": 413,
+        "REQUEST_URI_TOO_LARGE": 414, "UNSUPPORTED_MEDIA_TYPE": 415,
+        "RANGE_NOT_SATISFIABLE": 416, "TOO_MANY_REQUESTS": 429,
+        "INTERNAL_SERVER_ERROR": 500, "SERVICE_UNAVAILABLE": 503,
+        "INSUFFICIENT_STORAGE": 507}
+    src_dir = os.path.join(REPO, "ngx_module")
+    for name in sorted(os.listdir(src_dir)):
+        if not name.endswith(".c"):
+            continue
+        with open(os.path.join(src_dir, name)) as f:
+            text = f.read()
+        # ngx_http_sep_send_error / _refuse / _spool_refuse / _form_refuse (r, STATUS, "code"
+        for m in re.finditer(r"NGX_HTTP_([A-Z_]+),\s*\"([a-z]+(?:_[a-z]+)+)\"", text):
+            if m.group(1) in status_names:
+                codes.add((status_names[m.group(1)], m.group(2)))
+        # the status -> code switch of nginx's own errors
+        for m in re.finditer(r"case NGX_HTTP_([A-Z_]+):\s*code = \"([a-z_]+)\"", text):
+            codes.add((status_names[m.group(1)], m.group(2)))
+    return codes
+
+
+def documented_error_codes():
+    with open(os.path.join(REPO, "ngx_module", "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text.split("### Error codes", 1)[1].split("\n### ", 1)[0]
+    documented = set()
+    for m in re.finditer(r"^\| (\d{3}) \| ([^|]+) \|", section, re.M):
+        for code in re.findall(r"`([a-z_]+)`", m.group(2)):
+            documented.add((int(m.group(1)), code))
+    return documented
+
+
+@cases.case
+def error_codes_table_matches_the_module(_):
+    sent, documented = module_error_codes(), documented_error_codes()
+    expect(len(sent) > 20, "too few codes found in ngx_module/*.c", sorted(sent))
+    missing = sorted(sent - documented)
+    expect(not missing, "codes the module sends that ngx_module/README.md's table lacks",
+           missing)
+    # 416 comes from nginx itself (stems location) as http_error; the rest must be sent
+    extra = sorted(c for c in documented - sent if c != (416, "http_error"))
+    expect(not extra, "codes in the table that the module never sends", extra)
+    return "%d codes" % len(documented)
+
+
+@cases.case
+def root_readme_status_list_matches_the_table(_):
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(r"matching status \(([\d, ]+)\)", text)
+    expect(m, "README.md: no 'matching status (...)' list")
+    listed = {int(s) for s in m.group(1).replace(",", " ").split()}
+    table = {status for status, _ in documented_error_codes()}
+    expect(listed == table, "README.md's status list differs from ngx_module/README.md's table",
+           "only in README: %s" % sorted(listed - table),
+           "only in the table: %s" % sorted(table - listed))
+
+
+def main(argv):
+    if not os.path.exists(harness.localstack.MODULE_SO):
+        print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
+        return 1
+    return cases.run(None, only=argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
