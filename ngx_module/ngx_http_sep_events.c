@@ -118,7 +118,7 @@ static void ngx_http_sep_sub_lost(const char *why, ngx_uint_t exiting);
 static void ngx_http_sep_sub_flush(void);
 static void ngx_http_sep_stream_read_record(ngx_http_sep_stream_t *st);
 static void ngx_http_sep_stream_end(ngx_http_sep_stream_t *st, ngx_int_t rc);
-static void ngx_http_sep_stream_fail(ngx_http_sep_stream_t *st, const char *code,
+static void ngx_http_sep_stream_fail(ngx_http_sep_stream_t *st, ngx_uint_t status, const char *code,
                                      const char *message);
 static ngx_int_t ngx_http_sep_stream_send(ngx_http_sep_stream_t *st, u_char *data, size_t len,
                                           ngx_uint_t last);
@@ -275,10 +275,10 @@ static void ngx_http_sep_sub_end_all(ngx_uint_t exiting)
             if (exiting && st->headers_sent) {
                 ngx_http_sep_stream_end(st, NGX_OK);
             } else if (exiting) {
-                ngx_http_sep_stream_fail(st, "shutting_down",
+                ngx_http_sep_stream_fail(st, NGX_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
                                          "the server is restarting; retry at once");
             } else {
-                ngx_http_sep_stream_fail(st, "redis_unavailable",
+                ngx_http_sep_stream_fail(st, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_unavailable",
                                          "the job store is unreachable; retry later");
             }
         }
@@ -857,9 +857,9 @@ static void ngx_http_sep_stream_end(ngx_http_sep_stream_t *st, ngx_int_t rc)
     ngx_http_run_posted_requests(c);
 }
 
-/* An error before the stream started is JSON (503 + Retry-After); after it, an
- * `error` event whose data is that JSON, and the stream ends. */
-static void ngx_http_sep_stream_fail(ngx_http_sep_stream_t *st, const char *code,
+/* An error before the stream started is JSON (status; a 503 has Retry-After); after
+ * it, an `error` event whose data is that JSON, and the stream ends. */
+static void ngx_http_sep_stream_fail(ngx_http_sep_stream_t *st, ngx_uint_t status, const char *code,
                                      const char *message)
 {
     ngx_http_request_t *r = st->request;
@@ -874,7 +874,7 @@ static void ngx_http_sep_stream_fail(ngx_http_sep_stream_t *st, const char *code
         st->done = 1;
         ngx_http_sep_stream_detach(st);
         ngx_http_sep_redis_detach(st->ctx);
-        rc = ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, code, "%s", message);
+        rc = ngx_http_sep_send_error(r, status, code, "%s", message);
         ngx_http_finalize_request(r, rc);
         ngx_http_run_posted_requests(c);
         return;
@@ -999,7 +999,7 @@ static void ngx_http_sep_stream_timer_handler(ngx_event_t *ev)
     static u_char ping[] = ": ping\n\n";
 
     if (st->state != SEP_STREAM_LIVE) {
-        ngx_http_sep_stream_fail(st, "redis_timeout",
+        ngx_http_sep_stream_fail(st, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_timeout",
                                  "the job store did not answer in time; retry later");
     } else if (ngx_http_sep_stream_send(st, ping, sizeof(ping) - 1, 0) == NGX_ERROR) {
         ngx_http_sep_stream_end(st, NGX_ERROR);
@@ -1074,13 +1074,13 @@ static void ngx_http_sep_stream_record(ngx_http_request_t *r, ngx_http_sep_ctx_t
     }
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
         if (reply == NULL && ctx->timeout.timedout) {
-            ngx_http_sep_stream_fail(st, "redis_timeout",
+            ngx_http_sep_stream_fail(st, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_timeout",
                                      "the job store did not answer in time; retry later");
         } else if (reply && ngx_http_sep_redis_not_ready(reply)) {
-            ngx_http_sep_stream_fail(st, "redis_loading",
+            ngx_http_sep_stream_fail(st, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_loading",
                                      "the job store is starting up; retry later");
         } else {
-            ngx_http_sep_stream_fail(st, "redis_unavailable",
+            ngx_http_sep_stream_fail(st, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_unavailable",
                                      "the job store is unreachable; retry later");
         }
         return;
@@ -1196,7 +1196,7 @@ static void ngx_http_sep_stream_read_record(ngx_http_sep_stream_t *st)
         sep_key_job(key, sizeof(key), prefix, (sep_str_t){(char *)st->chan->id, SEP_ID_LEN});
     rc = ngx_http_sep_redis_command(r, st->ctx, ngx_http_sep_stream_record, -1, 2, argv, argvlen);
     if (rc != NGX_OK) {
-        ngx_http_sep_stream_fail(st, "redis_unavailable",
+        ngx_http_sep_stream_fail(st, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_unavailable",
                                  "the job store is unreachable; retry later");
     }
 }
