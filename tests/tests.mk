@@ -46,11 +46,12 @@
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
-TEST_SUITES += test-local-stack test-integration test-events test-redis-faults test-late-replies \
-               test-upload-stream test-workerd test-cli-regress test-browser test-docs
+TEST_SUITES += test-local-stack test-integration test-events test-redis-faults \
+               test-late-replies test-upload-stream test-workerd test-cli-regress test-browser \
+               test-docs
 
-.PHONY: test-integration test-events test-redis-faults test-late-replies test-upload-stream test-local-stack \
-        test-stress test-workerd test-cli-regress test-browser test-docs
+.PHONY: test-integration test-events test-redis-faults test-late-replies test-upload-stream \
+        test-local-stack test-stress test-workerd test-cli-regress test-browser test-docs
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
