@@ -12,6 +12,7 @@
  * to read against the PyTorch definition it implements.
  */
 #include "models/backend.h"
+#include "models/cpu_kernels.h"
 
 /* fftw3.h before cblas.h: cblas.h pulls in <complex.h>, which would turn
  * fftwf_complex into a C99 complex instead of float[2] */
@@ -30,126 +31,9 @@
 #define ATTN_QBLOCK 512
 #define MAX_FFT_PLANS 4
 
-/* Element-wise kernels are compiled for AVX-512, AVX2+FMA and baseline x86-64 and
- * picked at load time (GCC function multiversioning). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-/* finite-math-only lets fminf/fmaxf compile to min/max instructions (the kernels'
- * inputs are finite) */
-#define SIMD_CLONES                                                                                \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"),                   \
-                   optimize("finite-math-only")))
-#define SIMD_INLINE __attribute__((always_inline, optimize("finite-math-only"))) static inline
-#else
-#define SIMD_CLONES
-#define SIMD_INLINE static inline
-#endif
-
-/* expf for the vectorised loops: Cody-Waite range reduction x = n ln2 + r and the
- * Cephes degree-6 polynomial (about 1 ulp); branch-free so loops vectorise. Inputs
- * are clamped to the finite range (below -87.3 the result is ~1e-38, not 0). */
-SIMD_INLINE float vexp(float x)
-{
-    x = fmaxf(x, -87.3f);
-    x = fminf(x, 88.7f);
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } scale = {.i = ((int32_t)n + 127) << 23};
-    return p * scale.f;
-}
-
-/* erf(x) by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the form PyTorch's
- * vectorised GELU uses. */
-SIMD_INLINE float verf(float x)
-{
-    float a = fabsf(x);
-    float t = 1.0f / (1.0f + 0.3275911f * a);
-    float y = 1.061405429f;
-    y = y * t - 1.453152027f;
-    y = y * t + 1.421413741f;
-    y = y * t - 0.284496736f;
-    y = y * t + 0.254829592f;
-    y = 1.0f - y * t * vexp(-a * a);
-    return copysignf(y, x);
-}
-
-SIMD_CLONES static void gelu_kernel(float *out, const float *in, size_t n)
-{
-#pragma omp simd
-    for (size_t i = 0; i < n; i++) {
-        float x = in[i];
-        out[i] = 0.5f * x * (1.0f + verf(x * 0.70710678118654752f));
-    }
-}
-
-SIMD_CLONES static void glu_kernel(float *out, const float *a, const float *g, size_t n)
-{
-#pragma omp simd
-    for (size_t i = 0; i < n; i++)
-        out[i] = a[i] / (1.0f + vexp(-g[i]));
-}
-
-/* exp(s - max) in place, returns the sum */
-SIMD_CLONES static float softmax_exp_kernel(float *s, int n, float max)
-{
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int i = 0; i < n; i++) {
-        s[i] = vexp(s[i] - max);
-        sum += s[i];
-    }
-    return sum;
-}
-
-/* x += k * (a*sa + ba) * sigmoid(g*sg + bg): GroupNorm affine + GLU + LayerScale */
-SIMD_CLONES static void norm_glu_residual_kernel(float *x, const float *a, const float *g, float sa,
-                                                 float ba, float sg, float bg, float k, int n)
-{
-#pragma omp simd
-    for (int i = 0; i < n; i++) {
-        float av = a[i] * sa + ba, gv = g[i] * sg + bg;
-        x[i] += k * (av / (1.0f + vexp(-gv)));
-    }
-}
-
-SIMD_CLONES static float max_kernel(const float *s, int n)
-{
-    float m = s[0];
-#pragma omp simd reduction(max : m)
-    for (int i = 1; i < n; i++)
-        m = s[i] > m ? s[i] : m;
-    return m;
-}
-
-/* sum and sum of squares of x[0..n) added to *s and *ss (double accumulation) */
-SIMD_CLONES static void sum_squares_kernel(const float *x, size_t n, double *s, double *ss)
-{
-    double a = *s, b = *ss;
-#pragma omp simd reduction(+ : a, b)
-    for (size_t i = 0; i < n; i++) {
-        a += x[i];
-        b += (double)x[i] * x[i];
-    }
-    *s = a;
-    *ss = b;
-}
-
-SIMD_CLONES static void scale_kernel(float *s, int n, float k)
-{
-#pragma omp simd
-    for (int i = 0; i < n; i++)
-        s[i] *= k;
-}
+/* the kernels of this process's instruction set (cpu_kernels.h), set when a backend is
+ * created */
+static const cpu_kernels *KS;
 
 /* Splits [0, n) into chunks of at least `grain` for the threads. */
 #define PAR_CHUNKS(be, n, grain, lo, hi, body)                                                     \
@@ -325,60 +209,6 @@ static int use_direct_conv(const sep_conv2d_desc *d)
            d->ph1 == 0 && d->kw <= 8 && (d->cout <= 16 || d->cin * d->kw <= 16);
 }
 
-/* y[co][t] = b[co] + sum_{ci,kj} w[co][ci][kj] x[ci][t + off[kj]] for 8 output channels
- * (wb: weights transposed to [cin * kw][8], zero for missing channels) and t in
- * [t0, t1), where every tap is inside the row. Blocks of 32 positions: 8 x 2 vectors of
- * 16 floats in registers (GCC vector extensions: zmm on AVX-512, ymm pairs on AVX2),
- * each input vector loaded once for the 8 channels. The last partial block is done as
- * a full block ending at t1 (positions shared with the previous block get the same
- * values again); returns the first position not done (fewer than 32 in the row). */
-typedef float v16f __attribute__((vector_size(64)));
-#define CO_BLOCK 8
-
-SIMD_CLONES static int conv_row_interior8(float *y, size_t oplane, int nco, const float *x,
-                                          size_t plane, const float *wb, int cin, int kw,
-                                          const int *off, const float *b, int t0, int t1)
-{
-    int t = t0;
-    while (t < t1) {
-        if (t + 32 > t1) {
-            if (t1 - t0 < 32)
-                return t;
-            t = t1 - 32;
-        }
-        v16f acc[CO_BLOCK][2];
-        for (int j = 0; j < CO_BLOCK; j++) {
-            v16f bj = {0};
-            bj += b[j];
-            acc[j][0] = bj;
-            acc[j][1] = bj;
-        }
-        for (int ci = 0; ci < cin; ci++) {
-            const float *xc = x + (size_t)ci * plane + t;
-            /* one input row per channel: too many streams for the hardware prefetcher */
-            __builtin_prefetch(xc + 256);
-            __builtin_prefetch(xc + 272);
-            for (int kj = 0; kj < kw; kj++) {
-                const float *xp = xc + off[kj];
-                const float *wk = wb + (size_t)(ci * kw + kj) * CO_BLOCK;
-                v16f x0, x1;
-                memcpy(&x0, xp, sizeof(x0));
-                memcpy(&x1, xp + 16, sizeof(x1));
-                for (int j = 0; j < CO_BLOCK; j++) {
-                    acc[j][0] += wk[j] * x0;
-                    acc[j][1] += wk[j] * x1;
-                }
-            }
-        }
-        for (int j = 0; j < nco; j++) {
-            memcpy(y + (size_t)j * oplane + t, &acc[j][0], sizeof(v16f));
-            memcpy(y + (size_t)j * oplane + t + 16, &acc[j][1], sizeof(v16f));
-        }
-        t += 32;
-    }
-    return t;
-}
-
 /* the same near the row ends, where taps outside the row read zeros */
 static void conv_row_edge(float *y, const float *x, size_t plane, const float *w, int cin, int kw,
                           const int *off, float b, int t0, int t1, int width)
@@ -410,17 +240,17 @@ static void conv_rows_direct(sep_backend *be, const sep_conv2d_desc *d, float *o
     if (hi < lo)
         hi = lo;
     int K = d->cin * d->kw;
-    int cblocks = (d->cout + CO_BLOCK - 1) / CO_BLOCK;
-    /* weights per block of 8 output channels, transposed to [K][8], zero padded */
-    float *wt = scratch(be, (size_t)cblocks * K * CO_BLOCK + (size_t)cblocks * CO_BLOCK);
-    float *bt = wt + (size_t)cblocks * K * CO_BLOCK;
+    int cob = KS->co_block;
+    int cblocks = (d->cout + cob - 1) / cob;
+    /* weights per block of cob output channels, transposed to [K][cob], zero padded */
+    float *wt = scratch(be, (size_t)cblocks * K * cob + (size_t)cblocks * cob);
+    float *bt = wt + (size_t)cblocks * K * cob;
     for (int cb = 0; cb < cblocks; cb++)
-        for (int j = 0; j < CO_BLOCK; j++) {
-            int co = cb * CO_BLOCK + j;
-            bt[cb * CO_BLOCK + j] = co < d->cout && bias ? bias[co] : 0.0f;
+        for (int j = 0; j < cob; j++) {
+            int co = cb * cob + j;
+            bt[cb * cob + j] = co < d->cout && bias ? bias[co] : 0.0f;
             for (int k = 0; k < K; k++)
-                wt[((size_t)cb * K + k) * CO_BLOCK + j] =
-                    co < d->cout ? w[(size_t)co * K + k] : 0.0f;
+                wt[((size_t)cb * K + k) * cob + j] = co < d->cout ? w[(size_t)co * K + k] : 0.0f;
         }
     int tiles = (d->wo + DIRECT_TILE - 1) / DIRECT_TILE;
     int tasks = d->n * d->ho * tiles * cblocks;
@@ -431,15 +261,15 @@ static void conv_rows_direct(sep_backend *be, const sep_conv2d_desc *d, float *o
         int tile = rest % tiles, row = (rest / tiles) % d->ho, b = rest / (tiles * d->ho);
         int t0 = tile * DIRECT_TILE, t1 = t0 + DIRECT_TILE < d->wo ? t0 + DIRECT_TILE : d->wo;
         const float *xb = in + (size_t)b * d->cin * in_plane + (size_t)row * d->w;
-        int co0 = cb * CO_BLOCK;
-        int nco = d->cout - co0 < CO_BLOCK ? d->cout - co0 : CO_BLOCK;
+        int co0 = cb * cob;
+        int nco = d->cout - co0 < cob ? d->cout - co0 : cob;
         float *yb = out + ((size_t)b * d->cout + co0) * out_plane + (size_t)row * d->wo;
         int a0 = t0 > lo ? t0 : lo, a1 = t1 < hi ? t1 : hi; /* interior part of the tile */
         if (a1 < a0)
             a0 = a1 = t1;
         int done =
-            conv_row_interior8(yb, out_plane, nco, xb, in_plane, wt + (size_t)cb * K * CO_BLOCK,
-                               d->cin, d->kw, off, bt + co0, a0, a1);
+            KS->conv_row_interior(yb, out_plane, nco, xb, in_plane, wt + (size_t)cb * K * cob,
+                                  d->cin, d->kw, off, bt + co0, a0, a1);
         for (int j = 0; j < nco; j++) {
             float *y = yb + (size_t)j * out_plane;
             const float *wc = w + (size_t)(co0 + j) * K;
@@ -447,7 +277,7 @@ static void conv_rows_direct(sep_backend *be, const sep_conv2d_desc *d, float *o
             conv_row_edge(y, xb, in_plane, wc, d->cin, d->kw, off, b0, t0, a0, d->w);
             conv_row_edge(y, xb, in_plane, wc, d->cin, d->kw, off, b0, done, t1, d->w);
             if (d->act == SEP_ACT_GELU)
-                gelu_kernel(y + t0, y + t0, (size_t)(t1 - t0));
+                KS->gelu(y + t0, y + t0, (size_t)(t1 - t0));
         }
     }
 }
@@ -501,12 +331,12 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
                         yr[i] += bm;
                 }
                 if (d->act == SEP_ACT_GELU)
-                    gelu_kernel(yr, yr, (size_t)nc);
+                    KS->gelu(yr, yr, (size_t)nc);
             }
             if (glu)
                 for (int m = 0; m < Mout; m++)
-                    glu_kernel(y + (size_t)m * N + p0, res + (size_t)m * nc,
-                               res + (size_t)(m + Mout) * nc, (size_t)nc);
+                    KS->glu(y + (size_t)m * N + p0, res + (size_t)m * nc,
+                            res + (size_t)(m + Mout) * nc, (size_t)nc);
         }
     }
 }
@@ -621,7 +451,7 @@ static void cpu_linear(sep_backend *be, float *out, const float *in, const float
                     for (int o = 0; o < out_dim; o++)
                         p[o] += bias[o];
                 if (act == SEP_ACT_GELU)
-                    gelu_kernel(p, p, (size_t)out_dim);
+                    KS->gelu(p, p, (size_t)out_dim);
                 else if (act == SEP_ACT_RELU)
                     for (int o = 0; o < out_dim; o++)
                         p[o] = p[o] > 0.0f ? p[o] : 0.0f;
@@ -634,7 +464,7 @@ static void cpu_linear(sep_backend *be, float *out, const float *in, const float
  * attention output row instead of the n probabilities: one pass less over s) */
 static float softmax_row_unnormalised(float *s, int n)
 {
-    return 1.0f / softmax_exp_kernel(s, n, max_kernel(s, n));
+    return 1.0f / KS->softmax_exp(s, n, KS->max(s, n));
 }
 
 static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *out, const float *q,
@@ -668,7 +498,7 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d->head_dim, d->nk, 1.0f, s,
                     d->nk, vp, d->ldv, 0.0f, op, d->ldo);
         for (int i = 0; i < nq; i++)
-            scale_kernel(op + (size_t)i * d->ldo, d->head_dim, inv[i]);
+            KS->scale(op + (size_t)i * d->ldo, d->head_dim, inv[i]);
     }
 }
 
@@ -677,7 +507,7 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
 static void block_stats(const float *x, size_t len, double *mean, double *var)
 {
     double s = 0, ss = 0;
-    sum_squares_kernel(x, len, &s, &ss);
+    KS->sum_squares(x, len, &s, &ss);
     double m = s / (double)len;
     double v = ss / (double)len - m * m;
     *mean = m;
@@ -706,10 +536,7 @@ static void norm_channel(float *y, const float *x, size_t len, double mean, floa
 {
     float sc = rstd * gamma;
     float sh = beta - (float)mean * sc;
-    for (size_t i = 0; i < len; i++)
-        y[i] = x[i] * sc + sh;
-    if (act == SEP_ACT_GELU)
-        gelu_kernel(y, y, len);
+    KS->affine(y, x, len, sc, sh, act == SEP_ACT_GELU);
 }
 
 static void cpu_group_norm(sep_backend *be, float *out, const float *in, const float *gamma,
@@ -754,7 +581,7 @@ static void row_stats(const float *x, int c, size_t plane, int w, double *mean, 
     double s = 0, ss = 0;
     for (int ch = 0; ch < c; ch++) {
         double cs = 0, css = 0;
-        sum_squares_kernel(x + (size_t)ch * plane, (size_t)w, &cs, &css);
+        KS->sum_squares(x + (size_t)ch * plane, (size_t)w, &cs, &css);
         s += cs;
         ss += css;
     }
@@ -771,8 +598,7 @@ static void row_stats_parallel(sep_backend *be, const float *x, int c, size_t pl
 #pragma omp parallel for num_threads(be->threads) schedule(static)
     for (int ch = 0; ch < c; ch++) {
         partial[2 * ch] = partial[2 * ch + 1] = 0;
-        sum_squares_kernel(x + (size_t)ch * plane, (size_t)w, &partial[2 * ch],
-                           &partial[2 * ch + 1]);
+        KS->sum_squares(x + (size_t)ch * plane, (size_t)w, &partial[2 * ch], &partial[2 * ch + 1]);
     }
     double s = 0, ss = 0;
     for (int ch = 0; ch < c; ch++) {
@@ -790,8 +616,8 @@ static inline void dconv_residual_channel(float *x, const float *y, int ch, int 
 {
     float sa = rstd * gamma[ch], ba = beta[ch] - (float)mean * sa;
     float sg = rstd * gamma[ch + c], bg = beta[ch + c] - (float)mean * sg;
-    norm_glu_residual_kernel(x + (size_t)ch * plane, y + (size_t)ch * plane,
-                             y + (size_t)(ch + c) * plane, sa, ba, sg, bg, scale[ch], w);
+    KS->norm_glu_residual(x + (size_t)ch * plane, y + (size_t)ch * plane,
+                          y + (size_t)(ch + c) * plane, sa, ba, sg, bg, scale[ch], w);
 }
 
 static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, const float *gamma,
@@ -934,7 +760,7 @@ static void cpu_denormalize(sep_backend *be, float *out, const float *in, const 
 
 static void cpu_gelu(sep_backend *be, float *out, const float *in, size_t count)
 {
-    PAR_CHUNKS(be, count, 32768, lo, hi, gelu_kernel(out + lo, in + lo, hi - lo));
+    PAR_CHUNKS(be, count, 32768, lo, hi, KS->gelu(out + lo, in + lo, hi - lo));
 }
 
 static void cpu_relu(sep_backend *be, float *out, const float *in, size_t count)
@@ -950,7 +776,7 @@ static void cpu_glu(sep_backend *be, float *out, const float *in, int n, int c, 
     for (int b = 0; b < n; b++) {
         const float *a = in + (size_t)b * 2 * plane, *g = a + plane;
         float *y = out + (size_t)b * plane;
-        PAR_CHUNKS(be, plane, 32768, lo, hi, glu_kernel(y + lo, a + lo, g + lo, hi - lo));
+        PAR_CHUNKS(be, plane, 32768, lo, hi, KS->glu(y + lo, a + lo, g + lo, hi - lo));
     }
 }
 
@@ -1208,6 +1034,89 @@ static void cpu_ispec(sep_backend *be, float *out, const float *in, int nsig, in
     }
 }
 
+/* ---- instruction set ---- */
+
+int sep_cpu_isa_supported(const char *isa)
+{
+    if (strcmp(isa, "generic") == 0)
+        return 1;
+#ifdef SEP_CPU_HAVE_X86_KERNELS
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("bmi2");
+    if (strcmp(isa, "avx2") == 0)
+        return avx2;
+    if (strcmp(isa, "avx512") == 0)
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#endif
+    return 0;
+}
+
+static const cpu_kernels *kernels_named(const char *isa)
+{
+#ifdef SEP_CPU_HAVE_X86_KERNELS
+    if (strcmp(isa, "avx512") == 0)
+        return &cpu_kernels_avx512;
+    if (strcmp(isa, "avx2") == 0)
+        return &cpu_kernels_avx2;
+#endif
+    if (strcmp(isa, "generic") == 0)
+        return &cpu_kernels_generic;
+    return NULL;
+}
+
+const cpu_kernels *sep_cpu_kernels(char *err, size_t errlen)
+{
+    const char *want = getenv("SEP_CPU_ISA");
+    if (want && *want) {
+        const cpu_kernels *k = kernels_named(want);
+        if (!k) {
+            snprintf(err, errlen, "SEP_CPU_ISA=%s: unknown instruction set (generic, avx2, avx512)",
+                     want);
+            return NULL;
+        }
+        if (!sep_cpu_isa_supported(want)) {
+            snprintf(err, errlen, "SEP_CPU_ISA=%s: this CPU does not support it", want);
+            return NULL;
+        }
+        return k;
+    }
+    static const char *const order[] = {"avx512", "avx2", "generic"};
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++)
+        if (kernels_named(order[i]) && sep_cpu_isa_supported(order[i]))
+            return kernels_named(order[i]);
+    return &cpu_kernels_generic;
+}
+
+double sep_cpu_fma_peak_gflops(int threads, double seconds)
+{
+    char err[256];
+    const cpu_kernels *k = sep_cpu_kernels(err, sizeof err);
+    if (!k)
+        return 0;
+    if (threads <= 0)
+        threads = omp_get_num_procs();
+    /* calibrate the iteration count on one thread, then run all threads at once */
+    long iters = 1 << 16;
+    for (;;) {
+        double t0 = omp_get_wtime();
+        k->fma_loop(iters);
+        double dt = omp_get_wtime() - t0;
+        if (dt > 0.02 || iters > (1L << 40)) {
+            iters = (long)(iters * (seconds / (dt > 0 ? dt : 1e-9)));
+            break;
+        }
+        iters *= 4;
+    }
+    if (iters < 1)
+        iters = 1;
+    double flops = 0, t0 = omp_get_wtime();
+#pragma omp parallel num_threads(threads) reduction(+ : flops)
+    flops += k->fma_loop(iters);
+    return flops / (omp_get_wtime() - t0) / 1e9;
+}
+
 static void cpu_destroy(sep_backend *be)
 {
     if (!be)
@@ -1265,6 +1174,10 @@ static const sep_backend_ops cpu_ops = {
 
 sep_backend *sep_cpu_backend_create(int threads, char *err, size_t errlen)
 {
+    const cpu_kernels *k = sep_cpu_kernels(err, errlen);
+    if (!k)
+        return NULL;
+    KS = k;
     sep_backend *be = calloc(1, sizeof(*be));
     cpu_impl *c = calloc(1, sizeof(*c));
     if (!be || !c) {

@@ -2,6 +2,10 @@
  * ops_test.c - every backend operation against a plain reference loop.
  *
  *   ops_test [--device cpu|cuda] [--threads N]
+ *   ops_test --isas      prints the CPU instruction sets this machine can run
+ *
+ * The CPU backend runs the kernels SEP_CPU_ISA names (generic, avx2, avx512; default:
+ * the widest the CPU supports); make test-ops runs this once per supported set.
  *
  * Each operation of backend.h runs on seeded random data through the backend's own
  * memory (alloc/upload/download, so a GPU backend is tested the same way) and is
@@ -22,6 +26,7 @@
 #include <string.h>
 
 #include "models/backend.h"
+#include "models/cpu_kernels.h"
 #include "models/util.h"
 
 #define TOL 1e-5
@@ -654,6 +659,13 @@ static const struct {
     {"conv 1x3 dil2 direct cin24 cout6 3x150",       {2, 24,  3,  150,  6, 1, 3, 1, 1, 1, 2, 0, 0, 2, 2, SEP_ACT_NONE}},
     {"conv 1x3 direct narrow rows cin40 cout5 4x20", {1, 40,  4,   20,  5, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, SEP_ACT_NONE}},
     {"conv 1x1 direct cin6 cout20 +gelu 2x1100",     {1,  6,  2, 1100, 20, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, SEP_ACT_GELU}},
+    /* channel blocks of every instruction set (4, 6, 8) with a partial last block,
+     * rows just under, at and over one position block (8, 16, 32) */
+    {"conv 1x3 direct cin9 cout13 2x17",             {1,  9,  2,   17, 13, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, SEP_ACT_NONE}},
+    {"conv 1x3 direct cin7 cout11 3x33 +gelu",       {1,  7,  3,   33, 11, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, SEP_ACT_GELU}},
+    {"conv 1x3 direct cin5 cout7 2x9",               {2,  5,  2,    9,  7, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, SEP_ACT_NONE}},
+    {"conv 1x3 dil4 direct cin12 cout12 1x40",       {1, 12,  1,   40, 12, 1, 3, 1, 1, 1, 4, 0, 0, 4, 4, SEP_ACT_NONE}},
+    {"conv 1x1 direct cin12 cout25 4x15",            {1, 12,  4,   15, 25, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, SEP_ACT_NONE}},
     {"conv 3x3 im2col cin16 cout24 9x37",            {2, 16,  9,   37, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
     {"conv 3x3 im2col chunks cin64 cout20 40x60",    {1, 64, 40,   60, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
     {"conv 8x1 s4 freq cin4 cout24 +gelu 64x20",     {2,  4, 64,   20, 24, 8, 1, 4, 1, 1, 1, 2, 2, 0, 0, SEP_ACT_GELU}},
@@ -692,6 +704,14 @@ int main(int argc, char **argv)
             device = argv[++i];
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--isas") == 0) {
+            static const char *const isas[] = {"generic", "avx2", "avx512"};
+            for (int j = 0; j < 3; j++)
+                if (sep_cpu_isa_supported(isas[j]))
+                    printf("%s%s", j ? " " : "", isas[j]);
+            printf("\n");
+            return 0;
+        }
     }
     char err[256];
     if (strcmp(device, "cpu") == 0)
@@ -704,6 +724,8 @@ int main(int argc, char **argv)
         printf("FAIL backend: %s\n", err);
         return 1;
     }
+    if (strcmp(device, "cpu") == 0)
+        printf("cpu kernels: %s\n", sep_cpu_kernels(err, sizeof(err))->name);
     for (size_t i = 0; i < sizeof(conv_cases) / sizeof(conv_cases[0]); i++)
         test_conv(conv_cases[i].name, conv_cases[i].desc);
     for (size_t i = 0; i < sizeof(conv_tr_cases) / sizeof(conv_tr_cases[0]); i++)
