@@ -28,7 +28,13 @@
 
 /* im2col / col2im chunks: this many floats per thread (1 MiB, L2-sized) */
 #define COL_CACHE_FLOATS (256u << 10)
-#define ATTN_QBLOCK 512
+/* attention tiles: query rows x keys (S tile of 128 KiB, in L2) */
+#ifndef ATTN_QTILE
+#define ATTN_QTILE 128
+#endif
+#ifndef ATTN_KTILE
+#define ATTN_KTILE 256
+#endif
 #define MAX_FFT_PLANS 4
 
 /* the kernels of this process's instruction set (cpu_kernels.h), set when a backend is
@@ -460,45 +466,59 @@ static void cpu_linear(sep_backend *be, float *out, const float *in, const float
     }
 }
 
-/* exp(s - max(s)) in place; returns 1 / sum (the normalisation is applied to the
- * attention output row instead of the n probabilities: one pass less over s) */
-static float softmax_row_unnormalised(float *s, int n)
-{
-    return 1.0f / KS->softmax_exp(s, n, KS->max(s, n));
-}
-
+/* Attention, blocked and fused (no nq x nk matrix): per head and tile of ATTN_QTILE
+ * query rows, the keys are taken ATTN_KTILE at a time: S = scale Q K^T for the tile
+ * (in L2), an online softmax (running row max m and sum l; when the max grows, the
+ * output row and l are rescaled by exp(m_old - m_new)), then O += P V. The output
+ * rows are divided by l at the end. */
 static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *out, const float *q,
                           const float *k, const float *v)
 {
     int nt = be->threads;
-    /* at most ATTN_QBLOCK query rows per block, the blocks of one head equal in size
-     * (rounded up to 16) so no block is a short, less efficient GEMM */
-    int qblocks = (d->nq + ATTN_QBLOCK - 1) / ATTN_QBLOCK;
-    int qblock = ((d->nq + qblocks - 1) / qblocks + 15) / 16 * 16;
-    qblocks = (d->nq + qblock - 1) / qblock;
-    int tasks = d->batch * d->heads * qblocks;
+    /* query tiles of one head equal in size (a multiple of 16) */
+    int qtiles = (d->nq + ATTN_QTILE - 1) / ATTN_QTILE;
+    int qtile = ((d->nq + qtiles - 1) / qtiles + 15) / 16 * 16;
+    qtiles = (d->nq + qtile - 1) / qtile;
+    int ktile = d->nk < ATTN_KTILE ? d->nk : ATTN_KTILE;
+    int tasks = d->batch * d->heads * qtiles;
     float scale = 1.0f / sqrtf((float)d->head_dim);
-    size_t per_thread = (size_t)qblock * d->nk + qblock;
+    size_t per_thread = (size_t)qtile * ktile + 2 * (size_t)qtile;
     float *sbuf = scratch(be, (size_t)nt * per_thread);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int task = 0; task < tasks; task++) {
-        int qb = task % qblocks, h = (task / qblocks) % d->heads, b = task / (qblocks * d->heads);
-        int q0 = qb * qblock;
-        int nq = d->nq - q0 < qblock ? d->nq - q0 : qblock;
+        int qb = task % qtiles, h = (task / qtiles) % d->heads, b = task / (qtiles * d->heads);
+        int q0 = qb * qtile;
+        int nq = d->nq - q0 < qtile ? d->nq - q0 : qtile;
         float *s = sbuf + (size_t)omp_get_thread_num() * per_thread;
-        float *inv = s + (size_t)qblock * d->nk;
+        float *m = s + (size_t)qtile * ktile, *l = m + qtile;
         const float *qp = q + ((size_t)b * d->nq + q0) * d->ldq + (size_t)h * d->head_dim;
         const float *kp = k + (size_t)b * d->nk * d->ldk + (size_t)h * d->head_dim;
         const float *vp = v + (size_t)b * d->nk * d->ldv + (size_t)h * d->head_dim;
         float *op = out + ((size_t)b * d->nq + q0) * d->ldo + (size_t)h * d->head_dim;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, d->nk, d->head_dim, scale, qp,
-                    d->ldq, kp, d->ldk, 0.0f, s, d->nk);
+        for (int k0 = 0; k0 < d->nk; k0 += ktile) {
+            int nk = d->nk - k0 < ktile ? d->nk - k0 : ktile;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d->head_dim, scale, qp,
+                        d->ldq, kp + (size_t)k0 * d->ldk, d->ldk, 0.0f, s, nk);
+            for (int i = 0; i < nq; i++) {
+                float *si = s + (size_t)i * nk;
+                float mx = KS->max(si, nk);
+                if (k0 == 0) {
+                    m[i] = mx;
+                    l[i] = KS->softmax_exp(si, nk, mx);
+                } else {
+                    float mnew = mx > m[i] ? mx : m[i];
+                    float alpha = expf(m[i] - mnew);
+                    m[i] = mnew;
+                    l[i] = l[i] * alpha + KS->softmax_exp(si, nk, mnew);
+                    if (alpha != 1.0f)
+                        KS->scale(op + (size_t)i * d->ldo, d->head_dim, alpha);
+                }
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d->head_dim, nk, 1.0f, s, nk,
+                        vp + (size_t)k0 * d->ldv, d->ldv, k0 ? 1.0f : 0.0f, op, d->ldo);
+        }
         for (int i = 0; i < nq; i++)
-            inv[i] = softmax_row_unnormalised(s + (size_t)i * d->nk, d->nk);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d->head_dim, d->nk, 1.0f, s,
-                    d->nk, vp, d->ldv, 0.0f, op, d->ldo);
-        for (int i = 0; i < nq; i++)
-            KS->scale(op + (size_t)i * d->ldo, d->head_dim, inv[i]);
+            KS->scale(op + (size_t)i * d->ldo, d->head_dim, 1.0f / l[i]);
     }
 }
 

@@ -223,11 +223,13 @@ static void test_linear(const char *name, int batch, int rows, int in, int out, 
     free_operands(dx, dw, db, x, w, b);
 }
 
-static void test_attention(const char *name, sep_attention_desc d)
+/* q and k uniform in [-amp, amp]: a large amp gives peaked softmax rows whose maximum
+ * moves between key tiles (the online softmax's rescaling) */
+static void test_attention(const char *name, sep_attention_desc d, float amp)
 {
     size_t nq = (size_t)d.batch * d.nq * d.ldq, nk = (size_t)d.batch * d.nk * d.ldk;
     size_t nv = (size_t)d.batch * d.nk * d.ldv, no = (size_t)d.batch * d.nq * d.ldo;
-    float *q = hrand(nq, 1.0f), *k = hrand(nk, 1.0f), *v = hrand(nv, 1.0f);
+    float *q = hrand(nq, amp), *k = hrand(nk, amp), *v = hrand(nv, 1.0f);
     double *ref = calloc(no, sizeof(double));
     double *s = malloc((size_t)d.nk * sizeof(double));
     double scale = 1.0 / sqrt((double)d.head_dim);
@@ -688,10 +690,14 @@ static const struct {
 static const struct {
     const char *name;
     sep_attention_desc desc;
+    float amp;
 } attention_cases[] = {
-    /* {name, {batch, heads, nq, nk, head_dim, ldq, ldk, ldv, ldo}} */
-    {"attention self 2x3h 600x600 (ld 3C)", {2, 3, 600, 600, 16, 144, 144, 144, 48}},
-    {"attention cross 1x4h 700x333",        {1, 4, 700, 333,  8,  32,  64,  64, 32}},
+    /* {name, {batch, heads, nq, nk, head_dim, ldq, ldk, ldv, ldo}, amp} */
+    {"attention self 2x3h 600x600 (ld 3C)", {2, 3, 600, 600, 16, 144, 144, 144, 48}, 1.0f},
+    {"attention cross 1x4h 700x333",        {1, 4, 700, 333,  8,  32,  64,  64, 32}, 1.0f},
+    /* several key tiles and a partial one, peaked rows: the running max changes */
+    {"attention 1x2h 300x1000 hd64 peaked", {1, 2, 300, 1000, 64, 128, 128, 128, 128}, 3.0f},
+    {"attention 1x1h 5x7 tiny",             {1, 1,   5,    7,  4,   4,   4,   4,   4}, 2.0f},
 };
 /* clang-format on */
 
@@ -734,7 +740,7 @@ int main(int argc, char **argv)
     test_linear("linear 1x130x64->256 +gelu", 1, 130, 64, 256, SEP_ACT_GELU);
     test_linear("linear 1x70x32->40 +relu", 1, 70, 32, 40, SEP_ACT_RELU);
     for (size_t i = 0; i < sizeof(attention_cases) / sizeof(attention_cases[0]); i++)
-        test_attention(attention_cases[i].name, attention_cases[i].desc);
+        test_attention(attention_cases[i].name, attention_cases[i].desc, attention_cases[i].amp);
     test_group_norm("group_norm 2x12x500 g4", 2, 12, 500, 4, SEP_ACT_NONE);
     test_group_norm("group_norm 1x8x30000 g1 +gelu (split block)", 1, 8, 30000, 1, SEP_ACT_GELU);
     test_group_norm_rows("group_norm_rows 2x10x7x90 +gelu", 2, 10, 7, 90, SEP_ACT_GELU);
