@@ -482,6 +482,25 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
     int ktile = d->nk < ATTN_KTILE ? d->nk : ATTN_KTILE;
     int tasks = d->batch * d->heads * qtiles;
     float scale = 1.0f / sqrtf((float)d->head_dim);
+    if (d->head_dim % KS->t_block == 0) {
+        /* the kernels' own register-blocked products */
+        size_t work = KS->attention_work_floats(qtile, d->head_dim);
+        float *wbuf = scratch(be, (size_t)nt * work);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int task = 0; task < tasks; task++) {
+            int qb = task % qtiles, h = (task / qtiles) % d->heads, b = task / (qtiles * d->heads);
+            int q0 = qb * qtile;
+            int nq = d->nq - q0 < qtile ? d->nq - q0 : qtile;
+            KS->attention_tile(
+                out + ((size_t)b * d->nq + q0) * d->ldo + (size_t)h * d->head_dim, d->ldo,
+                q + ((size_t)b * d->nq + q0) * d->ldq + (size_t)h * d->head_dim, d->ldq,
+                k + (size_t)b * d->nk * d->ldk + (size_t)h * d->head_dim, d->ldk,
+                v + (size_t)b * d->nk * d->ldv + (size_t)h * d->head_dim, d->ldv, nq, d->nk,
+                d->head_dim, scale, wbuf + (size_t)omp_get_thread_num() * work);
+        }
+        return;
+    }
+    /* other head sizes: the same tiles with sgemm */
     size_t per_thread = (size_t)qtile * ktile + 2 * (size_t)qtile;
     float *sbuf = scratch(be, (size_t)nt * per_thread);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)

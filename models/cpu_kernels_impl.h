@@ -180,6 +180,133 @@ static int k_conv_row_interior(float *y, size_t oplane, int nco, const float *x,
     return t;
 }
 
+/* C[r][0..TB) (+)= alpha * sum_k A(r, k) B[k][0..TB) for rows r < nr (nr <= COB), with
+ * A(r, k) = A[r * ar + k * ak]: the register block of the attention products. A is
+ * read by broadcasts, B (row stride ldb) by vector loads. accumulate: C's values are
+ * added to (and alpha is 1). */
+static inline __attribute__((always_inline)) void mk_block(float *C, size_t ldc, const float *A,
+                                                           size_t ar, size_t ak, const float *B,
+                                                           size_t ldb, int kdim, int nr,
+                                                           float alpha, int accumulate)
+{
+    vf acc[COB][NV];
+    const float *arow[COB];
+    for (int r = 0; r < COB; r++) {
+        arow[r] = A + (size_t)(r < nr ? r : nr - 1) * ar;
+        for (int v = 0; v < NV; v++) {
+            vf z = {0};
+            if (accumulate && r < nr)
+                memcpy(&z, C + (size_t)r * ldc + v * VW, sizeof(vf));
+            acc[r][v] = z;
+        }
+    }
+    for (int k = 0; k < kdim; k++) {
+        vf bv[NV];
+        for (int v = 0; v < NV; v++)
+            memcpy(&bv[v], B + (size_t)k * ldb + v * VW, sizeof(vf));
+        for (int r = 0; r < COB; r++) {
+            float a = arow[r][(size_t)k * ak];
+            for (int v = 0; v < NV; v++)
+                acc[r][v] += a * bv[v];
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int v = 0; v < NV; v++) {
+            vf o = accumulate ? acc[r][v] : acc[r][v] * alpha;
+            memcpy(C + (size_t)r * ldc + v * VW, &o, sizeof(vf));
+        }
+}
+
+/* One head and tile of nq query rows of attention (see cpu_kernels.h). The tile's
+ * queries are transposed once (qt [hd][qp]); per tile of ATTN_KT keys the scores are
+ * computed transposed, st[j][i] = scale k_j . q_i (keys broadcast, queries in
+ * vectors), so the softmax over keys runs down the columns, vectorised over the
+ * queries: running max m[i] and sum l[i], O rows rescaled by exp(m_old - m_new) when
+ * the max grows; then O[i] += sum_j st[j][i] v_j, and O / l at the end. */
+#define ATTN_KT 256
+static void k_attention_tile(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                             size_t ldk, const float *v, size_t ldv, int nq, int nk, int hd,
+                             float scale, float *work)
+{
+    int qp = (nq + TB - 1) / TB * TB;
+    float *qt = work;                     /* [hd][qp] */
+    float *st = qt + (size_t)hd * qp;     /* [ATTN_KT][qp] */
+    float *o = st + (size_t)ATTN_KT * qp; /* [nq][hd] */
+    float *m = o + (size_t)nq * hd, *l = m + qp, *alpha = l + qp, *mx = alpha + qp;
+    /* the key tile's values, contiguous [ATTN_KT][hd] (rows of v are ldv apart: a
+     * multiple of a large power of two aliases in the L1 cache) */
+    float *vt = mx + qp;
+    for (int i = 0; i < qp; i++) {
+        const float *qi = q + (size_t)(i < nq ? i : nq - 1) * ldq;
+        for (int d = 0; d < hd; d++)
+            qt[(size_t)d * qp + i] = qi[d];
+    }
+    for (int k0 = 0; k0 < nk; k0 += ATTN_KT) {
+        int nkt = nk - k0 < ATTN_KT ? nk - k0 : ATTN_KT;
+        for (int j0 = 0; j0 < nkt; j0 += COB) {
+            int nr = nkt - j0 < COB ? nkt - j0 : COB;
+            for (int c = 0; c < qp; c += TB)
+                mk_block(st + (size_t)j0 * qp + c, qp, k + (size_t)(k0 + j0) * ldk, ldk, 1, qt + c,
+                         qp, hd, nr, scale, 0);
+        }
+        for (int i = 0; i < qp; i++)
+            mx[i] = st[i];
+        for (int j = 1; j < nkt; j++) {
+            const float *sj = st + (size_t)j * qp;
+#pragma omp simd
+            for (int i = 0; i < qp; i++)
+                mx[i] = sj[i] > mx[i] ? sj[i] : mx[i];
+        }
+        if (k0 == 0) {
+            for (int i = 0; i < qp; i++) {
+                m[i] = mx[i];
+                l[i] = 0.0f;
+            }
+        } else {
+#pragma omp simd
+            for (int i = 0; i < qp; i++) {
+                float mnew = mx[i] > m[i] ? mx[i] : m[i];
+                alpha[i] = vexp(m[i] - mnew);
+                l[i] *= alpha[i];
+                m[i] = mnew;
+            }
+            for (int i = 0; i < nq; i++)
+                if (alpha[i] != 1.0f)
+                    k_scale(o + (size_t)i * hd, hd, alpha[i]);
+        }
+        for (int j = 0; j < nkt; j++) {
+            float *sj = st + (size_t)j * qp;
+#pragma omp simd
+            for (int i = 0; i < qp; i++) {
+                float e = vexp(sj[i] - m[i]);
+                sj[i] = e;
+                l[i] += e;
+            }
+        }
+        for (int j = 0; j < nkt; j++)
+            memcpy(vt + (size_t)j * hd, v + (size_t)(k0 + j) * ldv, (size_t)hd * sizeof(float));
+        for (int i0 = 0; i0 < nq; i0 += COB) {
+            int nr = nq - i0 < COB ? nq - i0 : COB;
+            for (int c = 0; c < hd; c += TB)
+                mk_block(o + (size_t)i0 * hd + c, hd, st + i0, 1, qp, vt + c, hd, nkt, nr, 1.0f,
+                         k0 > 0);
+        }
+    }
+    for (int i = 0; i < nq; i++) {
+        float inv = 1.0f / l[i];
+        const float *oi = o + (size_t)i * hd;
+        float *yi = out + (size_t)i * ldo;
+        for (int c = 0; c < hd; c++)
+            yi[c] = oi[c] * inv;
+    }
+}
+
+static size_t k_attention_work_floats(int nq, int hd)
+{
+    size_t qp = (size_t)(nq + TB - 1) / TB * TB;
+    return (size_t)hd * qp + (size_t)ATTN_KT * qp + (size_t)nq * hd + 4 * qp + (size_t)ATTN_KT * hd;
+}
+
 /* 10 independent multiply-add chains (enough to cover the FMA latency x throughput
  * of current cores); the result is kept so the loop is not removed */
 static double k_fma_loop(long iters)
@@ -217,5 +344,8 @@ const cpu_kernels KTABLE = {
     .scale = k_scale,
     .affine = k_affine,
     .conv_row_interior = k_conv_row_interior,
+    .attn_ktile = ATTN_KT,
+    .attention_tile = k_attention_tile,
+    .attention_work_floats = k_attention_work_floats,
     .fma_loop = k_fma_loop,
 };
