@@ -65,8 +65,9 @@ const cpu_kernels *sep_cpu_kernels(char *err, size_t errlen);
 /* Whether this CPU can run the kernels named `isa` ("generic", "avx2", "avx512"). */
 int sep_cpu_isa_supported(const char *isa);
 
-/* The FMA peak of this CPU for the chosen kernels: GFLOP/s of `threads` threads each
- * running the register-only FMA loop for about `seconds`. */
-double sep_cpu_fma_peak_gflops(int threads, double seconds);
+/* The FMA peak of this CPU for the kernels named `isa` (NULL: the ones this process
+ * uses): GFLOP/s of `threads` threads each running the register-only FMA loop, the
+ * best of five trials taking about `seconds` in all; 0 when the CPU lacks `isa`. */
+double sep_cpu_fma_peak_gflops(const char *isa, int threads, double seconds);
 
 #endif
