@@ -37,10 +37,6 @@
 #endif
 #define MAX_FFT_PLANS 4
 
-/* the kernels of this process's instruction set (cpu_kernels.h), set when a backend is
- * created */
-static const cpu_kernels *KS;
-
 /* Splits [0, n) into chunks of at least `grain` for the threads. */
 #define PAR_CHUNKS(be, n, grain, lo, hi, body)                                                     \
     do {                                                                                           \
@@ -66,7 +62,8 @@ typedef struct {
 
 typedef struct {
     int threads;
-    float *scratch; /* grows as needed, kept between calls */
+    const cpu_kernels *k; /* this backend's instruction set (cpu_kernels.h) */
+    float *scratch;       /* grows as needed, kept between calls */
     size_t scratch_count;
     fft_plan plans[MAX_FFT_PLANS];
     int n_plans;
@@ -235,6 +232,7 @@ static void conv_row_edge(float *y, const float *x, size_t plane, const float *w
 static void conv_rows_direct(sep_backend *be, const sep_conv2d_desc *d, float *out, const float *in,
                              const float *w, const float *bias)
 {
+    const cpu_kernels *ks = impl_of(be)->k;
     int off[8], lo = 0, hi = d->wo;
     for (int kj = 0; kj < d->kw; kj++) {
         off[kj] = kj * d->dw - d->pw0;
@@ -246,7 +244,7 @@ static void conv_rows_direct(sep_backend *be, const sep_conv2d_desc *d, float *o
     if (hi < lo)
         hi = lo;
     int K = d->cin * d->kw;
-    int cob = KS->co_block;
+    int cob = ks->co_block;
     int cblocks = (d->cout + cob - 1) / cob;
     /* weights per block of cob output channels, transposed to [K][cob], zero padded */
     float *wt = scratch(be, (size_t)cblocks * K * cob + (size_t)cblocks * cob);
@@ -274,7 +272,7 @@ static void conv_rows_direct(sep_backend *be, const sep_conv2d_desc *d, float *o
         if (a1 < a0)
             a0 = a1 = t1;
         int done =
-            KS->conv_row_interior(yb, out_plane, nco, xb, in_plane, wt + (size_t)cb * K * cob,
+            ks->conv_row_interior(yb, out_plane, nco, xb, in_plane, wt + (size_t)cb * K * cob,
                                   d->cin, d->kw, off, bt + co0, a0, a1);
         for (int j = 0; j < nco; j++) {
             float *y = yb + (size_t)j * out_plane;
@@ -283,7 +281,7 @@ static void conv_rows_direct(sep_backend *be, const sep_conv2d_desc *d, float *o
             conv_row_edge(y, xb, in_plane, wc, d->cin, d->kw, off, b0, t0, a0, d->w);
             conv_row_edge(y, xb, in_plane, wc, d->cin, d->kw, off, b0, done, t1, d->w);
             if (d->act == SEP_ACT_GELU)
-                KS->gelu(y + t0, y + t0, (size_t)(t1 - t0));
+                ks->gelu(y + t0, y + t0, (size_t)(t1 - t0));
         }
     }
 }
@@ -294,6 +292,7 @@ static void conv_rows_direct(sep_backend *be, const sep_conv2d_desc *d, float *o
 static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, const float *in,
                        const float *w, const float *bias)
 {
+    const cpu_kernels *ks = impl_of(be)->k;
     if (use_direct_conv(d)) {
         conv_rows_direct(be, d, out, in, w, bias);
         return;
@@ -337,11 +336,11 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
                         yr[i] += bm;
                 }
                 if (d->act == SEP_ACT_GELU)
-                    KS->gelu(yr, yr, (size_t)nc);
+                    ks->gelu(yr, yr, (size_t)nc);
             }
             if (glu)
                 for (int m = 0; m < Mout; m++)
-                    KS->glu(y + (size_t)m * N + p0, res + (size_t)m * nc,
+                    ks->glu(y + (size_t)m * N + p0, res + (size_t)m * nc,
                             res + (size_t)(m + Mout) * nc, (size_t)nc);
         }
     }
@@ -436,6 +435,7 @@ static void cpu_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *o
 static void cpu_linear(sep_backend *be, float *out, const float *in, const float *w,
                        const float *bias, int batch, int rows, int in_dim, int out_dim, int act)
 {
+    const cpu_kernels *ks = impl_of(be)->k;
     int nt = be->threads;
     int chunk = (rows + nt - 1) / nt;
     if (chunk < 64)
@@ -457,7 +457,7 @@ static void cpu_linear(sep_backend *be, float *out, const float *in, const float
                     for (int o = 0; o < out_dim; o++)
                         p[o] += bias[o];
                 if (act == SEP_ACT_GELU)
-                    KS->gelu(p, p, (size_t)out_dim);
+                    ks->gelu(p, p, (size_t)out_dim);
                 else if (act == SEP_ACT_RELU)
                     for (int o = 0; o < out_dim; o++)
                         p[o] = p[o] > 0.0f ? p[o] : 0.0f;
@@ -474,6 +474,7 @@ static void cpu_linear(sep_backend *be, float *out, const float *in, const float
 static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *out, const float *q,
                           const float *k, const float *v)
 {
+    const cpu_kernels *ks = impl_of(be)->k;
     int nt = be->threads;
     /* query tiles of one head equal in size (a multiple of 16) */
     int qtiles = (d->nq + ATTN_QTILE - 1) / ATTN_QTILE;
@@ -482,16 +483,16 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
     int ktile = d->nk < ATTN_KTILE ? d->nk : ATTN_KTILE;
     int tasks = d->batch * d->heads * qtiles;
     float scale = 1.0f / sqrtf((float)d->head_dim);
-    if (d->head_dim % KS->t_block == 0) {
+    if (d->head_dim % ks->t_block == 0) {
         /* the kernels' own register-blocked products */
-        size_t work = KS->attention_work_floats(qtile, d->head_dim);
+        size_t work = ks->attention_work_floats(qtile, d->head_dim);
         float *wbuf = scratch(be, (size_t)nt * work);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (int task = 0; task < tasks; task++) {
             int qb = task % qtiles, h = (task / qtiles) % d->heads, b = task / (qtiles * d->heads);
             int q0 = qb * qtile;
             int nq = d->nq - q0 < qtile ? d->nq - q0 : qtile;
-            KS->attention_tile(
+            ks->attention_tile(
                 out + ((size_t)b * d->nq + q0) * d->ldo + (size_t)h * d->head_dim, d->ldo,
                 q + ((size_t)b * d->nq + q0) * d->ldq + (size_t)h * d->head_dim, d->ldq,
                 k + (size_t)b * d->nk * d->ldk + (size_t)h * d->head_dim, d->ldk,
@@ -520,33 +521,34 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
                         d->ldq, kp + (size_t)k0 * d->ldk, d->ldk, 0.0f, s, nk);
             for (int i = 0; i < nq; i++) {
                 float *si = s + (size_t)i * nk;
-                float mx = KS->max(si, nk);
+                float mx = ks->max(si, nk);
                 if (k0 == 0) {
                     m[i] = mx;
-                    l[i] = KS->softmax_exp(si, nk, mx);
+                    l[i] = ks->softmax_exp(si, nk, mx);
                 } else {
                     float mnew = mx > m[i] ? mx : m[i];
                     float alpha = expf(m[i] - mnew);
                     m[i] = mnew;
-                    l[i] = l[i] * alpha + KS->softmax_exp(si, nk, mnew);
+                    l[i] = l[i] * alpha + ks->softmax_exp(si, nk, mnew);
                     if (alpha != 1.0f)
-                        KS->scale(op + (size_t)i * d->ldo, d->head_dim, alpha);
+                        ks->scale(op + (size_t)i * d->ldo, d->head_dim, alpha);
                 }
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d->head_dim, nk, 1.0f, s, nk,
                         vp + (size_t)k0 * d->ldv, d->ldv, k0 ? 1.0f : 0.0f, op, d->ldo);
         }
         for (int i = 0; i < nq; i++)
-            KS->scale(op + (size_t)i * d->ldo, d->head_dim, 1.0f / l[i]);
+            ks->scale(op + (size_t)i * d->ldo, d->head_dim, 1.0f / l[i]);
     }
 }
 
 /* ---- normalisations ---- */
 
-static void block_stats(const float *x, size_t len, double *mean, double *var)
+static void block_stats(const cpu_kernels *ks, const float *x, size_t len, double *mean,
+                        double *var)
 {
     double s = 0, ss = 0;
-    KS->sum_squares(x, len, &s, &ss);
+    ks->sum_squares(x, len, &s, &ss);
     double m = s / (double)len;
     double v = ss / (double)len - m * m;
     *mean = m;
@@ -570,18 +572,19 @@ static void block_stats_parallel(sep_backend *be, const float *x, size_t len, do
 
 /* One channel (or row) of a normalisation: y = x * sc + sh with sc = rstd * gamma and
  * sh = beta - mean * sc, then `act` (GELU or none). */
-static void norm_channel(float *y, const float *x, size_t len, double mean, float rstd, float gamma,
-                         float beta, int act)
+static void norm_channel(const cpu_kernels *ks, float *y, const float *x, size_t len, double mean,
+                         float rstd, float gamma, float beta, int act)
 {
     float sc = rstd * gamma;
     float sh = beta - (float)mean * sc;
-    KS->affine(y, x, len, sc, sh, act == SEP_ACT_GELU);
+    ks->affine(y, x, len, sc, sh, act == SEP_ACT_GELU);
 }
 
 static void cpu_group_norm(sep_backend *be, float *out, const float *in, const float *gamma,
                            const float *beta, int n, int c, int spatial, int groups, float eps,
                            int act)
 {
+    const cpu_kernels *ks = impl_of(be)->k;
     int cg = c / groups;
     size_t len = (size_t)cg * spatial;
     int blocks = n * groups;
@@ -592,7 +595,7 @@ static void cpu_group_norm(sep_backend *be, float *out, const float *in, const f
         float *y = out + (size_t)blk * len;
         double mean, var;
         if (par_blocks)
-            block_stats(x, len, &mean, &var);
+            block_stats(ks, x, len, &mean, &var);
         else
             block_stats_parallel(be, x, len, &mean, &var);
         float rstd = (float)(1.0 / sqrt(var + eps));
@@ -600,8 +603,8 @@ static void cpu_group_norm(sep_backend *be, float *out, const float *in, const f
 #pragma omp parallel for num_threads(be->threads) if (!par_blocks)
         for (int j = 0; j < cg; j++) {
             int ch = g * cg + j;
-            norm_channel(y + (size_t)j * spatial, x + (size_t)j * spatial, (size_t)spatial, mean,
-                         rstd, gamma[ch], beta[ch], act);
+            norm_channel(ks, y + (size_t)j * spatial, x + (size_t)j * spatial, (size_t)spatial,
+                         mean, rstd, gamma[ch], beta[ch], act);
         }
     }
 }
@@ -614,13 +617,13 @@ static void row_stats_finish(double s, double ss, double cnt, double *mean, floa
     *rstd = (float)(1.0 / sqrt((var > 0 ? var : 0) + eps));
 }
 
-static void row_stats(const float *x, int c, size_t plane, int w, double *mean, float *rstd,
-                      float eps)
+static void row_stats(const cpu_kernels *ks, const float *x, int c, size_t plane, int w,
+                      double *mean, float *rstd, float eps)
 {
     double s = 0, ss = 0;
     for (int ch = 0; ch < c; ch++) {
         double cs = 0, css = 0;
-        KS->sum_squares(x + (size_t)ch * plane, (size_t)w, &cs, &css);
+        ks->sum_squares(x + (size_t)ch * plane, (size_t)w, &cs, &css);
         s += cs;
         ss += css;
     }
@@ -633,11 +636,12 @@ static void row_stats(const float *x, int c, size_t plane, int w, double *mean, 
 static void row_stats_parallel(sep_backend *be, const float *x, int c, size_t plane, int w,
                                double *mean, float *rstd, float eps)
 {
+    const cpu_kernels *ks = impl_of(be)->k;
     double *partial = (double *)scratch(be, 4 * (size_t)c); /* c pairs of doubles */
 #pragma omp parallel for num_threads(be->threads) schedule(static)
     for (int ch = 0; ch < c; ch++) {
         partial[2 * ch] = partial[2 * ch + 1] = 0;
-        KS->sum_squares(x + (size_t)ch * plane, (size_t)w, &partial[2 * ch], &partial[2 * ch + 1]);
+        ks->sum_squares(x + (size_t)ch * plane, (size_t)w, &partial[2 * ch], &partial[2 * ch + 1]);
     }
     double s = 0, ss = 0;
     for (int ch = 0; ch < c; ch++) {
@@ -649,13 +653,13 @@ static void row_stats_parallel(sep_backend *be, const float *x, int c, size_t pl
 
 /* One channel of one row of the DConv residual: GroupNorm(1) affine of both GLU halves
  * with the row's statistics, GLU, LayerScale, added into x. */
-static inline void dconv_residual_channel(float *x, const float *y, int ch, int c, size_t plane,
-                                          int w, double mean, float rstd, const float *gamma,
-                                          const float *beta, const float *scale)
+static inline void dconv_residual_channel(const cpu_kernels *ks, float *x, const float *y, int ch,
+                                          int c, size_t plane, int w, double mean, float rstd,
+                                          const float *gamma, const float *beta, const float *scale)
 {
     float sa = rstd * gamma[ch], ba = beta[ch] - (float)mean * sa;
     float sg = rstd * gamma[ch + c], bg = beta[ch + c] - (float)mean * sg;
-    KS->norm_glu_residual(x + (size_t)ch * plane, y + (size_t)ch * plane,
+    ks->norm_glu_residual(x + (size_t)ch * plane, y + (size_t)ch * plane,
                           y + (size_t)(ch + c) * plane, sa, ba, sg, bg, scale[ch], w);
 }
 
@@ -663,6 +667,7 @@ static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, con
                                const float *beta, const float *scale, int n, int c, int h, int w,
                                float eps)
 {
+    const cpu_kernels *ks = impl_of(be)->k;
     size_t plane = (size_t)h * w;
     int rows = n * h;
     if (rows < be->threads) {
@@ -676,7 +681,7 @@ static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, con
             row_stats_parallel(be, y, 2 * c, plane, w, &mean, &rstd, eps);
 #pragma omp parallel for num_threads(be->threads) schedule(static)
             for (int ch = 0; ch < c; ch++)
-                dconv_residual_channel(x, y, ch, c, plane, w, mean, rstd, gamma, beta, scale);
+                dconv_residual_channel(ks, x, y, ch, c, plane, w, mean, rstd, gamma, beta, scale);
         }
         return;
     }
@@ -687,15 +692,16 @@ static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, con
         float *x = xo + (size_t)b * c * plane + (size_t)row * w;
         double mean;
         float rstd;
-        row_stats(y, 2 * c, plane, w, &mean, &rstd, eps);
+        row_stats(ks, y, 2 * c, plane, w, &mean, &rstd, eps);
         for (int ch = 0; ch < c; ch++)
-            dconv_residual_channel(x, y, ch, c, plane, w, mean, rstd, gamma, beta, scale);
+            dconv_residual_channel(ks, x, y, ch, c, plane, w, mean, rstd, gamma, beta, scale);
     }
 }
 
 static void cpu_group_norm_rows(sep_backend *be, float *out, const float *in, const float *gamma,
                                 const float *beta, int n, int c, int h, int w, float eps, int act)
 {
+    const cpu_kernels *ks = impl_of(be)->k;
     size_t plane = (size_t)h * w;
     int rows = n * h;
 #pragma omp parallel for num_threads(be->threads) schedule(static)
@@ -705,9 +711,9 @@ static void cpu_group_norm_rows(sep_backend *be, float *out, const float *in, co
         float *y = out + (size_t)b * c * plane + (size_t)row * w;
         double mean;
         float rstd;
-        row_stats(x, c, plane, w, &mean, &rstd, eps);
+        row_stats(ks, x, c, plane, w, &mean, &rstd, eps);
         for (int ch = 0; ch < c; ch++)
-            norm_channel(y + (size_t)ch * plane, x + (size_t)ch * plane, (size_t)w, mean, rstd,
+            norm_channel(ks, y + (size_t)ch * plane, x + (size_t)ch * plane, (size_t)w, mean, rstd,
                          gamma[ch], beta[ch], act);
     }
 }
@@ -738,12 +744,13 @@ static void cpu_group_norm_tokens(sep_backend *be, float *out, const float *in, 
 static void cpu_layer_norm(sep_backend *be, float *out, const float *in, const float *gamma,
                            const float *beta, int rows, int dim, float eps)
 {
+    const cpu_kernels *ks = impl_of(be)->k;
 #pragma omp parallel for num_threads(be->threads) schedule(static)
     for (int r = 0; r < rows; r++) {
         const float *x = in + (size_t)r * dim;
         float *y = out + (size_t)r * dim;
         double mean, var;
-        block_stats(x, (size_t)dim, &mean, &var);
+        block_stats(ks, x, (size_t)dim, &mean, &var);
         float rstd = (float)(1.0 / sqrt(var + eps));
         float m = (float)mean;
         for (int i = 0; i < dim; i++)
@@ -799,7 +806,8 @@ static void cpu_denormalize(sep_backend *be, float *out, const float *in, const 
 
 static void cpu_gelu(sep_backend *be, float *out, const float *in, size_t count)
 {
-    PAR_CHUNKS(be, count, 32768, lo, hi, KS->gelu(out + lo, in + lo, hi - lo));
+    const cpu_kernels *ks = impl_of(be)->k;
+    PAR_CHUNKS(be, count, 32768, lo, hi, ks->gelu(out + lo, in + lo, hi - lo));
 }
 
 static void cpu_relu(sep_backend *be, float *out, const float *in, size_t count)
@@ -811,11 +819,12 @@ static void cpu_relu(sep_backend *be, float *out, const float *in, size_t count)
 
 static void cpu_glu(sep_backend *be, float *out, const float *in, int n, int c, int spatial)
 {
+    const cpu_kernels *ks = impl_of(be)->k;
     size_t plane = (size_t)c * spatial;
     for (int b = 0; b < n; b++) {
         const float *a = in + (size_t)b * 2 * plane, *g = a + plane;
         float *y = out + (size_t)b * plane;
-        PAR_CHUNKS(be, plane, 32768, lo, hi, KS->glu(y + lo, a + lo, g + lo, hi - lo));
+        PAR_CHUNKS(be, plane, 32768, lo, hi, ks->glu(y + lo, a + lo, g + lo, hi - lo));
     }
 }
 
@@ -1223,7 +1232,6 @@ sep_backend *sep_cpu_backend_create(int threads, char *err, size_t errlen)
     const cpu_kernels *k = sep_cpu_kernels(err, errlen);
     if (!k)
         return NULL;
-    KS = k;
     sep_backend *be = calloc(1, sizeof(*be));
     cpu_impl *c = calloc(1, sizeof(*c));
     if (!be || !c) {
@@ -1235,6 +1243,7 @@ sep_backend *sep_cpu_backend_create(int threads, char *err, size_t errlen)
     if (threads <= 0)
         threads = omp_get_num_procs();
     c->threads = threads;
+    c->k = k;
     be->name = "cpu";
     be->ops = &cpu_ops;
     be->threads = threads;
