@@ -16,6 +16,7 @@
  * --fma-peak prints, for each instruction set this CPU supports, the GFLOP/s of N
  * threads running a register-only FMA loop (best of five short trials):
  *   fma_peak_gflops <isa> <GFLOP/s>
+ *   fma_peak_gflops_per_cpu_second <isa> <GFLOP per CPU-second: one core's peak>
  * and the set the engine would use (engine_isa).
  * CPU time is less sensitive than wall time to other processes on the machine; with
  * OMP_WAIT_POLICY=passive it excludes threads spinning at barriers.
@@ -59,9 +60,11 @@ int main(int argc, char **argv)
     if (peak) {
         static const char *const isas[] = {"generic", "avx2", "avx512"};
         for (int i = 0; i < 3; i++)
-            if (sep_cpu_isa_supported(isas[i]))
-                printf("fma_peak_gflops %s %.1f\n", isas[i],
-                       sep_cpu_fma_peak_gflops(isas[i], threads, 1.0));
+            if (sep_cpu_isa_supported(isas[i])) {
+                double per_cpu, g = sep_cpu_fma_peak_gflops(isas[i], threads, 1.0, &per_cpu);
+                printf("fma_peak_gflops %s %.1f\n", isas[i], g);
+                printf("fma_peak_gflops_per_cpu_second %s %.1f\n", isas[i], per_cpu);
+            }
         const cpu_kernels *k = sep_cpu_kernels(err, sizeof(err));
         if (!k) {
             fprintf(stderr, "%s\n", err);

@@ -65,9 +65,12 @@ const cpu_kernels *sep_cpu_kernels(char *err, size_t errlen);
 /* Whether this CPU can run the kernels named `isa` ("generic", "avx2", "avx512"). */
 int sep_cpu_isa_supported(const char *isa);
 
-/* The FMA peak of this CPU for the kernels named `isa` (NULL: the ones this process
- * uses): GFLOP/s of `threads` threads each running the register-only FMA loop, the
- * best of five trials taking about `seconds` in all; 0 when the CPU lacks `isa`. */
-double sep_cpu_fma_peak_gflops(const char *isa, int threads, double seconds);
+/* The FMA peak of this CPU for the kernels named `isa` (NULL: the ones SEP_CPU_ISA or
+ * the CPU selects): GFLOP/s of `threads` threads each running the register-only FMA
+ * loop, the best of five trials taking about `seconds` in all; 0 when the CPU lacks
+ * `isa`. per_cpu_second (may be NULL): the best GFLOP per CPU-second of the process
+ * (one core's peak, whatever else shares the cores). */
+double sep_cpu_fma_peak_gflops(const char *isa, int threads, double seconds,
+                               double *per_cpu_second);
 
 #endif
