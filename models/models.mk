@@ -47,8 +47,12 @@ $(MODELS_OBJDIR)/cpu_backend.o: MODELS_CFLAGS += -O3
 # one kernel table per instruction set, picked at run time (cpu_kernels.h); their
 # inputs are finite, so min/max compile to single instructions
 $(MODELS_OBJDIR)/cpu_kernels_generic.o: MODELS_CFLAGS += -O3 -ffinite-math-only
-$(MODELS_OBJDIR)/cpu_kernels_avx2.o: MODELS_CFLAGS += -O3 -ffinite-math-only -march=x86-64-v3
-$(MODELS_OBJDIR)/cpu_kernels_avx512.o: MODELS_CFLAGS += -O3 -ffinite-math-only -march=x86-64-v4
+# (on other targets these two are plain C copies the backend never picks)
+CPU_KERNELS_X86 := $(filter x86_64-%,$(shell $(CC) -dumpmachine))
+$(MODELS_OBJDIR)/cpu_kernels_avx2.o: MODELS_CFLAGS += -O3 -ffinite-math-only \
+    $(if $(CPU_KERNELS_X86),-march=x86-64-v3)
+$(MODELS_OBJDIR)/cpu_kernels_avx512.o: MODELS_CFLAGS += -O3 -ffinite-math-only \
+    $(if $(CPU_KERNELS_X86),-march=x86-64-v4)
 
 $(SEPMODELS_LIB): $(MODELS_OBJS)
 	@rm -f $@
