@@ -2,6 +2,7 @@
  * cpu_engine.c - times the C engine on full-size segments (used by bench/cpu).
  *
  *   cpu_engine WEIGHTS [--threads N] [--runs R] [--batch B] [--device D]
+ *   cpu_engine --fma-peak [--threads N]
  *
  * Runs R forward passes of B segments (the model's segment length) of a seeded
  * random mix after one warm-up pass, and prints machine-readable lines:
@@ -11,6 +12,12 @@
  *   engine_peak_rss_mib <peak resident set size of this process>
  *   engine_workspace_mib <activation workspace held by the engine>
  *   engine_cpu_seconds <median CPU time (user + system, all threads) per pass>
+ *   engine_isa <CPU kernels used: generic, avx2, avx512 (SEP_CPU_ISA forces one)>
+ * --fma-peak prints, for each instruction set this CPU supports, the GFLOP/s of N
+ * threads running a register-only FMA loop (best of five short trials):
+ *   fma_peak_gflops <isa> <GFLOP/s>
+ *   fma_peak_gflops_per_cpu_second <isa> <GFLOP per CPU-second: one core's peak>
+ * and the set the engine would use (engine_isa).
  * CPU time is less sensitive than wall time to other processes on the machine; with
  * OMP_WAIT_POLICY=passive it excludes threads spinning at barriers.
  */
@@ -19,6 +26,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "models/cpu_kernels.h"
 #include "models/engine.h"
 #include "models/util.h"
 
@@ -31,8 +39,12 @@ static int cmp_double(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     const char *path = NULL, *device = "cpu";
-    int threads = 0, runs = 3, batch = 1;
+    int threads = 0, runs = 3, batch = 1, peak = 0;
     for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--fma-peak") == 0) {
+            peak = 1;
+            continue;
+        }
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
             threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc)
@@ -44,12 +56,30 @@ int main(int argc, char **argv)
         else
             path = argv[i];
     }
+    char err[512];
+    if (peak) {
+        static const char *const isas[] = {"generic", "avx2", "avx512"};
+        for (int i = 0; i < 3; i++)
+            if (sep_cpu_isa_supported(isas[i])) {
+                double per_cpu, g = sep_cpu_fma_peak_gflops(isas[i], threads, 1.0, &per_cpu);
+                printf("fma_peak_gflops %s %.1f\n", isas[i], g);
+                printf("fma_peak_gflops_per_cpu_second %s %.1f\n", isas[i], per_cpu);
+            }
+        const cpu_kernels *k = sep_cpu_kernels(err, sizeof(err));
+        if (!k) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        printf("engine_isa %s\n", k->name);
+        return 0;
+    }
     if (!path || runs < 1 || batch < 1) {
-        fprintf(stderr, "usage: %s WEIGHTS [--threads N] [--runs R] [--batch B] [--device D]\n",
-                argv[0]);
+        fprintf(stderr,
+                "usage: %s WEIGHTS [--threads N] [--runs R] [--batch B] [--device D]\n"
+                "       %s --fma-peak [--threads N]\n",
+                argv[0], argv[0]);
         return 2;
     }
-    char err[512];
     sep_model *m = sep_model_load(path, err, sizeof(err));
     if (!m) {
         fprintf(stderr, "%s\n", err);
@@ -102,6 +132,8 @@ int main(int argc, char **argv)
     printf("engine_workspace_mib %.1f\n", sep_engine_workspace_bytes(e) / 1048576.0);
     printf("engine_best_seconds %.3f\n", t[0] / batch);
     printf("engine_cpu_seconds %.3f\n", cmed / batch);
+    if (strcmp(device, "cpu") == 0)
+        printf("engine_isa %s\n", sep_cpu_kernels(err, sizeof(err))->name);
     free(cpu);
     free(t);
     free(mix);

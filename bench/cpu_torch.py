@@ -6,7 +6,8 @@
 Builds demucs.htdemucs.HTDemucs from the weights file's metadata (models/FORMAT.md),
 loads its tensors, and runs R forward passes (after one warm-up) on a seeded random
 mix of the model's segment length with torch.set_num_threads(N). Prints the same
-machine-readable lines as build/bench/cpu_engine, prefixed torch_.
+machine-readable lines as build/bench/cpu_engine, prefixed torch_ (run, median,
+per-segment, best and CPU seconds, peak RSS).
 """
 import argparse
 import json
@@ -58,19 +59,23 @@ def main():
     gen = torch.Generator().manual_seed(12345)
     mix = (torch.rand(args.batch, channels, length, generator=gen) - 0.5) * 0.5
 
-    times = []
+    times, cpu = [], []
     with torch.no_grad():
         model(mix)  # warm-up
         for _ in range(args.runs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model(mix)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     med = float(np.median(times))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print("torch_run_seconds " + " ".join(f"{t:.3f}" for t in times))
     print(f"torch_median_seconds {med:.3f}")
     print(f"torch_per_segment_seconds {med / args.batch:.3f}")
     print(f"torch_peak_rss_mib {rss:.1f}")
+    print(f"torch_best_seconds {min(times) / args.batch:.3f}")
+    # CPU time of the process (all threads) per segment: less sensitive to other load
+    print(f"torch_cpu_seconds {float(np.median(cpu)) / args.batch:.3f}")
     return 0
 
 

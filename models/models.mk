@@ -13,9 +13,12 @@
 # apply.c / convert* in models/ belong to their own fragments.
 
 MODELS_SRCS    := models/safetensors.c models/model.c models/engine.c models/htdemucs.c \
-                  models/arena.c models/cpu_backend.c models/profile.c
+                  models/arena.c models/cpu_backend.c models/profile.c \
+                  models/cpu_kernels_generic.c models/cpu_kernels_avx2.c \
+                  models/cpu_kernels_avx512.c
 MODELS_HDRS    := models/engine.h models/backend.h models/htdemucs.h models/safetensors.h \
-                  models/arena.h models/model_internal.h models/profile.h models/util.h
+                  models/arena.h models/model_internal.h models/profile.h models/util.h \
+                  models/cpu_kernels.h models/cpu_kernels_impl.h
 MODELS_OBJDIR  := $(BUILD)/obj-models
 MODELS_OBJS    := $(patsubst models/%.c,$(MODELS_OBJDIR)/%.o,$(MODELS_SRCS))
 BLAS_CFLAGS    := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
@@ -41,6 +44,15 @@ $(MODELS_OBJDIR)/%.o: models/%.c $(MODELS_HDRS)
 
 # the CPU kernels: -O3 for the vectoriser (element-wise loops, im2col, norms)
 $(MODELS_OBJDIR)/cpu_backend.o: MODELS_CFLAGS += -O3
+# one kernel table per instruction set, picked at run time (cpu_kernels.h); their
+# inputs are finite, so min/max compile to single instructions
+$(MODELS_OBJDIR)/cpu_kernels_generic.o: MODELS_CFLAGS += -O3 -ffinite-math-only
+# (on other targets these two are plain C copies the backend never picks)
+CPU_KERNELS_X86 := $(filter x86_64-%,$(shell $(CC) -dumpmachine))
+$(MODELS_OBJDIR)/cpu_kernels_avx2.o: MODELS_CFLAGS += -O3 -ffinite-math-only \
+    $(if $(CPU_KERNELS_X86),-march=x86-64-v3)
+$(MODELS_OBJDIR)/cpu_kernels_avx512.o: MODELS_CFLAGS += -O3 -ffinite-math-only \
+    $(if $(CPU_KERNELS_X86),-march=x86-64-v4)
 
 $(SEPMODELS_LIB): $(MODELS_OBJS)
 	@rm -f $@
@@ -67,8 +79,14 @@ $(PARITY_ASAN_BIN): tests/parity/parity.c $(MODELS_SRCS) $(MODELS_HDRS)
 
 .PHONY: test-ops test-engine test-parity test-parity-asan test-parity-full fixtures
 # every backend operation against a plain double-precision loop (tests/parity/ops_test.c)
+# test-ops and test-parity run once per CPU instruction set this machine supports
+# (SEP_CPU_ISA=generic, avx2, avx512: see models/README.md)
+CPU_ISAS = $(shell $(OPS_TEST_BIN) --isas 2>/dev/null || echo generic)
 test-ops: $(OPS_TEST_BIN)
-	@$(OPS_TEST_BIN) --threads 2
+	@rc=0; for isa in $(CPU_ISAS); do \
+	  echo "== SEP_CPU_ISA=$$isa"; \
+	  SEP_CPU_ISA=$$isa $(OPS_TEST_BIN) --threads 2 || rc=1; \
+	done; exit $$rc
 
 test-engine: $(ENGINE_TEST_BIN)
 	@$(ENGINE_TEST_BIN) tests/fixtures/tiny_transformer.weights.safetensors
@@ -81,15 +99,20 @@ test-parity-asan: $(PARITY_ASAN_BIN)
 	    $(PARITY_ASAN_BIN) $$f.weights.safetensors $$f.activations.safetensors --threads 2 || rc=1; \
 	done; exit $$rc
 
-test-parity: $(PARITY_BIN)
+test-parity: $(PARITY_BIN) $(OPS_TEST_BIN)
 	@[ -n "$(PARITY_FIXTURES)" ] || { echo "no fixtures in tests/fixtures"; exit 1; }
-	@rc=0; for f in $(PARITY_FIXTURES); do \
-	  echo "== $$f"; \
-	  $(PARITY_BIN) $$f.weights.safetensors $$f.activations.safetensors --threads 2 || rc=1; \
-	done; exit $$rc
+	@rc=0; for isa in $(CPU_ISAS); do for f in $(PARITY_FIXTURES); do \
+	  echo "== SEP_CPU_ISA=$$isa $$f"; \
+	  SEP_CPU_ISA=$$isa $(PARITY_BIN) $$f.weights.safetensors $$f.activations.safetensors \
+	    --threads 2 || rc=1; \
+	done; done; exit $$rc
 
-test-parity-full: $(PARITY_BIN)
-	@tests/parity/full-check $(REFVENV) $(PARITY_FULL_DIR) $(PARITY_BIN)
+# the full-size check once per instruction set too (SEP_PARITY_FULL_ISAS to narrow it)
+test-parity-full: $(PARITY_BIN) $(OPS_TEST_BIN)
+	@rc=0; for isa in $${SEP_PARITY_FULL_ISAS:-$(CPU_ISAS)}; do \
+	  echo "== SEP_CPU_ISA=$$isa"; \
+	  SEP_CPU_ISA=$$isa tests/parity/full-check $(REFVENV) $(PARITY_FULL_DIR) $(PARITY_BIN) || rc=1; \
+	done; exit $$rc
 
 fixtures:
 	$(REFVENV)/bin/python tests/reference/make_fixtures.py --out tests/fixtures

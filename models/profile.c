@@ -292,14 +292,17 @@ void sep_profile_report(sep_backend *be, FILE *out)
 {
     prof_impl *p = P(be);
     qsort(p->e, (size_t)p->n, sizeof(prof_entry), cmp_entry_best);
-    double total = 0, best = 0, cpu = 0;
+    double total = 0, best = 0, cpu = 0, flops = 0;
     for (int i = 0; i < p->n; i++) {
         total += p->e[i].seconds;
         cpu += p->e[i].cpu;
         best += p->e[i].min_call * p->e[i].calls;
+        flops += p->e[i].flops;
     }
-    fprintf(out, "profile (%s backend): %.3f s in operations, best case %.3f s, CPU %.3f s\n",
-            p->inner->name, total, best, cpu);
+    fprintf(out,
+            "profile (%s backend): %.3f s in operations, best case %.3f s, CPU %.3f s, "
+            "%.1f GFLOP\n",
+            p->inner->name, total, best, cpu, flops * 1e-9);
     fprintf(out, "  %8s %8s %8s %6s %6s %9s %9s  %s\n", "seconds", "best", "cpu", "share", "calls",
             "GFLOP/s*", "GF/cpu-s", "operation (* at best)");
     for (int i = 0; i < p->n; i++) {

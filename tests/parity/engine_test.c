@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "models/cpu_kernels.h"
 #include "models/engine.h"
 
 static int failures, checks;
@@ -470,6 +471,37 @@ int main(int argc, char **argv)
     } else {
         check(strstr(err, "CUDA") != NULL, "cuda refused with a reason (CPU-only build)", err);
     }
+
+    /* SEP_CPU_ISA: an unknown set and a set this CPU lacks are refused by name; a
+     * supported one runs (this process's later engines use the default again) */
+    const char *isa_env = getenv("SEP_CPU_ISA");
+    char *isa_saved = isa_env ? strdup(isa_env) : NULL;
+    sep_engine_opts one = {.device = "cpu", .threads = 1, .max_batch = 1};
+    setenv("SEP_CPU_ISA", "sse9", 1);
+    e = sep_engine_create(m, &one, err, sizeof(err));
+    check(!e && strstr(err, "SEP_CPU_ISA=sse9") && strstr(err, "generic, avx2, avx512"),
+          "unknown SEP_CPU_ISA refused, naming the accepted sets", e ? "created" : err);
+    sep_engine_free(e);
+    static const char *const isas[] = {"generic", "avx2", "avx512"};
+    for (int i = 0; i < 3; i++) {
+        setenv("SEP_CPU_ISA", isas[i], 1);
+        e = sep_engine_create(m, &one, err, sizeof(err));
+        char what[96];
+        if (sep_cpu_isa_supported(isas[i])) {
+            snprintf(what, sizeof(what), "SEP_CPU_ISA=%s (supported) runs", isas[i]);
+            const cpu_kernels *k = sep_cpu_kernels(err, sizeof(err));
+            check(e && k && strcmp(k->name, isas[i]) == 0, what, e ? NULL : err);
+        } else {
+            snprintf(what, sizeof(what), "SEP_CPU_ISA=%s refused on a CPU without it", isas[i]);
+            check(!e && strstr(err, "this CPU does not support it"), what, e ? "created" : err);
+        }
+        sep_engine_free(e);
+    }
+    if (isa_saved)
+        setenv("SEP_CPU_ISA", isa_saved, 1);
+    else
+        unsetenv("SEP_CPU_ISA");
+    free(isa_saved);
 
     sep_engine_opts opts = {.device = "cpu", .threads = 2, .max_batch = 2};
     e = sep_engine_create(m, &opts, err, sizeof(err));

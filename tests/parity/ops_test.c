@@ -2,6 +2,10 @@
  * ops_test.c - every backend operation against a plain reference loop.
  *
  *   ops_test [--device cpu|cuda] [--threads N]
+ *   ops_test --isas      prints the CPU instruction sets this machine can run
+ *
+ * The CPU backend runs the kernels SEP_CPU_ISA names (generic, avx2, avx512; default:
+ * the widest the CPU supports); make test-ops runs this once per supported set.
  *
  * Each operation of backend.h runs on seeded random data through the backend's own
  * memory (alloc/upload/download, so a GPU backend is tested the same way) and is
@@ -22,6 +26,7 @@
 #include <string.h>
 
 #include "models/backend.h"
+#include "models/cpu_kernels.h"
 #include "models/util.h"
 
 #define TOL 1e-5
@@ -218,11 +223,13 @@ static void test_linear(const char *name, int batch, int rows, int in, int out, 
     free_operands(dx, dw, db, x, w, b);
 }
 
-static void test_attention(const char *name, sep_attention_desc d)
+/* q and k uniform in [-amp, amp]: a large amp gives peaked softmax rows whose maximum
+ * moves between key tiles (the online softmax's rescaling) */
+static void test_attention(const char *name, sep_attention_desc d, float amp)
 {
     size_t nq = (size_t)d.batch * d.nq * d.ldq, nk = (size_t)d.batch * d.nk * d.ldk;
     size_t nv = (size_t)d.batch * d.nk * d.ldv, no = (size_t)d.batch * d.nq * d.ldo;
-    float *q = hrand(nq, 1.0f), *k = hrand(nk, 1.0f), *v = hrand(nv, 1.0f);
+    float *q = hrand(nq, amp), *k = hrand(nk, amp), *v = hrand(nv, 1.0f);
     double *ref = calloc(no, sizeof(double));
     double *s = malloc((size_t)d.nk * sizeof(double));
     double scale = 1.0 / sqrt((double)d.head_dim);
@@ -654,6 +661,13 @@ static const struct {
     {"conv 1x3 dil2 direct cin24 cout6 3x150",       {2, 24,  3,  150,  6, 1, 3, 1, 1, 1, 2, 0, 0, 2, 2, SEP_ACT_NONE}},
     {"conv 1x3 direct narrow rows cin40 cout5 4x20", {1, 40,  4,   20,  5, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, SEP_ACT_NONE}},
     {"conv 1x1 direct cin6 cout20 +gelu 2x1100",     {1,  6,  2, 1100, 20, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, SEP_ACT_GELU}},
+    /* channel blocks of every instruction set (4, 6, 8) with a partial last block,
+     * rows just under, at and over one position block (8, 16, 32) */
+    {"conv 1x3 direct cin9 cout13 2x17",             {1,  9,  2,   17, 13, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, SEP_ACT_NONE}},
+    {"conv 1x3 direct cin7 cout11 3x33 +gelu",       {1,  7,  3,   33, 11, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, SEP_ACT_GELU}},
+    {"conv 1x3 direct cin5 cout7 2x9",               {2,  5,  2,    9,  7, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, SEP_ACT_NONE}},
+    {"conv 1x3 dil4 direct cin12 cout12 1x40",       {1, 12,  1,   40, 12, 1, 3, 1, 1, 1, 4, 0, 0, 4, 4, SEP_ACT_NONE}},
+    {"conv 1x1 direct cin12 cout25 4x15",            {1, 12,  4,   15, 25, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, SEP_ACT_NONE}},
     {"conv 3x3 im2col cin16 cout24 9x37",            {2, 16,  9,   37, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
     {"conv 3x3 im2col chunks cin64 cout20 40x60",    {1, 64, 40,   60, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
     {"conv 8x1 s4 freq cin4 cout24 +gelu 64x20",     {2,  4, 64,   20, 24, 8, 1, 4, 1, 1, 1, 2, 2, 0, 0, SEP_ACT_GELU}},
@@ -676,10 +690,14 @@ static const struct {
 static const struct {
     const char *name;
     sep_attention_desc desc;
+    float amp;
 } attention_cases[] = {
-    /* {name, {batch, heads, nq, nk, head_dim, ldq, ldk, ldv, ldo}} */
-    {"attention self 2x3h 600x600 (ld 3C)", {2, 3, 600, 600, 16, 144, 144, 144, 48}},
-    {"attention cross 1x4h 700x333",        {1, 4, 700, 333,  8,  32,  64,  64, 32}},
+    /* {name, {batch, heads, nq, nk, head_dim, ldq, ldk, ldv, ldo}, amp} */
+    {"attention self 2x3h 600x600 (ld 3C)", {2, 3, 600, 600, 16, 144, 144, 144, 48}, 1.0f},
+    {"attention cross 1x4h 700x333",        {1, 4, 700, 333,  8,  32,  64,  64, 32}, 1.0f},
+    /* several key tiles and a partial one, peaked rows: the running max changes */
+    {"attention 1x2h 300x1000 hd64 peaked", {1, 2, 300, 1000, 64, 128, 128, 128, 128}, 3.0f},
+    {"attention 1x1h 5x7 tiny",             {1, 1,   5,    7,  4,   4,   4,   4,   4}, 2.0f},
 };
 /* clang-format on */
 
@@ -692,6 +710,14 @@ int main(int argc, char **argv)
             device = argv[++i];
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--isas") == 0) {
+            static const char *const isas[] = {"generic", "avx2", "avx512"};
+            for (int j = 0; j < 3; j++)
+                if (sep_cpu_isa_supported(isas[j]))
+                    printf("%s%s", j ? " " : "", isas[j]);
+            printf("\n");
+            return 0;
+        }
     }
     char err[256];
     if (strcmp(device, "cpu") == 0)
@@ -704,6 +730,8 @@ int main(int argc, char **argv)
         printf("FAIL backend: %s\n", err);
         return 1;
     }
+    if (strcmp(device, "cpu") == 0)
+        printf("cpu kernels: %s\n", sep_cpu_kernels(err, sizeof(err))->name);
     for (size_t i = 0; i < sizeof(conv_cases) / sizeof(conv_cases[0]); i++)
         test_conv(conv_cases[i].name, conv_cases[i].desc);
     for (size_t i = 0; i < sizeof(conv_tr_cases) / sizeof(conv_tr_cases[0]); i++)
@@ -712,7 +740,7 @@ int main(int argc, char **argv)
     test_linear("linear 1x130x64->256 +gelu", 1, 130, 64, 256, SEP_ACT_GELU);
     test_linear("linear 1x70x32->40 +relu", 1, 70, 32, 40, SEP_ACT_RELU);
     for (size_t i = 0; i < sizeof(attention_cases) / sizeof(attention_cases[0]); i++)
-        test_attention(attention_cases[i].name, attention_cases[i].desc);
+        test_attention(attention_cases[i].name, attention_cases[i].desc, attention_cases[i].amp);
     test_group_norm("group_norm 2x12x500 g4", 2, 12, 500, 4, SEP_ACT_NONE);
     test_group_norm("group_norm 1x8x30000 g1 +gelu (split block)", 1, 8, 30000, 1, SEP_ACT_GELU);
     test_group_norm_rows("group_norm_rows 2x10x7x90 +gelu", 2, 10, 7, 90, SEP_ACT_GELU);

@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/cpu_kernels.h"
 #include "models/engine.h"
 #include "models/safetensors.h"
 
@@ -36,6 +37,7 @@ typedef struct {
     double tol;
     int failures;
     int compared;
+    double max_rel; /* over every compared activation */
     char seen[256][96];
     int n_seen;
 } checker;
@@ -83,6 +85,8 @@ static void on_trace(void *ud, const char *name, const float *data, int ndim, co
     }
     err_pair e = compare(data, ref->data, ref->count);
     ck->compared++;
+    if (!(e.rel <= ck->max_rel))
+        ck->max_rel = e.rel;
     int bad = !(e.rel <= ck->tol);
     printf("MAXERR %-32s abs=%.3e rel=%.3e%s\n", name, e.abs, e.rel, bad ? "  FAIL" : "");
     if (bad)
@@ -260,8 +264,15 @@ int main(int argc, char **argv)
     }
     printf("workspace: %.1f MiB (largest batch run: %d)\n",
            sep_engine_workspace_bytes(eng) / 1048576.0, quick ? batch : 2);
-    printf("%s %s: %d activations compared, end-to-end rel=%.3e (tol %.1e)\n",
-           ck.failures ? "FAIL" : "PASS", info->name, ck.compared, end.rel, tol);
+    const char *isa = "-";
+    if (strcmp(device, "cpu") == 0) {
+        const cpu_kernels *k = sep_cpu_kernels(err, sizeof(err));
+        isa = k ? k->name : "?";
+    }
+    printf("%s %s: %d activations compared, max rel=%.3e, end-to-end rel=%.3e (tol %.1e, "
+           "device %s, isa %s)\n",
+           ck.failures ? "FAIL" : "PASS", info->name, ck.compared, ck.max_rel, end.rel, tol, device,
+           isa);
     /* one case per compared activation, plus the sensitivity and batching checks */
     int cases = ck.compared + 2 > ck.failures ? ck.compared + 2 : ck.failures;
     printf("CASES: %d passed, %d failed, 0 skipped\n", cases - ck.failures, ck.failures);

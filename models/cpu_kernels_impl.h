@@ -1,0 +1,351 @@
+/*
+ * cpu_kernels_impl.h - the body of one kernel table (cpu_kernels.h), included by
+ * cpu_kernels_{generic,avx2,avx512}.c, each compiled for its instruction set.
+ *
+ * The includer defines KTABLE (the table's name), VW (floats per vector register),
+ * COB and NV (the direct convolution's register block: COB output channels x NV
+ * vectors of positions, COB * NV accumulators kept in registers). Everything here
+ * is static: only the table is visible outside the including file.
+ */
+#include "models/cpu_kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+#define TB (NV * VW) /* positions per block */
+
+/* expf for the vectorised loops: Cody-Waite range reduction x = n ln2 + r and the
+ * Cephes degree-6 polynomial (about 1 ulp); branch-free so loops vectorise. Inputs
+ * are clamped to the finite range (below -87.3 the result is ~1e-38, not 0). */
+static inline __attribute__((always_inline)) float vexp(float x)
+{
+    x = fmaxf(x, -87.3f);
+    x = fminf(x, 88.7f);
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+/* erf(x) by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the form PyTorch's
+ * vectorised GELU uses. */
+static inline __attribute__((always_inline)) float verf(float x)
+{
+    float a = fabsf(x);
+    float t = 1.0f / (1.0f + 0.3275911f * a);
+    float y = 1.061405429f;
+    y = y * t - 1.453152027f;
+    y = y * t + 1.421413741f;
+    y = y * t - 0.284496736f;
+    y = y * t + 0.254829592f;
+    y = 1.0f - y * t * vexp(-a * a);
+    return copysignf(y, x);
+}
+
+static inline __attribute__((always_inline)) float vgelu(float x)
+{
+    return 0.5f * x * (1.0f + verf(x * 0.70710678118654752f));
+}
+
+static void k_gelu(float *out, const float *in, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        out[i] = vgelu(in[i]);
+}
+
+static void k_glu(float *out, const float *a, const float *g, size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] / (1.0f + vexp(-g[i]));
+}
+
+static float k_softmax_exp(float *s, int n, float max)
+{
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < n; i++) {
+        s[i] = vexp(s[i] - max);
+        sum += s[i];
+    }
+    return sum;
+}
+
+static void k_norm_glu_residual(float *x, const float *a, const float *g, float sa, float ba,
+                                float sg, float bg, float k, int n)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++) {
+        float av = a[i] * sa + ba, gv = g[i] * sg + bg;
+        x[i] += k * (av / (1.0f + vexp(-gv)));
+    }
+}
+
+static float k_max(const float *s, int n)
+{
+    float m = s[0];
+#pragma omp simd reduction(max : m)
+    for (int i = 1; i < n; i++)
+        m = s[i] > m ? s[i] : m;
+    return m;
+}
+
+static void k_sum_squares(const float *x, size_t n, double *s, double *ss)
+{
+    double a = *s, b = *ss;
+#pragma omp simd reduction(+ : a, b)
+    for (size_t i = 0; i < n; i++) {
+        a += x[i];
+        b += (double)x[i] * x[i];
+    }
+    *s = a;
+    *ss = b;
+}
+
+static void k_scale(float *s, int n, float k)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++)
+        s[i] *= k;
+}
+
+static void k_affine(float *y, const float *x, size_t n, float sc, float sh, int gelu)
+{
+    if (gelu) {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++)
+            y[i] = vgelu(x[i] * sc + sh);
+    } else {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++)
+            y[i] = x[i] * sc + sh;
+    }
+}
+
+/* COB channels x NV vectors of accumulators; each input vector is loaded once for the
+ * COB channels, each weight broadcast once for the NV vectors. */
+static int k_conv_row_interior(float *y, size_t oplane, int nco, const float *x, size_t plane,
+                               const float *wb, int cin, int kw, const int *off, const float *b,
+                               int t0, int t1)
+{
+    int t = t0;
+    if (t1 - t0 < TB)
+        return t0;
+    while (t < t1) {
+        if (t + TB > t1)
+            t = t1 - TB;
+        vf acc[COB][NV];
+        for (int j = 0; j < COB; j++) {
+            vf bj = {0};
+            bj += b[j];
+            for (int v = 0; v < NV; v++)
+                acc[j][v] = bj;
+        }
+        for (int ci = 0; ci < cin; ci++) {
+            const float *xc = x + (size_t)ci * plane + t;
+            /* one input row per channel: too many streams for the hardware prefetcher */
+            __builtin_prefetch(xc + 8 * TB);
+            for (int kj = 0; kj < kw; kj++) {
+                const float *xp = xc + off[kj];
+                const float *wk = wb + (size_t)(ci * kw + kj) * COB;
+                vf xv[NV];
+                for (int v = 0; v < NV; v++)
+                    memcpy(&xv[v], xp + v * VW, sizeof(vf));
+                for (int j = 0; j < COB; j++) {
+                    float wj = wk[j];
+                    for (int v = 0; v < NV; v++)
+                        acc[j][v] += wj * xv[v];
+                }
+            }
+        }
+        for (int j = 0; j < nco; j++)
+            for (int v = 0; v < NV; v++)
+                memcpy(y + (size_t)j * oplane + t + v * VW, &acc[j][v], sizeof(vf));
+        t += TB;
+    }
+    return t;
+}
+
+/* C[r][0..TB) (+)= alpha * sum_k A(r, k) B[k][0..TB) for rows r < nr (nr <= COB), with
+ * A(r, k) = A[r * ar + k * ak]: the register block of the attention products. A is
+ * read by broadcasts, B (row stride ldb) by vector loads. accumulate: C's values are
+ * added to (and alpha is 1). */
+static inline __attribute__((always_inline)) void mk_block(float *C, size_t ldc, const float *A,
+                                                           size_t ar, size_t ak, const float *B,
+                                                           size_t ldb, int kdim, int nr,
+                                                           float alpha, int accumulate)
+{
+    vf acc[COB][NV];
+    const float *arow[COB];
+    for (int r = 0; r < COB; r++) {
+        arow[r] = A + (size_t)(r < nr ? r : nr - 1) * ar;
+        for (int v = 0; v < NV; v++) {
+            vf z = {0};
+            if (accumulate && r < nr)
+                memcpy(&z, C + (size_t)r * ldc + v * VW, sizeof(vf));
+            acc[r][v] = z;
+        }
+    }
+    for (int k = 0; k < kdim; k++) {
+        vf bv[NV];
+        for (int v = 0; v < NV; v++)
+            memcpy(&bv[v], B + (size_t)k * ldb + v * VW, sizeof(vf));
+        for (int r = 0; r < COB; r++) {
+            float a = arow[r][(size_t)k * ak];
+            for (int v = 0; v < NV; v++)
+                acc[r][v] += a * bv[v];
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int v = 0; v < NV; v++) {
+            vf o = accumulate ? acc[r][v] : acc[r][v] * alpha;
+            memcpy(C + (size_t)r * ldc + v * VW, &o, sizeof(vf));
+        }
+}
+
+/* One head and tile of nq query rows of attention (see cpu_kernels.h). The tile's
+ * queries are transposed once (qt [hd][qp]); per tile of ATTN_KT keys the scores are
+ * computed transposed, st[j][i] = scale k_j . q_i (keys broadcast, queries in
+ * vectors), so the softmax over keys runs down the columns, vectorised over the
+ * queries: running max m[i] and sum l[i], O rows rescaled by exp(m_old - m_new) when
+ * the max grows; then O[i] += sum_j st[j][i] v_j, and O / l at the end. */
+#define ATTN_KT 256
+static void k_attention_tile(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                             size_t ldk, const float *v, size_t ldv, int nq, int nk, int hd,
+                             float scale, float *work)
+{
+    int qp = (nq + TB - 1) / TB * TB;
+    float *qt = work;                     /* [hd][qp] */
+    float *st = qt + (size_t)hd * qp;     /* [ATTN_KT][qp] */
+    float *o = st + (size_t)ATTN_KT * qp; /* [nq][hd] */
+    float *m = o + (size_t)nq * hd, *l = m + qp, *alpha = l + qp, *mx = alpha + qp;
+    /* the key tile's values, contiguous [ATTN_KT][hd] (rows of v are ldv apart: a
+     * multiple of a large power of two aliases in the L1 cache) */
+    float *vt = mx + qp;
+    for (int i = 0; i < qp; i++) {
+        const float *qi = q + (size_t)(i < nq ? i : nq - 1) * ldq;
+        for (int d = 0; d < hd; d++)
+            qt[(size_t)d * qp + i] = qi[d];
+    }
+    for (int k0 = 0; k0 < nk; k0 += ATTN_KT) {
+        int nkt = nk - k0 < ATTN_KT ? nk - k0 : ATTN_KT;
+        for (int j0 = 0; j0 < nkt; j0 += COB) {
+            int nr = nkt - j0 < COB ? nkt - j0 : COB;
+            for (int c = 0; c < qp; c += TB)
+                mk_block(st + (size_t)j0 * qp + c, qp, k + (size_t)(k0 + j0) * ldk, ldk, 1, qt + c,
+                         qp, hd, nr, scale, 0);
+        }
+        for (int i = 0; i < qp; i++)
+            mx[i] = st[i];
+        for (int j = 1; j < nkt; j++) {
+            const float *sj = st + (size_t)j * qp;
+#pragma omp simd
+            for (int i = 0; i < qp; i++)
+                mx[i] = sj[i] > mx[i] ? sj[i] : mx[i];
+        }
+        if (k0 == 0) {
+            for (int i = 0; i < qp; i++) {
+                m[i] = mx[i];
+                l[i] = 0.0f;
+            }
+        } else {
+#pragma omp simd
+            for (int i = 0; i < qp; i++) {
+                float mnew = mx[i] > m[i] ? mx[i] : m[i];
+                alpha[i] = vexp(m[i] - mnew);
+                l[i] *= alpha[i];
+                m[i] = mnew;
+            }
+            for (int i = 0; i < nq; i++)
+                if (alpha[i] != 1.0f)
+                    k_scale(o + (size_t)i * hd, hd, alpha[i]);
+        }
+        for (int j = 0; j < nkt; j++) {
+            float *sj = st + (size_t)j * qp;
+#pragma omp simd
+            for (int i = 0; i < qp; i++) {
+                float e = vexp(sj[i] - m[i]);
+                sj[i] = e;
+                l[i] += e;
+            }
+        }
+        for (int j = 0; j < nkt; j++)
+            memcpy(vt + (size_t)j * hd, v + (size_t)(k0 + j) * ldv, (size_t)hd * sizeof(float));
+        for (int i0 = 0; i0 < nq; i0 += COB) {
+            int nr = nq - i0 < COB ? nq - i0 : COB;
+            for (int c = 0; c < hd; c += TB)
+                mk_block(o + (size_t)i0 * hd + c, hd, st + i0, 1, qp, vt + c, hd, nkt, nr, 1.0f,
+                         k0 > 0);
+        }
+    }
+    for (int i = 0; i < nq; i++) {
+        float inv = 1.0f / l[i];
+        const float *oi = o + (size_t)i * hd;
+        float *yi = out + (size_t)i * ldo;
+        for (int c = 0; c < hd; c++)
+            yi[c] = oi[c] * inv;
+    }
+}
+
+static size_t k_attention_work_floats(int nq, int hd)
+{
+    size_t qp = (size_t)(nq + TB - 1) / TB * TB;
+    return (size_t)hd * qp + (size_t)ATTN_KT * qp + (size_t)nq * hd + 4 * qp + (size_t)ATTN_KT * hd;
+}
+
+/* 10 independent multiply-add chains (enough to cover the FMA latency x throughput
+ * of current cores); the result is kept so the loop is not removed */
+static double k_fma_loop(long iters)
+{
+    vf a[10];
+    vf m = {0}, c = {0};
+    m += 0.999999f;
+    c += 1e-7f;
+    for (int j = 0; j < 10; j++) {
+        vf z = {0};
+        a[j] = z + (float)(j + 1);
+    }
+    for (long i = 0; i < iters; i++) {
+        for (int j = 0; j < 10; j++)
+            a[j] = a[j] * m + c;
+    }
+    vf s = {0};
+    for (int j = 0; j < 10; j++)
+        s += a[j];
+    volatile float sink = s[0];
+    (void)sink;
+    return (double)iters * 10 * VW * 2;
+}
+
+const cpu_kernels KTABLE = {
+    .name = KNAME,
+    .co_block = COB,
+    .t_block = TB,
+    .gelu = k_gelu,
+    .glu = k_glu,
+    .softmax_exp = k_softmax_exp,
+    .norm_glu_residual = k_norm_glu_residual,
+    .max = k_max,
+    .sum_squares = k_sum_squares,
+    .scale = k_scale,
+    .affine = k_affine,
+    .conv_row_interior = k_conv_row_interior,
+    .attn_ktile = ATTN_KT,
+    .attention_tile = k_attention_tile,
+    .attention_work_floats = k_attention_work_floats,
+    .fma_loop = k_fma_loop,
+};
