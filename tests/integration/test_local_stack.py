@@ -342,6 +342,28 @@ def run_as_root_drops_workers_to_nobody(run):
         other.stop()
 
 
+@cases.case
+def run_refuses_a_run_dir_nginx_cannot_hold(run):
+    """A SEP_RUN_DIR with a space (nginx.conf takes the run dir's paths bare) is refused
+    before anything starts, naming SEP_RUN_DIR; no nginx -t failure after Redis started,
+    no Redis left running."""
+    other = LocalRun()
+    base = other.prefix
+    try:
+        other.prefix = os.path.join(base, "my runs")
+        other.env["SEP_RUN_DIR"] = other.prefix
+        res = other.script("run-local")
+        out = res.stdout or ""
+        expect(res.returncode != 0, "run-local started in a run dir with a space", out)
+        expect("SEP_RUN_DIR" in out and "nginx -t failed" not in out,
+               "refused up front, naming SEP_RUN_DIR", out)
+        redis = localstack.read_pid(os.path.join(other.prefix, "redis", "redis.pid"))
+        expect(not (redis and localstack.pid_alive(redis)), "redis left running", out)
+    finally:
+        other.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def _proc_status(pid, field):
     try:
         with open("/proc/%d/status" % pid) as f:
