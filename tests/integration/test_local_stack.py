@@ -364,6 +364,38 @@ def run_refuses_a_run_dir_nginx_cannot_hold(run):
         shutil.rmtree(base, ignore_errors=True)
 
 
+@cases.case
+def stop_after_run_dir_deleted(run):
+    """`rm -rf` of a run directory while its run is up, then a plain `make stop`: the
+    processes are found without their pid files (nginx's -p, workerd's --spool, Redis'
+    working directory) and stopped, not left holding the ports."""
+    other = LocalRun()
+    registry_dir = tempfile.mkdtemp(prefix="sep-runs-")  # build/local-runs lives outside
+    other.env["SEP_RUN_REGISTRY"] = os.path.join(registry_dir, "local-runs")
+    pids = {}
+    try:
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        pids = {k: v for k, v in other.pids().items() if v}
+        workerd = localstack.read_pid(os.path.join(other.prefix, "workerd.pid"))
+        if workerd:
+            pids["workerd"] = workerd
+        shutil.rmtree(other.prefix)
+        env = dict(other.env)
+        del env["SEP_RUN_DIR"]
+        res = other.script("stop-local", env=env)
+        alive = {k: p for k, p in pids.items() if localstack.pid_alive(p)}
+        expect(not alive, "processes of the deleted run dir left running", alive, res.stdout)
+        return "stopped %s" % sorted(pids)
+    finally:
+        for pid in pids.values():
+            if localstack.pid_alive(pid):
+                os.kill(pid, 15)
+        os.makedirs(other.prefix, exist_ok=True)
+        other.stop()
+        shutil.rmtree(registry_dir, ignore_errors=True)
+
+
 def _proc_status(pid, field):
     try:
         with open("/proc/%d/status" % pid) as f:
