@@ -238,6 +238,73 @@ def root_readme_status_list_matches_the_table(_):
            "only in the table: %s" % sorted(table - listed))
 
 
+def _raw(port, data, timeout=8):
+    import socket
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(timeout)
+    s.sendall(data)
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except socket.timeout:
+        pass
+    s.close()
+    return out
+
+
+def _table_row(status, code):
+    with open(os.path.join(REPO, "ngx_module", "README.md"), encoding="utf-8") as f:
+        section = f.read().split("### Error codes", 1)[1].split("\n### ", 1)[0]
+    m = re.search(r"^\| %d \| `%s` \|.*$" % (status, code), section, re.M)
+    return m.group(0) if m else ""
+
+
+@cases.case
+def header_phase_rows_say_what_nginx_answers(_):
+    """400 (bad header), 408 (body timeout) and 414 (request line too long) provoked on a
+    live stack: each answer is the table's JSON code, or the table's row says what nginx
+    does instead (its HTML page; no answer at all for 408)."""
+    def edit(text):
+        return text.replace("        client_max_body_size",
+                            "        client_body_timeout 1s;\n        client_max_body_size", 1)
+    stack = harness.Stack(conf_edit=edit).start()
+    try:
+        got = {
+            400: _raw(stack.port, b"GET /v1/jobs/x HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"),
+            408: _raw(stack.port, b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav"
+                      b"\r\nContent-Length: 100\r\n\r\nabc"),
+            414: _raw(stack.port, b"GET /v1/jobs/" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+        }
+    finally:
+        stack.stop()
+    seen = []
+    codes = {400: "bad_request", 408: "request_timeout", 414: "uri_too_long"}
+    for status, answer in sorted(got.items()):
+        code = codes[status]
+        row = _table_row(status, code)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        try:
+            sent = json.loads(body)["error"]["code"]
+        except (ValueError, KeyError, TypeError):
+            sent = None
+        if not answer:
+            expect("without an answer" in row, "%d: nginx closes without an answer, the "
+                   "table's row does not say so" % status, row)
+            seen.append("%d: no answer" % status)
+        elif sent == code:
+            seen.append("%d: %s" % (status, code))
+        else:
+            expect(b"text/html" in head and "HTML page" in row,
+                   "%d: the table promises `%s`, nginx answered" % (status, code), row,
+                   answer[:200])
+            seen.append("%d: HTML" % status)
+    return ", ".join(seen)
+
+
 def main(argv):
     if not os.path.exists(harness.localstack.MODULE_SO):
         print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
