@@ -396,6 +396,44 @@ def stop_after_run_dir_deleted(run):
         shutil.rmtree(registry_dir, ignore_errors=True)
 
 
+@cases.case
+def run_again_refuses_another_redis_port(run):
+    """A second run-local on the same run dir with another explicit SEP_REDIS_PORT is
+    refused naming it (as another SEP_PORT is), not answered "already running" on the
+    old port with status 0."""
+    other = LocalRun()
+    try:
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        env = dict(other.env, SEP_REDIS_PORT=str(localstack.pick_port()))
+        res = other.script("run-local", env=env)
+        expect(res.returncode != 0 and "SEP_REDIS_PORT" in res.stdout,
+               "another SEP_REDIS_PORT was not refused", res.stdout)
+    finally:
+        other.stop()
+
+
+@cases.case
+def run_refuses_port_values_that_are_no_port(run):
+    """SEP_PORT / SEP_REDIS_PORT that are no TCP port: one `run:` line naming the
+    variable, no traceback, nothing started."""
+    for var, value in (("SEP_PORT", "80a"), ("SEP_PORT", "70000"), ("SEP_PORT", "0"),
+                       ("SEP_REDIS_PORT", "abc"), ("SEP_REDIS_PORT", "0"),
+                       ("SEP_REDIS_PORT", "65536")):
+        other = LocalRun()
+        try:
+            res = other.script("run-local", env=dict(other.env, **{var: value}))
+            out = res.stdout or ""
+            redis = localstack.read_pid(os.path.join(other.prefix, "redis", "redis.pid"))
+            expect(res.returncode != 0 and "Traceback" not in out and var in out,
+                   "%s=%s: no one-line refusal" % (var, value), out)
+            expect(not (redis and localstack.pid_alive(redis))
+                   and not other.processes_using_prefix(),
+                   "%s=%s: something was left running" % (var, value), out)
+        finally:
+            other.stop()
+
+
 def _proc_status(pid, field):
     try:
         with open("/proc/%d/status" % pid) as f:
