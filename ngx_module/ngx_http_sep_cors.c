@@ -36,6 +36,7 @@ char *ngx_http_sep_cors_origins_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *c
     ngx_http_compile_complex_value_t ccv;
     ngx_http_complex_value_t *cv;
     ngx_uint_t i;
+    u_char *host;
 
     if (lcf->cors_origins != NGX_CONF_UNSET_PTR) {
         return "is duplicate";
@@ -54,8 +55,10 @@ char *ngx_http_sep_cors_origins_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *c
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_cors_origins: empty origin");
             return NGX_CONF_ERROR;
         }
+        /* an Origin is scheme://host[:port]: no path, not even a trailing "/" */
+        host = (u_char *)ngx_strstr(value[i].data, "://");
         if (ngx_strchr(value[i].data, '$') == NULL && ngx_strcmp(value[i].data, "*") != 0 &&
-            ngx_strstr(value[i].data, "://") == NULL) {
+            (host == NULL || host[3] == '\0' || ngx_strchr(host + 3, '/') != NULL)) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "sep_cors_origins: \"%V\" is not an origin "
                                "(scheme://host[:port]), \"*\" or a variable",
