@@ -434,6 +434,41 @@ def run_refuses_port_values_that_are_no_port(run):
             other.stop()
 
 
+@cases.case
+def banner_examples_answer_as_written(run):
+    """The curl lines run-local prints after it started (the first thing a new operator
+    copies), run as printed from the checkout (where `make run` runs): the upload is
+    accepted (202), then the status read answers the job. A file the checkout does not
+    have (song.wav) makes curl fail before it sends anything."""
+    import re
+    import subprocess as sp
+
+    other = LocalRun()
+    try:
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        lines = [l.strip() for l in res.stdout.splitlines() if l.strip().startswith("curl ")]
+        expect(len(lines) >= 2, "no curl examples in the banner", res.stdout)
+        job = None
+        for line in lines:
+            if "<id>" in line:
+                if job is None or "-o " in line:
+                    continue  # a stem exists only once the job completed
+                line = line.replace("<id>", job)
+            out = sp.run(["bash", "-c", line + " -w '\\n%{http_code}'"], cwd=harness.REPO_ROOT,
+                         stdout=sp.PIPE, stderr=sp.PIPE, text=True, timeout=30)
+            status = out.stdout.rsplit("\n", 1)[-1]
+            expect(out.returncode == 0 and status in ("200", "202"),
+                   "banner example failed: %s" % line, out.returncode, out.stdout[-300:],
+                   out.stderr[-300:])
+            m = re.search(r'"id":"([0-9a-f-]{36})"', out.stdout)
+            job = job or (m and m.group(1))
+        expect(job, "no job id from the banner's upload example", lines)
+        return "%d examples" % len(lines)
+    finally:
+        other.stop()
+
+
 def _proc_status(pid, field):
     try:
         with open("/proc/%d/status" % pid) as f:
