@@ -305,6 +305,45 @@ def header_phase_rows_say_what_nginx_answers(_):
     return ", ".join(seen)
 
 
+@cases.case
+def spool_layout_matches_a_real_job(_):
+    """Each file a completed job leaves in its spool directory matches a line of the
+    "Spool layout" block of ngx_module/README.md (operators' scripts and backups go by
+    it), and the stems' names are the ones the block gives."""
+    import test_workerd
+
+    with open(os.path.join(REPO, "ngx_module", "README.md"), encoding="utf-8") as f:
+        block = f.read().split("## Spool layout", 1)[1].split("```", 2)[1]
+    patterns = []
+    for m in re.finditer(r"^\{spool\}/\{id\}/(\S+)", block, re.M):
+        rx = re.escape(m.group(1))
+        rx = rx.replace(r"\{stem\}", "(vocals|no_vocals)").replace(r"\{ext\}", "(wav|flac)")
+        rx = rx.replace(r"\{tag\}", "[a-z0-9-]{1,100}")
+        patterns.append((m.group(1), re.compile(rx + "$")))
+    expect(patterns, "no {spool}/{id}/ lines in the Spool layout block", block)
+    svc = test_workerd.Service().start()
+    try:
+        svc.start_workerd("layout")
+        resp = harness.request(svc.stack.port, "POST", "/v1/jobs?stems=vocals",
+                               harness.wav_bytes(1.0), {"Content-Type": "audio/wav"})
+        expect(resp.status == 202, "POST", resp.status, resp.body[:200])
+        job = resp.json["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rec = harness.request(svc.stack.port, "GET", "/v1/jobs/" + job).json
+            if rec["status"] in ("completed", "failed", "canceled"):
+                break
+            time.sleep(0.1)
+        expect(rec["status"] == "completed", "the job did not complete", rec)
+        files = sorted(os.listdir(os.path.join(svc.stack.spool, job)))
+    finally:
+        svc.stop()
+    unmatched = [f for f in files if not any(rx.match(f) for _, rx in patterns)]
+    expect(not unmatched, "spool files the layout does not describe",
+           unmatched, [p for p, _ in patterns])
+    return ", ".join(files)
+
+
 def main(argv):
     if not os.path.exists(harness.localstack.MODULE_SO):
         print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
