@@ -344,6 +344,54 @@ def spool_layout_matches_a_real_job(_):
     return ", ".join(files)
 
 
+@cases.case
+def service_unit_steps_give_a_working_worker(_):
+    """conf/workerd.service's install steps followed: conf/workerd.conf with the settings
+    its header says to edit (redis, spool, models_dir; the weights dir stands in for
+    /var/lib/sep/models), workerd started from / as systemd does (no WorkingDirectory):
+    a job completes. The sample's models_dir is relative, so a step that does not name
+    it leaves every job failing model_unavailable."""
+    import test_workerd
+
+    with open(os.path.join(REPO, "conf", "workerd.service"), encoding="utf-8") as f:
+        steps = "\n".join(l[1:] for l in f.read().splitlines() if l.startswith("#"))
+    edit = steps[steps.index("then edit"):].split("\n#")[0] if "then edit" in steps else ""
+    with open(os.path.join(REPO, "conf", "workerd.conf"), encoding="utf-8") as f:
+        conf = f.read()
+    svc = test_workerd.Service().start()
+    proc = None
+    try:
+        values = {"redis": svc.stack.redis_address, "spool": svc.stack.spool,
+                  "models_dir": svc.models}
+        for key, value in values.items():
+            if key in edit:
+                conf = re.sub(r"(?m)^%s = .*$" % key, "%s = %s" % (key, value), conf)
+        conf = re.sub(r"(?m)^prefix = .*$", "prefix = " + test_workerd.PREFIX, conf)
+        path = os.path.join(svc.stack.prefix, "unit-workerd.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        log = open(os.path.join(svc.stack.prefix, "logs", "unit.log"), "ab")
+        proc = subprocess.Popen([test_workerd.WORKERD, "run", "-c", path], cwd="/",
+                                stdout=log, stderr=log)
+        log.close()
+        resp = harness.request(svc.stack.port, "POST", "/v1/jobs", harness.wav_bytes(1.0),
+                               {"Content-Type": "audio/wav"})
+        job = resp.json["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rec = harness.request(svc.stack.port, "GET", "/v1/jobs/" + job).json
+            if rec["status"] in ("completed", "failed", "canceled"):
+                break
+            time.sleep(0.1)
+        expect(rec["status"] == "completed", "the unit's steps give a worker whose job ends",
+               rec["status"], rec.get("error"), "edited: %s" % [k for k in values if k in edit])
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(30)
+        svc.stop()
+
+
 def main(argv):
     if not os.path.exists(harness.localstack.MODULE_SO):
         print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
