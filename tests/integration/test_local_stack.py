@@ -469,6 +469,43 @@ def banner_examples_answer_as_written(run):
         other.stop()
 
 
+@cases.case
+def run_uses_sep_models(run):
+    """README: weights are in models/weights/ "(or $SEP_MODELS)", where models/get-weights
+    writes them when it is set. `make run` with SEP_MODELS naming a folder that holds the
+    model: the workerd it starts loads it from there and a job completes (it looked in
+    models/weights only, so every job failed model_unavailable)."""
+    import time
+
+    other = LocalRun()
+    try:
+        models = os.path.join(other.prefix, "my-models")
+        os.makedirs(models)
+        os.symlink(os.path.join(harness.REPO_ROOT, "tests", "fixtures", "apply",
+                                "tiny_apply.safetensors"),
+                   os.path.join(models, "htdemucs.safetensors"))
+        other.env["SEP_MODELS"] = models
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        if "workerd started" not in res.stdout:
+            return "skipped: workerd run is not built"
+        resp = harness.request(other.port, "POST", "/v1/jobs", harness.wav_bytes(1.0),
+                               {"Content-Type": "audio/wav"})
+        expect(resp.status == 202, "POST", resp.status, resp.body[:200])
+        job = resp.json["id"]
+        deadline = time.monotonic() + 60
+        rec = {}
+        while time.monotonic() < deadline:
+            rec = harness.request(other.port, "GET", "/v1/jobs/" + job).json
+            if rec.get("status") in ("completed", "failed", "canceled"):
+                break
+            time.sleep(0.2)
+        expect(rec.get("status") == "completed", "the job did not complete with SEP_MODELS",
+               rec.get("status"), rec.get("error"))
+    finally:
+        other.stop()
+
+
 def _proc_status(pid, field):
     try:
         with open("/proc/%d/status" % pid) as f:
