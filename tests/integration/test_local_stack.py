@@ -449,6 +449,11 @@ def banner_examples_answer_as_written(run):
         expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
         lines = [l.strip() for l in res.stdout.splitlines() if l.strip().startswith("curl ")]
         expect(len(lines) >= 2, "no curl examples in the banner", res.stdout)
+        # `workerd inspect` as printed reaches this run's Redis (it sees the upload below)
+        inspect = [l.strip() for l in res.stdout.splitlines()
+                   if l.strip().startswith("build/workerd inspect")]
+        expect(inspect or not os.path.exists(os.path.join(harness.REPO_ROOT, "build", "workerd")),
+               "the banner does not say how to inspect this run's queues", res.stdout)
         job = None
         for line in lines:
             if "<id>" in line:
@@ -464,7 +469,12 @@ def banner_examples_answer_as_written(run):
             m = re.search(r'"id":"([0-9a-f-]{36})"', out.stdout)
             job = job or (m and m.group(1))
         expect(job, "no job id from the banner's upload example", lines)
-        return "%d examples" % len(lines)
+        for line in inspect:
+            out = sp.run(["bash", "-c", line], cwd=harness.REPO_ROOT, stdout=sp.PIPE,
+                         stderr=sp.STDOUT, text=True, timeout=30)
+            expect(out.returncode == 0 and "Connection refused" not in out.stdout,
+                   "banner example failed: %s" % line, out.stdout[-500:])
+        return "%d examples" % (len(lines) + len(inspect))
     finally:
         other.stop()
 
