@@ -392,6 +392,39 @@ def service_unit_steps_give_a_working_worker(_):
         svc.stop()
 
 
+@cases.case
+def limit_req_rows_say_what_nginx_answers(_):
+    """A `limit_req` in the API's location at nginx's default status: the refusal is 503
+    `unavailable` without Retry-After, not 429. The table's 429 `too_many_requests` row
+    must say it needs `limit_req_status 429`, the 503 `unavailable` row that it is the
+    default and carries no Retry-After, and README.md must not say every 503 carries
+    `Retry-After: 1`."""
+    def edit(text):
+        text = text.replace("    server {", "    limit_req_zone $binary_remote_addr "
+                            "zone=docs:1m rate=1r/m;\n    server {", 1)
+        return text.replace("            sep_api;", "            sep_api;\n"
+                            "            limit_req zone=docs nodelay;", 1)
+    stack = harness.Stack(conf_edit=edit).start()
+    try:
+        for _ in range(3):  # the startup probe may have taken the one allowed request
+            resp = stack.request("GET", "/v1/jobs/00000000-0000-4000-8000-000000000000")
+    finally:
+        stack.stop()
+    code = resp.json and resp.json.get("error", {}).get("code")
+    expect(resp.status == 503 and code == "unavailable", "limit_req's default refusal",
+           resp.status, resp.body[:200])
+    row429, row503 = _table_row(429, "too_many_requests"), _table_row(503, "unavailable")
+    expect("limit_req_status 429" in row429, "the 429 row does not say it needs "
+           "limit_req_status 429", row429)
+    retry = resp.header("retry-after")
+    expect("default" in row503 and (retry or "no `Retry-After`" in row503),
+           "the 503 unavailable row does not say what nginx sends by default", row503)
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+    expect("A 503 means the job store" not in text, "README.md says every 503 is the job "
+           "store's (with Retry-After: 1)")
+
+
 def main(argv):
     if not os.path.exists(harness.localstack.MODULE_SO):
         print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
