@@ -37,6 +37,7 @@ from harness import expect  # noqa: E402
 
 DOCS = ["README.md", "ngx_module/README.md", "workerd/README.md"]
 cases = harness.Cases()
+localstack = harness.localstack
 
 
 def sh_blocks(doc):
@@ -423,6 +424,81 @@ def limit_req_rows_say_what_nginx_answers(_):
         text = " ".join(f.read().split())
     expect("A 503 means the job store" not in text, "README.md says every 503 is the job "
            "store's (with Retry-After: 1)")
+
+
+@cases.case
+def nginx_and_workerd_as_two_users(_):
+    """The production split the docs describe: nginx's workers as www-data, workerd as
+    another user in the group www-data (conf/workerd.service: User=sep, Group=www-data),
+    the spool group-writable, nginx started with the umask the install steps give it
+    (conf/README.md; systemd's default 0022 when they name none). A job completes: its
+    directory, made by nginx, lets workerd write the stems and remove the files."""
+    import grp
+    import pwd
+    import test_workerd
+
+    if os.geteuid() != 0:
+        return "skipped: not root"
+    try:
+        www = pwd.getpwnam("www-data")
+        nobody = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        return "skipped: no www-data or nobody user"
+    with open(os.path.join(REPO, "conf", "README.md"), encoding="utf-8") as f:
+        m = re.search(r"UMask=(0[0-7]{3})", f.read())
+    umask = int(m.group(1), 8) if m else 0o022
+    svc = test_workerd.Service()
+    stack = svc.stack
+    proc = None
+    try:
+        os.chmod(stack.prefix, 0o755)
+        localstack.make_prefix_dirs(stack.prefix)
+        os.chown(stack.spool, www.pw_uid, www.pw_gid)
+        os.chmod(stack.spool, 0o2775)
+        stack.redis_tcp = True
+        stack.start_redis()
+        stack.values["REDIS"] = stack.redis_address
+        stack.values["USER"] = "user www-data www-data;"
+        old = os.umask(umask)
+        try:
+            stack.port, stack.nginx_proc = localstack.start_nginx_on_free_port(
+                stack.prefix, stack.conf_path, stack.render_conf)
+        finally:
+            os.umask(old)
+
+        def as_workerd_user():
+            os.setgroups([www.pw_gid])
+            os.setgid(www.pw_gid)
+            os.setuid(nobody)
+            os.umask(0o002)  # conf/workerd.service: UMask=0002
+
+        log = open(os.path.join(stack.prefix, "logs", "two-users.log"), "ab")
+        proc = subprocess.Popen(
+            [test_workerd.WORKERD, "run", "--redis", stack.redis_address, "--prefix",
+             test_workerd.PREFIX, "--spool", stack.spool, "--models-dir", svc.models,
+             "--name", "two-users", "--retry-backoff-base", "100ms",
+             "--retry-backoff-max", "200ms"], stdout=log, stderr=log,
+            preexec_fn=as_workerd_user)
+        log.close()
+        resp = harness.request(stack.port, "POST", "/v1/jobs", harness.wav_bytes(1.0),
+                               {"Content-Type": "audio/wav"})
+        expect(resp.status == 202, "POST as www-data", resp.status, resp.body[:200])
+        job = resp.json["id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rec = harness.request(stack.port, "GET", "/v1/jobs/" + job).json
+            if rec["status"] in ("completed", "failed", "canceled"):
+                break
+            time.sleep(0.1)
+        mode = oct(os.stat(os.path.join(stack.spool, job)).st_mode & 0o777)
+        expect(rec["status"] == "completed", "the job did not complete (nginx umask %03o, job "
+               "dir %s)" % (umask, mode), rec["status"], rec.get("error"))
+        return "nginx umask %03o, job dir %s" % (umask, mode)
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(30)
+        svc.stop()
 
 
 def main(argv):
