@@ -501,6 +501,39 @@ def nginx_and_workerd_as_two_users(_):
         svc.stop()
 
 
+@cases.case
+def root_readme_record_fields_match_a_record(_):
+    """README.md's "Job record:" field list names exactly the top-level fields of a real
+    record (a client written from it finds every field where it says, options included)."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    listed = text.split("Job record: `", 1)[1].split("`", 1)[0]
+    # top-level names: drop the {...} and (...) groups
+    flat = listed
+    while True:
+        stripped = re.sub(r"\{[^{}]*\}|\([^()]*\)", "", flat)
+        if stripped == flat:
+            break
+        flat = stripped
+    names = {n.strip() for n in flat.split(",") if n.strip()}
+    stack = harness.Stack().start()
+    try:
+        resp = stack.request("POST", "/v1/jobs?stems=vocals", harness.wav_bytes(),
+                             {"Content-Type": "audio/wav"})
+    finally:
+        stack.stop()
+    expect(resp.status == 202, "POST", resp.status, resp.body[:200])
+    keys = set(resp.json)
+    expect(names == keys, "README.md's record fields differ from a record's",
+           "only in README: %s" % sorted(names - keys), "only in the record: %s"
+           % sorted(keys - names))
+    opts = re.search(r"options \{([^}]*)\}", listed)
+    expect(opts and {o.strip() for o in opts.group(1).split(",")} == set(resp.json["options"]),
+           "README.md's options list differs", opts and opts.group(1),
+           sorted(resp.json["options"]))
+    return "%d fields" % len(keys)
+
+
 def main(argv):
     if not os.path.exists(harness.localstack.MODULE_SO):
         print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
