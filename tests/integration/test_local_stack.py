@@ -370,7 +370,7 @@ def stop_after_run_dir_deleted(run):
     processes are found without their pid files (nginx's -p, workerd's --spool, Redis'
     working directory) and stopped, not left holding the ports."""
     other = LocalRun()
-    registry_dir = tempfile.mkdtemp(prefix="sep-runs-")  # build/local-runs lives outside
+    registry_dir = tempfile.mkdtemp(prefix="sep-runs-")  # .local-runs lives outside
     other.env["SEP_RUN_REGISTRY"] = os.path.join(registry_dir, "local-runs")
     pids = {}
     try:
@@ -514,6 +514,31 @@ def run_uses_sep_models(run):
                rec.get("status"), rec.get("error"))
     finally:
         other.stop()
+
+
+@cases.case
+def clean_keeps_the_run_record(run):
+    """`make clean` (rm -rf build/) must not delete the record of runs: with it gone a
+    plain `make stop` no longer finds runs made with SEP_RUN_DIR, which keep running. The
+    default record is outside what `make -n clean` removes, and not tracked by git."""
+    import subprocess as sp
+
+    env = {k: v for k, v in os.environ.items() if k != "SEP_RUN_REGISTRY"}
+    registry = sp.run([sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
+                       "import localstack; print(localstack.run_registry())" % CONF],
+                      env=env, stdout=sp.PIPE, text=True).stdout.strip()
+    dry = sp.run(["make", "-n", "clean"], cwd=harness.REPO_ROOT, stdout=sp.PIPE,
+                 stderr=sp.STDOUT, text=True).stdout
+    removed = [w for line in dry.splitlines() if line.startswith("rm ")
+               for w in line.split()[1:] if not w.startswith("-")]
+    hit = [w for w in removed
+           if os.path.abspath(os.path.join(harness.REPO_ROOT, w)) in
+           [os.path.dirname(registry), registry] or
+           registry.startswith(os.path.abspath(os.path.join(harness.REPO_ROOT, w)) + "/")]
+    expect(not hit, "make clean removes the run record %s" % registry, dry)
+    ignored = sp.run(["git", "check-ignore", "-q", registry], cwd=harness.REPO_ROOT)
+    expect(ignored.returncode == 0, "the run record is not ignored by git", registry)
+    return os.path.relpath(registry, harness.REPO_ROOT)
 
 
 def _proc_status(pid, field):
