@@ -491,18 +491,29 @@ def pid_alive(pid):
 
 
 # Run directories `make run` started from this checkout, one absolute path per line, so
-# `make stop` finds a run made with SEP_RUN_DIR too. SEP_RUN_REGISTRY names another file
-# (the tests use their own, so they never stop a developer's run).
+# `make stop` finds a run made with SEP_RUN_DIR too. Kept in .local-runs at the top of the
+# checkout, not under build/: `make clean` must not make a running stack unstoppable.
+# SEP_RUN_REGISTRY names another file (the tests use their own, so they never stop a
+# developer's run).
+OLD_RUN_REGISTRY = os.path.join(REPO_ROOT, "build", "local-runs")  # read, never written
+
+
 def run_registry():
-    return os.environ.get("SEP_RUN_REGISTRY") or os.path.join(REPO_ROOT, "build", "local-runs")
+    return os.environ.get("SEP_RUN_REGISTRY") or os.path.join(REPO_ROOT, ".local-runs")
 
 
 def recorded_runs():
-    try:
-        with open(run_registry()) as f:
-            return [line.strip() for line in f if line.strip()]
-    except OSError:
-        return []
+    paths = [run_registry()]
+    if not os.environ.get("SEP_RUN_REGISTRY"):
+        paths.append(OLD_RUN_REGISTRY)  # runs recorded before the file moved
+    runs = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                runs += [line.strip() for line in f if line.strip() and line.strip() not in runs]
+        except OSError:
+            pass
+    return runs
 
 
 def _write_runs(runs):
@@ -512,6 +523,11 @@ def _write_runs(runs):
     with open(tmp, "w") as f:
         f.writelines(r + "\n" for r in runs)
     os.replace(tmp, path)
+    if not os.environ.get("SEP_RUN_REGISTRY"):
+        try:
+            os.unlink(OLD_RUN_REGISTRY)  # its runs are in the new file now
+        except OSError:
+            pass
 
 
 def record_run(run_dir):

@@ -39,9 +39,15 @@
 #                   player (web/) uploading, following and decoding every stem
 #                   (tests/browser/test_browser.py; screenshots in build/browser/)
 # test-docs         the READMEs' curl examples run as written against a live stack + workerd;
-#                   the error-code table against the module's sources (tests/docs/)
+#                   the error-code table against the module's sources and against what
+#                   nginx answers (bad header, body timeout, long URI, limit_req); the
+#                   spool layout, the record's fields, the systemd unit's install steps
+#                   and nginx + workerd as two users of one group, each as documented
+#                   (tests/docs/)
 # test-local-stack  `make run` / `make stop` (conf/run-local, conf/stop-local) on a
-#                   temporary run directory, and conf/nginx.conf being up to date
+#                   temporary run directory (bad ports and paths refused, a deleted run
+#                   dir still stopped, the banner's examples, SEP_MODELS), and
+#                   conf/nginx.conf being up to date
 # test-stress       SUITE=<suite> N=<runs>: one suite N times in a row; prints each run's
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)

@@ -292,7 +292,7 @@ int workerd_cmd_separate(int argc, char **argv)
             device = optarg;
             break;
         case 'j':
-            if (parse_int(optarg, "--threads", 0, 4096, &threads))
+            if (parse_int(optarg, "-j/--jobs/--threads", 0, 4096, &threads))
                 return 2;
             break;
         case OPT_BATCH:

@@ -279,7 +279,8 @@ def test_errors(env):
     check(r.returncode == 2 and "no input" in r.stderr, "no input: rc 2")
     # the API's limits (shared/sep_options.h), and a bad device is a usage error
     for args, what in ((["--shifts", "11"], "--shifts"), (["--overlap", "0.99"], "--overlap"),
-                       (["--overlap", "-0.1"], "--overlap"), (["-d", "gpu"], "--device")):
+                       (["--overlap", "-0.1"], "--overlap"), (["-d", "gpu"], "--device"),
+                       (["--jobs", "-3"], "--jobs")):
         r = env.separate("-o", "err", *args, "good.wav")
         check(r.returncode == 2 and what in r.stderr,
               f"{' '.join(args)}: rc 2 naming {what} (rc {r.returncode}, {r.stderr.strip()})")

@@ -131,6 +131,23 @@ def missing_stems_location_warns(stack):
            "no warning", out)
 
 
+@with_stack
+def cors_origin_with_a_path_is_refused(stack):
+    """A browser's Origin never has a path: `https://app.example/` (a trailing slash) or
+    `https://app.example/ui` would never match and CORS would silently stay off; `https://`
+    has no host. Each is refused naming the argument; a bare origin with a port passes."""
+    for bad in ("https://app.example/", "https://app.example/ui", "https://"):
+        text = rendered(stack, lambda t: t.replace("sep_cors_origins off;",
+                                                   "sep_cors_origins %s;" % bad, 1))
+        rc, out = nginx_t(stack, text)
+        expect(rc != 0 and "\"%s\" is not an origin" % bad in out,
+               "nginx -t accepted sep_cors_origins %s" % bad, out)
+    text = rendered(stack, lambda t: t.replace("sep_cors_origins off;",
+                                               "sep_cors_origins http://localhost:5173 *;", 1))
+    rc, out = nginx_t(stack, text)
+    expect(rc == 0, "nginx -t refused a bare origin with a port", out)
+
+
 def started_log(stack, edit, wait_for, timeout=10):
     """Starts nginx on the edited conf and returns the error log once it has wait_for."""
     stack.conf_edit = edit

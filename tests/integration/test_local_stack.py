@@ -343,6 +343,205 @@ def run_as_root_drops_workers_to_nobody(run):
 
 
 @cases.case
+def run_refuses_a_run_dir_nginx_cannot_hold(run):
+    """A SEP_RUN_DIR with a space (nginx.conf takes the run dir's paths bare) is refused
+    before anything starts, naming SEP_RUN_DIR; no nginx -t failure after Redis started,
+    no Redis left running."""
+    other = LocalRun()
+    base = other.prefix
+    try:
+        other.prefix = os.path.join(base, "my runs")
+        other.env["SEP_RUN_DIR"] = other.prefix
+        res = other.script("run-local")
+        out = res.stdout or ""
+        expect(res.returncode != 0, "run-local started in a run dir with a space", out)
+        expect("SEP_RUN_DIR" in out and "nginx -t failed" not in out,
+               "refused up front, naming SEP_RUN_DIR", out)
+        redis = localstack.read_pid(os.path.join(other.prefix, "redis", "redis.pid"))
+        expect(not (redis and localstack.pid_alive(redis)), "redis left running", out)
+    finally:
+        other.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@cases.case
+def stop_after_run_dir_deleted(run):
+    """`rm -rf` of a run directory while its run is up, then a plain `make stop`: the
+    processes are found without their pid files (nginx's -p, workerd's --spool, Redis'
+    working directory) and stopped, not left holding the ports."""
+    other = LocalRun()
+    registry_dir = tempfile.mkdtemp(prefix="sep-runs-")  # .local-runs lives outside
+    other.env["SEP_RUN_REGISTRY"] = os.path.join(registry_dir, "local-runs")
+    pids = {}
+    try:
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        pids = {k: v for k, v in other.pids().items() if v}
+        workerd = localstack.read_pid(os.path.join(other.prefix, "workerd.pid"))
+        if workerd:
+            pids["workerd"] = workerd
+        shutil.rmtree(other.prefix)
+        env = dict(other.env)
+        del env["SEP_RUN_DIR"]
+        res = other.script("stop-local", env=env)
+        alive = {k: p for k, p in pids.items() if localstack.pid_alive(p)}
+        expect(not alive, "processes of the deleted run dir left running", alive, res.stdout)
+        return "stopped %s" % sorted(pids)
+    finally:
+        for pid in pids.values():
+            if localstack.pid_alive(pid):
+                os.kill(pid, 15)
+        os.makedirs(other.prefix, exist_ok=True)
+        other.stop()
+        shutil.rmtree(registry_dir, ignore_errors=True)
+
+
+@cases.case
+def run_again_refuses_another_redis_port(run):
+    """A second run-local on the same run dir with another explicit SEP_REDIS_PORT is
+    refused naming it (as another SEP_PORT is), not answered "already running" on the
+    old port with status 0."""
+    other = LocalRun()
+    try:
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        env = dict(other.env, SEP_REDIS_PORT=str(localstack.pick_port()))
+        res = other.script("run-local", env=env)
+        expect(res.returncode != 0 and "SEP_REDIS_PORT" in res.stdout,
+               "another SEP_REDIS_PORT was not refused", res.stdout)
+    finally:
+        other.stop()
+
+
+@cases.case
+def run_refuses_port_values_that_are_no_port(run):
+    """SEP_PORT / SEP_REDIS_PORT that are no TCP port: one `run:` line naming the
+    variable, no traceback, nothing started."""
+    for var, value in (("SEP_PORT", "80a"), ("SEP_PORT", "70000"), ("SEP_PORT", "0"),
+                       ("SEP_REDIS_PORT", "abc"), ("SEP_REDIS_PORT", "0"),
+                       ("SEP_REDIS_PORT", "65536")):
+        other = LocalRun()
+        try:
+            res = other.script("run-local", env=dict(other.env, **{var: value}))
+            out = res.stdout or ""
+            redis = localstack.read_pid(os.path.join(other.prefix, "redis", "redis.pid"))
+            expect(res.returncode != 0 and "Traceback" not in out and var in out,
+                   "%s=%s: no one-line refusal" % (var, value), out)
+            expect(not (redis and localstack.pid_alive(redis))
+                   and not other.processes_using_prefix(),
+                   "%s=%s: something was left running" % (var, value), out)
+        finally:
+            other.stop()
+
+
+@cases.case
+def banner_examples_answer_as_written(run):
+    """The curl lines run-local prints after it started (the first thing a new operator
+    copies), run as printed from the checkout (where `make run` runs): the upload is
+    accepted (202), then the status read answers the job. A file the checkout does not
+    have (song.wav) makes curl fail before it sends anything."""
+    import re
+    import subprocess as sp
+
+    other = LocalRun()
+    try:
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        lines = [l.strip() for l in res.stdout.splitlines() if l.strip().startswith("curl ")]
+        expect(len(lines) >= 2, "no curl examples in the banner", res.stdout)
+        # `workerd inspect` as printed reaches this run's Redis (it sees the upload below)
+        inspect = [l.strip() for l in res.stdout.splitlines()
+                   if l.strip().startswith("build/workerd inspect")]
+        expect(inspect or not os.path.exists(os.path.join(harness.REPO_ROOT, "build", "workerd")),
+               "the banner does not say how to inspect this run's queues", res.stdout)
+        job = None
+        for line in lines:
+            if "<id>" in line:
+                if job is None or "-o " in line:
+                    continue  # a stem exists only once the job completed
+                line = line.replace("<id>", job)
+            out = sp.run(["bash", "-c", line + " -w '\\n%{http_code}'"], cwd=harness.REPO_ROOT,
+                         stdout=sp.PIPE, stderr=sp.PIPE, text=True, timeout=30)
+            status = out.stdout.rsplit("\n", 1)[-1]
+            expect(out.returncode == 0 and status in ("200", "202"),
+                   "banner example failed: %s" % line, out.returncode, out.stdout[-300:],
+                   out.stderr[-300:])
+            m = re.search(r'"id":"([0-9a-f-]{36})"', out.stdout)
+            job = job or (m and m.group(1))
+        expect(job, "no job id from the banner's upload example", lines)
+        for line in inspect:
+            out = sp.run(["bash", "-c", line], cwd=harness.REPO_ROOT, stdout=sp.PIPE,
+                         stderr=sp.STDOUT, text=True, timeout=30)
+            expect(out.returncode == 0 and "Connection refused" not in out.stdout,
+                   "banner example failed: %s" % line, out.stdout[-500:])
+        return "%d examples" % (len(lines) + len(inspect))
+    finally:
+        other.stop()
+
+
+@cases.case
+def run_uses_sep_models(run):
+    """README: weights are in models/weights/ "(or $SEP_MODELS)", where models/get-weights
+    writes them when it is set. `make run` with SEP_MODELS naming a folder that holds the
+    model: the workerd it starts loads it from there and a job completes (it looked in
+    models/weights only, so every job failed model_unavailable)."""
+    import time
+
+    other = LocalRun()
+    try:
+        models = os.path.join(other.prefix, "my-models")
+        os.makedirs(models)
+        os.symlink(os.path.join(harness.REPO_ROOT, "tests", "fixtures", "apply",
+                                "tiny_apply.safetensors"),
+                   os.path.join(models, "htdemucs.safetensors"))
+        other.env["SEP_MODELS"] = models
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        if "workerd started" not in res.stdout:
+            return "skipped: workerd run is not built"
+        resp = harness.request(other.port, "POST", "/v1/jobs", harness.wav_bytes(1.0),
+                               {"Content-Type": "audio/wav"})
+        expect(resp.status == 202, "POST", resp.status, resp.body[:200])
+        job = resp.json["id"]
+        deadline = time.monotonic() + 60
+        rec = {}
+        while time.monotonic() < deadline:
+            rec = harness.request(other.port, "GET", "/v1/jobs/" + job).json
+            if rec.get("status") in ("completed", "failed", "canceled"):
+                break
+            time.sleep(0.2)
+        expect(rec.get("status") == "completed", "the job did not complete with SEP_MODELS",
+               rec.get("status"), rec.get("error"))
+    finally:
+        other.stop()
+
+
+@cases.case
+def clean_keeps_the_run_record(run):
+    """`make clean` (rm -rf build/) must not delete the record of runs: with it gone a
+    plain `make stop` no longer finds runs made with SEP_RUN_DIR, which keep running. The
+    default record is outside what `make -n clean` removes, and not tracked by git."""
+    import subprocess as sp
+
+    env = {k: v for k, v in os.environ.items() if k != "SEP_RUN_REGISTRY"}
+    registry = sp.run([sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
+                       "import localstack; print(localstack.run_registry())" % CONF],
+                      env=env, stdout=sp.PIPE, text=True).stdout.strip()
+    dry = sp.run(["make", "-n", "clean"], cwd=harness.REPO_ROOT, stdout=sp.PIPE,
+                 stderr=sp.STDOUT, text=True).stdout
+    removed = [w for line in dry.splitlines() if line.startswith("rm ")
+               for w in line.split()[1:] if not w.startswith("-")]
+    hit = [w for w in removed
+           if os.path.abspath(os.path.join(harness.REPO_ROOT, w)) in
+           [os.path.dirname(registry), registry] or
+           registry.startswith(os.path.abspath(os.path.join(harness.REPO_ROOT, w)) + "/")]
+    expect(not hit, "make clean removes the run record %s" % registry, dry)
+    ignored = sp.run(["git", "check-ignore", "-q", registry], cwd=harness.REPO_ROOT)
+    expect(ignored.returncode == 0, "the run record is not ignored by git", registry)
+    return os.path.relpath(registry, harness.REPO_ROOT)
+
+
+@cases.case
 def redis_users_have_least_privilege(run):
     """`make run`'s Redis has ACL users: nginx's (sep-nginx) and workerd's (sep-workerd)
     may run their own commands and scripts on the key prefix only; the default user needs
