@@ -97,7 +97,6 @@ char *ngx_http_sep_cors_origins_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *c
     ngx_http_complex_value_t *cv;
     const char *bad;
     ngx_uint_t i;
-    u_char *host;
 
     if (lcf->cors_origins != NGX_CONF_UNSET_PTR) {
         return "is duplicate";
@@ -117,7 +116,6 @@ char *ngx_http_sep_cors_origins_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *c
             return NGX_CONF_ERROR;
         }
         /* an Origin is scheme://host[:port]: no path, not even a trailing "/" */
-        host = (u_char *)ngx_strstr(value[i].data, "://");
         if (ngx_strchr(value[i].data, '$') == NULL && ngx_strcmp(value[i].data, "*") != 0 &&
             (bad = ngx_http_sep_cors_check_origin(&value[i])) != NULL) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_cors_origins: \"%V\" %s", &value[i], bad);
