@@ -105,34 +105,69 @@ ngx_int_t ngx_http_sep_conf_add_api(ngx_conf_t *cf, ngx_http_sep_main_conf_t *mc
     return NGX_OK;
 }
 
-/* A prefix location named exactly `name` in a static location tree. */
-static ngx_flag_t ngx_http_sep_tree_has(ngx_http_location_tree_node_t *node, ngx_str_t *name)
+/* The prefix location named exactly `name` in a static location tree, or NULL. */
+static ngx_http_core_loc_conf_t *ngx_http_sep_tree_find(ngx_http_location_tree_node_t *node,
+                                                        ngx_str_t *name)
 {
-    ngx_http_core_loc_conf_t *clcf;
+    ngx_http_core_loc_conf_t *clcf, *found;
 
     for (; node; node = node->right) {
         clcf = node->inclusive ? node->inclusive : node->exact;
         if (clcf && clcf->name.len == name->len &&
             ngx_strncmp(clcf->name.data, name->data, name->len) == 0) {
-            return 1;
+            return clcf;
         }
-        if (ngx_http_sep_tree_has(node->left, name) || ngx_http_sep_tree_has(node->tree, name)) {
-            return 1;
+        if ((found = ngx_http_sep_tree_find(node->left, name)) != NULL ||
+            (found = ngx_http_sep_tree_find(node->tree, name)) != NULL) {
+            return found;
         }
     }
-    return 0;
+    return NULL;
 }
 
-/* Warnings at the end of the configuration (after the location trees are built). */
-void ngx_http_sep_conf_check_locations(ngx_conf_t *cf, ngx_http_sep_main_conf_t *mcf)
+/* The stems location of an API location, when it exists: it must be internal (else the
+ * whole spool, every client's upload, is public), and its alias should be the spool. */
+static ngx_int_t ngx_http_sep_check_stems(ngx_conf_t *cf, ngx_http_sep_api_loc_t *api,
+                                          ngx_http_core_loc_conf_t *stems)
+{
+    ngx_str_t root = stems->root;
+
+    if (!stems->internal) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "the stems location \"%V\" of the sep_api location \"%V\" (%V:%ui) is "
+                      "not internal: it would serve the whole spool, every client's upload, "
+                      "to anyone; add `internal;` to it",
+                      &stems->name, &api->clcf->name, &api->file, api->line);
+        return NGX_ERROR;
+    }
+    if (stems->alias && stems->root_lengths == NULL) {
+        while (root.len > 1 && root.data[root.len - 1] == '/') {
+            root.len--;
+        }
+        if (root.len != api->lcf->spool.len ||
+            ngx_strncmp(root.data, api->lcf->spool.data, root.len) != 0) {
+            ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                          "the stems location \"%V\" has alias \"%V\", not sep_spool \"%V\" "
+                          "of the sep_api location \"%V\" (%V:%ui): stem downloads will be 404",
+                          &stems->name, &stems->root, &api->lcf->spool, &api->clcf->name,
+                          &api->file, api->line);
+        }
+    }
+    return NGX_OK;
+}
+
+/* Checks at the end of the configuration (after the location trees are built):
+ * warnings, and NGX_ERROR for a stems location that would make the spool public. */
+ngx_int_t ngx_http_sep_conf_check_locations(ngx_conf_t *cf, ngx_http_sep_main_conf_t *mcf)
 {
     ngx_http_sep_api_loc_t *api;
+    ngx_http_core_loc_conf_t *stems;
     ngx_str_t *name;
     ngx_uint_t i;
     static ngx_str_t v1 = ngx_string("/v1/");
 
     if (mcf->apis == NULL) {
-        return;
+        return NGX_OK;
     }
     api = mcf->apis->elts;
     for (i = 0; i < mcf->apis->nelts; i++) {
@@ -151,7 +186,12 @@ void ngx_http_sep_conf_check_locations(ngx_conf_t *cf, ngx_http_sep_main_conf_t 
                           "here will be 404",
                           name, &api[i].file, api[i].line);
         }
-        if (!ngx_http_sep_tree_has(api[i].server->static_locations, &api[i].lcf->stems_location)
+        stems =
+            ngx_http_sep_tree_find(api[i].server->static_locations, &api[i].lcf->stems_location);
+        if (stems && ngx_http_sep_check_stems(cf, &api[i], stems) != NGX_OK) {
+            return NGX_ERROR;
+        }
+        if (stems == NULL
 #if (NGX_PCRE)
             && api[i].server->regex_locations == NULL
 #endif
@@ -164,6 +204,7 @@ void ngx_http_sep_conf_check_locations(ngx_conf_t *cf, ngx_http_sep_main_conf_t 
                           &api[i].lcf->stems_location);
         }
     }
+    return NGX_OK;
 }
 
 /* In each worker at start (as the workers' user). */

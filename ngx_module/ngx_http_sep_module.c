@@ -750,8 +750,10 @@ static ngx_int_t ngx_http_sep_body_filter(ngx_http_request_t *r, ngx_chain_t *in
 
 static ngx_int_t ngx_http_sep_postconfiguration(ngx_conf_t *cf)
 {
-    ngx_http_sep_conf_check_locations(cf,
-                                      ngx_http_conf_get_module_main_conf(cf, ngx_http_sep_module));
+    if (ngx_http_sep_conf_check_locations(
+            cf, ngx_http_conf_get_module_main_conf(cf, ngx_http_sep_module)) != NGX_OK) {
+        return NGX_ERROR;
+    }
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_sep_header_filter;
     ngx_http_next_body_filter = ngx_http_top_body_filter;

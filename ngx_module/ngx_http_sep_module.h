@@ -89,7 +89,7 @@ char *ngx_http_sep_check_spool(ngx_conf_t *cf, void *post, void *data);
 char *ngx_http_sep_check_stems_location(ngx_conf_t *cf, void *post, void *data);
 ngx_int_t ngx_http_sep_conf_add_api(ngx_conf_t *cf, ngx_http_sep_main_conf_t *mcf,
                                     ngx_http_sep_loc_conf_t *lcf);
-void ngx_http_sep_conf_check_locations(ngx_conf_t *cf, ngx_http_sep_main_conf_t *mcf);
+ngx_int_t ngx_http_sep_conf_check_locations(ngx_conf_t *cf, ngx_http_sep_main_conf_t *mcf);
 void ngx_http_sep_conf_check_spools(ngx_cycle_t *cycle, ngx_http_sep_main_conf_t *mcf);
 
 typedef struct ngx_http_sep_cmd_s ngx_http_sep_cmd_t;

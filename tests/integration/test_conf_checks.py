@@ -12,6 +12,9 @@
                                     start, that every upload will fail
   temp_path_on_another_filesystem   client_body_temp_path on tmpfs, the spool not: a
                                     warning at start that each raw upload is copied
+  stems_location_not_internal_is_refused   a stems location without `internal` (the
+                                    whole spool public) is refused
+  stems_alias_not_the_spool_warns   a stems alias other than sep_spool warns
   full_spool_is_507                 the spool (and the body temp path in it) on a 1 MiB
                                     tmpfs: raw and multipart uploads larger than it get
                                     507 insufficient_storage, nothing is left behind, and
@@ -146,6 +149,26 @@ def cors_origin_with_a_path_is_refused(stack):
                                                "sep_cors_origins http://localhost:5173 *;", 1))
     rc, out = nginx_t(stack, text)
     expect(rc == 0, "nginx -t refused a bare origin with a port", out)
+
+
+@with_stack
+def stems_location_not_internal_is_refused(stack):
+    """Without `internal;` the stems location would serve the whole spool (every client's
+    upload at /_sep_stems/{id}/input.wav) to anyone: nginx -t refuses it."""
+    text = rendered(stack, lambda t: t.replace("            internal;\n", "", 1))
+    rc, out = nginx_t(stack, text)
+    expect(rc != 0 and "is not internal" in out and "/_sep_stems/" in out,
+           "nginx -t accepted a stems location that is not internal", out)
+
+
+@with_stack
+def stems_alias_not_the_spool_warns(stack):
+    text = rendered(stack, lambda t: re.sub(r"(location /_sep_stems/ \{\s*internal;\s*)alias [^;]+;",
+                                            r"\1alias /tmp/elsewhere/;", t, count=1))
+    expect("alias /tmp/elsewhere/;" in text, "the sample has no stems alias to replace")
+    rc, out = nginx_t(stack, text)
+    expect(rc == 0 and "not sep_spool" in out and "404" in out,
+           "no warning for a stems alias that is not the spool", out)
 
 
 def started_log(stack, edit, wait_for, timeout=10):
