@@ -10,55 +10,12 @@ answered 202 with that job, whose {spool}/{id}/ is gone (a worker fails it for i
 missing input), and a client without a key has a job it was told failed.
 Expected: no queued job without its input; the retry with the key gets a job that
 can run (its upload is in the spool), or the first job is canceled."""
-import os, socket, sys, time, json
+import os, sys, time, json
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import harness
 
 
-class HalfRelay(harness.TcpRelay):
-    """mute(): the connections open now keep forwarding client -> server, but what the
-    server sends back is read and dropped."""
-
-    def __init__(self, upstream):
-        super().__init__(upstream)
-        self.muted = set()
-
-    def mute(self):
-        with self._lock:
-            # the server side of each pair: the socket that is not a client of ours
-            servers = [s for s in self._pairs if s.getpeername()[1] != self.port
-                       and s.getsockname()[1] != self.port]
-            self.muted.update(servers)
-        return len(servers)
-
-    def _run(self):
-        while not self._stopping:
-            for key, _ in self._selector.select(0.5):
-                if key.data == "wake":
-                    key.fileobj.recv(64)
-                    with self._lock:
-                        done, self._wedge_asked = self._wedge_asked, False
-                    if done:
-                        self._do_wedge(done)
-                elif key.data == "accept":
-                    self._accept()
-                else:
-                    s = key.fileobj
-                    with self._lock:
-                        peer = self._pairs.get(s)
-                    if peer is None:
-                        continue
-                    try:
-                        data = s.recv(65536)
-                        if data and s not in self.muted:
-                            peer.sendall(data)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        self._close_pair(s)
-
-
-relay = HalfRelay(upstream=None)
+relay = harness.TcpRelay(upstream=None)
 stack = harness.Stack(worker_processes=1, redis_tcp=True, sep_redis=lambda _s: relay.address)
 relay.upstream = lambda: ("127.0.0.1", stack.redis_port)
 KEY = "retry-me-7"
