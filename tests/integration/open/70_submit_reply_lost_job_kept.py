@@ -8,6 +8,9 @@ never arrives, so the late-submit cancel never runs. Redis keeps the job (queued
 its stream) and the Idempotency-Key naming it: the client's retry with that key is
 answered 202 with that job, whose {spool}/{id}/ is gone (a worker fails it for its
 missing input), and a client without a key has a job it was told failed.
+ngx_module/README.md "Known limits" names the job left without its input; what it
+does not say is that the Idempotency-Key keeps naming that job, so the documented
+remedy (retry with the key) gets the doomed job instead of a new one.
 Expected: no queued job without its input; the retry with the key gets a job that
 can run (its upload is in the spool), or the first job is canceled."""
 import os, sys, time, json
