@@ -58,7 +58,9 @@
  *     created, it is canceled at once with the request's Idempotency-Key, which the
  *     cancel deletes if it still names that job (the client's retry then creates a
  *     working job). submit.lua itself refuses to run after the request's deadline
- *     (PAST_DEADLINE), so this is only for a reply already on its way;
+ *     (PAST_DEADLINE), so this is only for a reply already on its way. A submit
+ *     whose reply will never come (its connection lost or replaced by a spare) gets
+ *     the same cancel once a connection is ready (the unsure queue);
  *   - a DELETE, and that compensating cancel: when the late reply says the job was
  *     canceled or purged, {spool}/{id}/ is removed (Redis now says files_deleted).
  * The record keeps what that takes (the id, the spool, the key). A worker that is

@@ -12,7 +12,8 @@
 #                   (tests/integration/test_redis_faults.py): a wedged connection behind a
 #                   TCP relay is replaced, TCP keepalive, a slow Redis keeps its
 #                   connection, an exiting worker reconnects, a silent peer is given up
-#                   on, a stall is logged once, a lost DELETE reply is
+#                   on, a stall is logged once, a lost submit reply cancels
+#                   its job, a lost DELETE reply is
 #                   cleaned up by the retry (about 22 s)
 # test-upload-stream uploads read as they arrive (tests/integration/test_upload_stream.py):
 #                   GETs beside a 300 MB multipart upload on one worker, 800 MB uploads
