@@ -160,6 +160,7 @@ static void ngx_http_sep_redis_late_cancel(ngx_http_sep_cmd_t *from);
 static void ngx_http_sep_cmd_orphan(ngx_http_sep_cmd_t *cmd, ngx_http_sep_ctx_t *ctx);
 static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *privdata);
 static void ngx_http_sep_redis_unsure_handler(ngx_event_t *ev);
+static void ngx_http_sep_redis_settle_unsure(void);
 
 /* ---- reply objects from an arena ----------------------------------------------
  *
@@ -518,6 +519,9 @@ static void ngx_http_sep_redis_mark_up(void)
                       &redis->mcf->redis_addr);
     }
     redis->was_ready = 1;
+    /* before the held commands go out: a retry of a submit whose reply was lost
+     * reaches Redis after that submit's cancel */
+    ngx_http_sep_redis_settle_unsure();
 }
 
 /* Redis answers LOADING/BUSY/MASTERDOWN: keep the connection, set up again at MIN. */
@@ -1562,20 +1566,19 @@ static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *p
     ngx_http_run_posted_requests(c);
 }
 
-/* The submits whose reply was lost get their cancel once a connection is ready;
- * until then this looks again every sep_redis_backoff MIN (a cancelable timer: an
- * exiting worker settles them in exit_process). */
-static void ngx_http_sep_redis_unsure_handler(ngx_event_t *ev)
+/* The submits whose reply was lost get their cancel on the connection now ready
+ * (from mark_up: ahead of the commands held while it was set up). */
+static void ngx_http_sep_redis_settle_unsure(void)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
     ngx_http_sep_cmd_t *cmd;
     ngx_queue_t *q;
 
     if (redis->ac == NULL || redis->state != SEP_REDIS_CONNECTED || !redis->ready) {
-        if (!ngx_queue_empty(&redis->unsure)) {
-            ngx_add_timer(ev, redis->mcf->backoff_min);
-        }
         return;
+    }
+    if (redis->unsure_retry.timer_set) {
+        ngx_del_timer(&redis->unsure_retry);
     }
     while (!ngx_queue_empty(&redis->unsure)) {
         q = ngx_queue_head(&redis->unsure);
@@ -1583,6 +1586,17 @@ static void ngx_http_sep_redis_unsure_handler(ngx_event_t *ev)
         cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
         ngx_http_sep_redis_late_cancel(cmd);
         ngx_http_sep_cmd_release(cmd);
+    }
+}
+
+/* The same when a submit's reply is lost while the connection is ready; else it
+ * looks again every sep_redis_backoff MIN (a cancelable timer: an exiting worker
+ * settles them in exit_process). */
+static void ngx_http_sep_redis_unsure_handler(ngx_event_t *ev)
+{
+    ngx_http_sep_redis_settle_unsure();
+    if (!ngx_queue_empty(&ngx_http_sep_redis.unsure) && !ev->timer_set) {
+        ngx_add_timer(ev, ngx_http_sep_redis.mcf->backoff_min);
     }
 }
 
