@@ -1416,8 +1416,11 @@ static void ngx_http_sep_redis_late_cancel(ngx_http_sep_cmd_t *from)
         ngx_http_sep_cancel_command(redis->mcf, (sep_str_t){(const char *)from->job_id, SEP_ID_LEN},
                                     &cc) != NGX_OK) {
         ngx_log_error(NGX_LOG_ERR, redis->log, 0,
-                      "sep: job %*s was created after its request timed out and cannot be "
-                      "canceled now",
+                      from->unsure ? "sep: job %*s: the reply to its submit was lost and it "
+                                     "cannot be canceled now (if Redis created it, it has no "
+                                     "input)"
+                                   : "sep: job %*s was created after its request timed out "
+                                     "and cannot be canceled now",
                       (size_t)SEP_ID_LEN, from->job_id);
         return;
     }
