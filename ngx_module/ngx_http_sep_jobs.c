@@ -175,6 +175,9 @@ static void ngx_http_sep_cancel_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t 
     if (ngx_http_sep_redis_error_is(reply, "NOT_FOUND")) {
         rc = ngx_http_sep_no_such_job(r);
     } else if (ngx_http_sep_redis_error_is(reply, "ALREADY_DELETED")) {
+        /* Redis says the files are deleted; what a DELETE whose reply was lost (or
+         * came after its worker exited) left of them goes now */
+        ngx_http_sep_remove_job_dir(r->connection->log, &lcf->spool, &ctx->id);
         rc = ngx_http_sep_send_error(r, NGX_HTTP_CONFLICT, "already_deleted",
                                      "the job is finished and its files were already deleted");
     } else if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||

@@ -58,7 +58,9 @@
  *     created, it is canceled at once with the request's Idempotency-Key, which the
  *     cancel deletes if it still names that job (the client's retry then creates a
  *     working job). submit.lua itself refuses to run after the request's deadline
- *     (PAST_DEADLINE), so this is only for a reply already on its way;
+ *     (PAST_DEADLINE), so this is only for a reply already on its way. A submit
+ *     whose reply will never come (its connection lost or replaced by a spare) gets
+ *     the same cancel once a connection is ready (the unsure queue);
  *   - a DELETE, and that compensating cancel: when the late reply says the job was
  *     canceled or purged, {spool}/{id}/ is removed (Redis now says files_deleted).
  * The record keeps what that takes (the id, the spool, the key). A worker that is
@@ -92,8 +94,9 @@ struct ngx_http_sep_cmd_s {
     char *formatted;  /* the command, kept for a NOSCRIPT retry */
     size_t formatted_len;
     unsigned retried : 1;
-    unsigned late : 2; /* SEP_LATE_*: set when the request stops waiting */
-    unsigned held : 1; /* on the held queue: not sent yet */
+    unsigned late : 2;   /* SEP_LATE_*: set when the request stops waiting */
+    unsigned held : 1;   /* on the held queue: not sent yet */
+    unsigned unsure : 1; /* a submit whose reply was lost (on the unsure queue) */
     u_char job_id[SEP_ID_LEN];
     ngx_str_t *spool;    /* the job's spool (the location's sep_spool) */
     size_t idem_key_len; /* submit: {p}idem:{key} of the request, 0 without one */
@@ -122,7 +125,9 @@ typedef struct {
     ngx_uint_t setup_round;   /* tags the replies of the current setup */
     ngx_uint_t setup_pending; /* replies of the current setup still due */
     ngx_queue_t inflight;
-    ngx_queue_t held; /* commands waiting for the connect attempt in flight */
+    ngx_queue_t held;   /* commands waiting for the connect attempt in flight */
+    ngx_queue_t unsure; /* submits whose reply was lost: canceled once connected */
+    ngx_event_t unsure_retry;
     ngx_queue_t free;
     ngx_uint_t late;    /* commands in flight with a late action (SEP_LATE_*) */
     ngx_event_t linger; /* not cancelable: keeps an exiting worker for those replies */
@@ -154,6 +159,8 @@ static void ngx_http_sep_cmd_release(ngx_http_sep_cmd_t *cmd);
 static void ngx_http_sep_redis_late_cancel(ngx_http_sep_cmd_t *from);
 static void ngx_http_sep_cmd_orphan(ngx_http_sep_cmd_t *cmd, ngx_http_sep_ctx_t *ctx);
 static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static void ngx_http_sep_redis_unsure_handler(ngx_event_t *ev);
+static void ngx_http_sep_redis_settle_unsure(void);
 
 /* ---- reply objects from an arena ----------------------------------------------
  *
@@ -512,6 +519,9 @@ static void ngx_http_sep_redis_mark_up(void)
                       &redis->mcf->redis_addr);
     }
     redis->was_ready = 1;
+    /* before the held commands go out: a retry of a submit whose reply was lost
+     * reaches Redis after that submit's cancel */
+    ngx_http_sep_redis_settle_unsure();
 }
 
 /* Redis answers LOADING/BUSY/MASTERDOWN: keep the connection, set up again at MIN. */
@@ -1128,6 +1138,7 @@ ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_
     redis->spare_backoff = mcf->backoff_min;
     ngx_queue_init(&redis->inflight);
     ngx_queue_init(&redis->held);
+    ngx_queue_init(&redis->unsure);
     ngx_queue_init(&redis->free);
 
     redis->reconnect.handler = ngx_http_sep_redis_reconnect_handler;
@@ -1150,6 +1161,10 @@ ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_
     redis->spare_timeout.log = cycle->log;
     redis->spare_timeout.cancelable = 1;
 
+    redis->unsure_retry.handler = ngx_http_sep_redis_unsure_handler;
+    redis->unsure_retry.data = redis;
+    redis->unsure_retry.log = cycle->log;
+    redis->unsure_retry.cancelable = 1;
     redis->linger.handler = ngx_http_sep_redis_linger_handler;
     redis->linger.data = redis;
     redis->linger.log = cycle->log;
@@ -1204,6 +1219,16 @@ void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle)
                           (size_t)SEP_ID_LEN, cmd->job_id, cmd->spool, (size_t)SEP_ID_LEN,
                           cmd->job_id);
         }
+    }
+    if (redis->unsure_retry.timer_set) {
+        ngx_del_timer(&redis->unsure_retry);
+    }
+    while (!ngx_queue_empty(&redis->unsure)) {
+        q = ngx_queue_head(&redis->unsure);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
+        ngx_http_sep_redis_late_cancel(cmd);
+        ngx_http_sep_cmd_release(cmd);
     }
     if (redis->ac && redis->state == SEP_REDIS_CONNECTED) {
         ngx_http_sep_redis_flush_now(redis->ac);
@@ -1391,8 +1416,11 @@ static void ngx_http_sep_redis_late_cancel(ngx_http_sep_cmd_t *from)
         ngx_http_sep_cancel_command(redis->mcf, (sep_str_t){(const char *)from->job_id, SEP_ID_LEN},
                                     &cc) != NGX_OK) {
         ngx_log_error(NGX_LOG_ERR, redis->log, 0,
-                      "sep: job %*s was created after its request timed out and cannot be "
-                      "canceled now",
+                      from->unsure ? "sep: job %*s: the reply to its submit was lost and it "
+                                     "cannot be canceled now (if Redis created it, it has no "
+                                     "input)"
+                                   : "sep: job %*s was created after its request timed out "
+                                     "and cannot be canceled now",
                       (size_t)SEP_ID_LEN, from->job_id);
         return;
     }
@@ -1401,9 +1429,17 @@ static void ngx_http_sep_redis_late_cancel(ngx_http_sep_cmd_t *from)
         cc.argv[argc] = from->idem_key;
         cc.argvlen[argc++] = from->idem_key_len;
     }
-    ngx_log_error(NGX_LOG_WARN, redis->log, 0,
-                  "sep: job %*s was created after its request timed out; canceling it",
-                  (size_t)SEP_ID_LEN, from->job_id);
+    if (from->unsure) {
+        /* most often Redis never ran it: the cancel is then answered NOT_FOUND */
+        ngx_log_error(NGX_LOG_INFO, redis->log, 0,
+                      "sep: job %*s: the reply to its submit was lost; canceling it in case "
+                      "Redis created it",
+                      (size_t)SEP_ID_LEN, from->job_id);
+    } else {
+        ngx_log_error(NGX_LOG_WARN, redis->log, 0,
+                      "sep: job %*s was created after its request timed out; canceling it",
+                      (size_t)SEP_ID_LEN, from->job_id);
+    }
     if (redis->exiting) {
         redisAsyncCommandArgv(redis->ac, ngx_http_sep_redis_log_reply, "cancel of a late submit",
                               argc, cc.argv, cc.argvlen);
@@ -1483,6 +1519,37 @@ static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *p
         ngx_http_sep_redis_not_ready_reply(rr->str);
     }
 
+    /* The connection went away (lost, or replaced by a spare) with a submit on it:
+     * Redis may have run it, and its reply will never come. Its request gets its 503
+     * as for any lost connection, and the job is canceled on the next connection,
+     * with the request's Idempotency-Key, as for a late reply saying "created" (a
+     * cancel of a job that was never created is answered NOT_FOUND). */
+    if (rr == NULL && cmd->script == SEP_SCRIPT_SUBMIT && !ngx_http_sep_redis.exiting) {
+        if (ctx) {
+            ngx_http_sep_cmd_orphan(cmd, ctx);
+        }
+        if (cmd->late == SEP_LATE_CANCEL_IF_CREATED) {
+            cmd->unsure = 1;
+            ngx_queue_insert_tail(&ngx_http_sep_redis.unsure, &cmd->queue);
+            if (!ngx_http_sep_redis.unsure_retry.timer_set) {
+                ngx_add_timer(&ngx_http_sep_redis.unsure_retry, 1);
+            }
+            if (ctx) {
+                r = ctx->request;
+                c = r->connection;
+                handler = cmd->handler;
+                ctx->cmd = NULL;
+                if (ctx->timeout.timer_set) {
+                    ngx_del_timer(&ctx->timeout);
+                }
+                handler(r, ctx, NULL);
+                ngx_http_run_posted_requests(c);
+            }
+            return;
+        }
+        cmd->ctx = ctx;
+    }
+
     if (ctx == NULL) {
         ngx_http_sep_redis_late_reply(cmd, rr);
         ngx_http_sep_cmd_release(cmd);
@@ -1500,6 +1567,40 @@ static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *p
 
     handler(r, ctx, rr);
     ngx_http_run_posted_requests(c);
+}
+
+/* The submits whose reply was lost get their cancel on the connection now ready
+ * (from mark_up: ahead of the commands held while it was set up). */
+static void ngx_http_sep_redis_settle_unsure(void)
+{
+    ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
+    ngx_http_sep_cmd_t *cmd;
+    ngx_queue_t *q;
+
+    if (redis->ac == NULL || redis->state != SEP_REDIS_CONNECTED || !redis->ready) {
+        return;
+    }
+    if (redis->unsure_retry.timer_set) {
+        ngx_del_timer(&redis->unsure_retry);
+    }
+    while (!ngx_queue_empty(&redis->unsure)) {
+        q = ngx_queue_head(&redis->unsure);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
+        ngx_http_sep_redis_late_cancel(cmd);
+        ngx_http_sep_cmd_release(cmd);
+    }
+}
+
+/* The same when a submit's reply is lost while the connection is ready; else it
+ * looks again every sep_redis_backoff MIN (a cancelable timer: an exiting worker
+ * settles them in exit_process). */
+static void ngx_http_sep_redis_unsure_handler(ngx_event_t *ev)
+{
+    ngx_http_sep_redis_settle_unsure();
+    if (!ngx_queue_empty(&ngx_http_sep_redis.unsure) && !ev->timer_set) {
+        ngx_add_timer(ev, ngx_http_sep_redis.mcf->backoff_min);
+    }
 }
 
 /* A command that will not get a reply: its request is answered as for a lost

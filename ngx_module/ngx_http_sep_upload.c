@@ -23,10 +23,10 @@
  * time nginx cached when the event-loop turn began.
  *
  * Whatever fails after the spool directory exists removes it again before the
- * answer is sent, so a refused upload leaves nothing behind, not even for a moment
- * after the client has its answer; a request that ends while its body is still
- * coming in (client gone, timeout, chunked body over client_max_body_size) removes
- * it in its pool cleanup.
+ * answer is sent (a failed write at once, so that a full spool is not kept full
+ * while the rest of that body comes in), so a refused upload leaves nothing behind, not even for a
+ * moment after the client has its answer; a request that ends while its body is still coming in
+ * (client gone, timeout, chunked body over client_max_body_size) removes it in its pool cleanup.
  */
 #include "ngx_module/ngx_http_sep_module.h"
 #include "ngx_module/ngx_http_sep_redis.h"
@@ -363,7 +363,9 @@ static ngx_int_t ngx_http_sep_unsupported_audio(ngx_http_request_t *r, ngx_http_
 
 /* ---- the audio file: the raw body or the "file" part -------------------------- */
 
-/* A storage failure while the body streams in; reported once the body is read. */
+/* A storage failure while the body streams in; reported once the body is read. What
+ * the upload put in the spool goes now: a full spool is not kept full by a partial
+ * file while the rest of its body comes in (and is dropped). */
 static void ngx_http_sep_file_failed(ngx_http_sep_upload_t *up, ngx_err_t err, const char *what,
                                      u_char *path)
 {
@@ -372,6 +374,11 @@ static void ngx_http_sep_file_failed(ngx_http_sep_upload_t *up, ngx_err_t err, c
         up->storage_what = what;
         up->storage_path = path;
     }
+    if (up->fd != NGX_INVALID_FILE) {
+        (void)ngx_close_file(up->fd);
+        up->fd = NGX_INVALID_FILE;
+    }
+    ngx_http_sep_spool_remove(up->request->connection->log, up->ctx);
 }
 
 /* A new id, {spool}/{id}/ and {spool}/{id}/input.part open for writing. */
@@ -380,6 +387,7 @@ static ngx_int_t ngx_http_sep_file_open(ngx_http_sep_upload_t *up)
     ngx_http_request_t *r = up->request;
     ngx_http_sep_ctx_t *ctx = up->ctx;
     ngx_http_sep_loc_conf_t *lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
+    ngx_err_t err;
     u_char *p;
 
     if (sep_id_generate((char *)ctx->id_buf) != 0) {
@@ -403,8 +411,9 @@ static ngx_int_t ngx_http_sep_file_open(ngx_http_sep_upload_t *up)
     *p = '\0';
 
     if (ngx_create_dir(ctx->job_dir.data, SEP_DIR_ACCESS) == NGX_FILE_ERROR) {
-        ngx_http_sep_file_failed(up, ngx_errno, "mkdir", ctx->job_dir.data);
-        ctx->job_dir.len = 0;
+        err = ngx_errno;
+        ctx->job_dir.len = 0; /* not ours to remove */
+        ngx_http_sep_file_failed(up, err, "mkdir", ctx->job_dir.data);
         return NGX_ERROR;
     }
     if (ngx_http_sep_job_file(r, ctx, "input.part", &up->part_path) != NGX_OK) {
@@ -486,11 +495,13 @@ static void ngx_http_sep_file_end(ngx_http_sep_upload_t *up)
 
 static void ngx_http_sep_file_close(ngx_http_sep_upload_t *up)
 {
-    if (up->fd != NGX_INVALID_FILE) {
-        if (ngx_close_file(up->fd) == NGX_FILE_ERROR) {
+    ngx_fd_t fd = up->fd;
+
+    if (fd != NGX_INVALID_FILE) {
+        up->fd = NGX_INVALID_FILE;
+        if (ngx_close_file(fd) == NGX_FILE_ERROR) {
             ngx_http_sep_file_failed(up, ngx_errno, "closing", up->part_path.data);
         }
-        up->fd = NGX_INVALID_FILE;
     }
 }
 

@@ -18,12 +18,15 @@
 #                   (tests/integration/test_redis_faults.py): a wedged connection behind a
 #                   TCP relay is replaced, TCP keepalive, a slow Redis keeps its
 #                   connection, an exiting worker reconnects, a silent peer is given up
-#                   on, a stall is logged once (about 20 s)
+#                   on, a stall is logged once, a lost submit reply cancels
+#                   its job, a lost DELETE reply is
+#                   cleaned up by the retry (about 22 s)
 # test-upload-stream uploads read as they arrive (tests/integration/test_upload_stream.py):
 #                   GETs beside a 300 MB multipart upload on one worker, 800 MB uploads
 #                   not timed out by a stale clock, tiny chunks; a chunked 413 and a
 #                   client gone or stalled mid-upload leave nothing in the spool;
-#                   client_body_in_file_only makes no temp file (about 15 s)
+#                   client_body_in_file_only makes no temp file; an upload filling a
+#                   tmpfs spool frees it at the failed write (root only) (about 15 s)
 # test-late-replies Redis replies that arrive after the request was answered 503
 #                   (tests/integration/test_late_replies.py, Redis stalled with CLIENT
 #                   PAUSE or SIGSTOP): a late DELETE/purge still removes the job's files,

@@ -276,8 +276,10 @@ class TcpRelay:
     forwarded to upstream() (a (host, port) asked for at each accept). wedge() freezes
     the connections open at that moment: nothing read or forwarded on them any more in
     either direction, nothing closed (the peers see a silent, open connection), while
-    connections accepted afterwards are forwarded as before. One thread, one selector;
-    stop() closes everything."""
+    connections accepted afterwards are forwarded as before. mute() loses the replies
+    of the connections open at that moment: what the client sends still reaches
+    upstream, what upstream sends back is read and dropped (a reply lost after the
+    command ran). One thread, one selector; stop() closes everything."""
 
     def __init__(self, upstream):
         self.upstream = upstream
@@ -288,6 +290,7 @@ class TcpRelay:
         self._pairs = {}  # socket -> its peer, for the connections being forwarded
         self._wedged = []  # sockets of wedged connections, kept open until stop()
         self._wedge_asked = False
+        self._muted = set()  # upstream sides whose data is dropped
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._listener = None
@@ -328,6 +331,14 @@ class TcpRelay:
         done.wait(5)
         with self._lock:
             return len(self._wedged) // 2
+
+    def mute(self):
+        """Drops from now on what upstream sends on the connections open now; returns
+        how many there were."""
+        with self._lock:
+            upstream_sides = [s for s in self._pairs if s.getsockname()[1] != self.port]
+            self._muted.update(upstream_sides)
+            return len(upstream_sides)
 
     def open_connections(self):
         """Connections being forwarded now (not wedged, not closed)."""
@@ -413,7 +424,7 @@ class TcpRelay:
                         continue  # closed or wedged in this round
                     try:
                         data = s.recv(65536)
-                        if data:
+                        if data and s not in self._muted:
                             peer.sendall(data)
                     except OSError:
                         data = b""

@@ -26,6 +26,16 @@ sep_redis_timeout 1s, sep_redis_backoff 100ms 5s).
                               and once Redis is back requests are served
   stall_logged_once           a Redis stopped (SIGSTOP) for about 2 s under 60 requests:
                               one "unavailable" and one "is back" line, no line per request
+  lost_submit_reply_canceled  the relay loses Redis' replies on the open connection (the
+                              commands still arrive): a POST with an Idempotency-Key is
+                              answered 503 although Redis created the job; once the spare
+                              replaced the connection that job is canceled and the key
+                              freed, and the retry with the key creates a queued job with
+                              its upload in the spool
+  lost_delete_reply_retried   the relay loses Redis' replies on the open connection (the
+                              commands still arrive): a DELETE is answered 503 although
+                              Redis canceled the job, its {spool}/{id}/ stays; the
+                              retried DELETE (409 already_deleted) removes it
 
 The `RESULT` lines carry the figures (seconds are measured by the client).
 
@@ -489,6 +499,68 @@ def stall_logged_once(_unused):
             pass
         stack.stop()
     return "%d requests, %d sep log lines" % (n, len(lines))
+
+
+@cases.case
+def lost_delete_reply_retried(_unused):
+    relay = harness.TcpRelay(upstream=None)
+    stack = relay_stack(relay)
+    try:
+        relay.start()
+        stack.start()
+        created = stack.request("POST", "/v1/jobs", WAV, {"Content-Type": "audio/wav"})
+        expect(created.status == 202, "upload: expected 202", created)
+        job_id = created.json["id"]
+        expect(stack.spool_files(job_id), "the upload is not in the spool")
+        expect(relay.mute() == 1, "nothing to mute")
+        first = stack.request("DELETE", "/v1/jobs/" + job_id, timeout=15)
+        expect(first.status == 503, "DELETE with its reply lost: expected 503", first)
+        job_key = b"{sep}:job:" + job_id.encode()
+        expect(stack.redis.hget(job_key, b"files_deleted") == b"1",
+               "Redis did not run the cancel", stack.redis.hgetall(job_key))
+        expect(stack.spool_files(job_id), "the directory went without the reply: the "
+               "case tests nothing")
+        retry = stack.request("DELETE", "/v1/jobs/" + job_id, timeout=15)
+        err = harness.expect_json_error(retry, 409, "the retried DELETE")
+        expect(err["code"] == "already_deleted", "retry: code", retry)
+        left = stack.spool_files(job_id)
+        expect(not left, "the retried DELETE left the job's files", left)
+    finally:
+        stack.stop()
+        relay.stop()
+    return "the retried DELETE removed {spool}/%s/" % job_id
+
+
+@cases.case
+def lost_submit_reply_canceled(_unused):
+    relay = harness.TcpRelay(upstream=None)
+    stack = relay_stack(relay)
+    key = "lost-reply-1"
+    headers = {"Content-Type": "audio/wav", "Idempotency-Key": key}
+    try:
+        relay.start()
+        stack.start()
+        warm(stack)
+        expect(relay.mute() == 1, "nothing to mute")
+        first = stack.request("POST", "/v1/jobs", WAV, headers, timeout=15)
+        expect(first.status == 503, "POST with its reply lost: expected 503", first)
+        first_ids = [k for k in stack.redis.scan_iter(b"{sep}:job:*")]
+        expect(len(first_ids) == 1, "Redis did not run the submit: the case tests nothing",
+               first_ids)
+        status = wait_for(lambda: stack.redis.hget(first_ids[0], b"status") == b"canceled",
+                          5)
+        expect(status, "the job whose submit reply was lost is still %s"
+               % stack.redis.hget(first_ids[0], b"status"))
+        retry = stack.request("POST", "/v1/jobs", WAV, headers, timeout=15)
+        expect(retry.status == 202, "the retry with the key: expected 202", retry)
+        job = retry.json
+        expect(job["status"] == "queued" and job["id"].encode() not in first_ids[0],
+               "the retry got the first job", job)
+        expect(stack.spool_files(job["id"]), "the retry's upload is not in the spool")
+    finally:
+        stack.stop()
+        relay.stop()
+    return "the lost submit's job canceled, the retry created %s" % job["id"]
 
 
 class _NoStack:

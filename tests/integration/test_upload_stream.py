@@ -12,7 +12,10 @@ Real redis-server + nginx with the module (tests/integration/harness.py):
   - a 1m stack (client_body_timeout 1s): a multipart body in tiny chunks is spooled
     byte for byte, a chunked body over client_max_body_size is a JSON 413, and a
     client that goes away or stops sending in the middle of its upload leaves nothing
-    in the spool.
+    in the spool;
+  - a 1 MB tmpfs on the spool (root only): an upload that fills it removes its partial
+    file at the failed write (507 at its end), so another upload sent meanwhile is
+    stored.
 
     /usr/bin/python3 tests/integration/test_upload_stream.py [case-name-substring ...]
 """
@@ -21,6 +24,7 @@ import http.client
 import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -369,6 +373,51 @@ def client_body_in_file_only_is_no_temp_file(stack):
     for root, _dirs, files in os.walk(os.path.join(stack.spool, ".incoming")):
         temp += [os.path.join(root, n) for n in files]
     expect(not temp, "files left in client_body_temp_path: %s" % temp)
+
+
+@cases.case
+def full_spool_freed_while_the_failed_body_comes_in(_stack):
+    """A 1 MB tmpfs on the spool (needs root): an upload that fills it is 507 at its
+    end, and its partial file goes at the failed write, so another upload sent while
+    the failed one's body still comes in is stored (202)."""
+    if os.geteuid() != 0:
+        return "not run: mounting a tmpfs needs root"
+    stack = harness.Stack(worker_processes=1, max_body="10m")  # its log has [crit] lines
+    os.makedirs(stack.spool, exist_ok=True)
+    subprocess.check_call(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", stack.spool])
+    try:
+        stack.start()
+        wav = harness.wav_bytes(0.1)
+        total = 3 * 1024 * 1024
+        s = socket.create_connection(("127.0.0.1", stack.port))
+        s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: t\r\nContent-Type: audio/wav\r\n"
+                  b"Content-Length: %d\r\n\r\n" % total)
+        sent, chunk = 0, wav + b"\0" * (64 * 1024 - len(wav))
+        while sent < 1536 * 1024:  # past the 1 MB the spool holds
+            s.sendall(chunk)
+            sent += len(chunk)
+            chunk = b"\0" * (64 * 1024)
+        deadline = time.monotonic() + 10
+        while stack.spool_files() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = stack.spool_files()
+        expect(not left, "the partial file of the failed upload stays while its body "
+               "comes in", left)
+        other = stack.request("POST", "/v1/jobs", wav, {"Content-Type": "audio/wav"})
+        expect(other.status == 202, "an upload while the failed one is still sending: "
+               "expected 202", other)
+        s.sendall(b"\0" * (total - sent))
+        s.settimeout(10)
+        resp = parse_response(s.recv(65536))
+        s.close()
+        expect_json_error(resp, 507, "the upload that filled the spool")
+        expect(stack.spool_files() == stack.spool_files(other.json["id"]),
+               "the spool holds more than the stored upload", stack.spool_files())
+    finally:
+        harness.localstack.stop_process(stack.nginx_proc)
+        subprocess.call(["umount", "-l", stack.spool])
+        stack.stop()
+    return "the other upload stored while the full one's body came in"
 
 
 @cases.case
