@@ -246,7 +246,49 @@ def redis_address(prefix, port=None):
     return "127.0.0.1:%d" % port if port else "unix:" + redis_socket(prefix)
 
 
-def redis_args(prefix, port=None, daemon=False, durable=False):
+# Redis ACL users of `make run` (least privilege): nginx may run only what the module
+# sends and what its scripts (submit, cancel) call, workerd only its own commands and
+# scripts; both only on the key prefix and its event channels. The default user gets a
+# password (the operator's). The commands a script calls are checked against the user
+# that runs it, so each list includes its scripts' commands (shared/lua/).
+SCRIPT_COMMANDS = ("+del +get +set +exists +expire +hget +hgetall +hmget +hset +hdel +hincrby "
+                   "+zscore +zadd +zrem +zrangebyscore +zremrangebyscore +xadd +xdel +xack "
+                   "+xgroup +xclaim +xpending +xrange +publish +time")
+ACL_RULES = {
+    "sep-nginx": "-@all +auth +ping +select +hello +evalsha +script|load +subscribe "
+                 "+unsubscribe " + SCRIPT_COMMANDS,
+    "sep-workerd": "-@all +auth +ping +select +hello +evalsha +script|load +xreadgroup "
+                   "+xautoclaim +xlen +xtrim +zcard +zrange +client|setname " + SCRIPT_COMMANDS,
+}
+
+
+def acl_users(prefix, key_prefix="{sep}:"):
+    """The ACL file of a prefix's Redis (prefix/redis/users.acl, mode 0600) and the
+    passwords, {"default": ..., "sep-nginx": ..., "sep-workerd": ...}, made once and
+    kept in prefix/redis/passwords.json (0600) so a restarted Redis keeps them."""
+    import secrets
+    rdir = os.path.join(os.path.abspath(prefix), "redis")
+    pw_path = os.path.join(rdir, "passwords.json")
+    try:
+        with open(pw_path) as f:
+            passwords = json.load(f)
+    except (OSError, ValueError):
+        passwords = {u: secrets.token_hex(16) for u in ["default"] + sorted(ACL_RULES)}
+        fd = os.open(pw_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(passwords, f, indent=1)
+    lines = ["user default on >%s ~* &* +@all" % passwords["default"]]
+    for user, rules in sorted(ACL_RULES.items()):
+        lines.append("user %s on >%s resetkeys ~%s* resetchannels &%sev:* %s"
+                     % (user, passwords[user], key_prefix, key_prefix, rules))
+    acl_path = os.path.join(rdir, "users.acl")
+    fd = os.open(acl_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return acl_path, passwords
+
+
+def redis_args(prefix, port=None, daemon=False, durable=False, aclfile=None):
     """redis-server arguments: on 127.0.0.1:port, or (port None) only on the Unix socket
     prefix/redis/redis.sock; files under prefix/redis. durable: AOF with `appendfsync
     always` (a 202 then survives a Redis crash, as `make run` runs it); else none."""
@@ -261,6 +303,8 @@ def redis_args(prefix, port=None, daemon=False, durable=False):
         args += ["--port", "0", "--unixsocket", redis_socket(prefix), "--unixsocketperm", "700"]
     if daemon:
         args += ["--daemonize", "yes", "--pidfile", os.path.join(rdir, "redis.pid")]
+    if aclfile:
+        args += ["--aclfile", aclfile]
     return args
 
 
@@ -268,16 +312,17 @@ def redis_log(prefix):
     return os.path.join(os.path.abspath(prefix), "redis", "redis.log")
 
 
-def start_redis(prefix, port=None, extra_args=()):
+def start_redis(prefix, port=None, extra_args=(), timeout=10.0):
     """A foreground redis-server child (on the prefix's Unix socket, or on 127.0.0.1:port);
-    returns once it answers PING. Raises PortInUse when the port was taken."""
+    returns once it answers PING (within timeout s: loading a big AOF takes longer).
+    Raises PortInUse when the port was taken."""
     log = redis_log(prefix)
     since = _file_size(log)
     proc = subprocess.Popen(redis_args(prefix, port) + list(extra_args),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=_die_with_parent)
     try:
-        wait_redis(redis_address(prefix, port), proc=proc)
+        wait_redis(redis_address(prefix, port), proc=proc, timeout=timeout)
     except RuntimeError as e:
         stop_process(proc)
         if port and _log_says_port_taken(log, since):
@@ -326,7 +371,9 @@ def wait_redis(address, proc=None, timeout=10.0):
         if proc is not None and proc.poll() is not None:
             raise RuntimeError("redis-server exited with status %d" % proc.returncode)
         try:
-            if redis_command(address, "PING").startswith(b"+PONG"):
+            reply = redis_command(address, "PING")
+            # -NOAUTH: the default user has a password (make run's ACLs): Redis is up
+            if reply.startswith(b"+PONG") or reply.startswith(b"-NOAUTH"):
                 return
         except OSError:
             pass

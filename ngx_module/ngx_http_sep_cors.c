@@ -5,7 +5,9 @@
  *   sep_cors_origins <origin|*|$variable> ... | off
  *                          origins allowed; each argument may hold variables (a `map`
  *                          of $http_origin computes it) and may evaluate to several
- *                          origins separated by spaces, to `*`, or to "" (none)
+ *                          origins separated by spaces, to `*`, or to "" (none);
+ *                          a literal origin is scheme://host[:port] as browsers send
+ *                          it (no path, no default port), compared without case
  *   sep_cors_credentials on|off
  *                          Access-Control-Allow-Credentials: true; the origin is then
  *                          echoed even where `*` allowed it (browsers refuse `*` there)
@@ -29,12 +31,71 @@
 static ngx_str_t ngx_http_sep_cors_origin_key = ngx_string("Origin");
 static ngx_str_t ngx_http_sep_cors_acrm_key = ngx_string("Access-Control-Request-Method");
 
+/*
+ * What is wrong with a literal origin, or NULL: browsers send scheme://host[:port] in
+ * lower case, without a path (not even "/") and without the scheme's default port, so
+ * anything else would never match. Lower-cases it in place.
+ */
+static const char *ngx_http_sep_cors_check_origin(ngx_str_t *v)
+{
+    u_char *p, *end, *host, *colon = NULL;
+
+    p = ngx_strlcasestrn(v->data, v->data + v->len, (u_char *)"://", 2);
+    if (p == NULL || p == v->data) {
+        return "is not an origin (scheme://host[:port]), \"*\" or a variable";
+    }
+    ngx_strlow(v->data, v->data, v->len);
+    host = p + 3;
+    end = v->data + v->len;
+    for (p = host; p < end; p++) {
+        if (*p == '/' || *p == '?' || *p == '#' || *p == '@') {
+            return "has a path, query or user part (an origin is scheme://host[:port], "
+                   "without even a trailing slash)";
+        }
+    }
+    p = host;
+    if (p < end && *p == '[') { /* an IPv6 literal: the port comes after the bracket */
+        p = ngx_strlchr(p, end, ']');
+        if (p == NULL) {
+            return "has an unclosed IPv6 literal";
+        }
+        p++;
+        if (p < end && *p != ':') {
+            return "has something after its IPv6 literal that is no port";
+        }
+        colon = p < end ? p : NULL;
+    } else {
+        colon = ngx_strlchr(host, end, ':');
+    }
+    if ((colon ? colon : end) == host) {
+        return "has no host";
+    }
+    if (colon != NULL) {
+        if (colon + 1 == end) {
+            return "has an empty port";
+        }
+        for (p = colon + 1; p < end; p++) {
+            if (*p < '0' || *p > '9') {
+                return "has a port that is not a number";
+            }
+        }
+        if ((host - v->data == sizeof("http://") - 1 && ngx_strncmp(v->data, "http", 4) == 0 &&
+             end - colon == 3 && ngx_strncmp(colon, ":80", 3) == 0) ||
+            (host - v->data == sizeof("https://") - 1 && ngx_strncmp(v->data, "https", 5) == 0 &&
+             end - colon == 4 && ngx_strncmp(colon, ":443", 4) == 0)) {
+            return "names the scheme's default port, which browsers leave out of Origin";
+        }
+    }
+    return NULL;
+}
+
 char *ngx_http_sep_cors_origins_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_sep_loc_conf_t *lcf = conf;
     ngx_str_t *value = cf->args->elts;
     ngx_http_compile_complex_value_t ccv;
     ngx_http_complex_value_t *cv;
+    const char *bad;
     ngx_uint_t i;
 
     if (lcf->cors_origins != NGX_CONF_UNSET_PTR) {
@@ -55,11 +116,8 @@ char *ngx_http_sep_cors_origins_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *c
             return NGX_CONF_ERROR;
         }
         if (ngx_strchr(value[i].data, '$') == NULL && ngx_strcmp(value[i].data, "*") != 0 &&
-            ngx_strstr(value[i].data, "://") == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "sep_cors_origins: \"%V\" is not an origin "
-                               "(scheme://host[:port]), \"*\" or a variable",
-                               &value[i]);
+            (bad = ngx_http_sep_cors_check_origin(&value[i])) != NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_cors_origins: \"%V\" %s", &value[i], bad);
             return NGX_CONF_ERROR;
         }
         cv = ngx_array_push(lcf->cors_origins);
@@ -147,7 +205,7 @@ static ngx_int_t ngx_http_sep_cors_allowed(ngx_http_request_t *r, ngx_http_sep_l
             if (p - tok == 1 && *tok == '*') {
                 star = 1;
             } else if ((size_t)(p - tok) == origin->len &&
-                       ngx_strncmp(tok, origin->data, origin->len) == 0) {
+                       ngx_strncasecmp(tok, origin->data, origin->len) == 0) {
                 return 1;
             }
         }
@@ -173,21 +231,48 @@ static ngx_table_elt_t *ngx_http_sep_cors_origin(ngx_http_request_t *r,
     return *how > 0 ? origin : NULL;
 }
 
+/* Whether the answer already has a Vary header naming Origin. */
+static ngx_uint_t ngx_http_sep_cors_varies(ngx_http_request_t *r)
+{
+    ngx_list_part_t *part = &r->headers_out.headers.part;
+    ngx_table_elt_t *h = part->elts;
+    ngx_uint_t i;
+
+    for (i = 0; /* void */; i++) {
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+        if (h[i].hash != 0 && h[i].key.len == sizeof("Vary") - 1 &&
+            ngx_strncasecmp(h[i].key.data, (u_char *)"Vary", sizeof("Vary") - 1) == 0 &&
+            ngx_strlcasestrn(h[i].value.data, h[i].value.data + h[i].value.len, (u_char *)"origin",
+                             sizeof("origin") - 2) != NULL) {
+            return 1;
+        }
+    }
+}
+
 ngx_int_t ngx_http_sep_cors_headers(ngx_http_request_t *r, ngx_http_sep_loc_conf_t *lcf)
 {
     static ngx_str_t acao = ngx_string("Access-Control-Allow-Origin");
     ngx_table_elt_t *origin;
     ngx_int_t how;
 
+    /* off, or already added: an error page (a 416 of the range filter) sends the headers
+     * a second time, with what the first pass added still in the list */
     if (lcf->cors_origins == NULL ||
         ngx_http_sep_find_header(&r->headers_out.headers, &acao) != NULL) {
-        return NGX_OK; /* off, or already added (an error page sends headers again) */
+        return NGX_OK;
     }
     origin = ngx_http_sep_cors_origin(r, lcf, &how);
     if (how < 0) {
         return NGX_ERROR;
     }
-    if (how != 2 || lcf->cors_credentials) {
+    if ((how != 2 || lcf->cors_credentials) && !ngx_http_sep_cors_varies(r)) {
         /* the answer depends on Origin: caches must keep one per origin */
         if (ngx_http_sep_cors_push_literal(r, "Vary", "Origin") != NGX_OK) {
             return NGX_ERROR;

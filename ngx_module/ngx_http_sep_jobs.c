@@ -316,6 +316,11 @@ static void ngx_http_sep_stem_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *c
     *p++ = '/';
     ngx_memcpy(p, file.data, file.len);
 
+    /* CORS of this location: the stems location may have no sep_cors_origins of its own */
+    if (ngx_http_sep_cors_headers(r, lcf) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
     (void)ngx_http_internal_redirect(r, &uri, NULL);
     ngx_http_finalize_request(r, NGX_DONE);
 }

@@ -11,6 +11,8 @@
 #include "ngx_module/ngx_http_sep_module.h"
 #include "ngx_module/ngx_http_sep_redis.h"
 
+#include <sys/statvfs.h>
+
 #define SEP_DEFAULT_REDIS_PORT 6379
 
 static ngx_int_t ngx_http_sep_postconfiguration(ngx_conf_t *cf);
@@ -33,6 +35,23 @@ static char *ngx_http_sep_model_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *c
 #define SEP_MAX_TTL_S 315360000
 #define SEP_MAX_REDIS_TIMEOUT_MS 600000
 
+/* Each numeric directive's bounds, checked as it is read (ngx_http_sep_conf.c). */
+#define SEP_BOUNDS(name, kind, low, high, range)                                                   \
+    static ngx_http_sep_bounds_t name = {ngx_http_sep_check_bounds, kind, low, high, range}
+SEP_BOUNDS(sep_redis_timeout_bounds, SEP_BOUND_MSEC, 1, SEP_MAX_REDIS_TIMEOUT_MS,
+           "between 1ms and 10m");
+SEP_BOUNDS(sep_result_ttl_bounds, SEP_BOUND_SEC, 1, SEP_MAX_TTL_S, "between 1s and 10y");
+SEP_BOUNDS(sep_idempotency_ttl_bounds, SEP_BOUND_SEC, 1, SEP_MAX_TTL_S, "between 1s and 10y");
+SEP_BOUNDS(sep_cors_max_age_bounds, SEP_BOUND_SEC, 0, SEP_MAX_TTL_S, "between 0 and 10y");
+SEP_BOUNDS(sep_events_heartbeat_bounds, SEP_BOUND_MSEC, 1, 3600000, "between 1ms and 1h");
+SEP_BOUNDS(sep_max_queued_bounds, SEP_BOUND_NUM, 0, NGX_MAX_INT_T_VALUE, "0 or more");
+SEP_BOUNDS(sep_max_attempts_bounds, SEP_BOUND_NUM, 1, 1000, "between 1 and 1000");
+SEP_BOUNDS(sep_multipart_buffer_bounds, SEP_BOUND_SIZE, 4096, 16 * 1024 * 1024,
+           "between 4k and 16m");
+SEP_BOUNDS(sep_multipart_max_header_bounds, SEP_BOUND_SIZE, 256, 64 * 1024, "between 256 and 64k");
+static ngx_conf_post_t sep_spool_post = {ngx_http_sep_check_spool};
+static ngx_conf_post_t sep_stems_location_post = {ngx_http_sep_check_stems_location};
+
 static ngx_http_output_header_filter_pt ngx_http_next_header_filter;
 static ngx_http_output_body_filter_pt ngx_http_next_body_filter;
 
@@ -45,7 +64,8 @@ static ngx_command_t ngx_http_sep_commands[] = {
      NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL},
 
     {ngx_string("sep_redis_timeout"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, ngx_conf_set_msec_slot,
-     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(ngx_http_sep_main_conf_t, redis_timeout), NULL},
+     NGX_HTTP_MAIN_CONF_OFFSET, offsetof(ngx_http_sep_main_conf_t, redis_timeout),
+     &sep_redis_timeout_bounds},
 
     {ngx_string("sep_redis_backoff"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE2,
      ngx_http_sep_backoff_conf, NGX_HTTP_MAIN_CONF_OFFSET, 0, NULL},
@@ -56,7 +76,7 @@ static ngx_command_t ngx_http_sep_commands[] = {
     {ngx_string("sep_spool"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ngx_http_sep_loc_conf_t, spool),
-     NULL},
+     &sep_spool_post},
 
     {ngx_string("sep_default_model"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
@@ -66,37 +86,37 @@ static ngx_command_t ngx_http_sep_commands[] = {
     {ngx_string("sep_max_queued"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ngx_http_sep_loc_conf_t, max_queued),
-     NULL},
+     &sep_max_queued_bounds},
 
     {ngx_string("sep_result_ttl"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ngx_http_sep_loc_conf_t, result_ttl),
-     NULL},
+     &sep_result_ttl_bounds},
 
     {ngx_string("sep_max_attempts"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_num_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, max_attempts), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, max_attempts), &sep_max_attempts_bounds},
 
     {ngx_string("sep_idempotency_ttl"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, idempotency_ttl), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, idempotency_ttl), &sep_idempotency_ttl_bounds},
 
     {ngx_string("sep_stems_location"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, stems_location), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, stems_location), &sep_stems_location_post},
 
     {ngx_string("sep_multipart_buffer"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, multipart_buffer), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, multipart_buffer), &sep_multipart_buffer_bounds},
 
     {ngx_string("sep_multipart_max_header"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_size_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, multipart_max_header), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, multipart_max_header), &sep_multipart_max_header_bounds},
 
     {ngx_string("sep_cors_origins"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
@@ -110,7 +130,12 @@ static ngx_command_t ngx_http_sep_commands[] = {
     {ngx_string("sep_cors_max_age"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_sec_slot, NGX_HTTP_LOC_CONF_OFFSET,
-     offsetof(ngx_http_sep_loc_conf_t, cors_max_age), NULL},
+     offsetof(ngx_http_sep_loc_conf_t, cors_max_age), &sep_cors_max_age_bounds},
+
+    {ngx_string("sep_events_heartbeat"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_msec_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ngx_http_sep_loc_conf_t, events_heartbeat), &sep_events_heartbeat_bounds},
 
     ngx_null_command};
 
@@ -189,13 +214,16 @@ static char *ngx_http_sep_init_main_conf(ngx_conf_t *cf, void *conf)
         ngx_str_set(&mcf->redis_host, "127.0.0.1");
         mcf->redis_port = SEP_DEFAULT_REDIS_PORT;
     }
-    ngx_conf_init_msec_value(mcf->redis_timeout, 1000);
-    if (mcf->redis_timeout < 1 || mcf->redis_timeout > SEP_MAX_REDIS_TIMEOUT_MS) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_redis_timeout must be between 1ms and 10m, not %M ms",
-                           mcf->redis_timeout);
+    mcf->redis_addr.data = ngx_pnalloc(cf->pool, mcf->redis_host.len + NGX_INT_T_LEN + 8);
+    if (mcf->redis_addr.data == NULL) {
         return NGX_CONF_ERROR;
     }
+    mcf->redis_addr.len =
+        (mcf->redis_port
+             ? ngx_sprintf(mcf->redis_addr.data, "%V:%i", &mcf->redis_host, mcf->redis_port)
+             : ngx_sprintf(mcf->redis_addr.data, "unix:%V", &mcf->redis_host)) -
+        mcf->redis_addr.data;
+    ngx_conf_init_msec_value(mcf->redis_timeout, 1000);
     ngx_conf_init_msec_value(mcf->backoff_min, 100);
     ngx_conf_init_msec_value(mcf->backoff_max, 5000);
     if (mcf->key_prefix.data == NULL) {
@@ -231,6 +259,7 @@ static void *ngx_http_sep_create_loc_conf(ngx_conf_t *cf)
     lcf->cors_origins = NGX_CONF_UNSET_PTR;
     lcf->cors_credentials = NGX_CONF_UNSET;
     lcf->cors_max_age = NGX_CONF_UNSET;
+    lcf->events_heartbeat = NGX_CONF_UNSET_MSEC;
     return lcf;
 }
 
@@ -252,60 +281,25 @@ static char *ngx_http_sep_merge_loc_conf(ngx_conf_t *cf, void *parent, void *chi
     ngx_conf_merge_ptr_value(conf->cors_origins, prev->cors_origins, NULL);
     ngx_conf_merge_value(conf->cors_credentials, prev->cors_credentials, 0);
     ngx_conf_merge_sec_value(conf->cors_max_age, prev->cors_max_age, 600);
+    ngx_conf_merge_msec_value(conf->events_heartbeat, prev->events_heartbeat, 15000);
 
-    while (conf->spool.len > 1 && conf->spool.data[conf->spool.len - 1] == '/') {
-        conf->spool.len--;
-    }
-    if (conf->spool.len && conf->spool.data[0] != '/') {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_spool \"%V\" must be an absolute path",
-                           &conf->spool);
-        return NGX_CONF_ERROR;
-    }
     if (conf->api && conf->spool.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_api needs sep_spool");
         return NGX_CONF_ERROR;
     }
-    if (conf->result_ttl < 1 || conf->result_ttl > SEP_MAX_TTL_S) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_result_ttl must be between 1s and 10y (%T s), not %T s",
-                           (time_t)SEP_MAX_TTL_S, conf->result_ttl);
-        return NGX_CONF_ERROR;
-    }
-    if (conf->idempotency_ttl < 1 || conf->idempotency_ttl > SEP_MAX_TTL_S) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_idempotency_ttl must be between 1s and 10y (%T s), not %T s",
-                           (time_t)SEP_MAX_TTL_S, conf->idempotency_ttl);
-        return NGX_CONF_ERROR;
-    }
-    if (conf->cors_max_age < 0 || conf->cors_max_age > SEP_MAX_TTL_S) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_cors_max_age must be between 0 and 10y (%T s), not %T s",
-                           (time_t)SEP_MAX_TTL_S, conf->cors_max_age);
-        return NGX_CONF_ERROR;
-    }
-    if (conf->max_queued < 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_max_queued must be 0 or more");
-        return NGX_CONF_ERROR;
-    }
-    if (conf->max_attempts < 1) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_max_attempts must be 1 or more");
-        return NGX_CONF_ERROR;
-    }
-    if (conf->stems_location.len < 2 || conf->stems_location.data[0] != '/' ||
-        conf->stems_location.data[conf->stems_location.len - 1] != '/') {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_stems_location \"%V\" must start and end with \"/\"",
-                           &conf->stems_location);
-        return NGX_CONF_ERROR;
-    }
-    if (conf->multipart_buffer < 4096 || conf->multipart_buffer > 16 * 1024 * 1024) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sep_multipart_buffer must be between 4k and 16m");
-        return NGX_CONF_ERROR;
-    }
-    if (conf->multipart_max_header < 256 || conf->multipart_max_header > 64 * 1024) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sep_multipart_max_header must be between 256 and 64k");
-        return NGX_CONF_ERROR;
+    if (conf->cors_credentials && conf->cors_origins) {
+        ngx_http_complex_value_t *cv = conf->cors_origins->elts;
+        ngx_uint_t i;
+        for (i = 0; i < conf->cors_origins->nelts; i++) {
+            if (cv[i].lengths == NULL && cv[i].value.len == 1 && cv[i].value.data[0] == '*') {
+                /* every site could read answers made with the user's credentials */
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "sep_cors_origins * with sep_cors_credentials on would let "
+                                   "every site read answers sent with the browser's "
+                                   "credentials; name the origins instead");
+                return NGX_CONF_ERROR;
+            }
+        }
     }
     return NGX_CONF_OK;
 }
@@ -326,10 +320,13 @@ static char *ngx_http_sep_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     clcf->handler = ngx_http_sep_handler;
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_sep_module);
     mcf->enabled = 1;
+    if (ngx_http_sep_conf_add_api(cf, mcf, lcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
     return NGX_CONF_OK;
 }
 
-/* sep_redis host:port | unix:/path [db=N] [password=SECRET] */
+/* sep_redis host:port | unix:/path [db=N] [user=NAME] [password=SECRET] */
 static char *ngx_http_sep_redis_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_sep_main_conf_t *mcf = conf;
@@ -388,11 +385,17 @@ static char *ngx_http_sep_redis_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *c
         } else if (ngx_strncmp(value[i].data, "password=", 9) == 0 && value[i].len > 9) {
             mcf->redis_password.data = value[i].data + 9;
             mcf->redis_password.len = value[i].len - 9;
+        } else if (ngx_strncmp(value[i].data, "user=", 5) == 0 && value[i].len > 5) {
+            mcf->redis_user.data = value[i].data + 5;
+            mcf->redis_user.len = value[i].len - 5;
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid sep_redis parameter \"%V\"",
                                &value[i]);
             return NGX_CONF_ERROR;
         }
+    }
+    if (mcf->redis_user.len && mcf->redis_password.len == 0) {
+        return "has user= without password=";
     }
     return NGX_CONF_OK;
 }
@@ -458,11 +461,16 @@ static ngx_int_t ngx_http_sep_init_process(ngx_cycle_t *cycle)
     if (mcf == NULL || !mcf->enabled) {
         return NGX_OK;
     }
+    ngx_http_sep_conf_check_spools(cycle, mcf);
+    if (ngx_http_sep_events_init_process(cycle, mcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
     return ngx_http_sep_redis_init_process(cycle, mcf);
 }
 
 static void ngx_http_sep_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_sep_events_exit_process(cycle);
     ngx_http_sep_redis_exit_process(cycle);
 }
 
@@ -513,10 +521,17 @@ static ngx_int_t ngx_http_sep_method_not_allowed(ngx_http_request_t *r, const ch
     }
     h->hash = 1;
     ngx_str_set(&h->key, "Allow");
-    h->value.data = (u_char *)allow;
-    h->value.len = ngx_strlen(allow);
+    /* the same list an OPTIONS request gets (every API path answers OPTIONS) */
+    h->value.len = ngx_strlen(allow) + sizeof(", OPTIONS") - 1;
+    h->value.data = ngx_pnalloc(r->pool, h->value.len);
+    if (h->value.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ngx_memcpy(ngx_cpymem(h->value.data, allow, ngx_strlen(allow)), ", OPTIONS",
+               sizeof(", OPTIONS") - 1);
     return ngx_http_sep_send_error(r, NGX_HTTP_NOT_ALLOWED, "method_not_allowed",
-                                   "%V is not allowed here; allowed: %s", &r->method_name, allow);
+                                   "%V is not allowed here; allowed: %V", &r->method_name,
+                                   &h->value);
 }
 
 static ngx_int_t ngx_http_sep_not_found(ngx_http_request_t *r)
@@ -534,6 +549,7 @@ static ngx_int_t ngx_http_sep_not_found(ngx_http_request_t *r)
  *   jobs                       POST
  *   jobs/{id}                  GET, HEAD, DELETE
  *   jobs/{id}/stems/{file}     GET, HEAD
+ *   jobs/{id}/events           GET (text/event-stream)
  */
 static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
 {
@@ -580,6 +596,12 @@ static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
     }
 
     p = slash + 1;
+    if (end - p == 6 && ngx_strncmp(p, "events", 6) == 0) {
+        if (r->method != NGX_HTTP_GET) {
+            return ngx_http_sep_method_not_allowed(r, "GET");
+        }
+        return ngx_http_sep_events_handler(r, &id);
+    }
     if (end - p > 6 && ngx_strncmp(p, "stems/", 6) == 0) {
         file.data = p + 6;
         file.len = end - file.data;
@@ -613,6 +635,32 @@ static ngx_uint_t ngx_http_sep_answers_as_api(ngx_http_request_t *r, ngx_http_se
            ngx_strncmp(r->uri.data, lcf->stems_location.data, lcf->stems_location.len) == 0;
 }
 
+/* Whether the filesystem nginx writes upload bodies to (client_body_temp_path), or the
+ * spool, has less room than one more write of the body: a 500 of nginx's own while it
+ * read the body was then a full disk, which the API answers as 507. */
+static ngx_flag_t ngx_http_sep_body_store_full(ngx_http_request_t *r, ngx_http_sep_loc_conf_t *lcf)
+{
+    ngx_http_core_loc_conf_t *clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    u_char path[NGX_MAX_PATH + 1];
+    ngx_str_t *dirs[2];
+    struct statvfs fs;
+    ngx_uint_t i;
+
+    dirs[0] = &clcf->client_body_temp_path->name;
+    dirs[1] = &lcf->spool;
+    for (i = 0; i < 2; i++) {
+        if (dirs[i]->len == 0 || dirs[i]->len > NGX_MAX_PATH) {
+            continue;
+        }
+        ngx_cpystrn(path, dirs[i]->data, dirs[i]->len + 1);
+        if (statvfs((char *)path, &fs) == 0 &&
+            (uint64_t)fs.f_bavail * fs.f_frsize < (uint64_t)clcf->client_body_buffer_size + 65536) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
 {
     ngx_http_sep_loc_conf_t *lcf;
@@ -640,6 +688,11 @@ static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
     ctx = ngx_http_sep_get_ctx(r);
     if (ctx == NULL) {
         return ngx_http_next_header_filter(r);
+    }
+    if (r->headers_out.status == NGX_HTTP_INTERNAL_SERVER_ERROR && r->method == NGX_HTTP_POST &&
+        ngx_http_sep_body_store_full(r, lcf)) {
+        /* nginx could not write the body to its temp file: the disk is full */
+        r->headers_out.status = NGX_HTTP_INSUFFICIENT_STORAGE;
     }
     body = ngx_http_sep_status_error_json(r->pool, r->headers_out.status, &len);
     if (body == NULL) {
@@ -697,6 +750,8 @@ static ngx_int_t ngx_http_sep_body_filter(ngx_http_request_t *r, ngx_chain_t *in
 
 static ngx_int_t ngx_http_sep_postconfiguration(ngx_conf_t *cf)
 {
+    ngx_http_sep_conf_check_locations(cf,
+                                      ngx_http_conf_get_module_main_conf(cf, ngx_http_sep_module));
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_sep_header_filter;
     ngx_http_next_body_filter = ngx_http_top_body_filter;

@@ -9,6 +9,10 @@
  *   ngx_http_sep_upload.c   POST /v1/jobs
  *   ngx_http_sep_jobs.c     GET and DELETE /v1/jobs/{id}, stem downloads
  *   ngx_http_sep_cors.c     CORS headers and the OPTIONS (preflight) answer
+ *   ngx_http_sep_conf.c     directive bounds, and the checks of nginx -t and of a
+ *                           starting worker (spool, locations)
+ *   ngx_http_sep_events.c   GET /v1/jobs/{id}/events (Server-Sent Events) and the
+ *                           worker's Redis subscriber connection
  */
 #ifndef NGX_HTTP_SEP_MODULE_H
 #define NGX_HTTP_SEP_MODULE_H
@@ -28,11 +32,15 @@ typedef struct {
 
     ngx_str_t redis_host; /* NUL-terminated IP text, or the unix socket path */
     ngx_int_t redis_port; /* 0 for a unix socket */
+    ngx_str_t redis_addr; /* for log lines: "host:port" or "unix:/path" */
     ngx_int_t redis_db;
+    ngx_str_t redis_user; /* an ACL user (AUTH user password); empty: the default user */
     ngx_str_t redis_password;
     ngx_msec_t redis_timeout;
     ngx_msec_t backoff_min;
     ngx_msec_t backoff_max;
+
+    ngx_array_t *apis; /* of ngx_http_sep_api_loc_t: the sep_api locations */
 
     ngx_str_t key_prefix;
     /* keys that do not depend on a job, built once */
@@ -50,12 +58,39 @@ typedef struct {
     ngx_int_t max_attempts;
     time_t idempotency_ttl;
     ngx_str_t stems_location; /* starts and ends with '/' */
-    size_t multipart_buffer;
+    size_t multipart_buffer;  /* bytes of an upload read per event-loop turn */
     size_t multipart_max_header;
     ngx_array_t *cors_origins; /* of ngx_http_complex_value_t; NULL: CORS off */
     ngx_flag_t cors_credentials;
     time_t cors_max_age;
+    ngx_msec_t events_heartbeat; /* `: ping` comment interval of an event stream */
 } ngx_http_sep_loc_conf_t;
+
+/* A sep_api location, recorded for the checks of ngx_http_sep_conf.c. */
+typedef struct {
+    ngx_http_sep_loc_conf_t *lcf;
+    ngx_http_core_loc_conf_t *clcf;   /* the location */
+    ngx_http_core_loc_conf_t *server; /* its server's, with the location trees */
+    ngx_str_t file;
+    ngx_uint_t line;
+} ngx_http_sep_api_loc_t;
+
+/* ngx_http_sep_conf.c: bounds of a numeric directive, checked as it is read (the post
+ * of its command), and the checks of the whole configuration and of a starting worker */
+enum { SEP_BOUND_NUM, SEP_BOUND_SEC, SEP_BOUND_MSEC, SEP_BOUND_SIZE };
+typedef struct {
+    ngx_conf_post_handler_pt post_handler;
+    int kind;
+    int64_t low, high;
+    const char *range; /* as the message says it: "between 1s and 10y" */
+} ngx_http_sep_bounds_t;
+char *ngx_http_sep_check_bounds(ngx_conf_t *cf, void *post, void *data);
+char *ngx_http_sep_check_spool(ngx_conf_t *cf, void *post, void *data);
+char *ngx_http_sep_check_stems_location(ngx_conf_t *cf, void *post, void *data);
+ngx_int_t ngx_http_sep_conf_add_api(ngx_conf_t *cf, ngx_http_sep_main_conf_t *mcf,
+                                    ngx_http_sep_loc_conf_t *lcf);
+void ngx_http_sep_conf_check_locations(ngx_conf_t *cf, ngx_http_sep_main_conf_t *mcf);
+void ngx_http_sep_conf_check_spools(ngx_cycle_t *cycle, ngx_http_sep_main_conf_t *mcf);
 
 typedef struct ngx_http_sep_cmd_s ngx_http_sep_cmd_t;
 
@@ -81,8 +116,9 @@ typedef struct {
     ngx_uint_t lookups;
     off_t input_bytes;
     const char *input_type;
-    u_char head[SEP_SNIFF_BYTES]; /* first body bytes, when they came with the headers */
-    size_t head_len;
+    struct ngx_http_sep_upload_s *upload; /* the body being read (ngx_http_sep_upload.c) */
+
+    void *stream; /* GET .../events: the event stream (ngx_http_sep_events.c) */
 
     unsigned json : 1;            /* the response is the module's own JSON */
     unsigned error_body_sent : 1; /* the error filter replaced nginx's page */
@@ -124,6 +160,12 @@ ngx_int_t ngx_http_sep_cancel_handler(ngx_http_request_t *r, ngx_str_t *id);
 ngx_int_t ngx_http_sep_stem_handler(ngx_http_request_t *r, ngx_str_t *id, ngx_str_t *file);
 /* Deletes {spool}/{id}/ and the plain files in it. */
 void ngx_http_sep_remove_job_dir(ngx_log_t *log, ngx_str_t *spool, ngx_str_t *id);
+
+/* ngx_http_sep_events.c: the event stream of a job; the worker's subscriber connection
+ * (set up in init_process, connected when a stream needs it). */
+ngx_int_t ngx_http_sep_events_handler(ngx_http_request_t *r, ngx_str_t *id);
+ngx_int_t ngx_http_sep_events_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_conf_t *mcf);
+void ngx_http_sep_events_exit_process(ngx_cycle_t *cycle);
 
 /* ngx_http_sep_cors.c: the sep_cors_origins directive; the CORS headers of an API answer
  * (from the header filter; adds nothing when CORS is off or the origin is not allowed);

@@ -482,7 +482,7 @@ static void ngx_http_sep_redis_outage_begins(const char *what, const char *detai
     ngx_log_error(NGX_LOG_WARN, redis->log, 0,
                   "sep: redis %V unavailable: %s: %s; retrying every %M..%M ms, "
                   "requests get 503 until it is back",
-                  &redis->mcf->redis_host, what, detail, redis->mcf->backoff_min,
+                  &redis->mcf->redis_addr, what, detail, redis->mcf->backoff_min,
                   redis->mcf->backoff_max);
 }
 
@@ -505,11 +505,11 @@ static void ngx_http_sep_redis_mark_up(void)
         redis->down = 0;
         ngx_log_error(NGX_LOG_WARN, redis->log, 0,
                       "sep: redis %V is back after %M ms unavailable (%ui attempts)",
-                      &redis->mcf->redis_host, (ngx_msec_t)(ngx_current_msec - redis->down_since),
+                      &redis->mcf->redis_addr, (ngx_msec_t)(ngx_current_msec - redis->down_since),
                       redis->attempts);
     } else if (!redis->was_ready) {
         ngx_log_error(NGX_LOG_INFO, redis->log, 0, "sep: connected to redis %V",
-                      &redis->mcf->redis_host);
+                      &redis->mcf->redis_addr);
     }
     redis->was_ready = 1;
 }
@@ -579,7 +579,13 @@ static ngx_uint_t ngx_http_sep_redis_send_setup(redisAsyncContext *ac, redisCall
     ngx_http_sep_main_conf_t *mcf = ngx_http_sep_redis.mcf;
     ngx_uint_t i, queued = 0;
 
-    if (mcf->redis_password.len) {
+    if (mcf->redis_user.len) { /* an ACL user */
+        if (redisAsyncCommand(ac, fn, SEP_SETUP_TAG(round, SEP_SETUP_AUTH), "AUTH %b %b",
+                              mcf->redis_user.data, mcf->redis_user.len, mcf->redis_password.data,
+                              mcf->redis_password.len) == REDIS_OK) {
+            queued++;
+        }
+    } else if (mcf->redis_password.len) {
         if (redisAsyncCommand(ac, fn, SEP_SETUP_TAG(round, SEP_SETUP_AUTH), "AUTH %b",
                               mcf->redis_password.data, mcf->redis_password.len) == REDIS_OK) {
             queued++;
@@ -742,7 +748,7 @@ static void ngx_http_sep_redis_replace(void)
     ngx_log_error(NGX_LOG_NOTICE, redis->log, 0,
                   "sep: redis %V: no reply on the connection for %M ms while a new one "
                   "answered: replacing it (%ui commands in flight on it get 503)",
-                  &redis->mcf->redis_host, (ngx_msec_t)(ngx_current_msec - redis->down_since),
+                  &redis->mcf->redis_addr, (ngx_msec_t)(ngx_current_msec - redis->down_since),
                   in_flight);
 
     ngx_http_sep_redis_spare_forget();
@@ -883,7 +889,7 @@ static void ngx_http_sep_redis_on_connect(const redisAsyncContext *ac, int statu
     }
     redis->state = SEP_REDIS_CONNECTED;
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, redis->log, 0, "sep: redis %V: connected",
-                   &redis->mcf->redis_host);
+                   &redis->mcf->redis_addr);
     /* the setup queued at connect: answered within the limit, or the attempt failed */
     if (redis->setup_pending > 0) {
         ngx_http_sep_redis_arm(&redis->connect_timeout, redis->mcf->redis_timeout);

@@ -2,23 +2,31 @@
  * POST /v1/jobs: accept an upload and queue a job.
  *
  * Before the body is read, everything the headers and the query string can refuse
- * is refused (Content-Type, options, Idempotency-Key, missing length). nginx then
- * writes the body to a temp file (request_body_in_file_only, as the DAV module
- * does for PUT), never holding it in memory. Then:
+ * is refused (Content-Type, options, Idempotency-Key, missing length). The body is
+ * then read unbuffered (r->request_body_no_buffering): no temp file, nothing held
+ * in memory beyond nginx's client_body_buffer_size. Each buffer is handed over as it
+ * arrives and
  *
- *   raw body    sniff the temp file's first bytes, mkdir {spool}/{id}, rename(2)
- *               the temp file to {spool}/{id}/input.{ext} (a copy only when
- *               client_body_temp_path is on another filesystem)
- *   multipart   stream the temp file through the multipart parser in
- *               sep_multipart_buffer reads; the "file" part goes straight into
- *               {spool}/{id}/input.part (sniffed from its first bytes, renamed to
- *               input.{ext} at the end), the option fields are collected
+ *   raw body    is the audio file
+ *   multipart   goes through the streaming multipart parser; the "file" part is the
+ *               audio file, the option fields are collected
  *
- * and one EVALSHA submit (shared/lua/submit.lua) creates the job and queues it
- * (with a deadline: Redis runs it no later than this request waits for it).
+ * The audio file's first SEP_SNIFF_BYTES are sniffed; audio opens {spool}/{id}/
+ * input.part and every byte is written there as it comes (a refused upload is read
+ * to its end and dropped). About sep_multipart_buffer bytes are read and stored per
+ * event-loop turn, the rest in the next turns (ngx_posted_next_events), so a client
+ * sending faster than the worker stores never keeps the worker's other connections
+ * waiting. At the end input.part is renamed to input.{ext} (the same directory) and
+ * one EVALSHA submit (shared/lua/submit.lua) creates the job and queues it, with a
+ * deadline (Redis runs it no later than this request waits for it). Its reply timer
+ * and that deadline are computed from a fresh clock (ngx_time_update), not from the
+ * time nginx cached when the event-loop turn began.
+ *
  * Whatever fails after the spool directory exists removes it again before the
  * answer is sent, so a refused upload leaves nothing behind, not even for a moment
- * after the client has its answer.
+ * after the client has its answer; a request that ends while its body is still
+ * coming in (client gone, timeout, chunked body over client_max_body_size) removes
+ * it in its pool cleanup.
  */
 #include "ngx_module/ngx_http_sep_module.h"
 #include "ngx_module/ngx_http_sep_redis.h"
@@ -32,14 +40,64 @@
 #define SEP_DIR_ACCESS 0775
 #define SEP_FILE_ACCESS 0664
 
-static void ngx_http_sep_upload_body(ngx_http_request_t *r);
+enum { SEP_FORM_IGNORE = 0, SEP_FORM_FILE, SEP_FORM_OPTION };
+
+/* One upload while its body comes in (ctx->upload). */
+struct ngx_http_sep_upload_s {
+    ngx_http_request_t *request;
+    ngx_http_sep_ctx_t *ctx;
+    ngx_uint_t multipart;
+    ngx_uint_t receiving; /* the body is still coming in */
+    size_t turn;          /* bytes handed over in this event-loop turn */
+
+    /* multipart: the parser and the current part */
+    sep_multipart_t mp;
+    sep_multipart_status_t st;
+    u_char *header;  /* the parser's header buffer */
+    ngx_uint_t part; /* SEP_FORM_* of the current part */
+    u_char name[16];
+    size_t name_len;
+    u_char value[SEP_OPTION_VALUE_MAX + 1];
+    size_t value_len;
+    ngx_uint_t file_seen;
+
+    /* the audio file: the raw body or the "file" part */
+    ngx_fd_t fd; /* {spool}/{id}/input.part once the head is sniffed as audio */
+    ngx_str_t part_path;
+    off_t file_bytes;
+    u_char head[SEP_SNIFF_BYTES];
+    size_t head_len;
+    ngx_uint_t sniffed;
+    sep_audio_type_t type;
+
+    /* why the upload is refused */
+    ngx_uint_t status;
+    const char *code;
+    u_char message[256];
+    ngx_err_t storage_err;
+    const char *storage_what;
+    u_char *storage_path;
+};
+
+typedef struct ngx_http_sep_upload_s ngx_http_sep_upload_t;
+
+static void ngx_http_sep_upload_start(ngx_http_request_t *r);
+static void ngx_http_sep_upload_abort(ngx_http_request_t *r, ngx_http_sep_upload_t *up);
+static void ngx_http_sep_upload_cleanup(void *data);
+static void ngx_http_sep_spool_remove(ngx_log_t *log, ngx_http_sep_ctx_t *ctx);
+static int ngx_http_sep_form_begin(void *user, const sep_multipart_part_t *part);
+static int ngx_http_sep_form_data(void *user, const char *data, size_t len);
+static int ngx_http_sep_form_end(void *user);
+
+static const sep_multipart_callbacks_t ngx_http_sep_form_callbacks = {
+    ngx_http_sep_form_begin, ngx_http_sep_form_data, ngx_http_sep_form_end};
 static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx);
+static void ngx_http_sep_submit_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                      redisReply *reply);
 
 /* The submit's deadline is this much before the request's own (at most a tenth of
  * sep_redis_timeout). */
 #define SEP_DEADLINE_EARLY_MS 5
-static void ngx_http_sep_submit_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
-                                      redisReply *reply);
 
 /* ---- refusals that need no body ----------------------------------------------- */
 
@@ -147,7 +205,9 @@ ngx_int_t ngx_http_sep_upload_handler(ngx_http_request_t *r)
     ngx_http_sep_ctx_t *ctx = ngx_http_sep_get_ctx(r);
     ngx_table_elt_t *ct = r->headers_in.content_type, *idem;
     ngx_uint_t refused, multipart = 0;
-    sep_str_t boundary;
+    ngx_http_sep_upload_t *up;
+    ngx_pool_cleanup_t *cln;
+    sep_str_t boundary = {NULL, 0};
     char err[256];
     ngx_int_t rc;
 
@@ -198,30 +258,35 @@ ngx_int_t ngx_http_sep_upload_handler(ngx_http_request_t *r)
                                    "send Content-Length or use chunked transfer encoding");
     }
 
-    /* The first body bytes usually arrive with the headers: keep them for the
-     * sniff, which then needs no read of the temp file. Never more than the body:
-     * bytes past it belong to the next pipelined request. */
-    if (!multipart && !r->headers_in.chunked && r->header_in) {
-        size_t preread = r->header_in->last - r->header_in->pos;
-        size_t want = sizeof(ctx->head);
-        if ((off_t)want > r->headers_in.content_length_n) {
-            want = (size_t)r->headers_in.content_length_n;
-        }
-        if (preread >= want) {
-            ctx->head_len = want;
-            ngx_memcpy(ctx->head, r->header_in->pos, ctx->head_len);
+    up = ngx_pcalloc(r->pool, sizeof(ngx_http_sep_upload_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (up == NULL || cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    up->request = r;
+    up->ctx = ctx;
+    up->fd = NGX_INVALID_FILE;
+    up->multipart = multipart;
+    up->receiving = 1;
+    ctx->upload = up;
+    cln->handler = ngx_http_sep_upload_cleanup;
+    cln->data = up;
+    if (multipart) {
+        up->header = ngx_palloc(r->pool, lcf->multipart_max_header);
+        if (up->header == NULL ||
+            sep_multipart_init(&up->mp, boundary, (char *)up->header, lcf->multipart_max_header,
+                               &ngx_http_sep_form_callbacks, up) != 0) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
 
-    /* The body goes to a temp file that can be renamed into the spool. */
-    r->request_body_in_file_only = 1;
-    r->request_body_in_persistent_file = 1;
-    r->request_body_in_clean_file = 1;
-    r->request_body_file_group_access = 1;
-    r->request_body_file_log_level = 0;
+    /* The body is handed to this module as it arrives (no temp file): it is parsed
+     * and stored straight into the spool, a bounded amount per event-loop turn. */
+    r->request_body_no_buffering = 1;
 
-    rc = ngx_http_read_client_request_body(r, ngx_http_sep_upload_body);
+    rc = ngx_http_read_client_request_body(r, ngx_http_sep_upload_start);
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        ngx_http_sep_upload_abort(r, up);
         return rc;
     }
     return NGX_DONE;
@@ -232,17 +297,21 @@ ngx_int_t ngx_http_sep_upload_handler(ngx_http_request_t *r)
 /* Removes what this request put in the spool. */
 static void ngx_http_sep_spool_cleanup(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx)
 {
+    ngx_http_sep_spool_remove(r->connection->log, ctx);
+}
+
+static void ngx_http_sep_spool_remove(ngx_log_t *log, ngx_http_sep_ctx_t *ctx)
+{
     if (ctx->input_path.len) {
         if (ngx_delete_file(ctx->input_path.data) == NGX_FILE_ERROR && ngx_errno != NGX_ENOENT) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, ngx_errno, "sep: cannot delete \"%V\"",
+            ngx_log_error(NGX_LOG_ERR, log, ngx_errno, "sep: cannot delete \"%V\"",
                           &ctx->input_path);
         }
         ctx->input_path.len = 0;
     }
     if (ctx->job_dir.len) {
         if (ngx_delete_dir(ctx->job_dir.data) == NGX_FILE_ERROR && ngx_errno != NGX_ENOENT) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, ngx_errno, "sep: cannot delete \"%V\"",
-                          &ctx->job_dir);
+            ngx_log_error(NGX_LOG_ERR, log, ngx_errno, "sep: cannot delete \"%V\"", &ctx->job_dir);
         }
         ctx->job_dir.len = 0;
     }
@@ -269,41 +338,6 @@ static ngx_int_t ngx_http_sep_storage_error(ngx_http_request_t *r, ngx_http_sep_
                                      "the upload could not be stored");
 }
 
-/* A new id and its spool directory. NGX_OK or the answer sent. */
-static ngx_int_t ngx_http_sep_make_job_dir(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
-                                           ngx_uint_t *failed)
-{
-    ngx_http_sep_loc_conf_t *lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
-    u_char *p;
-
-    *failed = 1;
-    if (sep_id_generate((char *)ctx->id_buf) != 0) {
-        ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno, "sep: getrandom() failed");
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    ctx->id.data = ctx->id_buf;
-    ctx->id.len = SEP_ID_LEN;
-
-    ctx->job_dir.len = lcf->spool.len + 1 + SEP_ID_LEN;
-    ctx->job_dir.data = ngx_pnalloc(r->pool, ctx->job_dir.len + 1);
-    if (ctx->job_dir.data == NULL) {
-        ctx->job_dir.len = 0;
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    p = ngx_cpymem(ctx->job_dir.data, lcf->spool.data, lcf->spool.len);
-    *p++ = '/';
-    p = ngx_cpymem(p, ctx->id.data, SEP_ID_LEN);
-    *p = '\0';
-
-    if (ngx_create_dir(ctx->job_dir.data, SEP_DIR_ACCESS) == NGX_FILE_ERROR) {
-        ngx_err_t err = ngx_errno;
-        ctx->job_dir.len = 0;
-        return ngx_http_sep_storage_error(r, ctx, err, "mkdir", ctx->job_dir.data);
-    }
-    *failed = 0;
-    return NGX_OK;
-}
-
 /* {job_dir}/{name}, NUL-terminated, into *path. */
 static ngx_int_t ngx_http_sep_job_file(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
                                        const char *name, ngx_str_t *path)
@@ -323,48 +357,6 @@ static ngx_int_t ngx_http_sep_job_file(ngx_http_request_t *r, ngx_http_sep_ctx_t
     return NGX_OK;
 }
 
-/* Moves from -> {job_dir}/input.{ext}; a rename(2) unless the temp file lives on
- * another filesystem (then nginx copies it, like the DAV module would). */
-static ngx_int_t ngx_http_sep_move_input(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
-                                         ngx_str_t *from, const char *ext, ngx_uint_t *failed)
-{
-    static ngx_uint_t warned_exdev;
-    u_char name[16];
-    ngx_str_t to;
-    ngx_ext_rename_file_t ext_rename;
-    ngx_err_t err;
-
-    *failed = 1;
-    ngx_sprintf(name, "input.%s%Z", ext);
-    if (ngx_http_sep_job_file(r, ctx, (const char *)name, &to) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    if (ngx_rename_file(from->data, to.data) == NGX_FILE_ERROR) {
-        err = ngx_errno;
-        if (err != NGX_EXDEV) {
-            return ngx_http_sep_storage_error(r, ctx, err, "rename to", to.data);
-        }
-        if (!warned_exdev) {
-            warned_exdev = 1;
-            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                          "sep: client_body_temp_path is not on the filesystem of sep_spool: "
-                          "uploads are copied instead of renamed");
-        }
-        ngx_memzero(&ext_rename, sizeof(ext_rename));
-        ext_rename.access = 0;
-        ext_rename.time = -1;
-        ext_rename.create_path = 0;
-        ext_rename.delete_file = 1;
-        ext_rename.log = r->connection->log;
-        if (ngx_ext_rename_file(from, &to, &ext_rename) != NGX_OK) {
-            return ngx_http_sep_storage_error(r, ctx, ngx_errno, "copy to", to.data);
-        }
-    }
-    ctx->input_path = to;
-    *failed = 0;
-    return NGX_OK;
-}
-
 static ngx_int_t ngx_http_sep_unsupported_audio(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx)
 {
     return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
@@ -373,264 +365,432 @@ static ngx_int_t ngx_http_sep_unsupported_audio(ngx_http_request_t *r, ngx_http_
                                      "FLAC, Ogg Vorbis, Ogg Opus, MP3, AIFF)");
 }
 
-/* Raw body: sniff, then rename the temp file into the spool. */
-static ngx_int_t ngx_http_sep_store_raw(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
-                                        ngx_temp_file_t *tf, off_t size, ngx_uint_t *failed)
+/* ---- the audio file: the raw body or the "file" part -------------------------- */
+
+/* A storage failure while the body streams in; reported once the body is read. */
+static void ngx_http_sep_file_failed(ngx_http_sep_upload_t *up, ngx_err_t err, const char *what,
+                                     u_char *path)
 {
-    u_char head[SEP_SNIFF_BYTES];
-    sep_audio_type_t type;
+    if (up->storage_err == 0) {
+        up->storage_err = err ? err : EIO;
+        up->storage_what = what;
+        up->storage_path = path;
+    }
+}
+
+/* A new id, {spool}/{id}/ and {spool}/{id}/input.part open for writing. */
+static ngx_int_t ngx_http_sep_file_open(ngx_http_sep_upload_t *up)
+{
+    ngx_http_request_t *r = up->request;
+    ngx_http_sep_ctx_t *ctx = up->ctx;
+    ngx_http_sep_loc_conf_t *lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
+    u_char *p;
+
+    if (sep_id_generate((char *)ctx->id_buf) != 0) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno, "sep: getrandom() failed");
+        ngx_http_sep_file_failed(up, EIO, "getrandom", (u_char *)"");
+        return NGX_ERROR;
+    }
+    ctx->id.data = ctx->id_buf;
+    ctx->id.len = SEP_ID_LEN;
+
+    ctx->job_dir.len = lcf->spool.len + 1 + SEP_ID_LEN;
+    ctx->job_dir.data = ngx_pnalloc(r->pool, ctx->job_dir.len + 1);
+    if (ctx->job_dir.data == NULL) {
+        ctx->job_dir.len = 0;
+        ngx_http_sep_file_failed(up, NGX_ENOMEM, "allocating", (u_char *)"");
+        return NGX_ERROR;
+    }
+    p = ngx_cpymem(ctx->job_dir.data, lcf->spool.data, lcf->spool.len);
+    *p++ = '/';
+    p = ngx_cpymem(p, ctx->id.data, SEP_ID_LEN);
+    *p = '\0';
+
+    if (ngx_create_dir(ctx->job_dir.data, SEP_DIR_ACCESS) == NGX_FILE_ERROR) {
+        ngx_http_sep_file_failed(up, ngx_errno, "mkdir", ctx->job_dir.data);
+        ctx->job_dir.len = 0;
+        return NGX_ERROR;
+    }
+    if (ngx_http_sep_job_file(r, ctx, "input.part", &up->part_path) != NGX_OK) {
+        ngx_http_sep_file_failed(up, NGX_ENOMEM, "allocating", (u_char *)"");
+        return NGX_ERROR;
+    }
+    up->fd = ngx_open_file(up->part_path.data, NGX_FILE_WRONLY, NGX_FILE_CREATE_OR_OPEN | O_EXCL,
+                           SEP_FILE_ACCESS);
+    if (up->fd == NGX_INVALID_FILE) {
+        ngx_http_sep_file_failed(up, ngx_errno, "open", up->part_path.data);
+        return NGX_ERROR;
+    }
+    /* from here on the part file is ours to remove on failure */
+    ctx->input_path = up->part_path;
+    return NGX_OK;
+}
+
+static void ngx_http_sep_file_store(ngx_http_sep_upload_t *up, const u_char *data, size_t len)
+{
     ssize_t n;
-    ngx_int_t rc;
+
+    while (len > 0 && up->storage_err == 0) {
+        n = write(up->fd, data, len);
+        if (n < 0) {
+            if (ngx_errno == NGX_EINTR) {
+                continue;
+            }
+            ngx_http_sep_file_failed(up, ngx_errno, "writing", up->part_path.data);
+            return;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+}
+
+/* The first bytes are in: sniff them; audio opens the spool file and stores them. */
+static void ngx_http_sep_file_sniff(ngx_http_sep_upload_t *up)
+{
+    up->sniffed = 1;
+    up->type = sep_sniff(up->head, up->head_len);
+    if (up->type == SEP_AUDIO_UNKNOWN) {
+        return; /* answered 415 once the body is read; nothing is stored */
+    }
+    if (ngx_http_sep_file_open(up) == NGX_OK) {
+        ngx_http_sep_file_store(up, up->head, up->head_len);
+    }
+}
+
+/* The next bytes of the audio file. The first SEP_SNIFF_BYTES are held until they
+ * can be sniffed: no spool directory exists for what is not audio. */
+static void ngx_http_sep_file_data(ngx_http_sep_upload_t *up, const u_char *data, size_t len)
+{
+    size_t take;
+
+    up->file_bytes += len;
+    if (!up->sniffed) {
+        take = ngx_min(len, sizeof(up->head) - up->head_len);
+        ngx_memcpy(up->head + up->head_len, data, take);
+        up->head_len += take;
+        data += take;
+        len -= take;
+        if (up->head_len < sizeof(up->head)) {
+            return;
+        }
+        ngx_http_sep_file_sniff(up);
+    }
+    if (up->fd != NGX_INVALID_FILE && len > 0) {
+        ngx_http_sep_file_store(up, data, len);
+    }
+}
+
+/* The audio file is complete (a short one is sniffed now). */
+static void ngx_http_sep_file_end(ngx_http_sep_upload_t *up)
+{
+    if (!up->sniffed && up->head_len > 0) {
+        ngx_http_sep_file_sniff(up);
+    }
+}
+
+static void ngx_http_sep_file_close(ngx_http_sep_upload_t *up)
+{
+    if (up->fd != NGX_INVALID_FILE) {
+        if (ngx_close_file(up->fd) == NGX_FILE_ERROR) {
+            ngx_http_sep_file_failed(up, ngx_errno, "closing", up->part_path.data);
+        }
+        up->fd = NGX_INVALID_FILE;
+    }
+}
+
+/* input.part -> input.{ext} in the same directory. */
+static ngx_int_t ngx_http_sep_file_commit(ngx_http_sep_upload_t *up, ngx_uint_t *failed)
+{
+    ngx_http_request_t *r = up->request;
+    ngx_http_sep_ctx_t *ctx = up->ctx;
+    u_char name[16];
+    ngx_str_t to;
 
     *failed = 1;
-    if (ctx->head_len > 0) {
-        type = sep_sniff(ctx->head, ctx->head_len);
-    } else {
-        n = pread(tf->file.fd, head, sizeof(head), 0);
-        if (n < 0) {
-            ngx_log_error(NGX_LOG_CRIT, r->connection->log, ngx_errno, "sep: pread \"%V\" failed",
-                          &tf->file.name);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-        type = sep_sniff(head, (size_t)n);
+    ngx_sprintf(name, "input.%s%Z", sep_audio_type_ext(up->type));
+    if (ngx_http_sep_job_file(r, ctx, (const char *)name, &to) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    if (type == SEP_AUDIO_UNKNOWN) {
-        return ngx_http_sep_unsupported_audio(r, ctx);
+    if (ngx_rename_file(up->part_path.data, to.data) == NGX_FILE_ERROR) {
+        return ngx_http_sep_storage_error(r, ctx, ngx_errno, "rename to", to.data);
     }
-
-    rc = ngx_http_sep_make_job_dir(r, ctx, failed);
-    if (*failed) {
-        return rc;
-    }
-    rc = ngx_http_sep_move_input(r, ctx, &tf->file.name, sep_audio_type_ext(type), failed);
-    if (*failed) {
-        return rc;
-    }
-    ctx->input_type = sep_audio_type_name(type);
-    ctx->input_bytes = size;
+    ctx->input_path = to;
+    ctx->input_type = sep_audio_type_name(up->type);
+    ctx->input_bytes = up->file_bytes;
+    *failed = 0;
     return NGX_OK;
 }
 
 /* ---- multipart ---------------------------------------------------------------- */
 
-enum { SEP_FORM_IGNORE = 0, SEP_FORM_FILE, SEP_FORM_OPTION };
-
-typedef struct {
-    ngx_http_request_t *request;
-    ngx_http_sep_ctx_t *ctx;
-
-    ngx_uint_t part; /* SEP_FORM_* of the current part */
-    u_char name[16];
-    size_t name_len;
-    u_char value[SEP_OPTION_VALUE_MAX + 1];
-    size_t value_len;
-
-    ngx_fd_t fd; /* input.part while the file part streams in */
-    ngx_str_t part_path;
-    ngx_uint_t file_seen;
-    off_t file_bytes;
-    u_char head[SEP_SNIFF_BYTES];
-    size_t head_len;
-
-    /* why parsing was aborted */
-    ngx_uint_t status;
-    const char *code;
-    u_char message[256];
-    ngx_err_t storage_err;
-} ngx_http_sep_form_t;
-
-static int ngx_http_sep_form_refuse(ngx_http_sep_form_t *form, ngx_uint_t status, const char *code,
+static int ngx_http_sep_form_refuse(ngx_http_sep_upload_t *up, ngx_uint_t status, const char *code,
                                     const char *message)
 {
-    form->status = status;
-    form->code = code;
-    ngx_cpystrn(form->message, (u_char *)message, sizeof(form->message));
+    up->status = status;
+    up->code = code;
+    ngx_cpystrn(up->message, (u_char *)message, sizeof(up->message));
     return 1;
 }
 
 static int ngx_http_sep_form_begin(void *user, const sep_multipart_part_t *part)
 {
-    ngx_http_sep_form_t *form = user;
+    ngx_http_sep_upload_t *up = user;
 
-    form->part = SEP_FORM_IGNORE;
-    form->value_len = 0;
+    up->part = SEP_FORM_IGNORE;
+    up->value_len = 0;
     if (sep_str_eq(part->name, "file")) {
-        if (form->file_seen) {
-            return ngx_http_sep_form_refuse(form, NGX_HTTP_BAD_REQUEST, "duplicate_file",
+        if (up->file_seen) {
+            return ngx_http_sep_form_refuse(up, NGX_HTTP_BAD_REQUEST, "duplicate_file",
                                             "the multipart body has more than one \"file\" part");
         }
-        form->file_seen = 1;
-        form->fd = ngx_open_file(form->part_path.data, NGX_FILE_WRONLY,
-                                 NGX_FILE_CREATE_OR_OPEN | O_EXCL, SEP_FILE_ACCESS);
-        if (form->fd == NGX_INVALID_FILE) {
-            form->storage_err = ngx_errno;
-            return 1;
-        }
-        form->part = SEP_FORM_FILE;
+        up->file_seen = 1;
+        up->part = SEP_FORM_FILE;
         return 0;
     }
-    if (part->name.len < sizeof(form->name)) {
-        ngx_memcpy(form->name, part->name.ptr, part->name.len);
-        form->name_len = part->name.len;
-        form->part = SEP_FORM_OPTION;
+    if (part->name.len < sizeof(up->name)) {
+        ngx_memcpy(up->name, part->name.ptr, part->name.len);
+        up->name_len = part->name.len;
+        up->part = SEP_FORM_OPTION;
     }
     return 0;
 }
 
 static int ngx_http_sep_form_data(void *user, const char *data, size_t len)
 {
-    ngx_http_sep_form_t *form = user;
+    ngx_http_sep_upload_t *up = user;
     size_t take;
-    ssize_t n;
 
-    if (form->part == SEP_FORM_OPTION) {
-        take = ngx_min(len, SEP_OPTION_VALUE_MAX + 1 - form->value_len);
-        ngx_memcpy(form->value + form->value_len, data, take);
-        form->value_len += take;
-        return 0;
-    }
-    if (form->part != SEP_FORM_FILE) {
-        return 0;
-    }
-    if (form->head_len < sizeof(form->head)) {
-        take = ngx_min(len, sizeof(form->head) - form->head_len);
-        ngx_memcpy(form->head + form->head_len, data, take);
-        form->head_len += take;
-    }
-    while (len > 0) {
-        n = write(form->fd, data, len);
-        if (n < 0) {
-            if (ngx_errno == NGX_EINTR) {
-                continue;
-            }
-            form->storage_err = ngx_errno;
-            return 1;
-        }
-        data += n;
-        len -= (size_t)n;
-        form->file_bytes += n;
+    if (up->part == SEP_FORM_OPTION) {
+        take = ngx_min(len, SEP_OPTION_VALUE_MAX + 1 - up->value_len);
+        ngx_memcpy(up->value + up->value_len, data, take);
+        up->value_len += take;
+    } else if (up->part == SEP_FORM_FILE) {
+        ngx_http_sep_file_data(up, (const u_char *)data, len);
     }
     return 0;
 }
 
 static int ngx_http_sep_form_end(void *user)
 {
-    ngx_http_sep_form_t *form = user;
+    ngx_http_sep_upload_t *up = user;
     char err[256];
     sep_option_result_t res;
 
-    if (form->part != SEP_FORM_OPTION) {
+    if (up->part == SEP_FORM_FILE) {
+        ngx_http_sep_file_end(up);
         return 0;
     }
-    res =
-        sep_options_set(&form->ctx->options, (sep_str_t){(const char *)form->name, form->name_len},
-                        (sep_str_t){(const char *)form->value, form->value_len}, err, sizeof(err));
+    if (up->part != SEP_FORM_OPTION) {
+        return 0;
+    }
+    res = sep_options_set(&up->ctx->options, (sep_str_t){(const char *)up->name, up->name_len},
+                          (sep_str_t){(const char *)up->value, up->value_len}, err, sizeof(err));
     if (res == SEP_OPTION_INVALID) {
-        return ngx_http_sep_form_refuse(form, NGX_HTTP_BAD_REQUEST, "invalid_option", err);
+        return ngx_http_sep_form_refuse(up, NGX_HTTP_BAD_REQUEST, "invalid_option", err);
     }
     return 0;
 }
 
-static const sep_multipart_callbacks_t ngx_http_sep_form_callbacks = {
-    ngx_http_sep_form_begin, ngx_http_sep_form_data, ngx_http_sep_form_end};
+/* ---- reading the body --------------------------------------------------------- */
 
-static ngx_int_t ngx_http_sep_store_multipart(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
-                                              ngx_temp_file_t *tf, off_t size, ngx_uint_t *failed)
+/* What the body reader handed over: parsed (multipart) or stored (raw), and the
+ * buffers given back. Once the answer is known to be a refusal the rest of the body
+ * is read and dropped. */
+static void ngx_http_sep_upload_consume(ngx_http_request_t *r, ngx_http_sep_upload_t *up)
 {
-    ngx_http_sep_loc_conf_t *lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
-    ngx_table_elt_t *ct = r->headers_in.content_type;
-    sep_multipart_status_t st = SEP_MULTIPART_OK;
-    ngx_http_sep_form_t *form;
-    sep_multipart_t *mp;
-    sep_str_t boundary;
-    sep_audio_type_t type;
-    u_char *buf, *header;
-    off_t offset;
-    ssize_t n;
-    ngx_int_t rc;
+    ngx_http_request_body_t *rb = r->request_body;
+    ngx_chain_t *cl;
+    ngx_buf_t *b;
+    size_t len;
+
+    while (rb && rb->bufs) {
+        cl = rb->bufs;
+        rb->bufs = cl->next;
+        b = cl->buf;
+        len = b->last - b->pos;
+        up->turn += len;
+        if (len > 0) {
+            if (!up->multipart) {
+                ngx_http_sep_file_data(up, b->pos, len);
+            } else if (up->st == SEP_MULTIPART_OK) {
+                up->st = sep_multipart_feed(&up->mp, (const char *)b->pos, len);
+            }
+        }
+        b->pos = b->last;
+        ngx_free_chain(r->pool, cl);
+    }
+}
+
+/* Stops reading: the request is finalized by the caller with an error. */
+static void ngx_http_sep_upload_abort(ngx_http_request_t *r, ngx_http_sep_upload_t *up)
+{
+    up->receiving = 0;
+    ngx_http_sep_file_close(up);
+    ngx_http_sep_spool_cleanup(r, up->ctx);
+}
+
+/* Request pool cleanup: a request that ends while its body is still coming in (the
+ * client went away, a timeout) leaves nothing in the spool. */
+static void ngx_http_sep_upload_cleanup(void *data)
+{
+    ngx_http_sep_upload_t *up = data;
+
+    if (up->fd != NGX_INVALID_FILE) {
+        (void)ngx_close_file(up->fd);
+        up->fd = NGX_INVALID_FILE;
+    }
+    if (up->receiving) {
+        up->receiving = 0;
+        ngx_http_sep_spool_remove(ngx_cycle->log, up->ctx);
+    }
+}
+
+/* The whole body is read: the answer to a refused upload, or the stored file
+ * renamed into place. *failed 0: submit; else the answer was sent (or not) and the
+ * result is what to finalize with. */
+static ngx_int_t ngx_http_sep_upload_verdict(ngx_http_request_t *r, ngx_http_sep_upload_t *up,
+                                             ngx_uint_t *failed)
+{
+    ngx_http_sep_ctx_t *ctx = up->ctx;
     char err[256];
 
-    *failed = 1;
-    if (sep_multipart_boundary((sep_str_t){(const char *)ct->value.data, ct->value.len},
-                               &boundary) != 0) {
-        return NGX_HTTP_BAD_REQUEST;
+    if (up->multipart && up->st == SEP_MULTIPART_OK) {
+        up->st = sep_multipart_finish(&up->mp);
+    } else if (!up->multipart) {
+        ngx_http_sep_file_end(up);
     }
-    form = ngx_pcalloc(r->pool, sizeof(ngx_http_sep_form_t));
-    mp = ngx_palloc(r->pool, sizeof(sep_multipart_t));
-    buf = ngx_palloc(r->pool, lcf->multipart_buffer);
-    header = ngx_palloc(r->pool, lcf->multipart_max_header);
-    if (form == NULL || mp == NULL || buf == NULL || header == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    form->request = r;
-    form->ctx = ctx;
-    form->fd = NGX_INVALID_FILE;
+    ngx_http_sep_file_close(up);
 
-    rc = ngx_http_sep_make_job_dir(r, ctx, failed);
-    if (*failed) {
-        return rc;
-    }
     *failed = 1;
-    if (ngx_http_sep_job_file(r, ctx, "input.part", &form->part_path) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (up->storage_err) {
+        return ngx_http_sep_storage_error(r, ctx, up->storage_err, up->storage_what,
+                                          up->storage_path);
     }
-    /* From here on the part file is ours to remove on failure. */
-    ctx->input_path = form->part_path;
-
-    sep_multipart_init(mp, boundary, (char *)header, lcf->multipart_max_header,
-                       &ngx_http_sep_form_callbacks, form);
-    for (offset = 0; offset < size && st == SEP_MULTIPART_OK; offset += n) {
-        n = pread(tf->file.fd, buf, (size_t)ngx_min((off_t)lcf->multipart_buffer, size - offset),
-                  offset);
-        if (n <= 0) {
-            ngx_log_error(NGX_LOG_CRIT, r->connection->log, ngx_errno, "sep: pread \"%V\" failed",
-                          &tf->file.name);
-            break;
+    if (up->multipart) {
+        if (up->code) {
+            return ngx_http_sep_spool_refuse(r, ctx, up->status, up->code,
+                                             (const char *)up->message);
         }
-        st = sep_multipart_feed(mp, (const char *)buf, (size_t)n);
-    }
-    if (st == SEP_MULTIPART_OK) {
-        st = offset >= size ? sep_multipart_finish(mp) : SEP_MULTIPART_ERROR;
-    }
-    if (form->fd != NGX_INVALID_FILE) {
-        (void)ngx_close_file(form->fd);
-    }
-
-    if (form->storage_err) {
-        return ngx_http_sep_storage_error(r, ctx, form->storage_err, "writing",
-                                          form->part_path.data);
-    }
-    if (form->code) {
-        return ngx_http_sep_spool_refuse(r, ctx, form->status, form->code,
-                                         (const char *)form->message);
-    }
-    if (st != SEP_MULTIPART_OK) {
-        return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "invalid_multipart",
-                                         sep_multipart_error(mp) ? sep_multipart_error(mp)
-                                                                 : "the upload could not be read");
-    }
-    if (!form->file_seen) {
-        return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "missing_file",
-                                         "the multipart body has no part named \"file\"");
-    }
-    if (sep_options_finish(&ctx->options, err, sizeof(err)) != 0) {
-        return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "invalid_option", err);
-    }
-    if (form->file_bytes == 0) {
+        if (up->st != SEP_MULTIPART_OK) {
+            return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "invalid_multipart",
+                                             sep_multipart_error(&up->mp)
+                                                 ? sep_multipart_error(&up->mp)
+                                                 : "the upload could not be read");
+        }
+        if (!up->file_seen) {
+            return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "missing_file",
+                                             "the multipart body has no part named \"file\"");
+        }
+        if (sep_options_finish(&ctx->options, err, sizeof(err)) != 0) {
+            return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "invalid_option", err);
+        }
+        if (up->file_bytes == 0) {
+            return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "empty_body",
+                                             "the \"file\" part is empty");
+        }
+    } else if (up->file_bytes == 0) {
         return ngx_http_sep_spool_refuse(r, ctx, NGX_HTTP_BAD_REQUEST, "empty_body",
-                                         "the \"file\" part is empty");
+                                         "the upload is empty");
     }
-    type = sep_sniff(form->head, form->head_len);
-    if (type == SEP_AUDIO_UNKNOWN) {
+    if (up->type == SEP_AUDIO_UNKNOWN) {
         return ngx_http_sep_unsupported_audio(r, ctx);
     }
-    rc = ngx_http_sep_move_input(r, ctx, &form->part_path, sep_audio_type_ext(type), failed);
-    if (*failed) {
-        return rc;
+    return ngx_http_sep_file_commit(up, failed);
+}
+
+static void ngx_http_sep_upload_done(ngx_http_request_t *r, ngx_http_sep_upload_t *up)
+{
+    ngx_uint_t failed;
+    ngx_int_t rc;
+
+    r->read_event_handler = ngx_http_block_reading;
+    up->receiving = 0;
+    rc = ngx_http_sep_upload_verdict(r, up, &failed);
+    if (failed) {
+        ngx_http_sep_spool_cleanup(r, up->ctx);
+        ngx_http_finalize_request(r, rc);
+        return;
     }
-    ctx->input_type = sep_audio_type_name(type);
-    ctx->input_bytes = form->file_bytes;
-    return NGX_OK;
+    /* The reply timer is armed from the current time, not from the time cached
+     * when this event-loop turn began. */
+    ngx_time_update();
+    rc = ngx_http_sep_submit(r, up->ctx);
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+    /* NGX_DONE: the submit reply finalizes; the count taken by reading the body
+     * keeps the request alive until then */
+}
+
+/* Goes on reading in the next event-loop turn. HTTP/2 hands a stream's data over
+ * itself (its read handler is called per DATA frame): there it is read on at once. */
+static ngx_uint_t ngx_http_sep_upload_yield(ngx_http_request_t *r)
+{
+#if (NGX_HTTP_V2)
+    if (r->stream) {
+        return 0;
+    }
+#endif
+    ngx_post_event(r->connection->read, &ngx_posted_next_events);
+    return 1;
+}
+
+/* Reads what the client sent: sep_multipart_buffer bytes (or one read more), then the rest in a
+ * later event-loop turn so that other connections of the worker are served in
+ * between, however fast the client sends. */
+static void ngx_http_sep_upload_read(ngx_http_request_t *r)
+{
+    ngx_http_sep_ctx_t *ctx = ngx_http_get_module_ctx(r, ngx_http_sep_module);
+    ngx_http_sep_loc_conf_t *lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
+    ngx_http_sep_upload_t *up = ctx->upload;
+    size_t before;
+    ngx_int_t rc;
+
+    up->turn = 0;
+    for (;;) {
+        before = up->turn;
+        rc = ngx_http_read_unbuffered_request_body(r);
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE || rc == NGX_ERROR) {
+            ngx_http_sep_upload_abort(r, up);
+            ngx_http_finalize_request(r, rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR : rc);
+            return;
+        }
+        ngx_http_sep_upload_consume(r, up);
+        if (rc == NGX_OK) {
+            ngx_http_sep_upload_done(r, up);
+            return;
+        }
+        /* NGX_AGAIN: wait for the socket, or go on in the next turn */
+        if (!r->connection->read->ready || up->turn == before) {
+            return;
+        }
+        if (up->turn >= lcf->multipart_buffer && ngx_http_sep_upload_yield(r)) {
+            return;
+        }
+    }
+}
+
+/* The body reader's first hand-over (the bytes that came with the headers and what
+ * one read got); called once, with the whole body or with the start of it. */
+static void ngx_http_sep_upload_start(ngx_http_request_t *r)
+{
+    ngx_http_sep_ctx_t *ctx = ngx_http_get_module_ctx(r, ngx_http_sep_module);
+    ngx_http_sep_upload_t *up = ctx ? ctx->upload : NULL;
+
+    if (up == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+    up->turn = 0;
+    ngx_http_sep_upload_consume(r, up);
+    if (!r->request_body_no_buffering) {
+        ngx_http_sep_upload_done(r, up); /* the whole body was there */
+        return;
+    }
+    r->read_event_handler = ngx_http_sep_upload_read;
+    if (r->connection->read->ready) {
+        (void)ngx_http_sep_upload_yield(r);
+    }
 }
 
 /* ---- submit ------------------------------------------------------------------- */
@@ -817,47 +977,4 @@ static void ngx_http_sep_submit_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t 
         rc = ngx_http_sep_send_job(r, NGX_HTTP_ACCEPTED, reply, 1, 1);
     }
     ngx_http_finalize_request(r, rc);
-}
-
-/* The whole body is in its temp file. */
-static void ngx_http_sep_upload_body(ngx_http_request_t *r)
-{
-    ngx_http_sep_ctx_t *ctx = ngx_http_sep_get_ctx(r);
-    ngx_http_request_body_t *rb = r->request_body;
-    ngx_temp_file_t *tf;
-    ngx_uint_t failed = 1;
-    ngx_int_t rc;
-    off_t size;
-
-    if (ctx == NULL) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-    tf = rb ? rb->temp_file : NULL;
-    size = tf ? tf->file.offset : 0;
-    if (tf == NULL || size == 0) {
-        ngx_http_finalize_request(r, ngx_http_sep_send_error(r, NGX_HTTP_BAD_REQUEST, "empty_body",
-                                                             "the upload is empty"));
-        return;
-    }
-
-    if (r->headers_in.content_type && r->headers_in.content_type->value.len &&
-        sep_multipart_is_form_data((sep_str_t){(const char *)r->headers_in.content_type->value.data,
-                                               r->headers_in.content_type->value.len})) {
-        rc = ngx_http_sep_store_multipart(r, ctx, tf, size, &failed);
-    } else {
-        rc = ngx_http_sep_store_raw(r, ctx, tf, size, &failed);
-    }
-    if (failed) {
-        ngx_http_sep_spool_cleanup(r, ctx);
-        ngx_http_finalize_request(r, rc);
-        return;
-    }
-
-    rc = ngx_http_sep_submit(r, ctx);
-    if (rc != NGX_DONE) {
-        ngx_http_finalize_request(r, rc);
-    }
-    /* NGX_DONE: the submit reply finalizes; the count taken by reading the body
-     * keeps the request alive until then */
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "shared/sep_id.h"
 #include "shared/sep_json.h"
 
 enum sep_field_kind { SEP_FK_STR, SEP_FK_DOUBLE, SEP_FK_INT, SEP_FK_FLAG, SEP_FK_TRISTATE };
@@ -138,7 +139,10 @@ static int sep_parse_int(sep_str_t v, long long *out)
     return 0;
 }
 
-/* 1 when s is a number in JSON's grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+/* 1 when s is a number in JSON's grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+ * that clients read back as the same value: an integer of more than 15 digits is not
+ * (parsers that read integers as int64, or refuse big ones, would fail on it), so it is
+ * formatted from its double instead of copied. */
 static int sep_is_json_number(sep_str_t s)
 {
     const char *p = s.ptr, *end = s.ptr + s.len;
@@ -146,6 +150,7 @@ static int sep_is_json_number(sep_str_t s)
         p++;
     if (p == end)
         return 0;
+    const char *int_start = p;
     if (*p == '0') {
         p++;
     } else if (*p >= '1' && *p <= '9') {
@@ -154,6 +159,8 @@ static int sep_is_json_number(sep_str_t s)
     } else {
         return 0;
     }
+    if (p == end && p - int_start > 15)
+        return 0;
     if (p < end && *p == '.') {
         const char *digits = ++p;
         while (p < end && *p >= '0' && *p <= '9')
@@ -494,14 +501,16 @@ size_t sep_job_render_json(const sep_job_t *job, char *buf, size_t cap)
 
     SEP_JW_NEXT_KEY(w, "stems");
     SEP_JW_LIT(w, "{");
-    if (!job->files_deleted) {
+    /* stem URLs embed the id unescaped: only a well-formed id gets them (a record whose
+     * id is not one cannot be downloaded from anyway) */
+    if (!job->files_deleted && sep_id_valid(job->id.ptr, job->id.len)) {
         for (unsigned i = 0; i < job->n_stems; i++) {
             const sep_job_stem_t *stem = &job->stems[i];
             if (i)
                 SEP_JW_LIT(w, ",");
             sep_jw_string(w, stem->name);
             SEP_JW_LIT(w, ":{\"url\":\"" SEP_API_JOBS_PATH);
-            sep_jw_raw(w, job->id.ptr, job->id.len); /* a validated id: no escaping */
+            sep_jw_raw(w, job->id.ptr, job->id.len); /* checked above: no escaping */
             SEP_JW_LIT(w, "/stems/");
             /* the public name is {stem}.{ext}: a file "{stem}.{attempt tag}.{ext}" keeps
              * its tag out of the URL (the module maps the URL back to the record's file) */
@@ -583,7 +592,8 @@ json_t *sep_job_to_json(const sep_job_t *job)
     if (buf == NULL)
         return NULL;
     size_t len = sep_job_render_json(job, buf, cap);
-    json_t *obj = len ? json_loadb(buf, len, 0, NULL) : NULL;
+    /* a field may hold a NUL byte: the rendering has \u0000, which jansson must allow */
+    json_t *obj = len ? json_loadb(buf, len, JSON_ALLOW_NUL, NULL) : NULL;
     free(buf);
     return obj;
 }

@@ -34,6 +34,9 @@
  *     stems            JSON object: {"vocals": {"file": "vocals.wav", "bytes": 123},
  *                      ...}, file names relative to {spool}/{id}/
  *     timing_queued_s, timing_decode_s, timing_separate_s, timing_encode_s
+ *   written by every script that publishes an event (publish_job in lib.lua):
+ *     seq              events published so far; the event's own number (not
+ *                      rendered: the SSE id of GET /v1/jobs/{id}/events)
  *   flags:
  *     cancel_requested a running job was asked to stop (DELETE)
  *     files_deleted    the job's spool files were deleted early (DELETE)

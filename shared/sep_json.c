@@ -166,8 +166,9 @@ void sep_jw_double(sep_json_writer_t *w, double v)
         sep_jw_null(w);
         return;
     }
-    /* Whole numbers (progress 0 and 1, counts, rates) skip printf. */
-    if (v == (double)(long long)v && v > -1e15 && v < 1e15) {
+    /* Whole numbers (progress 0 and 1, counts, rates) skip printf. The range test comes
+     * first: casting a double outside long long's range is undefined. */
+    if (v > -1e15 && v < 1e15 && v == (double)(long long)v) {
         sep_jw_int(w, (long long)v);
         return;
     }

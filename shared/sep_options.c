@@ -195,7 +195,8 @@ sep_option_result_t sep_options_set(sep_options_t *opts, sep_str_t name, sep_str
             return sep_option_fail(
                 err, err_cap, "stems must be 'all' or one source of the model (got '%s')", value);
         }
-        memcpy(opts->stems_text, value.ptr, value.len);
+        if (value.len) /* an empty value may have no bytes at all (ptr NULL) */
+            memcpy(opts->stems_text, value.ptr, value.len);
         opts->stems_text[value.len] = '\0';
         opts->stems_len = value.len;
         break;

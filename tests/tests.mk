@@ -3,14 +3,27 @@
 # test-integration  the HTTP API against a real redis-server + nginx with the module
 #                   (tests/integration/test_http_api.py), on loopback, temporary prefix;
 #                   CORS and preflight (tests/integration/test_cors.py);
+#                   what nginx -t and a starting worker say about the configuration
+#                   (tests/integration/test_conf_checks.py);
 #                   then Redis outages and a restart that loads a big RDB under traffic,
 #                   with 2 and 4 workers (tests/integration/test_redis_outage.py, about
 #                   1 minute; prints RESULT lines)
+# test-events       GET /v1/jobs/{id}/events, Server-Sent Events (tests/integration/
+#                   test_events.py): order to the terminal event, late subscriber,
+#                   finished job, Last-Event-ID, 1,000 clients on one job, a client
+#                   gone or not reading, 1,000 connect/disconnect cycles (worker RSS,
+#                   Redis clients, channels), Redis stopped mid-stream, Redis with a
+#                   password, heartbeat + CORS, nginx -s reload
 # test-redis-faults the Redis connection under faults of the connection itself
 #                   (tests/integration/test_redis_faults.py): a wedged connection behind a
 #                   TCP relay is replaced, TCP keepalive, a slow Redis keeps its
 #                   connection, an exiting worker reconnects, a silent peer is given up
 #                   on, a stall is logged once (about 20 s)
+# test-upload-stream uploads read as they arrive (tests/integration/test_upload_stream.py):
+#                   GETs beside a 300 MB multipart upload on one worker, 800 MB uploads
+#                   not timed out by a stale clock, tiny chunks; a chunked 413 and a
+#                   client gone or stalled mid-upload leave nothing in the spool;
+#                   client_body_in_file_only makes no temp file (about 15 s)
 # test-late-replies Redis replies that arrive after the request was answered 503
 #                   (tests/integration/test_late_replies.py, Redis stalled with CLIENT
 #                   PAUSE or SIGSTOP): a late DELETE/purge still removes the job's files,
@@ -33,17 +46,22 @@
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
-TEST_SUITES += test-local-stack test-integration test-redis-faults test-late-replies test-workerd \
-               test-cli-regress test-browser test-docs
+TEST_SUITES += test-local-stack test-integration test-events test-redis-faults \
+               test-late-replies test-upload-stream test-workerd test-cli-regress test-browser \
+               test-docs
 
-.PHONY: test-integration test-redis-faults test-late-replies test-local-stack test-stress test-workerd \
-        test-cli-regress test-browser test-docs
+.PHONY: test-integration test-events test-redis-faults test-late-replies test-upload-stream \
+        test-local-stack test-stress test-workerd test-cli-regress test-browser test-docs
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
 	$(PY) tests/integration/test_cors.py
+	$(PY) tests/integration/test_conf_checks.py
 	$(PY) tests/integration/test_redis_outage.py
+
+test-events: $(NGX_MODULE_SO)
+	$(PY) tests/integration/test_events.py
 
 test-docs: $(NGX_MODULE_SO) $(WORKERD_BIN)
 	$(PY) tests/docs/test_docs.py
@@ -54,6 +72,10 @@ test-browser: $(NGX_MODULE_SO) $(WORKERD_BIN)
 # The module's Redis connection under faults of the connection (relay, SIGSTOP, reload)
 test-redis-faults: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_redis_faults.py
+
+# Uploads read as they arrive: one worker beside large uploads, bodies that end badly
+test-upload-stream: $(NGX_MODULE_SO)
+	$(PY) tests/integration/test_upload_stream.py
 
 # Late Redis replies on the request path (CLIENT PAUSE / SIGSTOP stalls, reloads)
 test-late-replies: $(NGX_MODULE_SO)

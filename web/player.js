@@ -16,6 +16,8 @@
   const state = window.sepPlayer = { status: "idle", jobId: null, stems: {}, errors: [] };
 
   let ctx = null, tracks = [], playing = false, startedAt = 0, offset = 0, duration = 0;
+  /* the latest file chosen: answers about an earlier one are dropped */
+  let generation = 0, stopFollow = null;
 
   function say(text, isError) {
     $("status").textContent = text;
@@ -125,7 +127,7 @@
     return t;
   }
 
-  function loadStems(rec) {
+  function loadStems(rec, gen) {
     ctx = ctx || new (window.AudioContext || window.webkitAudioContext)();
     const names = Object.keys(rec.stems || {}).sort();
     state.status = "decoding";
@@ -138,11 +140,14 @@
       }).then(function (bytes) {
         return ctx.decodeAudioData(bytes);
       }).then(function (buffer) {
-        state.stems[name] = { duration: buffer.duration, sampleRate: buffer.sampleRate,
-                              channels: buffer.numberOfChannels };
+        if (gen === generation) {
+          state.stems[name] = { duration: buffer.duration, sampleRate: buffer.sampleRate,
+                                channels: buffer.numberOfChannels };
+        }
         return { name: name, url: url, buffer: buffer };
       });
     })).then(function (decoded) {
+      if (gen !== generation) return;
       $("stems").textContent = "";
       $("transport").hidden = false; /* laid out first: the waveforms take its width */
       tracks = decoded.map(function (d) { return stemRow(d.name, d.url, d.buffer); });
@@ -155,6 +160,9 @@
 
   function start(file) {
     if (!file) return;
+    const gen = ++generation;
+    if (stopFollow) stopFollow();
+    stopFollow = null;
     if (playing) pause();
     state.status = "uploading";
     state.stems = {};
@@ -164,22 +172,35 @@
     SepApi.upload(API, file, { model: $("model").value, format: $("format").value },
       function (loaded, total) { $("upload").value = loaded / total; }
     ).then(function (rec) {
+      if (gen !== generation) return;
       $("upload").value = 1;
       state.jobId = rec.id;
       state.status = rec.status;
       say("Job " + rec.id + ": " + rec.status);
-      SepApi.follow(API, rec.id, function (r) {
+      stopFollow = SepApi.follow(API, rec.id, function (r) {
+        if (gen !== generation) return;
         state.status = r.status;
         if (typeof r.progress === "number") $("separation").value = r.progress;
+        const why = r.error && r.error.message ? ": " + r.error.message : "";
         say("Job " + rec.id + ": " + r.status +
-            (typeof r.progress === "number" ? " " + Math.round(100 * r.progress) + "%" : ""),
+            (SepApi.terminal(r.status) || typeof r.progress !== "number" ? why
+              : " " + Math.round(100 * r.progress) + "%"),
             r.status === "failed" || r.status === "gone");
         if (r.status === "completed") {
           $("separation").value = 1;
-          loadStems(r).catch(function (e) { state.status = "error"; say(String(e), true); });
+          loadStems(r, gen).catch(function (e) {
+            if (gen !== generation) return;
+            state.status = "error";
+            say(String(e), true);
+          });
         }
+      }, function (err) {
+        if (gen !== generation) return;
+        say("Job " + rec.id + ": " + state.status + "; its status cannot be read now (" +
+            err.message + "), retrying…");
       });
     }, function (err) {
+      if (gen !== generation) return;
       state.status = "error";
       say("Upload refused: " + err.message, true);
     });

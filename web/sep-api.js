@@ -6,10 +6,12 @@
  *   SepApi.upload(base, file, fields, onProgress)   -> Promise<job record>  (XHR, so the
  *                                                     upload's progress is reported)
  *   SepApi.getJob(base, id)                          -> Promise<job record>
- *   SepApi.follow(base, id, onRecord)                -> stop(): the job's records as they
+ *   SepApi.follow(base, id, onRecord[, onError])     -> stop(): the job's records as they
  *                                                     change, over SSE (/events) where the
  *                                                     server has it, polling every second
- *                                                     otherwise; ends at a terminal status
+ *                                                     otherwise; ends at a terminal status;
+ *                                                     onError(err) for a poll that failed
+ *                                                     (503, network), tried again
  *   SepApi.terminal(status)                          -> whether a status is final
  */
 (function (global) {
@@ -25,6 +27,10 @@
     err.status = status;
     err.code = code;
     return err;
+  }
+
+  function sameOrigin(base) {
+    try { return new URL(base, location.href).origin === location.origin; } catch (_) { return false; }
   }
 
   function terminal(status) {
@@ -51,7 +57,13 @@
           reject(apiError(xhr.status, xhr.responseText));
         }
       };
-      xhr.onerror = function () { reject(new Error("the upload could not reach " + base)); };
+      xhr.onerror = function () {
+        /* the browser tells no more: the server is down, or it answered but does not
+         * allow this page's origin (an API on another origin needs CORS there) */
+        reject(new Error("the upload could not reach " + base +
+          (sameOrigin(base) ? "" : ", or that server does not allow pages of " +
+           location.origin + " (sep_cors_origins)")));
+      };
       xhr.send(form);
     });
   }
@@ -66,7 +78,7 @@
       });
   }
 
-  function follow(base, id, onRecord) {
+  function follow(base, id, onRecord, onError) {
     let stopped = false, timer = null, source = null, last = null;
 
     function deliver(rec) {
@@ -79,6 +91,7 @@
       if (stopped) return;
       getJob(base, id).then(deliver, function (err) {
         if (err.status === 404) { stop(); onRecord({ id: id, status: "gone" }); return; }
+        if (onError && !stopped) onError(err); /* polled again in a second */
       }).then(function () {
         if (!stopped) timer = setTimeout(poll, 1000);
       });

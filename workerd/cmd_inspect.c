@@ -50,14 +50,14 @@ static int load_settings(tool *t, int argc, char **argv, const char *const *own,
     }
     if (rc == 1)
         return 1;
-    char addr[512], pass[256];
+    char addr[512], user[128], pass[256];
     int db;
-    if (sep_redis_parse_spec(t->c.redis, addr, sizeof(addr), pass, sizeof(pass), &db, err,
-                             sizeof(err)) != 0) {
+    if (sep_redis_parse_spec(t->c.redis, addr, sizeof(addr), user, sizeof(user), pass, sizeof(pass),
+                             &db, err, sizeof(err)) != 0) {
         fprintf(stderr, "workerd %s: %s\n", argv[0], err);
         return -1;
     }
-    sep_redis_client_init(&t->rc, addr, pass, db, 5000);
+    sep_redis_client_init(&t->rc, addr, user, pass, db, 5000);
     if (sep_redis_client_connect(&t->rc) != 0) {
         fprintf(stderr, "workerd %s: %s\n", argv[0], t->rc.err);
         return -1;

@@ -24,8 +24,9 @@ static int to_settings(const sep_workerd_config *c, sep_supervisor_settings *s, 
                        size_t errlen)
 {
     memset(s, 0, sizeof(*s));
-    if (sep_redis_parse_spec(c->redis, s->redis, sizeof(s->redis), s->redis_password,
-                             sizeof(s->redis_password), &s->redis_db, err, errlen) != 0)
+    if (sep_redis_parse_spec(c->redis, s->redis, sizeof(s->redis), s->redis_user,
+                             sizeof(s->redis_user), s->redis_password, sizeof(s->redis_password),
+                             &s->redis_db, err, errlen) != 0)
         return -1;
     snprintf(s->prefix, sizeof(s->prefix), "%s", c->prefix);
     snprintf(s->name, sizeof(s->name), "%s", c->name);

@@ -46,7 +46,8 @@ typedef struct {
 
 static const setting settings[] = {
     STR(redis, "127.0.0.1:6379", 1,
-        "Redis: host:port or unix:/path, optionally followed by db=N and password=SECRET"),
+        "Redis: host:port or unix:/path, optionally followed by db=N, user=NAME (an ACL user) "
+        "and password=SECRET"),
     STR(prefix, "{sep}:", 1, "prefix of every Redis key; the same as nginx's sep_key_prefix"),
     STR(name, "", 1, "this supervisor's consumer and worker name in Redis, unique per host"),
     STR(spool, "/var/lib/sep/spool", 1,

@@ -16,12 +16,14 @@ static struct timeval ms_tv(int ms)
     return tv;
 }
 
-int sep_redis_parse_spec(const char *spec, char *address, size_t address_cap, char *password,
-                         size_t password_cap, int *db, char *err, size_t errlen)
+int sep_redis_parse_spec(const char *spec, char *address, size_t address_cap, char *user,
+                         size_t user_cap, char *password, size_t password_cap, int *db, char *err,
+                         size_t errlen)
 {
     char buf[1024];
     snprintf(buf, sizeof(buf), "%s", spec);
     *db = 0;
+    user[0] = 0;
     password[0] = 0;
     char *save = NULL;
     char *word = strtok_r(buf, " \t", &save);
@@ -41,19 +43,27 @@ int sep_redis_parse_spec(const char *spec, char *address, size_t address_cap, ch
             *db = (int)v;
         } else if (strncmp(word, "password=", 9) == 0) {
             snprintf(password, password_cap, "%s", word + 9);
+        } else if (strncmp(word, "user=", 5) == 0 && word[5]) {
+            snprintf(user, user_cap, "%s", word + 5);
         } else {
-            snprintf(err, errlen, "redis: unknown option '%s' (db=N, password=SECRET)", word);
+            snprintf(err, errlen, "redis: unknown option '%s' (db=N, user=NAME, password=SECRET)",
+                     word);
             return -1;
         }
+    }
+    if (user[0] && !password[0]) {
+        snprintf(err, errlen, "redis: user=%s needs a password=", user);
+        return -1;
     }
     return 0;
 }
 
-void sep_redis_client_init(sep_redis_client *rc, const char *address, const char *password, int db,
-                           int timeout_ms)
+void sep_redis_client_init(sep_redis_client *rc, const char *address, const char *user,
+                           const char *password, int db, int timeout_ms)
 {
     memset(rc, 0, sizeof(*rc));
     snprintf(rc->address, sizeof(rc->address), "%s", address);
+    snprintf(rc->user, sizeof(rc->user), "%s", user ? user : "");
     snprintf(rc->password, sizeof(rc->password), "%s", password ? password : "");
     rc->db = db;
     rc->timeout_ms = timeout_ms > 0 ? timeout_ms : 2000;
@@ -120,7 +130,9 @@ int sep_redis_client_connect(sep_redis_client *rc)
         return -1;
     }
     redisSetTimeout(rc->c, tv);
-    if (rc->password[0] && setup_command(rc, "AUTH %s", rc->password) != 0)
+    if (rc->user[0] && setup_command(rc, "AUTH %s %s", rc->user, rc->password) != 0)
+        return -1;
+    if (!rc->user[0] && rc->password[0] && setup_command(rc, "AUTH %s", rc->password) != 0)
         return -1;
     if (rc->db && setup_command(rc, "SELECT %d", rc->db) != 0)
         return -1;

@@ -19,6 +19,7 @@
 
 typedef struct {
     char address[512];
+    char user[128];     /* "" = AUTH with the password only (the default user) */
     char password[256]; /* "" = no AUTH */
     int db;
     int timeout_ms; /* connect and per-reply limit */
@@ -26,13 +27,15 @@ typedef struct {
     char err[1024]; /* the last connection error */
 } sep_redis_client;
 
-/* The `redis` setting "ADDRESS [db=N] [password=SECRET]" split into its parts (db 0
- * and no password when absent). 0, or -1 with a message. */
-int sep_redis_parse_spec(const char *spec, char *address, size_t address_cap, char *password,
-                         size_t password_cap, int *db, char *err, size_t errlen);
+/* The `redis` setting "ADDRESS [db=N] [user=NAME] [password=SECRET]" split into its
+ * parts (db 0, no user and no password when absent; a user is an ACL user and needs a
+ * password). 0, or -1 with a message. */
+int sep_redis_parse_spec(const char *spec, char *address, size_t address_cap, char *user,
+                         size_t user_cap, char *password, size_t password_cap, int *db, char *err,
+                         size_t errlen);
 
-void sep_redis_client_init(sep_redis_client *rc, const char *address, const char *password, int db,
-                           int timeout_ms);
+void sep_redis_client_init(sep_redis_client *rc, const char *address, const char *user,
+                           const char *password, int db, int timeout_ms);
 void sep_redis_client_close(sep_redis_client *rc);
 
 /* Connects when not connected. 0, or -1 with rc->err. */

@@ -589,7 +589,7 @@ static void *job_thread(void *arg)
     pthread_mutex_unlock(&sv->settings_lock);
 
     sep_redis_client rc;
-    sep_redis_client_init(&rc, s.redis, s.redis_password, s.redis_db, 10000);
+    sep_redis_client_init(&rc, s.redis, s.redis_user, s.redis_password, s.redis_db, 10000);
     job_keys jk;
     make_job_keys(&jk, s.prefix, sl->id);
     job_ctx c = {sl, &rc, &jk, 0};
@@ -1371,7 +1371,7 @@ int sep_supervisor_run(sep_supervisor_settings *s,
     if (mkdir(s->spool, 0755) != 0 && errno != EEXIST)
         log_warn("spool %s: %s", s->spool, strerror(errno));
 
-    sep_redis_client_init(&sv.rc, s->redis, s->redis_password, s->redis_db, 10000);
+    sep_redis_client_init(&sv.rc, s->redis, s->redis_user, s->redis_password, s->redis_db, 10000);
     log_info("started: name %s, redis %s, prefix %s, spool %s, device %s (%d worker%s), "
              "concurrency %d, models [%s]",
              s->name, s->redis, s->prefix, s->spool, s->device, cuda ? s->gpus : s->cpu_workers,

@@ -27,6 +27,7 @@
 typedef struct {
     /* Redis */
     char redis[512];
+    char redis_user[128];
     char redis_password[256];
     int redis_db;
     char prefix[72];

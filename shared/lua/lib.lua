@@ -249,8 +249,12 @@ local function arg_token(n)
 end
 
 -- Publishes {event = event, job = <the job's hash>} on the job's channel; returns
--- the hash as HGETALL gives it (field, value, ...) and as a table.
+-- the hash as HGETALL gives it (field, value, ...) and as a table. Each event first
+-- increments the job's `seq` field: it orders the events of one job (the id of an
+-- SSE event, GET /v1/jobs/{id}/events) and tells which events a record read already
+-- covers.
 local function publish_job(k, event)
+    redis.call('HINCRBY', k.job, 'seq', 1)
     local flat = redis.call('HGETALL', k.job)
     local map = {}
     for i = 1, #flat, 2 do

@@ -12,6 +12,14 @@ loaded from a *different* origin than the API (a second static server on its own
   player_*            web/player.html uploads a WAV (XHR progress), follows the job to
                       completion, fetches and decodes every stem (decodeAudioData) with
                       the input's duration; a screenshot goes to build/browser/.
+  player_failed_*     a job that fails: the status line shows the error's message, as
+                      text (markup in it stays text).
+  player_second_*     a second file chosen while the first job runs: the first job's
+                      completion no longer drives the page.
+  player_cors_off_*   the player on another origin than an API with CORS off: the error
+                      names sep_cors_origins as a cause, and nothing is queued.
+  player_status_*     the job's status unreadable for a while (Redis stalled: 503): the
+                      page says so and that it retries, then follows the job again.
 
 Skips (not fails) when chromium, chromedriver or selenium are missing (make deps
 installs them).
@@ -21,8 +29,10 @@ import functools
 import http.server
 import os
 import shutil
+import signal
 import sys
 import threading
+import time
 import wave
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,6 +41,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 sys.path.insert(0, os.path.join(REPO, "tests", "workerd"))
 
 import harness  # noqa: E402
+import worker_sim  # noqa: E402
 from harness import expect  # noqa: E402
 
 CHROMIUM = shutil.which("chromium")
@@ -224,6 +235,135 @@ def player_run(same_origin):
             drv.quit()
         svc.stop()
         pages.stop()
+
+
+def same_origin_player(files):
+    """A stack without workerd (tests/integration/worker_sim.py plays the worker), the
+    player from nginx's /ui/, and WAV files of those names in the prefix."""
+    stack = harness.Stack(worker_processes=1).start()
+    paths = []
+    for name in files:
+        paths.append(os.path.join(stack.prefix, name))
+        with open(paths[-1], "wb") as f:
+            f.write(harness.wav_bytes(seconds=0.5))
+    try:
+        drv = browser()
+    except Exception:
+        stack.stop()
+        raise
+    drv.get("http://127.0.0.1:%d/ui/player.html" % stack.port)
+    return stack, drv, paths
+
+
+def player_state(drv):
+    return drv.execute_script("return window.sepPlayer")
+
+
+@cases.case
+def player_failed_job_shows_why_as_text(_):
+    message = 'cannot decode the input <img src=x onerror="window.pwned=1">'
+    stack, drv, paths = same_origin_player(["song.wav"])
+    try:
+        drv.find_element(By.ID, "file").send_keys(paths[0])
+        WebDriverWait(drv, 30, poll_frequency=0.2).until(lambda d: player_state(d)["jobId"])
+        job_id = player_state(drv)["jobId"]
+        token, _ = worker_sim.claim(stack.redis, job_id)
+        worker_sim.fail(stack.redis, job_id, token, code="decode_failed", message=message)
+        WebDriverWait(drv, 30, poll_frequency=0.2).until(
+            lambda d: player_state(d)["status"] == "failed")
+        text = drv.find_element(By.ID, "status").text
+        expect(message in text, "status line %r does not say why the job failed" % text)
+        imgs = drv.execute_script("return document.querySelectorAll('#status img').length")
+        expect(imgs == 0 and not drv.execute_script("return window.pwned === 1"),
+               "the error message became markup: %d <img>" % imgs)
+        return text[-60:]
+    finally:
+        drv.quit()
+        stack.stop()
+
+
+@cases.case
+def player_second_file_stops_following_the_first(_):
+    stack, drv, paths = same_origin_player(["a.wav", "b.wav"])
+    try:
+        drv.find_element(By.ID, "file").send_keys(paths[0])
+        WebDriverWait(drv, 30, poll_frequency=0.2).until(lambda d: player_state(d)["jobId"])
+        first = player_state(drv)["jobId"]
+        drv.find_element(By.ID, "file").send_keys(paths[1])
+        WebDriverWait(drv, 30, poll_frequency=0.2).until(
+            lambda d: player_state(d)["jobId"] not in (None, first))
+        second = player_state(drv)["jobId"]
+        time.sleep(1.5)  # both jobs followed (polled every second) for a while
+        worker_sim.complete_job(stack, first)
+        time.sleep(4)  # several polls after the first job completed
+        st = player_state(drv)
+        text = drv.find_element(By.ID, "status").text
+        expect(st["jobId"] == second and st["status"] == "queued" and second in text
+               and first not in text and not st["errors"],
+               "the first job took over: job %s, status %s, line %r, errors %s"
+               % (st["jobId"], st["status"], text, st["errors"]))
+        return "second job %s still shown, queued" % second[:8]
+    finally:
+        drv.quit()
+        stack.stop()
+
+
+@cases.case
+def player_cors_off_says_so_and_queues_nothing(_):
+    pages = PageServer()
+    stack = harness.Stack(worker_processes=1).start()
+    drv = None
+    try:
+        path = os.path.join(stack.prefix, "song.wav")
+        with open(path, "wb") as f:
+            f.write(harness.wav_bytes(seconds=0.5))
+        drv = browser()
+        drv.get(pages.origin + "/player.html?api=http://127.0.0.1:%d" % stack.port)
+        drv.find_element(By.ID, "file").send_keys(path)
+        WebDriverWait(drv, 30, poll_frequency=0.2).until(
+            lambda d: player_state(d)["status"] == "error")
+        text = drv.find_element(By.ID, "status").text
+        expect("sep_cors_origins" in text and pages.origin in text,
+               "the error does not name CORS as a cause: %r" % text)
+        jobs = stack.redis.keys(b"*job:*")
+        expect(not jobs, "a job was queued for a page that cannot read it: %s" % jobs)
+        return text[-70:]
+    finally:
+        if drv is not None:
+            drv.quit()
+        stack.stop()
+        pages.stop()
+
+
+def status_line_until(drv, pred, seconds):
+    """The player's status line once pred(text) holds, or as it is after seconds."""
+    deadline = time.monotonic() + seconds
+    while True:
+        text = drv.find_element(By.ID, "status").text
+        if pred(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
+
+
+@cases.case
+def player_status_unreadable_says_so_and_retries(_):
+    stack, drv, paths = same_origin_player(["song.wav"])
+    try:
+        drv.find_element(By.ID, "file").send_keys(paths[0])
+        WebDriverWait(drv, 30, poll_frequency=0.2).until(lambda d: player_state(d)["jobId"])
+        time.sleep(1.5)
+        os.kill(stack.redis_proc.pid, signal.SIGSTOP)  # Redis stalls: the API answers 503
+        try:
+            down = status_line_until(drv, lambda text: "retrying" in text, 30)
+            expect("retrying" in down, "no word of the unreadable status in 30 s: %r" % down)
+        finally:
+            os.kill(stack.redis_proc.pid, signal.SIGCONT)
+        again = status_line_until(drv, lambda text: "retrying" not in text, 30)
+        expect("queued" in again, "after Redis came back: %r" % again)
+        return "%r, then %r" % (down[-45:], again[-12:])
+    finally:
+        drv.quit()
+        stack.stop()
 
 
 class _NoStack:

@@ -188,11 +188,12 @@ class Stack:
             self.prefix, self.conf_path, self.render_conf)
         return self
 
-    def start_redis(self, extra_args=()):
+    def start_redis(self, extra_args=(), timeout=10.0):
         if self._stopped:
             raise RuntimeError("the stack was stopped")
         if not self.redis_tcp:
-            self.redis_proc = localstack.start_redis(self.prefix, extra_args=extra_args)
+            self.redis_proc = localstack.start_redis(self.prefix, extra_args=extra_args,
+                                                     timeout=timeout)
             self.redis = redis.Redis(unix_socket_path=localstack.redis_socket(self.prefix),
                                      socket_timeout=5, decode_responses=False)
             return

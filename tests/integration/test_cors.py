@@ -7,6 +7,7 @@ nginx `map`, credentials, CORS off by default, and `nginx -t` refusing a bad ori
 Each case starts the stack it needs (CORS on, off, or with credentials)."""
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -38,7 +39,7 @@ def with_server_lines(lines, http_lines=""):
 
 
 CORS_ON = with_server_lines("        sep_cors_origins %s $sep_test_origin;\n" % APP, MAP)
-CORS_CREDENTIALS = with_server_lines("        sep_cors_origins *;\n"
+CORS_CREDENTIALS = with_server_lines("        sep_cors_origins %s;\n" % EVIL +
                                      "        sep_cors_credentials on;\n"
                                      "        sep_cors_max_age 1h;\n")
 
@@ -188,7 +189,7 @@ def credentials_echo_the_origin(_):
     stack = stack_with(CORS_CREDENTIALS)
     try:
         resp = stack.request("GET", "/v1/jobs/" + str(uuid.uuid4()), headers={"Origin": EVIL})
-        expect_cors(resp, EVIL, "credentials with *")
+        expect_cors(resp, EVIL, "credentials with a named origin")
         expect(resp.header("access-control-allow-credentials") == "true",
                "no Access-Control-Allow-Credentials", resp)
         pre = preflight(stack, "/v1/jobs", EVIL, "POST")
@@ -230,6 +231,140 @@ def nginx_t_refuses_a_bad_origin(_):
         expect("sep_cors_origins" in res.stdout and "app.example" in res.stdout,
                "nginx -t message does not name the directive: " + res.stdout)
         return res.stdout.strip().splitlines()[0][-90:]
+    finally:
+        stack.stop()
+
+
+def raw_head(stack, request):
+    """The status line and header lines of the answer to raw request bytes, as sent
+    (http.client folds repeated headers into one)."""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as s:
+        s.sendall(request)
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+
+
+@cases.case
+def vary_once_when_nginx_sends_the_headers_again(_):
+    # A 416 of the range filter sends the headers a second time (the JSON error page):
+    # Vary: Origin must still be there once, for every kind of Origin.
+    stack = stack_with(CORS_ON)
+    try:
+        job_id, stems = completed_job(stack)
+        path = "/v1/jobs/%s/stems/%s.wav" % (job_id, sorted(stems)[0])
+        seen = []
+        for origin in (None, EVIL, APP):
+            head = raw_head(stack, ("GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                                    "Range: bytes=99999999-\r\n%s\r\n"
+                                    % (path, "Origin: %s\r\n" % origin if origin else ""))
+                            .encode())
+            varies = [h for h in head if h.lower().startswith("vary:")]
+            expect(head[0].split()[1] == "416", "%s: %s" % (origin, head[0]))
+            expect(len(varies) == 1 and "origin" in varies[0].lower(),
+                   "416 from %s: Vary lines %r" % (origin or "no Origin", varies))
+            seen.append(len(varies))
+        return "416 without Origin, from a refused and an allowed origin: Vary %s" % seen
+    finally:
+        stack.stop()
+
+
+@cases.case
+def stems_carry_cors_of_the_api_location(_):
+    # sep_cors_origins in the sep_api location only, or at server level: a stem download
+    # (redirected to sep_stems_location) carries the API location's CORS, each header
+    # once, also for a refused origin and for nginx's 416 after the redirect.
+    in_location = lambda text: text.replace(  # noqa: E731
+        "            sep_api;\n", "            sep_api;\n            sep_cors_origins %s;\n"
+        % APP, 1)
+    seen = 0
+    for edit in (in_location, CORS_ON):
+        stack = stack_with(edit)
+        try:
+            job_id, stems = completed_job(stack)
+            path = "/v1/jobs/%s/stems/%s.wav" % (job_id, sorted(stems)[0])
+            for origin, rng, status in ((APP, "", "200"), (EVIL, "", "200"),
+                                        (APP, "Range: bytes=99999999-\r\n", "416")):
+                head = raw_head(stack, ("GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                                        "Origin: %s\r\n%s\r\n" % (path, origin, rng)).encode())
+                lines = [h.lower() for h in head[1:]]
+                count = lambda name: sum(h.startswith(name + ":") for h in lines)  # noqa: E731
+                what = "%s stem from %s (%s)" % (status, origin,
+                                                 "location" if edit is in_location else "server")
+                expect(head[0].split()[1] == status, "%s: %s" % (what, head[0]))
+                expect(count("vary") == 1, "%s: Vary lines %d" % (what, count("vary")), head)
+                want = 1 if origin == APP else 0
+                for name in ("access-control-allow-origin", "access-control-expose-headers"):
+                    expect(count(name) == want, "%s: %d %s" % (what, count(name), name), head)
+                seen += 1
+        finally:
+            stack.stop()
+    return "%d stem answers, CORS in the location and at server level" % seen
+
+
+def nginx_t(line):
+    """`nginx -t` on the sample conf with one more server line: (returncode, output)."""
+    stack = harness.Stack(worker_processes=1, conf_edit=with_server_lines(line))
+    try:
+        harness.localstack.make_prefix_dirs(stack.prefix)
+        with open(stack.conf_path, "w") as f:
+            f.write(stack.render_conf(1))
+        res = subprocess.run(harness.localstack.nginx_args(stack.prefix, stack.conf_path, "-t"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return res.returncode, res.stdout
+    finally:
+        stack.stop()
+
+
+@cases.case
+def nginx_t_refuses_origins_no_browser_sends(_):
+    # Browsers send scheme://host[:port]: no path (not even "/"), no default port.
+    for origin in ("http://app.example:3000/", "http://app.example:3000/ui",
+                   "https://app.example:443", "http://app.example:80", "http://:3000",
+                   "http://app.example:", "http://user@app.example", "http://[::1"):
+        rc, out = nginx_t("        sep_cors_origins %s;\n" % origin)
+        expect(rc != 0, "nginx -t accepted sep_cors_origins %s" % origin)
+        expect(origin in out, "nginx -t does not name %s: %s" % (origin, out))
+    for origin in ("http://[::1]:8080", "https://app.example:8443", "http://localhost"):
+        rc, out = nginx_t("        sep_cors_origins %s;\n" % origin)
+        expect(rc == 0, "nginx -t refused sep_cors_origins %s: %s" % (origin, out))
+    return "8 refused, 3 accepted"
+
+
+@cases.case
+def nginx_t_refuses_star_with_credentials(_):
+    # `*` with credentials would echo every Origin (null included) with
+    # Access-Control-Allow-Credentials: any page could read answers made with the
+    # browser's cookies or HTTP authentication. Name the origins instead.
+    rc, out = nginx_t("        sep_cors_origins *;\n        sep_cors_credentials on;\n")
+    expect(rc != 0 and "sep_cors_credentials" in out and "name the origins" in out,
+           "nginx -t accepted * with credentials", out)
+    rc, out = nginx_t("        sep_cors_origins %s;\n        sep_cors_credentials on;\n" % APP)
+    expect(rc == 0, "nginx -t refused a named origin with credentials", out)
+    rc, out = nginx_t("        sep_cors_origins *;\n")
+    expect(rc == 0, "nginx -t refused * without credentials", out)
+
+
+@cases.case
+def origins_compare_without_regard_to_case(_):
+    # A configured origin in capitals, and one a map computes in capitals, match the
+    # lower-case Origin browsers send; the answer echoes what the browser sent.
+    mapped = """    map $http_origin $sep_upper {
+        default "HTTPS://Studio.Example.ORG";
+    }
+"""
+    stack = stack_with(with_server_lines("        sep_cors_origins http://App.Example:3000 "
+                                         "$sep_upper;\n", mapped))
+    try:
+        for origin in (APP, MAPPED):
+            resp = stack.request("GET", "/v1/jobs/" + str(uuid.uuid4()),
+                                 headers={"Origin": origin})
+            expect_cors(resp, origin, "configured in capitals, Origin " + origin)
+        return "literal and mapped origins in capitals match"
     finally:
         stack.stop()
 

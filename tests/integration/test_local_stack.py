@@ -342,6 +342,83 @@ def run_as_root_drops_workers_to_nobody(run):
         other.stop()
 
 
+@cases.case
+def redis_users_have_least_privilege(run):
+    """`make run`'s Redis has ACL users: nginx's (sep-nginx) and workerd's (sep-workerd)
+    may run their own commands and scripts on the key prefix only; the default user needs
+    the operator's password. The service works through them: a job is taken by workerd
+    (it fails at once without weights: model_unavailable) and read back through nginx."""
+    import json
+    import time
+
+    import redis as redis_py
+
+    other = LocalRun()
+    try:
+        res = other.start()
+        expect(res.returncode == 0, "run-local failed", res.stdout, other.error_log_tail())
+        with open(os.path.join(other.prefix, "redis", "passwords.json")) as f:
+            passwords = json.load(f)
+        expect(os.stat(os.path.join(other.prefix, "redis", "passwords.json")).st_mode & 0o077
+               == 0, "passwords.json is readable by others")
+
+        def client(user=None):
+            return redis_py.Redis(host="127.0.0.1", port=other.redis_port, username=user,
+                                  password=passwords.get(user or "default") if user != "anon"
+                                  else None, socket_timeout=5)
+
+        def refused(conn, *cmd):
+            try:
+                conn.execute_command(*cmd)
+            except redis_py.exceptions.ResponseError as e:
+                return "NOPERM" in str(e) or "NOAUTH" in str(e) or "no permissions" in str(e)
+            except redis_py.exceptions.AuthenticationError:
+                return True
+            return False
+
+        nginx, workerd = client("sep-nginx"), client("sep-workerd")
+        for conn, name in ((nginx, "sep-nginx"), (workerd, "sep-workerd")):
+            expect(refused(conn, "FLUSHALL"), "%s may FLUSHALL" % name)
+            expect(refused(conn, "CONFIG", "GET", "*"), "%s may CONFIG GET" % name)
+            expect(refused(conn, "KEYS", "*"), "%s may KEYS" % name)
+            expect(refused(conn, "SET", "other:key", "1"), "%s may write outside the prefix"
+                   % name)
+            expect(refused(conn, "EVAL", "return 1", "0"), "%s may EVAL any script" % name)
+        expect(refused(nginx, "XREADGROUP", "GROUP", "workers", "x", "STREAMS",
+                       "{sep}:q:normal", ">"), "sep-nginx may read the queue as a worker")
+        try:
+            client("anon").execute_command("GET", "{sep}:stats")
+            anon_ok = True
+        except (redis_py.exceptions.ResponseError, redis_py.exceptions.AuthenticationError):
+            anon_ok = False
+        expect(not anon_ok, "a client without a password reads Redis")
+        expect(client().ping(), "the operator's default user with its password")
+
+        resp = harness.request(other.port, "POST", "/v1/jobs", harness.wav_bytes(),
+                               {"Content-Type": "audio/wav"})
+        expect(resp.status == 202, "POST through sep-nginx", resp.status, resp.body[:300],
+               other.error_log_tail())
+        job = resp.json["id"]
+        if not os.access(os.path.join(harness.REPO_ROOT, "build", "workerd"), os.X_OK):
+            return "ACLs hold; workerd not built"
+        deadline = time.monotonic() + 30
+        rec = {}
+        while time.monotonic() < deadline:
+            rec = harness.request(other.port, "GET", "/v1/jobs/" + job).json or {}
+            if rec.get("status") in ("completed", "failed"):
+                break
+            time.sleep(0.2)
+        expect(rec.get("status") in ("completed", "failed") and
+               (rec.get("status") == "completed" or
+                (rec.get("error") or {}).get("code") == "model_unavailable"),
+               "workerd did not take the job through sep-workerd", rec,
+               open(os.path.join(other.prefix, "logs", "workerd.log")).read()[-1500:])
+        return "nginx and workerd users refused FLUSHALL/CONFIG/KEYS/EVAL/other keys; job %s" \
+            % rec.get("status")
+    finally:
+        other.stop()
+
+
 def _proc_status(pid, field):
     try:
         with open("/proc/%d/status" % pid) as f:

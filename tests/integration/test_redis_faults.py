@@ -246,6 +246,9 @@ def wedged_connection_replaced(_unused):
         expect(len(down) == 1 and len(back) == 1, "expected one \"unavailable\" and one "
                "\"is back\" line", log.sep_lines())
         expect(len(log.sep_lines()) <= 3, "error log lines for one stall", log.sep_lines())
+        addr = "127.0.0.1:%d" % relay.port
+        expect(all(addr in x for x in down + back), "the lines name the address with its port "
+               "(%s)" % addr, down + back)
         expect("no redis reply" not in log.text(), "a line per request", log.sep_lines())
     finally:
         stack.stop()

@@ -520,6 +520,53 @@ static void test_numbers_render_from_their_text(void **state)
     sep_job_clear(&job);
 }
 
+/* Defects fuzz_job found (their inputs are in tests/fuzz/job/found-*): a huge double
+ * cast to long long before its range was checked (UB), a 25-digit integer copied as it
+ * was (jansson and int64 parsers refuse it), stem URLs built from an id with control
+ * bytes (invalid JSON), and a NUL byte in a field making sep_job_to_json fail. */
+static void test_fuzz_findings(void **state)
+{
+    (void)state;
+    const char *const numbers[] = {"id",
+                                   ID,
+                                   "status",
+                                   "completed",
+                                   "timing_decode_s",
+                                   "1e38",
+                                   "timing_encode_s",
+                                   "5000000000001764700000100",
+                                   NULL};
+    sep_job_t job;
+    load_fields(&job, numbers);
+    json_t *obj = render(&job); /* parses without JSON_DECODE_INT_AS_REAL */
+    json_t *timing = json_object_get(obj, "timing");
+    assert_true(json_number_value(json_object_get(timing, "decode_s")) == 1e38);
+    assert_true(json_number_value(json_object_get(timing, "encode_s")) ==
+                5000000000001764700000100.0);
+    json_decref(obj);
+    sep_job_clear(&job);
+
+    const char *const bad_id[] = {
+        "id",        ID "\x01", "status",
+        "completed", "stems",   "{\"vocals\": {\"file\": \"vocals.wav\", \"bytes\": 4}}",
+        NULL};
+    load_fields(&job, bad_id);
+    obj = render(&job);
+    assert_int_equal(json_object_size(json_object_get(obj, "stems")), 0);
+    json_decref(obj);
+    sep_job_clear(&job);
+
+    const char *items[] = {"id", ID, "status", "fail\0ed"};
+    size_t lens[] = {2, strlen(ID), 6, 7};
+    sep_job_init(&job);
+    assert_int_equal(sep_job_from_fields(&job, 4, items, lens), 0);
+    obj = sep_job_to_json(&job);
+    assert_non_null(obj);
+    assert_int_equal(json_string_length(json_object_get(obj, "status")), 7);
+    json_decref(obj);
+    sep_job_clear(&job);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -534,6 +581,7 @@ int main(void)
         cmocka_unit_test(test_error_json),
         cmocka_unit_test(test_status_names_and_bad_numbers),
         cmocka_unit_test(test_numbers_render_from_their_text),
+        cmocka_unit_test(test_fuzz_findings),
     };
     return cmocka_run_group_tests_name("job", tests, NULL, NULL);
 }

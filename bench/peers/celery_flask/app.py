@@ -7,6 +7,11 @@ a Celery task (late ack) and answers 202 with the id; GET /jobs/<id> reads the h
 The task marks the job running (started_at) as it starts, does no audio work, and marks
 it completed (completed_at), so what is measured is the queueing system alone; the
 times are time.time() of this host (bench/queue reads them). Configured by CELERY_BROKER_URL and SPOOL (bench/http sets both).
+
+PEER_IGNORE_RESULT=1 is bench/http's tuned peer: task_ignore_result, so that delay()
+no longer subscribes to (and later unsubscribes from) the result channel of each task,
+a result nobody reads; everything else (late ack, prefetch 1) as the seeds run it.
+Unset (the default), the result backend is on as in the seed stacks.
 """
 import os
 import time
@@ -23,7 +28,8 @@ os.makedirs(SPOOL, exist_ok=True)
 celery = Celery("peer", broker=BROKER, backend=BROKER)
 celery.conf.update(task_serializer="json", accept_content=["json"],
                    result_serializer="json", task_acks_late=True,
-                   worker_prefetch_multiplier=1, result_expires=3600)
+                   worker_prefetch_multiplier=1, result_expires=3600,
+                   task_ignore_result=os.environ.get("PEER_IGNORE_RESULT") == "1")
 r = redis.Redis.from_url(BROKER, decode_responses=True)
 app = Flask(__name__)
 
