@@ -95,6 +95,10 @@ static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *
 static void ngx_http_sep_submit_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
                                       redisReply *reply);
 
+/* The submit's deadline is this much before the request's own (at most a tenth of
+ * sep_redis_timeout). */
+#define SEP_DEADLINE_EARLY_MS 5
+
 /* ---- refusals that need no body ----------------------------------------------- */
 
 static ngx_int_t ngx_http_sep_refuse(ngx_http_request_t *r, ngx_uint_t status, const char *code,
@@ -860,11 +864,13 @@ static ngx_int_t ngx_http_sep_submit(ngx_http_request_t *r, ngx_http_sep_ctx_t *
     SEP_ARG(ctx->id.data, ctx->id.len);
     SEP_ARG_NUM(max_queued, "%i", lcf->max_queued);
     SEP_ARG_NUM(idem_ttl, "%T", lcf->idempotency_ttl);
-    /* the wall-clock time in ms at which this request stops waiting for the reply:
-     * Redis refuses to run the submit later (PAST_DEADLINE), so that no job is created
-     * that the client was told failed */
+    /* the wall-clock time in ms at which this request stops waiting for the reply,
+     * a little early (both clocks are read in whole ms, and Redis compares its own in
+     * whole ms): Redis refuses to run the submit later (PAST_DEADLINE), so that no job
+     * is created that the client was told failed */
     SEP_ARG_NUM(deadline, "%L",
-                (int64_t)tp->sec * 1000 + (int64_t)tp->msec + (int64_t)mcf->redis_timeout);
+                (int64_t)tp->sec * 1000 + (int64_t)tp->msec + (int64_t)mcf->redis_timeout -
+                    (int64_t)ngx_min(mcf->redis_timeout / 10, SEP_DEADLINE_EARLY_MS));
     SEP_ARG("model", 5);
     SEP_ARG_STR(sep_model_info(o->model)->name);
     SEP_ARG("stems_option", 12);
@@ -933,9 +939,11 @@ static void ngx_http_sep_submit_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t 
     redisReply *kind;
     ngx_int_t rc;
 
-    if (reply == NULL) {
+    if (reply == NULL || ngx_http_sep_redis_error_is(reply, "PAST_DEADLINE")) {
+        /* PAST_DEADLINE: Redis ran it in the last moments of the wait (or its clock is
+         * ahead of ours): nothing was written, as for a timeout */
         ngx_http_sep_spool_cleanup(r, ctx);
-        if (ctx->timeout.timedout) {
+        if (ctx->timeout.timedout || reply != NULL) {
             rc = ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_timeout",
                                          "the job store did not answer in time; retry later");
         } else {
