@@ -219,7 +219,7 @@ static json_t *ngx_http_sep_queue_json(json_t *q)
     json_int_t length = ngx_http_sep_stats_int(q, "length");
     json_int_t pending = ngx_http_sep_stats_int(q, "pending");
 
-    return json_pack("{s:I,s:I}", "waiting", length > pending ? length - pending : 0, "running",
+    return json_pack("{s:I,s:I}", "waiting", length > pending ? length - pending : 0, "delivered",
                      pending);
 }
 
@@ -389,14 +389,15 @@ static ngx_int_t ngx_http_sep_metrics_text(ngx_http_sep_text_t *t, json_t *root)
                           (int64_t)ngx_http_sep_stats_int(stats, SEP_STAT_QUEUED),
                           (int64_t)ngx_http_sep_stats_int(stats, SEP_STAT_RUNNING));
     ngx_http_sep_metric_head(t, "sep_queue_depth", "gauge",
-                             "Stream entries by priority: waiting for a worker, or running.");
+                             "Stream entries by priority: waiting for a worker, or delivered to "
+                             "one (pending in the group: running, or read and about to run).");
     for (i = 0; i < 2; i++) {
         q = json_object_get(queues, prio[i]);
         length = ngx_http_sep_stats_int(q, "length");
         pending = ngx_http_sep_stats_int(q, "pending");
         ngx_http_sep_text_add(t,
                               "sep_queue_depth{priority=\"%s\",state=\"waiting\"} %L\n"
-                              "sep_queue_depth{priority=\"%s\",state=\"running\"} %L\n",
+                              "sep_queue_depth{priority=\"%s\",state=\"delivered\"} %L\n",
                               prio[i], (int64_t)(length > pending ? length - pending : 0), prio[i],
                               (int64_t)pending);
     }
