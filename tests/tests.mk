@@ -35,7 +35,9 @@
 #                   GET /v1/models (tests/integration/test_stats.py): jobs driven through
 #                   the Lua scripts move the counters, gauges, queues and histogram
 #                   buckets exactly; workers from heartbeats; one Redis call a request;
-#                   405/404/503 (about 5 s)
+#                   405/404/503; then every route's answers, success and error, validated
+#                   against the OpenAPI document shared/openapi.json with jsonschema
+#                   (tests/integration/test_openapi.py) (about 10 s)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once
@@ -70,6 +72,7 @@ test-events: $(NGX_MODULE_SO)
 
 test-stats: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_stats.py
+	$(PY) tests/integration/test_openapi.py
 
 test-docs: $(NGX_MODULE_SO) $(WORKERD_BIN)
 	$(PY) tests/docs/test_docs.py
