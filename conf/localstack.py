@@ -255,7 +255,8 @@ def redis_address(prefix, port=None):
 # that runs it, so each list includes its scripts' commands (shared/lua/).
 SCRIPT_COMMANDS = ("+del +get +set +exists +expire +hget +hgetall +hmget +hset +hdel +hincrby "
                    "+zscore +zadd +zrem +zrangebyscore +zremrangebyscore +xadd +xdel +xack "
-                   "+xgroup +xclaim +xpending +xrange +publish +time")
+                   "+xgroup +xclaim +xpending +xrange +publish +time +xlen +zcard +zrange "
+                   "+zcount")
 ACL_RULES = {
     "sep-nginx": "-@all +auth +ping +select +hello +evalsha +script|load +subscribe "
                  "+unsubscribe " + SCRIPT_COMMANDS,

@@ -8,86 +8,17 @@
  *   GET|HEAD /metrics     the same numbers as Prometheus text exposition 0.0.4
  *   GET|HEAD /v1/models   the models the live workers can run, with their sources
  *
- * The script's reply is a JSON text (parsed with jansson); the handlers render it.
+ * The script's reply is a JSON text; shared/sep_stats.c reads it and builds the JSON
+ * answers (the same document `workerd inspect --json` prints); /metrics is rendered
+ * here.
  * Each handler returns NGX_DONE; the reply handler answers and finalizes.
  */
-#include <jansson.h>
-#include <math.h>
-
 #include "ngx_module/ngx_http_sep_module.h"
 #include "ngx_module/ngx_http_sep_redis.h"
 
+#include "shared/sep_options.h"
 #include "shared/sep_scripts.h"
-
-#define NGX_HTTP_SEP_STATS_KEYS 7
-#define NGX_HTTP_SEP_STATS_WORKERS "1000" /* most workers one answer lists */
-
-/* ---- reading the script's reply ------------------------------------------------ */
-
-static json_int_t ngx_http_sep_stats_int(json_t *obj, const char *name)
-{
-    json_t *v = json_object_get(obj, name);
-
-    if (json_is_integer(v)) {
-        return json_integer_value(v);
-    }
-    if (json_is_real(v)) {
-        return (json_int_t)json_real_value(v);
-    }
-    return 0;
-}
-
-/* A heartbeat field (text) as an integer; 0 when absent or malformed. */
-static json_int_t ngx_http_sep_worker_int(json_t *w, const char *name)
-{
-    const char *s = json_string_value(json_object_get(w, name));
-    char *end;
-    long long v;
-
-    if (s == NULL || *s == '\0') {
-        return 0;
-    }
-    v = strtoll(s, &end, 10);
-    return *end == '\0' ? (json_int_t)v : 0;
-}
-
-static const char *ngx_http_sep_worker_str(json_t *w, const char *name)
-{
-    const char *s = json_string_value(json_object_get(w, name));
-
-    return s ? s : "";
-}
-
-/* The live workers' list: cjson writes an empty one as {}. */
-static json_t *ngx_http_sep_workers(json_t *root)
-{
-    json_t *w = json_object_get(root, "workers");
-
-    return json_is_array(w) ? w : NULL;
-}
-
-/* Splits a comma-separated list into a JSON array of its non-empty items. */
-static json_t *ngx_http_sep_split(const char *s)
-{
-    json_t *out = json_array();
-    const char *p = s, *comma;
-
-    if (out == NULL) {
-        return NULL;
-    }
-    while (*p) {
-        comma = strchr(p, ',');
-        if (comma == NULL) {
-            comma = p + strlen(p);
-        }
-        if (comma > p && json_array_append_new(out, json_stringn(p, comma - p)) != 0) {
-            json_decref(out);
-            return NULL;
-        }
-        p = *comma ? comma + 1 : comma;
-    }
-    return out;
-}
+#include "shared/sep_stats.h"
 
 /* ---- a growing text buffer in the request pool --------------------------------- */
 
@@ -153,119 +84,6 @@ static const char *ngx_http_sep_label(char *buf, size_t cap, const char *s)
 #define NGX_HTTP_SEP_MS_FMT "%L.%03L"
 #define NGX_HTTP_SEP_MS_ARGS(ms) (int64_t)((ms) / 1000), (int64_t)((ms) % 1000)
 
-/* ---- GET /v1/stats ------------------------------------------------------------- */
-
-static json_t *ngx_http_sep_histogram_json(json_t *root, json_t *stats, const char *name)
-{
-    json_t *bounds = json_object_get(json_object_get(root, "buckets"), name);
-    json_t *out, *buckets, *b;
-    char field[96];
-    size_t i;
-    json_int_t count = 0, sum;
-
-    out = json_object();
-    buckets = json_array();
-    if (out == NULL || buckets == NULL) {
-        json_decref(out);
-        json_decref(buckets);
-        return NULL;
-    }
-    json_array_foreach(bounds, i, b)
-    {
-        const char *bound = json_string_value(b);
-        if (bound == NULL) {
-            continue;
-        }
-        snprintf(field, sizeof(field), "hist_%s_le_%s", name, bound);
-        json_array_append_new(buckets, json_pack("{s:f,s:I}", "le", strtod(bound, NULL), "count",
-                                                 (json_int_t)ngx_http_sep_stats_int(stats, field)));
-    }
-    snprintf(field, sizeof(field), "hist_%s_count", name);
-    count = ngx_http_sep_stats_int(stats, field);
-    snprintf(field, sizeof(field), "hist_%s_sum_ms", name);
-    sum = ngx_http_sep_stats_int(stats, field);
-    json_array_append_new(buckets, json_pack("{s:s,s:I}", "le", "+Inf", "count", count));
-    json_object_set_new(out, "buckets", buckets);
-    json_object_set_new(out, "count", json_integer(count));
-    json_object_set_new(out, "sum_seconds", json_real((double)sum / 1000.0));
-    return out;
-}
-
-static json_t *ngx_http_sep_worker_json(json_t *w, json_int_t now)
-{
-    json_int_t last_seen = ngx_http_sep_worker_int(w, "last_seen");
-    json_t *out;
-
-    out = json_pack("{s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:f}", "name",
-                    ngx_http_sep_worker_str(w, "name"), "host", ngx_http_sep_worker_str(w, "host"),
-                    "device", ngx_http_sep_worker_str(w, "device"), "state",
-                    ngx_http_sep_worker_str(w, "state"), "running",
-                    ngx_http_sep_worker_int(w, "running"), "concurrency",
-                    ngx_http_sep_worker_int(w, "concurrency"), "jobs_done",
-                    ngx_http_sep_worker_int(w, "jobs_done"), "jobs_failed",
-                    ngx_http_sep_worker_int(w, "jobs_failed"), "memory_bytes",
-                    ngx_http_sep_worker_int(w, "memory_bytes"), "heartbeat_age_seconds",
-                    last_seen && now >= last_seen ? (double)(now - last_seen) / 1000.0 : 0.0);
-    if (out == NULL) {
-        return NULL;
-    }
-    json_object_set_new(out, "jobs", ngx_http_sep_split(ngx_http_sep_worker_str(w, "jobs")));
-    json_object_set_new(out, "models", ngx_http_sep_split(ngx_http_sep_worker_str(w, "models")));
-    return out;
-}
-
-static json_t *ngx_http_sep_queue_json(json_t *q)
-{
-    json_int_t length = ngx_http_sep_stats_int(q, "length");
-    json_int_t pending = ngx_http_sep_stats_int(q, "pending");
-
-    return json_pack("{s:I,s:I}", "waiting", length > pending ? length - pending : 0, "delivered",
-                     pending);
-}
-
-static json_t *ngx_http_sep_stats_json(json_t *root)
-{
-    json_t *stats = json_object_get(root, "stats");
-    json_t *queues = json_object_get(root, "queues");
-    json_t *out, *workers, *list, *w;
-    json_int_t now = ngx_http_sep_stats_int(root, "now_ms");
-    size_t i;
-
-    out = json_pack("{s:{s:o,s:o},s:I,s:I,s:{s:I,s:I},s:{s:I,s:I,s:I,s:I,s:I},s:{s:I,s:I},s:f}",
-                    "queues", "high", ngx_http_sep_queue_json(json_object_get(queues, "high")),
-                    "normal", ngx_http_sep_queue_json(json_object_get(queues, "normal")), "delayed",
-                    ngx_http_sep_stats_int(root, "delayed"), "dead",
-                    ngx_http_sep_stats_int(root, "dead"), "jobs", "queued",
-                    ngx_http_sep_stats_int(stats, SEP_STAT_QUEUED), "running",
-                    ngx_http_sep_stats_int(stats, SEP_STAT_RUNNING), "counters", "submitted",
-                    ngx_http_sep_stats_int(stats, SEP_STAT_SUBMITTED), "completed",
-                    ngx_http_sep_stats_int(stats, SEP_STAT_COMPLETED), "failed",
-                    ngx_http_sep_stats_int(stats, SEP_STAT_FAILED), "retried",
-                    ngx_http_sep_stats_int(stats, SEP_STAT_RETRIED), "canceled",
-                    ngx_http_sep_stats_int(stats, SEP_STAT_CANCELED), "bytes", "in",
-                    ngx_http_sep_stats_int(stats, SEP_STAT_BYTES_IN), "out",
-                    ngx_http_sep_stats_int(stats, SEP_STAT_BYTES_OUT), "audio_seconds",
-                    (double)ngx_http_sep_stats_int(stats, "audio_ms") / 1000.0);
-    if (out == NULL) {
-        return NULL;
-    }
-    json_object_set_new(out, "queue_wait_seconds",
-                        ngx_http_sep_histogram_json(root, stats, "wait"));
-    json_object_set_new(out, "processing_seconds",
-                        ngx_http_sep_histogram_json(root, stats, "processing"));
-
-    list = json_array();
-    workers = ngx_http_sep_workers(root);
-    json_array_foreach(workers, i, w)
-    {
-        json_array_append_new(list, ngx_http_sep_worker_json(w, now));
-    }
-    json_object_set_new(out, "workers_live",
-                        json_integer(ngx_http_sep_stats_int(root, "workers_total")));
-    json_object_set_new(out, "workers", list);
-    return out;
-}
-
 /* ---- GET /metrics -------------------------------------------------------------- */
 
 static void ngx_http_sep_metric_head(ngx_http_sep_text_t *t, const char *name, const char *type,
@@ -299,17 +117,16 @@ static void ngx_http_sep_metric_histogram(ngx_http_sep_text_t *t, json_t *root, 
         }
         snprintf(field, sizeof(field), "hist_%s_le_%s", name, bound);
         ngx_http_sep_text_add(t, "%s_bucket{le=\"%s\"} %L\n", metric, bound,
-                              (int64_t)ngx_http_sep_stats_int(stats, field));
+                              (int64_t)sep_stats_int(stats, field));
     }
     snprintf(field, sizeof(field), "hist_%s_count", name);
     ngx_http_sep_text_add(t, "%s_bucket{le=\"+Inf\"} %L\n", metric,
-                          (int64_t)ngx_http_sep_stats_int(stats, field));
+                          (int64_t)sep_stats_int(stats, field));
     snprintf(field, sizeof(field), "hist_%s_sum_ms", name);
-    sum = ngx_http_sep_stats_int(stats, field);
+    sum = sep_stats_int(stats, field);
     ngx_http_sep_text_add(t, "%s_sum " NGX_HTTP_SEP_MS_FMT "\n", metric, NGX_HTTP_SEP_MS_ARGS(sum));
     snprintf(field, sizeof(field), "hist_%s_count", name);
-    ngx_http_sep_text_add(t, "%s_count %L\n", metric,
-                          (int64_t)ngx_http_sep_stats_int(stats, field));
+    ngx_http_sep_text_add(t, "%s_count %L\n", metric, (int64_t)sep_stats_int(stats, field));
 }
 
 /* One per-worker family: a line per live worker, labelled by its name. */
@@ -327,22 +144,22 @@ static void ngx_http_sep_metric_workers(ngx_http_sep_text_t *t, json_t *workers,
     ngx_http_sep_metric_head(t, metric, type, help);
     json_array_foreach(workers, i, w)
     {
-        ngx_http_sep_label(name, sizeof(name), ngx_http_sep_worker_str(w, "name"));
+        ngx_http_sep_label(name, sizeof(name), sep_stats_worker_str(w, "name"));
         switch (what) {
         case SEP_WM_RUNNING:
-            v = ngx_http_sep_worker_int(w, "running");
+            v = sep_stats_worker_int(w, "running");
             break;
         case SEP_WM_DONE:
-            v = ngx_http_sep_worker_int(w, "jobs_done");
+            v = sep_stats_worker_int(w, "jobs_done");
             break;
         case SEP_WM_FAILED:
-            v = ngx_http_sep_worker_int(w, "jobs_failed");
+            v = sep_stats_worker_int(w, "jobs_failed");
             break;
         case SEP_WM_MEMORY:
-            v = ngx_http_sep_worker_int(w, "memory_bytes");
+            v = sep_stats_worker_int(w, "memory_bytes");
             break;
         default:
-            last = ngx_http_sep_worker_int(w, "last_seen");
+            last = sep_stats_worker_int(w, "last_seen");
             v = last && now >= last ? now - last : 0;
             ngx_http_sep_text_add(t, "%s{worker=\"%s\"} " NGX_HTTP_SEP_MS_FMT "\n", metric, name,
                                   NGX_HTTP_SEP_MS_ARGS(v));
@@ -356,29 +173,29 @@ static ngx_int_t ngx_http_sep_metrics_text(ngx_http_sep_text_t *t, json_t *root)
 {
     json_t *stats = json_object_get(root, "stats");
     json_t *queues = json_object_get(root, "queues");
-    json_t *workers = ngx_http_sep_workers(root), *w, *q;
-    json_int_t now = ngx_http_sep_stats_int(root, "now_ms"), length, pending, audio;
+    json_t *workers = sep_stats_workers(root), *w, *q;
+    json_int_t now = sep_stats_int(root, "now_ms"), length, pending, audio;
     char name[600], host[600], device[600], state[600];
     static const char *prio[] = {"high", "normal"};
     size_t i;
 
     ngx_http_sep_metric_int(t, "sep_jobs_submitted_total", "counter", "Jobs submitted.",
-                            ngx_http_sep_stats_int(stats, SEP_STAT_SUBMITTED));
+                            sep_stats_int(stats, SEP_STAT_SUBMITTED));
     ngx_http_sep_metric_int(t, "sep_jobs_completed_total", "counter", "Jobs completed.",
-                            ngx_http_sep_stats_int(stats, SEP_STAT_COMPLETED));
+                            sep_stats_int(stats, SEP_STAT_COMPLETED));
     ngx_http_sep_metric_int(t, "sep_jobs_failed_total", "counter",
                             "Jobs failed for good (no retry left).",
-                            ngx_http_sep_stats_int(stats, SEP_STAT_FAILED));
+                            sep_stats_int(stats, SEP_STAT_FAILED));
     ngx_http_sep_metric_int(t, "sep_jobs_retried_total", "counter",
                             "Failed attempts scheduled for a retry.",
-                            ngx_http_sep_stats_int(stats, SEP_STAT_RETRIED));
+                            sep_stats_int(stats, SEP_STAT_RETRIED));
     ngx_http_sep_metric_int(t, "sep_jobs_canceled_total", "counter", "Jobs canceled.",
-                            ngx_http_sep_stats_int(stats, SEP_STAT_CANCELED));
+                            sep_stats_int(stats, SEP_STAT_CANCELED));
     ngx_http_sep_metric_int(t, "sep_bytes_in_total", "counter", "Bytes of audio uploaded.",
-                            ngx_http_sep_stats_int(stats, SEP_STAT_BYTES_IN));
+                            sep_stats_int(stats, SEP_STAT_BYTES_IN));
     ngx_http_sep_metric_int(t, "sep_bytes_out_total", "counter", "Bytes of stems written.",
-                            ngx_http_sep_stats_int(stats, SEP_STAT_BYTES_OUT));
-    audio = ngx_http_sep_stats_int(stats, "audio_ms");
+                            sep_stats_int(stats, SEP_STAT_BYTES_OUT));
+    audio = sep_stats_int(stats, SEP_STAT_AUDIO_MS);
     ngx_http_sep_metric_head(t, "sep_audio_seconds_total", "counter",
                              "Seconds of audio separated (completed jobs).");
     ngx_http_sep_text_add(t, "sep_audio_seconds_total " NGX_HTTP_SEP_MS_FMT "\n",
@@ -386,15 +203,15 @@ static ngx_int_t ngx_http_sep_metrics_text(ngx_http_sep_text_t *t, json_t *root)
 
     ngx_http_sep_metric_head(t, "sep_jobs", "gauge", "Jobs by status (queued includes delayed).");
     ngx_http_sep_text_add(t, "sep_jobs{status=\"queued\"} %L\nsep_jobs{status=\"running\"} %L\n",
-                          (int64_t)ngx_http_sep_stats_int(stats, SEP_STAT_QUEUED),
-                          (int64_t)ngx_http_sep_stats_int(stats, SEP_STAT_RUNNING));
+                          (int64_t)sep_stats_int(stats, SEP_STAT_QUEUED),
+                          (int64_t)sep_stats_int(stats, SEP_STAT_RUNNING));
     ngx_http_sep_metric_head(t, "sep_queue_depth", "gauge",
                              "Stream entries by priority: waiting for a worker, or delivered to "
                              "one (pending in the group: running, or read and about to run).");
     for (i = 0; i < 2; i++) {
         q = json_object_get(queues, prio[i]);
-        length = ngx_http_sep_stats_int(q, "length");
-        pending = ngx_http_sep_stats_int(q, "pending");
+        length = sep_stats_int(q, "length");
+        pending = sep_stats_int(q, "pending");
         ngx_http_sep_text_add(t,
                               "sep_queue_depth{priority=\"%s\",state=\"waiting\"} %L\n"
                               "sep_queue_depth{priority=\"%s\",state=\"delivered\"} %L\n",
@@ -402,9 +219,9 @@ static ngx_int_t ngx_http_sep_metrics_text(ngx_http_sep_text_t *t, json_t *root)
                               (int64_t)pending);
     }
     ngx_http_sep_metric_int(t, "sep_delayed_jobs", "gauge", "Jobs waiting for a retry.",
-                            ngx_http_sep_stats_int(root, "delayed"));
+                            sep_stats_int(root, "delayed"));
     ngx_http_sep_metric_int(t, "sep_dead_letters", "gauge", "Entries in the dead-letter stream.",
-                            ngx_http_sep_stats_int(root, "dead"));
+                            sep_stats_int(root, "dead"));
 
     ngx_http_sep_metric_histogram(t, root, stats, "wait", "sep_queue_wait_seconds",
                                   "Time from submission to the first claim.");
@@ -412,17 +229,17 @@ static ngx_int_t ngx_http_sep_metrics_text(ngx_http_sep_text_t *t, json_t *root)
                                   "Time from the claim to completion of completed jobs.");
 
     ngx_http_sep_metric_int(t, "sep_workers", "gauge", "Live workers (unexpired heartbeats).",
-                            ngx_http_sep_stats_int(root, "workers_total"));
+                            sep_stats_int(root, "workers_total"));
     ngx_http_sep_metric_head(t, "sep_worker_info", "gauge",
                              "A live worker's host, device and state (value 1).");
     json_array_foreach(workers, i, w)
     {
         ngx_http_sep_text_add(
             t, "sep_worker_info{worker=\"%s\",host=\"%s\",device=\"%s\",state=\"%s\"} 1\n",
-            ngx_http_sep_label(name, sizeof(name), ngx_http_sep_worker_str(w, "name")),
-            ngx_http_sep_label(host, sizeof(host), ngx_http_sep_worker_str(w, "host")),
-            ngx_http_sep_label(device, sizeof(device), ngx_http_sep_worker_str(w, "device")),
-            ngx_http_sep_label(state, sizeof(state), ngx_http_sep_worker_str(w, "state")));
+            ngx_http_sep_label(name, sizeof(name), sep_stats_worker_str(w, "name")),
+            ngx_http_sep_label(host, sizeof(host), sep_stats_worker_str(w, "host")),
+            ngx_http_sep_label(device, sizeof(device), sep_stats_worker_str(w, "device")),
+            ngx_http_sep_label(state, sizeof(state), sep_stats_worker_str(w, "state")));
     }
     ngx_http_sep_metric_workers(t, workers, now, "sep_worker_running_jobs", "gauge",
                                 "Jobs a worker runs now.", SEP_WM_RUNNING);
@@ -473,46 +290,38 @@ static ngx_int_t ngx_http_sep_send_metrics(ngx_http_request_t *r, ngx_http_sep_t
 
 /* ---- GET /v1/models ------------------------------------------------------------ */
 
-static json_t *ngx_http_sep_models_json(json_t *root)
+/* {"models": [{name, sources, workers}]}: the models some live worker lists in its
+ * heartbeat's `models` field (names the service does not know are left out). */
+static json_t *ngx_http_sep_models_json(json_t *reply)
 {
-    json_t *workers = ngx_http_sep_workers(root), *w, *names, *n, *out, *list, *sources;
-    ngx_uint_t count[SEP_MODEL_COUNT];
-    const sep_model_info_t *info;
-    sep_model_t model;
+    unsigned count[SEP_MODEL_COUNT] = {0};
+    json_t *list, *sources, *names, *n, *w;
     size_t i, j;
-    unsigned s;
 
-    ngx_memzero(count, sizeof(count));
-    json_array_foreach(workers, i, w)
+    json_array_foreach(sep_stats_workers(reply), i, w)
     {
-        names = ngx_http_sep_split(ngx_http_sep_worker_str(w, "models"));
+        names = sep_stats_split(sep_stats_worker_str(w, "models"));
         json_array_foreach(names, j, n)
         {
-            sep_str_t name = {json_string_value(n), json_string_length(n)};
-            if (sep_model_from_name(name, &model) == 0) {
+            sep_model_t model;
+            if (sep_model_from_name((sep_str_t){json_string_value(n), json_string_length(n)},
+                                    &model) == 0)
                 count[model]++;
-            }
         }
         json_decref(names);
     }
     list = json_array();
-    if (list == NULL) {
-        return NULL;
-    }
-    for (model = 0; model < SEP_MODEL_COUNT; model++) {
-        if (count[model] == 0) {
+    for (int m = 0; list && m < SEP_MODEL_COUNT; m++) {
+        const sep_model_info_t *info = sep_model_info((sep_model_t)m);
+        if (count[m] == 0)
             continue;
-        }
-        info = sep_model_info(model);
         sources = json_array();
-        for (s = 0; s < info->n_sources; s++) {
+        for (unsigned s = 0; sources && s < info->n_sources; s++)
             json_array_append_new(sources, json_string(info->sources[s]));
-        }
         json_array_append_new(list, json_pack("{s:s,s:o,s:I}", "name", info->name, "sources",
-                                              sources, "workers", (json_int_t)count[model]));
+                                              sources, "workers", (json_int_t)count[m]));
     }
-    out = json_pack("{s:o}", "models", list);
-    return out;
+    return list ? json_pack("{s:o}", "models", list) : NULL;
 }
 
 /* ---- the request ---------------------------------------------------------------- */
@@ -549,7 +358,6 @@ static void ngx_http_sep_ops_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ct
                                    redisReply *reply, ngx_http_sep_ops_t what)
 {
     ngx_http_sep_text_t text;
-    json_error_t err;
     json_t *root;
     ngx_int_t rc;
 
@@ -557,10 +365,10 @@ static void ngx_http_sep_ops_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ct
         ngx_http_finalize_request(r, ngx_http_sep_redis_failure(r, ctx, reply));
         return;
     }
-    root = json_loadb(reply->str, reply->len, 0, &err);
-    if (root == NULL || !json_is_object(root)) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sep: bad stats reply: %s", err.text);
-        json_decref(root);
+    root = sep_stats_parse(reply->str, reply->len);
+    if (root == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "sep: unreadable stats reply: %*s",
+                      ngx_min(reply->len, 200), reply->str);
         ngx_http_finalize_request(r, ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                                              "redis_error",
                                                              "the job store failed; retry later"));
@@ -568,7 +376,7 @@ static void ngx_http_sep_ops_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t *ct
     }
     switch (what) {
     case SEP_OPS_STATS:
-        rc = ngx_http_sep_send_json_value(r, ngx_http_sep_stats_json(root));
+        rc = ngx_http_sep_send_json_value(r, sep_stats_json(root));
         break;
     case SEP_OPS_MODELS:
         rc = ngx_http_sep_send_json_value(r, ngx_http_sep_models_json(root));
@@ -603,13 +411,11 @@ static void ngx_http_sep_models_reply(ngx_http_request_t *r, ngx_http_sep_ctx_t 
 
 static ngx_int_t ngx_http_sep_ops_handler(ngx_http_request_t *r, ngx_http_sep_reply_pt handler)
 {
-    static const char *kinds[NGX_HTTP_SEP_STATS_KEYS] = {"stats", "q:high",  "q:normal", "delayed",
-                                                         "dead",  "running", "workers"};
     ngx_http_sep_main_conf_t *mcf = ngx_http_get_module_main_conf(r, ngx_http_sep_module);
     ngx_http_sep_ctx_t *ctx = ngx_http_sep_get_ctx(r);
-    const char *argv[4 + NGX_HTTP_SEP_STATS_KEYS];
-    size_t argvlen[4 + NGX_HTTP_SEP_STATS_KEYS];
-    ngx_str_t key;
+    const char *argv[4 + SEP_STATS_KEYS];
+    size_t argvlen[4 + SEP_STATS_KEYS];
+    sep_stats_keys_t *keys;
     ngx_int_t rc;
     int i;
 
@@ -617,23 +423,26 @@ static ngx_int_t ngx_http_sep_ops_handler(ngx_http_request_t *r, ngx_http_sep_re
     if (rc != NGX_OK) {
         return rc;
     }
+    keys = ngx_palloc(r->pool, sizeof(*keys)); /* argv points into it until the reply */
+    if (keys == NULL || sep_stats_keys(keys, (sep_str_t){(const char *)mcf->key_prefix.data,
+                                                         mcf->key_prefix.len}) != 0) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
     argv[0] = "EVALSHA";
     argvlen[0] = 7;
     argv[1] = sep_scripts[SEP_SCRIPT_STATS].sha1;
     argvlen[1] = 40;
+    _Static_assert(SEP_STATS_KEYS == 7, "numkeys below");
     argv[2] = "7";
     argvlen[2] = 1;
-    for (i = 0; i < NGX_HTTP_SEP_STATS_KEYS; i++) {
-        if (ngx_http_sep_key(r->pool, &key, &mcf->key_prefix, kinds[i], NULL) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-        argv[3 + i] = (const char *)key.data;
-        argvlen[3 + i] = key.len;
+    for (i = 0; i < SEP_STATS_KEYS; i++) {
+        argv[3 + i] = keys->key[i];
+        argvlen[3 + i] = keys->len[i];
     }
-    argv[3 + i] = NGX_HTTP_SEP_STATS_WORKERS;
-    argvlen[3 + i] = sizeof(NGX_HTTP_SEP_STATS_WORKERS) - 1;
-    return ngx_http_sep_send_command(r, ctx, handler, SEP_SCRIPT_STATS, 4 + NGX_HTTP_SEP_STATS_KEYS,
-                                     argv, argvlen);
+    argv[3 + i] = SEP_STATS_WORKERS_MAX;
+    argvlen[3 + i] = sizeof(SEP_STATS_WORKERS_MAX) - 1;
+    return ngx_http_sep_send_command(r, ctx, handler, SEP_SCRIPT_STATS, 4 + SEP_STATS_KEYS, argv,
+                                     argvlen);
 }
 
 ngx_int_t ngx_http_sep_stats_handler(ngx_http_request_t *r)

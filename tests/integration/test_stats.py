@@ -14,6 +14,7 @@ created_at / started_at back, not by waiting. Each case starts from an empty Red
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -266,6 +267,29 @@ def workers_and_models(stack):
            "escaped label")
     expect(one(samples, "sep_worker_info", worker="gpu-a/1", host="node-a", device="cuda:0",
                state="busy") == 1, "info")
+
+
+@cases.case
+def workerd_inspect_json_shows_the_same(stack):
+    reset(stack)
+    run_three(stack)
+    submit(stack, "high")
+    heartbeat(stack, "w1", host="h", device="cpu", state="idle", jobs_done=2,
+              models="htdemucs")
+    workerd = os.path.join(harness.localstack.REPO_ROOT, "build", "workerd")
+    if not os.path.exists(workerd):
+        return "SKIP: build/workerd is not built"
+    res = subprocess.run([workerd, "inspect", "--json", "--redis", stack.redis_address,
+                          "--prefix", P], capture_output=True, text=True, timeout=30)
+    expect(res.returncode == 0, "workerd inspect --json failed", res.stderr)
+    inspected = json.loads(res.stdout)
+    served = get_json(stack, "/v1/stats")
+    for doc in (inspected, served):
+        for w in doc["workers"]:
+            w.pop("heartbeat_age_seconds")
+    expect(inspected == served, "inspect --json differs from GET /v1/stats", inspected, served)
+    expect(inspected["counters"]["submitted"] == 4 and
+           inspected["queues"]["high"]["waiting"] == 1, "numbers", inspected["counters"])
 
 
 @cases.case
