@@ -38,6 +38,8 @@
 #                   405/404/503; then every route's answers, success and error, validated
 #                   against the OpenAPI document shared/openapi.json with jsonschema
 #                   (tests/integration/test_openapi.py) (about 10 s)
+# test-schemathesis SCHEMATHESIS=<venv>/bin/st: Schemathesis (PyPI) generates requests
+#                   from shared/openapi.json against a live stack (not in `make test`)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once
@@ -57,7 +59,7 @@ TEST_SUITES += test-local-stack test-integration test-events test-redis-faults \
                test-late-replies test-upload-stream test-workerd test-cli-regress test-browser \
                test-docs test-stats
 
-.PHONY: test-stats test-integration test-events test-redis-faults test-late-replies test-upload-stream \
+.PHONY: test-stats test-schemathesis test-integration test-events test-redis-faults test-late-replies test-upload-stream \
         test-local-stack test-stress test-workerd test-cli-regress test-browser test-docs
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
@@ -73,6 +75,11 @@ test-events: $(NGX_MODULE_SO)
 test-stats: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_stats.py
 	$(PY) tests/integration/test_openapi.py
+
+# Schemathesis from PyPI in a venv (not in TEST_SUITES): SCHEMATHESIS=V/bin/st
+SCHEMATHESIS ?= st
+test-schemathesis: $(NGX_MODULE_SO)
+	SCHEMATHESIS=$(SCHEMATHESIS) $(PY) tests/integration/run_schemathesis.py
 
 test-docs: $(NGX_MODULE_SO) $(WORKERD_BIN)
 	$(PY) tests/docs/test_docs.py
