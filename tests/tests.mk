@@ -42,7 +42,8 @@
 #                   from shared/openapi.json against a live stack (not in `make test`)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
-#                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once
+#                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once,
+#                   /v1/stats, /metrics and /v1/models with a real worker
 # test-browser      headless chromium (selenium) against a live stack + workerd: what a
 #                   page on another origin can read with CORS on and off, the stems
 #                   player (web/) uploading, following and decoding every stem
