@@ -31,7 +31,7 @@ typedef struct {
 
 static void ngx_http_sep_text_add(ngx_http_sep_text_t *t, const char *fmt, ...)
 {
-    u_char line[1024], *last, *grown;
+    u_char line[2048], *last, *grown; /* a line holds at most 4 labels of 256 bytes */
     size_t n, cap;
     va_list args;
 

@@ -270,6 +270,23 @@ def workers_and_models(stack):
 
 
 @cases.case
+def long_heartbeat_fields_keep_metrics_valid(stack):
+    """Heartbeat values may be 4096 bytes: label values are cut at 255 bytes (escapes
+    kept whole: 128 quotes) and every line still ends; the parser reads them all."""
+    reset(stack)
+    name = "n" * 255
+    heartbeat(stack, name, host="h" * 4096, device="d" * 4096, state='"' * 4096,
+              models="htdemucs")
+    samples, _ = metrics(stack)
+    info = samples.get("sep_worker_info", {})
+    expect(len(info) == 1, "one info line", info)
+    labels = dict(next(iter(info)))
+    expect(labels["worker"] == name and labels["host"] == "h" * 255 and
+           labels["state"] == '"' * 128, "cut labels", {k: len(v) for k, v in labels.items()})
+    expect(one(samples, "sep_worker_memory_bytes", worker=name) == 0, "the next family")
+
+
+@cases.case
 def workerd_inspect_json_shows_the_same(stack):
     reset(stack)
     run_three(stack)
