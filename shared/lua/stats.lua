@@ -21,7 +21,8 @@ Reply: a JSON object (text):
   delayed      ZCARD {p}delayed (jobs waiting for a retry)
   dead         XLEN {p}dead
   running      ZCARD {p}running
-  workers      one object per live worker: its heartbeat hash (field -> text)
+  workers      one object per live worker: its heartbeat hash (field -> text; bytes
+               above 127 in a value are written as "?", so the reply is always UTF-8)
   workers_total  the number of live names in {p}workers
   buckets      {wait = {bound, ...}, processing = {...}}: the histogram bounds
                (seconds, as text) of the hist_* fields
@@ -71,7 +72,8 @@ local function main()
         if #h > 0 then
             local w = {}
             for i = 1, #h, 2 do
-                w[h[i]] = h[i + 1]
+                -- a value may hold any bytes; the reply must be valid UTF-8 JSON
+                w[h[i]] = (h[i + 1]:gsub('[\128-\255]', '?'))
             end
             workers[#workers + 1] = w
         end

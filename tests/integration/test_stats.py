@@ -287,6 +287,20 @@ def long_heartbeat_fields_keep_metrics_valid(stack):
 
 
 @cases.case
+def non_utf8_heartbeat_values_are_shown_not_fatal(stack):
+    """A heartbeat value is any bytes: it must not turn every stats answer into a 503."""
+    reset(stack)
+    stack.redis.eval(worker_sim.script("heartbeat"), 2, P + "worker:w8", P + "workers", "w8",
+                     "30", "host", b"h\xc3\xa9\xff", "models", "htdemucs")
+    s = get_json(stack, "/v1/stats")
+    expect(s["workers"][0]["host"] == "h???", "host", s["workers"])
+    samples, _ = metrics(stack)
+    expect(one(samples, "sep_worker_info", worker="w8", host="h???", device="", state="") == 1,
+           "info")
+    expect(get_json(stack, "/v1/models")["models"][0]["name"] == "htdemucs", "models")
+
+
+@cases.case
 def workerd_inspect_json_shows_the_same(stack):
     reset(stack)
     run_three(stack)
