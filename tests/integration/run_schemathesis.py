@@ -38,7 +38,7 @@ def main():
         cmd = [st, "run", DOC, "-u", "http://127.0.0.1:%d" % stack.port,
                "-n", os.environ.get("ST_EXAMPLES", "30"), "--checks", "all",
                "--exclude-checks", "positive_data_acceptance,unsupported_method"]
-        res = subprocess.run(cmd, timeout=900)
+        res = subprocess.run(cmd, timeout=900, cwd=stack.prefix)  # its cache goes there
         ok = res.returncode == 0
         print("CASES: %d passed, %d failed, 0 skipped" % (int(ok), int(not ok)))
         return 0 if ok else 1
