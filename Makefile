@@ -28,8 +28,9 @@ APT_RUN_PKGS  := build-essential pkg-config curl python3 python3-numpy \
                  nginx-core nginx-dev libpcre2-dev libpcre3-dev zlib1g-dev libssl-dev \
                  redis-server libhiredis-dev libjansson-dev \
                  libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev
-APT_TEST_PKGS := bc python3-redis python3-hypothesis libcmocka-dev wrk \
-                 chromium chromium-driver python3-selenium clang-14 libclang-rt-14-dev
+APT_TEST_PKGS := bc python3-redis python3-hypothesis libcmocka-dev wrk python3-jsonschema \
+                 python3-prometheus-client chromium chromium-driver python3-selenium clang-14 \
+                 libclang-rt-14-dev
 APT_PKGS      := $(APT_RUN_PKGS) $(APT_TEST_PKGS)
 # The PyTorch reference (fixtures, full-size parity check, benchmarks).
 APT_REF_PKGS := python3-torch python3-torchaudio libopenblas0-pthread python3-venv \

@@ -54,6 +54,7 @@ OPERATOR_VALUES = {
     "MAX_BODY": "2g",
     "MAX_QUEUED": "10000",
     "WEB": "/usr/share/sep/web",
+    "OPENAPI": "/usr/share/sep/openapi.json",
 }
 
 
@@ -204,6 +205,7 @@ def local_values(prefix, port, redis_addr, module_so=MODULE_SO, max_body="64m",
         "MAX_BODY": max_body,
         "MAX_QUEUED": str(max_queued),
         "WEB": os.path.join(REPO_ROOT, "web"),
+        "OPENAPI": os.path.join(REPO_ROOT, "shared", "openapi.json"),
     }
 
 
@@ -253,7 +255,8 @@ def redis_address(prefix, port=None):
 # that runs it, so each list includes its scripts' commands (shared/lua/).
 SCRIPT_COMMANDS = ("+del +get +set +exists +expire +hget +hgetall +hmget +hset +hdel +hincrby "
                    "+zscore +zadd +zrem +zrangebyscore +zremrangebyscore +xadd +xdel +xack "
-                   "+xgroup +xclaim +xpending +xrange +publish +time")
+                   "+xgroup +xclaim +xpending +xrange +publish +time +xlen +zcard +zrange "
+                   "+zcount")
 ACL_RULES = {
     "sep-nginx": "-@all +auth +ping +select +hello +evalsha +script|load +subscribe "
                  "+unsubscribe " + SCRIPT_COMMANDS,

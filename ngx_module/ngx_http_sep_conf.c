@@ -165,6 +165,7 @@ ngx_int_t ngx_http_sep_conf_check_locations(ngx_conf_t *cf, ngx_http_sep_main_co
     ngx_str_t *name;
     ngx_uint_t i;
     static ngx_str_t v1 = ngx_string("/v1/");
+    static ngx_str_t metrics = ngx_string("/metrics");
 
     if (mcf->apis == NULL) {
         return NGX_OK;
@@ -179,11 +180,12 @@ ngx_int_t ngx_http_sep_conf_check_locations(ngx_conf_t *cf, ngx_http_sep_main_co
 #endif
         if (!api[i].clcf->named &&
             !(name->len <= v1.len && ngx_strncmp(name->data, v1.data, name->len) == 0) &&
-            !(name->len >= v1.len && ngx_strncmp(name->data, v1.data, v1.len) == 0)) {
+            !(name->len >= v1.len && ngx_strncmp(name->data, v1.data, v1.len) == 0) &&
+            !(name->len <= metrics.len && ngx_strncmp(name->data, metrics.data, name->len) == 0)) {
             ngx_log_error(NGX_LOG_WARN, cf->log, 0,
-                          "sep_api in location \"%V\" (%V:%ui) answers only paths under "
-                          "\"/v1/\", which this location does not receive: every request "
-                          "here will be 404",
+                          "sep_api in location \"%V\" (%V:%ui) answers only /metrics and "
+                          "paths under \"/v1/\", which this location does not receive: every "
+                          "request here will be 404",
                           name, &api[i].file, api[i].line);
         }
         stems =

@@ -18,8 +18,8 @@
 #include "shared/sep_job.h"
 #include "shared/sep_scripts.h"
 
-static ngx_int_t ngx_http_sep_redis_failure(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
-                                            redisReply *reply)
+ngx_int_t ngx_http_sep_redis_failure(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                     redisReply *reply)
 {
     if (reply == NULL && ctx->timeout.timedout) {
         return ngx_http_sep_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE, "redis_timeout",
@@ -40,10 +40,9 @@ static ngx_int_t ngx_http_sep_redis_failure(ngx_http_request_t *r, ngx_http_sep_
                                    "the job store failed; retry later");
 }
 
-/* Sends argv for the request; NGX_DONE when the reply handler will answer. */
-static ngx_int_t ngx_http_sep_send_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
-                                           ngx_http_sep_reply_pt handler, ngx_int_t script,
-                                           int argc, const char **argv, const size_t *argvlen)
+ngx_int_t ngx_http_sep_send_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                    ngx_http_sep_reply_pt handler, ngx_int_t script, int argc,
+                                    const char **argv, const size_t *argvlen)
 {
     ngx_int_t rc = ngx_http_sep_redis_command(r, ctx, handler, script, argc, argv, argvlen);
 

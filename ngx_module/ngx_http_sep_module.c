@@ -545,7 +545,9 @@ static ngx_int_t ngx_http_sep_not_found(ngx_http_request_t *r)
 }
 
 /*
- * Routes (paths from "/v1/"):
+ * Routes (paths from "/v1/"; /metrics is the one path outside it):
+ *   stats, models              GET, HEAD
+ *   /metrics                   GET, HEAD (text/plain; version=0.0.4)
  *   jobs                       POST
  *   jobs/{id}                  GET, HEAD, DELETE
  *   jobs/{id}/stems/{file}     GET, HEAD
@@ -563,10 +565,24 @@ static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
 
     p = r->uri.data;
     end = r->uri.data + r->uri.len;
+    if (r->uri.len == 8 && ngx_strncmp(p, "/metrics", 8) == 0) {
+        if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+            return ngx_http_sep_method_not_allowed(r, "GET, HEAD");
+        }
+        return ngx_http_sep_metrics_handler(r);
+    }
     if (r->uri.len < 4 || ngx_strncmp(p, "/v1/", 4) != 0) {
         return ngx_http_sep_not_found(r);
     }
     p += 4;
+
+    if ((end - p == 5 && ngx_strncmp(p, "stats", 5) == 0) ||
+        (end - p == 6 && ngx_strncmp(p, "models", 6) == 0)) {
+        if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+            return ngx_http_sep_method_not_allowed(r, "GET, HEAD");
+        }
+        return *p == 's' ? ngx_http_sep_stats_handler(r) : ngx_http_sep_models_handler(r);
+    }
 
     if (end - p == 4 && ngx_strncmp(p, "jobs", 4) == 0) {
         if (r->method != NGX_HTTP_POST) {

@@ -13,6 +13,7 @@
  *                           starting worker (spool, locations)
  *   ngx_http_sep_events.c   GET /v1/jobs/{id}/events (Server-Sent Events) and the
  *                           worker's Redis subscriber connection
+ *   ngx_http_sep_stats.c    GET /v1/stats, GET /metrics, GET /v1/models
  */
 #ifndef NGX_HTTP_SEP_MODULE_H
 #define NGX_HTTP_SEP_MODULE_H
@@ -160,6 +161,11 @@ ngx_int_t ngx_http_sep_cancel_handler(ngx_http_request_t *r, ngx_str_t *id);
 ngx_int_t ngx_http_sep_stem_handler(ngx_http_request_t *r, ngx_str_t *id, ngx_str_t *file);
 /* Deletes {spool}/{id}/ and the plain files in it. */
 void ngx_http_sep_remove_job_dir(ngx_log_t *log, ngx_str_t *spool, ngx_str_t *id);
+
+/* ngx_http_sep_stats.c: the operations routes (one EVALSHA stats each) */
+ngx_int_t ngx_http_sep_stats_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_sep_metrics_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_sep_models_handler(ngx_http_request_t *r);
 
 /* ngx_http_sep_events.c: the event stream of a job; the worker's subscriber connection
  * (set up in init_process, connected when a stream needs it). */

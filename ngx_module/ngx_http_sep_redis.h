@@ -38,6 +38,18 @@ ngx_int_t ngx_http_sep_redis_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *
                                      ngx_http_sep_reply_pt handler, ngx_int_t script, int argc,
                                      const char **argv, const size_t *argvlen);
 
+/* ngx_http_sep_jobs.c: sends argv for the request (as ngx_http_sep_redis_command);
+ * NGX_DONE when the reply handler will answer, else the answer's result (503 when
+ * Redis cannot be reached). */
+ngx_int_t ngx_http_sep_send_command(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                    ngx_http_sep_reply_pt handler, ngx_int_t script, int argc,
+                                    const char **argv, const size_t *argvlen);
+
+/* ngx_http_sep_jobs.c: the 503 answer for a failed command (reply NULL: connection
+ * lost or deadline passed; a not-ready or unexpected reply). */
+ngx_int_t ngx_http_sep_redis_failure(ngx_http_request_t *r, ngx_http_sep_ctx_t *ctx,
+                                     redisReply *reply);
+
 /* Forgets the request's pending command (request pool cleanup). */
 void ngx_http_sep_redis_detach(ngx_http_sep_ctx_t *ctx);
 

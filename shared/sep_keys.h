@@ -53,8 +53,9 @@
 #define SEP_STAT_CANCELED "canceled"
 #define SEP_STAT_BYTES_IN "bytes_in"
 #define SEP_STAT_BYTES_OUT "bytes_out"
-#define SEP_STAT_QUEUED "queued"   /* gauge: jobs in status queued */
-#define SEP_STAT_RUNNING "running" /* gauge: jobs in status running */
+#define SEP_STAT_AUDIO_MS "audio_ms" /* audio of completed jobs, ms */
+#define SEP_STAT_QUEUED "queued"     /* gauge: jobs in status queued */
+#define SEP_STAT_RUNNING "running"   /* gauge: jobs in status running */
 
 typedef enum sep_priority { SEP_PRIORITY_NORMAL = 0, SEP_PRIORITY_HIGH = 1 } sep_priority_t;
 

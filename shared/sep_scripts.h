@@ -29,13 +29,14 @@ typedef enum sep_script_id {
     SEP_SCRIPT_FORCE_CANCEL, /* janitor: cancel a running job whose worker is gone */
     SEP_SCRIPT_SETUP,        /* workerd: create the queues and their group */
     SEP_SCRIPT_JANITOR,      /* workerd: expired records, overdue jobs, idle consumers */
+    SEP_SCRIPT_STATS,        /* module, workerd inspect: queues, counters, workers */
     SEP_SCRIPT_COUNT
 } sep_script_id_t;
 
 /* The generator emits the scripts in this order; tests check names against it. */
 #define SEP_SCRIPT_NAMES                                                                           \
     "submit", "cancel", "get", "claim", "progress", "complete", "fail", "promote", "heartbeat",    \
-        "touch", "requeue", "force_cancel", "setup", "janitor"
+        "touch", "requeue", "force_cancel", "setup", "janitor", "stats"
 
 typedef struct sep_script {
     const char *name;   /* file name without .lua */

@@ -9,7 +9,7 @@
 # tests of the scripts (regressions, model-based, Cluster) in tests/scripts/scripts.mk.
 
 SHARED_LUA_SCRIPTS := submit cancel get claim progress complete fail promote heartbeat touch \
-                      requeue force_cancel setup janitor
+                      requeue force_cancel setup janitor stats
 SHARED_SRCS    := $(wildcard shared/*.c)
 SHARED_HDRS    := $(wildcard shared/*.h)
 SHARED_GEN     := $(BUILD)/gen/shared/sep_scripts.c

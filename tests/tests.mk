@@ -34,9 +34,19 @@
 #                   a job (its deadline) and frees its Idempotency-Key; nginx -t refuses
 #                   TTL/size/timeout directives out of range; the sniff of a small raw
 #                   body stays in the body (about 40 s)
+# test-stats        GET /v1/stats, GET /metrics (parsed by prometheus_client) and
+#                   GET /v1/models (tests/integration/test_stats.py): jobs driven through
+#                   the Lua scripts move the counters, gauges, queues and histogram
+#                   buckets exactly; workers from heartbeats; one Redis call a request;
+#                   405/404/503; then every route's answers, success and error, validated
+#                   against the OpenAPI document shared/openapi.json with jsonschema
+#                   (tests/integration/test_openapi.py) (about 10 s)
+# test-schemathesis SCHEMATHESIS=<venv>/bin/st: Schemathesis (PyPI) generates requests
+#                   from shared/openapi.json against a live stack (not in `make test`)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
-#                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once
+#                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once,
+#                   /v1/stats, /metrics and /v1/models with a real worker
 # test-browser      headless chromium (selenium) against a live stack + workerd: what a
 #                   page on another origin can read with CORS on and off, the stems
 #                   player (web/) uploading, following and decoding every stem
@@ -57,9 +67,9 @@
 
 TEST_SUITES += test-local-stack test-integration test-events test-redis-faults \
                test-late-replies test-upload-stream test-workerd test-cli-regress test-browser \
-               test-docs
+               test-docs test-stats
 
-.PHONY: test-integration test-events test-redis-faults test-late-replies test-upload-stream \
+.PHONY: test-stats test-schemathesis test-integration test-events test-redis-faults test-late-replies test-upload-stream \
         test-local-stack test-stress test-workerd test-cli-regress test-browser test-docs
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
@@ -71,6 +81,15 @@ test-integration: $(NGX_MODULE_SO)
 
 test-events: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_events.py
+
+test-stats: $(NGX_MODULE_SO)
+	$(PY) tests/integration/test_stats.py
+	$(PY) tests/integration/test_openapi.py
+
+# Schemathesis from PyPI in a venv (not in TEST_SUITES): SCHEMATHESIS=V/bin/st
+SCHEMATHESIS ?= st
+test-schemathesis: $(NGX_MODULE_SO)
+	SCHEMATHESIS=$(SCHEMATHESIS) $(PY) tests/integration/run_schemathesis.py
 
 test-docs: $(NGX_MODULE_SO) $(WORKERD_BIN)
 	$(PY) tests/docs/test_docs.py

@@ -1,6 +1,8 @@
 /*
  * cmd_inspect.c - `workerd inspect` (what the queue holds, who works on what) and
  * `workerd purge [--queued|--dead|--all]` (empty parts of it), for operators.
+ * `workerd inspect --json` prints the document of GET /v1/stats, from the same one
+ * call of the `stats` script (shared/sep_stats.h).
  *
  * Both take the settings of `workerd run` (-c FILE, --redis, --prefix, ...) so they
  * talk to the same Redis under the same prefix. purge never edits records by hand:
@@ -15,6 +17,7 @@
 #include <time.h>
 
 #include "shared/sep_keys.h"
+#include "shared/sep_stats.h"
 #include "workerd/commands.h"
 #include "workerd/config.h"
 #include "workerd/redis_client.h"
@@ -181,6 +184,35 @@ static int inspect(tool *t)
     return 0;
 }
 
+/* The GET /v1/stats document on stdout; 0, or 1 when Redis refused or failed. */
+static int inspect_json(tool *t)
+{
+    sep_stats_keys_t k;
+    const char *keys[SEP_STATS_KEYS], *args[] = {SEP_STATS_WORKERS_MAX};
+    if (sep_stats_keys(&k, (sep_str_t){t->c.prefix, strlen(t->c.prefix)}) != 0) {
+        fprintf(stderr, "workerd inspect: the key prefix is too long\n");
+        return 1;
+    }
+    for (int i = 0; i < SEP_STATS_KEYS; i++)
+        keys[i] = k.key[i];
+    redisReply *r =
+        sep_redis_client_script(&t->rc, SEP_SCRIPT_STATS, SEP_STATS_KEYS, keys, 1, args);
+    json_t *root = r && r->type == REDIS_REPLY_STRING ? sep_stats_parse(r->str, r->len) : NULL;
+    json_t *doc = root ? sep_stats_json(root) : NULL;
+    char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) : NULL;
+    if (text)
+        printf("%s\n", text);
+    else
+        fprintf(stderr, "workerd inspect: the stats script failed: %s\n",
+                r && r->type == REDIS_REPLY_ERROR ? r->str : t->rc.err);
+    free(text);
+    json_decref(doc);
+    json_decref(root);
+    if (r)
+        freeReplyObject(r);
+    return text ? 0 : 1;
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -256,19 +288,22 @@ static long purge_queued(tool *t)
 int workerd_cmd_inspect(int argc, char **argv)
 {
     static tool t;
-    int rc = load_settings(&t, argc, argv, NULL, NULL);
+    static const char *const own[] = {"--json", NULL};
+    int seen[1] = {0};
+    int rc = load_settings(&t, argc, argv, own, seen);
     if (rc == 1) {
-        printf("usage: workerd inspect [-c FILE] [--redis ADDR] [--prefix P]\n"
+        printf("usage: workerd inspect [--json] [-c FILE] [--redis ADDR] [--prefix P]\n"
                "Prints the queues (waiting, claimed, delayed, dead), the counters, the live\n"
-               "workers and the running jobs with their claims. Takes the settings of\n"
+               "workers and the running jobs with their claims. --json prints the document\n"
+               "of GET /v1/stats instead (the same numbers). Takes the settings of\n"
                "`workerd run` (see workerd run --help).\n");
         return 0;
     }
     if (rc != 0)
         return 2;
-    inspect(&t);
+    rc = seen[0] ? inspect_json(&t) : inspect(&t);
     sep_redis_client_close(&t.rc);
-    return 0;
+    return rc;
 }
 
 int workerd_cmd_purge(int argc, char **argv)

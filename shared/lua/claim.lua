@@ -17,7 +17,8 @@ for "drop gone" and "busy"):
                     "<attempts>:<nonce>", worker, started_at, stage starting,
                     progress 0, message ""; the entry's PEL owner set to the caller
                     (XCLAIM JUSTID); {p}running scored now + visibility;
-                    timing_queued_s on the first claim only; gauges queued -1,
+                    timing_queued_s and the queue-wait histogram of {p}stats
+                    (hist_wait_*) on the first claim only; gauges queued -1,
                     running +1 unless it was running (a reclaim); event progress.
                     A running job is reclaimed when its deadline has passed (its
                     worker is gone) or when its worker is the caller (restarted).
@@ -124,7 +125,8 @@ local function main()
     local hset = {'HSET', k.job, 'status', 'running', 'stage', 'starting', 'progress', '0',
                   'message', '', 'worker', worker, 'started_at', int_str(now), 'token', token,
                   'attempts', int_str(attempt)}
-    if not job.timing_queued_s and job.created_at then
+    local first_claim = not job.timing_queued_s and job.created_at
+    if first_claim then
         hset[#hset + 1] = 'timing_queued_s'
         hset[#hset + 1] = string.format('%.3f', (now - job.created_at) / 1000)
     end
@@ -134,6 +136,9 @@ local function main()
     if job.status == 'queued' then
         gauge_add(k.stats, 'queued', -1)
         redis.call('HINCRBY', k.stats, 'running', 1)
+    end
+    if first_claim then
+        hist_observe(k.stats, 'wait', now - job.created_at)
     end
     return with_hash('run', token, (publish_job(k, 'progress')))
 end

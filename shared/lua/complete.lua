@@ -14,8 +14,9 @@ ARGV[4..] worker field pairs (shared/README.md: audio_seconds, audio_sample_rate
 Effects: status completed, progress 1, stage done, message "", finished_at, stems;
          error fields and token removed; the stream entry XACK + XDEL'd; out of
          {p}running and {p}delayed; the record expires after its result_ttl and is
-         scored in {p}expiry; counters completed +1, bytes_out; gauge running -1;
-         a "completed" event.
+         scored in {p}expiry; counters completed +1, bytes_out, audio_ms (the
+         audio_seconds pair in ms); the processing-time histogram of {p}stats
+         (hist_processing_*: now - started_at); gauge running -1; a "completed" event.
 Reply:   "OK"
 Errors:  NOT_FOUND, NOT_RUNNING <status>, STALE attempt <n> is live,
          BAD_STEMS <why>, ERR_ARG, ERR_KEYS
@@ -57,6 +58,7 @@ local function main()
     check_stems(stems)
 
     local now = now_ms()
+    local started_at = tonumber(redis.call('HGET', k.job, 'started_at'))
     redis.call('HDEL', k.job, 'error_code', 'error_message', 'error_retryable')
     local fields = {'progress', '1', 'message', '', 'stems', stems}
     for i = 1, #extra do
@@ -65,6 +67,17 @@ local function main()
     finish(k, job, 'completed', 'done', now, fields)
     if bytes_out > 0 then
         redis.call('HINCRBY', k.stats, 'bytes_out', int_str(bytes_out))
+    end
+    if started_at then
+        hist_observe(k.stats, 'processing', now - started_at)
+    end
+    for i = 1, #extra, 2 do
+        if extra[i] == 'audio_seconds' then
+            local ms = math.floor(tonumber(extra[i + 1]) * 1000 + 0.5)
+            if ms > 0 and ms < 1e15 then
+                redis.call('HINCRBY', k.stats, 'audio_ms', int_str(ms))
+            end
+        end
     end
     return redis.status_reply('OK')
 end

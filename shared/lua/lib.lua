@@ -329,3 +329,27 @@ local function add_dead(k, maxlen, code, message, attempts)
     redis.call('XADD', k.dead, 'MAXLEN', '~', int_str(maxlen), '*', 'id', k.id, 'code', code,
                'message', message, 'attempts', int_str(attempts))
 end
+
+-- Histogram buckets of {p}stats (upper bounds in seconds, as the field names spell
+-- them): queue wait (created_at to first claim) and processing time (started_at of
+-- the attempt that completed to completion). Field hist_<name>_le_<bound> counts the
+-- observations <= bound (cumulative, as Prometheus' le buckets); hist_<name>_count
+-- counts them all (the +Inf bucket) and hist_<name>_sum_ms adds them up in ms.
+local HIST_BUCKETS = {
+    wait = {'0.1', '0.5', '1', '5', '15', '60', '300', '900', '3600'},
+    processing = {'1', '5', '10', '30', '60', '120', '300', '600', '1800', '3600'},
+}
+
+-- Counts one observation of ms milliseconds (>= 0) in histogram name.
+local function hist_observe(stats, name, ms)
+    if ms < 0 then
+        ms = 0
+    end
+    for _, bound in ipairs(HIST_BUCKETS[name]) do
+        if ms <= tonumber(bound) * 1000 then
+            redis.call('HINCRBY', stats, 'hist_' .. name .. '_le_' .. bound, 1)
+        end
+    end
+    redis.call('HINCRBY', stats, 'hist_' .. name .. '_count', 1)
+    redis.call('HINCRBY', stats, 'hist_' .. name .. '_sum_ms', int_str(ms))
+end

@@ -598,6 +598,11 @@ def redis_users_have_least_privilege(run):
         expect(resp.status == 202, "POST through sep-nginx", resp.status, resp.body[:300],
                other.error_log_tail())
         job = resp.json["id"]
+        # the stats script's commands (XLEN, ZCARD, ZRANGE, ...) run as sep-nginx too
+        for path in ("/v1/stats", "/metrics", "/v1/models"):
+            got = harness.request(other.port, "GET", path)
+            expect(got.status == 200, "GET %s through sep-nginx" % path, got.status,
+                   got.body[:300], other.error_log_tail())
         if not os.access(os.path.join(harness.REPO_ROOT, "build", "workerd"), os.X_OK):
             return "ACLs hold; workerd not built"
         deadline = time.monotonic() + 30

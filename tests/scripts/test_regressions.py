@@ -443,6 +443,49 @@ def cancel_with_the_idempotency_key_frees_it(j):
     expect(snapshot(j.r) == before, "a refused cancel changed the state")
 
 
+# stats -----------------------------------------------------------------------------------
+@case
+def stats_reads_everything_in_one_call_and_writes_nothing(j):
+    """The stats script (GET /v1/stats, /metrics): its numbers after 3 submits, a
+    completion, a permanent failure and a retry; it writes nothing; wrong KEYS are
+    refused. It reads {p}worker:{name} for the live names of {p}workers, keys it cannot
+    declare before reading the zset (same prefix, same hash tag): so it runs without
+    the audit prelude here."""
+    import json
+    from sepredis import Scripts
+    plain = Scripts(j.r, audit=False)
+    keys = [j.p + s for s in ("stats", "q:high", "q:normal", "delayed", "dead", "running",
+                              "workers")]
+    done, _, token = run_job(j, "w1")
+    expect(j.complete(done, token, extra=["audio_seconds", "1.5"]) == b"OK", "complete")
+    failed, _, token = run_job(j, "w1")
+    expect(j.fail(failed, token, retryable="0")[0] == b"failed", "fail")
+    retried, _, token = run_job(j, "w1", priority="high")
+    expect(j.fail(retried, token, retryable="1", base_ms="60000")[0] == b"retry", "retry")
+    queued_job(j)
+    j.heartbeat("w1", fields=["host", "h1", "models", "htdemucs"])
+    j.heartbeat("gone", ttl="1")
+    j.r.zadd(j.p + "workers", {"gone": 1})  # its heartbeat expired long ago
+    before = snapshot(j.r)
+    doc = json.loads(plain.call("stats", keys, ["100"]))
+    expect(snapshot(j.r) == before, "stats wrote something")
+    st = doc["stats"]
+    expect((st["submitted"], st["completed"], st["failed"], st["retried"]) == (4, 1, 1, 1),
+           "counters %r", st)
+    expect((st["queued"], st["running"]) == (2, 0), "gauges %r", st)
+    expect(st["hist_wait_count"] == 3 and st["hist_processing_count"] == 1, "hists %r", st)
+    expect(st["audio_ms"] == 1500, "audio_ms %r", st)
+    expect(doc["queues"]["normal"] == {"length": 1, "pending": 0}, "queues %r", doc["queues"])
+    expect(doc["delayed"] == 1 and doc["dead"] == 1, "delayed/dead %r", doc)
+    expect([w["name"] for w in doc["workers"]] == ["w1"] and doc["workers_total"] == 1,
+           "workers %r", doc["workers"])
+    expect(doc["buckets"]["wait"][0] == "0.1", "buckets %r", doc["buckets"])
+    refused("ERR_KEYS", plain.call, "stats", keys[:6], ["100"])
+    refused("ERR_KEYS", plain.call, "stats", keys[:6] + [j.p + "other"], ["100"])
+    refused("ERR_ARG", plain.call, "stats", keys, ["0"])
+    refused("ERR_ARG", plain.call, "stats", keys, ["100", "x"])
+
+
 def run_cases(server, wanted=()):
     """Runs the cases (all, or those whose name contains one of wanted) on server;
     returns (ran, failed)."""

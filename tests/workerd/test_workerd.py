@@ -544,6 +544,49 @@ def inspect_and_purge(svc):
     return "inspect + purge --queued (4 jobs)"
 
 
+@service_case()
+def stats_metrics_and_models_of_a_real_worker(svc):
+    """GET /v1/stats, /metrics and /v1/models with a real supervisor: its heartbeat
+    names the model its --models-dir holds, and 3 jobs (2 completed, 1 invalid audio)
+    move the counters, the audio seconds, both histograms and its jobs_done."""
+    svc.start_workerd("stats1", concurrency=1)
+
+    def stats():
+        resp = svc.stack.request("GET", "/v1/stats")
+        expect(resp.status == 200, "GET /v1/stats", resp.status, resp.body[:300])
+        return resp.json
+
+    def models():
+        resp = svc.stack.request("GET", "/v1/models")
+        expect(resp.status == 200, "GET /v1/models", resp.status, resp.body[:300])
+        return resp.json["models"]
+
+    wait_for(lambda: models(), "the worker's heartbeat in /v1/models")
+    expect(models() == [{"name": "htdemucs", "sources": SOURCES, "workers": 1}],
+           "models of the worker", models())
+    good = [svc.submit_ok(wav(0.5)) for _ in range(2)]
+    bad = svc.submit_ok(wav(0.5)[:44])  # header only: invalid_audio, not retried
+    for job_id in good + [bad]:
+        svc.wait(job_id)
+    s = stats()
+    expect(s["counters"] == {"submitted": 3, "completed": 2, "failed": 1, "retried": 0,
+                             "canceled": 0}, "counters", s["counters"])
+    expect(abs(s["audio_seconds"] - 1.0) < 1e-3, "audio seconds", s["audio_seconds"])
+    expect(s["queue_wait_seconds"]["count"] == 3 and s["processing_seconds"]["count"] == 2,
+           "histogram counts", s["queue_wait_seconds"], s["processing_seconds"])
+    expect(s["jobs"] == {"queued": 0, "running": 0} and s["dead"] == 1, "gauges", s)
+    wait_for(lambda: any(w["name"] == "stats1" and w["jobs_done"] + w["jobs_failed"] >= 3
+                         for w in stats()["workers"]), "jobs_done in the heartbeat")
+    w = [w for w in stats()["workers"] if w["name"] == "stats1"][0]
+    expect(w["device"] == "cpu" and w["host"] and w["models"] == ["htdemucs"] and
+           w["state"] in ("idle", "busy") and w["heartbeat_age_seconds"] < 30, "worker", w)
+    resp = svc.stack.request("GET", "/metrics")
+    expect(resp.status == 200 and b"sep_jobs_completed_total 2\n" in resp.body and
+           b'sep_worker_info{worker="stats1"' in resp.body, "/metrics", resp.body[:600])
+    return "2 completed + 1 failed counted; %.2f s audio; worker %s on %s" % (
+        s["audio_seconds"], w["name"], w["device"])
+
+
 # regressions: one script per defect a review reproduced (tests/workerd/regress/NN_*.py)
 REGRESS = os.path.join(HERE, "regress")
 
