@@ -390,15 +390,28 @@ static int stems_json(const sep_job_outcome *o, char *buf, size_t cap, long long
 }
 
 /* After our complete: stems other attempts left in the job's directory (one killed
- * after its renames, before its complete answered) are nobody's; they go. The input and
- * our own files stay: a stem file is "{stem}.{tag}.{ext}" with a tag "a<attempt>-...". */
+ * after its renames, before its complete answered) are nobody's; they go, and so do the
+ * temporaries of an attempt killed while it wrote them (".{stem}.{tag}.{ext}.{pid}.partial").
+ * The input and our own files stay: a stem file is "{stem}.{tag}.{ext}" with a tag
+ * "a<attempt>-...". */
 static void remove_other_attempts(const char *dir, const char *ours)
 {
     DIR *d = opendir(dir);
     if (!d)
         return;
+    char own[160];
+    snprintf(own, sizeof(own), ".%s.", ours);
     struct dirent *e;
     while ((e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        if (e->d_name[0] == '.' && len > 8 && strcmp(e->d_name + len - 8, ".partial") == 0) {
+            if (!strstr(e->d_name, own)) {
+                char path[2048];
+                snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+                unlink(path);
+            }
+            continue;
+        }
         const char *a = strchr(e->d_name, '.');
         const char *b = strrchr(e->d_name, '.');
         if (!a || b <= a + 2 || a[1] != 'a' || a == e->d_name)

@@ -324,6 +324,10 @@ def supervisor_killed_and_restarted(svc):
     wait_running(svc, job_id)
     svc.workers["w1"].kill()
     svc.workers["w1"].wait()
+    # what a supervisor killed while it encoded leaves: its stems' temporaries
+    stale = ".vocals.a1-0123456789abcdef.wav.4242.partial"
+    with open(os.path.join(svc.stack.job_dir(job_id), stale), "wb") as f:
+        f.write(b"RIFF")
     svc.start_workerd("w1", visibility_timeout=2, concurrency=1)
     rec = svc.wait(job_id, timeout=90)
     expect(rec["status"] == "completed", "after a supervisor restart", rec)
@@ -332,6 +336,8 @@ def supervisor_killed_and_restarted(svc):
     files = sorted(os.listdir(svc.stack.job_dir(job_id)))
     stems = [f for f in files if f.split(".")[0] in SOURCES]
     expect(len(stems) == 4, "only the winning attempt's stems are left", files)
+    expect(not [f for f in files if f.startswith(".")],
+           "the dead attempt's temporaries are left", files)
     return "attempt 2 completed; files %s" % stems[0]
 
 
