@@ -1173,6 +1173,25 @@ ngx_int_t ngx_http_sep_redis_init_process(ngx_cycle_t *cycle, ngx_http_sep_main_
     return NGX_OK;
 }
 
+/* Sends the cancel of every submit whose reply was lost (the "unsure" queue), each
+ * with its Idempotency-Key, and forgets them. */
+static void ngx_http_sep_redis_cancel_unsure(ngx_http_sep_redis_t *redis)
+{
+    ngx_http_sep_cmd_t *cmd;
+    ngx_queue_t *q;
+
+    if (redis->unsure_retry.timer_set) {
+        ngx_del_timer(&redis->unsure_retry);
+    }
+    while (!ngx_queue_empty(&redis->unsure)) {
+        q = ngx_queue_head(&redis->unsure);
+        ngx_queue_remove(q);
+        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
+        ngx_http_sep_redis_late_cancel(cmd);
+        ngx_http_sep_cmd_release(cmd);
+    }
+}
+
 void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
@@ -1220,16 +1239,7 @@ void ngx_http_sep_redis_exit_process(ngx_cycle_t *cycle)
                           cmd->job_id);
         }
     }
-    if (redis->unsure_retry.timer_set) {
-        ngx_del_timer(&redis->unsure_retry);
-    }
-    while (!ngx_queue_empty(&redis->unsure)) {
-        q = ngx_queue_head(&redis->unsure);
-        ngx_queue_remove(q);
-        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
-        ngx_http_sep_redis_late_cancel(cmd);
-        ngx_http_sep_cmd_release(cmd);
-    }
+    ngx_http_sep_redis_cancel_unsure(redis);
     if (redis->ac && redis->state == SEP_REDIS_CONNECTED) {
         ngx_http_sep_redis_flush_now(redis->ac);
     }
@@ -1574,22 +1584,11 @@ static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *p
 static void ngx_http_sep_redis_settle_unsure(void)
 {
     ngx_http_sep_redis_t *redis = &ngx_http_sep_redis;
-    ngx_http_sep_cmd_t *cmd;
-    ngx_queue_t *q;
 
     if (redis->ac == NULL || redis->state != SEP_REDIS_CONNECTED || !redis->ready) {
         return;
     }
-    if (redis->unsure_retry.timer_set) {
-        ngx_del_timer(&redis->unsure_retry);
-    }
-    while (!ngx_queue_empty(&redis->unsure)) {
-        q = ngx_queue_head(&redis->unsure);
-        ngx_queue_remove(q);
-        cmd = ngx_queue_data(q, ngx_http_sep_cmd_t, queue);
-        ngx_http_sep_redis_late_cancel(cmd);
-        ngx_http_sep_cmd_release(cmd);
-    }
+    ngx_http_sep_redis_cancel_unsure(redis);
 }
 
 /* The same when a submit's reply is lost while the connection is ready; else it
