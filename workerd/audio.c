@@ -227,6 +227,17 @@ int sep_audio_decode(const char *path, int samplerate, int channels, const char 
         sf_close(sf);
         return -1;
     }
+    if (info.samplerate < SEP_AUDIO_MIN_RATE) {
+        /* resampled to the model's rate, a few bytes at 1 Hz would be hours of audio to
+         * separate: an upload could cost 10,000 times its size in work */
+        sep_set_err(err, errlen,
+                    "cannot use '%s': its sample rate %d Hz is below %d Hz (it would be "
+                    "%.0f s of audio per KiB)",
+                    path, info.samplerate, SEP_AUDIO_MIN_RATE,
+                    1024.0 / ((double)info.samplerate * info.channels * 2));
+        sf_close(sf);
+        return -1;
+    }
     if (info.channels > 1 && info.channels < channels) {
         /* demucs: "The audio file has less channels than requested but is not mono." */
         sep_set_err(err, errlen, "cannot use '%s': it has %d channels, the model needs %d", path,

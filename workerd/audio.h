@@ -53,8 +53,13 @@ typedef struct {
 /* Fraction of the input decoded so far (0..1); may be NULL. Returns non-zero to abort. */
 typedef int (*sep_audio_progress_fn)(void *user, double fraction);
 
+/* Below this source rate an input is refused (SEP_AUDIO_EINVALID): resampled to the
+ * model's 44.1 kHz, a small file at a few Hz would be hours of audio to separate. */
+#define SEP_AUDIO_MIN_RATE 4000
+
 /* Decodes `path` into a temp file created in `tmp_dir`. Returns 0, or -1 with a message
- * and out->error set. Refused as SEP_AUDIO_EINVALID besides undecodable files: a file
+ * and out->error set. Refused as SEP_AUDIO_EINVALID besides undecodable files: a source
+ * rate below SEP_AUDIO_MIN_RATE, a file
  * shorter than its header says (a truncated WAV data chunk, FLAC or Ogg stream ending
  * early, an MP3 with under 98 % of its announced frames), and any non-finite sample
  * (NaN/Inf, from float files), named with its time. */

@@ -17,8 +17,8 @@ that are paths or repeat, hyperparameters that used to crash (stride 0 -> SIGFPE
 misaligned tensor data, a failed run that must leave the old stem set whole (a
 blocked rename, and a full disk on the 3rd stem when a tmpfs can be mounted), '..'
 model and track names, an empty -o, out-of-range integer metadata, -j beyond the
-cores, two inputs with one track folder, a 1 Hz input (the resampler's buffer must
-not scale with the ratio), a permission error named as such.
+cores, two inputs with one track folder, a 1 Hz input (refused: hours of audio from a
+few bytes) and the lowest accepted rate, a permission error named as such.
 With --sanitized (ASan + UBSan build) the RSS and address-space checks are skipped.
 
 usage: test_cli.py --workerd build/workerd --audiotool build/tests/audiotool
@@ -612,25 +612,37 @@ def test_odd_names(env):
 
 
 def test_odd_inputs(env, sanitized):
-    """Case 7 (audio): a 1 Hz WAV, permission errors."""
+    """Case 7 (audio): a 1 Hz WAV is refused (resampled, a few bytes would be hours of
+    audio); the lowest accepted rate separates within bounded memory; permission errors."""
     import resource
     import struct
-    frames = 2
-    data = struct.pack("<2h", 1000, -1000) * frames
-    hdr = (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " +
-           struct.pack("<IHHIIHH", 16, 1, 2, 1, 4, 4, 16) + b"data" + struct.pack("<I", len(data)))
-    with open(env.path("onehz.wav"), "wb") as f:
-        f.write(hdr + data)
+
+    def wav_at(name, rate, frames):
+        data = struct.pack("<2h", 1000, -1000) * frames
+        hdr = (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " +
+               struct.pack("<IHHIIHH", 16, 1, 2, rate, 4 * rate, 4, 16) + b"data" +
+               struct.pack("<I", len(data)))
+        with open(env.path(name), "wb") as f:
+            f.write(hdr + data)
+        return len(hdr + data)
+
+    size = wav_at("onehz.wav", 1, 256)
+    r = env.separate("-o", "hz", "onehz.wav")
+    check(r.returncode == 1 and "sample rate 1 Hz is below 4000 Hz" in r.stderr and
+          not os.path.exists(env.path("hz", "tiny_apply", "onehz")),
+          f"case 7: a {size}-byte 1 Hz WAV (256 s of audio) is refused ({r.stderr.strip()})")
 
     def limit_as():
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
-    r = env.separate("-o", "hz", "onehz.wav", preexec=None if sanitized else limit_as)
-    d = env.path("hz", "tiny_apply", "onehz")
+    frames = 2
+    size = wav_at("lowrate.wav", 4000, frames)
+    r = env.separate("-o", "hz", "lowrate.wav", preexec=None if sanitized else limit_as)
+    d = env.path("hz", "tiny_apply", "lowrate")
     ok = r.returncode == 0 and len(stems_in(d)) == 4
     if ok:
-        ok = env.info(os.path.join(d, "vocals.wav"))["frames"] == frames * 44100
-    check(ok, f"case 7: a {len(hdr + data)}-byte 1 Hz WAV separates"
+        ok = env.info(os.path.join(d, "vocals.wav"))["frames"] == frames * 44100 // 4000
+    check(ok, f"case 7: a {size}-byte 4000 Hz WAV separates"
           f"{'' if sanitized else ' within 4 GiB of address space'} ({r.stderr.strip()})")
 
     # an unreadable input: as root, run workerd as nobody in a world-writable folder
