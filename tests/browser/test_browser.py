@@ -372,11 +372,12 @@ def player_status_unreadable_says_so_and_retries(_):
 
 
 def painted(drv, canvas_id, rgb):
-    """Pixels of the canvas drawn in that colour."""
+    """Pixels of the canvas's plot (below the legend's line) drawn in that colour."""
     return drv.execute_script("""
         const c = document.getElementById(arguments[0]), rgb = arguments[1];
-        if (!c.width || !c.height) return 0;
-        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const y0 = Math.ceil(20 * (window.devicePixelRatio || 1));
+        if (!c.width || c.height <= y0) return 0;
+        const px = c.getContext('2d').getImageData(0, y0, c.width, c.height - y0).data;
         let n = 0;
         for (let i = 0; i < px.length; i += 4)
           n += px[i] === rgb[0] && px[i + 1] === rgb[1] && px[i + 2] === rgb[2] && px[i + 3] > 0;
