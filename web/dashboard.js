@@ -149,7 +149,7 @@
   }
 
   function drawCharts() {
-    const pts = series(), n = pts.length || 1, top = 18, bottom = 16;
+    const pts = series(), n = pts.length || 1, top = 24, bottom = 16; /* the legend above top */
     const tp = canvasOf("throughput");
     let max = 1;
     pts.forEach(function (p) { if (p && p.completed > max) max = p.completed; });

@@ -24,7 +24,8 @@ loaded from a *different* origin than the API (a second static server on its own
                       device) in the workers panel, a WAV uploaded through the page's form
                       listed in the recent jobs, its progress bar (SSE) at 100 % and status
                       `completed`, the completed counter up by one, and both charts drawn;
-                      a screenshot goes to build/browser/.
+                      a screenshot goes to build/browser/. The same from the second server
+                      with ?api= (CORS on).
 
 Skips (not fails) when chromium, chromedriver or selenium are missing (make deps
 installs them).
@@ -386,10 +387,23 @@ def painted(drv, canvas_id, rgb):
 
 @cases.case
 def dashboard_upload_progress_and_stats(_):
-    svc = service(None)
+    return dashboard_run(same_origin=True)
+
+
+@cases.case
+def dashboard_other_origin_with_api_param(_):
+    return dashboard_run(same_origin=False)
+
+
+def dashboard_run(same_origin):
+    """The page from nginx's /ui/, or from the second server with ?api= and CORS on."""
+    pages = PageServer()
+    svc = service(None if same_origin else pages.origin)
     drv = None
     api = "http://127.0.0.1:%d" % svc.stack.port
-    shot = os.path.join(SHOTS, "dashboard.png")
+    url = (api + "/ui/dashboard.html") if same_origin else \
+        (pages.origin + "/dashboard.html?api=" + api)
+    shot = os.path.join(SHOTS, "dashboard.png" if same_origin else "dashboard-cors.png")
     path = os.path.join(svc.stack.prefix, "song.wav")
     with open(path, "wb") as f:
         f.write(harness.wav_bytes(seconds=SECONDS))
@@ -398,7 +412,7 @@ def dashboard_upload_progress_and_stats(_):
     try:
         svc.start_workerd("w1")
         drv = browser()
-        drv.get(api + "/ui/dashboard.html")
+        drv.get(url)
         wait = WebDriverWait(drv, 120, poll_frequency=0.2)
         # the worker's heartbeat reaches the page: its name in the workers panel, and the
         # model it offers in the form's select
@@ -456,6 +470,7 @@ def dashboard_upload_progress_and_stats(_):
         if drv is not None:
             drv.quit()
         svc.stop()
+        pages.stop()
 
 
 class _NoStack:
