@@ -20,6 +20,12 @@ loaded from a *different* origin than the API (a second static server on its own
                       names sep_cors_origins as a cause, and nothing is queued.
   player_status_*     the job's status unreadable for a while (Redis stalled: 503): the
                       page says so and that it retries, then follows the job again.
+  dashboard_*        web/dashboard.html from nginx's /ui/: the live worker (its name,
+                      device) in the workers panel, a WAV uploaded through the page's form
+                      listed in the recent jobs, its progress bar (SSE) at 100 % and status
+                      `completed`, the completed counter up by one, and both charts drawn;
+                      a screenshot goes to build/browser/. The same from the second server
+                      with ?api= (CORS on).
 
 Skips (not fails) when chromium, chromedriver or selenium are missing (make deps
 installs them).
@@ -364,6 +370,107 @@ def player_status_unreadable_says_so_and_retries(_):
     finally:
         drv.quit()
         stack.stop()
+
+
+def painted(drv, canvas_id, rgb):
+    """Pixels of the canvas's plot (below the legend's line) drawn in that colour."""
+    return drv.execute_script("""
+        const c = document.getElementById(arguments[0]), rgb = arguments[1];
+        const y0 = Math.ceil(20 * (window.devicePixelRatio || 1));
+        if (!c.width || c.height <= y0) return 0;
+        const px = c.getContext('2d').getImageData(0, y0, c.width, c.height - y0).data;
+        let n = 0;
+        for (let i = 0; i < px.length; i += 4)
+          n += px[i] === rgb[0] && px[i + 1] === rgb[1] && px[i + 2] === rgb[2] && px[i + 3] > 0;
+        return n;""", canvas_id, rgb)
+
+
+@cases.case
+def dashboard_upload_progress_and_stats(_):
+    return dashboard_run(same_origin=True)
+
+
+@cases.case
+def dashboard_other_origin_with_api_param(_):
+    return dashboard_run(same_origin=False)
+
+
+def dashboard_run(same_origin):
+    """The page from nginx's /ui/, or from the second server with ?api= and CORS on."""
+    pages = PageServer()
+    svc = service(None if same_origin else pages.origin)
+    drv = None
+    api = "http://127.0.0.1:%d" % svc.stack.port
+    url = (api + "/ui/dashboard.html") if same_origin else \
+        (pages.origin + "/dashboard.html?api=" + api)
+    shot = os.path.join(SHOTS, "dashboard.png" if same_origin else "dashboard-cors.png")
+    path = os.path.join(svc.stack.prefix, "song.wav")
+    with open(path, "wb") as f:
+        f.write(harness.wav_bytes(seconds=SECONDS))
+    dash = lambda d: d.execute_script("return window.sepDashboard")  # noqa: E731
+    text = lambda d, sel: d.find_element(By.CSS_SELECTOR, sel).text  # noqa: E731
+    try:
+        svc.start_workerd("w1")
+        drv = browser()
+        drv.get(url)
+        wait = WebDriverWait(drv, 120, poll_frequency=0.2)
+        # the worker's heartbeat reaches the page: its name in the workers panel, and the
+        # model it offers in the form's select
+        wait.until(lambda d: (dash(d)["stats"] or {}).get("workers"))
+        names = [w["name"] for w in svc.stack.request("GET", "/v1/stats").json["workers"]]
+        expect(names, "no live worker in /v1/stats")
+        wait.until(lambda d: all(n in text(d, "#workers tbody") for n in names))
+        workers = text(drv, "#workers tbody")
+        expect("cpu" in workers, "the worker's device is not shown: %r" % workers)
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#model option')].map(o => o.value)")
+            == ["htdemucs"])
+        before = dash(drv)["stats"]["counters"]["completed"]
+        expect(str(before) in text(drv, "#counter-completed"),
+               "completed counter %r, /v1/stats says %d" % (text(drv, "#counter-completed"),
+                                                            before))
+        expect(text(drv, "#queues tbody").count("\n") >= 1, "no queue rows")
+
+        drv.find_element(By.ID, "file").send_keys(path)
+        drv.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.execute_script("return document.querySelectorAll("
+                                              "'#jobs tbody tr').length") == 1
+                   or dash(d)["errors"])
+        expect(not dash(drv)["errors"], "the page's errors: %s" % dash(drv)["errors"])
+        job_id = drv.find_element(By.CSS_SELECTOR, "#jobs tbody tr").get_attribute("data-job")
+        expect(job_id and job_id in text(drv, "#jobs tbody"), "job row %r" % job_id)
+        jobs = lambda d: d.execute_script("return window.sepDashboard.jobList()")  # noqa: E731
+        try:
+            WebDriverWait(drv, 180, poll_frequency=0.2).until(
+                lambda d: jobs(d)[job_id]["status"] in ("completed", "failed", "canceled",
+                                                        "gone"))
+            job = jobs(drv)[job_id]
+            expect(job["status"] == "completed", "job ended %s: %s" % (job["status"],
+                                                                       job["message"]),
+                   svc.log("w1")[-2000:])
+            bar = drv.execute_script(
+                "return document.querySelector('#jobs tbody tr progress').value")
+            row = text(drv, "#jobs tbody tr")
+            expect(bar == 1 and job["progress"] == 1 and "completed" in row
+                   and "song.wav" in row and "htdemucs" in row,
+                   "job row %r, progress bar %r" % (row, bar))
+            # the stats poll sees the completion: the counter up by one, the charts drawn
+            wait.until(lambda d: dash(d)["stats"]["counters"]["completed"] > before)
+            after = dash(drv)["stats"]["counters"]["completed"]
+            wait.until(lambda d: text(d, "#counter-completed").split()[-1] == str(after))
+            expect(after == before + 1, "completed %d -> %d" % (before, after))
+            wait.until(lambda d: painted(d, "throughput", (0, 102, 204)) > 0
+                       and painted(d, "latency", (0, 102, 204)) > 0)
+        finally:
+            os.makedirs(SHOTS, exist_ok=True)
+            drv.save_screenshot(shot)
+        return "job %s completed, counter %d -> %d, worker %s; screenshot %s" % (
+            job_id[:8], before, after, names[0], os.path.relpath(shot, REPO))
+    finally:
+        if drv is not None:
+            drv.quit()
+        svc.stop()
+        pages.stop()
 
 
 class _NoStack:
