@@ -40,6 +40,7 @@ has closed the connection by then).
     /usr/bin/python3 tests/integration/test_late_replies.py [case-name-substring ...]
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -151,6 +152,20 @@ def edited_conf(stack, old, new):
 
 
 # cases -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def resumed_and_stopped(stack):
+    """The stack for one case; afterwards Redis runs again (a case may leave it stopped
+    with SIGSTOP) and the stack is stopped, whatever the case did."""
+    try:
+        yield stack
+    finally:
+        try:
+            os.kill(stack.redis_proc.pid, signal.SIGCONT)
+        except Exception:  # noqa: BLE001
+            pass
+        stack.stop()
+
 @cases.case
 def late_delete_removes_files(_unused):
     stack = new_stack()
@@ -227,8 +242,7 @@ def late_delete_after_worker_exit(_unused):
 
 @cases.case
 def idempotent_retry_after_stall(_unused):
-    stack = new_stack()
-    try:
+    with resumed_and_stopped(new_stack()) as stack:
         hdr = {"Content-Type": "audio/wav", "Idempotency-Key": "retry-me-1"}
         stack.request("GET", "/v1/jobs/1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b")
         os.kill(stack.redis_proc.pid, signal.SIGSTOP)
@@ -251,12 +265,6 @@ def idempotent_retry_after_stall(_unused):
         return ("the submit ran in time and was canceled (created %s, 503 after %.2fs)"
                 % (others[0].get("created_at"), r1.elapsed)
                 if others else "the submit ran past its deadline and was refused")
-    finally:
-        try:
-            os.kill(stack.redis_proc.pid, signal.SIGCONT)
-        except Exception:  # noqa: BLE001
-            pass
-        stack.stop()
 
 
 # Busy for ARGV[1] microseconds (under busy-reply-threshold: nobody gets an answer).
@@ -321,8 +329,7 @@ def idempotent_retry_after_late_created(_unused):
 
 @cases.case
 def late_submit_never_reaches_worker(_unused):
-    stack = new_stack()
-    try:
+    with resumed_and_stopped(new_stack()) as stack:
         first = submit(stack)
         q = (PREFIX + "q:normal").encode()
         w = admin_client(stack)
@@ -356,18 +363,11 @@ def late_submit_never_reaches_worker(_unused):
         expect(not late, "a worker was handed the job of a 503 submit", late)
         jobs = [k.decode() for k in stack.redis.keys(PREFIX + "job:*")]
         expect(jobs == [PREFIX + "job:" + first], "job records", jobs)
-    finally:
-        try:
-            os.kill(stack.redis_proc.pid, signal.SIGCONT)
-        except Exception:  # noqa: BLE001
-            pass
-        stack.stop()
 
 
 @cases.case
 def late_submit_after_worker_exit(_unused):
-    stack = new_stack()
-    try:
+    with resumed_and_stopped(new_stack()) as stack:
         stack.request("GET", "/v1/jobs/1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b")
         (old_worker,) = worker_pids(stack)
         os.kill(stack.redis_proc.pid, signal.SIGSTOP)
@@ -388,12 +388,6 @@ def late_submit_after_worker_exit(_unused):
         expect(not live, "a job with no input is left queued", jobs, stack.spool_files())
         queued = int(stack.redis.hget(PREFIX + "stats", "queued") or 0)
         expect(queued == 0, "the queued gauge says %d" % queued)
-    finally:
-        try:
-            os.kill(stack.redis_proc.pid, signal.SIGCONT)
-        except Exception:  # noqa: BLE001
-            pass
-        stack.stop()
 
 
 @cases.case
