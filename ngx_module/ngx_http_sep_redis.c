@@ -1497,13 +1497,27 @@ static void ngx_http_sep_redis_late_reply(ngx_http_sep_cmd_t *cmd, redisReply *r
     }
 }
 
+/* Hands a reply (NULL: none will come) to the request waiting in ctx: detached from its
+ * command, its reply timer stopped, then the requests the handler posted run. */
+static void ngx_http_sep_redis_answer(ngx_http_sep_ctx_t *ctx, ngx_http_sep_reply_pt handler,
+                                      redisReply *rr)
+{
+    ngx_http_request_t *r = ctx->request;
+    ngx_connection_t *c = r->connection;
+
+    ctx->cmd = NULL;
+    if (ctx->timeout.timer_set) {
+        ngx_del_timer(&ctx->timeout);
+    }
+    handler(r, ctx, rr);
+    ngx_http_run_posted_requests(c);
+}
+
 static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     ngx_http_sep_cmd_t *cmd = privdata;
     redisReply *rr = reply;
     ngx_http_sep_ctx_t *ctx;
-    ngx_http_request_t *r;
-    ngx_connection_t *c;
     ngx_http_sep_reply_pt handler;
 
     /* The script cache was flushed since we connected: load it, repeat once. */
@@ -1545,15 +1559,7 @@ static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *p
                 ngx_add_timer(&ngx_http_sep_redis.unsure_retry, 1);
             }
             if (ctx) {
-                r = ctx->request;
-                c = r->connection;
-                handler = cmd->handler;
-                ctx->cmd = NULL;
-                if (ctx->timeout.timer_set) {
-                    ngx_del_timer(&ctx->timeout);
-                }
-                handler(r, ctx, NULL);
-                ngx_http_run_posted_requests(c);
+                ngx_http_sep_redis_answer(ctx, cmd->handler, NULL);
             }
             return;
         }
@@ -1566,17 +1572,9 @@ static void ngx_http_sep_redis_reply(redisAsyncContext *ac, void *reply, void *p
         return;
     }
 
-    r = ctx->request;
-    c = r->connection;
     handler = cmd->handler;
-    ctx->cmd = NULL;
-    if (ctx->timeout.timer_set) {
-        ngx_del_timer(&ctx->timeout);
-    }
     ngx_http_sep_cmd_release(cmd);
-
-    handler(r, ctx, rr);
-    ngx_http_run_posted_requests(c);
+    ngx_http_sep_redis_answer(ctx, handler, rr);
 }
 
 /* The submits whose reply was lost get their cancel on the connection now ready
@@ -1608,21 +1606,12 @@ static void ngx_http_sep_redis_fail_cmd(ngx_http_sep_cmd_t *cmd)
 {
     ngx_http_sep_ctx_t *ctx = cmd->ctx;
     ngx_http_sep_reply_pt handler = cmd->handler;
-    ngx_http_request_t *r;
-    ngx_connection_t *c;
 
     ngx_http_sep_cmd_release(cmd);
     if (ctx == NULL) {
         return;
     }
-    r = ctx->request;
-    c = r->connection;
-    ctx->cmd = NULL;
-    if (ctx->timeout.timer_set) {
-        ngx_del_timer(&ctx->timeout);
-    }
-    handler(r, ctx, NULL);
-    ngx_http_run_posted_requests(c);
+    ngx_http_sep_redis_answer(ctx, handler, NULL);
 }
 
 /*
