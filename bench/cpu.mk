@@ -1,7 +1,8 @@
-# bench/cpu: CPU seconds per full-size htdemucs segment, the C engine vs the reference
-# PyTorch model with the same thread count, in one run (see bench/cpu).
+# bench/cpu: CPU and wall seconds per full-size htdemucs segment, the C engine vs the
+# reference PyTorch model with the same thread count, interleaved in one run (bench/cpu,
+# bench/benchlib.py; results in bench/results/cpu-<YYYYmmdd-HHMM>[-NOISY|-INVALID].txt).
 #
-#   make bench-cpu      SEP_BENCH_THREADS (default 2), SEP_BENCH_RUNS (default 3)
+#   make bench-cpu      SEP_BENCH_THREADS (default 2), SEP_BENCH_RUNS (rounds, default 5)
 
 CPU_BENCH_BIN := $(BUILD)/bench/cpu_engine
 ALL_TARGETS += $(CPU_BENCH_BIN)
@@ -11,5 +12,5 @@ $(CPU_BENCH_BIN): bench/cpu_engine.c $(SEPMODELS_LIB) models/engine.h models/uti
 	$(CC) $(MODELS_CFLAGS) bench/cpu_engine.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
 
 .PHONY: bench-cpu
-bench-cpu: $(CPU_BENCH_BIN)
-	bench/cpu
+bench-cpu: $(CPU_BENCH_BIN) deps-reference
+	$(PY) bench/cpu
