@@ -1262,8 +1262,11 @@ static void list_models(supervisor *sv)
 {
     sv->models[0] = 0;
     DIR *d = opendir(sv->s->models_dir);
-    if (!d)
+    if (!d) {
+        log_warn("models_dir %s: %s; every job will fail with model_unavailable",
+                 sv->s->models_dir, strerror(errno));
         return;
+    }
     size_t n = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
@@ -1284,6 +1287,10 @@ static void list_models(supervisor *sv)
         n += (size_t)snprintf(sv->models + n, sizeof(sv->models) - n, "%s%s", n ? "," : "", name);
     }
     closedir(d);
+    if (n == 0)
+        log_warn("models_dir %s holds no model that loads (NAME.safetensors); every job will "
+                 "fail with model_unavailable (make get-weights MODEL=htdemucs)",
+                 sv->s->models_dir);
 }
 
 /* ---- one name, one supervisor ------------------------------------------------------------ */

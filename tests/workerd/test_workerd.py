@@ -302,6 +302,21 @@ def unknown_model_is_model_unavailable(svc):
 
 
 @service_case()
+def empty_or_missing_models_dir_is_said_at_start(svc):
+    empty = os.path.join(svc.stack.prefix, "no-models")
+    os.mkdir(empty)
+    svc.start_workerd("empty", models_dir=empty)
+    svc.start_workerd("missing", models_dir=os.path.join(svc.stack.prefix, "absent"))
+    wait_for(lambda: "holds no model that loads" in svc.log("empty") and
+             "every job will fail" in svc.log("missing"), "both warnings", timeout=20)
+    job_id = svc.submit_ok(wav(0.3))
+    rec = svc.wait(job_id)
+    expect(rec["status"] == "failed" and rec["error"]["code"] == "model_unavailable",
+           "a job without a model", rec)
+    return "both warned; job failed model_unavailable"
+
+
+@service_case()
 def device_worker_killed_mid_job(svc):
     w = svc.start_workerd(concurrency=1)
     job_id = svc.submit_ok(wav(20), SLOW)
