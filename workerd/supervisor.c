@@ -1263,8 +1263,8 @@ static void list_models(supervisor *sv)
     sv->models[0] = 0;
     DIR *d = opendir(sv->s->models_dir);
     if (!d) {
-        log_warn("models_dir %s: %s; every job will fail with model_unavailable",
-                 sv->s->models_dir, strerror(errno));
+        log_warn("models_dir %s: %s; every job will fail with model_unavailable", sv->s->models_dir,
+                 strerror(errno));
         return;
     }
     size_t n = 0;
