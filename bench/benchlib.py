@@ -26,7 +26,8 @@ trusted (or is marked as not to be trusted) the same way everywhere.
     another run of the same minute, never overwritten).
   * tree_cpu_seconds() / tree_rss(): CPU time (utime+stime of a process, its threads
     and its live descendants, plus the reaped ones) and RSS from /proc, for CPU-ms per
-    request and memory per process; tree_stop() / tree_continue() pause a process tree
+    request and memory per process (tree_pss(): shared pages split, for process trees
+    that fork workers); tree_stop() / tree_continue() pause a process tree
     (a peer's queue consumer while its front end is measured); reset_peak_rss() /
     peak_rss_mib(): the peak RSS of what a process ran after its set-up.
 
@@ -366,6 +367,25 @@ def tree_rss(roots):
             rss += _status_kib(pid, "VmRSS")
             hwm += _status_kib(pid, "VmHWM")
     return rss / 1024, hwm / 1024
+
+
+def _pss_kib(pid):
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_pss(roots):
+    """Sum of Pss in MiB over the trees: each shared page split between the processes
+    that map it. A sum of VmRSS counts a forked worker's copy-on-write pages once per
+    process, which inflates a pre-forking server (gunicorn, Celery's pool) against one
+    with fewer processes."""
+    return sum(_pss_kib(pid) for root in roots for pid in tree_pids(root)) / 1024
 
 
 def reset_peak_rss():

@@ -489,6 +489,26 @@ def peak_rss_reset_forgets_a_loaders_transient():
 
 
 @case
+def pss_splits_the_pages_a_forked_worker_shares():
+    # a pre-forking server (gunicorn, Celery's pool): the sum of RSS counts the shared
+    # 128 MiB twice, the sum of PSS once
+    code = ("import os, time\nx = bytearray(128 << 20); x[::4096] = b'1' * len(x[::4096])\n"
+            "os.fork()\ntime.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while len(benchlib.tree_pids(proc.pid)) < 2 or benchlib.tree_rss([proc.pid])[0] < 250:
+            assert time.monotonic() < deadline, benchlib.tree_rss([proc.pid])
+            time.sleep(0.05)
+        rss, pss = benchlib.tree_rss([proc.pid])[0], benchlib.tree_pss([proc.pid])
+        assert rss > 250 and 128 < pss < 190, (rss, pss)
+    finally:
+        for pid in benchlib.tree_pids(proc.pid)[::-1]:
+            os.kill(pid, 9)
+        proc.wait()
+
+
+@case
 def results_of_the_same_minute_are_kept():
     import datetime
     when = datetime.datetime(2026, 12, 4, 1, 0)
