@@ -57,6 +57,7 @@ import time
 NOISY_SPREAD = 1.3  # max/min of the repetitions (or of the calibration) above this: NOISY
 MIN_REPEAT = 3  # fewer counted rounds than this: the spread says nothing, the run is NOISY
 TAIL_SAMPLES = 10  # a percentile p is quoted only when >= this many samples lie above it
+OTHER_CPU_LIMIT = 10.0  # % of all cores that other processes may take during a measurement
 QUIET_LOAD_PER_CORE = 0.25  # 1-minute load average per core under which a machine is quiet
 SETTLE_SECONDS = 2.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -172,6 +173,14 @@ class Verdict:
     def spread(self, name, summary, limit=NOISY_SPREAD):
         if is_noisy(summary, limit):
             self.noisy("%s: spread max/min %.2f > %.2f" % (name, summary["spread"], limit))
+
+    def disturbed(self, name, other_pct, limit=OTHER_CPU_LIMIT):
+        """A measurement during which the rest of the machine (processes other than the
+        measured ones) took more than `limit` % of all cores was disturbed: NOISY, even
+        when the load average before the run and the calibration loop looked quiet."""
+        if other_pct > limit:
+            self.noisy("%s: other processes took %.0f%% of the cores meanwhile (> %.0f%%)"
+                       % (name, other_pct, limit))
 
     def method(self, repeat, warmup, settle, min_repeat=MIN_REPEAT):
         """The method's own settings: fewer than min_repeat counted rounds (a spread of
@@ -346,6 +355,16 @@ def machine_busy_seconds():
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     # guest time is already counted in user time
     return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def other_cpu_pct(busy_seconds, own_cpu_seconds, elapsed, cores=None):
+    """What the rest of the machine used during a measurement, in % of all cores' time:
+    the machine's busy time (machine_busy_seconds() after minus before) less the CPU
+    time of the measured processes, over `elapsed` wall seconds."""
+    cores = cores or os.cpu_count() or 1
+    if elapsed <= 0:
+        return 0.0
+    return max(0.0, busy_seconds - own_cpu_seconds) * 100 / (elapsed * cores)
 
 
 def _status_kib(pid, key):

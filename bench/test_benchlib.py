@@ -509,6 +509,21 @@ def pss_splits_the_pages_a_forked_worker_shares():
 
 
 @case
+def other_processes_during_a_measurement_make_it_noisy():
+    # the short bench/http check on this shared machine: a quiet-looking start, then
+    # 73-80 % of the cores taken by other work during the measurements; only the load
+    # average before the run and the calibration loop were judged
+    pct = benchlib.other_cpu_pct(busy_seconds=16.0, own_cpu_seconds=1.0, elapsed=10.0, cores=2)
+    assert near(pct, 75.0), pct
+    assert benchlib.other_cpu_pct(1.0, 2.0, 10.0, 2) == 0.0  # never negative
+    v = benchlib.Verdict()
+    v.disturbed("module POST, round 1", 3.0)
+    assert v.status == "VALID", v.noise
+    v.disturbed("module POST, round 2", pct)
+    assert v.status == "NOISY" and v.goal(2, 1).startswith("not judged"), v.noise
+
+
+@case
 def results_of_the_same_minute_are_kept():
     import datetime
     when = datetime.datetime(2026, 12, 4, 1, 0)
