@@ -524,6 +524,24 @@ def other_processes_during_a_measurement_make_it_noisy():
 
 
 @case
+def cpu_fma_peak_is_the_higher_of_two():
+    # a peak measured once, while something else ran, is too low: the engine's fraction
+    # of it (the 60 % goal) comes out too high
+    cpu = load_bench("cpu")
+    before = {"fma_peak_gflops": [["avx2", "40.0"]],
+              "fma_peak_gflops_per_cpu_second": [["avx2", "20.0"]]}
+    after = {"fma_peak_gflops": [["avx2", "60.0"]],
+             "fma_peak_gflops_per_cpu_second": [["avx2", "30.0"]]}
+    v = benchlib.Verdict()
+    peaks, per_cpu = cpu.combine_peaks(before, after, v)
+    assert peaks == {"avx2": 60.0} and per_cpu == {"avx2": 30.0}, (peaks, per_cpu)
+    assert v.status == "NOISY", v.noise
+    v = benchlib.Verdict()
+    cpu.combine_peaks(before, before, v)
+    assert v.status == "VALID", v.noise
+
+
+@case
 def results_of_the_same_minute_are_kept():
     import datetime
     when = datetime.datetime(2026, 12, 4, 1, 0)
