@@ -17,13 +17,19 @@ trusted (or is marked as not to be trusted) the same way everywhere.
     previous one (or of its clean-up) does not land in the next.
   * summarize() / paired_ratios(): median, min, max, spread (max/min) and the 95 %
     interval of the mean (Student t); a spread above NOISY_SPREAD makes the run NOISY.
+    enough_for_percentile(): whether a latency percentile rests on enough samples.
   * Verdict: collects validity checks (failed -> INVALID) and noise findings (-> NOISY);
-    goal() prints "met" / "NOT met" only for a VALID run.
+    method() marks a run with fewer than MIN_REPEAT rounds, no warm-up or no settle
+    pause NOISY; goal() prints "met" / "NOT met" only for a VALID run.
   * write_results(): writes the file only after the checks, its name and first line
-    carrying the status: results/<name>-<YYYYmmdd-HHMM>[-NOISY|-INVALID].txt.
+    carrying the status: results/<name>-<YYYYmmdd-HHMM>[-NOISY|-INVALID][-N].txt (-N:
+    another run of the same minute, never overwritten).
   * tree_cpu_seconds() / tree_rss(): CPU time (utime+stime of a process, its threads
     and its live descendants, plus the reaped ones) and RSS from /proc, for CPU-ms per
-    request and memory per process.
+    request and memory per process (tree_pss(): shared pages split, for process trees
+    that fork workers); tree_stop() / tree_continue() pause a process tree
+    (a peer's queue consumer while its front end is measured); reset_peak_rss() /
+    peak_rss_mib(): the peak RSS of what a process ran after its set-up.
 
 Standard library only; runs under /usr/bin/python3 and under build/refvenv's python.
 Shell benchmarks use the command line (see bench/README.md):
@@ -49,6 +55,9 @@ import sys
 import time
 
 NOISY_SPREAD = 1.3  # max/min of the repetitions (or of the calibration) above this: NOISY
+MIN_REPEAT = 3  # fewer counted rounds than this: the spread says nothing, the run is NOISY
+TAIL_SAMPLES = 10  # a percentile p is quoted only when >= this many samples lie above it
+OTHER_CPU_LIMIT = 10.0  # % of all cores that other processes may take during a measurement
 QUIET_LOAD_PER_CORE = 0.25  # 1-minute load average per core under which a machine is quiet
 SETTLE_SECONDS = 2.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -80,9 +89,11 @@ def summarize(values):
     n = len(vals)
     mean = statistics.fmean(vals)
     lo = hi = None
-    if n >= 2:
+    if n >= 2 and all(math.isfinite(v) for v in vals):
         half = t975(n - 1) * statistics.stdev(vals) / math.sqrt(n)
         lo, hi = mean - half, mean + half
+    elif n >= 2:
+        lo, hi = -math.inf, math.inf
     mn, mx = min(vals), max(vals)
     spread = mx / mn if mn > 0 else (1.0 if mx == mn else math.inf)
     return {"n": n, "median": statistics.median(vals), "min": mn, "max": mx, "mean": mean,
@@ -94,10 +105,18 @@ def is_noisy(summary, limit=NOISY_SPREAD):
 
 
 def paired_ratios(a, b):
-    """a[i] / b[i] for the measurements of the same round (interleaved runs pair up)."""
+    """a[i] / b[i] for the measurements of the same round (interleaved runs pair up). A
+    zero denominator gives inf (which makes the spread inf, so the run NOISY): dropping
+    the pair would pair the remaining rounds' figures silently."""
     if len(a) != len(b):
         raise ValueError("paired_ratios: %d values against %d" % (len(a), len(b)))
-    return [x / y for x, y in zip(a, b) if y]
+    return [x / y if y else math.inf for x, y in zip(a, b)]
+
+
+def enough_for_percentile(samples, pct, tail=TAIL_SAMPLES):
+    """Whether `samples` values put at least `tail` of them above the pct-th percentile:
+    p99 needs 1,000, p99.9 10,000; below that the figure is one or two outliers."""
+    return samples * (100.0 - pct) / 100.0 >= tail - 1e-6  # 100 - 99.9 is 0.0999...
 
 
 def fmt_summary(s, fmt="%.0f", unit=""):
@@ -148,11 +167,32 @@ class Verdict:
         return bool(ok)
 
     def noisy(self, text):
-        self.noise.append(text)
+        if text not in self.noise:  # the same figure may be checked by several reports
+            self.noise.append(text)
 
     def spread(self, name, summary, limit=NOISY_SPREAD):
         if is_noisy(summary, limit):
             self.noisy("%s: spread max/min %.2f > %.2f" % (name, summary["spread"], limit))
+
+    def disturbed(self, name, other_pct, limit=OTHER_CPU_LIMIT):
+        """A measurement during which the rest of the machine (processes other than the
+        measured ones) took more than `limit` % of all cores was disturbed: NOISY, even
+        when the load average before the run and the calibration loop looked quiet."""
+        if other_pct > limit:
+            self.noisy("%s: other processes took %.0f%% of the cores meanwhile (> %.0f%%)"
+                       % (name, other_pct, limit))
+
+    def method(self, repeat, warmup, settle, min_repeat=MIN_REPEAT):
+        """The method's own settings: fewer than min_repeat counted rounds (a spread of
+        one or two values proves nothing), no discarded warm-up round or no settle pause
+        make the run NOISY, so that a goal is never judged on such a run."""
+        if repeat < min_repeat:
+            self.noisy("only %d counted round(s) (< %d): the spread is not assessed"
+                       % (repeat, min_repeat))
+        if warmup < 1:
+            self.noisy("no discarded warm-up round")
+        if settle <= 0:
+            self.noisy("no settle pause before the measurements")
 
     @property
     def status(self):
@@ -317,9 +357,19 @@ def machine_busy_seconds():
     return (sum(fields[:8]) - idle) / CLK_TCK
 
 
+def other_cpu_pct(busy_seconds, own_cpu_seconds, elapsed, cores=None):
+    """What the rest of the machine used during a measurement, in % of all cores' time:
+    the machine's busy time (machine_busy_seconds() after minus before) less the CPU
+    time of the measured processes, over `elapsed` wall seconds."""
+    cores = cores or os.cpu_count() or 1
+    if elapsed <= 0:
+        return 0.0
+    return max(0.0, busy_seconds - own_cpu_seconds) * 100 / (elapsed * cores)
+
+
 def _status_kib(pid, key):
     try:
-        with open("/proc/%d/status" % pid) as f:
+        with open("/proc/%s/status" % pid) as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
@@ -336,6 +386,66 @@ def tree_rss(roots):
             rss += _status_kib(pid, "VmRSS")
             hwm += _status_kib(pid, "VmHWM")
     return rss / 1024, hwm / 1024
+
+
+def _pss_kib(pid):
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_pss(roots):
+    """Sum of Pss in MiB over the trees: each shared page split between the processes
+    that map it. A sum of VmRSS counts a forked worker's copy-on-write pages once per
+    process, which inflates a pre-forking server (gunicorn, Celery's pool) against one
+    with fewer processes."""
+    return sum(_pss_kib(pid) for root in roots for pid in tree_pids(root)) / 1024
+
+
+def reset_peak_rss():
+    """Resets this process's peak RSS (VmHWM) to its current RSS (/proc/self/clear_refs,
+    Linux >= 4.0), so that a later peak_rss_mib() is the peak of what ran since, without
+    a loader's transient copies. Returns False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib(pid="self"):
+    """VmHWM of a process in MiB (its peak RSS since start or since reset_peak_rss())."""
+    return _status_kib(pid, "VmHWM") / 1024
+
+
+def tree_stop(roots):
+    """SIGSTOPs the processes `roots` and their descendants; returns their pids (for
+    tree_continue). A stopped consumer takes no CPU and no queued job."""
+    import signal
+    pids = []
+    for root in roots:
+        for pid in tree_pids(root):
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                pids.append(pid)
+            except ProcessLookupError:
+                pass
+    return pids
+
+
+def tree_continue(pids):
+    import signal
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
 
 
 def run_with_rusage(cmd, timeout=None, **kw):
@@ -558,9 +668,15 @@ def write_results(results_dir, name, title, rec, verdict, body_lines, quiet=None
     lines += body_lines
     os.makedirs(results_dir, exist_ok=True)
     path = results_path(results_dir, name, verdict.status, when)
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path, lines
+    base, n = path[:-len(".txt")], 1
+    while True:  # never over an earlier run of the same minute (a VALID file included)
+        try:
+            with open(path, "x") as f:
+                f.write("\n".join(lines) + "\n")
+            return path, lines
+        except FileExistsError:
+            n += 1
+            path = "%s-%d.txt" % (base, n)
 
 
 # ---- command line (for shell benchmarks) -----------------------------------------------------

@@ -10,6 +10,9 @@
  *   engine_median_seconds <median per forward pass>
  *   engine_per_segment_seconds <median / B>
  *   engine_peak_rss_mib <peak resident set size of this process>
+ *   engine_run_peak_rss_mib <peak RSS from the warm-up pass on: the peak reset
+ *                           (/proc/self/clear_refs) after the model is loaded, as
+ *                           bench/cpu_torch.py does, so both sides count the same span>
  *   engine_workspace_mib <activation workspace held by the engine>
  *   engine_cpu_seconds <median CPU time (user + system, all threads) per pass>
  *   engine_isa <CPU kernels used: generic, avx2, avx512 (SEP_CPU_ISA forces one)>
@@ -29,6 +32,35 @@
 #include "models/cpu_kernels.h"
 #include "models/engine.h"
 #include "models/util.h"
+
+/* Resets the peak RSS (VmHWM) to the current RSS; 0 on success. */
+static int reset_peak_rss(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f)
+        return -1;
+    int bad = fputs("5", f) < 0;
+    return fclose(f) != 0 || bad ? -1 : 0;
+}
+
+/* VmHWM of this process in MiB, or -1. */
+static double peak_rss_mib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    double mib = -1;
+    while (fgets(line, sizeof line, f)) {
+        long kib;
+        if (sscanf(line, "VmHWM: %ld kB", &kib) == 1) {
+            mib = kib / 1024.0;
+            break;
+        }
+    }
+    fclose(f);
+    return mib;
+}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -101,6 +133,7 @@ int main(int argc, char **argv)
         s = s * 1103515245u + 12345u;
         mix[i] = ((float)((s >> 8) & 0xffff) / 65536.0f - 0.5f) * 0.5f;
     }
+    int peak_reset = reset_peak_rss() == 0;
     if (sep_engine_forward(e, 0, mix, batch, len, out, err, sizeof(err))) { /* warm-up */
         fprintf(stderr, "%s\n", err);
         return 1;
@@ -126,9 +159,12 @@ int main(int argc, char **argv)
     double cmed = runs % 2 ? cpu[runs / 2] : 0.5 * (cpu[runs / 2 - 1] + cpu[runs / 2]);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
+    double run_peak_mib = peak_reset ? peak_rss_mib() : -1;
     printf("engine_median_seconds %.3f\n", med);
     printf("engine_per_segment_seconds %.3f\n", med / batch);
     printf("engine_peak_rss_mib %.1f\n", ru.ru_maxrss / 1024.0);
+    if (peak_reset)
+        printf("engine_run_peak_rss_mib %.1f\n", run_peak_mib);
     printf("engine_workspace_mib %.1f\n", sep_engine_workspace_bytes(e) / 1048576.0);
     printf("engine_best_seconds %.3f\n", t[0] / batch);
     printf("engine_cpu_seconds %.3f\n", cmed / batch);
