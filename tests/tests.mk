@@ -5,7 +5,7 @@
 #                   CORS and preflight (tests/integration/test_cors.py);
 #                   access control with conf/nginx-access.conf.in: API keys, auth_request
 #                   to a local auth service, limit_req/limit_conn per key, refused
-#                   uploads never read (tests/integration/test_access.py, about 10 s);
+#                   uploads never read (tests/integration/test_access.py, about 3 s);
 #                   what nginx -t and a starting worker say about the configuration
 #                   (tests/integration/test_conf_checks.py);
 #                   then Redis outages and a restart that loads a big RDB under traffic,

@@ -11,6 +11,7 @@ control":
   * auth_request (server_name auth.localhost): a small real HTTP auth service in this
     process, on loopback, lets in or refuses by the Authorization header; its 401/403
     are JSON 401/403, its 500 or its absence a JSON 500, never a pass-through;
+  * the refusals are answers shared/openapi.json lists (checked as test_openapi does);
   * a refused upload is never read: a big POST with `Expect: 100-continue` or sent
     slowly gets its 401 at once (no `100 Continue`), and nothing reaches the spool or
     nginx's body temp directory, for a bad key and for a denied auth_request alike.
@@ -31,6 +32,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+import test_openapi  # noqa: E402  (its check(): an answer against shared/openapi.json)
 import worker_sim  # noqa: E402
 from harness import expect, expect_json_error  # noqa: E402
 
@@ -205,6 +207,13 @@ class AccessStack:
             return ""
 
 
+def documented(resp, method, template):
+    """The answer is one shared/openapi.json lists for the route (status, headers, body)."""
+    if test_openapi.jsonschema is not None:
+        test_openapi.check(resp, method, template)
+    return resp
+
+
 def expect_unauthorized(resp, what, realm="sep"):
     err = expect_json_error(resp, 401, what)
     expect(err["code"] == "unauthorized", "%s: code %r" % (what, err["code"]), resp)
@@ -266,14 +275,16 @@ def as_response(status_line, headers, body):
 def no_key_is_a_json_401_browsers_can_read(st):
     o = {"Origin": ORIGIN}
     resp = st.request("GET", "/v1/jobs/" + str(uuid.uuid4()), headers=o)
-    expect_unauthorized(resp, "GET without a key")
+    expect_unauthorized(documented(resp, "GET", "/v1/jobs/{id}"), "GET without a key")
     expect_cors(resp, "401 without a key")
     expose = resp.header("access-control-expose-headers") or ""
     expect("WWW-Authenticate" in expose, "WWW-Authenticate not exposed: %r" % expose)
-    expect_unauthorized(st.request("POST", "/v1/jobs", body=WAV,
-                                   headers={"Content-Type": "audio/wav"}), "POST without a key")
-    expect_unauthorized(st.request("GET", "/v1/stats"), "stats without a key")
-    expect_unauthorized(st.request("GET", "/metrics"), "metrics without a key")
+    expect_unauthorized(documented(st.request("POST", "/v1/jobs", body=WAV, headers={
+        "Content-Type": "audio/wav"}), "POST", "/v1/jobs"), "POST without a key")
+    expect_unauthorized(documented(st.request("GET", "/v1/stats"), "GET", "/v1/stats"),
+                        "stats without a key")
+    expect_unauthorized(documented(st.request("GET", "/metrics"), "GET", "/metrics"),
+                        "metrics without a key")
     expect(st.request("GET", "/metrics", key="alice").status == 200, "metrics with a key")
     files, jobs = st.nothing_stored()
     expect(not files and not jobs, "a refused POST stored something", files, jobs)
@@ -322,7 +333,8 @@ def stem_downloads_need_the_key(st):
     got = st.request("GET", path, key="bob", headers={"Origin": ORIGIN})
     expect(got.status == 200 and got.body == stems[name], "the stem with the key", got)
     expect_cors(got, "stem download")
-    expect_unauthorized(st.request("GET", path), "the stem without a key")
+    expect_unauthorized(documented(st.request("GET", path), "GET",
+                                   "/v1/jobs/{id}/stems/{file}"), "the stem without a key")
     resp = st.request("GET", path, headers={"Authorization": "Bearer " + secrets.token_hex(32)})
     expect_unauthorized(resp, "the stem with a wrong key")
     expect(stems[name][:64] not in resp.body, "the refusal carries the stem's bytes")
@@ -363,7 +375,7 @@ def rate_limit_is_per_key(st):
     expect(KEY_BURST + 1 <= passed <= KEY_BURST + 3 and set(statuses) == {404, 429},
            "expected %d (+ what the rate refills) to pass, the rest 429" % (KEY_BURST + 1),
            statuses)
-    err = expect_json_error(refused, 429, "limit_req")
+    err = expect_json_error(documented(refused, "GET", "/v1/jobs/{id}"), 429, "limit_req")
     expect(err["code"] == "too_many_requests", "limit_req: code %r" % err["code"])
     expect(refused.header("retry-after") == "1", "limit_req: Retry-After %r"
            % refused.header("retry-after"))
@@ -402,7 +414,8 @@ def connection_limit_is_per_key(st):
     try:
         refused = st.request("GET", "/v1/jobs/" + job_id, key="streams",
                              headers={"Origin": ORIGIN})
-        err = expect_json_error(refused, 429, "a request beyond limit_conn")
+        err = expect_json_error(documented(refused, "GET", "/v1/jobs/{id}"), 429,
+                                "a request beyond limit_conn")
         expect(err["code"] == "too_many_requests" and refused.header("retry-after") == "1",
                "limit_conn: code %r, Retry-After %r" % (err["code"],
                                                         refused.header("retry-after")))
@@ -492,6 +505,24 @@ def bad_key_upload_is_refused_unread(st):
     return detail
 
 
+@cases.case
+def oversized_upload_is_413_before_the_key_check(st):
+    """nginx compares Content-Length with client_max_body_size when it picks the
+    location, before the rewrite and access phases: a body over it is refused 413 whoever
+    sends it, unread too (conf/README.md says so)."""
+    st.empty_spool()
+    s = open_upload(st.port, {"Expect": "100-continue"}, 65 * 1024 * 1024)
+    try:
+        status, hdrs, body = read_answer(s)
+    finally:
+        s.close()
+    err = expect_json_error(as_response(status, hdrs, body), 413, "an oversized upload "
+                            "without a key")
+    expect(err["code"] == "body_too_large", "413: code %r" % err["code"])
+    files, jobs = st.nothing_stored()
+    expect(not files and not jobs, "an oversized upload was stored", files, jobs)
+
+
 # ---- auth_request -------------------------------------------------------------------
 
 @cases.case
@@ -532,7 +563,8 @@ def auth_request_refuses(st):
     expect(b"login-page" not in resp.body, "the auth service's body passed through", resp)
     resp = st.request("GET", path, host=AUTH_HOST, headers={
         "Authorization": "Bearer sso-forbidden", "Origin": ORIGIN})
-    err = expect_json_error(resp, 403, "the auth service's 403")
+    err = expect_json_error(documented(resp, "GET", "/v1/jobs/{id}"), 403,
+                            "the auth service's 403")
     expect(err["code"] == "forbidden", "403: code %r" % err["code"])
     expect_cors(resp, "the auth service's 403")
     expect(b"by policy" not in resp.body, "the auth service's body passed through", resp)
@@ -564,7 +596,8 @@ def denied_auth_request_upload_is_refused_unread(st):
 def auth_service_failure_is_a_json_500(st):
     resp = st.request("GET", "/v1/jobs/" + str(uuid.uuid4()), host=AUTH_HOST,
                       headers={"Authorization": "Bearer sso-broken", "Origin": ORIGIN})
-    err = expect_json_error(resp, 500, "the auth service's 500")
+    err = expect_json_error(documented(resp, "GET", "/v1/jobs/{id}"), 500,
+                            "the auth service's 500")
     expect(err["code"] == "internal_error", "500: code %r" % err["code"])
     expect_cors(resp, "the auth service's 500")
     expect(resp.header("x-auth-secret") is None and b"traceback" not in resp.body,
