@@ -31,6 +31,8 @@ import urllib.request
 CONF_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(CONF_DIR)
 TEMPLATE = os.path.join(CONF_DIR, "nginx.conf.in")
+# The configuration with access control (API keys, auth_request, limits per key).
+ACCESS_TEMPLATE = os.path.join(CONF_DIR, "nginx-access.conf.in")
 NGINX_BIN = "/usr/sbin/nginx"
 REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
 MODULE_SO = os.path.join(REPO_ROOT, "build", "nginx", "objs", "ngx_http_sep_module.so")
@@ -56,6 +58,22 @@ OPERATOR_VALUES = {
     "WEB": "/usr/share/sep/web",
     "OPENAPI": "/usr/share/sep/openapi.json",
 }
+
+# What conf/nginx-access.conf is rendered with: the same system paths, plus the fields
+# of access control.
+OPERATOR_ACCESS_VALUES = dict(
+    OPERATOR_VALUES,
+    RENDERED="Rendered from conf/nginx-access.conf.in by conf/render-sample: edit the "
+             "template, not this file.",
+    SERVER_NAME="api.separation.example.com",
+    AUTH_SERVER_NAME="separation.example.com",
+    API_KEYS="/etc/nginx/sep-api-keys.conf",
+    AUTH_URL="http://127.0.0.1:4180/oauth2/auth",
+    CORS_ORIGINS="https://app.example.com",
+    KEY_RATE="10r/s",
+    KEY_BURST="20",
+    KEY_CONNS="10",
+)
 
 
 class PortInUse(RuntimeError):

@@ -24,7 +24,7 @@
 
 #define SEP_CORS_EXPOSE                                                                            \
     "Location, Retry-After, ETag, Content-Range, Content-Length, RateLimit-Limit, "                \
-    "RateLimit-Remaining, RateLimit-Reset"
+    "RateLimit-Remaining, RateLimit-Reset, WWW-Authenticate"
 #define SEP_CORS_ALLOW_HEADERS                                                                     \
     "Content-Type, Idempotency-Key, Authorization, Last-Event-ID, Range, X-API-Key"
 

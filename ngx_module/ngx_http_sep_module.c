@@ -4,8 +4,9 @@
  * This file is laid out like nginx's own modules: the directives table, the module
  * context and module struct, configuration create/merge, process hooks, then the
  * content handler that routes the v1 API, and the filter that answers nginx's own
- * error pages (413 from client_max_body_size, 400 on a broken body, 500) as JSON in
- * sep_api locations. Directives and behaviours are documented in
+ * error pages (413 from client_max_body_size, 400 on a broken body, 500, and the 401,
+ * 403 and 429 of access control: auth_request, limit_req) as JSON in sep_api
+ * locations. Directives and behaviours are documented in
  * ngx_module/README.md.
  */
 #include "ngx_module/ngx_http_sep_module.h"
@@ -681,6 +682,7 @@ static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
 {
     ngx_http_sep_loc_conf_t *lcf;
     ngx_http_sep_ctx_t *ctx;
+    ngx_table_elt_t *h;
     u_char *body;
     size_t len;
 
@@ -713,6 +715,16 @@ static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
     body = ngx_http_sep_status_error_json(r->pool, r->headers_out.status, &len);
     if (body == NULL) {
         return ngx_http_next_header_filter(r);
+    }
+    if (r->headers_out.status == NGX_HTTP_TOO_MANY_REQUESTS) {
+        /* limit_req / limit_conn with their status 429: like every 429 of the API */
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_ERROR;
+        }
+        h->hash = 1;
+        ngx_str_set(&h->key, "Retry-After");
+        ngx_str_set(&h->value, "1");
     }
     ctx->error_body = body;
     ctx->error_body_len = len;

@@ -114,6 +114,14 @@ u_char *ngx_http_sep_status_error_json(ngx_pool_t *pool, ngx_uint_t status, size
         code = "bad_request";
         message = "the request is malformed";
         break;
+    case NGX_HTTP_UNAUTHORIZED:
+        code = "unauthorized";
+        message = "valid credentials (an API key, a session) are required";
+        break;
+    case NGX_HTTP_FORBIDDEN:
+        code = "forbidden";
+        message = "these credentials do not allow this request";
+        break;
     case NGX_HTTP_NOT_FOUND:
         code = "not_found";
         message = "not found";

@@ -3,6 +3,9 @@
 # test-integration  the HTTP API against a real redis-server + nginx with the module
 #                   (tests/integration/test_http_api.py), on loopback, temporary prefix;
 #                   CORS and preflight (tests/integration/test_cors.py);
+#                   access control with conf/nginx-access.conf.in: API keys, auth_request
+#                   to a local auth service, limit_req/limit_conn per key, refused
+#                   uploads never read (tests/integration/test_access.py, about 3 s);
 #                   what nginx -t and a starting worker say about the configuration
 #                   (tests/integration/test_conf_checks.py);
 #                   then Redis outages and a restart that loads a big RDB under traffic,
@@ -76,6 +79,7 @@ TEST_SUITES += test-local-stack test-integration test-events test-redis-faults \
 test-integration: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_http_api.py
 	$(PY) tests/integration/test_cors.py
+	$(PY) tests/integration/test_access.py
 	$(PY) tests/integration/test_conf_checks.py
 	$(PY) tests/integration/test_redis_outage.py
 

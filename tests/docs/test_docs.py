@@ -180,7 +180,7 @@ def module_error_codes():
     """(status, code) of every error the module's C sources send."""
     codes = set()
     status_names = {
-        "BAD_REQUEST": 400, "NOT_FOUND": 404, "NOT_ALLOWED": 405, "REQUEST_TIME_OUT": 408,
+        "BAD_REQUEST": 400, "UNAUTHORIZED": 401, "FORBIDDEN": 403, "NOT_FOUND": 404, "NOT_ALLOWED": 405, "REQUEST_TIME_OUT": 408,
         "CONFLICT": 409, "LENGTH_REQUIRED": 411, "REQUEST_ENTITY_TOO_LARGE": 413,
         "REQUEST_URI_TOO_LARGE": 414, "UNSUPPORTED_MEDIA_TYPE": 415,
         "RANGE_NOT_SATISFIABLE": 416, "TOO_MANY_REQUESTS": 429,

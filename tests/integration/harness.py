@@ -5,7 +5,9 @@ separation module, on loopback, under a temporary prefix, torn down even on fail
                    by conf/localstack.py), knows the ports, the spool and a Redis
                    client; stop() is idempotent and also runs at exit and on SIGINT/TERM.
                    Redis listens on a Unix socket, or on loopback TCP (redis_tcp=True);
-                   nginx may be pointed at another address (sep_redis=, e.g. a relay).
+                   nginx may be pointed at another address (sep_redis=, e.g. a relay);
+                   template= renders another template of conf/ (its extra fields set
+                   in stack.values before start()).
   TcpRelay         a TCP relay between nginx and Redis whose open connections can be
                    wedged (nothing forwarded any more, nothing closed) while new ones
                    are still forwarded: a NAT or load balancer that forgot a flow.
@@ -151,7 +153,7 @@ class Stack:
     """redis-server + nginx with the module under a temporary prefix."""
 
     def __init__(self, max_body="1m", max_queued=10000, worker_processes=2, conf_edit=None,
-                 redis_tcp=False, sep_redis=None):
+                 redis_tcp=False, sep_redis=None, template=localstack.TEMPLATE):
         self.prefix = tempfile.mkdtemp(prefix="sep-it-")
         self.port = None  # taken at start(), retried when another process has it
         # Redis listens only on a Unix socket in the prefix (no TCP port to race for),
@@ -171,13 +173,14 @@ class Stack:
         self.nginx_proc = None
         self.keep_prefix = bool(os.environ.get("SEP_TEST_KEEP"))
         self.conf_edit = conf_edit  # text -> text, applied to the rendered nginx.conf
+        self.template = template  # conf/nginx.conf.in, or another template of conf/
         self._stopped = False
         atexit.register(self.stop)
 
     # lifecycle -------------------------------------------------------------------------
     def render_conf(self, port):
         self.values["LISTEN"] = "127.0.0.1:%d" % port
-        text = localstack.render_nginx_conf(self.values)
+        text = localstack.render_nginx_conf(self.values, self.template)
         return self.conf_edit(text) if self.conf_edit else text
 
     def start(self):
