@@ -512,6 +512,7 @@ ngx_http_sep_ctx_t *ngx_http_sep_get_ctx(ngx_http_request_t *r)
  *   jobs/{id}                  GET, HEAD, DELETE
  *   jobs/{id}/events           GET (text/event-stream)
  *   jobs/{id}/stems/{file}     GET, HEAD
+ *   openapi.json               GET, HEAD: the location's static file (the handler declines)
  */
 typedef enum {
     SEP_ROUTE_NONE = 0,
@@ -521,7 +522,8 @@ typedef enum {
     SEP_ROUTE_JOBS,
     SEP_ROUTE_JOB,
     SEP_ROUTE_EVENTS,
-    SEP_ROUTE_STEM
+    SEP_ROUTE_STEM,
+    SEP_ROUTE_OPENAPI
 } ngx_http_sep_route_t;
 
 static const struct {
@@ -536,6 +538,7 @@ static const struct {
     [SEP_ROUTE_JOB] = {NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_DELETE, "GET, HEAD, DELETE"},
     [SEP_ROUTE_EVENTS] = {NGX_HTTP_GET, "GET"},
     [SEP_ROUTE_STEM] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
+    [SEP_ROUTE_OPENAPI] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
 };
 
 /* The route of `uri`; a job's id and a stem's file name are pointed into it. */
@@ -555,6 +558,9 @@ static ngx_http_sep_route_t ngx_http_sep_route(ngx_str_t *uri, ngx_str_t *id, ng
     }
     if (end - p == 6 && ngx_strncmp(p, "models", 6) == 0) {
         return SEP_ROUTE_MODELS;
+    }
+    if (end - p == 12 && ngx_strncmp(p, "openapi.json", 12) == 0) {
+        return SEP_ROUTE_OPENAPI;
     }
     if (end - p == 4 && ngx_strncmp(p, "jobs", 4) == 0) {
         return SEP_ROUTE_JOBS;
@@ -672,6 +678,10 @@ static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
     case SEP_ROUTE_STEM:
         rc = ngx_http_discard_request_body(r);
         return rc != NGX_OK ? rc : ngx_http_sep_stem_handler(r, &id, &file);
+    case SEP_ROUTE_OPENAPI:
+        /* nginx's static handler serves the document (`alias` of its location); the API
+         * location gives it the rest: 405 with Allow, OPTIONS, CORS, JSON errors */
+        return NGX_DECLINED;
     default:
         return ngx_http_sep_not_found(r);
     }

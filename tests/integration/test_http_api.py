@@ -262,9 +262,11 @@ def unsupported_media_415(stack):
 
 @cases.case
 def wrong_method_405(stack):
+    # /v1/openapi.json is a static file in a sep_api location: its other methods too
     for method, path in (("PUT", "/v1/jobs"), ("PATCH", "/v1/jobs"),
                          ("POST", "/v1/jobs/" + str(uuid.uuid4())),
-                         ("PUT", "/v1/jobs/" + str(uuid.uuid4()))):
+                         ("PUT", "/v1/jobs/" + str(uuid.uuid4())),
+                         ("POST", "/v1/openapi.json"), ("DELETE", "/v1/openapi.json")):
         resp = stack.request(method, path, body=b"x")
         expect_json_error(resp, 405, method + " " + path)
         # Allow lists what OPTIONS on the path lists, OPTIONS included
@@ -272,6 +274,11 @@ def wrong_method_405(stack):
         expect(resp.header("allow") and resp.header("allow") == options.header("allow") and
                "OPTIONS" in resp.header("allow"), "Allow of %s %s: %r vs OPTIONS %r"
                % (method, path, resp.header("allow"), options.header("allow")))
+    doc = stack.request("GET", "/v1/openapi.json")
+    expect(doc.status == 200 and isinstance(doc.json, dict) and "paths" in doc.json,
+           "GET /v1/openapi.json still serves the document", doc)
+    head = stack.request("HEAD", "/v1/openapi.json")
+    expect(head.status == 200 and head.body == b"", "HEAD /v1/openapi.json", head)
 
 
 # nginx's own errors while it reads the request head --------------------------------------
@@ -336,7 +343,7 @@ def trace_gets_the_routes_allow(stack):
     answer is the route's 405 with Allow (what OPTIONS lists), or 404 on no route."""
     job = "/v1/jobs/" + str(uuid.uuid4())
     for path in ("/v1/jobs", job, job + "/events", job + "/stems/vocals.wav", "/v1/stats",
-                 "/metrics"):
+                 "/metrics", "/v1/openapi.json"):
         resp = head_error(stack, "TRACE %s HTTP/1.1\r\n%s\r\n" % (path, HEAD))
         err = expect_json_error(resp, 405, "TRACE " + path)
         expect(err["code"] == "method_not_allowed", "TRACE %s: %r" % (path, err))
@@ -351,16 +358,14 @@ def trace_gets_the_routes_allow(stack):
 
 @cases.case
 def head_errors_outside_the_api_stay_nginx_pages(stack):
-    """The same refusals outside the API (/, /ui/, the static /v1/openapi.json), and
+    """The same refusals outside the API (/, /ui/), and
     under /v1/ where nginx could not establish the URI (a request line it cannot parse,
     a URI it cannot decode, a URI too long whose read part has a %-escape), keep nginx's
     own HTML pages: nothing is guessed."""
     seen = 0
-    for path in ("/", "/ui/player.html", "/v1/openapi.json"):
+    for path in ("/", "/ui/player.html"):
         for what, req, status in head_error_requests(path) + (
                 ("TRACE", "TRACE %s HTTP/1.1\r\n%s\r\n" % (path, HEAD), 405),):
-            if path == "/v1/openapi.json" and status == 414:
-                continue  # /v1/openapi.jsonaaa... is a path of the API's location /v1/
             resp = head_error(stack, req)
             expect(resp.status == status and "text/html" in (resp.header("content-type") or ""),
                    "%s on %s: expected nginx's %d page" % (what, path, status), resp)
