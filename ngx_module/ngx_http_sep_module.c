@@ -749,7 +749,7 @@ static ngx_flag_t ngx_http_sep_body_store_full(ngx_http_request_t *r, ngx_http_s
  * regular expressions, as ngx_http_core_find_location() does; that function is not
  * exported), and the answer is the API's when that location has sep_api. This rather
  * than a list of sep_api prefixes kept at configuration time, which would take a
- * `location /v1/openapi.json` (a static file) or a `location ~ \.php$` for the API,
+ * `location /v1/docs/` of static files or a `location ~ \.php$` for the API,
  * and rather than error_page entries added to every server, which would fight the
  * operator's own error_page and lose the status nginx chose. The CORS headers are those
  * of that location's configuration, and answers outside the API (/, /ui/) keep
