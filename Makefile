@@ -5,7 +5,8 @@
 #   make stop     stop what `make run` started
 #   make deps     install missing Debian packages (apt-get): `make deps-run` only what the
 #                 build and `make run` need, `make deps` also what the tests and benches
-#                 need; `make deps-reference` adds the PyTorch reference (fixtures, benches)
+#                 need (and Schemathesis from PyPI into build/stvenv); `make
+#                 deps-reference` adds the PyTorch reference (fixtures, benches)
 # Each component has its own fragment (<dir>/*.mk) that appends to ALL_TARGETS and
 # TEST_SUITES; this file only ties them together.
 SHELL := /bin/bash
@@ -30,12 +31,17 @@ APT_RUN_PKGS  := build-essential pkg-config curl python3 python3-numpy \
                  libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev
 APT_TEST_PKGS := bc python3-redis python3-hypothesis libcmocka-dev wrk python3-jsonschema \
                  python3-prometheus-client chromium chromium-driver python3-selenium clang-14 \
-                 libclang-rt-14-dev
+                 libclang-rt-14-dev python3-venv
 APT_PKGS      := $(APT_RUN_PKGS) $(APT_TEST_PKGS)
 # The PyTorch reference (fixtures, full-size parity check, benchmarks).
 APT_REF_PKGS := python3-torch python3-torchaudio libopenblas0-pthread python3-venv \
                 python3-numpy python3-yaml python3-tqdm
 REFVENV  := $(BUILD)/refvenv
+# Schemathesis (PyPI; not in Debian) for `make test-schemathesis`, in a venv of Debian's
+# python3 made by `make deps` from the pinned requirements below; the copy of them in the
+# venv is its stamp (same pins: nothing to do; other pins: the venv is made anew).
+STVENV          := $(BUILD)/stvenv
+ST_REQUIREMENTS := tests/integration/schemathesis-requirements.txt
 
 ALL_TARGETS :=
 TEST_SUITES :=
@@ -54,7 +60,11 @@ all: $(ALL_TARGETS)
 # Installs the packages of $(1) that are missing; without root and without sudo it says
 # how to get them instead of failing in apt-get.
 define apt_install_missing
-	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@# `pkg:<arch>` too: a -dev package installed for a second architecture makes the
+	@# bare name ambiguous to dpkg.
+	@arch=$$(dpkg --print-architecture); \
+	missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || \
+	  dpkg -s $$p:$$arch >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; then \
 	    echo "deps: missing Debian packages:" $$missing; \
@@ -68,6 +78,15 @@ endef
 
 deps: deps-run
 	$(call apt_install_missing,$(APT_TEST_PKGS))
+	@# An install cut short (no PyPI) is removed, and `make deps` fails: the suite needs it.
+	@cmp -s $(ST_REQUIREMENTS) $(STVENV)/requirements.txt && $(STVENV)/bin/st --version \
+	  >/dev/null 2>&1 || { \
+	  echo "deps: installing schemathesis into $(STVENV) ($(ST_REQUIREMENTS))" && \
+	  rm -rf $(STVENV) && $(PY) -m venv $(STVENV) && \
+	  $(STVENV)/bin/pip install -q --disable-pip-version-check --no-cache-dir \
+	    -r $(ST_REQUIREMENTS) && \
+	  $(STVENV)/bin/st --version >/dev/null && cp $(ST_REQUIREMENTS) $(STVENV)/requirements.txt; \
+	  } || { rm -rf $(STVENV); echo "deps: could not install schemathesis"; exit 1; }
 
 deps-run:
 	$(call apt_install_missing,$(APT_RUN_PKGS))

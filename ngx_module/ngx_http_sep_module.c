@@ -4,10 +4,11 @@
  * This file is laid out like nginx's own modules: the directives table, the module
  * context and module struct, configuration create/merge, process hooks, then the
  * content handler that routes the v1 API, and the filter that answers nginx's own
- * error pages (413 from client_max_body_size, 400 on a broken body, 500, and the 401,
- * 403 and 429 of access control: auth_request, limit_req) as JSON in sep_api
- * locations. Directives and behaviours are documented in
- * ngx_module/README.md.
+ * error pages as JSON with the CORS headers: in sep_api locations (413 from
+ * client_max_body_size, 400 on a broken body, 500, and the 401, 403 and 429 of access
+ * control: auth_request, limit_req), and before any location for a URI that a sep_api
+ * location would serve (400, 414, 494, 405, 501, 505 while nginx reads the request
+ * head). Directives and behaviours are documented in ngx_module/README.md.
  */
 #include "ngx_module/ngx_http_sep_module.h"
 #include "ngx_module/ngx_http_sep_redis.h"
@@ -503,10 +504,115 @@ ngx_http_sep_ctx_t *ngx_http_sep_get_ctx(ngx_http_request_t *r)
     return ctx;
 }
 
+/*
+ * The routes (paths from "/v1/"; /metrics is the one path outside it), with the
+ * methods each takes (every API path answers OPTIONS too):
+ *   /metrics                   GET, HEAD (text/plain; version=0.0.4)
+ *   stats, models              GET, HEAD
+ *   jobs                       POST
+ *   jobs/{id}                  GET, HEAD, DELETE
+ *   jobs/{id}/events           GET (text/event-stream)
+ *   jobs/{id}/stems/{file}     GET, HEAD
+ *   openapi.json               GET, HEAD: the location's static file (the handler declines)
+ */
+typedef enum {
+    SEP_ROUTE_NONE = 0,
+    SEP_ROUTE_METRICS,
+    SEP_ROUTE_STATS,
+    SEP_ROUTE_MODELS,
+    SEP_ROUTE_JOBS,
+    SEP_ROUTE_JOB,
+    SEP_ROUTE_EVENTS,
+    SEP_ROUTE_STEM,
+    SEP_ROUTE_OPENAPI
+} ngx_http_sep_route_t;
+
+static const struct {
+    ngx_uint_t methods;
+    const char *allow; /* the same methods as the Allow header lists them */
+} ngx_http_sep_route_methods[] = {
+    [SEP_ROUTE_NONE] = {0, NULL},
+    [SEP_ROUTE_METRICS] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
+    [SEP_ROUTE_STATS] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
+    [SEP_ROUTE_MODELS] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
+    [SEP_ROUTE_JOBS] = {NGX_HTTP_POST, "POST"},
+    [SEP_ROUTE_JOB] = {NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_DELETE, "GET, HEAD, DELETE"},
+    [SEP_ROUTE_EVENTS] = {NGX_HTTP_GET, "GET"},
+    [SEP_ROUTE_STEM] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
+    [SEP_ROUTE_OPENAPI] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
+};
+
+/* The route of `uri`; a job's id and a stem's file name are pointed into it. */
+static ngx_http_sep_route_t ngx_http_sep_route(ngx_str_t *uri, ngx_str_t *id, ngx_str_t *file)
+{
+    u_char *p = uri->data, *end = uri->data + uri->len, *slash;
+
+    if (uri->len == 8 && ngx_strncmp(p, "/metrics", 8) == 0) {
+        return SEP_ROUTE_METRICS;
+    }
+    if (uri->len < 4 || ngx_strncmp(p, "/v1/", 4) != 0) {
+        return SEP_ROUTE_NONE;
+    }
+    p += 4;
+    if (end - p == 5 && ngx_strncmp(p, "stats", 5) == 0) {
+        return SEP_ROUTE_STATS;
+    }
+    if (end - p == 6 && ngx_strncmp(p, "models", 6) == 0) {
+        return SEP_ROUTE_MODELS;
+    }
+    if (end - p == 12 && ngx_strncmp(p, "openapi.json", 12) == 0) {
+        return SEP_ROUTE_OPENAPI;
+    }
+    if (end - p == 4 && ngx_strncmp(p, "jobs", 4) == 0) {
+        return SEP_ROUTE_JOBS;
+    }
+    if (end - p <= 5 || ngx_strncmp(p, "jobs/", 5) != 0) {
+        return SEP_ROUTE_NONE;
+    }
+    p += 5;
+    slash = ngx_strlchr(p, end, '/');
+    id->data = p;
+    id->len = (slash ? slash : end) - p;
+    if (slash == NULL) {
+        return SEP_ROUTE_JOB;
+    }
+    p = slash + 1;
+    if (end - p == 6 && ngx_strncmp(p, "events", 6) == 0) {
+        return SEP_ROUTE_EVENTS;
+    }
+    if (end - p > 6 && ngx_strncmp(p, "stems/", 6) == 0 && ngx_strlchr(p + 6, end, '/') == NULL) {
+        file->data = p + 6;
+        file->len = end - file->data;
+        return SEP_ROUTE_STEM;
+    }
+    return SEP_ROUTE_NONE;
+}
+
+/* Adds "Allow: {allow}, OPTIONS" (every API path answers OPTIONS); its value, or NULL. */
+static ngx_str_t *ngx_http_sep_push_allow(ngx_http_request_t *r, const char *allow)
+{
+    ngx_table_elt_t *h = ngx_list_push(&r->headers_out.headers);
+    size_t len = ngx_strlen(allow);
+
+    if (h == NULL) {
+        return NULL;
+    }
+    h->hash = 1;
+    ngx_str_set(&h->key, "Allow");
+    h->value.len = len + sizeof(", OPTIONS") - 1;
+    h->value.data = ngx_pnalloc(r->pool, h->value.len);
+    if (h->value.data == NULL) {
+        h->hash = 0;
+        return NULL;
+    }
+    ngx_memcpy(ngx_cpymem(h->value.data, allow, len), ", OPTIONS", sizeof(", OPTIONS") - 1);
+    return &h->value;
+}
+
 /* A method the path does not take: OPTIONS gets its 204 (a CORS preflight), others 405. */
 static ngx_int_t ngx_http_sep_method_not_allowed(ngx_http_request_t *r, const char *allow)
 {
-    ngx_table_elt_t *h;
+    ngx_str_t *methods;
     ngx_int_t rc;
 
     if (r->method == NGX_HTTP_OPTIONS) {
@@ -516,23 +622,13 @@ static ngx_int_t ngx_http_sep_method_not_allowed(ngx_http_request_t *r, const ch
     if (rc != NGX_OK) {
         return rc;
     }
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
+    /* the same list an OPTIONS request gets */
+    methods = ngx_http_sep_push_allow(r, allow);
+    if (methods == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    h->hash = 1;
-    ngx_str_set(&h->key, "Allow");
-    /* the same list an OPTIONS request gets (every API path answers OPTIONS) */
-    h->value.len = ngx_strlen(allow) + sizeof(", OPTIONS") - 1;
-    h->value.data = ngx_pnalloc(r->pool, h->value.len);
-    if (h->value.data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-    ngx_memcpy(ngx_cpymem(h->value.data, allow, ngx_strlen(allow)), ", OPTIONS",
-               sizeof(", OPTIONS") - 1);
     return ngx_http_sep_send_error(r, NGX_HTTP_NOT_ALLOWED, "method_not_allowed",
-                                   "%V is not allowed here; allowed: %V", &r->method_name,
-                                   &h->value);
+                                   "%V is not allowed here; allowed: %V", &r->method_name, methods);
 }
 
 static ngx_int_t ngx_http_sep_not_found(ngx_http_request_t *r)
@@ -545,93 +641,51 @@ static ngx_int_t ngx_http_sep_not_found(ngx_http_request_t *r)
     return ngx_http_sep_send_error(r, NGX_HTTP_NOT_FOUND, "not_found", "no such API path");
 }
 
-/*
- * Routes (paths from "/v1/"; /metrics is the one path outside it):
- *   stats, models              GET, HEAD
- *   /metrics                   GET, HEAD (text/plain; version=0.0.4)
- *   jobs                       POST
- *   jobs/{id}                  GET, HEAD, DELETE
- *   jobs/{id}/stems/{file}     GET, HEAD
- *   jobs/{id}/events           GET (text/event-stream)
- */
 static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
 {
-    u_char *p, *end, *slash;
-    ngx_str_t id, file;
+    ngx_http_sep_route_t route;
+    ngx_str_t id = ngx_null_string, file = ngx_null_string;
     ngx_int_t rc;
 
     if (ngx_http_sep_get_ctx(r) == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+    route = ngx_http_sep_route(&r->uri, &id, &file);
+    if (route == SEP_ROUTE_NONE) {
+        return ngx_http_sep_not_found(r);
+    }
+    if (!(r->method & ngx_http_sep_route_methods[route].methods)) {
+        return ngx_http_sep_method_not_allowed(r, ngx_http_sep_route_methods[route].allow);
+    }
 
-    p = r->uri.data;
-    end = r->uri.data + r->uri.len;
-    if (r->uri.len == 8 && ngx_strncmp(p, "/metrics", 8) == 0) {
-        if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
-            return ngx_http_sep_method_not_allowed(r, "GET, HEAD");
-        }
+    switch (route) {
+    case SEP_ROUTE_METRICS:
         return ngx_http_sep_metrics_handler(r);
-    }
-    if (r->uri.len < 4 || ngx_strncmp(p, "/v1/", 4) != 0) {
-        return ngx_http_sep_not_found(r);
-    }
-    p += 4;
-
-    if ((end - p == 5 && ngx_strncmp(p, "stats", 5) == 0) ||
-        (end - p == 6 && ngx_strncmp(p, "models", 6) == 0)) {
-        if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
-            return ngx_http_sep_method_not_allowed(r, "GET, HEAD");
-        }
-        return *p == 's' ? ngx_http_sep_stats_handler(r) : ngx_http_sep_models_handler(r);
-    }
-
-    if (end - p == 4 && ngx_strncmp(p, "jobs", 4) == 0) {
-        if (r->method != NGX_HTTP_POST) {
-            return ngx_http_sep_method_not_allowed(r, "POST");
-        }
+    case SEP_ROUTE_STATS:
+        return ngx_http_sep_stats_handler(r);
+    case SEP_ROUTE_MODELS:
+        return ngx_http_sep_models_handler(r);
+    case SEP_ROUTE_JOBS:
         return ngx_http_sep_upload_handler(r);
-    }
-
-    if (end - p <= 5 || ngx_strncmp(p, "jobs/", 5) != 0) {
-        return ngx_http_sep_not_found(r);
-    }
-    p += 5;
-    slash = ngx_strlchr(p, end, '/');
-    id.data = p;
-    id.len = (slash ? slash : end) - p;
-
-    if (slash == NULL) {
-        if (r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD)) {
-            rc = ngx_http_discard_request_body(r);
-            return rc != NGX_OK ? rc : ngx_http_sep_status_handler(r, &id);
+    case SEP_ROUTE_JOB:
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
         }
-        if (r->method == NGX_HTTP_DELETE) {
-            rc = ngx_http_discard_request_body(r);
-            return rc != NGX_OK ? rc : ngx_http_sep_cancel_handler(r, &id);
-        }
-        return ngx_http_sep_method_not_allowed(r, "GET, HEAD, DELETE");
-    }
-
-    p = slash + 1;
-    if (end - p == 6 && ngx_strncmp(p, "events", 6) == 0) {
-        if (r->method != NGX_HTTP_GET) {
-            return ngx_http_sep_method_not_allowed(r, "GET");
-        }
+        return r->method == NGX_HTTP_DELETE ? ngx_http_sep_cancel_handler(r, &id)
+                                            : ngx_http_sep_status_handler(r, &id);
+    case SEP_ROUTE_EVENTS:
         return ngx_http_sep_events_handler(r, &id);
-    }
-    if (end - p > 6 && ngx_strncmp(p, "stems/", 6) == 0) {
-        file.data = p + 6;
-        file.len = end - file.data;
-        if (ngx_strlchr(file.data, end, '/') != NULL) {
-            return ngx_http_sep_not_found(r);
-        }
-        if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
-            return ngx_http_sep_method_not_allowed(r, "GET, HEAD");
-        }
+    case SEP_ROUTE_STEM:
         rc = ngx_http_discard_request_body(r);
         return rc != NGX_OK ? rc : ngx_http_sep_stem_handler(r, &id, &file);
+    case SEP_ROUTE_OPENAPI:
+        /* nginx's static handler serves the document (`alias` of its location); the API
+         * location gives it the rest: 405 with Allow, OPTIONS, CORS, JSON errors */
+        return NGX_DECLINED;
+    default:
+        return ngx_http_sep_not_found(r);
     }
-    return ngx_http_sep_not_found(r);
 }
 
 /* ---- JSON for nginx's own error pages in sep_api locations ------------------ */
@@ -678,11 +732,233 @@ static ngx_flag_t ngx_http_sep_body_store_full(ngx_http_request_t *r, ngx_http_s
     return 0;
 }
 
+/* ---- nginx's own errors before a location: JSON and CORS under the API ---------- */
+
+/*
+ * nginx answers some errors itself before it chooses a location: while it reads the
+ * request head (400 for a malformed header, 414 for a request line over
+ * large_client_header_buffers, 494 for a header over them, sent as 400, 505), right
+ * after it (405 for TRACE and CONNECT, 501 for an unknown Transfer-Encoding, 400 for a
+ * missing Host or a bad Content-Length), or from the server level's own directives.
+ * Those answers go through the header filter with the server's configuration, where
+ * no sep_api applies; without this their page is HTML and carries no CORS header, so a
+ * browser page sees a network error and a client no error code.
+ *
+ * To tell whether such an answer belongs to the API, the filter asks the question nginx
+ * would have asked next: which location would serve this URI. It walks the server's
+ * own location tree (static prefixes and exact names, nested locations, then the
+ * regular expressions, as ngx_http_core_find_location() does; that function is not
+ * exported), and the answer is the API's when that location has sep_api. This rather
+ * than a list of sep_api prefixes kept at configuration time, which would take a
+ * `location /v1/docs/` of static files or a `location ~ \.php$` for the API,
+ * and rather than error_page entries added to every server, which would fight the
+ * operator's own error_page and lose the status nginx chose. The CORS headers are those
+ * of that location's configuration, and answers outside the API (/, /ui/) keep
+ * nginx's pages. Regular expressions are run without captures: they set no variable of
+ * the request.
+ *
+ * The URI is the one nginx parsed. When nginx could not parse it (a malformed request
+ * line, a URI it could not decode) the answer stays nginx's own: nothing is guessed.
+ * Two answers come before nginx decodes the URI: a 505, whose target the parser has
+ * delimited, is taken when it needs no decoding (no %-escape, no dot segment or double
+ * slash); a 414 is taken by the start of its target as far as it was read, on the same
+ * condition. A 414 carries no CORS header: nginx stops before the header lines, so the
+ * request's Origin is not known.
+ */
+
+/* As ngx_http_core_find_static_location(): the location found is put in *found. */
+static ngx_int_t ngx_http_sep_find_static_location(ngx_http_location_tree_node_t *node,
+                                                   ngx_str_t *uri, ngx_http_core_loc_conf_t **found)
+{
+    u_char *p = uri->data;
+    size_t len = uri->len, n;
+    ngx_int_t rc, rv = NGX_DECLINED;
+
+    while (node) {
+        n = (len <= (size_t)node->len) ? len : node->len;
+        rc = ngx_filename_cmp(p, node->name, n);
+        if (rc != 0) {
+            node = (rc < 0) ? node->left : node->right;
+            continue;
+        }
+        if (len > (size_t)node->len) {
+            if (node->inclusive) {
+                *found = node->inclusive;
+                rv = NGX_AGAIN;
+                node = node->tree;
+                p += n;
+                len -= n;
+                continue;
+            }
+            node = node->right; /* an exact location only */
+            continue;
+        }
+        if (len == (size_t)node->len) {
+            if (node->exact) {
+                *found = node->exact;
+                return NGX_OK;
+            }
+            *found = node->inclusive;
+            return NGX_AGAIN;
+        }
+        if (len + 1 == (size_t)node->len && node->auto_redirect) {
+            *found = node->exact ? node->exact : node->inclusive;
+            rv = NGX_DONE;
+        }
+        node = node->left;
+    }
+    return rv;
+}
+
+/* As ngx_http_core_find_location(): *clcf is the enclosing location (the server's at
+ * the top) and becomes the one nginx would choose for `uri`. */
+static ngx_int_t ngx_http_sep_find_location(ngx_str_t *uri, ngx_http_core_loc_conf_t **clcf)
+{
+    ngx_http_core_loc_conf_t *pclcf = *clcf;
+    ngx_int_t rc;
+#if (NGX_PCRE)
+    ngx_http_core_loc_conf_t **re;
+    ngx_uint_t noregex = 0;
+    ngx_int_t n;
+#endif
+
+    rc = ngx_http_sep_find_static_location(pclcf->static_locations, uri, clcf);
+    if (rc == NGX_AGAIN) {
+#if (NGX_PCRE)
+        noregex = (*clcf)->noregex;
+#endif
+        rc = ngx_http_sep_find_location(uri, clcf); /* its nested locations */
+    }
+    if (rc == NGX_OK || rc == NGX_DONE) {
+        return rc;
+    }
+#if (NGX_PCRE)
+    if (noregex == 0 && pclcf->regex_locations) {
+        for (re = pclcf->regex_locations; *re; re++) {
+            n = ngx_regex_exec((*re)->regex->regex, uri, NULL, 0);
+            if (n == NGX_REGEX_NO_MATCHED) {
+                continue;
+            }
+            if (n < 0) {
+                return NGX_ERROR;
+            }
+            *clcf = *re;
+            rc = ngx_http_sep_find_location(uri, clcf);
+            return rc == NGX_ERROR ? rc : NGX_OK;
+        }
+    }
+#endif
+    return rc;
+}
+
+/* Whether the request target nginx's parser read, [p, end), is a path that decodes to
+ * itself: no %-escape, no "." or ".." segment, no "//" (the parser's complex_uri and
+ * quoted_uri flags tell, for what it read). */
+static ngx_uint_t ngx_http_sep_target_is_literal(ngx_http_request_t *r, u_char *p, u_char *end)
+{
+    return p < end && *p == '/' && !r->complex_uri && !r->quoted_uri && !r->empty_path_in_uri;
+}
+
+/* The URI an answer before any location is about (see above), or NGX_DECLINED. */
+static ngx_int_t ngx_http_sep_head_error_uri(ngx_http_request_t *r, ngx_str_t *uri)
+{
+    u_char *end;
+
+    if (r->uri.len) { /* the request line was parsed and its URI decoded */
+        *uri = r->uri;
+        return NGX_OK;
+    }
+    if (r->uri_start == NULL || r->header_in == NULL || r->uri_start < r->header_in->start ||
+        r->uri_start >= r->header_in->last) {
+        return NGX_DECLINED;
+    }
+    if (r->headers_out.status == NGX_HTTP_VERSION_NOT_SUPPORTED && r->uri_end) {
+        end = r->args_start ? r->args_start - 1 : r->uri_end;
+    } else if (r->headers_out.status == NGX_HTTP_REQUEST_URI_TOO_LARGE) {
+        /* the path as far as it was read; not r->uri_end: the parser sets it only once
+         * the target ends, and moving the line to a larger buffer left it dangling */
+        for (end = r->uri_start; end < r->header_in->pos && *end != ' ' && *end != '?'; end++) {
+            /* void */
+        }
+    } else {
+        return NGX_DECLINED;
+    }
+    if (end < r->uri_start || end > r->header_in->last ||
+        !ngx_http_sep_target_is_literal(r, r->uri_start, end)) {
+        return NGX_DECLINED;
+    }
+    uri->data = r->uri_start;
+    uri->len = end - r->uri_start;
+    return NGX_OK;
+}
+
+/*
+ * For an error nginx answers before it chose a location: the configuration of the
+ * sep_api location that would serve the request's URI (put in *uri), or NULL (not the
+ * API's, or no URI). *status becomes the status the JSON speaks of: 494 for nginx's
+ * "header too large", which nginx sends as 400 (it alone leaves r->lingering_close set
+ * while it reads the head: its other 400s clear it).
+ */
+static ngx_http_sep_loc_conf_t *ngx_http_sep_head_error_conf(ngx_http_request_t *r, ngx_str_t *uri,
+                                                             ngx_uint_t *status)
+{
+    ngx_http_core_srv_conf_t *cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+    ngx_http_core_loc_conf_t *server, *clcf;
+    ngx_http_sep_loc_conf_t *lcf;
+
+    if (r->headers_out.status < NGX_HTTP_BAD_REQUEST || cscf == NULL ||
+        r->loc_conf != cscf->ctx->loc_conf) { /* a location was chosen: it is not sep_api */
+        return NULL;
+    }
+    if (ngx_http_sep_head_error_uri(r, uri) != NGX_OK) {
+        return NULL;
+    }
+    server = cscf->ctx->loc_conf[ngx_http_core_module.ctx_index];
+    clcf = server;
+    if (ngx_http_sep_find_location(uri, &clcf) == NGX_ERROR || clcf == server) {
+        return NULL; /* no location: the server's own configuration, never sep_api */
+    }
+    lcf = clcf->loc_conf[ngx_http_sep_module.ctx_index];
+    if (lcf == NULL || lcf->api != 1) {
+        return NULL;
+    }
+    if (r->headers_out.status == NGX_HTTP_BAD_REQUEST && r->lingering_close &&
+        r->http_state == NGX_HTTP_READING_REQUEST_STATE) {
+        *status = NGX_HTTP_REQUEST_HEADER_TOO_LARGE;
+    }
+    return lcf;
+}
+
+/*
+ * nginx refused the method (TRACE, CONNECT) before the API saw the request: the API's
+ * own answer for it, a 405 whose Allow lists the route's methods, or a 404 on a path
+ * that is no route (whatever its method). The JSON body, or NULL.
+ */
+static u_char *ngx_http_sep_head_method_error(ngx_http_request_t *r, ngx_str_t *uri, size_t *len)
+{
+    ngx_http_sep_route_t route;
+    ngx_str_t id = ngx_null_string, file = ngx_null_string, *methods;
+
+    route = ngx_http_sep_route(uri, &id, &file);
+    if (route == SEP_ROUTE_NONE) {
+        r->headers_out.status = NGX_HTTP_NOT_FOUND;
+        return ngx_http_sep_error_body(r->pool, "not_found", len, "no such API path");
+    }
+    methods = ngx_http_sep_push_allow(r, ngx_http_sep_route_methods[route].allow);
+    if (methods == NULL) {
+        return NULL;
+    }
+    return ngx_http_sep_error_body(r->pool, "method_not_allowed", len,
+                                   "%V is not allowed here; allowed: %V", &r->method_name, methods);
+}
+
 static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
 {
     ngx_http_sep_loc_conf_t *lcf;
     ngx_http_sep_ctx_t *ctx;
     ngx_table_elt_t *h;
+    ngx_uint_t status, head_error = 0;
+    ngx_str_t uri;
     u_char *body;
     size_t len;
 
@@ -690,8 +966,16 @@ static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_sep_module);
-    if (lcf == NULL || !ngx_http_sep_answers_as_api(r, lcf)) {
+    if (lcf == NULL) {
         return ngx_http_next_header_filter(r);
+    }
+    status = r->headers_out.status;
+    if (!ngx_http_sep_answers_as_api(r, lcf)) {
+        lcf = ngx_http_sep_head_error_conf(r, &uri, &status);
+        if (lcf == NULL) {
+            return ngx_http_next_header_filter(r);
+        }
+        head_error = 1;
     }
     if (ngx_http_sep_cors_headers(r, lcf) != NGX_OK) {
         return NGX_ERROR;
@@ -707,12 +991,16 @@ static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
     if (ctx == NULL) {
         return ngx_http_next_header_filter(r);
     }
-    if (r->headers_out.status == NGX_HTTP_INTERNAL_SERVER_ERROR && r->method == NGX_HTTP_POST &&
+    if (status == NGX_HTTP_INTERNAL_SERVER_ERROR && r->method == NGX_HTTP_POST &&
         ngx_http_sep_body_store_full(r, lcf)) {
         /* nginx could not write the body to its temp file: the disk is full */
-        r->headers_out.status = NGX_HTTP_INSUFFICIENT_STORAGE;
+        r->headers_out.status = status = NGX_HTTP_INSUFFICIENT_STORAGE;
     }
-    body = ngx_http_sep_status_error_json(r->pool, r->headers_out.status, &len);
+    if (head_error && status == NGX_HTTP_NOT_ALLOWED) {
+        body = ngx_http_sep_head_method_error(r, &uri, &len);
+    } else {
+        body = ngx_http_sep_status_error_json(r->pool, status, &len);
+    }
     if (body == NULL) {
         return ngx_http_next_header_filter(r);
     }

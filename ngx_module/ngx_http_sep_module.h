@@ -137,7 +137,11 @@ ngx_int_t ngx_http_sep_send_json(ngx_http_request_t *r, ngx_uint_t status, u_cha
                                  size_t len);
 ngx_int_t ngx_http_sep_send_error(ngx_http_request_t *r, ngx_uint_t status, const char *code,
                                   const char *fmt, ...);
-/* The error JSON for an nginx-generated status (413, 400, 500, ...). */
+/* The error JSON {"error": {"code": code, "message": printf(fmt, ...)}} from the pool. */
+u_char *ngx_http_sep_error_body(ngx_pool_t *pool, const char *code, size_t *len, const char *fmt,
+                                ...);
+/* The error JSON for an nginx-generated status (413, 400, 500, ...; 494, nginx's "header
+ * too large" that it sends as 400). */
 u_char *ngx_http_sep_status_error_json(ngx_pool_t *pool, ngx_uint_t status, size_t *len);
 ngx_int_t ngx_http_sep_set_location(ngx_http_request_t *r, ngx_str_t *id);
 

@@ -86,6 +86,18 @@ static u_char *ngx_http_sep_error_json(ngx_pool_t *pool, const char *code, u_cha
     return *len ? buf : NULL;
 }
 
+u_char *ngx_http_sep_error_body(ngx_pool_t *pool, const char *code, size_t *len, const char *fmt,
+                                ...)
+{
+    u_char msg[SEP_MESSAGE_MAX], *last;
+    va_list args;
+
+    va_start(args, fmt);
+    last = ngx_vslprintf(msg, msg + sizeof(msg), fmt, args);
+    va_end(args);
+    return ngx_http_sep_error_json(pool, code, msg, last - msg, len);
+}
+
 ngx_int_t ngx_http_sep_send_error(ngx_http_request_t *r, ngx_uint_t status, const char *code,
                                   const char *fmt, ...)
 {
@@ -146,6 +158,11 @@ u_char *ngx_http_sep_status_error_json(ngx_pool_t *pool, ngx_uint_t status, size
         code = "uri_too_long";
         message = "the request URI is too long";
         break;
+    case NGX_HTTP_REQUEST_HEADER_TOO_LARGE:
+        code = "header_too_large"; /* nginx's 494, sent as 400 */
+        message = "a request header line, or all of them, is larger than this server accepts "
+                  "(large_client_header_buffers)";
+        break;
     case NGX_HTTP_UNSUPPORTED_MEDIA_TYPE:
         code = "unsupported_media_type";
         message = "unsupported media type";
@@ -157,6 +174,15 @@ u_char *ngx_http_sep_status_error_json(ngx_pool_t *pool, ngx_uint_t status, size
     case NGX_HTTP_SERVICE_UNAVAILABLE:
         code = "unavailable";
         message = "the service is unavailable; retry later";
+        break;
+    case NGX_HTTP_NOT_IMPLEMENTED:
+        code = "not_implemented";
+        message = "the request uses what this server does not implement (a Transfer-Encoding "
+                  "other than chunked)";
+        break;
+    case NGX_HTTP_VERSION_NOT_SUPPORTED:
+        code = "http_version_not_supported";
+        message = "the HTTP version is not supported";
         break;
     case NGX_HTTP_INSUFFICIENT_STORAGE:
         code = "insufficient_storage";

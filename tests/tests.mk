@@ -44,8 +44,12 @@
 #                   405/404/503; then every route's answers, success and error, validated
 #                   against the OpenAPI document shared/openapi.json with jsonschema
 #                   (tests/integration/test_openapi.py) (about 10 s)
-# test-schemathesis SCHEMATHESIS=<venv>/bin/st: Schemathesis (PyPI) generates requests
-#                   from shared/openapi.json against a live stack (not in `make test`)
+# test-schemathesis Schemathesis (PyPI, in build/stvenv from `make deps`; SCHEMATHESIS=
+#                   names another st) generates requests from shared/openapi.json against
+#                   a live stack: no 5xx, every answer as the document says (status,
+#                   content type, headers, schema), schema-violating requests refused,
+#                   405 with Allow for undocumented methods (tests/integration/
+#                   run_schemathesis.py; fails when st is missing; about 40 s)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once,
@@ -70,7 +74,7 @@
 
 TEST_SUITES += test-local-stack test-integration test-events test-redis-faults \
                test-late-replies test-upload-stream test-workerd test-cli-regress test-browser \
-               test-docs test-stats
+               test-docs test-stats test-schemathesis
 
 .PHONY: test-stats test-schemathesis test-integration test-events test-redis-faults test-late-replies test-upload-stream \
         test-local-stack test-stress test-workerd test-cli-regress test-browser test-docs
@@ -90,8 +94,8 @@ test-stats: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_stats.py
 	$(PY) tests/integration/test_openapi.py
 
-# Schemathesis from PyPI in a venv (not in TEST_SUITES): SCHEMATHESIS=V/bin/st
-SCHEMATHESIS ?= st
+# Schemathesis from PyPI in the venv `make deps` makes (STVENV, in the root Makefile)
+SCHEMATHESIS ?= $(STVENV)/bin/st
 test-schemathesis: $(NGX_MODULE_SO)
 	SCHEMATHESIS=$(SCHEMATHESIS) $(PY) tests/integration/run_schemathesis.py
 

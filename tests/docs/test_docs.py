@@ -184,8 +184,9 @@ def module_error_codes():
         "CONFLICT": 409, "LENGTH_REQUIRED": 411, "REQUEST_ENTITY_TOO_LARGE": 413,
         "REQUEST_URI_TOO_LARGE": 414, "UNSUPPORTED_MEDIA_TYPE": 415,
         "RANGE_NOT_SATISFIABLE": 416, "TOO_MANY_REQUESTS": 429,
-        "INTERNAL_SERVER_ERROR": 500, "SERVICE_UNAVAILABLE": 503,
-        "INSUFFICIENT_STORAGE": 507}
+        "INTERNAL_SERVER_ERROR": 500, "NOT_IMPLEMENTED": 501, "SERVICE_UNAVAILABLE": 503,
+        "VERSION_NOT_SUPPORTED": 505, "INSUFFICIENT_STORAGE": 507,
+        "REQUEST_HEADER_TOO_LARGE": 400}  # nginx's 494, sent as 400
     src_dir = os.path.join(REPO, "ngx_module")
     for name in sorted(os.listdir(src_dir)):
         if not name.endswith(".c"):

@@ -306,6 +306,68 @@ def stems_carry_cors_of_the_api_location(_):
     return "%d stem answers, CORS in the location and at server level" % seen
 
 
+def head_error(stack, request):
+    return harness.raw_request(stack.port, request.encode("latin-1"))
+
+
+@cases.case
+def head_errors_carry_the_api_locations_cors(_):
+    # nginx's own refusals while it reads the request head (a header over
+    # large_client_header_buffers, a malformed header, TRACE) come before any location:
+    # under the API they carry the CORS headers of the sep_api location that would have
+    # served the URI, with sep_cors_origins at server level or in that location only
+    # (then /metrics, another location without it, gets none). A URI too long gets its
+    # JSON but no CORS header: nginx stops before the header lines, Origin is unknown.
+    in_location = lambda text: text.replace(  # noqa: E731
+        "            sep_api;\n", "            sep_api;\n            sep_cors_origins %s;\n"
+        % APP, 1)
+    seen = 0
+    for edit, where in ((CORS_ON, "server"), (in_location, "location")):
+        stack = stack_with(edit)
+        try:
+            origins = [APP, MAPPED] if edit is CORS_ON else [APP]
+            for origin in origins + [EVIL]:
+                head = ("Host: t\r\nConnection: close\r\nOrigin: %s\r\n" % origin)
+                for what, req, status, code in (
+                        ("header too large",
+                         "GET /v1/jobs/x HTTP/1.1\r\n%sAuthorization: Bearer %s\r\n\r\n"
+                         % (head, "a" * 9000), 400, "header_too_large"),
+                        ("malformed header", "GET /v1/jobs/x HTTP/1.1\r\n%sBad Header\r\n\r\n"
+                         % head, 400, "bad_request"),
+                        ("TRACE", "TRACE /v1/jobs/x HTTP/1.1\r\n%s\r\n" % head, 405,
+                         "method_not_allowed")):
+                    label = "%s from %s (CORS in the %s)" % (what, origin, where)
+                    resp = head_error(stack, req)
+                    err = expect_json_error(resp, status, label)
+                    expect(err["code"] == code, "%s: %r" % (label, err))
+                    if origin == EVIL:
+                        expect_no_cors(resp, label)
+                    else:
+                        expect_cors(resp, origin, label)
+                    seen += 1
+            long_uri = head_error(stack, "GET /v1/jobs/%s HTTP/1.1\r\nHost: t\r\nOrigin: %s"
+                                  "\r\n\r\n" % ("a" * 20000, APP))
+            err = expect_json_error(long_uri, 414, "URI too long")
+            expect(err["code"] == "uri_too_long", "URI too long: %r" % err)
+            expect_no_cors(long_uri, "URI too long (Origin not read)")
+            metrics = head_error(stack, "GET /metrics HTTP/1.1\r\nHost: t\r\nOrigin: %s\r\n"
+                                 "Bad Header\r\n\r\n" % APP)
+            expect_json_error(metrics, 400, "malformed header on /metrics")
+            if edit is CORS_ON:
+                expect_cors(metrics, APP, "/metrics, CORS at server level")
+            else:
+                expect_no_cors(metrics, "/metrics, a location without sep_cors_origins")
+            ui = head_error(stack, "GET /ui/player.html HTTP/1.1\r\nHost: t\r\nOrigin: %s\r\n"
+                            "Bad Header\r\n\r\n" % APP)
+            expect(ui.status == 400 and "text/html" in (ui.header("content-type") or ""),
+                   "malformed header on /ui/: nginx's page", ui)
+            expect_no_cors(ui, "/ui/ is no API path")
+            seen += 3
+        finally:
+            stack.stop()
+    return "%d answers" % seen
+
+
 def nginx_t(line):
     """`nginx -t` on the sample conf with one more server line: (returncode, output)."""
     stack = harness.Stack(worker_processes=1, conf_edit=with_server_lines(line))

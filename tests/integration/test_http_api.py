@@ -262,9 +262,11 @@ def unsupported_media_415(stack):
 
 @cases.case
 def wrong_method_405(stack):
+    # /v1/openapi.json is a static file in a sep_api location: its other methods too
     for method, path in (("PUT", "/v1/jobs"), ("PATCH", "/v1/jobs"),
                          ("POST", "/v1/jobs/" + str(uuid.uuid4())),
-                         ("PUT", "/v1/jobs/" + str(uuid.uuid4()))):
+                         ("PUT", "/v1/jobs/" + str(uuid.uuid4())),
+                         ("POST", "/v1/openapi.json"), ("DELETE", "/v1/openapi.json")):
         resp = stack.request(method, path, body=b"x")
         expect_json_error(resp, 405, method + " " + path)
         # Allow lists what OPTIONS on the path lists, OPTIONS included
@@ -272,6 +274,138 @@ def wrong_method_405(stack):
         expect(resp.header("allow") and resp.header("allow") == options.header("allow") and
                "OPTIONS" in resp.header("allow"), "Allow of %s %s: %r vs OPTIONS %r"
                % (method, path, resp.header("allow"), options.header("allow")))
+    doc = stack.request("GET", "/v1/openapi.json")
+    expect(doc.status == 200 and isinstance(doc.json, dict) and "paths" in doc.json,
+           "GET /v1/openapi.json still serves the document", doc)
+    head = stack.request("HEAD", "/v1/openapi.json")
+    expect(head.status == 200 and head.body == b"", "HEAD /v1/openapi.json", head)
+
+
+# nginx's own errors while it reads the request head --------------------------------------
+HEAD = "Host: t\r\nConnection: close\r\n"
+
+
+def head_error(stack, request):
+    return harness.raw_request(stack.port, request.encode("latin-1"))
+
+
+def head_error_requests(path):
+    """Requests nginx refuses itself, before it chooses a location, for `path`:
+    (what, request, status nginx sends)."""
+    return (
+        ("malformed header", "GET %s HTTP/1.1\r\n%sBad Header\r\n\r\n" % (path, HEAD), 400),
+        ("control byte in a header name",
+         "GET %s HTTP/1.1\r\n%sBad\x01: y\r\n\r\n" % (path, HEAD), 400),
+        ("header over large_client_header_buffers",
+         "GET %s HTTP/1.1\r\n%sAuthorization: Bearer %s\r\n\r\n" % (path, HEAD, "a" * 9000), 400),
+        ("request line over large_client_header_buffers",
+         "GET %s%s HTTP/1.1\r\n%s\r\n" % (path, "a" * 20000, HEAD), 414),
+        ("HTTP/1.1 without Host", "GET %s HTTP/1.1\r\nConnection: close\r\n\r\n" % path, 400),
+        ("bad Content-Length",
+         "POST %s HTTP/1.1\r\n%sContent-Length: x\r\n\r\n" % (path, HEAD), 400),
+        ("unknown Transfer-Encoding",
+         "POST %s HTTP/1.1\r\n%sTransfer-Encoding: gzip\r\n\r\n" % (path, HEAD), 501),
+        ("HTTP/2.0 over HTTP/1", "GET %s HTTP/2.0\r\n%s\r\n" % (path, HEAD), 505),
+    )
+
+
+@cases.case
+def head_errors_are_json_under_the_api(stack):
+    """What nginx refuses while it reads the request head (before any location, so
+    before sep_api applies) is the API's JSON error under /v1/ and /metrics."""
+    codes = {"malformed header": "bad_request", "control byte in a header name": "bad_request",
+             "header over large_client_header_buffers": "header_too_large",
+             "request line over large_client_header_buffers": "uri_too_long",
+             "HTTP/1.1 without Host": "bad_request", "bad Content-Length": "bad_request",
+             "unknown Transfer-Encoding": "not_implemented",
+             "HTTP/2.0 over HTTP/1": "http_version_not_supported"}
+    seen = 0
+    for path in ("/v1/jobs/x", "/v1/jobs", "/metrics"):
+        for what, req, status in head_error_requests(path):
+            if path == "/metrics" and status == 414:
+                continue  # /metricsaaa... is no API path (the location is `= /metrics`)
+            resp = head_error(stack, req)
+            err = expect_json_error(resp, status, "%s on %s" % (what, path))
+            expect(err["code"] == codes[what], "%s on %s: code %r, expected %r"
+                   % (what, path, err["code"], codes[what]), resp)
+            expect(resp.header("content-type") == "application/json; charset=utf-8",
+                   "%s on %s: Content-Type %r" % (what, path, resp.header("content-type")))
+            expect(int(resp.header("content-length")) == len(resp.body),
+                   "%s on %s: Content-Length %s for %d bytes"
+                   % (what, path, resp.header("content-length"), len(resp.body)))
+            seen += 1
+    return "%d answers" % seen
+
+
+@cases.case
+def trace_gets_the_routes_allow(stack):
+    """nginx refuses TRACE (and CONNECT) itself, before any location: under the API the
+    answer is the route's 405 with Allow (what OPTIONS lists), or 404 on no route."""
+    job = "/v1/jobs/" + str(uuid.uuid4())
+    for path in ("/v1/jobs", job, job + "/events", job + "/stems/vocals.wav", "/v1/stats",
+                 "/metrics", "/v1/openapi.json"):
+        resp = head_error(stack, "TRACE %s HTTP/1.1\r\n%s\r\n" % (path, HEAD))
+        err = expect_json_error(resp, 405, "TRACE " + path)
+        expect(err["code"] == "method_not_allowed", "TRACE %s: %r" % (path, err))
+        options = stack.request("OPTIONS", path)
+        expect(resp.header("allow") and resp.header("allow") == options.header("allow"),
+               "TRACE %s: Allow %r, OPTIONS lists %r" % (path, resp.header("allow"),
+                                                         options.header("allow")))
+    resp = head_error(stack, "TRACE /v1/nothing-here HTTP/1.1\r\n%s\r\n" % HEAD)
+    err = expect_json_error(resp, 404, "TRACE on no route")
+    expect(err["code"] == "not_found", "TRACE on no route: %r" % err)
+
+
+@cases.case
+def head_errors_outside_the_api_stay_nginx_pages(stack):
+    """The same refusals outside the API (/, /ui/), and
+    under /v1/ where nginx could not establish the URI (a request line it cannot parse,
+    a URI it cannot decode, a URI too long whose read part has a %-escape), keep nginx's
+    own HTML pages: nothing is guessed."""
+    seen = 0
+    for path in ("/", "/ui/player.html"):
+        for what, req, status in head_error_requests(path) + (
+                ("TRACE", "TRACE %s HTTP/1.1\r\n%s\r\n" % (path, HEAD), 405),):
+            resp = head_error(stack, req)
+            expect(resp.status == status and "text/html" in (resp.header("content-type") or ""),
+                   "%s on %s: expected nginx's %d page" % (what, path, status), resp)
+            seen += 1
+    for what, req in (
+            ("request line nginx cannot parse", "GET /v1/jobs/x HTTP/1.1 x\r\n%s\r\n" % HEAD),
+            ("bad %-escape", "GET /v1/jobs/%%zz HTTP/1.1\r\n%s\r\n" % HEAD),
+            ("dot segments above the root", "GET /v1/../../x HTTP/1.1\r\n%s\r\n" % HEAD),
+            ("URI too long, %-escape in its start",
+             "GET /v1/jobs/%%61%s HTTP/1.1\r\n%s\r\n" % ("a" * 20000, HEAD))):
+        resp = head_error(stack, req)
+        expect(resp.status in (400, 414) and "text/html" in (resp.header("content-type") or ""),
+               "%s: expected nginx's own page" % what, resp)
+        seen += 1
+    return "%d answers" % seen
+
+
+@cases.case
+def head_errors_follow_nginxs_location_choice(_):
+    """Whether a refusal before any location is the API's is decided by the location nginx
+    would choose: a regular expression location that wins over the `/v1/` prefix keeps
+    nginx's page, the API's paths beside it get JSON."""
+    def edit(text):
+        return text.replace("        location /ui/ {",
+                            "        location ~ ^/v1/docs/ {\n"
+                            "            return 200 \"docs\\n\";\n"
+                            "        }\n\n"
+                            "        location /ui/ {", 1)
+    other = harness.Stack(worker_processes=1, conf_edit=edit).start()
+    try:
+        docs = head_error(other, "GET /v1/docs/x HTTP/1.1\r\n%sBad Header\r\n\r\n" % HEAD)
+        expect(docs.status == 400 and "text/html" in (docs.header("content-type") or ""),
+               "a regex location's refusal: nginx's page", docs)
+        ok = other.request("GET", "/v1/docs/x")
+        expect(ok.status == 200 and ok.body == b"docs\n", "the regex location serves", ok)
+        api = head_error(other, "GET /v1/jobs/x HTTP/1.1\r\n%sBad Header\r\n\r\n" % HEAD)
+        err = expect_json_error(api, 400, "an API path beside it")
+        expect(err["code"] == "bad_request", "an API path beside it: %r" % err)
+    finally:
+        other.stop()
 
 
 # cancel ----------------------------------------------------------------------------------
