@@ -551,7 +551,7 @@ static ngx_int_t ngx_http_sep_not_found(ngx_http_request_t *r)
  *   jobs                       POST
  *   jobs/{id}                  GET, HEAD, DELETE
  *   jobs/{id}/stems/{file}     GET, HEAD
- *   jobs/{id}/events           GET (text/event-stream)
+ *   jobs/{id}/events           GET (text/event-stream), HEAD (its head, no events)
  */
 static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
 {
@@ -613,8 +613,8 @@ static ngx_int_t ngx_http_sep_handler(ngx_http_request_t *r)
 
     p = slash + 1;
     if (end - p == 6 && ngx_strncmp(p, "events", 6) == 0) {
-        if (r->method != NGX_HTTP_GET) {
-            return ngx_http_sep_method_not_allowed(r, "GET");
+        if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+            return ngx_http_sep_method_not_allowed(r, "GET, HEAD");
         }
         return ngx_http_sep_events_handler(r, &id);
     }
