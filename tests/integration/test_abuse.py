@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Abuse of the HTTP surface: real redis-server + nginx with the module
 (tests/integration/harness.py), one nginx worker (so a held worker would show),
-client_max_body_size 1m, sep_max_queued 800; the slow clients have a stack of their own
-with client_header_timeout and client_body_timeout of 1 s.
+client_max_body_size 1m, sep_max_queued 800, sep_redis_timeout 5s; the slow clients have
+a stack of their own with client_header_timeout and client_body_timeout of 1 s.
 
 Groups, each followed by a check that nginx's error log got no "[alert]" and no
 "exited on signal" line and that the worker is the one that started (not respawned):
@@ -87,6 +87,13 @@ def conf_edit(text):
                         "client_body_buffer_size 128k;\n"
                         "        client_header_timeout 1s;\n"
                         "        client_body_timeout 1s;")
+
+
+def main_conf_edit(text):
+    """sep_redis_timeout 5s: on a loaded 2-core machine a burst of 1,000 submits can
+    wait longer than the 1 s default in the worker's own event loop (a 503 then, which
+    the round accepts), and the round is meant to be decided by the queue's room."""
+    return text.replace("sep_redis_timeout 1s;", "sep_redis_timeout 5s;")
 
 
 def raise_fd_limit(n):
@@ -1315,7 +1322,7 @@ def thousand_uploads_round(stack):
     failures = [(i, e) for i, (r, e) in enumerate(results) if r is None]
     expect(not failures, "%d of %d uploads got no answer, e.g. %s"
            % (len(failures), UPLOADS, failures[:3]))
-    counts, accepted, by_key = {}, set(), {}
+    counts, codes, accepted, by_key = {}, {}, set(), {}
     for i, (r, _) in enumerate(results):
         counts[r.status] = counts.get(r.status, 0) + 1
         if r.status == 202:
@@ -1327,6 +1334,7 @@ def thousand_uploads_round(stack):
             err = expect_json_error(r, r.status, "a refused upload")
             expect(err["code"] in ("queue_full", "redis_timeout", "redis_unavailable",
                                    "redis_loading"), "refused with %s" % err["code"], r)
+            codes[err["code"]] = codes.get(err["code"], 0) + 1
         else:
             expect(False, "an upload answered %d" % r.status, r)
     expect(all(len(v) == 1 for v in by_key.values()),
@@ -1371,8 +1379,9 @@ def thousand_uploads_round(stack):
            "DELETE of the accepted jobs", [r.status for r in got if r.status != 200][:5])
     expect(all(not os.path.exists(stack.job_dir(j)) for j in conn_ids),
            "a deleted job's directory is still there")
-    return "%.2f s: %s, %d jobs" % (took, ", ".join("%d x%d" % (n, k) for k, n in
-                                                     sorted(counts.items())), len(accepted))
+    return "%.2f s: %d x202, %s; %d jobs" % (
+        took, counts.get(202, 0), ", ".join("%s x%d" % kv for kv in sorted(codes.items())),
+        len(accepted))
 
 
 @cases.case
@@ -1551,10 +1560,14 @@ def main(argv):
         print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
         return 1
     raise_fd_limit(8192)
-    stack = harness.Stack(max_body=MAX_BODY, max_queued=MAX_QUEUED,
-                          worker_processes=1).start()
+    stack = harness.Stack(max_body=MAX_BODY, max_queued=MAX_QUEUED, worker_processes=1,
+                          conf_edit=main_conf_edit).start()
     harness.install_signal_cleanup(stack)
     try:
+        with open(stack.conf_path, encoding="utf-8") as f:
+            if "sep_redis_timeout 5s;" not in f.read():
+                print("FAIL: the test configuration did not take sep_redis_timeout 5s")
+                return 1
         warm_up(stack)
         group_begin(stack)
         state["rss_start"] = rss_kib(state[("workers", stack.prefix)][0])
