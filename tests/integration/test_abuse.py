@@ -17,9 +17,10 @@ Groups, each followed by a check that nginx's error log got no "[alert]" and no
                   GETs and POST + GET in one write, Expect: 100-continue, HEAD on every
                   GET endpoint (no body, the GET's headers)
   names           job ids, stem names, options and headers (Idempotency-Key,
-                  Last-Event-ID, Range, Content-Type) with `..`, `%2e%2e`, `%2F`, `%00`,
+                  Last-Event-ID, Range, Content-Type) with `..`, `%2e%2e`, `%2F`, NUL,
                   very long values and bytes that are not UTF-8: 400/404 JSON errors,
-                  never a 5xx, never a file that is not a stem
+                  never a 5xx, never a file that is not a stem (`%00` and `..` above
+                  the root in a path are refused by nginx itself: head stage)
   full spool      concurrent uploads into a 1 MB tmpfs spool (root only): 202 or JSON
                   507, nothing partial left (the single-upload case is
                   test_upload_stream.py's full_spool_freed_while_the_failed_body_comes_in)
