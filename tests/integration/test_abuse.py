@@ -14,8 +14,9 @@ Groups, each followed by a check that nginx's error log got no "[alert]" and no
   framing         oversized headers and query strings inside nginx's buffers, broken
                   chunked bodies (bad hex, missing CRLF, a chunk longer than announced),
                   Content-Length shorter than the body or huge, pipelined
-                  GETs and POST + GET in one write, Expect: 100-continue, HEAD on every
-                  GET endpoint (no body, the GET's headers)
+                  GETs (1,000 in one write) and POST + GET in one write, Expect:
+                  100-continue, HTTP/1.0, absolute-form targets, methods a route does
+                  not take, HEAD on every GET endpoint (no body, the GET's headers)
   names           job ids, stem names, options and headers (Idempotency-Key,
                   Last-Event-ID, Range, Content-Type) with `..`, `%2e%2e`, `%2F`, NUL,
                   very long values and bytes that are not UTF-8: 400/404 JSON errors,
@@ -29,7 +30,8 @@ Groups, each followed by a check that nginx's error log got no "[alert]" and no
                   its input whole, no upload file that no job owns; the worker's RSS
                   after the second round is where the first left it
   head stage      nginx's own errors while it reads the request head (400 for a
-                  malformed or oversized header, duplicate Content-Length, 414, ...),
+                  malformed or oversized header, duplicate Content-Length, no Host; 414;
+                  405 for TRACE; 501 for an unknown transfer coding; 505 for HTTP/3.0),
                   answered before any location applies: JSON expected, listed in
                   KNOWN_FAILING until the module answers them as JSON
 
@@ -61,6 +63,7 @@ KNOWN_FAILING = {
     "head_stage_oversized_headers_are_json": HEAD_STAGE,
     "head_stage_long_uri_is_json_414": HEAD_STAGE,
     "head_stage_malformed_headers_are_json": HEAD_STAGE,
+    "head_stage_request_line_errors_are_json": HEAD_STAGE,
     "head_stage_content_length_conflicts_are_json": HEAD_STAGE,
     "head_stage_path_tricks_are_json": HEAD_STAGE,
     "head_stage_garbage_after_a_body_is_json": HEAD_STAGE,
@@ -808,6 +811,51 @@ def pipelined_gets_in_one_write(stack):
 
 
 @cases.case
+def methods_versions_and_request_forms(stack):
+    """HTTP/1.0, an absolute-form target (whatever its host), a minor version nginx does
+    not know (1.9): answered as usual; methods a route does not take (an unknown one,
+    HEAD on the POST route, POST on stats): a JSON 405 with Allow, no body for HEAD; a
+    DELETE with a body, then a pipelined GET: both answered; 1,000 pipelined GETs in
+    one write: 1,000 answers in order."""
+    job = queued_job(stack)
+    j = job.encode()
+    for what, data in (
+            ("HTTP/1.0", b"GET /v1/jobs/" + j + b" HTTP/1.0\r\n\r\n"),
+            ("an absolute-form target", b"GET http://t/v1/jobs/" + j + b" HTTP/1.1\r\n"
+             b"Host: t\r\nConnection: close\r\n\r\n"),
+            ("an absolute-form target naming another host", b"GET http://elsewhere/v1/jobs/" +
+             j + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+            ("HTTP/1.9", b"GET /v1/jobs/" + j + b" HTTP/1.9\r\nHost: t\r\n"
+             b"Connection: close\r\n\r\n")):
+        got, _, _ = exchange(stack.port, data, ["GET"])
+        expect(got and got[0].status == 200 and got[0].json["id"] == job, what, got)
+    for method, path, allow in (("FOO", "/v1/jobs/" + job, "GET, HEAD, DELETE, OPTIONS"),
+                                ("HEAD", "/v1/jobs", "POST, OPTIONS"),
+                                ("POST", "/v1/stats", "GET, HEAD, OPTIONS"),
+                                ("PUT", "/v1/jobs/%s/events" % job, "GET, HEAD, OPTIONS")):
+        got, _, left = exchange(stack.port, http_request(method, path, body=b"abc",
+                                                         close=True), [method])
+        expect(got, "%s %s: no answer" % (method, path))
+        if method == "HEAD":
+            expect(got[0].status == 405 and not left, "HEAD %s: %d, %d body bytes"
+                   % (path, got[0].status, len(left)), got[0])
+        else:
+            expect_json_error(got[0], 405, "%s %s" % (method, path))
+        expect(got[0].header("allow") == allow, "%s %s: Allow %r" % (method, path,
+                                                                    got[0].header("allow")))
+    other = new_job(stack)
+    data = (http_request("DELETE", "/v1/jobs/" + other, body=b"hello") +
+            http_request("GET", "/v1/jobs/" + job, close=True))
+    got, _, _ = exchange(stack.port, data, ["DELETE", "GET"])
+    expect(len(got) == 2 and got[0].status == 200 and got[1].status == 200 and
+           got[1].json["id"] == job, "DELETE with a body, then GET", got)
+    data = b"".join(http_request("GET", "/v1/stats", close=(i == 999)) for i in range(1000))
+    got, closed, left = exchange(stack.port, data, ["GET"] * 1000, timeout=30)
+    expect(len(got) == 1000 and all(r.status == 200 for r in got) and closed and not left,
+           "1,000 pipelined GETs: %d answers" % len(got))
+
+
+@cases.case
 def pipelined_post_then_get(stack):
     """A POST and a GET in one write: the POST's body (raw, multipart, chunked with a
     chunk extension and a trailer, refused before or after its body) never swallows the
@@ -1461,6 +1509,26 @@ def head_stage_malformed_headers_are_json(stack):
                 b"\r\nConnection: close\r\n\r\n", "GET", (400,), "bad_request")
                for host in (b"../../x", b"a/b", b"a\\b")]
     head_stage_answers(stack, probes)
+
+
+@cases.case
+def head_stage_request_line_errors_are_json(stack):
+    """Request lines nginx refuses itself: TRACE (405), a lowercase method, CONNECT,
+    `OPTIONS *`, the HTTP/2 preface sent as HTTP/1.1, no Host in HTTP/1.1 (400), HTTP/3.0
+    (505): JSON expected."""
+    job = queued_job(stack).encode()
+    end = b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    head_stage_answers(stack, [
+        ("TRACE", b"TRACE /v1/jobs/" + job + end, "GET", (405,), "method_not_allowed"),
+        ("a lowercase method", b"get /v1/jobs/" + job + end, "GET", (400,), "bad_request"),
+        ("CONNECT", b"CONNECT t:80" + end, "GET", (400,), "bad_request"),
+        ("OPTIONS *", b"OPTIONS *" + end, "GET", (400,), "bad_request"),
+        ("the HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "GET", (400,),
+         "bad_request"),
+        ("no Host", b"GET /v1/jobs/" + job + b" HTTP/1.1\r\nConnection: close\r\n\r\n",
+         "GET", (400,), "bad_request"),
+        ("HTTP/3.0", b"GET /v1/jobs/" + job + b" HTTP/3.0\r\nHost: t\r\n\r\n", "GET", (505,),
+         None)])
 
 
 @cases.case
