@@ -21,6 +21,7 @@
  * record's seq skips it (a finished job then answers 204: EventSource stops
  * reconnecting). Errors before the stream starts are JSON like GET /v1/jobs/{id}
  * (404 job_not_found, 503 redis_*). A `: ping` comment every sep_events_heartbeat.
+ * HEAD goes the same way up to the stream's head, which is then the whole answer.
  *
  * Redis lost (or silent: a PING on the subscriber connection every
  * SEP_EVENTS_KEEPALIVE gets its answer within sep_redis_timeout) ends every stream of
@@ -1044,6 +1045,11 @@ static ngx_int_t ngx_http_sep_stream_headers(ngx_http_sep_stream_t *st)
         return NGX_ERROR;
     }
     st->headers_sent = 1;
+    if (r->header_only) {
+        /* HEAD: the stream's head is the whole answer */
+        st->last_sent = 1;
+        return NGX_OK;
+    }
 #if (NGX_HTTP_V2)
     if (r->stream == NULL)
 #endif
@@ -1145,6 +1151,13 @@ static void ngx_http_sep_stream_record(ngx_http_request_t *r, ngx_http_sep_ctx_t
             ngx_free(frame);
         }
         ngx_http_sep_stream_end(st, NGX_ERROR);
+        return;
+    }
+    if (r->header_only) {
+        if (frame) {
+            ngx_free(frame);
+        }
+        ngx_http_sep_stream_end(st, NGX_OK);
         return;
     }
     st->state = SEP_STREAM_LIVE;

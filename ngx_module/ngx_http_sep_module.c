@@ -511,7 +511,7 @@ ngx_http_sep_ctx_t *ngx_http_sep_get_ctx(ngx_http_request_t *r)
  *   stats, models              GET, HEAD
  *   jobs                       POST
  *   jobs/{id}                  GET, HEAD, DELETE
- *   jobs/{id}/events           GET (text/event-stream)
+ *   jobs/{id}/events           GET (text/event-stream), HEAD (its head, no events)
  *   jobs/{id}/stems/{file}     GET, HEAD
  *   openapi.json               GET, HEAD: the location's static file (the handler declines)
  */
@@ -537,7 +537,7 @@ static const struct {
     [SEP_ROUTE_MODELS] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
     [SEP_ROUTE_JOBS] = {NGX_HTTP_POST, "POST"},
     [SEP_ROUTE_JOB] = {NGX_HTTP_GET | NGX_HTTP_HEAD | NGX_HTTP_DELETE, "GET, HEAD, DELETE"},
-    [SEP_ROUTE_EVENTS] = {NGX_HTTP_GET, "GET"},
+    [SEP_ROUTE_EVENTS] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
     [SEP_ROUTE_STEM] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
     [SEP_ROUTE_OPENAPI] = {NGX_HTTP_GET | NGX_HTTP_HEAD, "GET, HEAD"},
 };

@@ -30,6 +30,14 @@
 #                   client gone or stalled mid-upload leave nothing in the spool;
 #                   client_body_in_file_only makes no temp file; an upload filling a
 #                   tmpfs spool frees it at the failed write (root only) (about 15 s)
+# test-abuse        the HTTP surface abused (tests/integration/test_abuse.py, one nginx
+#                   worker, 1 s header/body timeouts): slow heads and bodies, broken
+#                   chunked bodies, Content-Length lies, pipelining, HEAD on every GET
+#                   route, `..`/%2F/%00/long/non-UTF-8 ids, stem names, options and
+#                   headers, a full tmpfs spool under concurrent uploads (root only),
+#                   1,000 concurrent uploads twice (worker RSS); after each group no
+#                   [alert] and no worker crash; nginx's own head-stage errors are
+#                   listed as skipped until they are JSON (about 30 s)
 # test-late-replies Redis replies that arrive after the request was answered 503
 #                   (tests/integration/test_late_replies.py, Redis stalled with CLIENT
 #                   PAUSE or SIGSTOP): a late DELETE/purge still removes the job's files,
@@ -73,10 +81,10 @@
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
 
 TEST_SUITES += test-local-stack test-integration test-events test-redis-faults \
-               test-late-replies test-upload-stream test-workerd test-cli-regress test-browser \
-               test-docs test-stats test-schemathesis
+               test-late-replies test-upload-stream test-abuse test-workerd test-cli-regress \
+               test-browser test-docs test-stats test-schemathesis
 
-.PHONY: test-stats test-schemathesis test-integration test-events test-redis-faults test-late-replies test-upload-stream \
+.PHONY: test-stats test-schemathesis test-integration test-events test-redis-faults test-late-replies test-upload-stream test-abuse \
         test-local-stack test-stress test-workerd test-cli-regress test-browser test-docs
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
@@ -112,6 +120,10 @@ test-redis-faults: $(NGX_MODULE_SO)
 # Uploads read as they arrive: one worker beside large uploads, bodies that end badly
 test-upload-stream: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_upload_stream.py
+
+# The HTTP surface abused: slow clients, broken framing, path tricks, 1,000 uploads
+test-abuse: $(NGX_MODULE_SO)
+	$(PY) tests/integration/test_abuse.py
 
 # Late Redis replies on the request path (CLIENT PAUSE / SIGSTOP stalls, reloads)
 test-late-replies: $(NGX_MODULE_SO)

@@ -16,7 +16,7 @@ separation module, on loopback, under a temporary prefix, torn down even on fail
   wav_bytes()      a real little PCM WAV file (stdlib `wave`).
   multipart()      a multipart/form-data body from fields and file parts.
   Cases            the runner: one line per case, `PASS: N cases` at the end, exit 1 on
-                   any failure.
+                   any failure; cases known to fail can be listed as skipped (with why).
 """
 
 import atexit
@@ -468,10 +468,16 @@ def expect_json_error(resp, status, what=""):
 
 
 class Cases:
-    """Ordered test cases; each prints one line, the run ends with a PASS/FAIL line."""
+    """Ordered test cases; each prints one line, the run ends with a PASS/FAIL line.
 
-    def __init__(self):
+    skip: {case name: why} for cases that are known to fail (a defect not fixed yet):
+    each prints a `skip` line with its reason and is counted as skipped, unless
+    SEP_TEST_RUN_SKIPPED=1 is set or the case is named exactly on the command line
+    (then it runs like any other)."""
+
+    def __init__(self, skip=None):
         self.cases = []
+        self.skip = dict(skip or {})
 
     def case(self, fn):
         self.cases.append(fn)
@@ -480,9 +486,15 @@ class Cases:
     def run(self, stack, only=None):
         failed = []
         ran = 0
+        skipped = 0
+        run_skipped = os.environ.get("SEP_TEST_RUN_SKIPPED") == "1"
         for fn in self.cases:
             name = fn.__name__
             if only and not any(o in name for o in only):
+                continue
+            if name in self.skip and not run_skipped and name not in (only or ()):
+                skipped += 1
+                print("skip %-44s %s" % (name, self.skip[name]), flush=True)
                 continue
             ran += 1
             start = time.monotonic()
@@ -497,7 +509,8 @@ class Cases:
             else:
                 print("ok   %-44s %.2fs%s" % (name, time.monotonic() - start,
                                            ("  " + detail) if detail else ""), flush=True)
-        print("CASES: %d passed, %d failed, 0 skipped" % (ran - len(failed), len(failed)))
+        print("CASES: %d passed, %d failed, %d skipped" % (ran - len(failed), len(failed),
+                                                          skipped))
         if failed:
             if stack is not None:
                 print("nginx error log (tail):\n" + stack.error_log_tail(), flush=True)
