@@ -43,6 +43,12 @@
 #                   (tests/integration/test_openapi.py) (about 10 s)
 # test-schemathesis SCHEMATHESIS=<venv>/bin/st: Schemathesis (PyPI) generates requests
 #                   from shared/openapi.json against a live stack (not in `make test`)
+# test-integration-asan  test_http_api, test_cors, test_stats and the main paths of
+#                   test_workerd once on the ASan + UBSan builds of the module (in Debian's
+#                   nginx, libasan preloaded) and of workerd, LeakSanitizer on; fails on
+#                   any sanitizer report or line, or a crashed nginx worker, after proving
+#                   with tests/asan/probe.c and a SIGSEGV'd worker that it catches them
+#                   (tests/asan/run_sanitized.py)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once,
@@ -67,10 +73,11 @@
 
 TEST_SUITES += test-local-stack test-integration test-events test-redis-faults \
                test-late-replies test-upload-stream test-workerd test-cli-regress test-browser \
-               test-docs test-stats
+               test-docs test-stats test-integration-asan
 
 .PHONY: test-stats test-schemathesis test-integration test-events test-redis-faults test-late-replies test-upload-stream \
-        test-local-stack test-stress test-workerd test-cli-regress test-browser test-docs
+        test-local-stack test-stress test-workerd test-cli-regress test-browser test-docs \
+        test-integration-asan
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
@@ -108,6 +115,16 @@ test-upload-stream: $(NGX_MODULE_SO)
 # Late Redis replies on the request path (CLIENT PAUSE / SIGSTOP stalls, reloads)
 test-late-replies: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_late_replies.py
+
+# The integration suites on the sanitized module and workerd (tests/asan/)
+SAN_PROBE_BIN := $(BUILD)/asan/probe
+$(SAN_PROBE_BIN): tests/asan/probe.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) -O0 $(NGX_SAN) -o $@ $<
+
+test-integration-asan: $(NGX_ASAN_MODULE_SO) $(WORKERD_ASAN_BIN) $(SAN_PROBE_BIN)
+	$(PY) tests/asan/run_sanitized.py --module $(NGX_ASAN_MODULE_SO) \
+	    --workerd $(WORKERD_ASAN_BIN) --probe $(SAN_PROBE_BIN) --preload $(NGX_ASAN_RUNTIME)
 
 # workerd run end to end: redis + nginx + supervisors with CPU device workers
 test-workerd: $(NGX_MODULE_SO) $(WORKERD_BIN)

@@ -6,6 +6,8 @@ separation module, on loopback, under a temporary prefix, torn down even on fail
                    client; stop() is idempotent and also runs at exit and on SIGINT/TERM.
                    Redis listens on a Unix socket, or on loopback TCP (redis_tcp=True);
                    nginx may be pointed at another address (sep_redis=, e.g. a relay).
+                   With SEP_TEST_LOG_DIR set, stop() first copies the prefix's logs/
+                   (nginx's error log, workerd logs) to a directory of that name there.
   TcpRelay         a TCP relay between nginx and Redis whose open connections can be
                    wedged (nothing forwarded any more, nothing closed) while new ones
                    are still forwarded: a NAT or load balancer that forgot a flow.
@@ -227,10 +229,21 @@ class Stack:
         with signals_held():
             localstack.stop_process(self.nginx_proc)
             localstack.stop_process(self.redis_proc)
+            self.save_logs()
             if self.keep_prefix:
                 print("kept test prefix %s" % self.prefix)
             else:
                 shutil.rmtree(self.prefix, ignore_errors=True)
+
+    def save_logs(self):
+        """logs/ of the prefix to $SEP_TEST_LOG_DIR/<prefix name>/ (when it is set), so
+        that what nginx and workerd logged outlives the prefix."""
+        dest_root = os.environ.get("SEP_TEST_LOG_DIR")
+        src = os.path.join(self.prefix, "logs")
+        if not dest_root or not os.path.isdir(src):
+            return
+        dest = os.path.join(dest_root, os.path.basename(self.prefix))
+        shutil.copytree(src, dest, dirs_exist_ok=True)
 
     def error_log_tail(self, lines=30):
         path = self.values["ERROR_LOG"]
