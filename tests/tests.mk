@@ -43,12 +43,13 @@
 #                   (tests/integration/test_openapi.py) (about 10 s)
 # test-schemathesis SCHEMATHESIS=<venv>/bin/st: Schemathesis (PyPI) generates requests
 #                   from shared/openapi.json against a live stack (not in `make test`)
-# test-integration-asan  test_http_api, test_cors, test_stats and the main paths of
-#                   test_workerd once on the ASan + UBSan builds of the module (in Debian's
-#                   nginx, libasan preloaded) and of workerd, LeakSanitizer on; fails on
-#                   any sanitizer report or line, or a crashed nginx worker, after proving
-#                   with tests/asan/probe.c and a SIGSEGV'd worker that it catches them
-#                   (tests/asan/run_sanitized.py)
+# test-integration-asan  the HTTP API, CORS, conf checks, stats, OpenAPI, events, late
+#                   replies and Redis faults suites and the quick test_workerd cases once
+#                   on the ASan + UBSan builds of the module (in Debian's nginx, libasan
+#                   preloaded) and of workerd (LeakSanitizer on); fails on any sanitizer
+#                   report or line, or a crashed nginx worker, after proving with
+#                   tests/asan/probe.c and a SIGSEGV'd worker that it catches them
+#                   (tests/asan/run_sanitized.py, about 2 minutes)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once,
