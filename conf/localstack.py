@@ -11,6 +11,10 @@ the HTTP benchmark (bench/http), so that all three run the same configuration:
   * children started in the foreground get SIGTERM if this process dies, so a killed
     test run never leaves servers behind.
 
+Two environment variables point the tests at other builds (the sanitized run, `make
+test-integration-asan`): SEP_NGINX_MODULE, the module's .so; SEP_NGINX_ENV, variables
+set for nginx only (see nginx_env_assignments()).
+
 Only the Python standard library is used.
 """
 
@@ -19,6 +23,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -35,7 +40,9 @@ TEMPLATE = os.path.join(CONF_DIR, "nginx.conf.in")
 ACCESS_TEMPLATE = os.path.join(CONF_DIR, "nginx-access.conf.in")
 NGINX_BIN = "/usr/sbin/nginx"
 REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
-MODULE_SO = os.path.join(REPO_ROOT, "build", "nginx", "objs", "ngx_http_sep_module.so")
+# SEP_NGINX_MODULE names another build of the module (the sanitized one, build/asan/).
+MODULE_SO = os.environ.get("SEP_NGINX_MODULE") or os.path.join(
+    REPO_ROOT, "build", "nginx", "objs", "ngx_http_sep_module.so")
 
 # What conf/nginx.conf (the operators' sample) is rendered with.
 OPERATOR_VALUES = {
@@ -402,10 +409,28 @@ def wait_redis(address, proc=None, timeout=10.0):
     raise RuntimeError("redis-server on %s did not answer within %.0fs" % (address, timeout))
 
 
+def nginx_env_assignments():
+    """NAME=VALUE words of SEP_NGINX_ENV (shell-quoted, split with shlex): variables set
+    for nginx only, e.g. LD_PRELOAD of libasan for the sanitized module, which must not
+    reach Python or redis-server."""
+    words = shlex.split(os.environ.get("SEP_NGINX_ENV", ""))
+    for word in words:
+        if not re.match(r"[A-Za-z_][A-Za-z0-9_]*=", word):
+            raise ValueError("SEP_NGINX_ENV: %r is not NAME=VALUE" % word)
+    return words
+
+
+def nginx_command():
+    """The argv that starts nginx: /usr/sbin/nginx, through env(1) when SEP_NGINX_ENV
+    sets variables (env execs nginx: the pid is nginx's)."""
+    assignments = nginx_env_assignments()
+    return (["/usr/bin/env"] + assignments if assignments else []) + [NGINX_BIN]
+
+
 def nginx_args(prefix, conf_path, *extra):
     prefix = os.path.abspath(prefix)
-    return [NGINX_BIN, "-p", prefix + "/", "-c", conf_path,
-            "-e", os.path.join(prefix, "logs", "error.log")] + list(extra)
+    return nginx_command() + ["-p", prefix + "/", "-c", conf_path,
+                              "-e", os.path.join(prefix, "logs", "error.log")] + list(extra)
 
 
 def check_nginx_conf(prefix, conf_path):

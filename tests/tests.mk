@@ -58,6 +58,13 @@
 #                   content type, headers, schema), schema-violating requests refused,
 #                   405 with Allow for undocumented methods (tests/integration/
 #                   run_schemathesis.py; fails when st is missing; about 40 s)
+# test-integration-asan  the HTTP API, CORS, conf checks, stats, OpenAPI, events, late
+#                   replies and Redis faults suites and the quick test_workerd cases once
+#                   on the ASan + UBSan builds of the module (in Debian's nginx, libasan
+#                   preloaded) and of workerd (LeakSanitizer on); fails on any sanitizer
+#                   report or line, or a crashed nginx worker, after proving with
+#                   tests/asan/probe.c and a SIGSEGV'd worker that it catches them
+#                   (tests/asan/run_sanitized.py, about 2 minutes)
 # test-workerd      `workerd run` end to end (tests/workerd/test_workerd.py): upload ->
 #                   stems, bad inputs, crashes of device workers / supervisors / Redis,
 #                   fencing, cancel, drain, time limits, priority, 200 jobs exactly once,
@@ -82,10 +89,11 @@
 
 TEST_SUITES += test-local-stack test-integration test-events test-redis-faults \
                test-late-replies test-upload-stream test-abuse test-workerd test-cli-regress \
-               test-browser test-docs test-stats test-schemathesis
+               test-browser test-docs test-stats test-schemathesis test-integration-asan
 
 .PHONY: test-stats test-schemathesis test-integration test-events test-redis-faults test-late-replies test-upload-stream test-abuse \
-        test-local-stack test-stress test-workerd test-cli-regress test-browser test-docs
+        test-local-stack test-stress test-workerd test-cli-regress test-browser test-docs \
+        test-integration-asan
 
 # Both need the nginx module ($(NGX_MODULE_SO), built by ngx_module/module.mk).
 test-integration: $(NGX_MODULE_SO)
@@ -128,6 +136,16 @@ test-abuse: $(NGX_MODULE_SO)
 # Late Redis replies on the request path (CLIENT PAUSE / SIGSTOP stalls, reloads)
 test-late-replies: $(NGX_MODULE_SO)
 	$(PY) tests/integration/test_late_replies.py
+
+# The integration suites on the sanitized module and workerd (tests/asan/)
+SAN_PROBE_BIN := $(BUILD)/asan/probe
+$(SAN_PROBE_BIN): tests/asan/probe.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_COMMON) -O0 $(NGX_SAN) -o $@ $<
+
+test-integration-asan: $(NGX_ASAN_MODULE_SO) $(WORKERD_ASAN_BIN) $(SAN_PROBE_BIN)
+	$(PY) tests/asan/run_sanitized.py --module $(NGX_ASAN_MODULE_SO) \
+	    --workerd $(WORKERD_ASAN_BIN) --probe $(SAN_PROBE_BIN) --preload $(NGX_ASAN_RUNTIME)
 
 # workerd run end to end: redis + nginx + supervisors with CPU device workers
 test-workerd: $(NGX_MODULE_SO) $(WORKERD_BIN)

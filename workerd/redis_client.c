@@ -191,8 +191,11 @@ redisReply *sep_redis_client_script(sep_redis_client *rc, sep_script_id_t id, in
     argv[0] = "EVALSHA";
     argv[1] = s->sha1;
     argv[2] = numkeys;
-    memcpy(argv + 3, keys, (size_t)nkeys * sizeof(*argv));
-    memcpy(argv + 3 + nkeys, args, (size_t)nargs * sizeof(*argv));
+    /* keys or args may be NULL when their count is 0 (memcpy from NULL is undefined) */
+    if (nkeys > 0)
+        memcpy(argv + 3, keys, (size_t)nkeys * sizeof(*argv));
+    if (nargs > 0)
+        memcpy(argv + 3 + nkeys, args, (size_t)nargs * sizeof(*argv));
     redisReply *r = sep_redis_client_command(rc, 0, argc, argv);
     if (sep_redis_reply_is_error(r, "NOSCRIPT")) {
         freeReplyObject(r);

@@ -1137,7 +1137,8 @@ static void remove_orphans(supervisor *sv)
         n++;
     }
     closedir(d);
-    qsort(names, n, sizeof(*names), cmp_names);
+    if (n > 1) /* names is NULL when there is none (qsort of NULL is undefined) */
+        qsort(names, n, sizeof(*names), cmp_names);
     size_t take = n < ORPHAN_BATCH ? n : ORPHAN_BATCH;
     time_t now = time(NULL);
     char *orphan = calloc(take ? take : 1, 1);

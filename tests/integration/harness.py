@@ -7,7 +7,9 @@ separation module, on loopback, under a temporary prefix, torn down even on fail
                    Redis listens on a Unix socket, or on loopback TCP (redis_tcp=True);
                    nginx may be pointed at another address (sep_redis=, e.g. a relay);
                    template= renders another template of conf/ (its extra fields set
-                   in stack.values before start()).
+                   in stack.values before start()). With SEP_TEST_LOG_DIR set, stop()
+                   first copies the prefix's logs/ (nginx's error log, workerd logs) to
+                   a directory of that name there.
   TcpRelay         a TCP relay between nginx and Redis whose open connections can be
                    wedged (nothing forwarded any more, nothing closed) while new ones
                    are still forwarded: a NAT or load balancer that forgot a flow.
@@ -16,7 +18,9 @@ separation module, on loopback, under a temporary prefix, torn down even on fail
   wav_bytes()      a real little PCM WAV file (stdlib `wave`).
   multipart()      a multipart/form-data body from fields and file parts.
   Cases            the runner: one line per case, `PASS: N cases` at the end, exit 1 on
-                   any failure; cases known to fail can be listed as skipped (with why).
+                   any failure; cases known to fail can be listed as skipped (with why),
+                   and the cases named in SEP_TEST_SKIP (comma-separated) are counted as
+                   skipped, not run.
 """
 
 import atexit
@@ -230,10 +234,21 @@ class Stack:
         with signals_held():
             localstack.stop_process(self.nginx_proc)
             localstack.stop_process(self.redis_proc)
+            self.save_logs()
             if self.keep_prefix:
                 print("kept test prefix %s" % self.prefix)
             else:
                 shutil.rmtree(self.prefix, ignore_errors=True)
+
+    def save_logs(self):
+        """logs/ of the prefix to $SEP_TEST_LOG_DIR/<prefix name>/ (when it is set), so
+        that what nginx and workerd logged outlives the prefix."""
+        dest_root = os.environ.get("SEP_TEST_LOG_DIR")
+        src = os.path.join(self.prefix, "logs")
+        if not dest_root or not os.path.isdir(src):
+            return
+        dest = os.path.join(dest_root, os.path.basename(self.prefix))
+        shutil.copytree(src, dest, dirs_exist_ok=True)
 
     def error_log_tail(self, lines=30):
         path = self.values["ERROR_LOG"]
@@ -485,12 +500,17 @@ class Cases:
 
     def run(self, stack, only=None):
         failed = []
-        ran = 0
-        skipped = 0
+        ran = skipped = 0
         run_skipped = os.environ.get("SEP_TEST_RUN_SKIPPED") == "1"
+        env_skip = {n.strip() for n in os.environ.get("SEP_TEST_SKIP", "").split(",")
+                    if n.strip()}
         for fn in self.cases:
             name = fn.__name__
             if only and not any(o in name for o in only):
+                continue
+            if name in env_skip:
+                skipped += 1
+                print("skip %-44s (SEP_TEST_SKIP)" % name, flush=True)
                 continue
             if name in self.skip and not run_skipped and name not in (only or ()):
                 skipped += 1

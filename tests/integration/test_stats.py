@@ -307,9 +307,10 @@ def workerd_inspect_json_shows_the_same(stack):
     submit(stack, "high")
     heartbeat(stack, "w1", host="h", device="cpu", state="idle", jobs_done=2,
               models="htdemucs")
-    workerd = os.path.join(harness.localstack.REPO_ROOT, "build", "workerd")
+    workerd = os.environ.get("SEP_WORKERD") or os.path.join(harness.localstack.REPO_ROOT,
+                                                             "build", "workerd")
     if not os.path.exists(workerd):
-        return "SKIP: build/workerd is not built"
+        return "SKIP: %s is not built" % workerd
     res = subprocess.run([workerd, "inspect", "--json", "--redis", stack.redis_address,
                           "--prefix", P], capture_output=True, text=True, timeout=30)
     expect(res.returncode == 0, "workerd inspect --json failed", res.stderr)

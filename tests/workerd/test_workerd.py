@@ -35,7 +35,8 @@ import harness  # noqa: E402
 from harness import expect  # noqa: E402
 
 localstack = harness.localstack
-WORKERD = os.path.join(REPO, "build", "workerd")
+# SEP_WORKERD names another build (the sanitized one, build/asan/workerd).
+WORKERD = os.environ.get("SEP_WORKERD") or os.path.join(REPO, "build", "workerd")
 TINY = os.path.join(REPO, "tests", "fixtures", "apply", "tiny_apply.safetensors")
 SOURCES = ["drums", "bass", "other", "vocals"]
 PREFIX = os.environ.get("SEP_TEST_PREFIX", "{sep}:")
