@@ -36,8 +36,9 @@
 #                   route, `..`/%2F/%00/long/non-UTF-8 ids, stem names, options and
 #                   headers, a full tmpfs spool under concurrent uploads (root only),
 #                   1,000 concurrent uploads twice (worker RSS); after each group no
-#                   [alert] and no worker crash; nginx's own head-stage errors are
-#                   listed as skipped until they are JSON (about 30 s)
+#                   [alert] and no worker crash; nginx's own head-stage errors: JSON
+#                   where the URI is the API's, nginx's 400 where it is unparsable
+#                   (about 30 s)
 # test-late-replies Redis replies that arrive after the request was answered 503
 #                   (tests/integration/test_late_replies.py, Redis stalled with CLIENT
 #                   PAUSE or SIGSTOP): a late DELETE/purge still removes the job's files,
