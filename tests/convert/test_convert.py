@@ -4,7 +4,11 @@ Runs with the system python3 + numpy only. Fixtures in tests/fixtures/convert/ w
 made by demucs itself (tests/convert/make_checkpoints.py): the converted files must
 reproduce their tensors exactly (float16 states as the exact float16 values), every
 HTDemucs argument and the segment length. Error paths: corrupt archives, forbidden
-pickle globals, unsupported classes and quantized states, bag mismatches, checksum
+pickle globals, malicious checkpoints (payloads that would run code, shown to create
+their marker file under the plain pickle module and never under the converter, in zip
+and legacy files; zip bombs and tensor expansion with the converter's peak RSS
+measured; recursion bombs; storages beyond their data; state injected by BUILD),
+unsupported classes and quantized states, bag mismatches, checksum
 mismatches and failed downloads in get-weights (served over file:// and a real local
 HTTP server). The engine's rules (engine_rules.py, mirroring models/model.c and
 htdemucs.c): path-like or repeated source names and out-of-range hyperparameters are

@@ -50,7 +50,7 @@ FUZZ_WEIGHTS_BIN := $(FUZZ_DIR)/fuzz_weights
 
 # The atheris venv: a pinned wheel from PyPI (manylinux, no compiler needed) over
 # Debian's python3 (numpy from apt); the stamp makes a second `make deps` do nothing.
-FUZZVENV        := $(BUILD)/fuzzvenv
+FUZZVENV        ?= $(BUILD)/fuzzvenv
 ATHERIS_VERSION := 3.0.0
 FUZZVENV_STAMP  := $(FUZZVENV)/.atheris-$(ATHERIS_VERSION)
 
