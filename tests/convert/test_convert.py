@@ -541,6 +541,27 @@ def storage_pickle(numel, storage="FloatStorage", size=None, stride=None, key="0
     )
 
 
+def package_pickle(tensor_pickle=None, kwargs=b"", prefix=b"", segment=b"K\x07"):
+    """A demucs package as a pickle: klass, the tiny fixtures' kwargs plus `kwargs`
+    (pickled key/value pairs), state {'w': tensor} (`tensor_pickle`, PROTO and STOP
+    stripped; default 4 float32 elements of storage "0"); `prefix` runs first (to
+    fill the memo)."""
+    tensor_pickle = tensor_pickle or storage_pickle(4)
+    all_kwargs = (
+        b"}(" + text("sources") + b"]("
+        + b"".join(text(s) for s in ("drums", "bass", "other", "vocals")) + b"e"
+        + text("channels") + b"K\x08" + text("depth") + b"K\x02" + text("nfft") + b"M\x00\x01"
+        + text("t_layers") + b"K\x01" + text("t_heads") + b"K\x02" + text("dconv_mode") + b"K\x03"
+        + text("bottom_channels") + b"K\x08" + text("samplerate") + b"M\x44\xac"
+        + text("segment") + segment + kwargs + b"u"
+    )
+    return (
+        b"\x80\x02" + prefix + b"}(" + text("klass") + b"cdemucs.htdemucs\nHTDemucs\n"
+        + text("kwargs") + all_kwargs + text("state") + b"}(" + text("w") + tensor_pickle[2:-1]
+        + b"uu."
+    )
+
+
 UNRESTRICTED_LOAD = "import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read())"
 
 
@@ -670,6 +691,7 @@ class MaliciousCheckpoints(TempDirTest):
             with archive.open("archive/data.pkl") as member:
                 self.assertEqual(member.read(1 << 20), bytes(1 << 20))
         rc, stderr, peak = run_measured(path, "-o", self.tmp / "out.safetensors")
+        self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
         self.assertEqual(rc, 1, stderr)
         self.assertIn(f"archive/data.pkl would inflate from {len(stream)} to {BOMB_BYTES}", stderr)
         self.assertIn("zip bomb", stderr)
@@ -680,10 +702,11 @@ class MaliciousCheckpoints(TempDirTest):
         stream, crc = deflated_zeros(BOMB_BYTES)
         path = self.tmp / "bomb.th"
         write_zip(path, [
-            stored("archive/data.pkl", storage_pickle(numel)),
+            stored("archive/data.pkl", package_pickle(storage_pickle(numel))),
             ("archive/data/0", zipfile.ZIP_DEFLATED, stream, crc, BOMB_BYTES),
         ])
         rc, stderr, peak = run_measured(path, "-o", self.tmp / "out.safetensors")
+        self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
         self.assertEqual(rc, 1, stderr)
         self.assertIn(f"archive/data/0 would inflate from {len(stream)} to {BOMB_BYTES}", stderr)
         self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
@@ -705,17 +728,25 @@ class MaliciousCheckpoints(TempDirTest):
         path = self.tmp / "strides.th"
         zip_with_pickle(path, package_pickle(payload), storages={"0": bytes(16)})
         rc, stderr, peak = run_measured(path, "-o", self.tmp / "out.safetensors")
+        self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
         self.assertEqual(rc, 1, stderr)
         self.assertIn("1000000000000 elements", stderr)
         self.assertIn("from a storage of 4", stderr)
         self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
 
     def test_recursion_bomb_nested_lists(self):
+        # 200,000 nested lists (tuples) as an argument: walking it to JSON ended in a
+        # RecursionError traceback.
         depth = 200000
         path = self.tmp / "lists.th"
-        zip_with_pickle(path, b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b".")
+        lists = text("t_cape_glob_loc_scale") + b"]" * depth + b"a" * (depth - 1)
+        zip_with_pickle(path, package_pickle(kwargs=lists), storages={"0": bytes(16)})
         self.assert_refused(path, "nests objects more than 100 levels deep")
-        legacy_with_pickle(path, b"\x80\x02)" + b"\x85" * depth + b".")
+        tuples = text("t_cape_glob_loc_scale") + b")" + b"\x85" * depth
+        legacy_with_pickle(
+            path, package_pickle(kwargs=tuples), b"\x80\x02]q\x00" + text("0") + b"a.",
+            struct.pack("<q", 4) + bytes(16),
+        )
         self.assert_refused(path, "nests objects more than 100 levels deep")
 
     def test_recursion_bomb_nested_tuple_as_a_key(self):
@@ -726,21 +757,24 @@ class MaliciousCheckpoints(TempDirTest):
         self.assertEqual(proc.returncode, 1)
 
     def test_nesting_hidden_behind_the_memo(self):
-        # L = [] (memoized while empty); L.append(a 90-deep list); then 90 more lists
-        # around the memoized L: 180 deep, though no single step shows it.
-        deep = b"]" * 90 + b"a" * 89
-        wrap = b"]" * 90 + b"h\x00" + b"a" * 90
-        payload = b"\x80\x02]q\x00" + deep + b"a0" + wrap + b"."
+        # L_i = [] is memoized while empty, then given 90 lists around L_(i-1): twelve
+        # times over that is 1,093 levels, though no opcode's operands are deeper than
+        # 92 (the opcode walk cannot see it; the walk of the result does).
+        prefix = b"]q\x000"
+        for i in range(1, 13):
+            prefix += b"]q" + bytes([i]) + b"]" * 90 + b"h" + bytes([i - 1]) + b"a" * 91 + b"0"
+        deep = text("t_cape_glob_loc_scale") + b"h\x0c"
         path = self.tmp / "memo.th"
-        zip_with_pickle(path, payload)
+        zip_with_pickle(path, package_pickle(kwargs=deep, prefix=prefix), storages={"0": bytes(16)})
         self.assert_refused(path, "nests objects more than 100 levels deep")
 
     def test_self_containing_structure(self):
         path = self.tmp / "cycle.th"
-        zip_with_pickle(path, b"\x80\x02]q\x00h\x00a.")  # L.append(L)
-        self.assert_refused(path, "contains itself")
-        zip_with_pickle(path, b"\x80\x02]q\x00h\x00\x85a.")  # L.append((L,))
-        self.assert_refused(path, "contains itself")
+        for cycle in (b"]q\x00h\x00a", b"]q\x00h\x00\x85a"):  # L.append(L), L.append((L,))
+            with self.subTest(cycle=cycle):
+                kwargs = text("t_cape_glob_loc_scale") + cycle
+                zip_with_pickle(path, package_pickle(kwargs=kwargs), storages={"0": bytes(16)})
+                self.assert_refused(path, "contains itself")
 
     def test_storage_numel_beyond_the_member(self):
         path = self.tmp / "short.th"
@@ -757,7 +791,7 @@ class MaliciousCheckpoints(TempDirTest):
 
     def test_legacy_view_outside_its_storage(self):
         view = b"(" + text("0") + b"K\x08K\x08t"  # elements 8..16 of a 4-element storage
-        legacy_pickle = storage_pickle(4, size=(8,)).replace(
+        legacy_pickle = package_pickle(storage_pickle(4, size=(8,))).replace(
             text("cpu") + b"J" + struct.pack("<i", 4) + b"tQ",
             text("cpu") + b"J" + struct.pack("<i", 4) + view + b"tQ",
         )
@@ -793,6 +827,12 @@ class MaliciousCheckpoints(TempDirTest):
                 path = self.tmp / "build.th"
                 zip_with_pickle(path, b"\x80\x02" + target + state + b"b.")
                 self.assert_refused(path, needle)
+        # (None, {'_denominator': 0}) into the segment: Fraction(1, 0) ended in a
+        # ZeroDivisionError traceback
+        zero = b"cfractions\nFraction\nK\x01K\x02\x86R(N}" + text("_denominator") + b"K\x00stb"
+        path = self.tmp / "segment.th"
+        zip_with_pickle(path, package_pickle(segment=zero), storages={"0": bytes(16)})
+        self.assert_refused(path, "set the state of a Fraction")
 
     def test_state_dict_attributes_cannot_shadow_its_methods(self):
         # torch restores a state_dict's `_metadata` with BUILD; an `items` attribute in
@@ -815,23 +855,6 @@ class MaliciousCheckpoints(TempDirTest):
         self.assertEqual(tensors["0.c.scale"][0], [])
         self.assertEqual(float(tensors["0.c.scale"][1]), 4.0)
         self.assertEqual(tensors["0.b.weight"][1].tolist(), [1.0, 2.0, -1.0])  # bfloat16
-
-
-def package_pickle(tensor_pickle):
-    """A demucs package around one tensor pickle (its PROTO and STOP stripped): klass,
-    the tiny fixtures' kwargs, state {'w': tensor}."""
-    kwargs = (
-        b"}(" + text("sources") + b"]("
-        + b"".join(text(s) for s in ("drums", "bass", "other", "vocals")) + b"e"
-        + text("channels") + b"K\x08" + text("depth") + b"K\x02" + text("nfft") + b"M\x00\x01"
-        + text("t_layers") + b"K\x01" + text("t_heads") + b"K\x02" + text("dconv_mode") + b"K\x03"
-        + text("bottom_channels") + b"K\x08" + text("samplerate") + b"M\x44\xac"
-        + text("segment") + b"K\x07u"
-    )
-    return (
-        b"\x80\x02}(" + text("klass") + b"cdemucs.htdemucs\nHTDemucs\n" + text("kwargs") + kwargs
-        + text("state") + b"}(" + text("w") + tensor_pickle[2:-1] + b"uu."
-    )
 
 
 class ArgumentHandling(unittest.TestCase):
