@@ -225,8 +225,9 @@ def build_metadata(name, models, weights):
 
 
 def _describe_value(value):
-    if isinstance(value, str):
+    if isinstance(value, str) and value.isprintable():
         return value
+    # JSON escapes control characters: a checkpoint's text cannot drive the terminal
     return json.dumps(htdemucs_args.to_json_value(value, "value"))
 
 

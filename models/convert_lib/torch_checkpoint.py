@@ -23,7 +23,7 @@ them and refuses what would hurt the process rather than fail cleanly: a pickle 
 MAX_PICKLE_BYTES or MAX_PICKLE_OBJECTS, memo indices the pickle never filled (the C
 unpickler sizes its memo table by the largest index), objects nested deeper than
 MAX_NESTING (hashing a deeply nested tuple overflows the C stack), integers over
-MAX_INT_BITS. After loading, the object graph is walked once more for depth and
+MAX_INT_BITS, strings that are not valid UTF-8 (lone surrogates). After loading, the object graph is walked once more for depth and
 self-references. Zip members are read only when their declared size is plausible:
 data.pkl at most MAX_PICKLE_BYTES, compressed members expanding at most
 MAX_EXPANSION times (torch writes them uncompressed), so a zip bomb is refused before
@@ -486,6 +486,16 @@ _CONTAINER_UPDATES = frozenset(("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADD
 _INT_OPCODES = frozenset(("INT", "LONG", "LONG1", "LONG4"))
 
 
+def _is_text(value):
+    # Pickle strings are decoded with "surrogatepass": lone surrogates survive, and no
+    # file or terminal can take them.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _exception_text(exc):
     try:
         text = str(exc)
@@ -499,7 +509,7 @@ def check_pickle(file):
     them, modelling the unpickler's stack as the nesting depth of each object, and
     refuses (CheckpointError) a pickle longer than MAX_PICKLE_BYTES, making more than
     MAX_PICKLE_OBJECTS objects, nesting deeper than MAX_NESTING, holding an integer
-    over MAX_INT_BITS, or using a memo index it has not filled (pickle writers fill
+    over MAX_INT_BITS or a string with a lone surrogate, or using a memo index it has not filled (pickle writers fill
     the memo 0, 1, 2, ...; the C unpickler would allocate a table as large as the
     largest index). Returns the pickle's length in bytes; the caller seeks back."""
     start = file.tell()
@@ -536,6 +546,11 @@ def check_pickle(file):
             if name == "POP" and marks and marks[-1] == len(stack):
                 marks.pop()  # as the C unpickler: POP right after MARK drops the mark
                 continue
+            if isinstance(arg, str) and not arg.isascii() and not _is_text(arg):
+                raise CheckpointError(
+                    f"the pickle holds a string that is not valid UTF-8 (a lone surrogate) "
+                    f"at byte {pos - start}"
+                )
             if name in _INT_OPCODES and isinstance(arg, int) and arg.bit_length() > MAX_INT_BITS:
                 raise CheckpointError(
                     f"the pickle holds an integer of {arg.bit_length()} bits "

@@ -848,6 +848,28 @@ class MaliciousCheckpoints(TempDirTest):
         self.assertTrue(text("items") in edited, "the seed has no BUILD on its state_dict")
         self.convert(target)
 
+    def test_text_that_no_stream_can_print(self):
+        # A lone surrogate (UTF-8 bytes ED A0 80, which pickle decodes with
+        # "surrogatepass") in t_emb ended in a UnicodeEncodeError when it was printed.
+        value = b"X\x03\x00\x00\x00\xed\xa0\x80"
+        path = self.tmp / "surrogate.th"
+        kwargs = text("t_emb") + value
+        zip_with_pickle(path, package_pickle(kwargs=kwargs), storages={"0": bytes(16)})
+        self.assert_refused(path, "not valid UTF-8")
+
+    def test_control_characters_are_printed_escaped(self):
+        path = self.tmp / "escape.th"
+        kwargs = text("t_emb") + text("\x1b]0;title\x07")
+        zip_with_pickle(path, package_pickle(kwargs=kwargs), storages={"0": bytes(16)})
+        proc = run(CONVERT, path, "-o", self.tmp / "out.safetensors")
+        self.assertNotIn("\x1b", proc.stdout + proc.stderr)
+        self.assertIn("t_emb=\"\\u001b]0;title\\u0007\"", proc.stdout)
+        # and in an error message quoting a global's name
+        (self.tmp / "out.safetensors").unlink(missing_ok=True)
+        zip_with_pickle(path, b"\x80\x02cos\x1b[2J\nsystem\n.")
+        proc = self.assert_refused(path, "os\\x1b[2J.system")
+        self.assertNotIn("\x1b", proc.stderr)
+
     def test_scalar_tensor_keeps_its_shape(self):
         # A 0-d tensor came out of ascontiguousarray as shape (1,) and failed the write.
         _, out = self.convert(ROOT / "tests" / "fuzz" / "checkpoint" / "zip_mixed_dtypes.th")

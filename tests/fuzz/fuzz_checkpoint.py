@@ -45,7 +45,10 @@ def TestOneInput(data):
     with open(INPUT, "wb") as file:
         file.write(data)
     try:
-        converter.convert([INPUT], OUTPUT, out=io.StringIO())
+        # what it prints goes through a strict UTF-8 stream, as models/convert's stdout
+        stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+        converter.convert([INPUT], OUTPUT, out=stdout)
+        stdout.flush()
     except CheckpointError:
         pass
 
