@@ -23,8 +23,8 @@ them and refuses what would hurt the process rather than fail cleanly: a pickle 
 MAX_PICKLE_BYTES or MAX_PICKLE_OBJECTS, memo indices the pickle never filled (the C
 unpickler sizes its memo table by the largest index), objects nested deeper than
 MAX_NESTING (hashing a deeply nested tuple overflows the C stack), integers over
-MAX_INT_BITS, strings that are not valid UTF-8 (lone surrogates). After loading, the object graph is walked once more for depth and
-self-references. Zip members are read only when their declared size is plausible:
+MAX_INT_BITS, strings that are not valid UTF-8 (lone surrogates). After loading, the
+object graph is walked once more for depth and self-references. Zip members are read only when their declared size is plausible:
 data.pkl at most MAX_PICKLE_BYTES, compressed members expanding at most
 MAX_EXPANSION times (torch writes them uncompressed), so a zip bomb is refused before
 it is inflated. Objects the allowlisted callables return cannot have state set into

@@ -492,7 +492,7 @@ def deflated_zeros(size):
     crc = 0
     for _ in range(count):
         crc = zlib.crc32(block, crc)
-    return first + middle * (count - 2) + middle + last, crc
+    return first + middle * (count - 1) + last, crc
 
 
 def write_zip(path, entries):
