@@ -17,11 +17,9 @@ directory for the input and output files, which the wrapper removes afterwards).
 
 import io
 import os
-import pickletools
 import random
 import sys
 import tempfile
-import zipfile
 
 try:
     import atheris
@@ -32,7 +30,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy  # noqa: E402,F401  (imported before instrumentation: not worth tracing)
 
-with atheris.instrument_imports(include=["convert_lib", "pickletools", "fractions"]):
+# zipfile is traced too: its header parsing is part of what a checkpoint reaches.
+with atheris.instrument_imports(include=["convert_lib", "pickletools", "fractions", "zipfile"]):
+    import pickletools  # noqa: E402
+    import zipfile  # noqa: E402
+
     from convert_lib import converter  # noqa: E402
     from convert_lib.torch_checkpoint import CheckpointError  # noqa: E402
 
