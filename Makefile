@@ -5,8 +5,9 @@
 #   make stop     stop what `make run` started
 #   make deps     install missing Debian packages (apt-get): `make deps-run` only what the
 #                 build and `make run` need, `make deps` also what the tests and benches
-#                 need (and Schemathesis from PyPI into build/stvenv); `make
-#                 deps-reference` adds the PyTorch reference (fixtures, benches)
+#                 need (and from PyPI: Schemathesis into build/stvenv, atheris into
+#                 build/fuzzvenv, tests/fuzz/fuzz.mk); `make deps-reference` adds the
+#                 PyTorch reference (fixtures, benches)
 # Each component has its own fragment (<dir>/*.mk) that appends to ALL_TARGETS and
 # TEST_SUITES; this file only ties them together.
 SHELL := /bin/bash

@@ -97,65 +97,72 @@ def read_model(path):
     except CheckpointError as exc:
         raise type(exc)(f"{path}: {exc}")
     try:
-        package = checkpoint.obj
-        if not isinstance(package, dict):
-            _fail(path, f"the pickle holds a {type(package).__name__}, not a demucs model package")
-        missing = [k for k in ("klass", "kwargs", "state") if k not in package]
-        if missing:
-            hint = ""
-            if all(isinstance(v, torch_checkpoint.TensorRef) for v in package.values()):
-                hint = " (it looks like a bare state_dict; demucs model packages carry klass/args/kwargs)"
-            _fail(path, f"not a demucs model package: missing {', '.join(missing)}{hint}")
-        klass = package["klass"]
-        if not isinstance(klass, torch_checkpoint.ClassRef):
-            _fail(path, f"klass is {klass!r:.60}, not a class reference")
-        if klass.qualified_name != HTDEMUCS_CLASS:
-            _fail(
-                path,
-                f"model class {klass.qualified_name} is not supported: only "
-                f"{HTDEMUCS_CLASS} (Demucs v4) checkpoints can be converted",
-                UnsupportedCheckpoint,
-            )
-        state = package["state"]
-        if not isinstance(state, dict):
-            _fail(path, f"state is a {type(state).__name__}, not a dict of tensors")
-        if state.get("__quantized"):
-            _fail(
-                path,
-                "quantized (diffq) model states are not supported; use the non-quantized "
-                "release of the model",
-                UnsupportedCheckpoint,
-            )
-        tensors = []
-        for key, value in state.items():
-            if not isinstance(key, str):
-                _fail(path, f"state key {key!r:.60} is not a string")
-            if not isinstance(value, torch_checkpoint.TensorRef):
-                _fail(path, f"state entry {key} is a {type(value).__name__}, not a tensor")
-            if value.dtype not in torch_checkpoint.FLOAT_DTYPES:
-                _fail(
-                    path,
-                    f"state entry {key} is a {value.dtype} tensor; only floating tensors are supported",
-                    UnsupportedCheckpoint,
-                )
-            tensors.append((key, value))
-        if not tensors:
-            _fail(path, "the model state is empty")
-        args = package.get("args") or ()
-        kwargs = package["kwargs"] or {}
-        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
-            _fail(path, "args/kwargs are not a sequence and a dict")
-        try:
-            bound, dropped = htdemucs_args.bind_arguments(args, kwargs)
-            htdemucs_args.json_kwargs(bound)
-        except htdemucs_args.ArgumentError as exc:
-            _fail(path, f"invalid HTDemucs arguments: {exc}")
+        bound, dropped, tensors = check_package(path, checkpoint.obj)
     except BaseException:
         checkpoint.close()
         raise
     return ModelCheckpoint(
         path, signature_of(path), file_sha256(path), bound, dropped, tensors, checkpoint
     )
+
+
+def check_package(path, package):
+    """Checks an unpickled checkpoint object is a demucs package of an unquantized
+    HTDemucs; returns (bound arguments, dropped argument names, [(state key,
+    TensorRef)]). `path` only prefixes the messages."""
+    if not isinstance(package, dict):
+        _fail(path, f"the pickle holds a {type(package).__name__}, not a demucs model package")
+    missing = [k for k in ("klass", "kwargs", "state") if k not in package]
+    if missing:
+        hint = ""
+        if all(isinstance(v, torch_checkpoint.TensorRef) for v in package.values()):
+            hint = " (it looks like a bare state_dict; demucs model packages carry klass/args/kwargs)"
+        _fail(path, f"not a demucs model package: missing {', '.join(missing)}{hint}")
+    klass = package["klass"]
+    if not isinstance(klass, torch_checkpoint.ClassRef):
+        _fail(path, f"klass is {klass!r:.60}, not a class reference")
+    if klass.qualified_name != HTDEMUCS_CLASS:
+        _fail(
+            path,
+            f"model class {klass.qualified_name} is not supported: only "
+            f"{HTDEMUCS_CLASS} (Demucs v4) checkpoints can be converted",
+            UnsupportedCheckpoint,
+        )
+    state = package["state"]
+    if not isinstance(state, dict):
+        _fail(path, f"state is a {type(state).__name__}, not a dict of tensors")
+    if state.get("__quantized"):
+        _fail(
+            path,
+            "quantized (diffq) model states are not supported; use the non-quantized "
+            "release of the model",
+            UnsupportedCheckpoint,
+        )
+    tensors = []
+    for key, value in state.items():
+        if not isinstance(key, str):
+            _fail(path, f"state key {key!r:.60} is not a string")
+        if not isinstance(value, torch_checkpoint.TensorRef):
+            _fail(path, f"state entry {key} is a {type(value).__name__}, not a tensor")
+        if value.dtype not in torch_checkpoint.FLOAT_DTYPES:
+            _fail(
+                path,
+                f"state entry {key} is a {value.dtype} tensor; only floating tensors are supported",
+                UnsupportedCheckpoint,
+            )
+        tensors.append((key, value))
+    if not tensors:
+        _fail(path, "the model state is empty")
+    args = package.get("args") or ()
+    kwargs = package["kwargs"] or {}
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        _fail(path, "args/kwargs are not a sequence and a dict")
+    try:
+        bound, dropped = htdemucs_args.bind_arguments(args, kwargs)
+        htdemucs_args.json_kwargs(bound)
+    except htdemucs_args.ArgumentError as exc:
+        _fail(path, f"invalid HTDemucs arguments: {exc}")
+    return bound, dropped, tensors
 
 
 def check_bag(models, weights):
@@ -218,8 +225,9 @@ def build_metadata(name, models, weights):
 
 
 def _describe_value(value):
-    if isinstance(value, str):
+    if isinstance(value, str) and value.isprintable():
         return value
+    # JSON escapes control characters: a checkpoint's text cannot drive the terminal
     return json.dumps(htdemucs_args.to_json_value(value, "value"))
 
 

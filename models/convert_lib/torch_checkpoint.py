@@ -17,6 +17,18 @@ each replaced by a local implementation, and with name-only references for demuc
 classes (`klass`), which can never be called. Any other global is refused before
 anything is created. Tensors come back as lazy TensorRef objects; their data is read
 (and converted to float32) only when `TensorRef.to_float32()` is called.
+
+Before the unpickler sees a pickle, `check_pickle` walks its opcodes without running
+them and refuses what would hurt the process rather than fail cleanly: a pickle over
+MAX_PICKLE_BYTES or MAX_PICKLE_OBJECTS, memo indices the pickle never filled (the C
+unpickler sizes its memo table by the largest index), objects nested deeper than
+MAX_NESTING (hashing a deeply nested tuple overflows the C stack), integers over
+MAX_INT_BITS, strings that are not valid UTF-8 (lone surrogates). After loading, the
+object graph is walked once more for depth and self-references. Zip members are read only when their declared size is plausible:
+data.pkl at most MAX_PICKLE_BYTES, compressed members expanding at most
+MAX_EXPANSION times (torch writes them uncompressed), so a zip bomb is refused before
+it is inflated. Objects the allowlisted callables return cannot have state set into
+them by the BUILD opcode.
 """
 
 import codecs
@@ -27,6 +39,7 @@ import mmap
 import os
 import pickle
 import pickletools
+import re
 import struct
 import zipfile
 import zlib
@@ -79,6 +92,17 @@ FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+
+# Bounds on what a checkpoint may ask of the reader. A demucs release's pickle is
+# about 70 KB, some 10,000 objects, nested 8 deep; its storages are stored members.
+MAX_PICKLE_BYTES = 16 << 20
+MAX_PICKLE_OBJECTS = 1_000_000
+MAX_NESTING = 100
+MAX_INT_BITS = 1024
+MAX_EXPANSION = 64  # a compressed zip member may inflate at most this many times ...
+MIN_EXPANSION_BYTES = 16 << 20  # ... or to this size, whichever is larger
+MAX_TENSOR_DIMS = 32  # numpy's limit
+MAX_TENSOR_EXTENT = 1 << 48  # bound on a size, stride or offset (in elements)
 
 
 class _Sealed:
@@ -174,13 +198,22 @@ class TensorRef(_Sealed):
             raise CheckpointError("a tensor refers to something that is not a storage")
         for name, seq in (("size", shape), ("stride", stride)):
             if not isinstance(seq, tuple) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in seq
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_TENSOR_EXTENT
+                for v in seq
             ):
-                raise CheckpointError(f"a tensor has an invalid {name}: {seq!r}")
+                raise CheckpointError(f"a tensor has an invalid {name}: {seq!r:.80}")
+        if len(shape) > MAX_TENSOR_DIMS:
+            raise CheckpointError(
+                f"a tensor has {len(shape)} dimensions, more than {MAX_TENSOR_DIMS}"
+            )
         if len(shape) != len(stride):
             raise CheckpointError(f"a tensor has size {shape} but stride {stride}")
-        if not isinstance(offset, int) or offset < 0:
-            raise CheckpointError(f"a tensor has an invalid storage offset {offset!r}")
+        if (
+            not isinstance(offset, int)
+            or isinstance(offset, bool)
+            or not 0 <= offset < MAX_TENSOR_EXTENT
+        ):
+            raise CheckpointError(f"a tensor has an invalid storage offset {offset!r:.40}")
         self.storage = storage
         self.offset = offset
         self.shape = tuple(shape)
@@ -214,6 +247,14 @@ class TensorRef(_Sealed):
                 f"{name}: elements {self.offset}..{self.offset + span} are outside its "
                 f"storage of {self.storage.numel}"
             )
+        if self.numel > self.storage.numel:
+            # Only zero or overlapping strides give more elements than the storage
+            # holds; no saved parameter has them, and they would let a few bytes
+            # expand into any amount of float32 output.
+            raise CheckpointError(
+                f"{name}: {self.numel} elements (size {self.shape}, stride {self.stride}) "
+                f"from a storage of {self.storage.numel}"
+            )
         if span == 0:
             return np.zeros(self.shape, dtype="<f4")
         raw = self.storage.read(self.offset, span)
@@ -227,10 +268,14 @@ class TensorRef(_Sealed):
         view = np.lib.stride_tricks.as_strided(
             flat,
             shape=self.shape,
-            strides=tuple(step * item for step in self.stride),
+            # a dimension of size 1 is never stepped along, whatever its stride says
+            strides=tuple(
+                step * item if dim > 1 else 0 for dim, step in zip(self.shape, self.stride)
+            ),
             writeable=False,
         )
-        return np.ascontiguousarray(view, dtype="<f4")
+        # (ascontiguousarray alone would turn a 0-d tensor into shape (1,))
+        return np.ascontiguousarray(view, dtype="<f4").reshape(self.shape)
 
     def __repr__(self):
         return f"TensorRef({self.dtype}, shape={self.shape})"
@@ -239,17 +284,86 @@ class TensorRef(_Sealed):
 # --- callables the allowlist hands to the unpickler -------------------------------
 
 
+class _Allowed(_Sealed):
+    """An allowlisted global as the pickle sees it: callable, but (unlike the plain
+    function behind it) with no attributes a BUILD opcode could overwrite."""
+
+    __slots__ = ("function", "name")
+
+    def __init__(self, name, function):
+        self.name = name
+        self.function = function
+
+    def __call__(self, *args):
+        return self.function(*args)
+
+    def __setstate__(self, state):
+        raise ForbiddenGlobal(f"the checkpoint tries to set the state of {self.name}")
+
+    def __repr__(self):
+        return f"<allowed {self.name}>"
+
+
+class _StateDict(collections.OrderedDict):
+    """collections.OrderedDict as a pickle makes it. torch restores a state_dict's
+    `_metadata` attribute with BUILD; that state is accepted and dropped (nothing
+    here needs it), so no attribute can be set on the dict, nor shadow its methods."""
+
+    def __setstate__(self, state):
+        if state is not None and not isinstance(state, dict):
+            raise CheckpointError(f"OrderedDict state is a {type(state).__name__}")
+
+    def __reduce__(self):  # pragma: no cover - never pickled again
+        return collections.OrderedDict, (list(self.items()),)
+
+
+class _Fraction(Fraction):
+    """fractions.Fraction as a pickle makes it: no state can be set into it."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise ForbiddenGlobal("the checkpoint tries to set the state of a Fraction")
+
+
+class _NumpyDType(_Sealed):
+    """numpy.dtype as a pickle makes it: a plain numeric dtype whose BUILD state may
+    only give its byte order (numpy's own __setstate__ never sees pickle data)."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        if (
+            not isinstance(state, tuple)
+            or len(state) not in (8, 9)
+            or state[1] not in ("<", ">", "|", "=")
+            or any(v is not None for v in state[2:5])
+        ):
+            raise ForbiddenGlobal(f"numpy dtype with an unexpected state {state!r:.80}")
+        if state[1] in "<>" and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, *rest):
     """torch._utils._rebuild_tensor / _rebuild_tensor_v2 (the remaining arguments:
     requires_grad, backward_hooks, metadata, carry nothing we need)."""
-    return TensorRef(storage, storage_offset, tuple(size), tuple(stride))
+    return TensorRef(storage, storage_offset, _int_tuple(size), _int_tuple(stride))
+
+
+def _int_tuple(value):
+    if not isinstance(value, (tuple, list)):
+        raise CheckpointError(f"a tensor size or stride is a {type(value).__name__}")
+    return tuple(value)
 
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, hooks, dtype, *rest):
     if not isinstance(dtype, TorchDType) or not isinstance(storage, StorageRef):
         raise CheckpointError("_rebuild_tensor_v3 with an unexpected dtype or storage")
     typed = StorageRef(storage.key, dtype.storage_type, storage.numel, storage.reader, storage.base)
-    return TensorRef(typed, storage_offset, tuple(size), tuple(stride))
+    return TensorRef(typed, storage_offset, _int_tuple(size), _int_tuple(stride))
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks, *rest):
@@ -259,91 +373,272 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *rest):
 def _ordered_dict(*args):
     if args:
         raise ForbiddenGlobal("OrderedDict called with arguments")
-    return collections.OrderedDict()
+    return _StateDict()
+
+
+# What Fraction(str) may parse: no exponent (Fraction("1e999999999") would compute
+# 10**999999999).
+_FRACTION_TEXT = re.compile(r"\s*[-+]?(\d+(/\d+)?|\d*\.\d+|\d+\.)\s*\Z")
 
 
 def _fraction(*args):
     if not 1 <= len(args) <= 2 or not all(
         isinstance(a, (int, str)) and not isinstance(a, bool) for a in args
     ):
-        raise ForbiddenGlobal(f"fractions.Fraction called with {args!r}")
-    if isinstance(args[0], str) and len(args[0]) > 64:
-        raise ForbiddenGlobal("fractions.Fraction called with an oversized string")
-    return Fraction(*args)
+        raise ForbiddenGlobal(f"fractions.Fraction called with {args!r:.80}")
+    if isinstance(args[0], str) and (len(args[0]) > 64 or not _FRACTION_TEXT.match(args[0])):
+        raise ForbiddenGlobal(f"fractions.Fraction called with the string {args[0]!r:.80}")
+    if len(args) == 2 and not all(isinstance(a, int) for a in args):
+        raise ForbiddenGlobal("fractions.Fraction called with a string and a denominator")
+    if any(isinstance(a, int) and a.bit_length() > 64 for a in args):
+        raise ForbiddenGlobal("fractions.Fraction called with an integer over 64 bits")
+    if len(args) == 2 and args[1] == 0:
+        raise CheckpointError("fractions.Fraction with a zero denominator")
+    return _Fraction(*args)
 
 
 def _codecs_encode(text, encoding="utf-8", *rest):
     # Protocol-2 pickles store bytes as _codecs.encode(str, 'latin1').
     if encoding not in ("latin1", "latin-1") or rest or not isinstance(text, str):
-        raise ForbiddenGlobal(f"_codecs.encode with encoding {encoding!r}")
-    return codecs.encode(text, "latin1")
+        raise ForbiddenGlobal(f"_codecs.encode with encoding {encoding!r:.40}")
+    try:
+        return codecs.encode(text, "latin1")
+    except UnicodeEncodeError:
+        raise CheckpointError("_codecs.encode of text that is not latin-1")
+
+
+def _hashable_values(args, what):
+    if len(args) > 1 or (args and not isinstance(args[0], (list, tuple, set, frozenset))):
+        raise ForbiddenGlobal(f"{what} called with {args!r:.80}")
+    return args[0] if args else ()
 
 
 def _value_set(*args):
-    return set(*args)
+    return set(_hashable_values(args, "set"))
 
 
 def _value_frozenset(*args):
-    return frozenset(*args)
+    return frozenset(_hashable_values(args, "frozenset"))
 
 
 def _torch_size(*args):
-    return tuple(*args)
+    sizes = _hashable_values(args, "torch.Size")
+    if not all(isinstance(v, int) for v in sizes):
+        raise CheckpointError("torch.Size of something other than integers")
+    return tuple(sizes)
 
 
 def _torch_device(*args):
+    if not 1 <= len(args) <= 2 or not all(isinstance(a, (str, int)) for a in args):
+        raise ForbiddenGlobal(f"torch.device called with {args!r:.80}")
     return ":".join(str(a) for a in args)
 
 
 def _numpy_scalar(dtype, data=None):
-    # numpy.core.multiarray.scalar(dtype, bytes): a plain number in metrics/args.
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
-        raise ForbiddenGlobal("numpy scalar with an object dtype or no data")
-    return np.frombuffer(data, dtype=dtype, count=1)[0]
+    # numpy.core.multiarray.scalar(dtype, bytes): a plain number in metrics/args,
+    # returned as the Python number it holds.
+    if not isinstance(dtype, _NumpyDType) or not isinstance(data, bytes):
+        raise ForbiddenGlobal("numpy scalar with an unexpected dtype or no data")
+    if len(data) != dtype.dtype.itemsize:
+        raise CheckpointError(f"numpy scalar of {len(data)} bytes for a {dtype.dtype} value")
+    return np.frombuffer(data, dtype=dtype.dtype, count=1)[0].item()
+
+
+# The numpy dtypes a metrics scalar may have: booleans, integers, floats, complex.
+_NUMPY_DTYPE_NAME = re.compile(r"[<>|=]?(\?|b1|[iu][1248]|f[248]|c(8|16))\Z")
 
 
 def _numpy_dtype(name, align=False, copy=False):
-    dtype = np.dtype(name)
-    if dtype.hasobject:
-        raise ForbiddenGlobal(f"numpy dtype {name!r} holds Python objects")
-    return dtype
+    if not isinstance(name, str) or not _NUMPY_DTYPE_NAME.match(name):
+        raise ForbiddenGlobal(f"numpy dtype {name!r:.40} is not a plain numeric type")
+    return _NumpyDType(np.dtype(name))
 
 
 ALLOWED_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("collections", "OrderedDict"): _ordered_dict,
-    ("fractions", "Fraction"): _fraction,
-    ("_codecs", "encode"): _codecs_encode,
-    ("builtins", "set"): _value_set,
-    ("builtins", "frozenset"): _value_frozenset,
-    ("__builtin__", "set"): _value_set,
-    ("__builtin__", "frozenset"): _value_frozenset,
-    ("torch", "Size"): _torch_size,
-    ("torch", "device"): _torch_device,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "dtype"): _numpy_dtype,
+    (module, name): _Allowed(f"{module}.{name}", function)
+    for (module, name), function in {
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("collections", "OrderedDict"): _ordered_dict,
+        ("fractions", "Fraction"): _fraction,
+        ("_codecs", "encode"): _codecs_encode,
+        ("builtins", "set"): _value_set,
+        ("builtins", "frozenset"): _value_frozenset,
+        ("__builtin__", "set"): _value_set,
+        ("__builtin__", "frozenset"): _value_frozenset,
+        ("torch", "Size"): _torch_size,
+        ("torch", "device"): _torch_device,
+        ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+        ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+        ("numpy", "dtype"): _numpy_dtype,
+    }.items()
 }
 
 
-def check_opcodes(file, limit):
-    """Walks the pickle's opcodes without executing them, from the file's position
-    to STOP, and refuses memo indices larger than the pickle could ever fill: the C
-    unpickler grows its memo table to the largest index it sees, so one corrupted
-    LONG_BINPUT would otherwise allocate gigabytes. The caller seeks back."""
+# --- the static walk over a pickle's opcodes --------------------------------------
+
+_MEMO_PUTS = frozenset(("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"))
+_MEMO_GETS = frozenset(("GET", "BINGET", "LONG_BINGET"))
+# Opcodes that add items to the container below them instead of making a new object.
+_CONTAINER_UPDATES = frozenset(("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"))
+_INT_OPCODES = frozenset(("INT", "LONG", "LONG1", "LONG4"))
+
+
+def _is_text(value):
+    # Pickle strings are decoded with "surrogatepass": lone surrogates survive, and no
+    # file or terminal can take them.
     try:
-        for opcode, arg, _pos in pickletools.genops(file):
-            if opcode.name in ("LONG_BINPUT", "LONG_BINGET", "PUT", "GET") and (
-                not isinstance(arg, int) or not 0 <= arg <= limit
-            ):
-                raise CheckpointError(f"malformed checkpoint pickle: memo index {arg!r:.40}")
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _exception_text(exc):
+    try:
+        text = str(exc)
+    except Exception:
+        text = "(no message)"
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def check_pickle(file):
+    """Walks one pickle's opcodes from the file's position to STOP without executing
+    them, modelling the unpickler's stack as the nesting depth of each object, and
+    refuses (CheckpointError) a pickle longer than MAX_PICKLE_BYTES, making more than
+    MAX_PICKLE_OBJECTS objects, nesting deeper than MAX_NESTING, holding an integer
+    over MAX_INT_BITS or a string with a lone surrogate, or using a memo index it has not filled (pickle writers fill
+    the memo 0, 1, 2, ...; the C unpickler would allocate a table as large as the
+    largest index). Returns the pickle's length in bytes; the caller seeks back."""
+    start = file.tell()
+    stack = []  # nesting depth of each object on the unpickler's stack (0: a scalar)
+    marks = []  # stack height at each MARK
+    memo = []  # depth of each memo entry
+    objects = 0
+    try:
+        for opcode, arg, pos in pickletools.genops(file):
+            if pos - start > MAX_PICKLE_BYTES:
+                raise CheckpointError(f"the pickle is longer than {MAX_PICKLE_BYTES} bytes")
+            name = opcode.name
+            if name in _MEMO_PUTS:
+                index = len(memo) if name == "MEMOIZE" else arg
+                if not isinstance(index, int) or not 0 <= index <= len(memo):
+                    raise CheckpointError(f"malformed checkpoint pickle: memo index {index!r:.40}")
+                depth = stack[-1] if stack else 0
+                if index == len(memo):
+                    memo.append(depth)
+                else:
+                    memo[index] = depth
+                continue
+            if name in _MEMO_GETS:
+                if not isinstance(arg, int) or not 0 <= arg < len(memo):
+                    raise CheckpointError(f"malformed checkpoint pickle: memo index {arg!r:.40}")
+                stack.append(memo[arg])
+                continue
+            if name == "MARK":
+                marks.append(len(stack))
+                continue
+            if name == "DUP":
+                stack.append(stack[-1] if stack else 0)
+                continue
+            if name == "POP" and marks and marks[-1] == len(stack):
+                marks.pop()  # as the C unpickler: POP right after MARK drops the mark
+                continue
+            if isinstance(arg, str) and not arg.isascii() and not _is_text(arg):
+                raise CheckpointError(
+                    f"the pickle holds a string that is not valid UTF-8 (a lone surrogate) "
+                    f"at byte {pos - start}"
+                )
+            if name in _INT_OPCODES and isinstance(arg, int) and arg.bit_length() > MAX_INT_BITS:
+                raise CheckpointError(
+                    f"the pickle holds an integer of {arg.bit_length()} bits "
+                    f"(more than {MAX_INT_BITS})"
+                )
+            before = opcode.stack_before
+            items = []
+            fixed = len(before)
+            if pickletools.markobject in before:
+                at = marks.pop() if marks else 0
+                items = stack[at:]
+                del stack[at:]
+                fixed = before.index(pickletools.markobject)
+            popped = [stack.pop() if stack else 0 for _ in range(fixed)][::-1]
+            if not opcode.stack_after:
+                continue
+            if name in _CONTAINER_UPDATES:
+                container = popped[0] if popped else 0
+                depth = max([container] + [d + 1 for d in popped[1:] + items])
+            else:
+                children = popped + items
+                depth = 1 + max(children) if children else 0
+                objects += 1
+                if objects > MAX_PICKLE_OBJECTS:
+                    raise CheckpointError(
+                        f"the pickle makes more than {MAX_PICKLE_OBJECTS} objects"
+                    )
+            if depth > MAX_NESTING:
+                raise CheckpointError(
+                    f"the pickle nests objects more than {MAX_NESTING} levels deep"
+                )
+            stack.extend([depth] * len(opcode.stack_after))
     except CheckpointError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"malformed checkpoint pickle: {type(exc).__name__}: {exc}")
+        raise CheckpointError(f"malformed checkpoint pickle: {_exception_text(exc)}")
+    return file.tell() - start
+
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def _contents(container):
+    if isinstance(container, dict):
+        return [value for item in container.items() for value in item]
+    return list(container)
+
+
+def check_structure(obj):
+    """Walks the unpickled object graph (lists, tuples, dicts, sets) once, without
+    recursion: refuses nesting deeper than MAX_NESTING and containers that contain
+    themselves, which code walking the result (repr, JSON, comparisons) would
+    recurse into without end. Shared parts are walked once (their height is kept)."""
+    if not isinstance(obj, _CONTAINERS):
+        return
+    height = {}  # id -> height of a finished container (1: holds no container)
+    active = {id(obj)}  # ids of the containers on the current path
+    path = [[obj, iter(_contents(obj)), 0]]  # container, its pending items, max height below
+    while path:
+        entry = path[-1]
+        child = next(entry[1], _END)
+        if child is _END:
+            node_height = entry[2] + 1
+            if node_height > MAX_NESTING:
+                raise CheckpointError(
+                    f"the pickle nests objects more than {MAX_NESTING} levels deep"
+                )
+            height[id(entry[0])] = node_height
+            active.discard(id(entry[0]))
+            path.pop()
+            if path:
+                path[-1][2] = max(path[-1][2], node_height)
+            continue
+        if not isinstance(child, _CONTAINERS):
+            continue
+        known = height.get(id(child))
+        if known is not None:
+            entry[2] = max(entry[2], known)
+            continue
+        if id(child) in active:
+            raise CheckpointError("the pickle builds a structure that contains itself")
+        if len(path) >= MAX_NESTING:
+            raise CheckpointError(f"the pickle nests objects more than {MAX_NESTING} levels deep")
+        active.add(id(child))
+        path.append([child, iter(_contents(child)), 0])
+
+
+_END = object()
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -385,7 +680,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         view = pid[5] if len(pid) > 5 else None
         if not isinstance(storage_type, StorageType):
             raise CheckpointError(f"storage of unsupported type {storage_type!r:.80}")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        if (
+            not isinstance(key, str)
+            or not isinstance(numel, int)
+            or isinstance(numel, bool)
+            or not 0 <= numel < MAX_TENSOR_EXTENT
+        ):
             raise CheckpointError(f"malformed storage reference {pid!r:.80}")
         return self._storage_lookup(storage_type, key, numel, view)
 
@@ -396,9 +696,42 @@ class _PlainUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         raise ForbiddenGlobal(f"refusing to load: legacy header references {module}.{name}")
 
+    def persistent_load(self, pid):
+        raise CheckpointError("a legacy header pickle holds a persistent id")
+
+
+def _unpickle(data, storage_lookup=None):
+    """Unpickles one checked pickle (bytes): with the allowlist and storages through
+    `storage_lookup`, or, without one, as a header that may hold plain values only."""
+    file = io.BytesIO(data)
+    try:
+        if storage_lookup is None:
+            obj = _PlainUnpickler(file).load()
+        else:
+            obj = _RestrictedUnpickler(file, storage_lookup).load()
+        check_structure(obj)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a corrupted length, type or argument in the pickle
+        raise CheckpointError(f"malformed checkpoint pickle: {_exception_text(exc)}")
+    return obj
+
+
+def loads(data, storages=None, big_endian=False):
+    """Reads a checkpoint pickle held in memory, as `load` reads a zip archive's
+    data.pkl: `storages` maps each storage key to the raw bytes of its member. Raises
+    CheckpointError (with the reason) on anything a checkpoint may not hold."""
+    members = {f"archive/data/{key}": value for key, value in (storages or {}).items()}
+    reader = _ZipStorageReader(_MemoryMembers(members), "archive", big_endian)
+    if len(data) > MAX_PICKLE_BYTES:
+        raise CheckpointError(f"the pickle is longer than {MAX_PICKLE_BYTES} bytes")
+    check_pickle(io.BytesIO(data))
+    return _unpickle(data, reader.lookup)
+
 
 # What zipfile raises on damaged archives: besides BadZipFile, a mangled header can
-# surface as a decode error, an "unsupported feature" (flag bits), or a zlib error.
+# surface as a decode error, an "unsupported feature" (flag bits), a zlib error, or a
+# bad value in a header field.
 ZIP_ERRORS = (
     zipfile.BadZipFile,
     EOFError,
@@ -406,37 +739,109 @@ ZIP_ERRORS = (
     UnicodeDecodeError,
     NotImplementedError,
     RuntimeError,
+    ValueError,
+    struct.error,
     zlib.error,
 )
 
 
-class _ZipStorageReader:
-    def __init__(self, archive, root, big_endian):
+class _ZipMembers:
+    """The members of an open zip archive. A member is inflated only when its declared
+    size is plausible: compressed members may expand at most MAX_EXPANSION times (or
+    to MIN_EXPANSION_BYTES); zipfile itself never returns more than the declared size."""
+
+    def __init__(self, archive):
         self.archive = archive
+        self.names = set(archive.namelist())
+
+    def size(self, name):
+        return self.archive.getinfo(name).file_size if name in self.names else None
+
+    def check(self, name):
+        info = self.archive.getinfo(name)
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(
+            MIN_EXPANSION_BYTES, MAX_EXPANSION * info.compress_size
+        ):
+            raise CheckpointError(
+                f"zip member {name} would inflate from {info.compress_size} to "
+                f"{info.file_size} bytes, more than {MAX_EXPANSION} times (a zip bomb?); "
+                "torch stores checkpoint members uncompressed"
+            )
+
+    def read(self, name, limit=None):
+        self.check(name)
+        size = self.size(name)
+        if limit is not None and size > limit:
+            raise CheckpointError(
+                f"zip member {name} declares {size} bytes, more than the {limit} it may have"
+            )
+        try:
+            return self.archive.read(name)
+        except ZIP_ERRORS as exc:
+            raise CheckpointError(f"{name} is unreadable: {exc}")
+
+
+class _MemoryMembers:
+    """Zip members already in memory (`loads`): name -> bytes."""
+
+    def __init__(self, members):
+        self.members = members
+
+    def size(self, name):
+        data = self.members.get(name)
+        return None if data is None else len(data)
+
+    def check(self, name):
+        pass
+
+    def read(self, name, limit=None):
+        return self.members[name]
+
+
+class _ZipStorageReader:
+    def __init__(self, members, root, big_endian):
+        self.members = members
         self.root = root
         self.big_endian = big_endian
+        self._refs = {}
         self._cache_key = None
         self._cache = None
 
     def member(self, key):
         return f"{self.root}/data/{key}"
 
+    def lookup(self, storage_type, key, numel, view):
+        """The unpickler's storage lookup: checks the member exists, is large enough
+        for `numel` elements and is no zip bomb, before any tensor is built on it."""
+        if view is not None:
+            raise CheckpointError("storage views are not expected in the zip format")
+        member = self.member(key)
+        size = self.members.size(member)
+        if size is None:
+            raise CheckpointError(f"storage {member} is missing from the archive")
+        if size < numel * storage_type.itemsize:
+            raise CheckpointError(
+                f"storage {member} has {size} bytes, its {numel} {storage_type.dtype} "
+                f"elements need {numel * storage_type.itemsize}"
+            )
+        self.members.check(member)
+        ref_key = (key, storage_type.name, numel)
+        ref = self._refs.get(ref_key)
+        if ref is None:
+            ref = self._refs[ref_key] = StorageRef(key, storage_type, numel, self)
+        return ref
+
     def __call__(self, key, offset, count):
         # Storages are read whole (zip members are not seekable reliably when
         # compressed); the last one is kept because consecutive tensors often share it.
         if self._cache_key != key:
             self._cache = None
-            try:
-                self._cache = self.archive.read(self.member(key))
-            except KeyError:
-                raise CheckpointError(f"storage {self.member(key)} is missing from the archive")
-            except ZIP_ERRORS as exc:
-                raise CheckpointError(f"storage {self.member(key)} is unreadable: {exc}")
+            self._cache = self.members.read(self.member(key))
             self._cache_key = key
         data = self._cache
         if offset + count > len(data):
             raise CheckpointError(
-                f"storage {self.member(key)} holds {len(data)} bytes, " f"{offset + count} needed"
+                f"storage {self.member(key)} holds {len(data)} bytes, {offset + count} needed"
             )
         return data[offset : offset + count]
 
@@ -497,62 +902,57 @@ def _load_zip(path):
         raise CheckpointError(f"corrupt zip archive: {exc}")
     try:
         root = _zip_root(archive)
-        names = set(archive.namelist())
+        members = _ZipMembers(archive)
         big_endian = False
-        if f"{root}/byteorder" in names:
-            order = archive.read(f"{root}/byteorder").decode("ascii", "replace").strip()
+        if f"{root}/byteorder" in members.names:
+            order = members.read(f"{root}/byteorder", limit=16)
+            order = order.decode("ascii", "replace").strip()
             if order not in ("little", "big"):
                 raise CheckpointError(f"unknown byte order {order!r}")
             big_endian = order == "big"
-        reader = _ZipStorageReader(archive, root, big_endian)
-        storages = {}
-
-        def lookup(storage_type, key, numel, view):
-            if view is not None:
-                raise CheckpointError("storage views are not expected in the zip format")
-            member = reader.member(key)
-            if member not in names:
-                raise CheckpointError(f"storage {member} is missing from the archive")
-            size = archive.getinfo(member).file_size
-            if size < numel * storage_type.itemsize:
-                raise CheckpointError(
-                    f"storage {member} has {size} bytes, its {numel} {storage_type.dtype} "
-                    f"elements need {numel * storage_type.itemsize}"
-                )
-            ref = storages.get(key)
-            if ref is None:
-                ref = storages[key] = StorageRef(key, storage_type, numel, reader)
-            return ref
-
-        data = archive.read(f"{root}/data.pkl")
-        check_opcodes(io.BytesIO(data), len(data))
-        obj = _RestrictedUnpickler(io.BytesIO(data), lookup).load()
+        reader = _ZipStorageReader(members, root, big_endian)
+        data = members.read(f"{root}/data.pkl", limit=MAX_PICKLE_BYTES)
+        check_pickle(io.BytesIO(data))
+        obj = _unpickle(data, reader.lookup)
     except CheckpointError:
         archive.close()
         raise
     except ZIP_ERRORS as exc:
         archive.close()
         raise CheckpointError(f"corrupt zip archive: {exc}")
-    except (
-        pickle.UnpicklingError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        RecursionError,
-        MemoryError,  # a corrupted length or memo index in the pickle
-    ) as exc:
-        archive.close()
-        raise CheckpointError(f"malformed checkpoint pickle: {type(exc).__name__}: {exc}")
     return Checkpoint(path, obj, "zip", archive.close)
 
 
-def _checked_load(file, unpickler_class, limit, *args):
-    start = file.tell()
-    check_opcodes(file, limit)
-    file.seek(start)
-    return unpickler_class(file, *args).load()
+class _Window:
+    """A read-only file over mapped[start:end], for walking one pickle of a legacy
+    file without copying more than the walk reads."""
+
+    def __init__(self, mapped, start, end):
+        self.mapped = mapped
+        self.start = start
+        self.position = start
+        self.end = end
+
+    def read(self, count=-1):
+        stop = self.end if count < 0 else min(self.end, self.position + count)
+        data = self.mapped[self.position : stop]
+        self.position = max(self.position, stop)
+        return data
+
+    def readline(self):
+        newline = self.mapped.find(b"\n", self.position, self.end)
+        return self.read(self.end - self.position if newline < 0 else newline + 1 - self.position)
+
+    def tell(self):
+        return self.position - self.start
+
+
+def _next_pickle(mapped, position, storage_lookup=None):
+    """Checks and loads the pickle at `position` of a legacy file; returns the object
+    and the position after it."""
+    end = min(len(mapped), position + MAX_PICKLE_BYTES + 1)
+    length = check_pickle(_Window(mapped, position, end))
+    return _unpickle(mapped[position : position + length], storage_lookup), position + length
 
 
 def _load_legacy(path):
@@ -567,52 +967,53 @@ def _load_legacy(path):
         raise
 
 
-def _parse_legacy(path, file):
-    file_size = len(file)
+def _parse_legacy(path, mapped):
+    file_size = len(mapped)
     try:
-        magic = _checked_load(file, _PlainUnpickler, file_size)
-    except Exception:
+        magic, position = _next_pickle(mapped, 0)
+    except CheckpointError:
         magic = None
-    if magic != LEGACY_MAGIC:
+    if type(magic) is not int or magic != LEGACY_MAGIC:
         raise CheckpointError(
             "not a torch checkpoint (neither a zip archive nor a legacy torch file; "
             "truncated or corrupt?)"
         )
-    try:
-        protocol = _checked_load(file, _PlainUnpickler, file_size)
-        info = _checked_load(file, _PlainUnpickler, file_size)
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"corrupt legacy torch header: {exc}")
-    if protocol != LEGACY_PROTOCOL:
-        raise UnsupportedCheckpoint(f"legacy torch protocol {protocol!r} is not supported")
+    protocol, position = _next_pickle(mapped, position)
+    info, position = _next_pickle(mapped, position)
+    if type(protocol) is not int or protocol != LEGACY_PROTOCOL:
+        raise UnsupportedCheckpoint(f"legacy torch protocol {protocol!r:.40} is not supported")
     big_endian = isinstance(info, dict) and info.get("little_endian") is False
-    reader = _LegacyStorageReader(file, big_endian)
+    reader = _LegacyStorageReader(mapped, big_endian)
     roots = {}  # key -> (StorageType, numel)
 
     def lookup(storage_type, key, numel, view):
-        roots.setdefault(key, (storage_type, numel))
+        known = roots.setdefault(key, (storage_type, numel))
+        if (known[0].name, known[1]) != (storage_type.name, numel):
+            raise CheckpointError(
+                f"legacy storage {key} is referenced as {known[1]} {known[0].dtype} and as "
+                f"{numel} {storage_type.dtype} elements"
+            )
         if view is None:
             return StorageRef(key, storage_type, numel, reader)
-        if not (isinstance(view, tuple) and len(view) == 3):
-            raise CheckpointError(f"malformed storage view {view!r:.80}")
+        if not (
+            isinstance(view, tuple)
+            and len(view) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in view[1:])
+            and view[1] >= 0
+            and view[2] >= 0
+            and view[1] + view[2] <= numel
+        ):
+            raise CheckpointError(f"malformed storage view {view!r:.80} of {numel} elements")
         _view_key, view_offset, view_size = view
         return StorageRef(key, storage_type, view_size, reader, base=view_offset)
 
-    try:
-        obj = _checked_load(file, _RestrictedUnpickler, file_size, lookup)
-        keys = _checked_load(file, _PlainUnpickler, file_size)
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"malformed checkpoint pickle: {type(exc).__name__}: {exc}")
-    if not isinstance(keys, list):
+    obj, position = _next_pickle(mapped, position, lookup)
+    keys, position = _next_pickle(mapped, position)
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
         raise CheckpointError("legacy storage key list is missing")
-    position = file.tell()
     order = ">q" if big_endian else "<q"
     for key in keys:
-        header = file.read(8)
+        header = mapped[position : position + 8]
         if len(header) != 8:
             raise CheckpointError(f"legacy storage {key} is truncated")
         (numel,) = struct.unpack(order, header)
@@ -627,11 +1028,10 @@ def _parse_legacy(path, file):
             raise CheckpointError(f"legacy storage {key} is truncated")
         reader.locations[key] = (position, numel)
         position += length
-        file.seek(position)
     missing = set(roots) - set(reader.locations)
     if missing:
         raise CheckpointError(f"legacy storages {sorted(missing)[:3]} have no data")
-    return Checkpoint(path, obj, "legacy", file.close)
+    return Checkpoint(path, obj, "legacy", mapped.close)
 
 
 def load(path):
@@ -644,7 +1044,11 @@ def load(path):
         raise CheckpointError(f"cannot read: {exc.strerror or exc}")
     if head.startswith(b"PK"):
         return _load_zip(path)
-    if zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except ZIP_ERRORS:
+        is_zip = False
+    if is_zip:
         return _load_zip(path)
     if head[:1] == b"\x80":
         return _load_legacy(path)

@@ -4,7 +4,11 @@ Runs with the system python3 + numpy only. Fixtures in tests/fixtures/convert/ w
 made by demucs itself (tests/convert/make_checkpoints.py): the converted files must
 reproduce their tensors exactly (float16 states as the exact float16 values), every
 HTDemucs argument and the segment length. Error paths: corrupt archives, forbidden
-pickle globals, unsupported classes and quantized states, bag mismatches, checksum
+pickle globals, malicious checkpoints (payloads that would run code, shown to create
+their marker file under the plain pickle module and never under the converter, in zip
+and legacy files; zip bombs and tensor expansion with the converter's peak RSS
+measured; recursion bombs; storages beyond their data; state injected by BUILD),
+unsupported classes and quantized states, bag mismatches, checksum
 mismatches and failed downloads in get-weights (served over file:// and a real local
 HTTP server). The engine's rules (engine_rules.py, mirroring models/model.c and
 htdemucs.c): path-like or repeated source names and out-of-range hyperparameters are
@@ -20,6 +24,7 @@ import http.server
 import json
 import os
 from pathlib import Path
+import pickle
 import shutil
 import socket
 import struct
@@ -27,8 +32,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -438,6 +445,438 @@ class ConvertErrors(TempDirTest):
         proc = run(CONVERT, fixture("a_half"))
         self.assertEqual(proc.returncode, 2)
         self.assertIn("-o", proc.stderr)
+
+
+# --- malicious checkpoints ---------------------------------------------------------
+
+LEGACY_HEADER = (
+    b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # magic number
+    + b"\x80\x02M\xe9\x03."  # protocol 1001
+    + b"\x80\x02}q\x00X\x0d\x00\x00\x00little_endianq\x01\x88s."  # system info
+)
+EMPTY_KEYS = b"\x80\x02]q\x00."
+# Bound on the converter's peak RSS while it refuses a bomb: it needs about 40 MB
+# itself; a bomb that got read would need gigabytes.
+BOMB_RSS_LIMIT_BYTES = 200 << 20
+BOMB_BYTES = 2 << 30  # what each zip bomb member inflates to
+
+
+def legacy_with_pickle(path, main_pickle, keys_pickle=EMPTY_KEYS, storage_data=b""):
+    Path(path).write_bytes(LEGACY_HEADER + main_pickle + keys_pickle + storage_data)
+
+
+def run_measured(*args):
+    """Runs models/convert ARGS; returns (rc, stderr, peak RSS in bytes of that process
+    alone, from wait4)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(CONVERT), *map(str, args)], stdout=subprocess.DEVNULL, stderr=err
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, err.read().decode("utf-8", "replace"), usage.ru_maxrss * 1024
+
+
+def deflated_zeros(size):
+    """A raw deflate stream of `size` zero bytes (a multiple of 1 MiB) and its CRC-32,
+    without compressing gigabytes: after a full flush the compressor's output for an
+    identical block is identical, so the middle blocks are copies."""
+    block = bytes(1 << 20)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    middle = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH)
+    assert compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH) == middle
+    last = compressor.flush()
+    count = size >> 20
+    crc = 0
+    for _ in range(count):
+        crc = zlib.crc32(block, crc)
+    return first + middle * (count - 1) + last, crc
+
+
+def write_zip(path, entries):
+    """Writes a zip archive by hand: entries are (name, method, data as stored, CRC-32,
+    uncompressed size), so a member may claim any size its deflate stream gives."""
+    out, central = bytearray(), bytearray()
+    for name, method, data, crc, size in entries:
+        raw_name = name.encode()
+        offset = len(out)
+        out += struct.pack(
+            "<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc, len(data), size,
+            len(raw_name), 0,
+        )
+        out += raw_name + data
+        central += struct.pack(
+            "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, crc, len(data), size,
+            len(raw_name), 0, 0, 0, 0, 0, offset,
+        )
+        central += raw_name
+    start = len(out)
+    out += central
+    out += struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(central), start, 0
+    )
+    Path(path).write_bytes(bytes(out))
+
+
+def stored(name, data):
+    return (name, zipfile.ZIP_STORED, data, zlib.crc32(data), len(data))
+
+
+def storage_pickle(numel, storage="FloatStorage", size=None, stride=None, key="0"):
+    """A pickle holding one tensor on storage `key`: _rebuild_tensor_v2(('storage',
+    torch.<storage>, key, 'cpu', numel), 0, size, stride, False, OrderedDict())."""
+    size = (numel,) if size is None else size
+    stride = (1,) if stride is None else stride
+
+    def ints(values):
+        return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"
+
+    persistent = b"(" + text("storage") + f"ctorch\n{storage}\n".encode() + text(key)
+    persistent += text("cpu") + b"J" + struct.pack("<i", numel) + b"tQ"
+    return (
+        b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(" + persistent + b"K\x00" + ints(size)
+        + ints(stride) + b"\x89ccollections\nOrderedDict\n)RtR."
+    )
+
+
+def package_pickle(tensor_pickle=None, kwargs=b"", prefix=b"", segment=b"K\x07"):
+    """A demucs package as a pickle: klass, the tiny fixtures' kwargs plus `kwargs`
+    (pickled key/value pairs), state {'w': tensor} (`tensor_pickle`, PROTO and STOP
+    stripped; default 4 float32 elements of storage "0"); `prefix` runs first (to
+    fill the memo)."""
+    tensor_pickle = tensor_pickle or storage_pickle(4)
+    all_kwargs = (
+        b"}(" + text("sources") + b"]("
+        + b"".join(text(s) for s in ("drums", "bass", "other", "vocals")) + b"e"
+        + text("channels") + b"K\x08" + text("depth") + b"K\x02" + text("nfft") + b"M\x00\x01"
+        + text("t_layers") + b"K\x01" + text("t_heads") + b"K\x02" + text("dconv_mode") + b"K\x03"
+        + text("bottom_channels") + b"K\x08" + text("samplerate") + b"M\x44\xac"
+        + text("segment") + segment + kwargs + b"u"
+    )
+    return (
+        b"\x80\x02" + prefix + b"}(" + text("klass") + b"cdemucs.htdemucs\nHTDemucs\n"
+        + text("kwargs") + all_kwargs + text("state") + b"}(" + text("w") + tensor_pickle[2:-1]
+        + b"uu."
+    )
+
+
+UNRESTRICTED_LOAD = "import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read())"
+
+
+class Payload:
+    """Pickles as a call of `function(*args)`, as a malicious __reduce__ would."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+    def __call__(self, *args):  # lets a Payload stand as the callable of another
+        raise AssertionError("never called")
+
+
+class MaliciousCheckpoints(TempDirTest):
+    """Checkpoints built to run code, exhaust memory or crash the reader: each is
+    refused with a message naming the cause, and nothing runs (the payloads would
+    create a marker file; each payload is first shown to create it under the plain
+    pickle module, so the test can fail)."""
+
+    def setUp(self):
+        super().setUp()
+        self.marker = self.tmp / "marker"
+
+    def assert_refused(self, path, *needles):
+        proc, out = self.convert(path, rc=1)
+        for needle in needles:
+            self.assertIn(needle, proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+        self.assertNotIn("error: unexpected", proc.stderr)
+        self.assertFalse(out.exists())
+        return proc
+
+    def assert_payload_runs_when_unrestricted(self, payload):
+        source = self.tmp / "payload.pkl"
+        source.write_bytes(payload)
+        subprocess.run(
+            [sys.executable, "-c", UNRESTRICTED_LOAD, str(source)],
+            capture_output=True,
+            timeout=60,
+            cwd=self.tmp,
+        )
+        deadline = time.monotonic() + 10
+        while not self.marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # subprocess.Popen's child touches the marker on its own time
+        self.assertTrue(self.marker.exists(), "the payload does not do what it should")
+        self.marker.unlink()
+
+    def assert_never_runs(self, payload, *needles):
+        self.assert_payload_runs_when_unrestricted(payload)
+        for form in ("zip", "legacy"):
+            with self.subTest(form=form):
+                path = self.tmp / f"evil-{form}.th"
+                if form == "zip":
+                    zip_with_pickle(path, payload)
+                else:
+                    legacy_with_pickle(path, payload)
+                self.assert_refused(path, *needles)
+        time.sleep(0.2)  # a spawned child would have touched it by now
+        self.assertFalse(self.marker.exists())
+
+    def touch_command(self):
+        return f"touch {self.marker}"
+
+    def test_subprocess_popen_via_reduce(self):
+        payload = pickle.dumps(
+            Payload(subprocess.Popen, ["touch", str(self.marker)]), protocol=2, fix_imports=False
+        )
+        self.assertIn(b"csubprocess\nPopen\n", payload)
+        self.assert_never_runs(payload, "subprocess.Popen", "refusing")
+
+    def test_subprocess_call_via_stack_global(self):
+        payload = pickle.dumps(Payload(subprocess.call, ["touch", str(self.marker)]), protocol=4)
+        self.assertIn(b"\x93", payload)  # STACK_GLOBAL, not GLOBAL
+        self.assertNotIn(b"csubprocess", payload)
+        self.assert_never_runs(payload, "subprocess.call", "refusing")
+
+    def test_posix_system(self):
+        payload = pickle.dumps(
+            Payload(os.system, self.touch_command()), protocol=2, fix_imports=False
+        )
+        self.assertIn(b"cposix\nsystem\n", payload)
+        self.assert_never_runs(payload, "posix.system")
+
+    def test_builtins_exec(self):
+        code = f"open({str(self.marker)!r}, 'w').close()"
+        payload = pickle.dumps(Payload(exec, code), protocol=2, fix_imports=False)
+        self.assert_never_runs(payload, "builtins.exec")
+
+    def test_builtins_getattr_chain(self):
+        # getattr(__import__('os'), 'system')('touch MARKER')
+        system = Payload(getattr, Payload(__import__, "os"), "system")
+        payload = pickle.dumps(Payload(system, self.touch_command()), protocol=2, fix_imports=False)
+        self.assert_never_runs(payload, "builtins.getattr")
+
+    def test_builtins_import(self):
+        # __import__('os') first (memoized), then getattr on it, then the call.
+        command = self.touch_command().encode()
+        payload = (
+            b"\x80\x02cbuiltins\n__import__\n" + text("os") + b"\x85Rq\x000"
+            + b"cbuiltins\ngetattr\nh\x00" + text("system") + b"\x86R"
+            + b"X" + struct.pack("<I", len(command)) + command + b"\x85R."
+        )
+        self.assert_never_runs(payload, "builtins.__import__")
+
+    def test_stack_global_from_memoized_strings(self):
+        # STACK_GLOBAL with its module and name fetched from the memo, as obfuscated
+        # payloads do; the allowlist sees the name all the same.
+        command = self.touch_command().encode()
+        payload = (
+            b"\x80\x04" + b"\x8c\x02os\x940" + b"\x8c\x06system\x940"
+            + b"h\x00h\x01\x93" + b"\x8c" + bytes([len(command)]) + command + b"\x85R."
+        )
+        self.assert_never_runs(payload, "os.system", "not on the allowlist")
+
+    def test_zip_bomb_data_pkl(self):
+        stream, crc = deflated_zeros(BOMB_BYTES)
+        path = self.tmp / "bomb.th"
+        write_zip(path, [
+            ("archive/data.pkl", zipfile.ZIP_DEFLATED, stream, crc, BOMB_BYTES),
+            stored("archive/version", b"3\n"),
+        ])
+        with zipfile.ZipFile(path) as archive:  # it is a real bomb
+            self.assertEqual(archive.getinfo("archive/data.pkl").file_size, BOMB_BYTES)
+            with archive.open("archive/data.pkl") as member:
+                self.assertEqual(member.read(1 << 20), bytes(1 << 20))
+        rc, stderr, peak = run_measured(path, "-o", self.tmp / "out.safetensors")
+        self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
+        self.assertEqual(rc, 1, stderr)
+        self.assertIn(f"archive/data.pkl would inflate from {len(stream)} to {BOMB_BYTES}", stderr)
+        self.assertIn("zip bomb", stderr)
+        self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
+
+    def test_zip_bomb_storage(self):
+        numel = BOMB_BYTES // 4
+        stream, crc = deflated_zeros(BOMB_BYTES)
+        path = self.tmp / "bomb.th"
+        write_zip(path, [
+            stored("archive/data.pkl", package_pickle(storage_pickle(numel))),
+            ("archive/data/0", zipfile.ZIP_DEFLATED, stream, crc, BOMB_BYTES),
+        ])
+        rc, stderr, peak = run_measured(path, "-o", self.tmp / "out.safetensors")
+        self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
+        self.assertEqual(rc, 1, stderr)
+        self.assertIn(f"archive/data/0 would inflate from {len(stream)} to {BOMB_BYTES}", stderr)
+        self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
+
+    def test_oversized_pickle_is_refused_before_reading(self):
+        # A stored data.pkl over the 16 MiB a pickle may have (a list of 9M ints).
+        count = 9 << 20
+        payload = b"\x80\x02](" + b"K\x01" * count + b"e."
+        path = self.tmp / "big.th"
+        zip_with_pickle(path, payload)
+        rc, stderr, peak = run_measured(path, "-o", self.tmp / "out.safetensors")
+        self.assertEqual(rc, 1, stderr)
+        self.assertIn("archive/data.pkl declares", stderr)
+        self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
+
+    def test_zero_strides_cannot_expand_a_tensor(self):
+        # 16 bytes of storage viewed as a 1,000,000 x 1,000,000 tensor: 4 TB of float32.
+        payload = storage_pickle(4, size=(1000000, 1000000), stride=(0, 0))
+        path = self.tmp / "strides.th"
+        zip_with_pickle(path, package_pickle(payload), storages={"0": bytes(16)})
+        rc, stderr, peak = run_measured(path, "-o", self.tmp / "out.safetensors")
+        self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
+        self.assertEqual(rc, 1, stderr)
+        self.assertIn("1000000000000 elements", stderr)
+        self.assertIn("from a storage of 4", stderr)
+        self.assertLess(peak, BOMB_RSS_LIMIT_BYTES)
+
+    def test_recursion_bomb_nested_lists(self):
+        # 200,000 nested lists (tuples) as an argument: walking it to JSON ended in a
+        # RecursionError traceback.
+        depth = 200000
+        path = self.tmp / "lists.th"
+        lists = text("t_cape_glob_loc_scale") + b"]" * depth + b"a" * (depth - 1)
+        zip_with_pickle(path, package_pickle(kwargs=lists), storages={"0": bytes(16)})
+        self.assert_refused(path, "nests objects more than 100 levels deep")
+        tuples = text("t_cape_glob_loc_scale") + b")" + b"\x85" * depth
+        legacy_with_pickle(
+            path, package_pickle(kwargs=tuples), b"\x80\x02]q\x00" + text("0") + b"a.",
+            struct.pack("<q", 4) + bytes(16),
+        )
+        self.assert_refused(path, "nests objects more than 100 levels deep")
+
+    def test_recursion_bomb_nested_tuple_as_a_key(self):
+        # Hashing a tuple nested a million deep overflowed the C stack (SIGSEGV).
+        path = self.tmp / "tuples.th"
+        zip_with_pickle(path, b"\x80\x02}" + b")" + b"\x85" * 1000000 + b"K\x01s.")
+        proc = self.assert_refused(path, "nests objects more than 100 levels deep")
+        self.assertEqual(proc.returncode, 1)
+
+    def test_nesting_hidden_behind_the_memo(self):
+        # L_i = [] is memoized while empty, then given 90 lists around L_(i-1): twelve
+        # times over that is 1,093 levels, though no opcode's operands are deeper than
+        # 92 (the opcode walk cannot see it; the walk of the result does).
+        prefix = b"]q\x000"
+        for i in range(1, 13):
+            prefix += b"]q" + bytes([i]) + b"]" * 90 + b"h" + bytes([i - 1]) + b"a" * 91 + b"0"
+        deep = text("t_cape_glob_loc_scale") + b"h\x0c"
+        path = self.tmp / "memo.th"
+        zip_with_pickle(path, package_pickle(kwargs=deep, prefix=prefix), storages={"0": bytes(16)})
+        self.assert_refused(path, "nests objects more than 100 levels deep")
+
+    def test_self_containing_structure(self):
+        path = self.tmp / "cycle.th"
+        for cycle in (b"]q\x00h\x00a", b"]q\x00h\x00\x85a"):  # L.append(L), L.append((L,))
+            with self.subTest(cycle=cycle):
+                kwargs = text("t_cape_glob_loc_scale") + cycle
+                zip_with_pickle(path, package_pickle(kwargs=kwargs), storages={"0": bytes(16)})
+                self.assert_refused(path, "contains itself")
+
+    def test_storage_numel_beyond_the_member(self):
+        path = self.tmp / "short.th"
+        zip_with_pickle(path, storage_pickle(1000), storages={"0": bytes(16)})
+        self.assert_refused(
+            path, "storage archive/data/0 has 16 bytes, its 1000 float32 elements need 4000"
+        )
+        # legacy: the storage list claims 1000 elements, the file ends after 16 bytes
+        legacy_with_pickle(
+            path, storage_pickle(1000), b"\x80\x02]q\x00" + text("0") + b"a.",
+            struct.pack("<q", 1000) + bytes(16),
+        )
+        self.assert_refused(path, "legacy storage 0 is truncated")
+
+    def test_legacy_view_outside_its_storage(self):
+        view = b"(" + text("0") + b"K\x08K\x08t"  # elements 8..16 of a 4-element storage
+        legacy_pickle = package_pickle(storage_pickle(4, size=(8,))).replace(
+            text("cpu") + b"J" + struct.pack("<i", 4) + b"tQ",
+            text("cpu") + b"J" + struct.pack("<i", 4) + view + b"tQ",
+        )
+        path = self.tmp / "view.th"
+        legacy_with_pickle(
+            path, legacy_pickle, b"\x80\x02]q\x00" + text("0") + b"a.",
+            struct.pack("<q", 4) + bytes(16),
+        )
+        self.assert_refused(path, "malformed storage view")
+
+    def test_fraction_exponent_is_refused_quickly(self):
+        # Fraction("1e999999999") computes 10**999999999: minutes of CPU and ~400 MB.
+        payload = b"\x80\x02cfractions\nFraction\n" + text("1e999999999") + b"\x85R."
+        path = self.tmp / "fraction.th"
+        zip_with_pickle(path, payload)
+        started = time.monotonic()
+        self.assert_refused(path, "fractions.Fraction called with the string '1e999999999'")
+        self.assertLess(time.monotonic() - started, 30)
+        zip_with_pickle(path, b"\x80\x02cfractions\nFraction\nK\x01K\x00\x86R.")
+        self.assert_refused(path, "zero denominator")
+
+    def test_state_cannot_be_set_into_allowlisted_objects(self):
+        # BUILD on an allowlisted callable, a Fraction, a numpy dtype (with a state
+        # numpy's own __setstate__ would have been handed)
+        # (3, '<', 1, None, None, -1, -1, 0): a dtype state with a subarray field
+        state = b"(K\x03" + text("<") + b"K\x01NN" + b"J\xff\xff\xff\xff" * 2 + b"K\x00t"
+        for target, needle in (
+            (b"ccollections\nOrderedDict\n", "set the state of collections.OrderedDict"),
+            (b"cfractions\nFraction\nK\x01K\x02\x86R", "set the state of a Fraction"),
+            (b"cnumpy\ndtype\n" + text("f8") + b"\x89\x88\x87R", "numpy dtype with an unexpected"),
+        ):
+            with self.subTest(target=target):
+                path = self.tmp / "build.th"
+                zip_with_pickle(path, b"\x80\x02" + target + state + b"b.")
+                self.assert_refused(path, needle)
+        # (None, {'_denominator': 0}) into the segment: Fraction(1, 0) ended in a
+        # ZeroDivisionError traceback
+        zero = b"cfractions\nFraction\nK\x01K\x02\x86R(N}" + text("_denominator") + b"K\x00stb"
+        path = self.tmp / "segment.th"
+        zip_with_pickle(path, package_pickle(segment=zero), storages={"0": bytes(16)})
+        self.assert_refused(path, "set the state of a Fraction")
+
+    def test_state_dict_attributes_cannot_shadow_its_methods(self):
+        # torch restores a state_dict's `_metadata` with BUILD; an `items` attribute in
+        # its place made `state.items()` call the attribute (an OrderedDict).
+        target = self.tmp / "items.th"
+        rewrite_zip(
+            ROOT / "tests" / "fuzz" / "checkpoint" / "zip_half.th",
+            target,
+            edit_pickle=lambda d: d.replace(b"X\x09\x00\x00\x00_metadata", text("items")),
+        )
+        with zipfile.ZipFile(target) as archive:
+            edited = archive.read("archive/data.pkl")
+        self.assertTrue(text("items") in edited, "the seed has no BUILD on its state_dict")
+        self.convert(target)
+
+    def test_text_that_no_stream_can_print(self):
+        # A lone surrogate (UTF-8 bytes ED A0 80, which pickle decodes with
+        # "surrogatepass") in t_emb ended in a UnicodeEncodeError when it was printed.
+        value = b"X\x03\x00\x00\x00\xed\xa0\x80"
+        path = self.tmp / "surrogate.th"
+        kwargs = text("t_emb") + value
+        zip_with_pickle(path, package_pickle(kwargs=kwargs), storages={"0": bytes(16)})
+        self.assert_refused(path, "not valid UTF-8")
+
+    def test_control_characters_are_printed_escaped(self):
+        path = self.tmp / "escape.th"
+        kwargs = text("t_emb") + text("\x1b]0;title\x07")
+        zip_with_pickle(path, package_pickle(kwargs=kwargs), storages={"0": bytes(16)})
+        proc = run(CONVERT, path, "-o", self.tmp / "out.safetensors")
+        self.assertNotIn("\x1b", proc.stdout + proc.stderr)
+        self.assertIn("t_emb=\"\\u001b]0;title\\u0007\"", proc.stdout)
+        # and in an error message quoting a global's name
+        (self.tmp / "out.safetensors").unlink(missing_ok=True)
+        zip_with_pickle(path, b"\x80\x02cos\x1b[2J\nsystem\n.")
+        proc = self.assert_refused(path, "os\\x1b[2J.system")
+        self.assertNotIn("\x1b", proc.stderr)
+
+    def test_scalar_tensor_keeps_its_shape(self):
+        # A 0-d tensor came out of ascontiguousarray as shape (1,) and failed the write.
+        _, out = self.convert(ROOT / "tests" / "fuzz" / "checkpoint" / "zip_mixed_dtypes.th")
+        tensors = {name: (shape, array) for name, _, shape, array in read_safetensors(out)[2]}
+        self.assertEqual(tensors["0.c.scale"][0], [])
+        self.assertEqual(float(tensors["0.c.scale"][1]), 4.0)
+        self.assertEqual(tensors["0.b.weight"][1].tolist(), [1.0, 2.0, -1.0])  # bfloat16
 
 
 class ArgumentHandling(unittest.TestCase):
