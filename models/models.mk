@@ -10,6 +10,8 @@
 #   make test-parity-full  official htdemucs hyperparameters, random weights, one 7.8 s
 #                          segment, reference generated on demand (needs build/refvenv)
 #   make fixtures          regenerate tests/fixtures/ with the reference (build/refvenv)
+#   make test-arm64        cross-built for arm64, run under qemu-aarch64 (models/arm64.mk;
+#                          not in make test)
 # apply.c / convert* in models/ belong to their own fragments.
 
 # the kernel tables compiled for the target $(CC) builds for (cpu_kernels.h): plain C
