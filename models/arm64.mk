@@ -21,9 +21,10 @@ ARM64_BINS     := $(ARM64_BUILD)/tests/ops_test $(ARM64_BUILD)/tests/parity \
 APT_ARM64_PKGS := gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user \
                   libopenblas-dev:arm64 libfftw3-dev:arm64 libjansson-dev:arm64
 
-# Not in TEST_SUITES: under qemu the run takes about 75 CPU-seconds, 115-165 s on the
-# shared 2-core development VM (over the 90 s a suite of make test may take); and its
-# packages (about 350 MiB installed) are not in make deps.
+# Not in TEST_SUITES: under qemu the runs take about 75 CPU-seconds, 82-164 s on the
+# shared 2-core development VM, 122 s with the cross build from a clean build/arm64
+# (over the 90 s a suite of make test may take); and its packages (about 350 MiB
+# installed) are not in make deps.
 
 .PHONY: deps-arm64 arm64 test-arm64
 deps-arm64:
