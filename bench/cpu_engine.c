@@ -90,12 +90,12 @@ int main(int argc, char **argv)
     }
     char err[512];
     if (peak) {
-        static const char *const isas[] = {"generic", "avx2", "avx512"};
-        for (int i = 0; i < 3; i++)
-            if (sep_cpu_isa_supported(isas[i])) {
-                double per_cpu, g = sep_cpu_fma_peak_gflops(isas[i], threads, 1.0, &per_cpu);
-                printf("fma_peak_gflops %s %.1f\n", isas[i], g);
-                printf("fma_peak_gflops_per_cpu_second %s %.1f\n", isas[i], per_cpu);
+        for (int i = 0; sep_cpu_isas[i]; i++)
+            if (sep_cpu_isa_supported(sep_cpu_isas[i])) {
+                const char *isa = sep_cpu_isas[i];
+                double per_cpu, g = sep_cpu_fma_peak_gflops(isa, threads, 1.0, &per_cpu);
+                printf("fma_peak_gflops %s %.1f\n", isa, g);
+                printf("fma_peak_gflops_per_cpu_second %s %.1f\n", isa, per_cpu);
             }
         const cpu_kernels *k = sep_cpu_kernels(err, sizeof(err));
         if (!k) {

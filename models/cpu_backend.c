@@ -1085,6 +1085,40 @@ static void cpu_ispec(sep_backend *be, float *out, const float *in, int nsig, in
 
 /* ---- instruction set ---- */
 
+/* the kernel tables of this build, narrowest first (the default is the last one the
+ * CPU supports) */
+static const cpu_kernels *const kernel_tables[] = {
+    &cpu_kernels_generic,
+#ifdef SEP_CPU_HAVE_X86_KERNELS
+    &cpu_kernels_avx2,
+    &cpu_kernels_avx512,
+#endif
+#ifdef SEP_CPU_HAVE_NEON_KERNELS
+    &cpu_kernels_neon,
+#endif
+};
+#define N_KERNEL_TABLES (sizeof(kernel_tables) / sizeof(kernel_tables[0]))
+
+const char *const sep_cpu_isas[] = {
+    "generic",
+#ifdef SEP_CPU_HAVE_X86_KERNELS
+    "avx2",    "avx512",
+#endif
+#ifdef SEP_CPU_HAVE_NEON_KERNELS
+    "neon",
+#endif
+    NULL,
+};
+
+const char sep_cpu_isa_names[] = "generic"
+#ifdef SEP_CPU_HAVE_X86_KERNELS
+                                 ", avx2, avx512"
+#endif
+#ifdef SEP_CPU_HAVE_NEON_KERNELS
+                                 ", neon"
+#endif
+    ;
+
 int sep_cpu_isa_supported(const char *isa)
 {
     if (strcmp(isa, "generic") == 0)
@@ -1099,19 +1133,19 @@ int sep_cpu_isa_supported(const char *isa)
         return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
 #endif
+#ifdef SEP_CPU_HAVE_NEON_KERNELS
+    /* Advanced SIMD (with fused multiply-add) is part of the AArch64 base architecture */
+    if (strcmp(isa, "neon") == 0)
+        return 1;
+#endif
     return 0;
 }
 
 static const cpu_kernels *kernels_named(const char *isa)
 {
-#ifdef SEP_CPU_HAVE_X86_KERNELS
-    if (strcmp(isa, "avx512") == 0)
-        return &cpu_kernels_avx512;
-    if (strcmp(isa, "avx2") == 0)
-        return &cpu_kernels_avx2;
-#endif
-    if (strcmp(isa, "generic") == 0)
-        return &cpu_kernels_generic;
+    for (size_t i = 0; i < N_KERNEL_TABLES; i++)
+        if (strcmp(isa, kernel_tables[i]->name) == 0)
+            return kernel_tables[i];
     return NULL;
 }
 
@@ -1121,8 +1155,8 @@ const cpu_kernels *sep_cpu_kernels(char *err, size_t errlen)
     if (want && *want) {
         const cpu_kernels *k = kernels_named(want);
         if (!k) {
-            snprintf(err, errlen, "SEP_CPU_ISA=%s: unknown instruction set (generic, avx2, avx512)",
-                     want);
+            snprintf(err, errlen, "SEP_CPU_ISA=%s: unknown instruction set (%s)", want,
+                     sep_cpu_isa_names);
             return NULL;
         }
         if (!sep_cpu_isa_supported(want)) {
@@ -1131,10 +1165,9 @@ const cpu_kernels *sep_cpu_kernels(char *err, size_t errlen)
         }
         return k;
     }
-    static const char *const order[] = {"avx512", "avx2", "generic"};
-    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++)
-        if (kernels_named(order[i]) && sep_cpu_isa_supported(order[i]))
-            return kernels_named(order[i]);
+    for (size_t i = N_KERNEL_TABLES; i-- > 0;)
+        if (sep_cpu_isa_supported(kernel_tables[i]->name))
+            return kernel_tables[i];
     return &cpu_kernels_generic;
 }
 

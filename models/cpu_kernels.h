@@ -2,11 +2,12 @@
  * cpu_kernels.h - the CPU backend's inner kernels, compiled once per instruction set.
  *
  * cpu_kernels_impl.h holds the kernels (element-wise functions, reductions, the
- * direct convolution's register block, an FMA probe); it is compiled three times:
- * cpu_kernels_generic.c (baseline x86-64 / any target: plain C), cpu_kernels_avx2.c
- * (x86-64-v3: AVX2 + FMA) and cpu_kernels_avx512.c (x86-64-v4: AVX-512). The CPU
+ * direct convolution's register block, an FMA probe); it is compiled once per set the
+ * target has: cpu_kernels_generic.c (any target: plain C), on x86-64
+ * cpu_kernels_avx2.c (x86-64-v3: AVX2 + FMA) and cpu_kernels_avx512.c (x86-64-v4:
+ * AVX-512), on arm64 cpu_kernels_neon.c (Advanced SIMD, 32 registers). The CPU
  * backend picks one table at run time: the widest this CPU supports, or the one
- * SEP_CPU_ISA names (generic, avx2, avx512).
+ * SEP_CPU_ISA names (generic, avx2, avx512 on x86-64; generic, neon on arm64).
  */
 #ifndef SEP_MODELS_CPU_KERNELS_H
 #define SEP_MODELS_CPU_KERNELS_H
@@ -14,7 +15,7 @@
 #include <stddef.h>
 
 typedef struct {
-    const char *name; /* "generic", "avx2", "avx512" */
+    const char *name; /* "generic", "avx2", "avx512", "neon" */
     /* direct row convolution: co_block output channels x t_block positions per block */
     int co_block, t_block;
     void (*gelu)(float *out, const float *in, size_t n);
@@ -56,13 +57,24 @@ extern const cpu_kernels cpu_kernels_generic;
 extern const cpu_kernels cpu_kernels_avx2;
 extern const cpu_kernels cpu_kernels_avx512;
 #endif
+#if defined(__aarch64__) && defined(__GNUC__)
+#define SEP_CPU_HAVE_NEON_KERNELS 1
+extern const cpu_kernels cpu_kernels_neon;
+#endif
+
+/* The instruction sets this build has kernels for, narrowest first, NULL-terminated
+ * ("generic", "avx2", "avx512" on x86-64; "generic", "neon" on arm64), and the same
+ * as one string, ", "-separated (the accepted values of SEP_CPU_ISA). */
+extern const char *const sep_cpu_isas[];
+extern const char sep_cpu_isa_names[];
 
 /* The kernels this process uses (chosen on first use: SEP_CPU_ISA or the CPU's widest
  * supported set); NULL with a message in err when SEP_CPU_ISA names an unknown set or
  * one this CPU lacks. */
 const cpu_kernels *sep_cpu_kernels(char *err, size_t errlen);
 
-/* Whether this CPU can run the kernels named `isa` ("generic", "avx2", "avx512"). */
+/* Whether this CPU can run the kernels named `isa` (one of sep_cpu_isas; 0 for a name
+ * this build has no kernels for). */
 int sep_cpu_isa_supported(const char *isa);
 
 /* The FMA peak of this CPU for the kernels named `isa` (NULL: the ones SEP_CPU_ISA or

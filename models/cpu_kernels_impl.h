@@ -1,6 +1,6 @@
 /*
  * cpu_kernels_impl.h - the body of one kernel table (cpu_kernels.h), included by
- * cpu_kernels_{generic,avx2,avx512}.c, each compiled for its instruction set.
+ * cpu_kernels_{generic,avx2,avx512,neon}.c, each compiled for its instruction set.
  *
  * The includer defines KTABLE (the table's name), VW (floats per vector register),
  * COB and NV (the direct convolution's register block: COB output channels x NV

@@ -10,18 +10,24 @@
 #   make test-parity-full  official htdemucs hyperparameters, random weights, one 7.8 s
 #                          segment, reference generated on demand (needs build/refvenv)
 #   make fixtures          regenerate tests/fixtures/ with the reference (build/refvenv)
+#   make test-arm64        cross-built for arm64, run under qemu-aarch64 (models/arm64.mk;
+#                          not in make test)
 # apply.c / convert* in models/ belong to their own fragments.
 
+# the kernel tables compiled for the target $(CC) builds for (cpu_kernels.h): plain C
+# everywhere, AVX2 and AVX-512 on x86-64, NEON on arm64
+MODELS_TARGET  := $(shell $(CC) -dumpmachine)
+MODELS_KERNEL_SRCS := models/cpu_kernels_generic.c \
+    $(if $(filter x86_64-%,$(MODELS_TARGET)),models/cpu_kernels_avx2.c models/cpu_kernels_avx512.c) \
+    $(if $(filter aarch64-%,$(MODELS_TARGET)),models/cpu_kernels_neon.c)
 MODELS_SRCS    := models/safetensors.c models/model.c models/engine.c models/htdemucs.c \
-                  models/arena.c models/cpu_backend.c models/profile.c \
-                  models/cpu_kernels_generic.c models/cpu_kernels_avx2.c \
-                  models/cpu_kernels_avx512.c
+                  models/arena.c models/cpu_backend.c models/profile.c $(MODELS_KERNEL_SRCS)
 MODELS_HDRS    := models/engine.h models/backend.h models/htdemucs.h models/safetensors.h \
                   models/arena.h models/model_internal.h models/profile.h models/util.h \
                   models/cpu_kernels.h models/cpu_kernels_impl.h
 MODELS_OBJDIR  := $(BUILD)/obj-models
 MODELS_OBJS    := $(patsubst models/%.c,$(MODELS_OBJDIR)/%.o,$(MODELS_SRCS))
-BLAS_CFLAGS    := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
+BLAS_CFLAGS    := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/$(MODELS_TARGET)/openblas-pthread)
 BLAS_LIBS      := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 MODELS_CFLAGS  := $(CFLAGS_COMMON) -fopenmp $(BLAS_CFLAGS)
 SEPMODELS_LIB  := $(BUILD)/libsepmodels.a
@@ -47,12 +53,10 @@ $(MODELS_OBJDIR)/cpu_backend.o: MODELS_CFLAGS += -O3
 # one kernel table per instruction set, picked at run time (cpu_kernels.h); their
 # inputs are finite, so min/max compile to single instructions
 $(MODELS_OBJDIR)/cpu_kernels_generic.o: MODELS_CFLAGS += -O3 -ffinite-math-only
-# (on other targets these two are plain C copies the backend never picks)
-CPU_KERNELS_X86 := $(filter x86_64-%,$(shell $(CC) -dumpmachine))
-$(MODELS_OBJDIR)/cpu_kernels_avx2.o: MODELS_CFLAGS += -O3 -ffinite-math-only \
-    $(if $(CPU_KERNELS_X86),-march=x86-64-v3)
-$(MODELS_OBJDIR)/cpu_kernels_avx512.o: MODELS_CFLAGS += -O3 -ffinite-math-only \
-    $(if $(CPU_KERNELS_X86),-march=x86-64-v4)
+$(MODELS_OBJDIR)/cpu_kernels_avx2.o: MODELS_CFLAGS += -O3 -ffinite-math-only -march=x86-64-v3
+$(MODELS_OBJDIR)/cpu_kernels_avx512.o: MODELS_CFLAGS += -O3 -ffinite-math-only -march=x86-64-v4
+# (Advanced SIMD and FMA are in the AArch64 base architecture: no -march)
+$(MODELS_OBJDIR)/cpu_kernels_neon.o: MODELS_CFLAGS += -O3 -ffinite-math-only
 
 $(SEPMODELS_LIB): $(MODELS_OBJS)
 	@rm -f $@
@@ -116,4 +120,5 @@ test-parity-full: $(PARITY_BIN) $(OPS_TEST_BIN)
 
 fixtures:
 	$(REFVENV)/bin/python tests/reference/make_fixtures.py --out tests/fixtures
+include models/arm64.mk
 include models/convert.mk

@@ -472,27 +472,33 @@ int main(int argc, char **argv)
         check(strstr(err, "CUDA") != NULL, "cuda refused with a reason (CPU-only build)", err);
     }
 
-    /* SEP_CPU_ISA: an unknown set and a set this CPU lacks are refused by name; a
-     * supported one runs (this process's later engines use the default again) */
+    /* SEP_CPU_ISA: an unknown set (or one of another architecture) and a set this CPU
+     * lacks are refused by name; a supported one runs (this process's later engines
+     * use the default again) */
     const char *isa_env = getenv("SEP_CPU_ISA");
     char *isa_saved = isa_env ? strdup(isa_env) : NULL;
     sep_engine_opts one = {.device = "cpu", .threads = 1, .max_batch = 1};
-    setenv("SEP_CPU_ISA", "sse9", 1);
-    e = sep_engine_create(m, &one, err, sizeof(err));
-    check(!e && strstr(err, "SEP_CPU_ISA=sse9") && strstr(err, "generic, avx2, avx512"),
-          "unknown SEP_CPU_ISA refused, naming the accepted sets", e ? "created" : err);
-    sep_engine_free(e);
-    static const char *const isas[] = {"generic", "avx2", "avx512"};
-    for (int i = 0; i < 3; i++) {
-        setenv("SEP_CPU_ISA", isas[i], 1);
+    static const char *const all_isas[] = {"sse9", "generic", "avx2", "avx512", "neon"};
+    for (size_t i = 0; i < sizeof(all_isas) / sizeof(all_isas[0]); i++) {
+        const char *isa = all_isas[i];
+        int built = 0;
+        for (int j = 0; sep_cpu_isas[j]; j++)
+            built |= strcmp(sep_cpu_isas[j], isa) == 0;
+        setenv("SEP_CPU_ISA", isa, 1);
         e = sep_engine_create(m, &one, err, sizeof(err));
-        char what[96];
-        if (sep_cpu_isa_supported(isas[i])) {
-            snprintf(what, sizeof(what), "SEP_CPU_ISA=%s (supported) runs", isas[i]);
+        char what[128], want[64];
+        snprintf(want, sizeof(want), "SEP_CPU_ISA=%s", isa);
+        if (!built) {
+            snprintf(what, sizeof(what),
+                     "SEP_CPU_ISA=%s (not in this build) refused, naming the accepted sets", isa);
+            check(!e && strstr(err, want) && strstr(err, sep_cpu_isa_names), what,
+                  e ? "created" : err);
+        } else if (sep_cpu_isa_supported(isa)) {
+            snprintf(what, sizeof(what), "SEP_CPU_ISA=%s (supported) runs", isa);
             const cpu_kernels *k = sep_cpu_kernels(err, sizeof(err));
-            check(e && k && strcmp(k->name, isas[i]) == 0, what, e ? NULL : err);
+            check(e && k && strcmp(k->name, isa) == 0, what, e ? NULL : err);
         } else {
-            snprintf(what, sizeof(what), "SEP_CPU_ISA=%s refused on a CPU without it", isas[i]);
+            snprintf(what, sizeof(what), "SEP_CPU_ISA=%s refused on a CPU without it", isa);
             check(!e && strstr(err, "this CPU does not support it"), what, e ? "created" : err);
         }
         sep_engine_free(e);

@@ -4,8 +4,9 @@
  *   ops_test [--device cpu|cuda] [--threads N]
  *   ops_test --isas      prints the CPU instruction sets this machine can run
  *
- * The CPU backend runs the kernels SEP_CPU_ISA names (generic, avx2, avx512; default:
- * the widest the CPU supports); make test-ops runs this once per supported set.
+ * The CPU backend runs the kernels SEP_CPU_ISA names (generic, avx2, avx512 on x86-64;
+ * generic, neon on arm64; default: the widest the CPU supports); make test-ops (and
+ * make test-arm64) runs this once per supported set.
  *
  * Each operation of backend.h runs on seeded random data through the backend's own
  * memory (alloc/upload/download, so a GPU backend is tested the same way) and is
@@ -711,10 +712,9 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
             threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--isas") == 0) {
-            static const char *const isas[] = {"generic", "avx2", "avx512"};
-            for (int j = 0; j < 3; j++)
-                if (sep_cpu_isa_supported(isas[j]))
-                    printf("%s%s", j ? " " : "", isas[j]);
+            for (int j = 0; sep_cpu_isas[j]; j++)
+                if (sep_cpu_isa_supported(sep_cpu_isas[j]))
+                    printf("%s%s", j ? " " : "", sep_cpu_isas[j]);
             printf("\n");
             return 0;
         }
