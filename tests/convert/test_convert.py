@@ -465,17 +465,31 @@ def legacy_with_pickle(path, main_pickle, keys_pickle=EMPTY_KEYS, storage_data=b
     Path(path).write_bytes(LEGACY_HEADER + main_pickle + keys_pickle + storage_data)
 
 
+# Runs the converter in this interpreter and writes its VmHWM (peak RSS of this
+# address space, kB) to the file named by argv[1]: wait4's ru_maxrss would count the
+# forked copy of the test process too (Linux keeps the larger of the two across exec).
+PEAK_RSS_WRAPPER = """
+import runpy, sys
+out, sys.argv = sys.argv[1], sys.argv[2:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    with open("/proc/self/status") as f:
+        hwm = [l.split()[1] for l in f if l.startswith("VmHWM:")][0]
+    with open(out, "w") as f:
+        f.write(hwm)
+"""
+
+
 def run_measured(*args):
-    """Runs models/convert ARGS; returns (rc, stderr, peak RSS in bytes of that process
-    alone, from wait4)."""
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(CONVERT), *map(str, args)], stdout=subprocess.DEVNULL, stderr=err
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    """Runs models/convert ARGS; returns (rc, stderr, peak RSS in bytes of the converter's
+    process: its VmHWM)."""
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as peak:
+        proc = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS_WRAPPER, peak.name, str(CONVERT), *map(str, args)],
+            stdout=subprocess.DEVNULL, stderr=err)
         err.seek(0)
-        return proc.returncode, err.read().decode("utf-8", "replace"), usage.ru_maxrss * 1024
+        return proc.returncode, err.read().decode("utf-8", "replace"), int(peak.read()) * 1024
 
 
 def deflated_zeros(size):

@@ -153,6 +153,15 @@ def multipart(fields, files, boundary=None):
     return out.getvalue(), "multipart/form-data; boundary=" + boundary
 
 
+def rss_kib(pid):
+    """The resident set of a process, KiB (VmRSS)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 class Stack:
     """redis-server + nginx with the module under a temporary prefix."""
 
@@ -225,6 +234,35 @@ class Stack:
                                         stderr=localstack.subprocess.STDOUT, text=True)
         if res.returncode != 0:
             raise RuntimeError("nginx -s reload failed: " + res.stdout)
+
+    def worker_pids(self):
+        """Pids of the nginx master's live children (its workers), as a set."""
+        master = self.nginx_proc.pid
+        pids = set()
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == master and fields[0] != "Z":
+                pids.add(int(name))
+        return pids
+
+    def error_log_size(self):
+        """Where nginx's error log ends now (an offset for error_log_since)."""
+        try:
+            return os.path.getsize(self.values["ERROR_LOG"])
+        except OSError:
+            return 0
+
+    def error_log_since(self, offset):
+        """What nginx wrote to its error log from offset on."""
+        with open(self.values["ERROR_LOG"], encoding="utf-8", errors="replace") as f:
+            f.seek(offset)
+            return f.read()
 
     def stop(self):
         if self._stopped:

@@ -99,42 +99,12 @@ def raise_fd_limit(n):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
 
 
-def worker_pids(stack):
-    """The nginx worker processes of the stack (children of its master)."""
-    master = stack.nginx_proc.pid
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            pids.append(int(name))
-    return sorted(pids)
 
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
-def log_size(stack):
-    try:
-        return os.path.getsize(stack.values["ERROR_LOG"])
-    except OSError:
-        return 0
 
 
-def log_since(stack, offset):
-    with open(stack.values["ERROR_LOG"], "rb") as f:
-        f.seek(offset)
-        return f.read().decode("utf-8", "replace")
 
 
 def bad_log_lines(text):
@@ -370,8 +340,8 @@ def timed_get(stack, path):
 
 # group checks ------------------------------------------------------------------------------
 def group_begin(stack):
-    state[("log_offset", stack.prefix)] = log_size(stack)
-    state[("workers", stack.prefix)] = worker_pids(stack)
+    state[("log_offset", stack.prefix)] = stack.error_log_size()
+    state[("workers", stack.prefix)] = sorted(stack.worker_pids())
 
 
 def group_end(name, slow=False):
@@ -381,9 +351,9 @@ def group_end(name, slow=False):
 
     def check(main_stack):
         stack = slow_stack() if slow else main_stack
-        bad = bad_log_lines(log_since(stack, state[("log_offset", stack.prefix)]))
+        bad = bad_log_lines(stack.error_log_since(state[("log_offset", stack.prefix)]))
         expect(not bad, "error log: %d alert/crash lines, first: %s" % (len(bad), bad[:3]))
-        now, then = worker_pids(stack), state[("workers", stack.prefix)]
+        now, then = sorted(stack.worker_pids()), state[("workers", stack.prefix)]
         expect(now == then, "nginx workers changed from %s to %s (a crash?)" % (then, now))
         r = stack.request("GET", "/v1/stats")
         expect(r.status == 200, "GET /v1/stats after the group", r)
@@ -1428,7 +1398,7 @@ def thousand_uploads_round(stack):
 def thousand_concurrent_uploads(stack):
     (pid,) = state[("workers", stack.prefix)]
     first = thousand_uploads_round(stack)
-    state["rss_after_first"] = rss_kib(pid)
+    state["rss_after_first"] = harness.rss_kib(pid)
     second = thousand_uploads_round(stack)
     return "first %s; second %s" % (first, second)
 
@@ -1618,7 +1588,7 @@ def worker_rss_back_to_baseline(stack):
     first round of 1,000 uploads left it (its peak of connections, pools and buffers:
     what a leak would add to), and not far from where the suite began."""
     (pid,) = state[("workers", stack.prefix)]
-    now = rss_kib(pid)
+    now = harness.rss_kib(pid)
     after_first = state.get("rss_after_first")
     expect(after_first, "the 1,000 uploads did not run")
     expect(now - after_first < RSS_MARGIN_KIB, "worker RSS %d KiB after the first 1,000 "
@@ -1657,7 +1627,7 @@ def main(argv):
                 return 1
         warm_up(stack)
         group_begin(stack)
-        state["rss_start"] = rss_kib(state[("workers", stack.prefix)][0])
+        state["rss_start"] = harness.rss_kib(state[("workers", stack.prefix)][0])
         return cases.run(stack, only=argv[1:])
     finally:
         for st in _stacks.values():

@@ -122,29 +122,8 @@ def wait_for(cond, timeout=10.0, step=0.05):
     return cond()
 
 
-def worker_pids(stack):
-    """The nginx worker processes of the stack (children of its master)."""
-    master = stack.nginx_proc.pid
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            pids.append(int(name))
-    return pids
 
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def server_side_state(server_port, client_port):
@@ -294,7 +273,7 @@ def thousand_clients_one_job(stack):
            "not every client got the first event: %d did"
            % sum(1 for s in streams if s.events))
     nsub = channel_subscribers(stack, job_id)
-    workers = len(worker_pids(stack))
+    workers = len(stack.worker_pids())
     pubsub_conns = sum(1 for c in stack.redis.client_list() if int(c.get("sub", 0)) > 0)
     expect(1 <= nsub <= workers, "%d SUBSCRIBEs for 1000 clients on %d workers" % (nsub, workers))
     expect(pubsub_conns <= workers, "%d subscriber connections" % pubsub_conns)
@@ -425,16 +404,16 @@ def memory_cycles(_shared):
                                           b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     s.close()
 
-        (pid,) = worker_pids(stack)
+        (pid,) = stack.worker_pids()
         cycles(20)  # warm up: pools, free lists, the subscriber connection
         expect(wait_for(lambda: not our_channels(stack), 5), "channels left after warm-up")
-        rss0, clients0 = rss_kib(pid), client_count(stack)
+        rss0, clients0 = harness.rss_kib(pid), client_count(stack)
         cycles(100)  # 100 x 10 = 1,000 streams
         expect(wait_for(lambda: not our_channels(stack), 5),
                "channels left subscribed: %r" % our_channels(stack))
         expect(wait_for(lambda: client_count(stack) == clients0, 5),
                "Redis clients %d -> %d" % (clients0, client_count(stack)))
-        rss1 = rss_kib(pid)
+        rss1 = harness.rss_kib(pid)
         expect(rss1 - rss0 < 1024, "nginx worker RSS grew %d KiB over 1,000 streams"
                % (rss1 - rss0))
         # and the channels still work: a new stream gets live events
@@ -569,7 +548,7 @@ def reload_ends_streams(_shared):
         job_id = submit(stack)
         s = open_stream(stack, job_id)
         expect(s.read_until(got_events(1)), "first event")
-        (old,) = worker_pids(stack)
+        (old,) = stack.worker_pids()
         stack.reload_nginx()
         expect(s.read_until(ended, timeout=10), "the old worker's stream did not end")
         expect(wait_for(lambda: not os.path.exists("/proc/%d" % old) or

@@ -113,10 +113,6 @@ def job_hash(stack, job_id):
             stack.redis.hgetall(PREFIX + "job:" + job_id).items()}
 
 
-def worker_pids(stack):
-    master = stack.nginx_proc.pid
-    out = subprocess.run(["pgrep", "-P", str(master)], stdout=subprocess.PIPE, text=True)
-    return sorted(int(p) for p in out.stdout.split())
 
 
 def pid_alive(pid):
@@ -217,14 +213,14 @@ def late_delete_after_worker_exit(_unused):
     stack = new_stack()
     try:
         job_id = submit(stack)
-        (old_worker,) = worker_pids(stack)
+        (old_worker,) = stack.worker_pids()
         os.kill(stack.redis_proc.pid, signal.SIGSTOP)
         try:
             resp = stack.request("DELETE", "/v1/jobs/" + job_id, timeout=15)
             expect(resp.status == 503 and error_code(resp) == "redis_timeout",
                    "DELETE while Redis is stopped: expected 503 redis_timeout", resp)
             stack.reload_nginx()
-            new = wait_for(lambda: [p for p in worker_pids(stack) if p != old_worker], 10)
+            new = wait_for(lambda: [p for p in stack.worker_pids() if p != old_worker], 10)
             expect(new, "no new worker after the reload")
             time.sleep(1.0)  # the old worker, with nothing left to serve, may exit now
         finally:
@@ -369,14 +365,14 @@ def late_submit_never_reaches_worker(_unused):
 def late_submit_after_worker_exit(_unused):
     with resumed_and_stopped(new_stack()) as stack:
         stack.request("GET", "/v1/jobs/1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b")
-        (old_worker,) = worker_pids(stack)
+        (old_worker,) = stack.worker_pids()
         os.kill(stack.redis_proc.pid, signal.SIGSTOP)
         try:
             r1 = stack.request("POST", "/v1/jobs", body=WAV,
                                headers={"Content-Type": "audio/wav"}, timeout=15)
             expect(r1.status == 503, "the POST while Redis is stopped: expected 503", r1)
             stack.reload_nginx()
-            expect(wait_for(lambda: [p for p in worker_pids(stack) if p != old_worker], 10),
+            expect(wait_for(lambda: [p for p in stack.worker_pids() if p != old_worker], 10),
                    "no new worker after the reload")
             time.sleep(1.0)  # the old worker, with nothing left to serve, may exit now
         finally:
@@ -397,7 +393,7 @@ def submit_in_flight_at_fast_stop(_unused):
                                                     "sep_redis_timeout 5s;"))
     try:
         stack.request("GET", "/v1/jobs/1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b")
-        (worker,) = worker_pids(stack)
+        (worker,) = stack.worker_pids()
         hdr = {"Content-Type": "audio/wav", "Idempotency-Key": "at-stop"}
         os.kill(stack.redis_proc.pid, signal.SIGSTOP)
         try:

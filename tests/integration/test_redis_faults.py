@@ -186,20 +186,6 @@ def connections_of(pid, remote_port):
     return [s for s in tcp_sockets() if s["remote"] == remote_port and s["inode"] in mine]
 
 
-def worker_pids(stack):
-    master = stack.nginx_proc.pid
-    pids = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master and fields[0] != "Z":
-            pids.add(int(name))
-    return pids
 
 
 def relay_stack(relay):
@@ -274,7 +260,7 @@ def keepalive_on_tcp(_unused):
         relay.start()
         stack.start()
         warm(stack, 1)
-        (worker,) = worker_pids(stack)
+        (worker,) = stack.worker_pids()
         # idle now: the keepalive timer is the one running on the socket
         conns = wait_for(lambda: [c for c in connections_of(worker, relay.port)
                                   if c["timer"] == 2], 2)
@@ -358,7 +344,7 @@ def exiting_worker_reconnects(_unused):
     try:
         stack.start()
         warm(stack, 1)
-        (old,) = worker_pids(stack)
+        (old,) = stack.worker_pids()
         body = harness.wav_bytes(seconds=0.5)
         upload = socket.create_connection(("127.0.0.1", stack.port), timeout=15)
         upload.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
@@ -366,9 +352,9 @@ def exiting_worker_reconnects(_unused):
                        + body[:len(body) // 2])
         time.sleep(0.2)
         stack.reload_nginx()
-        new = wait_for(lambda: worker_pids(stack) - {old}, 10)
-        expect(new and old in worker_pids(stack), "after the reload: old worker %d, workers %s"
-               % (old, sorted(worker_pids(stack))))
+        new = wait_for(lambda: stack.worker_pids() - {old}, 10)
+        expect(new and old in stack.worker_pids(), "after the reload: old worker %d, workers %s"
+               % (old, sorted(stack.worker_pids())))
         def shutting_down():
             with open("/proc/%d/cmdline" % old, "rb") as f:
                 return b"shutting down" in f.read()
@@ -392,7 +378,7 @@ def exiting_worker_reconnects(_unused):
         upload = None
         status = answer.split(b"\r\n", 1)[0]
         expect(b" 202 " in status, "the upload finished on the exiting worker", answer[:400])
-        expect(wait_for(lambda: old not in worker_pids(stack), 5),
+        expect(wait_for(lambda: old not in stack.worker_pids(), 5),
                "the old worker did not exit after its last request")
     finally:
         if upload is not None:

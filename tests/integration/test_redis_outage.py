@@ -72,22 +72,6 @@ class ProbeStack(harness.Stack):
     def probe_log(self):
         return os.path.join(self.prefix, "logs", "probe.log")
 
-    def worker_pids(self):
-        """Pids of the nginx master's children (its workers)."""
-        master = self.nginx_proc.pid
-        pids = set()
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open("/proc/%s/stat" % name) as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == master and fields[0] != "Z":
-                pids.add(int(name))
-        return pids
 
     def started_workers(self, timeout=15.0):
         """The worker pids once all of them are up (nginx answers before the last one
@@ -112,16 +96,7 @@ class ProbeStack(harness.Stack):
             pass
         return out
 
-    def error_log_size(self):
-        try:
-            return os.path.getsize(self.values["ERROR_LOG"])
-        except OSError:
-            return 0
 
-    def error_log_since(self, offset):
-        with open(self.values["ERROR_LOG"], encoding="utf-8", errors="replace") as f:
-            f.seek(offset)
-            return f.read()
 
     def redis_client(self, timeout=1.0):
         """A fresh client to the stack's Redis (TCP or unix socket, as the stack uses)."""
