@@ -1055,7 +1055,10 @@ static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
         /* nginx could not write the body to its temp file: the disk is full */
         r->headers_out.status = status = NGX_HTTP_INSUFFICIENT_STORAGE;
     }
-    if (head_error && status == NGX_HTTP_NOT_ALLOWED) {
+    if (head_error && status == NGX_HTTP_NOT_ALLOWED &&
+        (r->method & (NGX_HTTP_TRACE | NGX_HTTP_CONNECT))) {
+        /* the methods nginx refuses itself; a 405 of the server's own `return` may be
+         * for a method the route takes, which its Allow would list */
         body = ngx_http_sep_head_method_error(r, &uri, &len);
     } else {
         body = ngx_http_sep_status_error_json(r->pool, status, &len);

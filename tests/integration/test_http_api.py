@@ -455,7 +455,9 @@ def head_errors_follow_a_tree_of_locations(_):
     """The location nginx would choose, through nested, `^~`, `=`, `~` and `~*`
     locations, a sep_api location inside another that has none, a second server by Host,
     decides JSON or nginx's page, and its CORS headers; a second pipelined request that
-    errs, and a request line moved to a larger buffer as it arrives, are judged alike."""
+    errs, and a request line moved to a larger buffer as it arrives, are judged alike.
+    A 405 of the server's own `return` is the API's plain 405: no Allow that would list
+    the very method refused (that is for TRACE and CONNECT, which nginx refuses)."""
     locations = (
         "        location ^~ /v1/files/ { return 200 \"files\\n\"; }\n"
         "        location = /v1/exact { return 200 \"exact\\n\"; }\n"
@@ -472,7 +474,8 @@ def head_errors_follow_a_tree_of_locations(_):
              "        location /v1/ { return 200 \"other\\n\"; }\n    }\n")
 
     def edit(text):
-        text = with_locations(locations)(text)
+        text = with_locations(locations,
+                              server="        if ($arg_refuse) { return 405; }\n")(text)
         port = int(text.split("listen 127.0.0.1:", 1)[1].split(";", 1)[0])
         end = text.rindex("}")
         return text[:end] + other % port + text[end:]
@@ -517,6 +520,11 @@ def head_errors_follow_a_tree_of_locations(_):
             resp = head_error_in_pieces(tree, ("GET /v1/files/%s HTTP/1.1\r\nHost: t\r\n\r\n"
                                                % ("c" * 9000)).encode(), piece)
             expect(is_nginx_page(resp, 414), "414 under ^~ /v1/files/: nginx's page", resp)
+        refused = tree.request("GET", "/v1/stats?refuse=1")
+        err = expect_json_error(refused, 405, "the server's `return 405` on GET /v1/stats")
+        expect(err["code"] == "method_not_allowed" and "GET" not in err["message"]
+               and "GET" not in (refused.header("allow") or ""),
+               "the server's `return 405`: no Allow listing GET", refused)
         expect("exited on signal" not in open(tree.values["ERROR_LOG"]).read(),
                "a worker crashed", tree.error_log_tail())
     finally:
