@@ -762,13 +762,18 @@ static ngx_flag_t ngx_http_sep_body_store_full(ngx_http_request_t *r, ngx_http_s
  * Two answers come before nginx decodes the URI: a 505, whose target the parser has
  * delimited, is taken when it needs no decoding (no %-escape, no dot segment or double
  * slash); a 414 is taken by the start of its target as far as it was read, on the same
- * condition. A 414 carries no CORS header: nginx stops before the header lines, so the
- * request's Origin is not known.
+ * condition, and only when that start decides the location: no location's name goes on
+ * from it, and no regular expression location that nginx would try could take a URI
+ * that starts so (one not anchored with ^ always could). A 414 carries no CORS header:
+ * nginx stops before the header lines, so the request's Origin is not known.
  */
 
-/* As ngx_http_core_find_static_location(): the location found is put in *found. */
+/* As ngx_http_core_find_static_location(): the location found is put in *found. With
+ * `open` (only the start of the URI was read: it may go on), *unsure is set where the
+ * rest could lead elsewhere: a location's name that the part read is all or a start of. */
 static ngx_int_t ngx_http_sep_find_static_location(ngx_http_location_tree_node_t *node,
-                                                   ngx_str_t *uri, ngx_http_core_loc_conf_t **found)
+                                                   ngx_str_t *uri, ngx_http_core_loc_conf_t **found,
+                                                   ngx_uint_t open, ngx_uint_t *unsure)
 {
     u_char *p = uri->data;
     size_t len = uri->len, n;
@@ -780,6 +785,10 @@ static ngx_int_t ngx_http_sep_find_static_location(ngx_http_location_tree_node_t
         if (rc != 0) {
             node = (rc < 0) ? node->left : node->right;
             continue;
+        }
+        if (open && len <= (size_t)node->len) {
+            *unsure = 1;
+            return NGX_DECLINED;
         }
         if (len > (size_t)node->len) {
             if (node->inclusive) {
@@ -810,9 +819,44 @@ static ngx_int_t ngx_http_sep_find_static_location(ngx_http_location_tree_node_t
     return rv;
 }
 
+#if (NGX_PCRE)
+/*
+ * For a URI of which only the start was read: whether the regular expression can match
+ * no URI that starts so. Only an anchored one can tell (`~ ^/v1/docs/` and a start
+ * "/v1/jobs/..."): PCRE2 finds not even a partial match. One that is not anchored may
+ * match from where the part read ends (`~ \.css$`); one that matches, or partly, may
+ * match the whole URI or not.
+ */
+static ngx_uint_t ngx_http_sep_regex_rules_out(ngx_regex_t *re, ngx_str_t *start)
+{
+#if (NGX_PCRE2)
+    pcre2_match_data *match;
+    uint32_t options = 0;
+    int rc;
+
+    if (pcre2_pattern_info(re, PCRE2_INFO_ALLOPTIONS, &options) != 0 ||
+        !(options & PCRE2_ANCHORED)) {
+        return 0;
+    }
+    match = pcre2_match_data_create(1, NULL);
+    if (match == NULL) {
+        return 0;
+    }
+    rc = pcre2_match(re, start->data, start->len, 0, PCRE2_PARTIAL_SOFT, match, NULL);
+    pcre2_match_data_free(match);
+    return rc == PCRE2_ERROR_NOMATCH;
+#else
+    return 0;
+#endif
+}
+#endif
+
 /* As ngx_http_core_find_location(): *clcf is the enclosing location (the server's at
- * the top) and becomes the one nginx would choose for `uri`. */
-static ngx_int_t ngx_http_sep_find_location(ngx_str_t *uri, ngx_http_core_loc_conf_t **clcf)
+ * the top) and becomes the one nginx would choose for `uri`. With `open` (see above)
+ * *unsure is also set where a regular expression location could take a URI that
+ * starts so (see ngx_http_sep_regex_rules_out()). */
+static ngx_int_t ngx_http_sep_find_location(ngx_str_t *uri, ngx_http_core_loc_conf_t **clcf,
+                                            ngx_uint_t open, ngx_uint_t *unsure)
 {
     ngx_http_core_loc_conf_t *pclcf = *clcf;
     ngx_int_t rc;
@@ -822,19 +866,26 @@ static ngx_int_t ngx_http_sep_find_location(ngx_str_t *uri, ngx_http_core_loc_co
     ngx_int_t n;
 #endif
 
-    rc = ngx_http_sep_find_static_location(pclcf->static_locations, uri, clcf);
+    rc = ngx_http_sep_find_static_location(pclcf->static_locations, uri, clcf, open, unsure);
     if (rc == NGX_AGAIN) {
 #if (NGX_PCRE)
         noregex = (*clcf)->noregex;
 #endif
-        rc = ngx_http_sep_find_location(uri, clcf); /* its nested locations */
+        rc = ngx_http_sep_find_location(uri, clcf, open, unsure); /* its nested locations */
     }
-    if (rc == NGX_OK || rc == NGX_DONE) {
+    if (rc == NGX_OK || rc == NGX_DONE || *unsure) {
         return rc;
     }
 #if (NGX_PCRE)
     if (noregex == 0 && pclcf->regex_locations) {
         for (re = pclcf->regex_locations; *re; re++) {
+            if (open) {
+                if (ngx_http_sep_regex_rules_out((*re)->regex->regex, uri)) {
+                    continue;
+                }
+                *unsure = 1;
+                return rc;
+            }
             n = ngx_regex_exec((*re)->regex->regex, uri, NULL, 0);
             if (n == NGX_REGEX_NO_MATCHED) {
                 continue;
@@ -843,7 +894,7 @@ static ngx_int_t ngx_http_sep_find_location(ngx_str_t *uri, ngx_http_core_loc_co
                 return NGX_ERROR;
             }
             *clcf = *re;
-            rc = ngx_http_sep_find_location(uri, clcf);
+            rc = ngx_http_sep_find_location(uri, clcf, open, unsure);
             return rc == NGX_ERROR ? rc : NGX_OK;
         }
     }
@@ -859,11 +910,14 @@ static ngx_uint_t ngx_http_sep_target_is_literal(ngx_http_request_t *r, u_char *
     return p < end && *p == '/' && !r->complex_uri && !r->quoted_uri && !r->empty_path_in_uri;
 }
 
-/* The URI an answer before any location is about (see above), or NGX_DECLINED. */
-static ngx_int_t ngx_http_sep_head_error_uri(ngx_http_request_t *r, ngx_str_t *uri)
+/* The URI an answer before any location is about (see above), or NGX_DECLINED; *open
+ * is set when it is only the start of the URI (a 414 read no end of it). */
+static ngx_int_t ngx_http_sep_head_error_uri(ngx_http_request_t *r, ngx_str_t *uri,
+                                             ngx_uint_t *open)
 {
     u_char *end;
 
+    *open = 0;
     if (r->uri.len) { /* the request line was parsed and its URI decoded */
         *uri = r->uri;
         return NGX_OK;
@@ -880,6 +934,7 @@ static ngx_int_t ngx_http_sep_head_error_uri(ngx_http_request_t *r, ngx_str_t *u
         for (end = r->uri_start; end < r->header_in->pos && *end != ' ' && *end != '?'; end++) {
             /* void */
         }
+        *open = (end == r->header_in->pos);
     } else {
         return NGX_DECLINED;
     }
@@ -905,18 +960,22 @@ static ngx_http_sep_loc_conf_t *ngx_http_sep_head_error_conf(ngx_http_request_t 
     ngx_http_core_srv_conf_t *cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
     ngx_http_core_loc_conf_t *server, *clcf;
     ngx_http_sep_loc_conf_t *lcf;
+    ngx_uint_t open, unsure = 0;
 
     if (r->headers_out.status < NGX_HTTP_BAD_REQUEST || cscf == NULL ||
         r->loc_conf != cscf->ctx->loc_conf) { /* a location was chosen: it is not sep_api */
         return NULL;
     }
-    if (ngx_http_sep_head_error_uri(r, uri) != NGX_OK) {
+    if (ngx_http_sep_head_error_uri(r, uri, &open) != NGX_OK) {
         return NULL;
     }
     server = cscf->ctx->loc_conf[ngx_http_core_module.ctx_index];
     clcf = server;
-    if (ngx_http_sep_find_location(uri, &clcf) == NGX_ERROR || clcf == server) {
+    if (ngx_http_sep_find_location(uri, &clcf, open, &unsure) == NGX_ERROR || clcf == server) {
         return NULL; /* no location: the server's own configuration, never sep_api */
+    }
+    if (unsure) {
+        return NULL; /* what was not read of the URI could choose another location */
     }
     lcf = clcf->loc_conf[ngx_http_sep_module.ctx_index];
     if (lcf == NULL || lcf->api != 1) {
@@ -996,7 +1055,10 @@ static ngx_int_t ngx_http_sep_header_filter(ngx_http_request_t *r)
         /* nginx could not write the body to its temp file: the disk is full */
         r->headers_out.status = status = NGX_HTTP_INSUFFICIENT_STORAGE;
     }
-    if (head_error && status == NGX_HTTP_NOT_ALLOWED) {
+    if (head_error && status == NGX_HTTP_NOT_ALLOWED &&
+        (r->method & (NGX_HTTP_TRACE | NGX_HTTP_CONNECT))) {
+        /* the methods nginx refuses itself; a 405 of the server's own `return` may be
+         * for a method the route takes, which its Allow would list */
         body = ngx_http_sep_head_method_error(r, &uri, &len);
     } else {
         body = ngx_http_sep_status_error_json(r->pool, status, &len);

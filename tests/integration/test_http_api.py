@@ -408,6 +408,171 @@ def head_errors_follow_nginxs_location_choice(_):
         other.stop()
 
 
+
+def with_locations(locations, server=""):
+    """A conf_edit: `locations` (and server-level directives `server`) put in the API's
+    server before its /ui/ location; CORS on for every origin."""
+    def edit(text):
+        text = text.replace("sep_cors_origins off;", "sep_cors_origins *;", 1)
+        return text.replace("        location /ui/ {",
+                            server + locations + "        location /ui/ {", 1)
+    return edit
+
+
+def is_nginx_page(resp, status):
+    return resp.status == status and "text/html" in (resp.header("content-type") or "")
+
+
+def head_error_in_pieces(stack, data, piece):
+    """The request sent `piece` bytes a write (nginx reads it in as many pieces and moves
+    what it read of the request line to a larger buffer), the answer read to the end."""
+    s = harness.socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+    try:
+        s.setsockopt(harness.socket.IPPROTO_TCP, harness.socket.TCP_NODELAY, 1)
+        for i in range(0, len(data), piece):
+            s.sendall(data[i:i + piece])
+            time.sleep(0.0005)
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((name.strip().lower(), value.strip()) for name, _, value in
+                   (line.partition(":") for line in lines[1:]))
+    return harness.Response(int(lines[0].split()[1]), headers, body, 0.0)
+
+
+@cases.case
+def head_errors_follow_a_tree_of_locations(_):
+    """The location nginx would choose, through nested, `^~`, `=`, `~` and `~*`
+    locations, a sep_api location inside another that has none, a second server by Host,
+    decides JSON or nginx's page, and its CORS headers; a second pipelined request that
+    errs, and a request line moved to a larger buffer as it arrives, are judged alike.
+    A 405 of the server's own `return` is the API's plain 405: no Allow that would list
+    the very method refused (that is for TRACE and CONNECT, which nginx refuses)."""
+    locations = (
+        "        location ^~ /v1/files/ { return 200 \"files\\n\"; }\n"
+        "        location = /v1/exact { return 200 \"exact\\n\"; }\n"
+        "        location ~* ^/v1/CI/ { return 200 \"ci\\n\"; }\n"
+        "        location /site/ {\n"
+        "            return 200 \"site\\n\";\n"
+        "            location /site/api/ { sep_api; }\n"
+        "        }\n"
+        "        location ~ ^/rx/ {\n"
+        "            return 200 \"rx\\n\";\n"
+        "            location ~ ^/rx/api/ { sep_api; }\n"
+        "        }\n")
+    other = ("    server {\n        listen 127.0.0.1:%d;\n        server_name other;\n"
+             "        location /v1/ { return 200 \"other\\n\"; }\n    }\n")
+
+    def edit(text):
+        text = with_locations(locations,
+                              server="        if ($arg_refuse) { return 405; }\n")(text)
+        port = int(text.split("listen 127.0.0.1:", 1)[1].split(";", 1)[0])
+        end = text.rindex("}")
+        return text[:end] + other % port + text[end:]
+
+    tree = harness.Stack(worker_processes=1, conf_edit=edit).start()
+    try:
+        bad = "GET %s HTTP/1.1\r\nHost: %s\r\nOrigin: http://o.example\r\n" \
+              "Connection: close\r\nBad Header\r\n\r\n"
+        for path, host, api in (("/v1/jobs/x", "t", True), ("/v1/files/x", "t", False),
+                                ("/v1/exact", "t", False), ("/v1/exac", "t", True),
+                                ("/v1/exactx", "t", True), ("/V1/ci/x", "t", False),
+                                ("/v1/ci/x", "t", False), ("/site/x", "t", False),
+                                ("/site/api/x", "t", True), ("/rx/x", "t", False),
+                                ("/rx/api/x", "t", True), ("/v1", "t", False),
+                                ("/v1/%66iles/x", "t", False), ("/v1//jobs/x", "t", True),
+                                ("/v1/./jobs/x", "t", True), ("/v1/jobs/x", "other", False)):
+            resp = head_error(tree, bad % (path, host))
+            what = "a malformed header on %s (Host %s)" % (path, host)
+            if api:
+                expect(expect_json_error(resp, 400, what)["code"] == "bad_request", what, resp)
+                expect(resp.header("access-control-allow-origin") == "*",
+                       "%s: the location's CORS" % what, resp.headers)
+            else:
+                expect(is_nginx_page(resp, 400) and
+                       resp.header("access-control-allow-origin") is None,
+                       "%s: nginx's page, no CORS" % what, resp)
+        pipelined = harness.raw_request(tree.port, (
+            "GET /v1/files/x HTTP/1.1\r\nHost: t\r\n\r\n"
+            "GET /v1/jobs/x HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n").encode())
+        expect(pipelined.status == 200 and b"bad_request" in pipelined.body
+               and b"<html>" not in pipelined.body,
+               "a pipelined second request with a malformed header: JSON", pipelined)
+        for piece in (97, 700):
+            resp = head_error_in_pieces(tree, ("GET /v1/jobs/%s HTTP/1.1\r\nHost: t\r\n\r\n"
+                                               % ("a" * 9000)).encode(), piece)
+            expect(expect_json_error(resp, 414, "414 in %d-byte pieces" % piece)["code"]
+                   == "uri_too_long", "414 in %d-byte pieces" % piece, resp)
+            resp = head_error_in_pieces(tree, ("GET /v1/jobs/%s HTTP/2.0\r\nHost: t\r\n\r\n"
+                                               % ("b" * 3000)).encode(), piece)
+            expect(expect_json_error(resp, 505, "505 in %d-byte pieces" % piece)["code"]
+                   == "http_version_not_supported", "505 in %d-byte pieces" % piece, resp)
+            resp = head_error_in_pieces(tree, ("GET /v1/files/%s HTTP/1.1\r\nHost: t\r\n\r\n"
+                                               % ("c" * 9000)).encode(), piece)
+            expect(is_nginx_page(resp, 414), "414 under ^~ /v1/files/: nginx's page", resp)
+        refused = tree.request("GET", "/v1/stats?refuse=1")
+        err = expect_json_error(refused, 405, "the server's `return 405` on GET /v1/stats")
+        expect(err["code"] == "method_not_allowed" and "GET" not in err["message"]
+               and "GET" not in (refused.header("allow") or ""),
+               "the server's `return 405`: no Allow listing GET", refused)
+        expect("exited on signal" not in open(tree.values["ERROR_LOG"]).read(),
+               "a worker crashed", tree.error_log_tail())
+    finally:
+        tree.stop()
+
+
+@cases.case
+def head_errors_of_a_long_uri_need_a_start_that_decides(_):
+    """A request line over the header buffers (414) is judged by the start of its URI as
+    far as nginx read it only where that start decides the location: a regular
+    expression location that could take the rest (`~* \\.css$` is not anchored), or a
+    location whose name goes on from the start read, leave nginx's page; an anchored one
+    that cannot match rules itself out; a URI whose path ended (`?...`) is whole."""
+    long_name = "/v1/long/" + "z" * 200 + "/"  # longer than the header buffers below
+    anchored = harness.Stack(worker_processes=1, conf_edit=with_locations(
+        "        location ~ ^/v1/docs/ { return 200 \"docs\\n\"; }\n"
+        "        location ^~ %s { return 200 \"long\\n\"; }\n" % long_name,
+        server="        client_header_buffer_size 64;\n        connection_pool_size 128;\n"
+               "        large_client_header_buffers 4 128;\n")).start()
+    unanchored = None
+    try:
+        def long_uri(stack, path):
+            return head_error(stack, "GET %s HTTP/1.1\r\n%s\r\n" % (path, HEAD))
+        fill = "a" * 300
+        for path in ("/v1/jobs/" + fill, "/v1/jobs?pad=" + fill, "/v1/long/" + fill):
+            err = expect_json_error(long_uri(anchored, path), 414, "414 of " + path[:20])
+            expect(err["code"] == "uri_too_long", "414 of %s: %r" % (path[:20], err))
+        for path in ("/v1/docs/" + fill, long_name + fill):
+            resp = long_uri(anchored, path)
+            expect(is_nginx_page(resp, 414), "414 of %s...: nginx's page" % path[:20], resp)
+        unanchored = harness.Stack(worker_processes=1, conf_edit=with_locations(
+            "        location ~* \\.(css|js)$ { return 200 \"asset\\n\"; }\n")).start()
+        fill = "a" * 9000
+        for path in ("/v1/jobs/" + fill + ".css", "/v1/jobs/" + fill):
+            resp = long_uri(unanchored, path)
+            expect(is_nginx_page(resp, 414), "414 of %s... beside `~* \\.(css|js)$`: "
+                   "nginx's page" % path[:20], resp)
+        err = expect_json_error(long_uri(unanchored, "/v1/jobs?pad=" + fill), 414,
+                                "414 of a whole path, arguments too long")
+        expect(err["code"] == "uri_too_long", "414 of a whole path: %r" % err)
+        resp = head_error(unanchored, "GET /v1/x.css HTTP/1.1\r\n%sBad Header\r\n\r\n" % HEAD)
+        expect(is_nginx_page(resp, 400), "a malformed header on /v1/x.css: nginx's page", resp)
+    finally:
+        anchored.stop()
+        if unanchored:
+            unanchored.stop()
+
+
 # cancel ----------------------------------------------------------------------------------
 @cases.case
 def delete_queued_job(stack):
