@@ -15,6 +15,7 @@ separation module, on loopback, under a temporary prefix, torn down even on fail
                    are still forwarded: a NAT or load balancer that forgot a flow.
   request()        one HTTP request on a fresh connection, returns a Response with the
                    status, headers, raw body and decoded JSON (when it is JSON).
+  tmpfs_spool_stack()  a started Stack on a small tmpfs spool (root only), unmounted after.
   wav_bytes()      a real little PCM WAV file (stdlib `wave`).
   multipart()      a multipart/form-data body from fields and file parts.
   Cases            the runner: one line per case, `PASS: N cases` at the end, exit 1 on
@@ -36,6 +37,7 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -576,6 +578,24 @@ class Cases:
             return 1
         print("PASS: %d cases" % ran)
         return 0
+
+
+@contextlib.contextmanager
+def tmpfs_spool_stack(size="1m", **stack_args):
+    """A started Stack whose spool is a tmpfs of `size` (mounting needs root), one
+    worker; unmounted and stopped afterwards, also on failure. Its error log has [crit]
+    lines for the writes that failed."""
+    stack = Stack(worker_processes=1, **stack_args)
+    os.makedirs(stack.spool, exist_ok=True)
+    subprocess.check_call(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", stack.spool])
+    try:
+        stack.start()
+        yield stack
+    finally:
+        if stack.nginx_proc is not None:
+            localstack.stop_process(stack.nginx_proc)
+        subprocess.call(["umount", "-l", stack.spool])
+        stack.stop()
 
 
 @contextlib.contextmanager

@@ -44,7 +44,6 @@ import os
 import resource
 import selectors
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -1217,11 +1216,7 @@ def full_spool_concurrent_uploads_507(_stack):
     is stored again."""
     if os.geteuid() != 0:
         return "not run: mounting a tmpfs needs root"
-    stack = harness.Stack(worker_processes=1, max_body="10m")  # its log has [crit] lines
-    os.makedirs(stack.spool, exist_ok=True)
-    subprocess.check_call(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", stack.spool])
-    try:
-        stack.start()
+    with harness.tmpfs_spool_stack("1m", max_body="10m") as stack:
         wav = harness.wav_bytes(0.9)  # about 160 KB
         reqs = [http_request("POST", "/v1/jobs", [("Content-Type", "audio/wav")], wav,
                              close=True) for _ in range(16)]
@@ -1248,10 +1243,6 @@ def full_spool_concurrent_uploads_507(_stack):
             bad = bad_log_lines(f.read())
         expect(not bad, "full spool stack: alert/crash lines: %s" % bad[:3])
         return "%d of 16 stored, %d refused 507" % (len(stored), statuses.count(507))
-    finally:
-        harness.localstack.stop_process(stack.nginx_proc)
-        subprocess.call(["umount", "-l", stack.spool])
-        stack.stop()
 
 
 # 1,000 concurrent uploads ------------------------------------------------------------------

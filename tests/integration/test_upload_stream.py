@@ -24,7 +24,6 @@ import http.client
 import os
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -382,11 +381,7 @@ def full_spool_freed_while_the_failed_body_comes_in(_stack):
     the failed one's body still comes in is stored (202)."""
     if os.geteuid() != 0:
         return "not run: mounting a tmpfs needs root"
-    stack = harness.Stack(worker_processes=1, max_body="10m")  # its log has [crit] lines
-    os.makedirs(stack.spool, exist_ok=True)
-    subprocess.check_call(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", stack.spool])
-    try:
-        stack.start()
+    with harness.tmpfs_spool_stack("1m", max_body="10m") as stack:
         wav = harness.wav_bytes(0.1)
         total = 3 * 1024 * 1024
         s = socket.create_connection(("127.0.0.1", stack.port))
@@ -413,10 +408,6 @@ def full_spool_freed_while_the_failed_body_comes_in(_stack):
         expect_json_error(resp, 507, "the upload that filled the spool")
         expect(stack.spool_files() == stack.spool_files(other.json["id"]),
                "the spool holds more than the stored upload", stack.spool_files())
-    finally:
-        harness.localstack.stop_process(stack.nginx_proc)
-        subprocess.call(["umount", "-l", stack.spool])
-        stack.stop()
     return "the other upload stored while the full one's body came in"
 
 
