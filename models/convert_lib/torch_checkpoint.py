@@ -517,11 +517,27 @@ def check_pickle(file):
     marks = []  # stack height at each MARK
     memo = []  # depth of each memo entry
     objects = 0
+    frame_end = None  # where the current FRAME ends (None: outside a frame)
     try:
         for opcode, arg, pos in pickletools.genops(file):
             if pos - start > MAX_PICKLE_BYTES:
                 raise CheckpointError(f"the pickle is longer than {MAX_PICKLE_BYTES} bytes")
             name = opcode.name
+            # pickletools reads frames as plain opcodes; the C unpickler reads a frame's
+            # bytes as one block, and an opcode running over its end is read otherwise
+            # there: what this walk checked would not be what is loaded.
+            if frame_end is not None and pos >= frame_end:
+                if pos > frame_end:
+                    raise CheckpointError(
+                        f"malformed checkpoint pickle: an opcode runs over the end of its "
+                        f"frame (byte {frame_end - start})"
+                    )
+                frame_end = None
+            if name == "FRAME":
+                if frame_end is not None:
+                    raise CheckpointError("malformed checkpoint pickle: a frame inside a frame")
+                frame_end = pos + 9 + arg
+                continue
             if name in _MEMO_PUTS:
                 index = len(memo) if name == "MEMOIZE" else arg
                 if not isinstance(index, int) or not 0 <= index <= len(memo):

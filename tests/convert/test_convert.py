@@ -782,6 +782,20 @@ class MaliciousCheckpoints(TempDirTest):
         zip_with_pickle(path, package_pickle(kwargs=deep, prefix=prefix), storages={"0": bytes(16)})
         self.assert_refused(path, "nests objects more than 100 levels deep")
 
+    def test_opcode_over_the_end_of_its_frame(self):
+        # pickletools walks frames as plain opcodes; the C unpickler reads a frame as one
+        # block and an opcode running over its end another way: the walk would have
+        # checked another pickle than the one loaded (a fuzzed one grew the unpickler's
+        # memo past 1 GiB that way; its input is tests/fuzz/pickle/frame_overrun_oom.pkl).
+        body = b"]G" + struct.pack(">d", 1.5) + b"a."
+        framed = b"\x80\x04\x95" + struct.pack("<Q", 3) + body  # the frame ends in the float
+        path = self.tmp / "frame.th"
+        zip_with_pickle(path, framed)
+        self.assert_refused(path, "an opcode runs over the end of its frame")
+        nested = b"\x80\x04\x95" + struct.pack("<Q", 20) + b"\x95" + struct.pack("<Q", 2) + b"N."
+        zip_with_pickle(path, nested)
+        self.assert_refused(path, "a frame inside a frame")
+
     def test_self_containing_structure(self):
         path = self.tmp / "cycle.th"
         for cycle in (b"]q\x00h\x00a", b"]q\x00h\x00\x85a"):  # L.append(L), L.append((L,))
