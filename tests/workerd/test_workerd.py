@@ -497,18 +497,27 @@ def priority_order(svc):
 
 @service_case()
 def two_hosts_one_killed(svc):
+    """host1 is SIGKILLed while it runs a job: what it had completed stays its own, every
+    other job (those it was running included) is completed by host2, each once."""
     svc.start_workerd("host1", visibility_timeout=2, concurrency=2)
     svc.start_workerd("host2", visibility_timeout=2, concurrency=2)
-    ids = [svc.submit_ok(wav(3)) for _ in range(10)]
+    ids = [svc.submit_ok(wav(8)) for _ in range(10)]
     wait_for(lambda: "running attempt" in svc.log("host1"), "host1 to run a job")
     svc.workers["host1"].kill()
+    svc.workers["host1"].wait()
+    log1 = svc.log("host1")
+    done_by_1 = set(re.findall(r"job (\S+): completed", log1))
+    running_1 = set(re.findall(r"job (\S+): running attempt", log1)) - done_by_1
+    expect(running_1, "host1 was killed with no job running (it finished first)", log1[-2000:])
     for job_id in ids:
         rec = svc.wait(job_id, timeout=120)
         expect(rec["status"] == "completed", "job %s" % job_id, rec)
-    done = [i for i in ids if svc.job(i)["worker"] == "host2"]
-    expect(len(done) == len(ids), "host2 completed every job", done)
-    retried = sum(1 for i in ids if svc.executions(i) > 1)
-    return "10 jobs completed, %d rerun after host1 was killed" % retried
+    wrong = [i for i in ids if svc.job(i)["worker"] != ("host1" if i in done_by_1 else "host2")]
+    expect(not wrong, "jobs completed by the wrong host", wrong, sorted(done_by_1))
+    expect(all(svc.executions(i) == 2 for i in running_1),
+           "the jobs host1 was running ran again on host2", sorted(running_1))
+    return "10 jobs completed: %d by host1 before the kill, %d it was running rerun on host2" % (
+        len(done_by_1), len(running_1))
 
 
 @service_case()
