@@ -580,6 +580,19 @@ class Cases:
         return 0
 
 
+def prerequisites_missing():
+    """What a suite's main() checks first: None when python3-redis is importable and the
+    module is built; otherwise, after saying why, the exit status (0 with a SKIP line
+    without python3-redis, 1 with a FAIL line without the module)."""
+    if redis is None:
+        print("SKIP: python3-redis is not installed (make deps)")
+        return 0
+    if not os.path.exists(localstack.MODULE_SO):
+        print("FAIL: %s is not built (make)" % localstack.MODULE_SO)
+        return 1
+    return None
+
+
 @contextlib.contextmanager
 def tmpfs_spool_stack(size="1m", **stack_args):
     """A started Stack whose spool is a tmpfs of `size` (mounting needs root), one

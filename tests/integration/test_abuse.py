@@ -1601,12 +1601,9 @@ def warm_up(stack):
 
 
 def main(argv):
-    if harness.redis is None:
-        print("SKIP: python3-redis is not installed (make deps)")
-        return 0
-    if not os.path.exists(harness.localstack.MODULE_SO):
-        print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
-        return 1
+    missing = harness.prerequisites_missing()
+    if missing is not None:
+        return missing
     raise_fd_limit(8192)
     stack = harness.Stack(max_body=MAX_BODY, max_queued=MAX_QUEUED, worker_processes=1,
                           conf_edit=main_conf_edit).start()

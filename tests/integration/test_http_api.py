@@ -930,12 +930,9 @@ def error_log_has_no_alerts(stack):
 
 
 def main(argv):
-    if harness.redis is None:
-        print("SKIP: python3-redis is not installed (make deps)")
-        return 0
-    if not os.path.exists(harness.localstack.MODULE_SO):
-        print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
-        return 1
+    missing = harness.prerequisites_missing()
+    if missing is not None:
+        return missing
     stack = harness.Stack(max_body="1m", max_queued=MAX_QUEUED)
     harness.install_signal_cleanup(stack)
     try:

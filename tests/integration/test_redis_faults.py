@@ -558,12 +558,9 @@ class _NoStack:
 
 
 def main(argv):
-    if harness.redis is None:
-        print("SKIP: python3-redis is not installed (make deps)")
-        return 0
-    if not os.path.exists(harness.localstack.MODULE_SO):
-        print("FAIL: %s is not built (make)" % harness.localstack.MODULE_SO)
-        return 1
+    missing = harness.prerequisites_missing()
+    if missing is not None:
+        return missing
     return cases.run(_NoStack(), only=argv[1:])
 
 
