@@ -485,20 +485,38 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
     int tasks = d->batch * d->heads * qtiles;
     float scale = 1.0f / sqrtf((float)d->head_dim);
     if (d->head_dim % ks->t_block == 0) {
-        /* the kernels' own register-blocked products */
+        /* the kernels' own register-blocked products: per batch item, every head's keys
+         * and values packed once (in parallel over heads), then all query tiles */
+        size_t kpf = ks->attention_kp_floats(d->nk, d->head_dim);
+        size_t vpf = (size_t)d->nk * d->head_dim;
+        size_t packed = (size_t)d->heads * (kpf + vpf);
         size_t work = ks->attention_work_floats(qtile, d->head_dim);
-        float *wbuf = scratch(be, (size_t)nt * work);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-        for (int task = 0; task < tasks; task++) {
-            int qb = task % qtiles, h = (task / qtiles) % d->heads, b = task / (qtiles * d->heads);
-            int q0 = qb * qtile;
-            int nq = d->nq - q0 < qtile ? d->nq - q0 : qtile;
-            ks->attention_tile(
-                out + ((size_t)b * d->nq + q0) * d->ldo + (size_t)h * d->head_dim, d->ldo,
-                q + ((size_t)b * d->nq + q0) * d->ldq + (size_t)h * d->head_dim, d->ldq,
-                k + (size_t)b * d->nk * d->ldk + (size_t)h * d->head_dim, d->ldk,
-                v + (size_t)b * d->nk * d->ldv + (size_t)h * d->head_dim, d->ldv, nq, d->nk,
-                d->head_dim, scale, wbuf + (size_t)omp_get_thread_num() * work);
+        float *pbuf = scratch(be, packed + (size_t)nt * work);
+        float *wbuf = pbuf + packed;
+        int head_tasks = d->heads * qtiles;
+        for (int b = 0; b < d->batch; b++) {
+#pragma omp parallel num_threads(nt)
+            {
+#pragma omp for schedule(dynamic, 1)
+                for (int h = 0; h < d->heads; h++)
+                    ks->attention_pack(
+                        pbuf + (size_t)h * (kpf + vpf), pbuf + (size_t)h * (kpf + vpf) + kpf,
+                        k + (size_t)b * d->nk * d->ldk + (size_t)h * d->head_dim, d->ldk,
+                        v + (size_t)b * d->nk * d->ldv + (size_t)h * d->head_dim, d->ldv, d->nk,
+                        d->head_dim);
+#pragma omp for schedule(dynamic, 1)
+                for (int task = 0; task < head_tasks; task++) {
+                    int qb = task % qtiles, h = task / qtiles;
+                    int q0 = qb * qtile;
+                    int nq = d->nq - q0 < qtile ? d->nq - q0 : qtile;
+                    const float *kp = pbuf + (size_t)h * (kpf + vpf);
+                    ks->attention_tile(
+                        out + ((size_t)b * d->nq + q0) * d->ldo + (size_t)h * d->head_dim, d->ldo,
+                        q + ((size_t)b * d->nq + q0) * d->ldq + (size_t)h * d->head_dim, d->ldq, kp,
+                        kp + kpf, nq, d->nk, d->head_dim, scale,
+                        wbuf + (size_t)omp_get_thread_num() * work);
+                }
+            }
         }
         return;
     }

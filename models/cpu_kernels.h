@@ -39,13 +39,17 @@ typedef struct {
     int (*conv_row_interior)(float *y, size_t oplane, int nco, const float *x, size_t plane,
                              const float *wb, int cin, int kw, const int *off, const float *b,
                              int t0, int t1);
-    /* attention of one head on nq query rows (the tile), all nk keys: keys in tiles of
-     * attn_ktile, scores, an online softmax, O += P V (register blocks of co_block x
-     * t_block); hd must be a multiple of t_block. work: attention_work_floats(). */
+    /* attention of one head: attention_pack repacks its nk keys and values once (kp:
+     * attention_kp_floats(nk, hd) floats, vp: nk * hd), then attention_tile computes nq
+     * query rows (a tile) against all of them: keys in tiles of attn_ktile, scores, an
+     * online softmax, O += P V (register blocks of co_block x t_block); hd must be a
+     * multiple of t_block. work: attention_work_floats(nq, hd) floats. */
     int attn_ktile;
-    void (*attention_tile)(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
-                           size_t ldk, const float *v, size_t ldv, int nq, int nk, int hd,
-                           float scale, float *work);
+    void (*attention_pack)(float *kp, float *vp, const float *k, size_t ldk, const float *v,
+                           size_t ldv, int nk, int hd);
+    void (*attention_tile)(float *out, size_t ldo, const float *q, size_t ldq, const float *kp,
+                           const float *vp, int nq, int nk, int hd, float scale, float *work);
+    size_t (*attention_kp_floats)(int nk, int hd);
     size_t (*attention_work_floats)(int nq, int hd);
     /* a register-only FMA loop of `iters` iterations; returns the flops done */
     double (*fma_loop)(long iters);

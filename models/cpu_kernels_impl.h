@@ -217,80 +217,75 @@ static inline __attribute__((always_inline)) void mk_block(float *C, size_t ldc,
         }
 }
 
-/* One head and tile of nq query rows of attention (see cpu_kernels.h). The tile's
- * queries are transposed once (qt [hd][qp]); per tile of ATTN_KT keys the scores are
- * computed transposed, st[j][i] = scale k_j . q_i (keys broadcast, queries in
- * vectors), so the softmax over keys runs down the columns, vectorised over the
- * queries: running max m[i] and sum l[i], O rows rescaled by exp(m_old - m_new) when
- * the max grows; then O[i] += sum_j st[j][i] v_j, and O / l at the end. */
-#define ATTN_KT 256
-static void k_attention_tile(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
-                             size_t ldk, const float *v, size_t ldv, int nq, int nk, int hd,
-                             float scale, float *work)
+/* Keys and values of one head repacked for attention_tile: kp [nkp/TB][hd][TB] (each
+ * panel TB keys wide, transposed: keys in vectors; keys past nk are zero) and
+ * vp [hd/TB][nk][TB] (TB columns of every value row), nkp = nk rounded up to TB. */
+static void k_attention_pack(float *kp, float *vp, const float *k, size_t ldk, const float *v,
+                             size_t ldv, int nk, int hd)
 {
-    int qp = (nq + TB - 1) / TB * TB;
-    float *qt = work;                     /* [hd][qp] */
-    float *st = qt + (size_t)hd * qp;     /* [ATTN_KT][qp] */
-    float *o = st + (size_t)ATTN_KT * qp; /* [nq][hd] */
-    float *m = o + (size_t)nq * hd, *l = m + qp, *alpha = l + qp, *mx = alpha + qp;
-    /* the key tile's values, contiguous [ATTN_KT][hd] (rows of v are ldv apart: a
-     * multiple of a large power of two aliases in the L1 cache) */
-    float *vt = mx + qp;
-    for (int i = 0; i < qp; i++) {
-        const float *qi = q + (size_t)(i < nq ? i : nq - 1) * ldq;
+    int nkp = (nk + TB - 1) / TB * TB;
+    for (int j0 = 0; j0 < nkp; j0 += TB) {
+        float *panel = kp + (size_t)j0 * hd;
         for (int d = 0; d < hd; d++)
-            qt[(size_t)d * qp + i] = qi[d];
+            for (int j = 0; j < TB; j++)
+                panel[(size_t)d * TB + j] = j0 + j < nk ? k[(size_t)(j0 + j) * ldk + d] : 0.0f;
     }
+    for (int c = 0; c < hd; c += TB) {
+        float *panel = vp + (size_t)c * nk;
+        for (int j = 0; j < nk; j++)
+            memcpy(panel + (size_t)j * TB, v + (size_t)j * ldv + c, TB * sizeof(float));
+    }
+}
+
+/* One head and tile of nq query rows of attention (see cpu_kernels.h), on keys and
+ * values packed by attention_pack. The tile's queries are copied contiguous (qc);
+ * per tile of ATTN_KT keys: S = scale Q K^T (queries broadcast, TB keys per vector
+ * block, each key panel reused from L1 by all query blocks), then per query row an
+ * online softmax over the tile's keys (running max m and sum l; the output row is
+ * rescaled by exp(m_old - m_new) when the max grows), then O += P V (P's rows
+ * broadcast, a TB-wide column panel of V reused from L1 by all query blocks), and
+ * O / l at the end. S rows are padded by a cache line (a row stride that is a large
+ * power of two would map a column of rows onto a few L1 sets). */
+#define ATTN_KT 256
+#define ATTN_LDS (ATTN_KT + 16)
+static void k_attention_tile(float *out, size_t ldo, const float *q, size_t ldq, const float *kp,
+                             const float *vp, int nq, int nk, int hd, float scale, float *work)
+{
+    float *qc = work;                     /* [nq][hd] */
+    float *s = qc + (size_t)nq * hd;      /* [nq][ATTN_LDS] */
+    float *o = s + (size_t)nq * ATTN_LDS; /* [nq][hd] */
+    float *m = o + (size_t)nq * hd, *l = m + nq;
+    for (int i = 0; i < nq; i++)
+        memcpy(qc + (size_t)i * hd, q + (size_t)i * ldq, (size_t)hd * sizeof(float));
     for (int k0 = 0; k0 < nk; k0 += ATTN_KT) {
         int nkt = nk - k0 < ATTN_KT ? nk - k0 : ATTN_KT;
-        for (int j0 = 0; j0 < nkt; j0 += COB) {
-            int nr = nkt - j0 < COB ? nkt - j0 : COB;
-            for (int c = 0; c < qp; c += TB)
-                mk_block(st + (size_t)j0 * qp + c, qp, k + (size_t)(k0 + j0) * ldk, ldk, 1, qt + c,
-                         qp, hd, nr, scale, 0);
-        }
-        for (int i = 0; i < qp; i++)
-            mx[i] = st[i];
-        for (int j = 1; j < nkt; j++) {
-            const float *sj = st + (size_t)j * qp;
-#pragma omp simd
-            for (int i = 0; i < qp; i++)
-                mx[i] = sj[i] > mx[i] ? sj[i] : mx[i];
-        }
-        if (k0 == 0) {
-            for (int i = 0; i < qp; i++) {
-                m[i] = mx[i];
-                l[i] = 0.0f;
+        for (int j0 = 0; j0 < nkt; j0 += TB)
+            for (int i0 = 0; i0 < nq; i0 += COB) {
+                int nr = nq - i0 < COB ? nq - i0 : COB;
+                mk_block(s + (size_t)i0 * ATTN_LDS + j0, ATTN_LDS, qc + (size_t)i0 * hd, hd, 1,
+                         kp + (size_t)(k0 + j0) * hd, TB, hd, nr, scale, 0);
             }
-        } else {
-#pragma omp simd
-            for (int i = 0; i < qp; i++) {
-                float mnew = mx[i] > m[i] ? mx[i] : m[i];
-                alpha[i] = vexp(m[i] - mnew);
-                l[i] *= alpha[i];
+        for (int i = 0; i < nq; i++) {
+            float *si = s + (size_t)i * ATTN_LDS;
+            float mx = k_max(si, nkt);
+            if (k0 == 0) {
+                m[i] = mx;
+                l[i] = k_softmax_exp(si, nkt, mx);
+            } else {
+                float mnew = mx > m[i] ? mx : m[i];
+                float alpha = vexp(m[i] - mnew);
                 m[i] = mnew;
-            }
-            for (int i = 0; i < nq; i++)
-                if (alpha[i] != 1.0f)
-                    k_scale(o + (size_t)i * hd, hd, alpha[i]);
-        }
-        for (int j = 0; j < nkt; j++) {
-            float *sj = st + (size_t)j * qp;
-#pragma omp simd
-            for (int i = 0; i < qp; i++) {
-                float e = vexp(sj[i] - m[i]);
-                sj[i] = e;
-                l[i] += e;
+                l[i] = l[i] * alpha + k_softmax_exp(si, nkt, mnew);
+                if (alpha != 1.0f)
+                    k_scale(o + (size_t)i * hd, hd, alpha);
             }
         }
-        for (int j = 0; j < nkt; j++)
-            memcpy(vt + (size_t)j * hd, v + (size_t)(k0 + j) * ldv, (size_t)hd * sizeof(float));
-        for (int i0 = 0; i0 < nq; i0 += COB) {
-            int nr = nq - i0 < COB ? nq - i0 : COB;
-            for (int c = 0; c < hd; c += TB)
-                mk_block(o + (size_t)i0 * hd + c, hd, st + i0, 1, qp, vt + c, hd, nkt, nr, 1.0f,
-                         k0 > 0);
-        }
+        for (int c = 0; c < hd; c += TB)
+            for (int i0 = 0; i0 < nq; i0 += COB) {
+                int nr = nq - i0 < COB ? nq - i0 : COB;
+                mk_block(o + (size_t)i0 * hd + c, hd, s + (size_t)i0 * ATTN_LDS, ATTN_LDS, 1,
+                         vp + (size_t)c * nk + (size_t)k0 * TB, TB, nkt, nr, 1.0f, k0 > 0);
+            }
     }
     for (int i = 0; i < nq; i++) {
         float inv = 1.0f / l[i];
@@ -301,10 +296,14 @@ static void k_attention_tile(float *out, size_t ldo, const float *q, size_t ldq,
     }
 }
 
+static size_t k_attention_kp_floats(int nk, int hd)
+{
+    return (size_t)(nk + TB - 1) / TB * TB * hd;
+}
+
 static size_t k_attention_work_floats(int nq, int hd)
 {
-    size_t qp = (size_t)(nq + TB - 1) / TB * TB;
-    return (size_t)hd * qp + (size_t)ATTN_KT * qp + (size_t)nq * hd + 4 * qp + (size_t)ATTN_KT * hd;
+    return 2 * (size_t)nq * hd + (size_t)nq * ATTN_LDS + 2 * (size_t)nq;
 }
 
 /* 10 independent multiply-add chains (enough to cover the FMA latency x throughput
@@ -345,7 +344,9 @@ const cpu_kernels KTABLE = {
     .affine = k_affine,
     .conv_row_interior = k_conv_row_interior,
     .attn_ktile = ATTN_KT,
+    .attention_pack = k_attention_pack,
     .attention_tile = k_attention_tile,
+    .attention_kp_floats = k_attention_kp_floats,
     .attention_work_floats = k_attention_work_floats,
     .fma_loop = k_fma_loop,
 };

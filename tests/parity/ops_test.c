@@ -698,6 +698,7 @@ static const struct {
     {"attention cross 1x4h 700x333",        {1, 4, 700, 333,  8,  32,  64,  64, 32}, 1.0f},
     /* several key tiles and a partial one, peaked rows: the running max changes */
     {"attention 1x2h 300x1000 hd64 peaked", {1, 2, 300, 1000, 64, 128, 128, 128, 128}, 3.0f},
+    {"attention 2x2h 520x777 hd48 (ld 100)", {2, 2, 520, 777, 48, 100, 100, 100, 96}, 2.0f},
     {"attention 1x1h 5x7 tiny",             {1, 1,   5,    7,  4,   4,   4,   4,   4}, 2.0f},
 };
 /* clang-format on */
