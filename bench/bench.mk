@@ -85,3 +85,6 @@ include bench/e2e.mk
 
 # CPU engine vs PyTorch per segment, owned by models/
 include bench/cpu.mk
+
+# OpenBLAS vs BLIS vs oneDNN on the network's shapes (bench/libs.mk)
+include bench/libs.mk
