@@ -21,7 +21,8 @@
  * same with plain NCHW/OIHW layouts forced), with N threads.
  *
  * Each measurement: one warm-up run (for the GEMMs the pass whose result is checked),
- * then R runs (default 7, --quick 3), median, min and max wall time; GFLOP/s of the
+ * then R rounds (default 7, --quick 3) in which every variant of the shape runs once,
+ * in a rotated order; median, min and max wall time; GFLOP/s of the
  * median; speed against the OpenBLAS (or engine conv2d) row; the largest difference
  * from that row's result relative to its largest magnitude (must stay under 1e-4).
  * Before timing, small shapes of every path are checked against a double-precision
@@ -673,8 +674,8 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--quick") == 0)
             reps = 3;
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc &&
-                 strstr(" check linear convgemm conv ", argv[i + 1]) && !strchr(argv[i + 1], ' ') &&
-                 argv[i + 1][0])
+                 (strcmp(argv[i + 1], "check") == 0 || strcmp(argv[i + 1], "linear") == 0 ||
+                  strcmp(argv[i + 1], "convgemm") == 0 || strcmp(argv[i + 1], "conv") == 0))
             only = argv[++i];
         else {
             fprintf(stderr,
