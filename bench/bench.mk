@@ -23,6 +23,10 @@
 #              SIGKILLed and nginx reloaded at random; every accepted job must complete
 #              exactly once, nothing left in the spool (bench/chaos; results appended
 #              to results/chaos-<date>.txt). `make test-chaos` is its 2-minute run.
+# bench-libs   OpenBLAS vs BLIS vs oneDNN (GEMM, matmul, convolution primitive) on the
+#              network's linear and 3x3-conv shapes, split as the engine splits them,
+#              against the engine's own ops (bench/libs.mk; deps-bench-libs installs the
+#              libraries, not part of make deps)
 # deps-bench   the Debian packages of the Celery-style peer
 # test-benchlib the statistics and verdict logic of bench/benchlib.py (the library every
 #              bench uses: machine record, quiet check, interleaving, NOISY / INVALID)
@@ -85,3 +89,6 @@ include bench/e2e.mk
 
 # CPU engine vs PyTorch per segment, owned by models/
 include bench/cpu.mk
+
+# OpenBLAS vs BLIS vs oneDNN on the network's shapes (bench/libs.mk)
+include bench/libs.mk
