@@ -97,6 +97,14 @@ typedef struct sep_backend_ops {
     void (*dconv_residual)(sep_backend *be, float *x, const float *y, const float *gamma,
                            const float *beta, const float *scale, int n, int c, int h, int w,
                            float eps);
+    /* The same end of a DConv layer from the layer's hidden activations z
+     * [n][hid][h][w], the 1x1 convolution (w2 [2c][hid], b2 [2c]) fused in:
+     *   x += scale[ch] * GLU(group_norm_rows(conv1x1(z))), no [n][2c][h][w] in memory.
+     * Optional: NULL, or returning 0 for a shape it does not fuse (x untouched), makes
+     * the graph run conv2d and dconv_residual instead; 1 when done. */
+    int (*dconv_tail)(sep_backend *be, float *x, const float *z, const float *w2, const float *b2,
+                      const float *gamma, const float *beta, const float *scale, int n, int c,
+                      int hid, int h, int w, float eps);
     /* GroupNorm with one group on token-major [n][tokens][c] (demucs MyGroupNorm). */
     void (*group_norm_tokens)(sep_backend *be, float *out, const float *in, const float *gamma,
                               const float *beta, int n, int tokens, int c, float eps);

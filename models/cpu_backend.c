@@ -671,15 +671,17 @@ static void row_stats_parallel(sep_backend *be, const float *x, int c, size_t pl
 }
 
 /* One channel of one row of the DConv residual: GroupNorm(1) affine of both GLU halves
- * with the row's statistics, GLU, LayerScale, added into x. */
-static inline void dconv_residual_channel(const cpu_kernels *ks, float *x, const float *y, int ch,
-                                          int c, size_t plane, int w, double mean, float rstd,
-                                          const float *gamma, const float *beta, const float *scale)
+ * with the row's statistics, GLU, LayerScale, added into x (channel planes xplane
+ * apart; y's, yplane). */
+static inline void dconv_residual_channel(const cpu_kernels *ks, float *x, size_t xplane,
+                                          const float *y, size_t yplane, int ch, int c, int w,
+                                          double mean, float rstd, const float *gamma,
+                                          const float *beta, const float *scale)
 {
     float sa = rstd * gamma[ch], ba = beta[ch] - (float)mean * sa;
     float sg = rstd * gamma[ch + c], bg = beta[ch + c] - (float)mean * sg;
-    ks->norm_glu_residual(x + (size_t)ch * plane, y + (size_t)ch * plane,
-                          y + (size_t)(ch + c) * plane, sa, ba, sg, bg, scale[ch], w);
+    ks->norm_glu_residual(x + (size_t)ch * xplane, y + (size_t)ch * yplane,
+                          y + (size_t)(ch + c) * yplane, sa, ba, sg, bg, scale[ch], w);
 }
 
 static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, const float *gamma,
@@ -700,7 +702,8 @@ static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, con
             row_stats_parallel(be, y, 2 * c, plane, w, &mean, &rstd, eps);
 #pragma omp parallel for num_threads(be->threads) schedule(static)
             for (int ch = 0; ch < c; ch++)
-                dconv_residual_channel(ks, x, y, ch, c, plane, w, mean, rstd, gamma, beta, scale);
+                dconv_residual_channel(ks, x, plane, y, plane, ch, c, w, mean, rstd, gamma, beta,
+                                       scale);
         }
         return;
     }
@@ -713,8 +716,111 @@ static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, con
         float rstd;
         row_stats(ks, y, 2 * c, plane, w, &mean, &rstd, eps);
         for (int ch = 0; ch < c; ch++)
-            dconv_residual_channel(ks, x, y, ch, c, plane, w, mean, rstd, gamma, beta, scale);
+            dconv_residual_channel(ks, x, plane, y, plane, ch, c, w, mean, rstd, gamma, beta,
+                                   scale);
     }
+}
+
+/* The fused DConv tail, for a short reduction (hid <= DCONV_TAIL_MAX_HID: the 1x1
+ * convolution is then bound by writing its 2c-channel output, which the fusion avoids;
+ * with more hidden channels the GEMM path plus dconv_residual is faster, and 0 is
+ * returned). Each row (n x h of them) is cut into chunks of positions (the chunk width
+ * depends on c alone, so the bits do not depend on the thread count); a chunk's 1x1
+ * convolution, all 2c channels, goes to a per-thread buffer that stays in cache.
+ * Pass 1 computes every chunk and keeps its per-channel sums; the row's statistics add
+ * them per channel in chunk order, then the channels in order (as row_stats); pass 2
+ * computes the chunk again and adds the normalised GLU into x. */
+#define DCONV_TAIL_CHUNK_FLOATS (16u << 10) /* 64 KiB: 2c channels x chunk positions */
+#define DCONV_TAIL_MAX_HID 8
+static int cpu_dconv_tail(sep_backend *be, float *xo, const float *z, const float *w2,
+                          const float *b2, const float *gamma, const float *beta,
+                          const float *scale, int n, int c, int hid, int h, int w, float eps)
+{
+    if (hid > DCONV_TAIL_MAX_HID)
+        return 0;
+    const cpu_kernels *ks = impl_of(be)->k;
+    int nt = be->threads, cob = ks->co_block, c2 = 2 * c;
+    int cblocks = (c2 + cob - 1) / cob;
+    int chunk = (int)(DCONV_TAIL_CHUNK_FLOATS / (unsigned)c2) / ks->t_block * ks->t_block;
+    if (chunk < ks->t_block)
+        chunk = ks->t_block;
+    if (chunk > w)
+        chunk = w;
+    int chunks = (w + chunk - 1) / chunk, rows = n * h, tasks = rows * chunks;
+    size_t plane = (size_t)h * w;
+    size_t wt_floats = (size_t)cblocks * hid * cob + (size_t)cblocks * cob;
+    size_t ybuf_floats = (size_t)cblocks * cob * chunk;
+    size_t head = (wt_floats + (size_t)nt * ybuf_floats + 1) / 2 * 2; /* doubles follow */
+    /* per task and channel a pair of doubles (sums), then per row mean and rstd */
+    size_t part_doubles = (size_t)tasks * c2 * 2, stat_doubles = 2 * (size_t)rows;
+    float *wt = scratch(be, head + 2 * (part_doubles + stat_doubles));
+    float *bt = wt + (size_t)cblocks * hid * cob;
+    float *ybufs = wt + wt_floats;
+    double *part = (double *)(wt + head), *stats = part + part_doubles;
+    for (int cb = 0; cb < cblocks; cb++)
+        for (int j = 0; j < cob; j++) {
+            int co = cb * cob + j;
+            bt[cb * cob + j] = co < c2 && b2 ? b2[co] : 0.0f;
+            for (int k = 0; k < hid; k++)
+                wt[((size_t)cb * hid + k) * cob + j] = co < c2 ? w2[(size_t)co * hid + k] : 0.0f;
+        }
+    const int off0 = 0;
+    for (int pass = 0; pass < 2; pass++) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int task = 0; task < tasks; task++) {
+            int r = task / chunks, t0 = (task % chunks) * chunk;
+            int len = w - t0 < chunk ? w - t0 : chunk;
+            int b = r / h, row = r % h;
+            const float *zr = z + (size_t)b * hid * plane + (size_t)row * w + t0;
+            float *y = ybufs + (size_t)omp_get_thread_num() * ybuf_floats;
+            for (int cb = 0; cb < cblocks; cb++) {
+                int co0 = cb * cob, nco = c2 - co0 < cob ? c2 - co0 : cob;
+                const float *wb = wt + (size_t)cb * hid * cob;
+                int done = ks->conv_row_interior(y + (size_t)co0 * chunk, (size_t)chunk, nco, zr,
+                                                 plane, wb, hid, 1, &off0, bt + co0, 0, len);
+                for (int j = 0; j < nco; j++)
+                    conv_row_edge(y + (size_t)(co0 + j) * chunk, zr, plane,
+                                  w2 + (size_t)(co0 + j) * hid, hid, 1, &off0,
+                                  b2 ? b2[co0 + j] : 0.0f, done, len, len);
+            }
+            if (pass == 0) {
+                double *pt = part + (size_t)task * c2 * 2;
+                for (int ch = 0; ch < c2; ch++) {
+                    pt[2 * ch] = pt[2 * ch + 1] = 0;
+                    ks->sum_squares(y + (size_t)ch * chunk, (size_t)len, &pt[2 * ch],
+                                    &pt[2 * ch + 1]);
+                }
+                continue;
+            }
+            double mean = stats[2 * r];
+            float rstd = (float)stats[2 * r + 1];
+            float *x = xo + (size_t)b * c * plane + (size_t)row * w + t0;
+            for (int ch = 0; ch < c; ch++)
+                dconv_residual_channel(ks, x, plane, y, (size_t)chunk, ch, c, len, mean, rstd,
+                                       gamma, beta, scale);
+        }
+        if (pass == 1)
+            break;
+        for (int r = 0; r < rows; r++) {
+            double s = 0, ss = 0;
+            for (int ch = 0; ch < c2; ch++) {
+                double cs = 0, css = 0;
+                for (int k = 0; k < chunks; k++) {
+                    const double *pt = part + ((size_t)(r * chunks + k) * c2 + ch) * 2;
+                    cs += pt[0];
+                    css += pt[1];
+                }
+                s += cs;
+                ss += css;
+            }
+            double mean;
+            float rstd;
+            row_stats_finish(s, ss, (double)c2 * w, &mean, &rstd, eps);
+            stats[2 * r] = mean;
+            stats[2 * r + 1] = rstd;
+        }
+    }
+    return 1;
 }
 
 static void cpu_group_norm_rows(sep_backend *be, float *out, const float *in, const float *gamma,
@@ -1264,6 +1370,7 @@ static const sep_backend_ops cpu_ops = {
     .group_norm = cpu_group_norm,
     .group_norm_rows = cpu_group_norm_rows,
     .dconv_residual = cpu_dconv_residual,
+    .dconv_tail = cpu_dconv_tail,
     .group_norm_tokens = cpu_group_norm_tokens,
     .layer_norm = cpu_layer_norm,
     .moments = cpu_moments,

@@ -946,6 +946,12 @@ static void dconv(fwd *f, const htd_layer *L, tensor y)
         tensor h = conv(f, &l->conv1, y, 1, 1, 1, d, 0, 0, d, d);
         f->op->group_norm_rows(f->be, h.d, h.d, l->norm1.w, l->norm1.b, h.n, h.c, h.h, h.w, GN_EPS,
                                SEP_ACT_GELU);
+        if (f->op->dconv_tail &&
+            f->op->dconv_tail(f->be, y.d, h.d, l->conv2.w, l->conv2.b, l->norm2.w, l->norm2.b,
+                              l->scale, y.n, y.c, h.c, y.h, y.w, GN_EPS)) {
+            drop(f, &h);
+            continue;
+        }
         tensor h2 = conv(f, &l->conv2, h, 1, 1, 1, 1, 0, 0, 0, 0);
         drop(f, &h);
         f->op->dconv_residual(f->be, y.d, h2.d, l->norm2.w, l->norm2.b, l->scale, y.n, y.c, y.h,

@@ -27,6 +27,7 @@ typedef struct {
 
 typedef struct {
     sep_backend *inner;
+    sep_backend_ops ops; /* profile_ops, less what the inner backend lacks */
     prof_entry e[PROF_MAX];
     int n;
     double t0;
@@ -184,6 +185,19 @@ static void w_dconv_residual(sep_backend *be, float *x, const float *y, const fl
     snprintf(key, sizeof(key), "dconv_residual %dx%dx%dx%d", n, c, h, w);
     TIMED(key, 0, IN(be)->ops->dconv_residual(IN(be), x, y, g, b, sc, n, c, h, w, eps));
 }
+static int w_dconv_tail(sep_backend *be, float *x, const float *z, const float *w2, const float *b2,
+                        const float *g, const float *b, const float *sc, int n, int c, int hid,
+                        int h, int w, float eps)
+{
+    char key[96];
+    int done = 0;
+    snprintf(key, sizeof(key), "dconv_tail %dx%dx%dx%d hid%d", n, c, h, w, hid);
+    double cpu0, t0 = tic(be, &cpu0);
+    done = IN(be)->ops->dconv_tail(IN(be), x, z, w2, b2, g, b, sc, n, c, hid, h, w, eps);
+    if (done) /* a declined shape runs as conv2d + dconv_residual, timed as those */
+        toc(be, t0, cpu0, key, 2.0 * hid * 2 * c * (double)n * h * w);
+    return done;
+}
 static void w_group_norm_tokens(sep_backend *be, float *o, const float *i, const float *g,
                                 const float *b, int n, int t, int c, float eps)
 {
@@ -338,6 +352,7 @@ static const sep_backend_ops profile_ops = {
     .group_norm = w_group_norm,
     .group_norm_rows = w_group_norm_rows,
     .dconv_residual = w_dconv_residual,
+    .dconv_tail = w_dconv_tail,
     .group_norm_tokens = w_group_norm_tokens,
     .layer_norm = w_layer_norm,
     .moments = w_moments,
@@ -370,7 +385,10 @@ sep_backend *sep_profile_wrap(sep_backend *inner)
     p->inner = inner;
     p->t0 = sep_wall_seconds();
     be->name = inner->name;
-    be->ops = &profile_ops;
+    p->ops = profile_ops;
+    if (!inner->ops->dconv_tail)
+        p->ops.dconv_tail = NULL;
+    be->ops = &p->ops;
     be->threads = inner->threads;
     be->host_memory = inner->host_memory;
     be->impl = p;

@@ -376,6 +376,69 @@ static void test_dconv_residual(const char *name, int n, int c, int h, int w)
     free(sc);
 }
 
+/* dconv_tail: the 1x1 convolution (hid -> 2c) then dconv_residual, in double. A backend
+ * without the fused op, or one that declines the shape (returns 0, x untouched: checked),
+ * reports a skip line only. */
+static void test_dconv_tail(const char *name, int n, int c, int hid, int h, int w)
+{
+    if (!be->ops->dconv_tail)
+        return;
+    size_t plane = (size_t)h * w, cx = (size_t)n * c * plane, cz = (size_t)n * hid * plane;
+    float *x = hrand(cx, 1.0f), *z = hrand(cz, 1.0f), *w2 = hrand((size_t)2 * c * hid, 1.0f),
+          *b2 = hrand((size_t)2 * c, 0.5f), *g = hrand(2 * (size_t)c, 1.0f),
+          *bt = hrand(2 * (size_t)c, 1.0f), *sc = hrand((size_t)c, 1.0f);
+    double *ref = malloc(cx * sizeof(double)), *y = malloc((size_t)2 * c * w * sizeof(double));
+    for (int b = 0; b < n; b++)
+        for (int row = 0; row < h; row++) {
+            double s = 0, ss = 0;
+            for (int o = 0; o < 2 * c; o++)
+                for (int t = 0; t < w; t++) {
+                    double acc = b2[o];
+                    for (int i = 0; i < hid; i++)
+                        acc +=
+                            (double)w2[o * hid + i] * z[(((size_t)b * hid + i) * h + row) * w + t];
+                    y[(size_t)o * w + t] = acc;
+                    s += acc;
+                }
+            double m = s / (2.0 * c * w);
+            for (size_t i = 0; i < (size_t)2 * c * w; i++)
+                ss += (y[i] - m) * (y[i] - m);
+            double r = 1.0 / sqrt(ss / (2.0 * c * w) + 1e-5);
+            for (int ch = 0; ch < c; ch++)
+                for (int t = 0; t < w; t++) {
+                    size_t ix = (((size_t)b * c + ch) * h + row) * w + t;
+                    double a = (y[(size_t)ch * w + t] - m) * r * g[ch] + bt[ch];
+                    double gg = (y[(size_t)(ch + c) * w + t] - m) * r * g[ch + c] + bt[ch + c];
+                    ref[ix] = x[ix] + sc[ch] * a / (1 + exp(-gg));
+                }
+        }
+    float *dx = dev(x, cx), *dz = dev(z, cz), *dw = dev(w2, (size_t)2 * c * hid),
+          *dbias = dev(b2, (size_t)2 * c), *dg = dev(g, 2 * (size_t)c),
+          *db = dev(bt, 2 * (size_t)c), *ds = dev(sc, (size_t)c);
+    int done = 0;
+    double us = TIMED(
+        done = be->ops->dconv_tail(be, dx, dz, dw, dbias, dg, db, ds, n, c, hid, h, w, 1e-5f));
+    if (done) {
+        report(name, dx, ref, cx, us);
+    } else {
+        for (size_t i = 0; i < cx; i++)
+            ref[i] = x[i];
+        printf("%s: not fused by this backend (x must be unchanged)\n", name);
+        report(name, dx, ref, cx, us);
+    }
+    float *bufs[] = {dz, dw, dbias, dg, db, ds}; /* report() freed dx */
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+        be->ops->free(be, bufs[i]);
+    free(x);
+    free(z);
+    free(w2);
+    free(b2);
+    free(g);
+    free(bt);
+    free(sc);
+    free(y); /* and ref: report() freed it */
+}
+
 static void test_token_norms(void)
 {
     int n = 2, t = 97, c = 24;
@@ -750,6 +813,12 @@ int main(int argc, char **argv)
     /* one row (the time branch): channels are split across threads instead of rows */
     test_dconv_residual("dconv_residual 1x6x1x500 single row", 1, 6, 1, 500);
     test_dconv_residual("dconv_residual 1x5x1x333 single row, odd channels", 1, 5, 1, 333);
+    test_dconv_tail("dconv_tail 2x6x5x70 hid3", 2, 6, 3, 5, 70);
+    /* one long row cut into many chunks (the time branch) */
+    test_dconv_tail("dconv_tail 1x48x1x5000 hid6 (chunks)", 1, 48, 6, 1, 5000);
+    test_dconv_tail("dconv_tail 1x5x3x333 hid2 odd channels", 1, 5, 2, 3, 333);
+    test_dconv_tail("dconv_tail 2x24x3x7 hid8 (rows shorter than a block)", 2, 24, 8, 3, 7);
+    test_dconv_tail("dconv_tail 1x96x4x50 hid12 (declined by the CPU)", 1, 96, 12, 4, 50);
     test_token_norms();
     test_elementwise();
     test_spec("spec nfft256 3x1000", 3, 1000, 256);
