@@ -51,6 +51,12 @@ typedef struct {
                            const float *vp, int nq, int nk, int hd, float scale, float *work);
     size_t (*attention_kp_floats)(int nk, int hd);
     size_t (*attention_work_floats)(int nq, int hd);
+    /* Winograd F(2x2, 3x3) transforms (cpu_backend.c conv3x3_winograd): the input
+     * transform of n tiles of one tile row from its rows' even and odd columns, and
+     * the output transform of n tiles of one channel (plus the bias) */
+    void (*wino_input)(float *v, size_t vstride, const float *const ev[4], const float *const od[4],
+                       int n);
+    void (*wino_output)(float *y, size_t ystride, const float *m, size_t mstride, float b, int n);
     /* a register-only FMA loop of `iters` iterations; returns the flops done */
     double (*fma_loop)(long iters);
 } cpu_kernels;

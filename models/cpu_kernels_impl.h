@@ -306,6 +306,57 @@ static size_t k_attention_work_floats(int nq, int hd)
     return 2 * (size_t)nq * hd + (size_t)nq * ATTN_LDS + 2 * (size_t)nq;
 }
 
+/* Winograd F(2x2, 3x3) input transform of n consecutive tiles of one tile row and
+ * channel: ev[i] / od[i] are the even / odd columns of the tile row's input row i
+ * (padded: column -1 first), so tile t's 4x4 patch row i is ev[i][t], od[i][t],
+ * ev[i][t + 1], od[i][t + 1]; v[e * vstride + t] = (B^T d B)[e]. */
+static void k_wino_input(float *v, size_t vstride, const float *const ev[4],
+                         const float *const od[4], int n)
+{
+    const float *e0 = ev[0], *e1 = ev[1], *e2 = ev[2], *e3 = ev[3];
+    const float *o0 = od[0], *o1 = od[1], *o2 = od[2], *o3 = od[3];
+#pragma omp simd
+    for (int t = 0; t < n; t++) {
+        float d0[4] = {e0[t], o0[t], e0[t + 1], o0[t + 1]};
+        float d1[4] = {e1[t], o1[t], e1[t + 1], o1[t + 1]};
+        float d2[4] = {e2[t], o2[t], e2[t + 1], o2[t + 1]};
+        float d3[4] = {e3[t], o3[t], e3[t + 1], o3[t + 1]};
+        float u[4][4];
+        for (int j = 0; j < 4; j++) {
+            u[0][j] = d0[j] - d2[j];
+            u[1][j] = d1[j] + d2[j];
+            u[2][j] = d2[j] - d1[j];
+            u[3][j] = d1[j] - d3[j];
+        }
+        for (int i = 0; i < 4; i++) {
+            v[(size_t)(4 * i + 0) * vstride + t] = u[i][0] - u[i][2];
+            v[(size_t)(4 * i + 1) * vstride + t] = u[i][1] + u[i][2];
+            v[(size_t)(4 * i + 2) * vstride + t] = u[i][2] - u[i][1];
+            v[(size_t)(4 * i + 3) * vstride + t] = u[i][1] - u[i][3];
+        }
+    }
+}
+
+/* Winograd F(2x2, 3x3) output transform of n tiles of one channel:
+ * y[(2 i + j) * ystride + t] = (A^T M A)[i][j] + b, M[e] = m[e * mstride + t]. */
+static void k_wino_output(float *y, size_t ystride, const float *m, size_t mstride, float b, int n)
+{
+#pragma omp simd
+    for (int t = 0; t < n; t++) {
+        float r0[4], r1[4];
+        for (int j = 0; j < 4; j++) {
+            float m0 = m[(size_t)j * mstride + t], m1 = m[(size_t)(4 + j) * mstride + t];
+            float m2 = m[(size_t)(8 + j) * mstride + t], m3 = m[(size_t)(12 + j) * mstride + t];
+            r0[j] = m0 + m1 + m2;
+            r1[j] = m1 - m2 - m3;
+        }
+        y[t] = r0[0] + r0[1] + r0[2] + b;
+        y[ystride + t] = r0[1] - r0[2] - r0[3] + b;
+        y[2 * ystride + t] = r1[0] + r1[1] + r1[2] + b;
+        y[3 * ystride + t] = r1[1] - r1[2] - r1[3] + b;
+    }
+}
+
 /* 10 independent multiply-add chains (enough to cover the FMA latency x throughput
  * of current cores); the result is kept so the loop is not removed */
 static double k_fma_loop(long iters)
@@ -348,5 +399,7 @@ const cpu_kernels KTABLE = {
     .attention_tile = k_attention_tile,
     .attention_kp_floats = k_attention_kp_floats,
     .attention_work_floats = k_attention_work_floats,
+    .wino_input = k_wino_input,
+    .wino_output = k_wino_output,
     .fma_loop = k_fma_loop,
 };

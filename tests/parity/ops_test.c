@@ -733,7 +733,12 @@ static const struct {
     {"conv 1x3 dil4 direct cin12 cout12 1x40",       {1, 12,  1,   40, 12, 1, 3, 1, 1, 1, 4, 0, 0, 4, 4, SEP_ACT_NONE}},
     {"conv 1x1 direct cin12 cout25 4x15",            {1, 12,  4,   15, 25, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, SEP_ACT_NONE}},
     {"conv 3x3 im2col cin16 cout24 9x37",            {2, 16,  9,   37, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
-    {"conv 3x3 im2col chunks cin64 cout20 40x60",    {1, 64, 40,   60, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
+    {"conv 3x3 im2col chunks cin24 cout20 40x60",    {1, 24, 40,   60, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
+    {"conv 3x3 im2col pad0 cin64 cout20 12x30",      {1, 64, 12,   30, 20, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, SEP_ACT_NONE}},
+    /* Winograd F(2x2, 3x3): several chunks, odd sizes (partial tiles), one row */
+    {"conv 3x3 winograd cin32 cout20 40x60",         {1, 32, 40,   60, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
+    {"conv 3x3 winograd +glu cin72 cout30 9x37",     {2, 72,  9,   37, 30, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_GLU}},
+    {"conv 3x3 winograd +gelu cin96 cout8 1x5",      {1, 96,  1,    5,  8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_GELU}},
     {"conv 8x1 s4 freq cin4 cout24 +gelu 64x20",     {2,  4, 64,   20, 24, 8, 1, 4, 1, 1, 1, 2, 2, 0, 0, SEP_ACT_GELU}},
     {"conv 1x8 s4 time asym pad cin2 cout24 1x1001", {2,  2,  1, 1001, 24, 1, 8, 1, 4, 1, 1, 0, 0, 2, 5, SEP_ACT_NONE}},
     {"conv 3x3 +glu (rewrite) cin12 cout24 17x41",   {2, 12, 17,   41, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_GLU}},
