@@ -41,6 +41,8 @@ from demucs.utils import center_trim
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cpu_torch import read_safetensors  # noqa: E402
 
+OUT_OF_MEMORY = getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
+
 
 def load_model(path, device):
     tensors, meta = read_safetensors(path)
@@ -100,20 +102,35 @@ def separate_batched(model, wav, device, batch):
     return (out[0] * std + mean).cpu()
 
 
-def timed(fn, runs):
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, runs, device):
     fn()  # warm-up song
-    torch.cuda.synchronize()
+    sync(device)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync(device)
         times.append(time.perf_counter() - t0)
     return times
 
 
-def mib(n):
-    return n / 1048576.0
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def reserved_mib(device):
+    return torch.cuda.max_memory_reserved(device) / 1048576.0 if device.type == "cuda" else 0.0
+
+
+def allocated_mib(device):
+    return torch.cuda.max_memory_allocated(device) / 1048576.0 if device.type == "cuda" else 0.0
 
 
 def main():
@@ -132,7 +149,8 @@ def main():
     model = load_model(args.weights, device)
     wav = make_song(args.song_seconds, model.samplerate, model.audio_channels)
     seg_len, _, offsets, _ = segments(model, wav.shape[-1])
-    print(f"torch_gpu {torch.cuda.get_device_name(device)}")
+    print("torch_gpu %s" % (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else "none (device %s)" % device))
     print(f"torch_version {torch.__version__}")
     print(f"torch_tf32 cudnn={torch.backends.cudnn.allow_tf32} "
           f"matmul={torch.backends.cuda.matmul.allow_tf32}")
@@ -140,28 +158,26 @@ def main():
     print(f"torch_segment_samples {seg_len}", flush=True)
 
     if args.mode == "apply":
-        torch.cuda.reset_peak_memory_stats(device)
-        times = timed(lambda: separate_apply(model, wav, device), args.runs)
+        reset_peak(device)
+        times = timed(lambda: separate_apply(model, wav, device), args.runs, device)
         print("torch_apply_seconds " + " ".join(f"{t:.4f}" for t in times))
-        print(f"torch_apply_max_reserved_mib {mib(torch.cuda.max_memory_reserved(device)):.0f}")
-        print(f"torch_apply_max_allocated_mib "
-              f"{mib(torch.cuda.max_memory_allocated(device)):.0f}")
+        print(f"torch_apply_max_reserved_mib {reserved_mib(device):.0f}")
+        print(f"torch_apply_max_allocated_mib {allocated_mib(device):.0f}")
         return 0
 
     reference = separate_apply(model, wav, device)
     peak = reference.abs().max().item()
     best = None
     for b in [int(x) for x in args.batches.split(",") if x]:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+        reset_peak(device)
         try:
-            times = timed(lambda: separate_batched(model, wav, device, b), args.runs)
-        except torch.cuda.OutOfMemoryError:
+            times = timed(lambda: separate_batched(model, wav, device, b), args.runs, device)
+        except OUT_OF_MEMORY:
+            reset_peak(device)
             print(f"torch_batched_oom {b}", flush=True)
             continue
         print(f"torch_batched_seconds {b} " + " ".join(f"{t:.4f}" for t in times))
-        print(f"torch_batched_max_reserved_mib {b} "
-              f"{mib(torch.cuda.max_memory_reserved(device)):.0f}")
+        print(f"torch_batched_max_reserved_mib {b} {reserved_mib(device):.0f}")
         got = separate_batched(model, wav, device, b)
         rel = (got - reference).abs().max().item() / peak if peak > 0 else math.inf
         print(f"torch_batched_vs_apply_rel {b} {rel:.3e}", flush=True)
@@ -173,7 +189,7 @@ def main():
             torch.backends.cuda.matmul.allow_tf32
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-        times = timed(lambda: separate_batched(model, wav, device, best[0]), args.runs)
+        times = timed(lambda: separate_batched(model, wav, device, best[0]), args.runs, device)
         print(f"torch_batched_strict_fp32_seconds {best[0]} " +
               " ".join(f"{t:.4f}" for t in times))
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = \
