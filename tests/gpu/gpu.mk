@@ -1,6 +1,7 @@
 # tests/gpu/: the engine's CUDA backend on a GPU (tests/gpu/README.md).
 #
-#   make test-gpu    ops_test and parity --device cuda (every op, every fixture), the
+#   make test-gpu    ops_test and parity --device cuda (every op, every fixture),
+#                    engine_test (a cuda engine created and freed), the
 #                    full-size htdemucs against the reference and the CPU engine, and
 #                    `workerd separate --device cuda` against the CPU's stems
 #                    (tests/gpu/test_gpu.py); prints SKIP without a usable CUDA device
@@ -14,7 +15,7 @@
 TEST_SUITES += test-gpu
 .PHONY: test-gpu gpu-carry
 
-test-gpu: $(OPS_TEST_BIN) $(PARITY_BIN) $(WORKERD_BIN)
+test-gpu: $(OPS_TEST_BIN) $(ENGINE_TEST_BIN) $(PARITY_BIN) $(WORKERD_BIN)
 	$(PY) tests/gpu/test_gpu.py --build $(BUILD)
 
 gpu-carry: $(OPS_TEST_BIN) $(PARITY_BIN) $(ENGINE_TEST_BIN) $(WORKERD_BIN) $(BUILD)/bench/cpu_engine

@@ -191,17 +191,15 @@ def run_sampled(cmd, timeout, env=None, interval=0.2):
     (returncode or None on timeout, stdout, stderr, seconds, MemorySampler)."""
     sampler = MemorySampler(interval=interval)
     t0 = time.monotonic()
+    # the same process group as the caller: a `timeout` around the caller ends it too
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env, start_new_session=True)
+                         env=env)
     sampler.start(p.pid)
     try:
         out, err = p.communicate(timeout=timeout)
         rc = p.returncode
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(p.pid, 9)
-        except OSError:
-            pass
+        p.kill()
         out, err = p.communicate()
         rc = None
     sampler.stop()

@@ -4,6 +4,8 @@
 Steps, each under its own time limit:
   ops       build/tests/ops_test --device cuda: every backend operation against its
             double-precision reference (rel 1e-5)
+  engine    build/tests/engine_test on the tiny_transformer fixture (the engine API; on
+            a GPU machine it also creates and frees a cuda engine)
   parity    build/tests/parity on every fixture of tests/fixtures/ with --device cuda
             (layer by layer against the PyTorch reference, rel 2e-5; batch-of-2 and
             short-input checks), MAXERR lines printed
@@ -25,7 +27,7 @@ CASES lines prefixed with the tool's name); the last line is the total:
   CASES: P passed, F failed, S skipped
 
 usage: test_gpu.py [--build DIR] [--ref-python PY] [--work DIR] [--threads N]
-                   [--steps ops,parity,full,workerd] [--device cuda]
+                   [--steps ops,engine,parity,full,workerd] [--device cuda]
   --ref-python  python with torch + demucs (default $SEP_REF_PYTHON, else
                 build/refvenv/bin/python)
   --work        where the full-size files and the workerd runs go (default
@@ -50,11 +52,12 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import gpuprobe  # noqa: E402
 
-STEPS = ("ops", "parity", "full", "workerd")
+STEPS = ("ops", "engine", "parity", "full", "workerd")
 FULL_PARAMETERS = 41984456
 FULL_TOL = 1e-4
 STEM_TOL = 1e-4
-LIMITS = {"ops": 300, "parity": 120, "full-generate": 420, "full": 300, "workerd": 300}
+# seconds per tool run: a hung kernel costs its step, not the whole device run
+LIMITS = {"ops": 120, "engine": 60, "parity": 60, "full-generate": 180, "full": 150, "workerd": 120}
 
 
 class Tally:
@@ -178,6 +181,15 @@ def step_ops(args, tally):
     rc, out, cases = run_tool("ops_test", [args.bin("tests/ops_test"), "--device", args.device],
                               LIMITS["ops"])
     return rc, out, cases
+
+
+def step_engine(args, tally):
+    rc, _out, cases = run_tool("engine_test",
+                               [args.bin("tests/engine_test"),
+                                os.path.join(REPO, "tests", "fixtures",
+                                             "tiny_transformer.weights.safetensors")],
+                               LIMITS["engine"])
+    count_tool(tally, "engine_test", rc, cases)
 
 
 def step_parity(args, tally):
@@ -307,7 +319,7 @@ def main():
     tally = Tally()
     t0 = time.monotonic()
 
-    missing = [b for b in ("tests/ops_test", "tests/parity", "workerd")
+    missing = [b for b in ("tests/ops_test", "tests/engine_test", "tests/parity", "workerd")
                if not os.access(args.bin(b), os.X_OK)]
     if missing:
         tally.check(False, "binaries built: %s missing in %s (make all)"
@@ -346,7 +358,7 @@ def main():
     else:
         if "ops" in steps:
             count_tool(tally, "ops_test --device " + args.device, rc, cases)
-        for name, fn in (("parity", step_parity), ("full", step_full),
+        for name, fn in (("engine", step_engine), ("parity", step_parity), ("full", step_full),
                          ("workerd", step_workerd)):
             if name in steps:
                 t = time.monotonic()
