@@ -17,7 +17,9 @@ Steps, each under its own time limit:
   workerd   `workerd separate` on a 12 s stereo WAV with the full-size weights (the tiny
             fixture model when the full-size ones cannot be made), --device cpu and
             --device cuda (--batch 1 and 2), float32 stems compared: same files, same
-            lengths, max |cuda - cpu| <= 1e-4 x max |cpu| per stem
+            lengths, max |cuda - cpu| <= 1e-4 x max |cpu| per stem; and a --device cuda
+            --overlap 0.5 run that must differ by more than 10x that (the comparison
+            can fail)
 
 When no CUDA device is usable (no nvidia-smi or no GPU listed, or ops_test says the
 build has no CUDA backend or finds no device) it prints `SKIP: <reason>` and counts
