@@ -21,9 +21,10 @@ Steps, each under its own time limit:
             --overlap 0.5 run that must differ by more than 10x that (the comparison
             can fail)
 
-When no CUDA device is usable (no nvidia-smi or no GPU listed, or ops_test says the
-build has no CUDA backend or finds no device) it prints `SKIP: <reason>` and counts
-every step as skipped. A step that cannot run for a reason of its own (no reference
+When no CUDA device is usable (ops_test says the build has no CUDA backend, or nvidia-smi
+lists no GPU and ops_test cannot create the backend) it prints `SKIP: <reason>` and
+counts every step as skipped; a backend that cannot be created where nvidia-smi lists a
+GPU is a failure. A step that cannot run for a reason of its own (no reference
 python for `full`) is skipped alone. The tools' output is passed through (their own
 CASES lines prefixed with the tool's name); the last line is the total:
   CASES: P passed, F failed, S skipped
@@ -353,9 +354,11 @@ def main():
     failure = gpuprobe.backend_failure(out) if rc != 0 and not cases else None
     loader = gpuprobe.loader_failure(out) if rc != 0 else None
     reason = None
-    if failure and failure[0] in ("no-build", "no-device"):
-        reason = ("the binaries have no CUDA backend (%s)" if failure[0] == "no-build"
-                  else "no usable CUDA device (%s)") % failure[1]
+    if failure and failure[0] == "no-build":
+        reason = "the binaries have no CUDA backend (%s)" % failure[1]
+    elif failure and failure[0] == "no-device" and why:
+        # (where nvidia-smi lists a GPU, a backend that finds none is a failure)
+        reason = "no usable CUDA device (%s; %s)" % (why, failure[1])
     elif why and (failure or loader):
         reason = "%s; ops_test --device %s: %s" % (why, args.device, (failure or (None, loader))[1])
     elif why and rc != 0 and not cases:
