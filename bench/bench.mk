@@ -85,6 +85,3 @@ include bench/e2e.mk
 
 # CPU engine vs PyTorch per segment, owned by models/
 include bench/cpu.mk
-
-# CUDA engine vs PyTorch on the GPU per song, owned by tests/gpu/ (tests/gpu/README.md)
-include bench/gpu.mk

@@ -180,5 +180,7 @@ N     ?= 20
 test-stress: all
 	@tests/stress-suite $(SUITE) $(N)
 
-# the CUDA backend on a GPU, and what a device run carries (tests/gpu/README.md)
+# the CUDA backend on a GPU, what a device run carries, and the GPU benchmark
+# (tests/gpu/README.md, bench/README.md)
 include tests/gpu/gpu.mk
+include bench/gpu.mk
