@@ -149,7 +149,7 @@ int main(int argc, char **argv)
         }
         t[r] = sep_wall_seconds() - t0;
         cpu[r] = sep_cpu_seconds() - c0;
-        printf(" %.3f", t[r]);
+        printf(" %.5f", t[r]);
         fflush(stdout);
     }
     printf("\n");
@@ -160,13 +160,13 @@ int main(int argc, char **argv)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double run_peak_mib = peak_reset ? peak_rss_mib() : -1;
-    printf("engine_median_seconds %.3f\n", med);
-    printf("engine_per_segment_seconds %.3f\n", med / batch);
+    printf("engine_median_seconds %.5f\n", med);
+    printf("engine_per_segment_seconds %.5f\n", med / batch);
     printf("engine_peak_rss_mib %.1f\n", ru.ru_maxrss / 1024.0);
     if (peak_reset)
         printf("engine_run_peak_rss_mib %.1f\n", run_peak_mib);
     printf("engine_workspace_mib %.1f\n", sep_engine_workspace_bytes(e) / 1048576.0);
-    printf("engine_best_seconds %.3f\n", t[0] / batch);
+    printf("engine_best_seconds %.5f\n", t[0] / batch);
     printf("engine_cpu_seconds %.3f\n", cmed / batch);
     if (strcmp(device, "cpu") == 0)
         printf("engine_isa %s\n", sep_cpu_kernels(err, sizeof(err))->name);

@@ -84,6 +84,9 @@
 #                   temporary run directory (bad ports and paths refused, a deleted run
 #                   dir still stopped, the banner's examples, SEP_MODELS), and
 #                   conf/nginx.conf being up to date
+# test-gpu          the engine's CUDA backend on this machine's GPU: ops, fixtures, the
+#                   full-size network against the CPU engine, workerd separate --device
+#                   cuda (tests/gpu/, gpu.mk); SKIP without a usable CUDA device
 # test-stress       SUITE=<suite> N=<runs>: one suite N times in a row; prints each run's
 #                   outcome and how many failed (logs of failed runs kept)
 # run / stop        start / stop the service under ./run/ (declared .PHONY at the root)
@@ -176,3 +179,8 @@ SUITE ?= test-integration
 N     ?= 20
 test-stress: all
 	@tests/stress-suite $(SUITE) $(N)
+
+# the CUDA backend on a GPU, what a device run carries, and the GPU benchmark
+# (tests/gpu/README.md, bench/README.md)
+include tests/gpu/gpu.mk
+include bench/gpu.mk

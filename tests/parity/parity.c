@@ -3,7 +3,7 @@
  * PyTorch reference (fixtures from tests/reference/make_fixtures.py).
  *
  *   parity WEIGHTS.safetensors ACTIVATIONS.safetensors [--tol REL] [--threads N]
- *          [--device cpu|cuda] [--quick]
+ *          [--device cpu|cuda] [--compare-device cpu|cuda] [--quick]
  *
  * Runs the fixture's mix through sep_engine_forward_traced and compares every traced
  * activation the fixture holds, printing for each
@@ -17,6 +17,11 @@
  * magnitude above that: the test proves it on each fixture by shifting the input by
  * one sample (what an off-by-one in a padding does) and requiring that the output
  * then differs by more than 10x the tolerance.
+ *
+ * --compare-device D also runs the fixture's mix through a second engine on device D
+ * (the same weights) and compares the two outputs:
+ *     MAXERR output-vs-<D> abs=... rel=...
+ * failing above the same tolerance (a GPU engine checked against the CPU engine).
  *
  * Unless --quick, it also checks that the engine is deterministic across batching
  * (a batch of two gives bit-identical results to two single runs) and that an input
@@ -114,7 +119,7 @@ static double max_abs_diff(const float *a, const float *b, size_t n)
 
 int main(int argc, char **argv)
 {
-    const char *wpath = NULL, *apath = NULL, *device = "cpu";
+    const char *wpath = NULL, *apath = NULL, *device = "cpu", *compare_device = NULL;
     double tol = 2e-5;
     int threads = 0, quick = 0;
     for (int i = 1; i < argc; i++) {
@@ -124,6 +129,8 @@ int main(int argc, char **argv)
             threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
             device = argv[++i];
+        else if (strcmp(argv[i], "--compare-device") == 0 && i + 1 < argc)
+            compare_device = argv[++i];
         else if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
         else if (!wpath)
@@ -133,13 +140,15 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr,
                     "usage: %s WEIGHTS ACTIVATIONS [--tol REL] [--threads N] "
-                    "[--device D] [--quick]\n",
+                    "[--device D] [--compare-device D] [--quick]\n",
                     argv[0]);
             return 2;
         }
     }
     if (!wpath || !apath) {
-        fprintf(stderr, "usage: %s WEIGHTS ACTIVATIONS [--tol REL] [--threads N] [--quick]\n",
+        fprintf(stderr,
+                "usage: %s WEIGHTS ACTIVATIONS [--tol REL] [--threads N] [--device D] "
+                "[--compare-device D] [--quick]\n",
                 argv[0]);
         return 2;
     }
@@ -186,6 +195,34 @@ int main(int argc, char **argv)
         }
     }
     err_pair end = compare(out, ref_out->data, ref_out->count);
+
+    /* the same mix on a second engine (another device), output against output */
+    int compared_devices = 0;
+    if (compare_device) {
+        sep_engine_opts copts = {.device = compare_device, .threads = threads, .max_batch = 2};
+        sep_engine *other = sep_engine_create(model, &copts, err, sizeof(err));
+        float *out_other = calloc((size_t)batch * out_per + 1, sizeof(float));
+        if (!other || !out_other) {
+            printf("FAIL engine (%s): %s\n", compare_device, other ? "out of memory" : err);
+            return 1;
+        }
+        if (sep_engine_forward(other, 0, mix->data, batch, length, out_other, err, sizeof(err))) {
+            printf("FAIL forward (%s): %s\n", compare_device, err);
+            return 1;
+        }
+        err_pair d = compare(out, out_other, (size_t)batch * out_per);
+        int bad = !(d.rel <= tol);
+        printf("MAXERR output-vs-%-22s abs=%.3e rel=%.3e%s\n", compare_device, d.abs, d.rel,
+               bad ? "  FAIL" : "");
+        if (bad) {
+            printf("FAIL %s vs %s: outputs differ by more than the tolerance\n", device,
+                   compare_device);
+            ck.failures++;
+        }
+        compared_devices = 1;
+        free(out_other);
+        sep_engine_free(other);
+    }
 
     /* sensitivity: the same comparison on a one-sample shifted input must fail */
     float *shifted = calloc(in_per * batch, sizeof(float));
@@ -274,7 +311,9 @@ int main(int argc, char **argv)
            ck.failures ? "FAIL" : "PASS", info->name, ck.compared, ck.max_rel, end.rel, tol, device,
            isa);
     /* one case per compared activation, plus the sensitivity and batching checks */
-    int cases = ck.compared + 2 > ck.failures ? ck.compared + 2 : ck.failures;
+    int cases = ck.compared + 2 + compared_devices > ck.failures
+                    ? ck.compared + 2 + compared_devices
+                    : ck.failures;
     printf("CASES: %d passed, %d failed, 0 skipped\n", cases - ck.failures, ck.failures);
     free(shifted);
     free(out_shift);
