@@ -32,7 +32,7 @@ APT_RUN_PKGS  := build-essential pkg-config curl python3 python3-numpy \
                  libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev
 APT_TEST_PKGS := bc python3-redis python3-hypothesis libcmocka-dev wrk python3-jsonschema \
                  python3-prometheus-client chromium chromium-driver python3-selenium clang-14 \
-                 libclang-rt-14-dev python3-venv
+                 libclang-rt-14-dev libomp-14-dev python3-venv
 APT_PKGS      := $(APT_RUN_PKGS) $(APT_TEST_PKGS)
 # The PyTorch reference (fixtures, full-size parity check, benchmarks).
 APT_REF_PKGS := python3-torch python3-torchaudio libopenblas0-pthread python3-venv \

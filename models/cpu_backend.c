@@ -416,17 +416,19 @@ static void conv3x3_winograd(sep_backend *be, const sep_conv2d_desc *d, float *o
                 for (int tr = t0 / tw; tr * tw < t1; tr++) {
                     int c0 = tr * tw < t0 ? t0 - tr * tw : 0;
                     int c1 = (tr + 1) * tw > t1 ? t1 - tr * tw : tw;
-                    const float *src = yc + ((size_t)tr * tw - (size_t)t0);
+                    /* tile tc of this tile row is column first + tc of the chunk (>= 0 for
+                     * tc >= c0: a tile row that began in an earlier chunk starts before it) */
+                    ptrdiff_t first = (ptrdiff_t)tr * tw - t0;
                     for (int i = 0; i < 2 && 2 * tr + i < h; i++) {
                         float *orow = oc + (size_t)(2 * tr + i) * wd;
-                        const float *s0 = src + (size_t)(2 * i) * n, *s1 = s0 + n;
+                        const float *s0 = yc + (size_t)(2 * i) * n, *s1 = s0 + n;
                         int full = wd / 2 < c1 ? wd / 2 : c1; /* tiles with both columns */
                         for (int tc = c0; tc < full; tc++) {
-                            orow[2 * tc] = s0[tc];
-                            orow[2 * tc + 1] = s1[tc];
+                            orow[2 * tc] = s0[first + tc];
+                            orow[2 * tc + 1] = s1[first + tc];
                         }
                         for (int tc = full > c0 ? full : c0; tc < c1; tc++)
-                            orow[2 * tc] = s0[tc];
+                            orow[2 * tc] = s0[first + tc];
                     }
                 }
             }

@@ -7,6 +7,10 @@
 #   make test-engine       loading failures, API checks (tests/parity/engine_test.c)
 #   make test-parity       every committed fixture in tests/fixtures/ (small configs)
 #   make test-parity-asan  the same under ASan + UBSan
+#   make test-ops-san      the ops test and the kernel stress test built by clang under
+#                          ASan + UBSan (clang's UBSan also checks pointer arithmetic)
+#   make test-kernel-stress  boundary shapes, random shapes and bit-exactness of the
+#                          attention, dconv_tail and Winograd kernels (kernel_attack.c)
 #   make test-parity-full  official htdemucs hyperparameters, random weights, one 7.8 s
 #                          segment, reference generated on demand (needs build/refvenv)
 #   make fixtures          regenerate tests/fixtures/ with the reference (build/refvenv)
@@ -38,11 +42,15 @@ PARITY_BIN     := $(BUILD)/tests/parity
 ENGINE_TEST_BIN := $(BUILD)/tests/engine_test
 OPS_TEST_BIN   := $(BUILD)/tests/ops_test
 PARITY_ASAN_BIN := $(BUILD)/tests/parity-asan
+KERNEL_STRESS_BIN := $(BUILD)/tests/kernel_attack
+OPS_SAN_BIN    := $(BUILD)/tests/ops_test-san
+KERNEL_SAN_BIN := $(BUILD)/tests/kernel_attack-san
 PARITY_FIXTURES := $(sort $(patsubst %.weights.safetensors,%,$(wildcard tests/fixtures/*.weights.safetensors)))
 PARITY_FULL_DIR := $(BUILD)/parity-full
 
 ALL_TARGETS += $(SEPMODELS_LIB) $(PARITY_BIN) $(ENGINE_TEST_BIN) $(OPS_TEST_BIN)
-TEST_SUITES += test-ops test-engine test-parity test-parity-asan test-parity-full
+TEST_SUITES += test-ops test-engine test-parity test-parity-asan test-parity-full \
+               test-kernel-stress test-ops-san
 
 $(MODELS_OBJDIR)/%.o: models/%.c $(MODELS_HDRS)
 	@mkdir -p $(dir $@)
@@ -81,7 +89,38 @@ $(PARITY_ASAN_BIN): tests/parity/parity.c $(MODELS_SRCS) $(MODELS_HDRS)
 	$(CC) $(MODELS_CFLAGS) -O1 $(SANITIZE) tests/parity/parity.c $(MODELS_SRCS) \
 	    $(SEPMODELS_LDLIBS) -o $@
 
-.PHONY: test-ops test-engine test-parity test-parity-asan test-parity-full fixtures
+$(KERNEL_STRESS_BIN): tests/parity/kernel_attack.c tests/parity/ops_test.c $(SEPMODELS_LIB) \
+                     $(MODELS_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(MODELS_CFLAGS) tests/parity/kernel_attack.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
+
+# clang's -fsanitize=undefined includes pointer-overflow (a pointer moved out of its
+# object and back), which GCC's does not check; each kernel table is compiled with its
+# own -march as in the library
+SAN_CC      ?= clang-14
+SAN_FLAGS   := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all \
+               -fno-omit-frame-pointer
+SAN_OBJDIR  := $(BUILD)/obj-models-san
+SAN_OBJS    := $(patsubst models/%.c,$(SAN_OBJDIR)/%.o,$(MODELS_SRCS))
+$(SAN_OBJDIR)/%.o: models/%.c $(MODELS_HDRS)
+	@mkdir -p $(dir $@)
+	$(SAN_CC) $(CSTD) -fPIC -D_GNU_SOURCE -I. -fopenmp $(BLAS_CFLAGS) $(SAN_FLAGS) \
+	    $(SAN_KERNEL_FLAGS) -c $< -o $@
+$(SAN_OBJDIR)/cpu_kernels_generic.o: SAN_KERNEL_FLAGS := -ffinite-math-only
+$(SAN_OBJDIR)/cpu_kernels_avx2.o: SAN_KERNEL_FLAGS := -ffinite-math-only -march=x86-64-v3
+$(SAN_OBJDIR)/cpu_kernels_avx512.o: SAN_KERNEL_FLAGS := -ffinite-math-only -march=x86-64-v4
+$(SAN_OBJDIR)/cpu_kernels_neon.o: SAN_KERNEL_FLAGS := -ffinite-math-only
+$(OPS_SAN_BIN): tests/parity/ops_test.c $(SAN_OBJS)
+	@mkdir -p $(dir $@)
+	$(SAN_CC) $(CSTD) -D_GNU_SOURCE -I. -fopenmp $(BLAS_CFLAGS) $(SAN_FLAGS) $< $(SAN_OBJS) \
+	    $(SEPMODELS_LDLIBS) -o $@
+$(KERNEL_SAN_BIN): tests/parity/kernel_attack.c tests/parity/ops_test.c $(SAN_OBJS)
+	@mkdir -p $(dir $@)
+	$(SAN_CC) $(CSTD) -D_GNU_SOURCE -I. -fopenmp $(BLAS_CFLAGS) $(SAN_FLAGS) $< $(SAN_OBJS) \
+	    $(SEPMODELS_LDLIBS) -o $@
+
+.PHONY: test-ops test-engine test-parity test-parity-asan test-parity-full fixtures \
+        test-kernel-stress test-ops-san
 # every backend operation against a plain double-precision loop (tests/parity/ops_test.c)
 # test-ops and test-parity run once per CPU instruction set this machine supports
 # (SEP_CPU_ISA=generic, avx2, avx512: see models/README.md)
@@ -90,6 +129,26 @@ test-ops: $(OPS_TEST_BIN)
 	@rc=0; for isa in $(CPU_ISAS); do \
 	  echo "== SEP_CPU_ISA=$$isa"; \
 	  SEP_CPU_ISA=$$isa $(OPS_TEST_BIN) --threads 2 || rc=1; \
+	done; exit $$rc
+
+# once per instruction set: the boundary shapes and bit checks, then 150 random shapes
+test-kernel-stress: $(KERNEL_STRESS_BIN) $(OPS_TEST_BIN)
+	@rc=0; for isa in $(CPU_ISAS); do \
+	  echo "== SEP_CPU_ISA=$$isa"; \
+	  SEP_CPU_ISA=$$isa $(KERNEL_STRESS_BIN) --threads 3 || rc=1; \
+	  SEP_CPU_ISA=$$isa $(KERNEL_STRESS_BIN) --threads 2 --fuzz 150 1 || rc=1; \
+	done; exit $$rc
+
+# the ops test (odd thread count) and the kernel stress test's random shapes under the
+# sanitizers, once per instruction set (LeakSanitizer off for the stress test: LLVM's
+# OpenMP runtime keeps a little memory per thread-count change)
+test-ops-san: $(OPS_SAN_BIN) $(KERNEL_SAN_BIN) $(OPS_TEST_BIN)
+	@rc=0; for isa in $(CPU_ISAS); do \
+	  echo "== SEP_CPU_ISA=$$isa"; \
+	  SEP_CPU_ISA=$$isa ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(OPS_SAN_BIN) --threads 3 || rc=1; \
+	  SEP_CPU_ISA=$$isa ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(KERNEL_SAN_BIN) --threads 3 --fuzz 60 2 || rc=1; \
 	done; exit $$rc
 
 test-engine: $(ENGINE_TEST_BIN)
