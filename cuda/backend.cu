@@ -350,7 +350,15 @@ extern "C" sep_backend *sep_cuda_backend_create(int device, char *err, size_t er
 
 extern "C" int sep_cuda_host_register(void *base, size_t bytes, char *err, size_t errlen)
 {
-    cudaError_t e = cudaHostRegister(base, bytes, cudaHostRegisterPortable);
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count < 1) {
+        (void)cudaGetLastError();
+        snprintf(err, errlen, "no CUDA device: %s",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "the driver found none");
+        return 1;
+    }
+    e = cudaHostRegister(base, bytes, cudaHostRegisterPortable);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         snprintf(err, errlen, "cudaHostRegister(%zu bytes): %s", bytes, cudaGetErrorString(e));

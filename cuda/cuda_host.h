@@ -12,7 +12,8 @@
 extern "C" {
 #endif
 
-/* cudaHostRegister(base, bytes, cudaHostRegisterPortable): 0, or -1 with the reason */
+/* cudaHostRegister(base, bytes, cudaHostRegisterPortable): 0; 1 when there is no CUDA
+ * device (nothing to pin for); -1 when registering fails; err says why */
 int sep_cuda_host_register(void *base, size_t bytes, char *err, size_t errlen);
 void sep_cuda_host_unregister(void *base);
 

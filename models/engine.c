@@ -194,8 +194,10 @@ int sep_engine_forward_traced(sep_engine *e, int model_index, const float *mix, 
             dmix = m;
         }
         if (htd_forward(e->rt[model_index], dmix, nb, length, dout, trace ? relay_trace : NULL,
-                        &relay, err, errlen))
+                        &relay, err, errlen)) {
+            backend_failed(e, err, errlen); /* the backend's own failure, when it has one */
             return -1;
+        }
         if (!e->be->host_memory)
             e->be->ops->download(e->be, hout, dout, nb * out_per * sizeof(float));
         if (backend_failed(e, err, errlen))

@@ -74,9 +74,10 @@ static int arena_pin(worker *w, char *err, size_t errlen)
 #ifdef SEP_HAVE_CUDA
     if (strncmp(w->device, "cuda", 4) == 0 && w->shm.base && w->shm.size) {
         char why[256];
-        if (sep_cuda_host_register(w->shm.base, w->shm.size, why, sizeof(why)) == 0)
+        int r = sep_cuda_host_register(w->shm.base, w->shm.size, why, sizeof(why));
+        if (r == 0)
             w->pinned = 1;
-        else
+        else if (r < 0) /* (no device at all: the engine reports it on the first batch) */
             log_err("warning: batch arena not pinned (%s); copies go through the driver", why);
     }
 #else
