@@ -2,6 +2,7 @@
 #
 #   build/libsepcuda.a   every .cu of cuda/, compiled by nvcc for sm_80, sm_89, sm_90
 #                        (+ compute_90 PTX for later GPUs), when nvcc is found
+#   make cuda-archs      the cubins / PTX in each of its members (cuda/fatbin-archs)
 #
 # Built only when `nvcc` is on PATH (or NVCC=/path/to/nvcc is given); without it every
 # variable below is empty and the engine builds CPU-only, as before. With it, the
@@ -39,8 +40,12 @@ $(SEPCUDA_LIB): $(CUDA_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-.PHONY: cuda
+# `make cuda` builds the library; `make cuda-archs` lists the GPU code in each member
+.PHONY: cuda cuda-archs
 cuda: $(SEPCUDA_LIB)
+
+cuda-archs: $(SEPCUDA_LIB)
+	@cuda/fatbin-archs $(SEPCUDA_LIB)
 else
 SEPCUDA_LIB    :=
 SEPCUDA_CFLAGS :=

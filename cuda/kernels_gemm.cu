@@ -7,18 +7,22 @@
  * are passed swapped, each with its row stride as leading dimension.
  *
  * conv2d: per sample and chunk of output positions, an im2col kernel gathers the
- * columns (zero padding, strides, dilation) into scratch and one sgemm multiplies
- * the weights [cout][cin*kh*kw] by them; a 1x1 convolution multiplies the input
- * directly. Bias and activation follow in one epilogue kernel (for GLU, the full
- * result goes to scratch and the epilogue writes the gated half).
+ * columns (zero padding, strides, dilation) into scratch, one sgemm multiplies the
+ * weights [cout][cin*kh*kw] by them into scratch, and an epilogue kernel writes the
+ * output with bias and activation (for GLU, the gated half).
  * conv_tr2d: the output is filled with the bias, then per chunk of input positions
  * an sgemm gives col[(co,ki,kj)][p] = sum_ci w[ci][(co,ki,kj)] x[ci][p] and a gather
  * kernel adds, for each output element the chunk reaches, the columns that land on it
  * (no atomics: each output element is written by one thread).
  * Chunks keep the column buffer under COL_FLOATS floats whatever the input length
- * (the time branch has 1-D signals of 10^5 samples). Every sample runs the same
- * sequence of products of the same shapes, so a batch gives the same bits as single
- * runs.
+ * (the time branch has 1-D signals of 10^5 samples).
+ *
+ * Batch invariance: every sample runs the same sequence of products of the same
+ * shapes, and every product reads and writes 16-byte aligned operands (scratch, the
+ * weights, or a sample's rows when they are aligned; linear stages a sample whose
+ * rows are not): cuBLAS may choose its kernel by the operands' alignment, and a
+ * different kernel may sum in another order. So a batch gives the same bits as
+ * single runs.
  */
 #include "cuda/cuda_internal.h"
 
@@ -48,13 +52,34 @@ void cuda_linear(sep_backend *be, float *out, const float *in, const float *w, c
         cuda_fail(c, "cuda: linear: input dimension %d", in_dim);
         return;
     }
+    size_t x_count = (size_t)rows * in_dim, y_count = (size_t)rows * out_dim;
     for (int b = 0; b < batch; b++) {
-        const float *x = in + (size_t)b * rows * in_dim;
-        float *y = out + (size_t)b * rows * out_dim;
+        const float *x = in + (size_t)b * x_count;
+        float *y = out + (size_t)b * y_count;
+        /* A sample whose rows are not 16-byte aligned (the second sample of a batch with
+         * an odd row size) goes through aligned copies, so that cuBLAS sees the same
+         * alignment, hence picks the same kernel, for every sample. */
+        int staged = ((uintptr_t)x | (uintptr_t)y) % 16 != 0;
+        const float *gx = x;
+        float *gy = y;
+        if (staged) {
+            size_t xb = cuda_align256(x_count * sizeof(float));
+            char *base = (char *)cuda_scratch(c, xb + y_count * sizeof(float));
+            if (!base)
+                return;
+            gx = (const float *)base;
+            gy = (float *)(base + xb);
+            if (!CU_OK(c, cudaMemcpyAsync((void *)gx, x, x_count * sizeof(float),
+                                          cudaMemcpyDeviceToDevice, c->stream)))
+                return;
+        }
         /* y[rows][out] = x[rows][in] * w[out][in]^T */
         const float one = 1.0f, zero = 0.0f;
         if (!CUBLAS_OK(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, out_dim, rows, in_dim,
-                                      &one, w, in_dim, x, in_dim, &zero, y, out_dim)))
+                                      &one, w, in_dim, gx, in_dim, &zero, gy, out_dim)))
+            return;
+        if (staged && !CU_OK(c, cudaMemcpyAsync(y, gy, y_count * sizeof(float),
+                                                cudaMemcpyDeviceToDevice, c->stream)))
             return;
         cuda_bias_act(c, y, (size_t)out_dim, rows, out_dim, bias, 0, act);
     }
@@ -102,6 +127,21 @@ __global__ void k_glu_epilogue(float *y, size_t ldy, const float *res, int nc, i
     }
 }
 
+/* y[m][j] (ldy) = act(res[m][j] + bias[m]) */
+__global__ void k_conv_epilogue(float *y, size_t ldy, const float *res, int nc, int m_count,
+                                const float *bias, int act)
+{
+    size_t total = (size_t)m_count * nc;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        int m = (int)(i / nc), j = (int)(i % nc);
+        float v = res[i];
+        if (bias)
+            v += bias[m];
+        y[(size_t)m * ldy + j] = dev_act(v, act);
+    }
+}
+
 void cuda_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, const float *in,
                  const float *w, const float *bias)
 {
@@ -125,27 +165,23 @@ void cuda_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, const fl
     int Mout = glu ? M / 2 : M;
     if (d->n == 0 || N == 0)
         return;
-    int pointwise = d->kh == 1 && d->kw == 1 && d->sh == 1 && d->sw == 1 && !d->ph0 && !d->ph1 &&
-                    !d->pw0 && !d->pw1;
-    /* columns per chunk: the im2col block (K rows) and the GLU result (M rows) */
-    size_t per_col = (pointwise ? 0 : (size_t)K) + (glu ? (size_t)M : 0);
-    size_t chunk = per_col ? COL_FLOATS / per_col : (size_t)N;
+    /* columns per chunk: the im2col block (K rows) and the product (M rows), both in
+     * scratch (a 1x1 convolution's columns are a copy of its input: every product
+     * then reads and writes 256-byte aligned buffers with the same leading dimensions
+     * for every sample, whatever the samples' offsets in the batch) */
+    size_t per_col = (size_t)K + (size_t)M;
+    size_t chunk = COL_FLOATS / per_col;
     if (chunk > 256)
         chunk = chunk / 256 * 256;
     if (chunk < 1)
         chunk = 1;
     if (chunk > (size_t)N)
         chunk = (size_t)N;
-    float *col = NULL, *res = NULL;
-    if (per_col) {
-        size_t col_bytes = pointwise ? 0 : cuda_align256((size_t)K * chunk * sizeof(float));
-        size_t res_bytes = glu ? (size_t)M * chunk * sizeof(float) : 0;
-        char *base = (char *)cuda_scratch(c, col_bytes + res_bytes);
-        if (!base)
-            return;
-        col = pointwise ? NULL : (float *)base;
-        res = glu ? (float *)(base + col_bytes) : NULL;
-    }
+    size_t col_bytes = cuda_align256((size_t)K * chunk * sizeof(float));
+    char *base = (char *)cuda_scratch(c, col_bytes + (size_t)M * chunk * sizeof(float));
+    if (!base)
+        return;
+    float *col = (float *)base, *res = (float *)(base + col_bytes);
     conv_geom g = {d->cin, d->h,  d->w,  d->kh,  d->kw,  d->sh,
                    d->sw,  d->dh, d->dw, d->ph0, d->pw0, d->wo};
     size_t in_per = (size_t)d->cin * d->h * d->w, out_per = (size_t)Mout * N;
@@ -154,28 +190,21 @@ void cuda_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, const fl
         float *y = out + (size_t)b * out_per;
         for (int p0 = 0; p0 < N; p0 += (int)chunk) {
             int nc = N - p0 < (int)chunk ? N - p0 : (int)chunk;
-            const float *B = x + p0;
-            int ldb = N;
-            if (!pointwise) {
-                k_im2col<<<cuda_blocks((size_t)K * nc), CUDA_THREADS, 0, c->stream>>>(col, x, g, K,
-                                                                                      p0, nc);
-                if (!LAUNCH_OK(c, "im2col kernel"))
-                    return;
-                B = col;
-                ldb = nc;
-            }
-            if (glu) {
-                if (gemm_rm(c, M, nc, K, w, K, 0, B, ldb, res, nc))
-                    return;
+            k_im2col<<<cuda_blocks((size_t)K * nc), CUDA_THREADS, 0, c->stream>>>(col, x, g, K, p0,
+                                                                                  nc);
+            if (!LAUNCH_OK(c, "im2col kernel"))
+                return;
+            /* res[M][nc] = w[M][K] col[K][nc] */
+            if (gemm_rm(c, M, nc, K, w, K, 0, col, nc, res, nc))
+                return;
+            if (glu)
                 k_glu_epilogue<<<cuda_blocks((size_t)Mout * nc), CUDA_THREADS, 0, c->stream>>>(
                     y + p0, (size_t)N, res, nc, Mout, bias);
-                if (!LAUNCH_OK(c, "conv GLU epilogue kernel"))
-                    return;
-            } else {
-                if (gemm_rm(c, M, nc, K, w, K, 0, B, ldb, y + p0, N))
-                    return;
-                cuda_bias_act(c, y + p0, (size_t)N, M, nc, bias, 1, d->act);
-            }
+            else
+                k_conv_epilogue<<<cuda_blocks((size_t)M * nc), CUDA_THREADS, 0, c->stream>>>(
+                    y + p0, (size_t)N, res, nc, M, bias, d->act);
+            if (!LAUNCH_OK(c, "convolution epilogue kernel"))
+                return;
         }
     }
 }
@@ -251,15 +280,19 @@ void cuda_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, co
     int kk = d->kh * d->kw;
     int M = d->cout * kk, K = d->cin, N = d->h * d->w;
     size_t on = (size_t)d->ho * d->wo;
-    /* chunks: whole input rows for 2-D inputs, column ranges for 1-D ones */
+    /* chunks: whole input rows for 2-D inputs, column ranges for 1-D ones; per column
+     * the product (M floats) and a copy of the input (K floats), both in scratch (the
+     * product reads an aligned copy: the same buffers and leading dimensions for every
+     * sample, whatever its offset in the batch) */
+    size_t per_col = (size_t)M + (size_t)K;
     size_t chunk;
     if (d->h > 1) {
-        size_t rows = COL_FLOATS / ((size_t)M * d->w);
+        size_t rows = COL_FLOATS / (per_col * d->w);
         if (rows < 1)
             rows = 1;
         chunk = rows * d->w;
     } else {
-        chunk = COL_FLOATS / (size_t)M;
+        chunk = COL_FLOATS / per_col;
         if (chunk > 256)
             chunk = chunk / 256 * 256;
         if (chunk < 1)
@@ -267,9 +300,11 @@ void cuda_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, co
     }
     if (chunk > (size_t)N)
         chunk = (size_t)N;
-    float *col = (float *)cuda_scratch(c, (size_t)M * chunk * sizeof(float));
-    if (!col)
+    size_t col_bytes = cuda_align256((size_t)M * chunk * sizeof(float));
+    char *base = (char *)cuda_scratch(c, col_bytes + (size_t)K * chunk * sizeof(float));
+    if (!base)
         return;
+    float *col = (float *)base, *xs = (float *)(base + col_bytes);
     tr_geom g = {d->cout, d->h, d->w, d->kh, d->kw, d->sh, d->sw, d->ho, d->wo};
     for (int b = 0; b < d->n; b++) {
         const float *x = in + (size_t)b * K * N;
@@ -280,8 +315,12 @@ void cuda_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, co
             return;
         for (int p0 = 0; p0 < N; p0 += (int)chunk) {
             int nc = N - p0 < (int)chunk ? N - p0 : (int)chunk;
-            /* col[M][nc] = w[K][M]^T x[K][p0 .. p0 + nc] */
-            if (gemm_rm(c, M, nc, K, w, M, 1, x + p0, N, col, nc))
+            /* xs[K][nc] = x[K][p0 .. p0 + nc], col[M][nc] = w[K][M]^T xs */
+            if (!CU_OK(c, cudaMemcpy2DAsync(xs, (size_t)nc * sizeof(float), x + p0,
+                                            (size_t)N * sizeof(float), (size_t)nc * sizeof(float),
+                                            (size_t)K, cudaMemcpyDeviceToDevice, c->stream)))
+                return;
+            if (gemm_rm(c, M, nc, K, w, M, 1, xs, nc, col, nc))
                 return;
             int ih0, ih1, iw0, iw1, oh0, oh1, ow0, ow1;
             if (d->h > 1) { /* whole rows */
