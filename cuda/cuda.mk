@@ -51,3 +51,59 @@ SEPCUDA_LIB    :=
 SEPCUDA_CFLAGS :=
 SEPCUDA_LDLIBS :=
 endif
+
+# ---- the backend on an emulated CUDA runtime (no GPU, no nvcc: g++ only) ----
+#
+#   make test-cuda-emu   cuda/*.cu compiled by g++ against cuda/emu/ (the CUDA runtime,
+#                        cuBLAS and cuFFT calls of the backend done on the CPU; kernels
+#                        run thread by thread, AddressSanitizer + UBSan on), then
+#                        `ops_test --device cuda` and `parity FIXTURE --device cuda` on
+#                        it: the backend's kernels, launch geometry, library call
+#                        conventions and chunking against the same references as the
+#                        CPU backend. Races, GPU limits and the libraries' own numerics
+#                        need a GPU (cuda/README.md).
+CUDA_EMU_DIR      := $(BUILD)/cuda-emu
+CUDA_EMU_OBJS     := $(patsubst cuda/%.cu,$(CUDA_EMU_DIR)/%.o,$(wildcard cuda/*.cu)) \
+                     $(CUDA_EMU_DIR)/emu.o
+CUDA_EMU_HDRS     := cuda/cuda_internal.h cuda/cuda_host.h models/backend.h \
+                     $(wildcard cuda/emu/*.h)
+CUDA_EMU_SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer \
+                     -fno-sanitize-recover=undefined
+CUDA_EMU_CXXFLAGS := -std=c++20 -O1 -g -Wall -Wno-unknown-pragmas -DSEP_CUDA_EMULATION \
+                     -D_GNU_SOURCE -Icuda/emu -I. -pthread $(CUDA_EMU_SAN)
+CUDA_EMU_OPS_BIN    := $(BUILD)/tests/ops_test_cuda_emu
+CUDA_EMU_PARITY_BIN := $(BUILD)/tests/parity_cuda_emu
+TEST_SUITES += test-cuda-emu
+
+$(CUDA_EMU_DIR)/%.o: cuda/%.cu $(CUDA_EMU_HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(CUDA_EMU_CXXFLAGS) -x c++ -c $< -o $@
+
+$(CUDA_EMU_DIR)/emu.o: cuda/emu/emu.cc $(CUDA_EMU_HDRS)
+	@mkdir -p $(@D)
+	$(CXX) $(CUDA_EMU_CXXFLAGS) -c $< -o $@
+
+$(CUDA_EMU_DIR)/%_test.o $(CUDA_EMU_DIR)/parity.o: MODELS_CFLAGS += $(CUDA_EMU_SAN)
+$(CUDA_EMU_DIR)/ops_test.o: tests/parity/ops_test.c $(BUILD)/libsepmodels.a
+	@mkdir -p $(@D)
+	$(CC) $(MODELS_CFLAGS) -c $< -o $@
+
+$(CUDA_EMU_DIR)/parity.o: tests/parity/parity.c $(BUILD)/libsepmodels.a
+	@mkdir -p $(@D)
+	$(CC) $(MODELS_CFLAGS) -c $< -o $@
+
+$(CUDA_EMU_OPS_BIN) $(CUDA_EMU_PARITY_BIN): $(BUILD)/tests/%_cuda_emu: $(CUDA_EMU_DIR)/%.o \
+                                            $(CUDA_EMU_OBJS) $(BUILD)/libsepmodels.a
+	@mkdir -p $(@D)
+	$(CXX) $(CUDA_EMU_SAN) -pthread -o $@ $< $(CUDA_EMU_OBJS) $(BUILD)/libsepmodels.a \
+	    $(SEPMODELS_LDLIBS)
+
+.PHONY: test-cuda-emu
+test-cuda-emu: $(CUDA_EMU_OPS_BIN) $(CUDA_EMU_PARITY_BIN)
+	@rc=0; echo "== ops_test --device cuda (emulated CUDA runtime)"; \
+	  ASAN_OPTIONS=detect_leaks=1 $(CUDA_EMU_OPS_BIN) --device cuda || rc=1; \
+	  for f in $(PARITY_FIXTURES); do \
+	    echo "== parity $$f --device cuda (emulated CUDA runtime)"; \
+	    ASAN_OPTIONS=detect_leaks=1 $(CUDA_EMU_PARITY_BIN) $$f.weights.safetensors \
+	      $$f.activations.safetensors --device cuda || rc=1; \
+	  done; exit $$rc

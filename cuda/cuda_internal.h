@@ -78,6 +78,19 @@ static inline bool cuda_ok(int check_result)
 /* after a kernel launch: the launch configuration was accepted */
 #define LAUNCH_OK(c, name) cuda_ok(cuda_check((c), cudaGetLastError(), name, __FILE__, __LINE__))
 
+/* Kernel launches: CUDA_LAUNCH(kernel, grid, block, stream)(arguments...). A kernel
+ * whose threads cooperate (__syncthreads, warp shuffles) is launched with
+ * CUDA_LAUNCH_COOP. Both are the <<<>>> launch here; the CPU emulation of the CUDA
+ * runtime (cuda/emu/) runs the threads of a plain launch one after the other and those
+ * of a cooperative one concurrently. */
+#ifdef SEP_CUDA_EMULATION
+#define CUDA_LAUNCH(kernel, grid, block, stream) cuda_emu_launch(kernel, (grid), (block), 0)
+#define CUDA_LAUNCH_COOP(kernel, grid, block, stream) cuda_emu_launch(kernel, (grid), (block), 1)
+#else
+#define CUDA_LAUNCH(kernel, grid, block, stream) kernel<<<(grid), (block), 0, (stream)>>>
+#define CUDA_LAUNCH_COOP(kernel, grid, block, stream) kernel<<<(grid), (block), 0, (stream)>>>
+#endif
+
 /* Rounds up to a multiple of 256 bytes (carving several buffers out of scratch). */
 static inline size_t cuda_align256(size_t bytes)
 {

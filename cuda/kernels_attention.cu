@@ -100,7 +100,10 @@ static void launch(cuda_impl *c, const sep_attention_desc *d, float *out, const 
                    const float *k, const float *v, float scale)
 {
     dim3 grid((unsigned)((d->nq + ATT_BQ - 1) / ATT_BQ), (unsigned)d->heads, (unsigned)d->batch);
-    k_attention<DM, BK><<<grid, ATT_BQ, 0, c->stream>>>(out, q, k, v, *d, scale);
+    /* through a pointer: a template name would split the launch macro's arguments */
+    void (*kernel)(float *, const float *, const float *, const float *, sep_attention_desc,
+                   float) = k_attention<DM, BK>;
+    CUDA_LAUNCH_COOP(kernel, grid, ATT_BQ, c->stream)(out, q, k, v, *d, scale);
     LAUNCH_OK(c, "attention kernel");
 }
 

@@ -136,8 +136,8 @@ void cuda_bias_act(cuda_impl *c, float *y, size_t ld, int rows, int cols, const 
     if (!bias && act != SEP_ACT_GELU && act != SEP_ACT_RELU)
         return;
     size_t n = (size_t)rows * cols;
-    k_bias_act<<<cuda_blocks(n), CUDA_THREADS, 0, c->stream>>>(y, ld, rows, cols, bias,
-                                                               bias_per_row, act);
+    CUDA_LAUNCH(k_bias_act, cuda_blocks(n), CUDA_THREADS, c->stream)
+    (y, ld, rows, cols, bias, bias_per_row, act);
     LAUNCH_OK(c, "bias_act kernel");
 }
 
@@ -146,7 +146,7 @@ void cuda_gelu(sep_backend *be, float *out, const float *in, size_t count)
     cuda_impl *c = cuda_enter(be);
     if (!c || !count)
         return;
-    k_gelu<<<cuda_blocks(count), CUDA_THREADS, 0, c->stream>>>(out, in, count);
+    CUDA_LAUNCH(k_gelu, cuda_blocks(count), CUDA_THREADS, c->stream)(out, in, count);
     LAUNCH_OK(c, "gelu kernel");
 }
 
@@ -155,7 +155,7 @@ void cuda_relu(sep_backend *be, float *out, const float *in, size_t count)
     cuda_impl *c = cuda_enter(be);
     if (!c || !count)
         return;
-    k_relu<<<cuda_blocks(count), CUDA_THREADS, 0, c->stream>>>(out, in, count);
+    CUDA_LAUNCH(k_relu, cuda_blocks(count), CUDA_THREADS, c->stream)(out, in, count);
     LAUNCH_OK(c, "relu kernel");
 }
 
@@ -165,7 +165,7 @@ void cuda_glu(sep_backend *be, float *out, const float *in, int n, int c_, int s
     size_t plane = (size_t)c_ * spatial;
     if (!c || n <= 0 || !plane)
         return;
-    k_glu<<<cuda_blocks(n * plane), CUDA_THREADS, 0, c->stream>>>(out, in, n, plane);
+    CUDA_LAUNCH(k_glu, cuda_blocks(n * plane), CUDA_THREADS, c->stream)(out, in, n, plane);
     LAUNCH_OK(c, "glu kernel");
 }
 
@@ -174,7 +174,7 @@ void cuda_add(sep_backend *be, float *out, const float *a, const float *b, size_
     cuda_impl *c = cuda_enter(be);
     if (!c || !count)
         return;
-    k_add<<<cuda_blocks(count), CUDA_THREADS, 0, c->stream>>>(out, a, b, count);
+    CUDA_LAUNCH(k_add, cuda_blocks(count), CUDA_THREADS, c->stream)(out, a, b, count);
     LAUNCH_OK(c, "add kernel");
 }
 
@@ -185,8 +185,8 @@ void cuda_add_scaled_channels(sep_backend *be, float *x, const float *y, const f
     size_t total = (size_t)n * c_ * spatial;
     if (!c || n <= 0 || c_ <= 0 || spatial <= 0)
         return;
-    k_add_scaled_channels<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(
-        x, y, scale, c_, (size_t)spatial, total);
+    CUDA_LAUNCH(k_add_scaled_channels, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (x, y, scale, c_, (size_t)spatial, total);
     LAUNCH_OK(c, "add_scaled_channels kernel");
 }
 
@@ -197,7 +197,8 @@ void cuda_add_scaled_last(sep_backend *be, float *x, const float *y, const float
     if (!c || rows <= 0 || c_ <= 0)
         return;
     size_t total = (size_t)rows * c_;
-    k_add_scaled_last<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(x, y, scale, c_, total);
+    CUDA_LAUNCH(k_add_scaled_last, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (x, y, scale, c_, total);
     LAUNCH_OK(c, "add_scaled_last kernel");
 }
 
@@ -207,8 +208,8 @@ void cuda_add_table(sep_backend *be, float *x, const float *table, float alpha, 
     if (!c || n <= 0 || count <= 0)
         return;
     size_t total = (size_t)n * count;
-    k_add_table<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(x, table, alpha, (size_t)count,
-                                                                    total);
+    CUDA_LAUNCH(k_add_table, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (x, table, alpha, (size_t)count, total);
     LAUNCH_OK(c, "add_table kernel");
 }
 
@@ -219,8 +220,8 @@ void cuda_add_freq_table(sep_backend *be, float *x, const float *table, float al
     if (!c || n <= 0 || c_ <= 0 || f <= 0 || t <= 0)
         return;
     size_t total = (size_t)n * c_ * f * t;
-    k_add_freq_table<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(x, table, alpha, c_, f,
-                                                                         (size_t)t, total);
+    CUDA_LAUNCH(k_add_freq_table, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (x, table, alpha, c_, f, (size_t)t, total);
     LAUNCH_OK(c, "add_freq_table kernel");
 }
 
@@ -247,7 +248,7 @@ void cuda_permute4(sep_backend *be, float *out, const float *in, const int dims[
     }
     if (!total)
         return;
-    k_permute4<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(out, in, a, total);
+    CUDA_LAUNCH(k_permute4, cuda_blocks(total), CUDA_THREADS, c->stream)(out, in, a, total);
     LAUNCH_OK(c, "permute4 kernel");
 }
 
@@ -270,7 +271,7 @@ void cuda_copy_rows(sep_backend *be, float *out, size_t out_stride, const float 
     }
     /* overlapping rows (a stride shorter than a row): element by element */
     size_t total = (size_t)rows * len;
-    k_copy_rows<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(out, out_stride, in, in_stride,
-                                                                    len, total);
+    CUDA_LAUNCH(k_copy_rows, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (out, out_stride, in, in_stride, len, total);
     LAUNCH_OK(c, "copy_rows kernel");
 }

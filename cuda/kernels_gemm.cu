@@ -190,19 +190,19 @@ void cuda_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, const fl
         float *y = out + (size_t)b * out_per;
         for (int p0 = 0; p0 < N; p0 += (int)chunk) {
             int nc = N - p0 < (int)chunk ? N - p0 : (int)chunk;
-            k_im2col<<<cuda_blocks((size_t)K * nc), CUDA_THREADS, 0, c->stream>>>(col, x, g, K, p0,
-                                                                                  nc);
+            CUDA_LAUNCH(k_im2col, cuda_blocks((size_t)K * nc), CUDA_THREADS, c->stream)
+            (col, x, g, K, p0, nc);
             if (!LAUNCH_OK(c, "im2col kernel"))
                 return;
             /* res[M][nc] = w[M][K] col[K][nc] */
             if (gemm_rm(c, M, nc, K, w, K, 0, col, nc, res, nc))
                 return;
             if (glu)
-                k_glu_epilogue<<<cuda_blocks((size_t)Mout * nc), CUDA_THREADS, 0, c->stream>>>(
-                    y + p0, (size_t)N, res, nc, Mout, bias);
+                CUDA_LAUNCH(k_glu_epilogue, cuda_blocks((size_t)Mout * nc), CUDA_THREADS, c->stream)
+                (y + p0, (size_t)N, res, nc, Mout, bias);
             else
-                k_conv_epilogue<<<cuda_blocks((size_t)M * nc), CUDA_THREADS, 0, c->stream>>>(
-                    y + p0, (size_t)N, res, nc, M, bias, d->act);
+                CUDA_LAUNCH(k_conv_epilogue, cuda_blocks((size_t)M * nc), CUDA_THREADS, c->stream)
+                (y + p0, (size_t)N, res, nc, M, bias, d->act);
             if (!LAUNCH_OK(c, "convolution epilogue kernel"))
                 return;
         }
@@ -309,8 +309,8 @@ void cuda_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, co
     for (int b = 0; b < d->n; b++) {
         const float *x = in + (size_t)b * K * N;
         float *y = out + (size_t)b * d->cout * on;
-        k_fill_bias<<<cuda_blocks(d->cout * on), CUDA_THREADS, 0, c->stream>>>(y, bias, on,
-                                                                               d->cout * on);
+        CUDA_LAUNCH(k_fill_bias, cuda_blocks(d->cout * on), CUDA_THREADS, c->stream)
+        (y, bias, on, d->cout * on);
         if (!LAUNCH_OK(c, "conv_tr bias kernel"))
             return;
         for (int p0 = 0; p0 < N; p0 += (int)chunk) {
@@ -344,8 +344,8 @@ void cuda_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, co
             }
             int noh = oh1 - oh0, now = ow1 - ow0;
             size_t region = (size_t)d->cout * noh * now;
-            k_col2im_gather<<<cuda_blocks(region), CUDA_THREADS, 0, c->stream>>>(
-                y, col, g, p0, nc, ih0, ih1, iw0, iw1, oh0, noh, ow0, now);
+            CUDA_LAUNCH(k_col2im_gather, cuda_blocks(region), CUDA_THREADS, c->stream)
+            (y, col, g, p0, nc, ih0, ih1, iw0, iw1, oh0, noh, ow0, now);
             if (!LAUNCH_OK(c, "col2im kernel"))
                 return;
         }

@@ -170,8 +170,8 @@ static int seg_partial(cuda_impl *c, const float *x, const seg_layout &L, seg_st
                        const double *center)
 {
     dim3 grid((unsigned)L.nseg, (unsigned)st->parts);
-    k_seg_partial<<<grid, CUDA_THREADS, 0, c->stream>>>(x, L, st->parts, st->part_len, center,
-                                                        st->partial);
+    CUDA_LAUNCH_COOP(k_seg_partial, grid, CUDA_THREADS, c->stream)
+    (x, L, st->parts, st->part_len, center, st->partial);
     return LAUNCH_OK(c, "normalisation statistics kernel") ? 0 : -1;
 }
 
@@ -182,8 +182,8 @@ static int seg_norm_stats(cuda_impl *c, const float *x, const seg_layout &L, flo
     if (seg_plan(c, L, st) || seg_partial(c, x, L, st, NULL))
         return -1;
     double count = (double)L.nsub * (double)L.sublen;
-    k_seg_norm_stats<<<(L.nseg + 127) / 128, 128, 0, c->stream>>>(st->partial, L.nseg, st->parts,
-                                                                  count, eps, st->mean, st->rstd);
+    CUDA_LAUNCH(k_seg_norm_stats, (L.nseg + 127) / 128, 128, c->stream)
+    (st->partial, L.nseg, st->parts, count, eps, st->mean, st->rstd);
     return LAUNCH_OK(c, "normalisation statistics kernel (final)") ? 0 : -1;
 }
 
@@ -312,8 +312,8 @@ void cuda_group_norm(sep_backend *be, float *out, const float *in, const float *
     if (seg_norm_stats(c, in, L, eps, &st))
         return;
     size_t total = (size_t)n * c_ * spatial;
-    k_group_norm_apply<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(
-        out, in, gamma, beta, st.mean, st.rstd, c_, cg, (size_t)spatial, total, act);
+    CUDA_LAUNCH(k_group_norm_apply, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (out, in, gamma, beta, st.mean, st.rstd, c_, cg, (size_t)spatial, total, act);
     LAUNCH_OK(c, "group_norm kernel");
 }
 
@@ -329,8 +329,8 @@ void cuda_group_norm_rows(sep_backend *be, float *out, const float *in, const fl
     if (seg_norm_stats(c, in, L, eps, &st))
         return;
     size_t total = (size_t)n * c_ * plane;
-    k_group_norm_rows_apply<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(
-        out, in, gamma, beta, st.mean, st.rstd, c_, h, (size_t)w, total, act);
+    CUDA_LAUNCH(k_group_norm_rows_apply, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (out, in, gamma, beta, st.mean, st.rstd, c_, h, (size_t)w, total, act);
     LAUNCH_OK(c, "group_norm_rows kernel");
 }
 
@@ -348,8 +348,8 @@ void cuda_dconv_residual(sep_backend *be, float *x, const float *y, const float 
     if (seg_norm_stats(c, y, L, eps, &st))
         return;
     size_t total = (size_t)n * c_ * plane;
-    k_dconv_residual_apply<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(
-        x, y, gamma, beta, scale, st.mean, st.rstd, c_, h, (size_t)w, total);
+    CUDA_LAUNCH(k_dconv_residual_apply, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (x, y, gamma, beta, scale, st.mean, st.rstd, c_, h, (size_t)w, total);
     LAUNCH_OK(c, "dconv_residual kernel");
 }
 
@@ -365,8 +365,8 @@ void cuda_group_norm_tokens(sep_backend *be, float *out, const float *in, const 
     if (seg_norm_stats(c, in, L, eps, &st))
         return;
     size_t total = (size_t)n * per;
-    k_group_norm_tokens_apply<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(
-        out, in, gamma, beta, st.mean, st.rstd, c_, per, total);
+    CUDA_LAUNCH(k_group_norm_tokens_apply, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (out, in, gamma, beta, st.mean, st.rstd, c_, per, total);
     LAUNCH_OK(c, "group_norm_tokens kernel");
 }
 
@@ -381,8 +381,8 @@ void cuda_layer_norm(sep_backend *be, float *out, const float *in, const float *
     if (seg_norm_stats(c, in, L, eps, &st))
         return;
     size_t total = (size_t)rows * dim;
-    k_layer_norm_apply<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(
-        out, in, gamma, beta, st.mean, st.rstd, (size_t)dim, total);
+    CUDA_LAUNCH(k_layer_norm_apply, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (out, in, gamma, beta, st.mean, st.rstd, (size_t)dim, total);
     LAUNCH_OK(c, "layer_norm kernel");
 }
 
@@ -396,12 +396,12 @@ void cuda_moments(sep_backend *be, float *mean, float *std, const float *in, int
     seg_stats st;
     if (seg_plan(c, L, &st) || seg_partial(c, in, L, &st, NULL))
         return;
-    k_seg_mean<<<(n + 127) / 128, 128, 0, c->stream>>>(st.partial, n, st.parts, (double)count,
-                                                       st.center);
+    CUDA_LAUNCH(k_seg_mean, (n + 127) / 128, 128, c->stream)
+    (st.partial, n, st.parts, (double)count, st.center);
     if (!LAUNCH_OK(c, "moments kernel (mean)") || seg_partial(c, in, L, &st, st.center))
         return;
-    k_seg_moments<<<(n + 127) / 128, 128, 0, c->stream>>>(st.partial, n, st.parts, st.center, count,
-                                                          mean, std);
+    CUDA_LAUNCH(k_seg_moments, (n + 127) / 128, 128, c->stream)
+    (st.partial, n, st.parts, st.center, count, mean, std);
     LAUNCH_OK(c, "moments kernel (std)");
 }
 
@@ -412,8 +412,8 @@ void cuda_normalize(sep_backend *be, float *out, const float *in, const float *m
     if (!c || n <= 0 || count <= 0)
         return;
     size_t total = (size_t)n * count;
-    k_normalize<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(out, in, mean, std,
-                                                                    (size_t)count, total, eps);
+    CUDA_LAUNCH(k_normalize, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (out, in, mean, std, (size_t)count, total, eps);
     LAUNCH_OK(c, "normalize kernel");
 }
 
@@ -424,7 +424,7 @@ void cuda_denormalize(sep_backend *be, float *out, const float *in, const float 
     if (!c || n <= 0 || count <= 0)
         return;
     size_t total = (size_t)n * count;
-    k_denormalize<<<cuda_blocks(total), CUDA_THREADS, 0, c->stream>>>(out, in, mean, std,
-                                                                      (size_t)count, total);
+    CUDA_LAUNCH(k_denormalize, cuda_blocks(total), CUDA_THREADS, c->stream)
+    (out, in, mean, std, (size_t)count, total);
     LAUNCH_OK(c, "denormalize kernel");
 }

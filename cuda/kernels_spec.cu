@@ -202,14 +202,14 @@ void cuda_spec(sep_backend *be, float *out, const float *in, int nsig, int lengt
     float *fbuf = (float *)base;
     cufftComplex *z = (cufftComplex *)(base + frames_bytes);
     for (int s = 0; s < nsig; s++) {
-        k_frames<<<cuda_blocks((size_t)le * nfft), CUDA_THREADS, 0, c->stream>>>(
-            fbuf, in + (size_t)s * length, g, window, nfft, hl, le);
+        CUDA_LAUNCH(k_frames, cuda_blocks((size_t)le * nfft), CUDA_THREADS, c->stream)
+        (fbuf, in + (size_t)s * length, g, window, nfft, hl, le);
         if (!LAUNCH_OK(c, "spec frame kernel"))
             return;
         if (!CUFFT_OK(c, cufftExecR2C(plan, fbuf, z)))
             return;
-        k_spec_scatter<<<cuda_blocks((size_t)F * le), CUDA_THREADS, 0, c->stream>>>(
-            out + (size_t)s * 2 * F * le, z, F, le, norm);
+        CUDA_LAUNCH(k_spec_scatter, cuda_blocks((size_t)F * le), CUDA_THREADS, c->stream)
+        (out + (size_t)s * 2 * F * le, z, F, le, norm);
         if (!LAUNCH_OK(c, "spec scatter kernel"))
             return;
     }
@@ -304,15 +304,14 @@ void cuda_ispec(sep_backend *be, float *out, const float *in, int nsig, int fram
     cufftComplex *z = (cufftComplex *)base;
     float *fbuf = (float *)(base + z_bytes);
     for (int s = 0; s < nsig; s++) {
-        k_ispec_gather<<<cuda_blocks((size_t)frames * (F + 1)), CUDA_THREADS, 0, c->stream>>>(
-            z, in + (size_t)s * 2 * F * frames, F, frames);
+        CUDA_LAUNCH(k_ispec_gather, cuda_blocks((size_t)frames * (F + 1)), CUDA_THREADS, c->stream)
+        (z, in + (size_t)s * 2 * F * frames, F, frames);
         if (!LAUNCH_OK(c, "ispec gather kernel"))
             return;
         if (!CUFFT_OK(c, cufftExecC2R(plan, z, fbuf)))
             return;
-        k_ispec_ola<<<cuda_blocks((size_t)length), CUDA_THREADS, 0, c->stream>>>(
-            out + (size_t)s * length, fbuf, window, nfft, hl, frames, total, (int)start, length,
-            norm);
+        CUDA_LAUNCH(k_ispec_ola, cuda_blocks((size_t)length), CUDA_THREADS, c->stream)
+        (out + (size_t)s * length, fbuf, window, nfft, hl, frames, total, (int)start, length, norm);
         if (!LAUNCH_OK(c, "ispec overlap-add kernel"))
             return;
     }
