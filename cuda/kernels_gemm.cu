@@ -199,10 +199,9 @@ void cuda_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, const fl
                 return;
             if (glu)
                 CUDA_LAUNCH(k_glu_epilogue, cuda_blocks((size_t)Mout * nc), CUDA_THREADS, c->stream)
-                (y + p0, (size_t)N, res, nc, Mout, bias);
-            else
-                CUDA_LAUNCH(k_conv_epilogue, cuda_blocks((size_t)M * nc), CUDA_THREADS, c->stream)
-                (y + p0, (size_t)N, res, nc, M, bias, d->act);
+            (y + p0, (size_t)N, res, nc, Mout, bias);
+            else CUDA_LAUNCH(k_conv_epilogue, cuda_blocks((size_t)M * nc), CUDA_THREADS,
+                             c->stream)(y + p0, (size_t)N, res, nc, M, bias, d->act);
             if (!LAUNCH_OK(c, "convolution epilogue kernel"))
                 return;
         }

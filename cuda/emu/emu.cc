@@ -7,14 +7,13 @@
 #include "cufft.h"
 #include "cuda_runtime.h"
 
-#include <barrier>
 #include <math.h>
-#include <memory>
 #include <mutex>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <thread>
+#include <sys/mman.h>
+#include <ucontext.h>
 #include <vector>
 
 thread_local uint3 threadIdx, blockIdx;
@@ -158,22 +157,159 @@ static void die(const char *what)
     abort();
 }
 
-/* the cooperative launch in progress: its barriers and the shuffle exchange */
-static std::barrier<> *block_barrier;
-static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+/* Cooperative launches run the threads of a block as fibers (ucontext) on the
+ * calling thread: each runs until it waits at a barrier (__syncthreads, or its warp's
+ * half of a shuffle), then the next; a barrier opens when all its threads arrived.
+ * A round in which no thread arrives anywhere or finishes is a deadlock (a thread
+ * that skipped a barrier the others wait at) and aborts. */
+/* The switch between fibers: on x86-64 a few instructions saving the callee-saved
+ * registers and the stack pointer (ucontext's swapcontext makes a system call per
+ * switch for the signal mask, and a block switches thousands of times); elsewhere
+ * ucontext. */
+#if defined(__x86_64__)
+extern "C" void cuda_emu_switch(void **save_sp, void *next_sp);
+asm(".text\n"
+    ".globl cuda_emu_switch\n"
+    ".type cuda_emu_switch,@function\n"
+    "cuda_emu_switch:\n"
+    "    pushq %rbp\n"
+    "    pushq %rbx\n"
+    "    pushq %r12\n"
+    "    pushq %r13\n"
+    "    pushq %r14\n"
+    "    pushq %r15\n"
+    "    movq %rsp, (%rdi)\n"
+    "    movq %rsi, %rsp\n"
+    "    popq %r15\n"
+    "    popq %r14\n"
+    "    popq %r13\n"
+    "    popq %r12\n"
+    "    popq %rbx\n"
+    "    popq %rbp\n"
+    "    ret\n"
+    ".size cuda_emu_switch, .-cuda_emu_switch\n");
+struct emu_context {
+    void *sp;
+};
+#else
+struct emu_context {
+    ucontext_t uc;
+};
+#endif
+
+struct fiber {
+    emu_context ctx;
+    char *stack;
+    uint3 tid;
+    int done;
+    void *fake_stack; /* AddressSanitizer's bookkeeping across switches */
+};
+
+#define FIBER_STACK ((size_t)256 << 10)
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define SWITCH_START(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
+#define SWITCH_FINISH(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
+#else
+#define SWITCH_START(save, bottom, size) ((void)0)
+#define SWITCH_FINISH(save, bottom, size) ((void)0)
+#endif
+
+static std::vector<fiber> fibers;
+static emu_context scheduler_ctx;
+static void *scheduler_fake_stack;
+static const void *scheduler_stack_bottom;
+static size_t scheduler_stack_size;
+static int current_fiber = -1;
+static const std::function<void()> *fiber_body;
+static unsigned long fiber_events; /* arrivals at barriers and finished threads */
+static unsigned long block_gen, warp_gen[32];
+static unsigned block_count, warp_count[32];
 static double shuffle_slot[1024];
-static thread_local int in_coop_launch;
+static int in_coop_launch;
+
+/* from `from` to `to` (the current context is saved in `from`) */
+static void context_switch(emu_context *from, emu_context *to)
+{
+#if defined(__x86_64__)
+    cuda_emu_switch(&from->sp, to->sp);
+#else
+    swapcontext(&from->uc, &to->uc);
+#endif
+}
+
+static void fiber_entry(void);
+
+#if defined(__x86_64__)
+static void fiber_trampoline(void)
+{
+    fiber_entry();
+    die("a finished thread was resumed");
+}
+#endif
+
+/* a context that starts fiber_entry() on the given stack */
+static void context_make(emu_context *ctx, char *stack, size_t size)
+{
+#if defined(__x86_64__)
+    uintptr_t top = ((uintptr_t)stack + size) & ~(uintptr_t)15;
+    void **sp = (void **)(top - 16);
+    sp[0] = (void *)fiber_trampoline; /* where the first switch returns to */
+    sp -= 6;                          /* r15 r14 r13 r12 rbx rbp, popped as zeros */
+    for (int i = 0; i < 6; i++)
+        sp[i] = nullptr;
+    ctx->sp = sp;
+#else
+    getcontext(&ctx->uc);
+    ctx->uc.uc_stack.ss_sp = stack;
+    ctx->uc.uc_stack.ss_size = size;
+    ctx->uc.uc_link = nullptr;
+    makecontext(&ctx->uc, fiber_entry, 0);
+#endif
+}
 
 static unsigned linear_thread(void)
 {
     return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 }
 
+static void fiber_yield(void)
+{
+    fiber *f = &fibers[current_fiber];
+    SWITCH_START(&f->fake_stack, scheduler_stack_bottom, scheduler_stack_size);
+    context_switch(&f->ctx, &scheduler_ctx);
+    SWITCH_FINISH(f->fake_stack, nullptr, nullptr);
+}
+
+static void fiber_entry(void)
+{
+    SWITCH_FINISH(nullptr, &scheduler_stack_bottom, &scheduler_stack_size);
+    (*fiber_body)();
+    fiber *f = &fibers[current_fiber];
+    f->done = 1;
+    fiber_events++;
+    SWITCH_START(nullptr, scheduler_stack_bottom, scheduler_stack_size); /* this fiber ends */
+    context_switch(&f->ctx, &scheduler_ctx);
+}
+
+static void barrier_wait(unsigned long *gen, unsigned *count, unsigned participants)
+{
+    unsigned long mine = *gen;
+    fiber_events++;
+    if (++*count == participants) {
+        *count = 0;
+        ++*gen;
+        return;
+    }
+    while (*gen == mine)
+        fiber_yield();
+}
+
 void __syncthreads(void)
 {
     if (!in_coop_launch)
         die("__syncthreads in a kernel not launched with CUDA_LAUNCH_COOP");
-    block_barrier->arrive_and_wait();
+    barrier_wait(&block_gen, &block_count, blockDim.x * blockDim.y * blockDim.z);
 }
 
 static double shuffle_down(double v, int delta)
@@ -181,13 +317,12 @@ static double shuffle_down(double v, int delta)
     if (!in_coop_launch)
         die("a warp shuffle in a kernel not launched with CUDA_LAUNCH_COOP");
     unsigned t = linear_thread(), lane = t % 32, warp = t / 32;
-    unsigned nthreads = blockDim.x * blockDim.y * blockDim.z;
-    if (nthreads % 32)
+    if ((blockDim.x * blockDim.y * blockDim.z) % 32)
         die("a warp shuffle in a block that is not whole warps");
     shuffle_slot[t] = v;
-    warp_barriers[warp]->arrive_and_wait();
+    barrier_wait(&warp_gen[warp], &warp_count[warp], 32);
     double r = lane + delta < 32 ? shuffle_slot[t + delta] : v;
-    warp_barriers[warp]->arrive_and_wait();
+    barrier_wait(&warp_gen[warp], &warp_count[warp], 32);
     return r;
 }
 
@@ -201,57 +336,77 @@ double __shfl_down_sync(unsigned mask, double v, int delta)
     return shuffle_down(v, delta);
 }
 
+/* one block of a cooperative launch, its threads as fibers */
+static void run_block_fibers(size_t nthreads, dim3 block, const std::function<void()> &body)
+{
+    if (fibers.size() < nthreads)
+        fibers.resize(nthreads);
+    fiber_body = &body;
+    block_count = 0;
+    memset(warp_count, 0, sizeof(warp_count));
+    for (size_t t = 0; t < nthreads; t++) {
+        fiber *f = &fibers[t];
+        if (!f->stack) {
+            f->stack = (char *)mmap(nullptr, FIBER_STACK, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (f->stack == MAP_FAILED)
+                die("out of memory for thread stacks");
+        }
+        context_make(&f->ctx, f->stack, FIBER_STACK);
+        f->tid = {(unsigned)(t % block.x), (unsigned)(t / block.x % block.y),
+                  (unsigned)(t / ((size_t)block.x * block.y))};
+        f->done = 0;
+        f->fake_stack = nullptr;
+    }
+    size_t live = nthreads;
+    while (live) {
+        unsigned long before = fiber_events;
+        for (size_t t = 0; t < nthreads; t++) {
+            fiber *f = &fibers[t];
+            if (f->done)
+                continue;
+            current_fiber = (int)t;
+            threadIdx = f->tid;
+            SWITCH_START(&scheduler_fake_stack, f->stack, FIBER_STACK);
+            context_switch(&scheduler_ctx, &f->ctx);
+            SWITCH_FINISH(scheduler_fake_stack, nullptr, nullptr);
+            if (f->done)
+                live--;
+        }
+        if (live && fiber_events == before)
+            die("deadlock: a thread of the block does not reach a barrier the others wait at");
+    }
+    current_fiber = -1;
+}
+
 void cuda_emu_run(dim3 grid, dim3 block, int coop, const std::function<void()> &body)
 {
     size_t nthreads = (size_t)block.x * block.y * block.z;
     /* the launch limits of every GPU the backend is built for */
-    if (nthreads < 1 || nthreads > 1024 || block.z > 64 || grid.x < 1 || grid.y < 1 ||
-        grid.z < 1 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    if (nthreads < 1 || nthreads > 1024 || block.z > 64 || grid.x < 1 || grid.y < 1 || grid.z < 1 ||
+        grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
         set_error(cudaErrorInvalidConfiguration);
         return;
     }
     blockDim = block;
     gridDim = grid;
-    if (!coop) {
-        for (unsigned bz = 0; bz < grid.z; bz++)
-            for (unsigned by = 0; by < grid.y; by++)
-                for (unsigned bx = 0; bx < grid.x; bx++) {
-                    blockIdx = {bx, by, bz};
-                    for (unsigned tz = 0; tz < block.z; tz++)
-                        for (unsigned ty = 0; ty < block.y; ty++)
-                            for (unsigned tx = 0; tx < block.x; tx++) {
-                                threadIdx = {tx, ty, tz};
-                                body();
-                            }
+    in_coop_launch = coop;
+    for (unsigned bz = 0; bz < grid.z; bz++)
+        for (unsigned by = 0; by < grid.y; by++)
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                blockIdx = {bx, by, bz};
+                if (coop) {
+                    run_block_fibers(nthreads, block, body);
+                    continue;
                 }
-        return;
-    }
-    std::barrier<> bar((std::ptrdiff_t)nthreads);
-    block_barrier = &bar;
-    warp_barriers.clear();
-    for (size_t w = 0; w < (nthreads + 31) / 32; w++) {
-        size_t in_warp = nthreads - w * 32 < 32 ? nthreads - w * 32 : 32;
-        warp_barriers.emplace_back(new std::barrier<>((std::ptrdiff_t)in_warp));
-    }
-    std::vector<std::thread> threads;
-    for (size_t t = 0; t < nthreads; t++)
-        threads.emplace_back([&, t] {
-            in_coop_launch = 1;
-            threadIdx = {(unsigned)(t % block.x), (unsigned)(t / block.x % block.y),
-                         (unsigned)(t / ((size_t)block.x * block.y))};
-            for (unsigned bz = 0; bz < grid.z; bz++)
-                for (unsigned by = 0; by < grid.y; by++)
-                    for (unsigned bx = 0; bx < grid.x; bx++) {
-                        blockIdx = {bx, by, bz};
-                        body();
-                        bar.arrive_and_wait(); /* the block's shared memory is reused */
-                    }
-            in_coop_launch = 0;
-        });
-    for (auto &th : threads)
-        th.join();
-    block_barrier = nullptr;
-    warp_barriers.clear();
+                for (unsigned tz = 0; tz < block.z; tz++)
+                    for (unsigned ty = 0; ty < block.y; ty++)
+                        for (unsigned tx = 0; tx < block.x; tx++) {
+                            threadIdx = {tx, ty, tz};
+                            body();
+                        }
+            }
+    in_coop_launch = 0;
 }
 
 /* ---- cuBLAS ---- */
@@ -316,6 +471,7 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t transa, cublasOpe
 struct emu_plan {
     int n, batch, in_use;
     cufftType type;
+    std::vector<double> cos_t, sin_t; /* cos, sin of 2 pi j / n */
 };
 static std::vector<emu_plan> plans;
 
@@ -323,7 +479,12 @@ cufftResult cufftPlan1d(cufftHandle *plan, int nx, cufftType type, int batch)
 {
     if (nx < 2 || batch < 1 || (type != CUFFT_R2C && type != CUFFT_C2R))
         return CUFFT_INVALID_VALUE;
-    plans.push_back(emu_plan{nx, batch, 1, type});
+    emu_plan p{nx, batch, 1, type, {}, {}};
+    for (int j = 0; j < nx; j++) {
+        p.cos_t.push_back(cos(2.0 * M_PI * j / nx));
+        p.sin_t.push_back(sin(2.0 * M_PI * j / nx));
+    }
+    plans.push_back(p);
     *plan = (cufftHandle)plans.size() - 1;
     return CUFFT_SUCCESS;
 }
@@ -353,10 +514,10 @@ cufftResult cufftExecR2C(cufftHandle plan, cufftReal *in, cufftComplex *out)
         cufftComplex *z = out + (size_t)b * nb;
         for (int f = 0; f < nb; f++) {
             double re = 0, im = 0;
-            for (int t = 0; t < n; t++) {
-                double a = -2.0 * M_PI * (double)((long)f * t % n) / n;
-                re += x[t] * cos(a);
-                im += x[t] * sin(a);
+            for (int t = 0; t < n; t++) { /* x[t] exp(-2 pi i f t / n) */
+                size_t j = (size_t)((long)f * t % n);
+                re += x[t] * p->cos_t[j];
+                im -= x[t] * p->sin_t[j];
             }
             z[f].x = (float)re;
             z[f].y = (float)im;
@@ -377,9 +538,9 @@ cufftResult cufftExecC2R(cufftHandle plan, cufftComplex *in, cufftReal *out)
         for (int t = 0; t < n; t++) {
             /* Hermitian extension: bins 0 and n/2 count by their real parts */
             double acc = z[0].x + (n % 2 == 0 ? z[n / 2].x * ((t % 2) ? -1.0 : 1.0) : 0.0);
-            for (int f = 1; f < (n + 1) / 2; f++) {
-                double a = 2.0 * M_PI * (double)((long)f * t % n) / n;
-                acc += 2.0 * (z[f].x * cos(a) - z[f].y * sin(a));
+            for (int f = 1; f < (n + 1) / 2; f++) { /* 2 Re(z[f] exp(2 pi i f t / n)) */
+                size_t j = (size_t)((long)f * t % n);
+                acc += 2.0 * (z[f].x * p->cos_t[j] - z[f].y * p->sin_t[j]);
             }
             x[t] = (float)acc;
         }
