@@ -69,7 +69,7 @@ CUDA_EMU_HDRS     := cuda/cuda_internal.h cuda/cuda_host.h models/backend.h \
                      $(wildcard cuda/emu/*.h)
 CUDA_EMU_SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer \
                      -fno-sanitize-recover=undefined
-CUDA_EMU_CXXFLAGS := -std=c++20 -O1 -g -Wall -Wno-unknown-pragmas -DSEP_CUDA_EMULATION \
+CUDA_EMU_CXXFLAGS := -std=c++20 -O2 -g -Wall -Wno-unknown-pragmas -DSEP_CUDA_EMULATION \
                      -D_GNU_SOURCE -Icuda/emu -I. -pthread $(CUDA_EMU_SAN)
 CUDA_EMU_OPS_BIN    := $(BUILD)/tests/ops_test_cuda_emu
 CUDA_EMU_PARITY_BIN := $(BUILD)/tests/parity_cuda_emu

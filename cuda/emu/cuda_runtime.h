@@ -44,7 +44,9 @@ static inline double2 make_double2(double x, double y)
     return d;
 }
 
-extern thread_local uint3 threadIdx, blockIdx;
+/* one launch at a time in the process (launches from several host threads take
+ * turns), so these are plain globals */
+extern uint3 threadIdx, blockIdx;
 extern dim3 blockDim, gridDim;
 
 typedef enum {

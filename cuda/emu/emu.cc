@@ -16,8 +16,9 @@
 #include <ucontext.h>
 #include <vector>
 
-thread_local uint3 threadIdx, blockIdx;
+uint3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
+static std::mutex launch_lock; /* one launch at a time: the globals above */
 
 static cudaError_t last_error = cudaSuccess;
 static std::mutex error_lock;
@@ -388,6 +389,7 @@ void cuda_emu_run(dim3 grid, dim3 block, int coop, const std::function<void()> &
         set_error(cudaErrorInvalidConfiguration);
         return;
     }
+    std::lock_guard<std::mutex> one_at_a_time(launch_lock);
     blockDim = block;
     gridDim = grid;
     in_coop_launch = coop;
