@@ -57,8 +57,8 @@ endif
 #   make test-cuda-emu   cuda/*.cu compiled by g++ against cuda/emu/ (the CUDA runtime,
 #                        cuBLAS and cuFFT calls of the backend done on the CPU; kernels
 #                        run thread by thread, AddressSanitizer + UBSan on), then
-#                        `ops_test --device cuda` and `parity FIXTURE --device cuda` on
-#                        it: the backend's kernels, launch geometry, library call
+#                        `ops_test --device cuda` and `parity FIXTURE --device cuda`
+#                        (--quick but on $(CUDA_EMU_FULL_FIXTURE)) on it: the backend's kernels, launch geometry, library call
 #                        conventions and chunking against the same references as the
 #                        CPU backend. Races, GPU limits and the libraries' own numerics
 #                        need a GPU (cuda/README.md).
@@ -74,6 +74,9 @@ CUDA_EMU_CXXFLAGS := -std=c++20 -O2 -g -Wall -Wno-unknown-pragmas -DSEP_CUDA_EMU
 CUDA_EMU_OPS_BIN    := $(BUILD)/tests/ops_test_cuda_emu
 CUDA_EMU_PARITY_BIN := $(BUILD)/tests/parity_cuda_emu
 TEST_SUITES += test-cuda-emu
+# every fixture's activations; the batch-of-2 and short-input runs (three more forward
+# passes, slow when emulated) on this one
+CUDA_EMU_FULL_FIXTURE := tests/fixtures/tiny_merge
 
 $(CUDA_EMU_DIR)/%.o: cuda/%.cu $(CUDA_EMU_HDRS)
 	@mkdir -p $(@D)
@@ -103,7 +106,8 @@ test-cuda-emu: $(CUDA_EMU_OPS_BIN) $(CUDA_EMU_PARITY_BIN)
 	@rc=0; echo "== ops_test --device cuda (emulated CUDA runtime)"; \
 	  ASAN_OPTIONS=detect_leaks=1 $(CUDA_EMU_OPS_BIN) --device cuda || rc=1; \
 	  for f in $(PARITY_FIXTURES); do \
-	    echo "== parity $$f --device cuda (emulated CUDA runtime)"; \
+	    quick=--quick; [ "$$f" = $(CUDA_EMU_FULL_FIXTURE) ] && quick=; \
+	    echo "== parity $$f --device cuda$${quick:+ $$quick} (emulated CUDA runtime)"; \
 	    ASAN_OPTIONS=detect_leaks=1 $(CUDA_EMU_PARITY_BIN) $$f.weights.safetensors \
-	      $$f.activations.safetensors --device cuda || rc=1; \
+	      $$f.activations.safetensors --device cuda $$quick || rc=1; \
 	  done; exit $$rc
