@@ -343,6 +343,14 @@ extern "C" sep_backend *sep_cuda_backend_create(int device, char *err, size_t er
         cu_destroy(be);
         return NULL;
     }
+    /* what the handle's creation queued on other streams is done before ours runs */
+    if ((e = cudaDeviceSynchronize()) != cudaSuccess) {
+        snprintf(err, errlen, "cuda: device %d: cudaDeviceSynchronize: %s", device,
+                 cudaGetErrorString(e));
+        (void)cudaGetLastError();
+        cu_destroy(be);
+        return NULL;
+    }
     return be;
 }
 

@@ -50,7 +50,12 @@ static const float *get_window(cuda_impl *c, int nfft)
         cuda_fail(c, "cuda: out of device memory for a window: %s", cudaGetErrorString(e));
         return NULL;
     }
-    int ok = CU_OK(c, cudaMemcpy(dev, host, sizeof(float) * nfft, cudaMemcpyHostToDevice));
+    /* on the backend's stream, waited for: a plain cudaMemcpy runs on the legacy default
+     * stream, which a non-blocking stream does not wait for, and may return before a
+     * copy from pageable memory has landed */
+    int ok = CU_OK(c, cudaMemcpyAsync(dev, host, sizeof(float) * nfft, cudaMemcpyHostToDevice,
+                                      c->stream)) &&
+             CU_OK(c, cudaStreamSynchronize(c->stream));
     free(host);
     if (!ok) {
         cudaFree(dev);
@@ -92,7 +97,9 @@ static cufftHandle get_plan(cuda_impl *c, int nfft, int batch, int inverse, int 
     cufftHandle plan;
     if (!CUFFT_OK(c, cufftPlan1d(&plan, nfft, inverse ? CUFFT_C2R : CUFFT_R2C, batch)))
         return 0;
-    if (!CUFFT_OK(c, cufftSetStream(plan, c->stream))) {
+    /* whatever plan creation queued elsewhere (its tables) is done before our stream
+     * uses the plan */
+    if (!CUFFT_OK(c, cufftSetStream(plan, c->stream)) || !CU_OK(c, cudaDeviceSynchronize())) {
         cufftDestroy(plan);
         return 0;
     }
