@@ -48,6 +48,7 @@ ALL_TARGETS :=
 TEST_SUITES :=
 
 include shared/shared.mk
+include cuda/cuda.mk
 include models/models.mk
 include workerd/workerd.mk
 include ngx_module/module.mk

@@ -7,9 +7,10 @@
 CPU_BENCH_BIN := $(BUILD)/bench/cpu_engine
 ALL_TARGETS += $(CPU_BENCH_BIN)
 
-$(CPU_BENCH_BIN): bench/cpu_engine.c $(SEPMODELS_LIB) models/engine.h models/util.h
+$(CPU_BENCH_BIN): bench/cpu_engine.c $(SEPMODELS_LIB) $(SEPCUDA_LIB) models/engine.h models/util.h
 	@mkdir -p $(dir $@)
-	$(CC) $(MODELS_CFLAGS) bench/cpu_engine.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
+	$(CC) $(MODELS_CFLAGS) $(SEPCUDA_CFLAGS) bench/cpu_engine.c $(SEPMODELS_LIB) \
+	    $(SEPCUDA_LDLIBS) $(SEPMODELS_LDLIBS) -o $@
 
 .PHONY: bench-cpu
 bench-cpu: $(CPU_BENCH_BIN) deps-reference

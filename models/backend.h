@@ -69,6 +69,11 @@ typedef struct sep_backend_ops {
     const float *(*weights)(sep_backend *be, const float *host, size_t count);
     void (*weights_free)(sep_backend *be, const float *dev);
     void (*sync)(sep_backend *be);
+    /* Optional (NULL: operations cannot fail). Operations return nothing; a backend
+     * whose operations can fail (a GPU fault, a library error) records the first
+     * failure and reports it here: 0, or -1 with the message in err. The engine
+     * checks it after each forward pass. */
+    int (*status)(sep_backend *be, char *err, size_t errlen);
 
     /* ---- convolutions and matrix products ---- */
     void (*conv2d)(sep_backend *be, const sep_conv2d_desc *d, float *out, const float *in,

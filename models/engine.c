@@ -34,6 +34,16 @@ typedef struct {
     int index;
 } device_binding;
 
+/* A backend whose operations can fail reports the first failure (backend.h). */
+static int backend_failed(sep_engine *e, char *err, size_t errlen)
+{
+    char why[400];
+    if (!e->be->ops->status || e->be->ops->status(e->be, why, sizeof(why)) == 0)
+        return 0;
+    snprintf(err, errlen, "%s backend: %s", e->be->name, why);
+    return 1;
+}
+
 static const float *device_tensor(void *ud, const char *name, int ndim, const int *shape, char *err,
                                   size_t errlen)
 {
@@ -108,6 +118,10 @@ sep_engine *sep_engine_create(const sep_model *m, const sep_engine_opts *opts, c
             return NULL;
         }
     }
+    if (backend_failed(e, err, errlen)) {
+        sep_engine_free(e);
+        return NULL;
+    }
     return e;
 }
 
@@ -180,10 +194,14 @@ int sep_engine_forward_traced(sep_engine *e, int model_index, const float *mix, 
             dmix = m;
         }
         if (htd_forward(e->rt[model_index], dmix, nb, length, dout, trace ? relay_trace : NULL,
-                        &relay, err, errlen))
+                        &relay, err, errlen)) {
+            backend_failed(e, err, errlen); /* the backend's own failure, when it has one */
             return -1;
+        }
         if (!e->be->host_memory)
             e->be->ops->download(e->be, hout, dout, nb * out_per * sizeof(float));
+        if (backend_failed(e, err, errlen))
+            return -1;
     }
     return 0;
 }

@@ -70,17 +70,20 @@ $(SEPMODELS_LIB): $(MODELS_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(PARITY_BIN): tests/parity/parity.c $(SEPMODELS_LIB) $(MODELS_HDRS)
+$(PARITY_BIN): tests/parity/parity.c $(SEPMODELS_LIB) $(SEPCUDA_LIB) $(MODELS_HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(MODELS_CFLAGS) tests/parity/parity.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
+	$(CC) $(MODELS_CFLAGS) $(SEPCUDA_CFLAGS) tests/parity/parity.c $(SEPMODELS_LIB) \
+	    $(SEPCUDA_LDLIBS) $(SEPMODELS_LDLIBS) -o $@
 
-$(ENGINE_TEST_BIN): tests/parity/engine_test.c $(SEPMODELS_LIB) $(MODELS_HDRS)
+$(ENGINE_TEST_BIN): tests/parity/engine_test.c $(SEPMODELS_LIB) $(SEPCUDA_LIB) $(MODELS_HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(MODELS_CFLAGS) tests/parity/engine_test.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
+	$(CC) $(MODELS_CFLAGS) $(SEPCUDA_CFLAGS) tests/parity/engine_test.c $(SEPMODELS_LIB) \
+	    $(SEPCUDA_LDLIBS) $(SEPMODELS_LDLIBS) -o $@
 
-$(OPS_TEST_BIN): tests/parity/ops_test.c $(SEPMODELS_LIB) $(MODELS_HDRS)
+$(OPS_TEST_BIN): tests/parity/ops_test.c $(SEPMODELS_LIB) $(SEPCUDA_LIB) $(MODELS_HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(MODELS_CFLAGS) tests/parity/ops_test.c $(SEPMODELS_LIB) $(SEPMODELS_LDLIBS) -o $@
+	$(CC) $(MODELS_CFLAGS) $(SEPCUDA_CFLAGS) tests/parity/ops_test.c $(SEPMODELS_LIB) \
+	    $(SEPCUDA_LDLIBS) $(SEPMODELS_LDLIBS) -o $@
 
 # the engine and the parity checker built with AddressSanitizer + UBSan, from source
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -107,6 +107,10 @@ static void w_sync(sep_backend *be)
 {
     IN(be)->ops->sync(IN(be));
 }
+static int w_status(sep_backend *be, char *err, size_t errlen)
+{
+    return IN(be)->ops->status ? IN(be)->ops->status(IN(be), err, errlen) : 0;
+}
 
 #define TIMED(key, flops, call)                                                                    \
     do {                                                                                           \
@@ -345,6 +349,7 @@ static const sep_backend_ops profile_ops = {
     .weights = w_weights,
     .weights_free = w_weights_free,
     .sync = w_sync,
+    .status = w_status,
     .conv2d = w_conv2d,
     .conv_tr2d = w_conv_tr2d,
     .linear = w_linear,

@@ -7,8 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "models/backend.h"
 #include "workerd/commands.h"
 #include "workerd/config.h"
 #include "workerd/redis_client.h"
@@ -19,6 +22,37 @@ typedef struct {
     char **argv;
     sep_workerd_config current;
 } run_ctx;
+
+/* device auto: "cuda" when this build has the CUDA backend and it starts on GPU 0,
+ * else "cpu". The probe runs once (at startup: the device is a restart-only setting),
+ * in a child process, so that this process never holds a CUDA context or GPU memory
+ * (its device workers are separate processes, one per GPU). */
+static const char *auto_device(void)
+{
+    static int probed = -1;
+    if (probed >= 0)
+        return probed ? "cuda" : "cpu";
+    probed = 0;
+#ifdef SEP_HAVE_CUDA
+    if (sep_cuda_backend_create) {
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+            char err[256];
+            sep_backend *be = sep_cuda_backend_create(0, err, sizeof(err));
+            if (!be) {
+                fprintf(stderr, "workerd: device auto: %s; using the CPU\n", err);
+                _exit(1);
+            }
+            be->ops->destroy(be);
+            _exit(0);
+        }
+        int st = 0;
+        probed = pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    }
+#endif
+    return probed ? "cuda" : "cpu";
+}
 
 static int to_settings(const sep_workerd_config *c, sep_supervisor_settings *s, char *err,
                        size_t errlen)
@@ -32,10 +66,9 @@ static int to_settings(const sep_workerd_config *c, sep_supervisor_settings *s, 
     snprintf(s->name, sizeof(s->name), "%s", c->name);
     snprintf(s->spool, sizeof(s->spool), "%s", c->spool);
     snprintf(s->models_dir, sizeof(s->models_dir), "%s", c->models_dir);
-    /* auto: GPUs when the build has the CUDA backend and the driver finds one; this
-     * build's device workers report a device error for cuda, so auto is the CPU */
+    /* auto: GPUs when the build has the CUDA backend and it starts on GPU 0 */
     snprintf(s->device, sizeof(s->device), "%s",
-             strcmp(c->device, "auto") == 0 ? "cpu" : c->device);
+             strcmp(c->device, "auto") == 0 ? auto_device() : c->device);
     s->gpus = c->gpus;
     s->cpu_workers = c->cpu_workers;
     s->threads = c->threads;

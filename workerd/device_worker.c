@@ -38,6 +38,9 @@
 #include "models/engine.h"
 #include "shared/sep_ring.h"
 #include "workerd/commands.h"
+#ifdef SEP_HAVE_CUDA
+#include "cuda/cuda_host.h"
+#endif
 
 #define MAX_MODELS 16
 
@@ -54,26 +57,42 @@ typedef struct {
     int threads, max_batch, delay_ms;
     loaded_model models[MAX_MODELS];
     int n_models;
+    int pinned; /* the shared region is registered with the CUDA driver */
 } worker;
 
-/* Hook for pinned host memory: a CUDA build registers the whole arena once
- * (cudaHostRegister(base, size, cudaHostRegisterPortable)) so host<->device copies of
- * batches are DMA from/to the shared pages, and unregisters it at exit. The CPU build
- * has nothing to do. */
+/* Pinned host memory: a cuda worker of a build with the CUDA backend registers the
+ * whole shared region once (cudaHostRegister(base, size, cudaHostRegisterPortable),
+ * cuda/cuda_host.h) so host<->device copies of batches are DMA from/to the shared
+ * pages, and unregisters it at exit. Failing to pin is not fatal (the copies are then
+ * staged by the driver): a warning, and the worker runs. The CPU has nothing to do. */
+static void log_err(const char *fmt, ...);
+
 static int arena_pin(worker *w, char *err, size_t errlen)
 {
-#ifdef SEP_HAVE_CUDA
-    /* cuda/ provides the registration when it exists; see cuda/README. */
-#endif
-    (void)w;
     (void)err;
     (void)errlen;
+#ifdef SEP_HAVE_CUDA
+    if (strncmp(w->device, "cuda", 4) == 0 && w->shm.base && w->shm.size) {
+        char why[256];
+        int r = sep_cuda_host_register(w->shm.base, w->shm.size, why, sizeof(why));
+        if (r == 0)
+            w->pinned = 1;
+        else if (r < 0) /* (no device at all: the engine reports it on the first batch) */
+            log_err("warning: batch arena not pinned (%s); copies go through the driver", why);
+    }
+#else
+    (void)w;
+#endif
     return 0;
 }
 
 static void arena_unpin(worker *w)
 {
-    (void)w;
+#ifdef SEP_HAVE_CUDA
+    if (w->pinned)
+        sep_cuda_host_unregister(w->shm.base);
+#endif
+    w->pinned = 0;
 }
 
 static void log_err(const char *fmt, ...)

@@ -98,9 +98,13 @@ $(SEPAPPLY_LIB): $(WORKERD_OBJDIR)/apply.o
 	@mkdir -p $(@D)
 	rm -f $@ && ar rcs $@ $^
 
-$(WORKERD_BIN): $(WORKERD_OBJS) $(SEPAPPLY_LIB) $(SEPMODELS_LIB) $(SHARED_LIB)
+# a build with the CUDA backend (cuda/cuda.mk): the device workers pin their batch
+# arena (device_worker.c) and `device auto` probes for a GPU (cmd_run.c)
+$(WORKERD_OBJDIR)/device_worker.o $(WORKERD_OBJDIR)/cmd_run.o: CFLAGS_COMMON += $(SEPCUDA_CFLAGS)
+
+$(WORKERD_BIN): $(WORKERD_OBJS) $(SEPAPPLY_LIB) $(SEPMODELS_LIB) $(SHARED_LIB) $(SEPCUDA_LIB)
 	$(CC) $(CFLAGS_COMMON) -o $@ $(WORKERD_OBJS) $(SEPAPPLY_LIB) $(SEPMODELS_LIB) $(SHARED_LIB) \
-	    $(SEPMODELS_LDLIBS) $(WORKERD_LDLIBS)
+	    $(SEPCUDA_LDLIBS) $(SEPMODELS_LDLIBS) $(WORKERD_LDLIBS)
 
 $(TEST_APPLY_BIN): tests/apply/test_apply.c $(SEPAPPLY_LIB) $(SEPMODELS_LIB) models/apply.h models/engine.h
 	@mkdir -p $(@D)

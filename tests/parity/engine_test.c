@@ -469,7 +469,8 @@ int main(int argc, char **argv)
         check(strcmp(sep_engine_device(e), "cuda") == 0, "cuda engine", NULL);
         sep_engine_free(e);
     } else {
-        check(strstr(err, "CUDA") != NULL, "cuda refused with a reason (CPU-only build)", err);
+        check(strstr(err, "CUDA") != NULL,
+              "cuda refused with a reason (no GPU here, or a CPU-only build)", err);
     }
 
     /* SEP_CPU_ISA: an unknown set (or one of another architecture) and a set this CPU
