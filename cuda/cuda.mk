@@ -1,16 +1,17 @@
 # cuda/: the CUDA backend of the engine (sep_cuda_backend_create, models/backend.h).
 #
-#   build/libsepcuda.a   every .cu of cuda/, compiled by nvcc for sm_80, sm_89, sm_90
-#                        (+ compute_90 PTX for later GPUs), when nvcc is found
-#   make cuda-archs      the cubins / PTX in each of its members (cuda/fatbin-archs)
+#   build/libsepcuda.so  every .cu of cuda/, compiled by nvcc for sm_80, sm_89, sm_90
+#                        (+ compute_90 PTX for later GPUs), when nvcc is found, linked
+#                        with the CUDA runtime, cuBLAS and cuFFT
+#   make cuda-archs      the cubins / PTX in each object (cuda/fatbin-archs)
 #
-# Built only when `nvcc` is on PATH (or NVCC=/path/to/nvcc is given); without it every
-# variable below is empty and the engine builds CPU-only, as before. With it, the
-# binaries that create engines (build/workerd, build/tests/{ops_test,parity,
-# engine_test}, build/bench/cpu_engine) link $(SEPCUDA_LDLIBS) and are compiled with
-# $(SEPCUDA_CFLAGS) (-DSEP_HAVE_CUDA). The backend is defined behind a weak reference
-# (backend.h), which does not pull an archive member by itself: the link names the
-# symbol (--undefined) so the library is always taken.
+# Built only when `nvcc` is on PATH (or NVCC=/path/to/nvcc is given); without it the
+# variables below are empty and nothing of cuda/ is built. The binaries never link the
+# backend: they dlopen() libsepcuda.so when a CUDA engine is asked for
+# (models/cuda_loader.c: beside the binary or one directory up, SEP_CUDA_LIBRARY, or
+# the loader's path), so a process on the CPU maps none of the CUDA libraries (about
+# 160 MiB of RSS) and runs where they are not installed. $(SEPCUDA_LIB) is a
+# prerequisite of those binaries so that `make` of any of them builds it too.
 
 NVCC ?= $(shell command -v nvcc 2>/dev/null)
 
@@ -25,10 +26,9 @@ CUDA_SRCS      := $(wildcard cuda/*.cu)
 CUDA_HDRS      := cuda/cuda_internal.h cuda/cuda_host.h models/backend.h
 CUDA_OBJDIR    := $(BUILD)/obj-cuda
 CUDA_OBJS      := $(patsubst cuda/%.cu,$(CUDA_OBJDIR)/%.o,$(CUDA_SRCS))
-SEPCUDA_LIB    := $(BUILD)/libsepcuda.a
-SEPCUDA_CFLAGS := -DSEP_HAVE_CUDA
-SEPCUDA_LDLIBS := -Wl,--undefined=sep_cuda_backend_create $(SEPCUDA_LIB) -L$(CUDA_LIBDIR) \
-                  -Wl,-rpath,$(CUDA_LIBDIR) -lcufft -lcublas -lcudart -lstdc++
+SEPCUDA_LIB    := $(BUILD)/libsepcuda.so
+SEPCUDA_CFLAGS :=
+SEPCUDA_LDLIBS :=
 
 ALL_TARGETS += $(SEPCUDA_LIB)
 
@@ -37,15 +37,15 @@ $(CUDA_OBJDIR)/%.o: cuda/%.cu $(CUDA_HDRS)
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
 $(SEPCUDA_LIB): $(CUDA_OBJS)
-	@rm -f $@
-	ar rcs $@ $^
+	$(CXX) -shared -o $@ $^ -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcufft -lcublas \
+	    -lcudart -Wl,--no-undefined
 
 # `make cuda` builds the library; `make cuda-archs` lists the GPU code in each member
 .PHONY: cuda cuda-archs
 cuda: $(SEPCUDA_LIB)
 
-cuda-archs: $(SEPCUDA_LIB)
-	@cuda/fatbin-archs $(SEPCUDA_LIB)
+cuda-archs: $(CUDA_OBJS)
+	@cuda/fatbin-archs $(CUDA_OBJS)
 else
 SEPCUDA_LIB    :=
 SEPCUDA_CFLAGS :=

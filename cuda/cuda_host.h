@@ -1,7 +1,8 @@
 /*
  * cuda_host.h - page-locking host memory for the CUDA backend's copies, callable from
  * C (workerd pins its shared batch arena with it). Defined in cuda/backend.cu; only
- * a build with the CUDA backend (SEP_HAVE_CUDA) may call these.
+ * exported by libsepcuda.so; C callers go through sep_cuda_host_pin() / _unpin()
+ * (models/backend.h, models/cuda_loader.c), which load the library.
  */
 #ifndef SEP_CUDA_HOST_H
 #define SEP_CUDA_HOST_H

@@ -173,9 +173,19 @@ struct sep_backend {
 /* The CPU backend (OpenBLAS + FFTW3 + OpenMP). threads <= 0: all cores. */
 sep_backend *sep_cpu_backend_create(int threads, char *err, size_t errlen);
 
-/* The CUDA backend, defined by cuda/ when the build includes it; a CPU-only build
- * leaves the weak reference NULL and the engine reports that CUDA is not built in. */
+/* The CUDA backend (cuda/, built as libsepcuda.so where nvcc is found). Open it with
+ * sep_cuda_backend_open() (models/cuda_loader.c): the library is dlopen()ed on first
+ * use, so a process on the CPU never maps the CUDA libraries; NULL with the reason
+ * (no library: "this build has no CUDA backend", no device, ...) in err. The weak
+ * sep_cuda_backend_create is the library's entry point, non-NULL only in a binary that
+ * links the backend statically (the emulated-runtime tests). */
+sep_backend *sep_cuda_backend_open(int device, char *err, size_t errlen);
 sep_backend *sep_cuda_backend_create(int device, char *err, size_t errlen) __attribute__((weak));
+/* Page-locks host memory for the CUDA backend's copies (cudaHostRegister, portable):
+ * 0 done; 1 nothing to pin for (no backend library or no device); -1 failed; err says
+ * why. */
+int sep_cuda_host_pin(void *base, size_t bytes, char *err, size_t errlen);
+void sep_cuda_host_unpin(void *base);
 
 /* Output sizes of a convolution descriptor; 0, or -1 when it has no output. */
 static inline int sep_conv2d_finish(sep_conv2d_desc *d)

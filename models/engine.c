@@ -89,10 +89,7 @@ sep_engine *sep_engine_create(const sep_model *m, const sep_engine_opts *opts, c
         e->be = sep_cpu_backend_create(o.threads, err, errlen);
     } else if (strncmp(device, "cuda", 4) == 0) {
         int index = device[4] == ':' ? atoi(device + 5) : 0;
-        if (!sep_cuda_backend_create)
-            snprintf(err, errlen, "device \"%s\": this build has no CUDA backend", device);
-        else
-            e->be = sep_cuda_backend_create(index, err, errlen);
+        e->be = sep_cuda_backend_open(index, err, errlen);
     } else {
         snprintf(err, errlen, "unknown device \"%s\" (cpu or cuda)", device);
     }

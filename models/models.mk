@@ -25,7 +25,8 @@ MODELS_KERNEL_SRCS := models/cpu_kernels_generic.c \
     $(if $(filter x86_64-%,$(MODELS_TARGET)),models/cpu_kernels_avx2.c models/cpu_kernels_avx512.c) \
     $(if $(filter aarch64-%,$(MODELS_TARGET)),models/cpu_kernels_neon.c)
 MODELS_SRCS    := models/safetensors.c models/model.c models/engine.c models/htdemucs.c \
-                  models/arena.c models/cpu_backend.c models/profile.c $(MODELS_KERNEL_SRCS)
+                  models/arena.c models/cpu_backend.c models/profile.c models/cuda_loader.c \
+                  $(MODELS_KERNEL_SRCS)
 MODELS_HDRS    := models/engine.h models/backend.h models/htdemucs.h models/safetensors.h \
                   models/arena.h models/model_internal.h models/profile.h models/util.h \
                   models/cpu_kernels.h models/cpu_kernels_impl.h

@@ -33,24 +33,22 @@ static const char *auto_device(void)
     if (probed >= 0)
         return probed ? "cuda" : "cpu";
     probed = 0;
-#ifdef SEP_HAVE_CUDA
-    if (sep_cuda_backend_create) {
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid == 0) {
-            char err[256];
-            sep_backend *be = sep_cuda_backend_create(0, err, sizeof(err));
-            if (!be) {
+    /* in a child: the supervisor never maps the CUDA libraries nor holds a context */
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char err[512];
+        sep_backend *be = sep_cuda_backend_open(0, err, sizeof(err));
+        if (!be) {
+            if (!strstr(err, "has no CUDA backend")) /* a CPU-only build: nothing to say */
                 fprintf(stderr, "workerd: device auto: %s; using the CPU\n", err);
-                _exit(1);
-            }
-            be->ops->destroy(be);
-            _exit(0);
+            _exit(1);
         }
-        int st = 0;
-        probed = pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+        be->ops->destroy(be);
+        _exit(0);
     }
-#endif
+    int st = 0;
+    probed = pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
     return probed ? "cuda" : "cpu";
 }
 

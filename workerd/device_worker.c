@@ -35,12 +35,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "models/backend.h"
 #include "models/engine.h"
 #include "shared/sep_ring.h"
 #include "workerd/commands.h"
-#ifdef SEP_HAVE_CUDA
-#include "cuda/cuda_host.h"
-#endif
 
 #define MAX_MODELS 16
 
@@ -71,27 +69,21 @@ static int arena_pin(worker *w, char *err, size_t errlen)
 {
     (void)err;
     (void)errlen;
-#ifdef SEP_HAVE_CUDA
     if (strncmp(w->device, "cuda", 4) == 0 && w->shm.base && w->shm.size) {
-        char why[256];
-        int r = sep_cuda_host_register(w->shm.base, w->shm.size, why, sizeof(why));
+        char why[512];
+        int r = sep_cuda_host_pin(w->shm.base, w->shm.size, why, sizeof(why));
         if (r == 0)
             w->pinned = 1;
         else if (r < 0) /* (no device at all: the engine reports it on the first batch) */
             log_err("warning: batch arena not pinned (%s); copies go through the driver", why);
     }
-#else
-    (void)w;
-#endif
     return 0;
 }
 
 static void arena_unpin(worker *w)
 {
-#ifdef SEP_HAVE_CUDA
     if (w->pinned)
-        sep_cuda_host_unregister(w->shm.base);
-#endif
+        sep_cuda_host_unpin(w->shm.base);
     w->pinned = 0;
 }
 

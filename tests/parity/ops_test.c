@@ -791,10 +791,8 @@ int main(int argc, char **argv)
     char err[256];
     if (strcmp(device, "cpu") == 0)
         be = sep_cpu_backend_create(threads, err, sizeof(err));
-    else if (sep_cuda_backend_create)
-        be = sep_cuda_backend_create(0, err, sizeof(err));
     else
-        snprintf(err, sizeof(err), "no %s backend in this build", device);
+        be = sep_cuda_backend_open(0, err, sizeof(err));
     if (!be) {
         printf("FAIL backend: %s\n", err);
         return 1;
