@@ -28,6 +28,18 @@
 
 #define COL_FLOATS ((size_t)1 << 24) /* 64 MiB of columns per chunk at most */
 
+/* Columns per chunk when each column takes per_col floats of the chunk's buffers: as
+ * many as COL_FLOATS allows, a multiple of 256 when more than 256, at most n. */
+static size_t col_chunk(size_t per_col, size_t n)
+{
+    size_t chunk = COL_FLOATS / per_col;
+    if (chunk > 256)
+        chunk = chunk / 256 * 256;
+    if (chunk < 1)
+        chunk = 1;
+    return chunk > n ? n : chunk;
+}
+
 /* row-major C[m][n] (ldc) = A[m][k] (lda) * B[k][n] (ldb); trans_a: A is stored as
  * [k][m] (lda) and used transposed */
 static int gemm_rm(cuda_impl *c, int m, int n, int k, const float *A, int lda, int trans_a,
@@ -170,13 +182,7 @@ void cuda_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, const fl
      * then reads and writes 256-byte aligned buffers with the same leading dimensions
      * for every sample, whatever the samples' offsets in the batch) */
     size_t per_col = (size_t)K + (size_t)M;
-    size_t chunk = COL_FLOATS / per_col;
-    if (chunk > 256)
-        chunk = chunk / 256 * 256;
-    if (chunk < 1)
-        chunk = 1;
-    if (chunk > (size_t)N)
-        chunk = (size_t)N;
+    size_t chunk = col_chunk(per_col, (size_t)N);
     size_t col_bytes = cuda_align256((size_t)K * chunk * sizeof(float));
     char *base = (char *)cuda_scratch(c, col_bytes + (size_t)M * chunk * sizeof(float));
     if (!base)
@@ -291,11 +297,7 @@ void cuda_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, co
             rows = 1;
         chunk = rows * d->w;
     } else {
-        chunk = COL_FLOATS / per_col;
-        if (chunk > 256)
-            chunk = chunk / 256 * 256;
-        if (chunk < 1)
-            chunk = 1;
+        chunk = col_chunk(per_col, (size_t)N);
     }
     if (chunk > (size_t)N)
         chunk = (size_t)N;
