@@ -26,10 +26,14 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # From Debian's archive: what `make` and `make run` need (build + runtime), and what only
 # the tests and benchmarks add (`make deps` installs both, `make run` only the first).
+# oneDNN's runtime library: the CPU engine's GEMM on AVX-512 CPUs, dlopen()ed when there
+# (models/cpu_gemm.c); Debian builds it for amd64 only
+APT_ONEDNN_PKG := $(if $(filter x86_64,$(shell uname -m)),libdnnl2)
 APT_RUN_PKGS  := build-essential pkg-config curl python3 python3-numpy \
                  nginx-core nginx-dev libpcre2-dev libpcre3-dev zlib1g-dev libssl-dev \
                  redis-server libhiredis-dev libjansson-dev \
-                 libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev
+                 libsndfile1-dev libsoxr-dev libinih-dev libopenblas-dev libfftw3-dev \
+                 $(APT_ONEDNN_PKG)
 APT_TEST_PKGS := bc python3-redis python3-hypothesis libcmocka-dev wrk python3-jsonschema \
                  python3-prometheus-client chromium chromium-driver python3-selenium clang-14 \
                  libclang-rt-14-dev libomp-14-dev python3-venv

@@ -16,6 +16,7 @@
  *   engine_workspace_mib <activation workspace held by the engine>
  *   engine_cpu_seconds <median CPU time (user + system, all threads) per pass>
  *   engine_isa <CPU kernels used: generic, avx2, avx512 (SEP_CPU_ISA forces one)>
+ *   engine_gemm <GEMM provider used: openblas, onednn (SEP_CPU_GEMM forces one)>
  * --fma-peak prints, for each instruction set this CPU supports, the GFLOP/s of N
  * threads running a register-only FMA loop (best of five short trials):
  *   fma_peak_gflops <isa> <GFLOP/s>
@@ -29,6 +30,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "models/cpu_gemm.h"
 #include "models/cpu_kernels.h"
 #include "models/engine.h"
 #include "models/util.h"
@@ -168,8 +170,11 @@ int main(int argc, char **argv)
     printf("engine_workspace_mib %.1f\n", sep_engine_workspace_bytes(e) / 1048576.0);
     printf("engine_best_seconds %.5f\n", t[0] / batch);
     printf("engine_cpu_seconds %.3f\n", cmed / batch);
-    if (strcmp(device, "cpu") == 0)
-        printf("engine_isa %s\n", sep_cpu_kernels(err, sizeof(err))->name);
+    if (strcmp(device, "cpu") == 0) {
+        const char *isa = sep_cpu_kernels(err, sizeof(err))->name;
+        printf("engine_isa %s\n", isa);
+        printf("engine_gemm %s\n", sep_cpu_gemm(isa, err, sizeof(err))->name);
+    }
     free(cpu);
     free(t);
     free(mix);

@@ -1,8 +1,9 @@
 /*
  * cpu_backend.c - the CPU implementation of the backend operation table (backend.h).
  *
- * Matrix work goes to OpenBLAS sgemm (OpenBLAS itself runs single-threaded; the
- * work is split across OpenMP threads here so one thread pool serves everything),
+ * Matrix work goes to a single-threaded sgemm (OpenBLAS, or oneDNN where it is faster:
+ * cpu_gemm.c); the work is split across OpenMP threads here so one thread pool serves
+ * everything,
  * convolutions are im2col + GEMM in column chunks of bounded size (1x1 convs are a
  * plain GEMM), transposed convolutions GEMM + col2im, attention is blocked over
  * query rows, STFT/iSTFT use FFTW3 (single precision). Reductions (norm statistics)
@@ -12,6 +13,7 @@
  * to read against the PyTorch definition it implements.
  */
 #include "models/backend.h"
+#include "models/cpu_gemm.h"
 #include "models/cpu_kernels.h"
 #include "models/util.h"
 
@@ -64,6 +66,7 @@ typedef struct {
 typedef struct {
     int threads;
     const cpu_kernels *k; /* this backend's instruction set (cpu_kernels.h) */
+    sep_sgemm_fn sgemm;   /* its GEMM provider (cpu_gemm.h) */
     float *scratch;       /* grows as needed, kept between calls */
     size_t scratch_count;
     fft_plan plans[MAX_FFT_PLANS];
@@ -74,6 +77,14 @@ typedef struct {
 static cpu_impl *impl_of(sep_backend *be)
 {
     return be->impl;
+}
+
+/* C = alpha op(A) op(B) + beta C (row-major) on the calling thread (cpu_gemm.h) */
+static inline void gemm(sep_backend *be, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                        const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                        int ldc)
+{
+    impl_of(be)->sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 static float *scratch(sep_backend *be, size_t count)
@@ -398,9 +409,8 @@ static void conv3x3_winograd(sep_backend *be, const sep_conv2d_desc *d, float *o
             float *rows = G + (size_t)4 * chunk;
             wino_inputs(ks, V, (size_t)n, rows, x, cin, h, wd, tw, t0, t1);
             for (int e = 0; e < 16; e++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cout, n, cin, 1.0f,
-                            U + (size_t)e * cout * cin, cin, V + (size_t)e * cin * n, n, 0.0f,
-                            M + (size_t)e * cout * n, n);
+                gemm(be, 0, 0, cout, n, cin, 1.0f, U + (size_t)e * cout * cin, cin,
+                     V + (size_t)e * cin * n, n, 0.0f, M + (size_t)e * cout * n, n);
             for (int co = 0; co < cout; co++)
                 ks->wino_output(Y + (size_t)co * 4 * n, (size_t)n, M + (size_t)co * n,
                                 (size_t)cout * n, bias ? bias[co] : 0.0f, n);
@@ -480,8 +490,7 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
                 B = col;
                 ldb = nc;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, nc, K, 1.0f, w, K, B, ldb,
-                        0.0f, res, ldr);
+            gemm(be, 0, 0, M, nc, K, 1.0f, w, K, B, ldb, 0.0f, res, ldr);
             for (int m = 0; m < M; m++) {
                 float *yr = res + (size_t)m * ldr;
                 if (bias) {
@@ -574,8 +583,7 @@ static void cpu_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *o
                     int p0 = c * chunk, p1 = p0 + chunk < N ? p0 + chunk : N;
                     int nc = p1 - p0;
                     /* col[(co,ki,kj)][p] = sum_ci w[ci][(co,ki,kj)] x[ci][p] */
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, nc, K, 1.0f, w, M,
-                                x + p0, N, 0.0f, col, nc);
+                    gemm(be, 1, 0, M, nc, K, 1.0f, w, M, x + p0, N, 0.0f, col, nc);
                     col2im_chunk(d, col, y, p0, p1);
                 }
             }
@@ -603,8 +611,8 @@ static void cpu_linear(sep_backend *be, float *out, const float *in, const float
         for (int c = 0; c < nchunks; c++) {
             int r0 = c * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
             float *yc = y + (size_t)r0 * out_dim;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, out_dim, in_dim, 1.0f,
-                        x + (size_t)r0 * in_dim, in_dim, w, in_dim, 0.0f, yc, out_dim);
+            gemm(be, 0, 1, r1 - r0, out_dim, in_dim, 1.0f, x + (size_t)r0 * in_dim, in_dim, w,
+                 in_dim, 0.0f, yc, out_dim);
             for (int r = r0; r < r1; r++) {
                 float *p = y + (size_t)r * out_dim;
                 if (bias)
@@ -689,8 +697,8 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
         float *op = out + ((size_t)b * d->nq + q0) * d->ldo + (size_t)h * d->head_dim;
         for (int k0 = 0; k0 < d->nk; k0 += ktile) {
             int nk = d->nk - k0 < ktile ? d->nk - k0 : ktile;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d->head_dim, scale, qp,
-                        d->ldq, kp + (size_t)k0 * d->ldk, d->ldk, 0.0f, s, nk);
+            gemm(be, 0, 1, nq, nk, d->head_dim, scale, qp, d->ldq, kp + (size_t)k0 * d->ldk, d->ldk,
+                 0.0f, s, nk);
             for (int i = 0; i < nq; i++) {
                 float *si = s + (size_t)i * nk;
                 float mx = ks->max(si, nk);
@@ -706,8 +714,8 @@ static void cpu_attention(sep_backend *be, const sep_attention_desc *d, float *o
                         ks->scale(op + (size_t)i * d->ldo, d->head_dim, alpha);
                 }
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d->head_dim, nk, 1.0f, s, nk,
-                        vp + (size_t)k0 * d->ldv, d->ldv, k0 ? 1.0f : 0.0f, op, d->ldo);
+            gemm(be, 0, 0, nq, d->head_dim, nk, 1.0f, s, nk, vp + (size_t)k0 * d->ldv, d->ldv,
+                 k0 ? 1.0f : 0.0f, op, d->ldo);
         }
         for (int i = 0; i < nq; i++)
             ks->scale(op + (size_t)i * d->ldo, d->head_dim, 1.0f / l[i]);
@@ -1561,6 +1569,13 @@ sep_backend *sep_cpu_backend_create(int threads, char *err, size_t errlen)
         threads = omp_get_num_procs();
     c->threads = threads;
     c->k = k;
+    const cpu_gemm *g = sep_cpu_gemm(k->name, err, errlen);
+    if (!g) {
+        free(be);
+        free(c);
+        return NULL;
+    }
+    c->sgemm = g->sgemm;
     const char *wino = getenv("SEP_CPU_WINOGRAD");
     c->winograd = !(wino && strcmp(wino, "0") == 0);
     be->name = "cpu";

@@ -25,18 +25,18 @@ MODELS_KERNEL_SRCS := models/cpu_kernels_generic.c \
     $(if $(filter x86_64-%,$(MODELS_TARGET)),models/cpu_kernels_avx2.c models/cpu_kernels_avx512.c) \
     $(if $(filter aarch64-%,$(MODELS_TARGET)),models/cpu_kernels_neon.c)
 MODELS_SRCS    := models/safetensors.c models/model.c models/engine.c models/htdemucs.c \
-                  models/arena.c models/cpu_backend.c models/profile.c models/cuda_loader.c \
+                  models/arena.c models/cpu_backend.c models/cpu_gemm.c models/profile.c models/cuda_loader.c \
                   $(MODELS_KERNEL_SRCS)
 MODELS_HDRS    := models/engine.h models/backend.h models/htdemucs.h models/safetensors.h \
                   models/arena.h models/model_internal.h models/profile.h models/util.h \
-                  models/cpu_kernels.h models/cpu_kernels_impl.h
+                  models/cpu_kernels.h models/cpu_kernels_impl.h models/cpu_gemm.h
 MODELS_OBJDIR  := $(BUILD)/obj-models
 MODELS_OBJS    := $(patsubst models/%.c,$(MODELS_OBJDIR)/%.o,$(MODELS_SRCS))
 BLAS_CFLAGS    := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/$(MODELS_TARGET)/openblas-pthread)
 BLAS_LIBS      := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
 MODELS_CFLAGS  := $(CFLAGS_COMMON) -fopenmp $(BLAS_CFLAGS)
 SEPMODELS_LIB  := $(BUILD)/libsepmodels.a
-SEPMODELS_LDLIBS := -fopenmp $(BLAS_LIBS) -lfftw3f -ljansson -lpthread -lm
+SEPMODELS_LDLIBS := -fopenmp $(BLAS_LIBS) -lfftw3f -ljansson -lpthread -lm -ldl
 MODELS_LIBS    := $(SEPMODELS_LDLIBS)
 
 PARITY_BIN     := $(BUILD)/tests/parity
@@ -126,32 +126,36 @@ $(KERNEL_SAN_BIN): tests/parity/kernel_attack.c tests/parity/ops_test.c $(SAN_OB
 .PHONY: test-ops test-engine test-parity test-parity-asan test-parity-full fixtures \
         test-kernel-stress test-ops-san
 # every backend operation against a plain double-precision loop (tests/parity/ops_test.c)
-# test-ops and test-parity run once per CPU instruction set this machine supports
-# (SEP_CPU_ISA=generic, avx2, avx512: see models/README.md)
+# test-ops, test-parity and the kernel tests run once per CPU code path this machine has:
+# each instruction set it supports (SEP_CPU_ISA=generic, avx2, avx512) with its default
+# GEMM provider, and with OpenBLAS too where that is not the default (SEP_CPU_GEMM; see
+# models/README.md). CPU_PATH_ENV sets both for the path in $$p (isa:gemm).
 CPU_ISAS = $(shell $(OPS_TEST_BIN) --isas 2>/dev/null || echo generic)
+CPU_PATHS = $(shell $(OPS_TEST_BIN) --paths 2>/dev/null || echo generic:openblas)
+CPU_PATH_ENV = SEP_CPU_ISA=$${p%%:*} SEP_CPU_GEMM=$${p\#*:}
 test-ops: $(OPS_TEST_BIN)
-	@rc=0; for isa in $(CPU_ISAS); do \
-	  echo "== SEP_CPU_ISA=$$isa"; \
-	  SEP_CPU_ISA=$$isa $(OPS_TEST_BIN) --threads 2 || rc=1; \
+	@rc=0; for p in $(CPU_PATHS); do \
+	  echo "== $(CPU_PATH_ENV)"; \
+	  $(CPU_PATH_ENV) $(OPS_TEST_BIN) --threads 2 || rc=1; \
 	done; exit $$rc
 
 # once per instruction set: the boundary shapes and bit checks, then 150 random shapes
 test-kernel-stress: $(KERNEL_STRESS_BIN) $(OPS_TEST_BIN)
-	@rc=0; for isa in $(CPU_ISAS); do \
-	  echo "== SEP_CPU_ISA=$$isa"; \
-	  SEP_CPU_ISA=$$isa $(KERNEL_STRESS_BIN) --threads 3 || rc=1; \
-	  SEP_CPU_ISA=$$isa $(KERNEL_STRESS_BIN) --threads 2 --fuzz 150 1 || rc=1; \
+	@rc=0; for p in $(CPU_PATHS); do \
+	  echo "== $(CPU_PATH_ENV)"; \
+	  $(CPU_PATH_ENV) $(KERNEL_STRESS_BIN) --threads 3 || rc=1; \
+	  $(CPU_PATH_ENV) $(KERNEL_STRESS_BIN) --threads 2 --fuzz 150 1 || rc=1; \
 	done; exit $$rc
 
 # the ops test (odd thread count) and the kernel stress test's random shapes under the
 # sanitizers, once per instruction set (LeakSanitizer off for the stress test: LLVM's
 # OpenMP runtime keeps a little memory per thread-count change)
 test-ops-san: $(OPS_SAN_BIN) $(KERNEL_SAN_BIN) $(OPS_TEST_BIN)
-	@rc=0; for isa in $(CPU_ISAS); do \
-	  echo "== SEP_CPU_ISA=$$isa"; \
-	  SEP_CPU_ISA=$$isa ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	@rc=0; for p in $(CPU_PATHS); do \
+	  echo "== $(CPU_PATH_ENV)"; \
+	  $(CPU_PATH_ENV) ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(OPS_SAN_BIN) --threads 3 || rc=1; \
-	  SEP_CPU_ISA=$$isa ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(CPU_PATH_ENV) ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(KERNEL_SAN_BIN) --threads 3 --fuzz 60 2 || rc=1; \
 	done; exit $$rc
 
@@ -168,17 +172,17 @@ test-parity-asan: $(PARITY_ASAN_BIN)
 
 test-parity: $(PARITY_BIN) $(OPS_TEST_BIN)
 	@[ -n "$(PARITY_FIXTURES)" ] || { echo "no fixtures in tests/fixtures"; exit 1; }
-	@rc=0; for isa in $(CPU_ISAS); do for f in $(PARITY_FIXTURES); do \
-	  echo "== SEP_CPU_ISA=$$isa $$f"; \
-	  SEP_CPU_ISA=$$isa $(PARITY_BIN) $$f.weights.safetensors $$f.activations.safetensors \
+	@rc=0; for p in $(CPU_PATHS); do for f in $(PARITY_FIXTURES); do \
+	  echo "== $(CPU_PATH_ENV) $$f"; \
+	  $(CPU_PATH_ENV) $(PARITY_BIN) $$f.weights.safetensors $$f.activations.safetensors \
 	    --threads 2 || rc=1; \
 	done; done; exit $$rc
 
-# the full-size check once per instruction set too (SEP_PARITY_FULL_ISAS to narrow it)
+# the full-size check once per code path too (SEP_PARITY_FULL_PATHS to narrow it)
 test-parity-full: $(PARITY_BIN) $(OPS_TEST_BIN)
-	@rc=0; for isa in $${SEP_PARITY_FULL_ISAS:-$(CPU_ISAS)}; do \
-	  echo "== SEP_CPU_ISA=$$isa"; \
-	  SEP_CPU_ISA=$$isa tests/parity/full-check $(REFVENV) $(PARITY_FULL_DIR) $(PARITY_BIN) || rc=1; \
+	@rc=0; for p in $${SEP_PARITY_FULL_PATHS:-$(CPU_PATHS)}; do \
+	  echo "== $(CPU_PATH_ENV)"; \
+	  $(CPU_PATH_ENV) tests/parity/full-check $(REFVENV) $(PARITY_FULL_DIR) $(PARITY_BIN) || rc=1; \
 	done; exit $$rc
 
 fixtures:

@@ -3,6 +3,9 @@
  *
  *   ops_test [--device cpu|cuda] [--threads N]
  *   ops_test --isas      prints the CPU instruction sets this machine can run
+ *   ops_test --paths     prints the CPU code paths to test, isa:gemm: each instruction
+ *                        set with its default GEMM provider (cpu_gemm.h), and with
+ *                        OpenBLAS too where that is not the default
  *
  * The CPU backend runs the kernels SEP_CPU_ISA names (generic, avx2, avx512 on x86-64;
  * generic, neon on arm64; default: the widest the CPU supports); make test-ops (and
@@ -27,6 +30,7 @@
 #include <string.h>
 
 #include "models/backend.h"
+#include "models/cpu_gemm.h"
 #include "models/cpu_kernels.h"
 #include "models/util.h"
 
@@ -784,6 +788,19 @@ int main(int argc, char **argv)
             for (int j = 0; sep_cpu_isas[j]; j++)
                 if (sep_cpu_isa_supported(sep_cpu_isas[j]))
                     printf("%s%s", j ? " " : "", sep_cpu_isas[j]);
+            printf("\n");
+            return 0;
+        } else if (strcmp(argv[i], "--paths") == 0) {
+            unsetenv("SEP_CPU_GEMM");
+            char gerr[256];
+            for (int j = 0; sep_cpu_isas[j]; j++) {
+                if (!sep_cpu_isa_supported(sep_cpu_isas[j]))
+                    continue;
+                const char *g = sep_cpu_gemm(sep_cpu_isas[j], gerr, sizeof(gerr))->name;
+                printf("%s%s:%s", j ? " " : "", sep_cpu_isas[j], g);
+                if (strcmp(g, "openblas") != 0)
+                    printf(" %s:openblas", sep_cpu_isas[j]);
+            }
             printf("\n");
             return 0;
         }
