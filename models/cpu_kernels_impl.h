@@ -173,8 +173,11 @@ static int k_conv_row_interior(float *y, size_t oplane, int nco, const float *x,
         }
         for (int ci = 0; ci < cin; ci++) {
             const float *xc = x + (size_t)ci * plane + t;
-            /* one input row per channel: too many streams for the hardware prefetcher */
-            __builtin_prefetch(xc + 8 * TB);
+            /* one input row per channel: too many streams for the hardware prefetcher;
+             * every cache line of the block 8 blocks ahead (TB floats are two lines
+             * with AVX-512) */
+            for (int l = 0; l < TB; l += 16)
+                __builtin_prefetch(xc + 8 * TB + l);
             for (int kj = 0; kj < kw; kj++) {
                 const float *xp = xc + off[kj];
                 const float *wk = wb + (size_t)(ci * kw + kj) * COB;
