@@ -21,8 +21,9 @@ typedef struct {
 } cpu_gemm;
 
 /* The provider for kernels of instruction set `isa` (cpu_kernels.h names): the one
- * SEP_CPU_GEMM names (openblas, onednn), else oneDNN on avx512 where it loads, else
- * OpenBLAS. NULL with a message in err when SEP_CPU_GEMM is unknown or cannot load. */
+ * SEP_CPU_GEMM names (openblas, onednn), else oneDNN on avx512 where it loads (not in
+ * AddressSanitizer builds: cpu_gemm.c), else OpenBLAS. NULL with a message in err when SEP_CPU_GEMM
+ * is unknown or cannot load. */
 const cpu_gemm *sep_cpu_gemm(const char *isa, char *err, size_t errlen);
 
 extern const char sep_cpu_gemm_names[];
