@@ -584,7 +584,7 @@ static void bench_convs(sep_backend *be)
         timing t[8];
         measure_interleaved(nv, run_conv, &c, t);
         double gflop = 2.0 * M * K * N * 1e-9, base = t[0].median;
-        print_row(shape, "engine conv2d (im2col+OpenBLAS)", t[0], gflop, base, 0);
+        print_row(shape, "engine conv2d (as chosen)", t[0], gflop, base, 0);
         print_row(shape, "engine conv2d +glu (as run)", t[1], gflop, base, 0);
         for (int pl = 0; pl <= 1; pl++) {
             onednn_conv *d = c.dnnl[pl];
