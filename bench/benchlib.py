@@ -666,14 +666,21 @@ def write_results(results_dir, name, title, rec, verdict, body_lines, quiet=None
     lines += verdict.lines()
     lines.append("")
     lines += body_lines
-    os.makedirs(results_dir, exist_ok=True)
-    path = results_path(results_dir, name, verdict.status, when)
+    path = write_new(results_path(results_dir, name, verdict.status, when),
+                     "\n".join(lines) + "\n")
+    return path, lines
+
+
+def write_new(path, text):
+    """Writes text to path, or to path-2.txt, -3, ... when it exists: never over an
+    earlier run of the same minute (a VALID file included). Returns the path written."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     base, n = path[:-len(".txt")], 1
-    while True:  # never over an earlier run of the same minute (a VALID file included)
+    while True:
         try:
             with open(path, "x") as f:
-                f.write("\n".join(lines) + "\n")
-            return path, lines
+                f.write(text)
+            return path
         except FileExistsError:
             n += 1
             path = "%s-%d.txt" % (base, n)
