@@ -886,11 +886,13 @@ static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, con
  * convolution is then bound by writing its 2c-channel output, which the fusion avoids;
  * with more hidden channels the GEMM path plus dconv_residual is faster, and 0 is
  * returned). Each row (n x h of them) is cut into chunks of positions (the chunk width
- * depends on c alone, so the bits do not depend on the thread count); a chunk's 1x1
- * convolution, all 2c channels, goes to a per-thread buffer that stays in cache.
- * Pass 1 computes every chunk and keeps its per-channel sums; the row's statistics add
- * them per channel in chunk order, then the channels in order (as row_stats); pass 2
- * computes the chunk again and adds the normalised GLU into x. */
+ * depends on c alone, so the bits do not depend on the thread count). Pass 1 takes
+ * each chunk's moments of the hidden channels, sum z_k and sum z_k z_l (double): the
+ * GroupNorm statistics of y = W z + b follow from them without computing y, since
+ * sum y_ch = w_ch . S + N b_ch and sum y_ch^2 = w_ch^T P w_ch + 2 b_ch w_ch . S + N b_ch^2
+ * (the row's moments added in chunk order). Pass 2 computes the chunk's 1x1
+ * convolution, all 2c channels, into a per-thread buffer that stays in cache and adds
+ * the normalised GLU into x. */
 #define DCONV_TAIL_CHUNK_FLOATS (16u << 10) /* 64 KiB: 2c channels x chunk positions */
 #define DCONV_TAIL_MAX_HID 8
 static int cpu_dconv_tail(sep_backend *be, float *xo, const float *z, const float *w2,
@@ -912,8 +914,10 @@ static int cpu_dconv_tail(sep_backend *be, float *xo, const float *z, const floa
     size_t wt_floats = (size_t)cblocks * hid * cob + (size_t)cblocks * cob;
     size_t ybuf_floats = (size_t)cblocks * cob * chunk;
     size_t head = (wt_floats + (size_t)nt * ybuf_floats + 1) / 2 * 2; /* doubles follow */
-    /* per task and channel a pair of doubles (sums), then per row mean and rstd */
-    size_t part_doubles = (size_t)tasks * c2 * 2, stat_doubles = 2 * (size_t)rows;
+    /* per task the hidden channels' moments (S[hid], then P[hid][hid], upper triangle
+     * filled), then per row mean and rstd */
+    size_t mom = (size_t)hid + (size_t)hid * hid;
+    size_t part_doubles = (size_t)tasks * mom, stat_doubles = 2 * (size_t)rows;
     float *wt = scratch(be, head + 2 * (part_doubles + stat_doubles));
     float *bt = wt + (size_t)cblocks * hid * cob;
     float *ybufs = wt + wt_floats;
@@ -933,6 +937,18 @@ static int cpu_dconv_tail(sep_backend *be, float *xo, const float *z, const floa
             int len = w - t0 < chunk ? w - t0 : chunk;
             int b = r / h, row = r % h;
             const float *zr = z + (size_t)b * hid * plane + (size_t)row * w + t0;
+            if (pass == 0) {
+                double *S = part + (size_t)task * mom, *P = S + hid;
+                for (int k = 0; k < hid; k++) {
+                    const float *zk = zr + (size_t)k * plane;
+                    S[k] = 0;
+                    P[k * hid + k] = 0;
+                    ks->sum_squares(zk, (size_t)len, &S[k], &P[k * hid + k]);
+                    for (int l = k + 1; l < hid; l++)
+                        P[k * hid + l] = ks->dot(zk, zr + (size_t)l * plane, (size_t)len);
+                }
+                continue;
+            }
             float *y = ybufs + (size_t)omp_get_thread_num() * ybuf_floats;
             for (int cb = 0; cb < cblocks; cb++) {
                 int co0 = cb * cob, nco = c2 - co0 < cob ? c2 - co0 : cob;
@@ -944,15 +960,6 @@ static int cpu_dconv_tail(sep_backend *be, float *xo, const float *z, const floa
                                   w2 + (size_t)(co0 + j) * hid, hid, 1, &off0,
                                   b2 ? b2[co0 + j] : 0.0f, done, len, len);
             }
-            if (pass == 0) {
-                double *pt = part + (size_t)task * c2 * 2;
-                for (int ch = 0; ch < c2; ch++) {
-                    pt[2 * ch] = pt[2 * ch + 1] = 0;
-                    ks->sum_squares(y + (size_t)ch * chunk, (size_t)len, &pt[2 * ch],
-                                    &pt[2 * ch + 1]);
-                }
-                continue;
-            }
             double mean = stats[2 * r];
             float rstd = (float)stats[2 * r + 1];
             float *x = xo + (size_t)b * c * plane + (size_t)row * w + t0;
@@ -963,16 +970,26 @@ static int cpu_dconv_tail(sep_backend *be, float *xo, const float *z, const floa
         if (pass == 1)
             break;
         for (int r = 0; r < rows; r++) {
-            double s = 0, ss = 0;
+            /* the row's moments: its chunks' in chunk order, into the first chunk's */
+            double *S = part + (size_t)r * chunks * mom, *P = S + hid;
+            for (int k = 1; k < chunks; k++) {
+                const double *q = S + (size_t)k * mom;
+                for (size_t i = 0; i < mom; i++)
+                    S[i] += q[i];
+            }
+            double s = 0, ss = 0, npos = w;
             for (int ch = 0; ch < c2; ch++) {
-                double cs = 0, css = 0;
-                for (int k = 0; k < chunks; k++) {
-                    const double *pt = part + ((size_t)(r * chunks + k) * c2 + ch) * 2;
-                    cs += pt[0];
-                    css += pt[1];
+                const float *wc = w2 + (size_t)ch * hid;
+                double bc = b2 ? b2[ch] : 0.0, ws = 0, wpw = 0;
+                for (int k = 0; k < hid; k++) {
+                    ws += wc[k] * S[k];
+                    double row_k = wc[k] * P[k * hid + k];
+                    for (int l = k + 1; l < hid; l++)
+                        row_k += 2.0 * wc[l] * P[k * hid + l];
+                    wpw += wc[k] * row_k;
                 }
-                s += cs;
-                ss += css;
+                s += ws + npos * bc;
+                ss += wpw + 2.0 * bc * ws + npos * bc * bc;
             }
             double mean;
             float rstd;

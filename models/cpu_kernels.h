@@ -29,6 +29,8 @@ typedef struct {
     float (*max)(const float *s, int n);
     /* *s += sum x, *ss += sum x^2 (double accumulation) */
     void (*sum_squares)(const float *x, size_t n, double *s, double *ss);
+    /* sum a[i] b[i] (double accumulation) */
+    double (*dot)(const float *a, const float *b, size_t n);
     void (*scale)(float *s, int n, float k);
     /* y = x * sc + sh, then GELU when gelu is set */
     void (*affine)(float *y, const float *x, size_t n, float sc, float sh, int gelu);

@@ -132,6 +132,15 @@ static void k_sum_squares(const float *x, size_t n, double *s, double *ss)
     *ss = b;
 }
 
+static double k_dot(const float *a, const float *b, size_t n)
+{
+    double d = 0;
+#pragma omp simd reduction(+ : d)
+    for (size_t i = 0; i < n; i++)
+        d += (double)a[i] * b[i];
+    return d;
+}
+
 static void k_scale(float *s, int n, float k)
 {
 #pragma omp simd
@@ -410,6 +419,7 @@ const cpu_kernels KTABLE = {
     .norm_glu_residual = k_norm_glu_residual,
     .max = k_max,
     .sum_squares = k_sum_squares,
+    .dot = k_dot,
     .scale = k_scale,
     .affine = k_affine,
     .conv_row_interior = k_conv_row_interior,
