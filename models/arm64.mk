@@ -38,10 +38,11 @@ deps-arm64:
 	fi
 	$(call apt_install_missing,$(APT_ARM64_PKGS))
 
-# pkg-config reads the arm64 .pc files (openblas' include and library directories)
+# pkg-config reads the arm64 .pc files (openblas' include and library directories);
+# NVCC is emptied: this machine's nvcc builds for itself, not for arm64
 arm64: deps-arm64
 	@PKG_CONFIG_LIBDIR=/usr/lib/$(ARM64_TRIPLET)/pkgconfig:/usr/share/pkgconfig \
-	  $(MAKE) --no-print-directory CC=$(ARM64_CC) BUILD=$(ARM64_BUILD) $(ARM64_BINS)
+	  $(MAKE) --no-print-directory CC=$(ARM64_CC) BUILD=$(ARM64_BUILD) NVCC= $(ARM64_BINS)
 
 test-arm64: arm64
 	@ARM64_RUN="$(ARM64_RUN)" tests/parity/arm64-check $(ARM64_BUILD)/tests $(PARITY_FIXTURES)

@@ -39,8 +39,8 @@ static void *cuda_library(void)
         if (env && *env) {
             lib = dlopen(env, RTLD_NOW | RTLD_LOCAL);
             if (!lib)
-                snprintf(load_error, sizeof(load_error), "cannot load SEP_CUDA_LIBRARY=%s: %s", env,
-                         dlerror());
+                snprintf(load_error, sizeof(load_error),
+                         "cannot load the CUDA backend SEP_CUDA_LIBRARY=%s: %s", env, dlerror());
         } else {
             ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
             exe[n > 0 ? n : 0] = '\0';
@@ -54,7 +54,8 @@ static void *cuda_library(void)
                     continue;
                 lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
                 if (!lib) /* present but not loadable (a CUDA library missing): say so */
-                    snprintf(load_error, sizeof(load_error), "cannot load %s: %s", path, dlerror());
+                    snprintf(load_error, sizeof(load_error), "cannot load the CUDA backend %s: %s",
+                             path, dlerror());
             }
             if (!lib && !load_error[0]) {
                 lib = dlopen("libsepcuda.so", RTLD_NOW | RTLD_LOCAL);
