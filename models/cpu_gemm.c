@@ -85,14 +85,19 @@ static void onednn_load(void)
 {
     static const char *const names[] = {"libdnnl.so.2", "libdnnl.so"};
     void *lib = NULL;
-    for (size_t i = 0; i < sizeof names / sizeof names[0] && !lib; i++)
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && !lib; i++) {
         lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+        const char *e = lib ? NULL : dlerror();
+        if (e && !onednn_error[0]) /* the first name's reason: the one that matters */
+            snprintf(onednn_error, sizeof onednn_error, "oneDNN (libdnnl.so.2) not loadable: %s",
+                     e);
+    }
     if (!lib) {
-        const char *e = dlerror();
-        snprintf(onednn_error, sizeof onednn_error, "oneDNN (libdnnl.so.2) not loadable: %s",
-                 e ? e : "not found");
+        if (!onednn_error[0])
+            snprintf(onednn_error, sizeof onednn_error, "oneDNN (libdnnl.so.2) not found");
         return;
     }
+    onednn_error[0] = '\0';
     dnnl_sgemm_ptr = (dnnl_sgemm_fn)dlsym(lib, "dnnl_sgemm");
     if (!dnnl_sgemm_ptr)
         snprintf(onednn_error, sizeof onednn_error, "oneDNN: no dnnl_sgemm in libdnnl.so.2");
