@@ -130,7 +130,6 @@ $(KERNEL_SAN_BIN): tests/parity/kernel_attack.c tests/parity/ops_test.c $(SAN_OB
 # each instruction set it supports (SEP_CPU_ISA=generic, avx2, avx512) with its default
 # GEMM provider, and with OpenBLAS too where that is not the default (SEP_CPU_GEMM; see
 # models/README.md). CPU_PATH_ENV sets both for the path in $$p (isa:gemm).
-CPU_ISAS = $(shell $(OPS_TEST_BIN) --isas 2>/dev/null || echo generic)
 CPU_PATHS = $(shell $(OPS_TEST_BIN) --paths 2>/dev/null || echo generic:openblas)
 CPU_PATH_ENV = SEP_CPU_ISA=$${p%%:*} SEP_CPU_GEMM=$${p\#*:}
 test-ops: $(OPS_TEST_BIN)
