@@ -83,8 +83,9 @@ class Env:
         self.tool("dump", path, raw)
         return np.fromfile(raw, dtype="<f4").reshape(info["channels"], -1)
 
-    def separate(self, *argv, env=None, model=None, threads="1", cwd=None, preexec=None):
-        cmd = [self.workerd, "separate", "-n", model or self.model]
+    def separate(self, *argv, env=None, model=None, threads="1", cwd=None, preexec=None,
+                 workerd=None):
+        cmd = [workerd or self.workerd, "separate", "-n", model or self.model]
         if threads:
             cmd += ["-j", threads]
         return subprocess.run(cmd + list(argv), capture_output=True, text=True, env=env,
@@ -654,6 +655,10 @@ def test_odd_inputs(env, sanitized):
         os.chmod(os.path.join(room, "m.safetensors"), 0o644)
         shutil.copy(env.path("good.wav"), os.path.join(room, "locked.wav"))
         os.chmod(os.path.join(room, "locked.wav"), 0)
+        # the binary too: the checkout may sit in a folder only its owner can enter
+        workerd = os.path.join(room, "workerd")
+        shutil.copy(env.workerd, workerd)
+        os.chmod(workerd, 0o755)
 
         def as_nobody():
             os.setgid(65534)
@@ -661,7 +666,7 @@ def test_odd_inputs(env, sanitized):
 
         r = env.separate("-o", os.path.join(room, "out"), "locked.wav",
                          model=os.path.join(room, "m.safetensors"), cwd=room,
-                         preexec=as_nobody if as_root else None)
+                         preexec=as_nobody if as_root else None, workerd=workerd)
         check(r.returncode == 1 and "cannot open 'locked.wav': Permission denied" in r.stderr
               and "not a supported" not in r.stderr,
               f"case 7: an unreadable file is reported as permission denied ({r.stderr.strip()})")

@@ -473,9 +473,14 @@ def nginx_and_workerd_as_two_users(_):
             os.setuid(nobody)
             os.umask(0o002)  # conf/workerd.service: UMask=0002
 
+        # a copy of the binary in the prefix: the checkout may sit in a folder only its
+        # owner can enter
+        workerd = os.path.join(stack.prefix, "workerd")
+        shutil.copy(test_workerd.WORKERD, workerd)
+        os.chmod(workerd, 0o755)
         log = open(os.path.join(stack.prefix, "logs", "two-users.log"), "ab")
         proc = subprocess.Popen(
-            [test_workerd.WORKERD, "run", "--redis", stack.redis_address, "--prefix",
+            [workerd, "run", "--redis", stack.redis_address, "--prefix",
              test_workerd.PREFIX, "--spool", stack.spool, "--models-dir", svc.models,
              "--name", "two-users", "--retry-backoff-base", "100ms",
              "--retry-backoff-max", "200ms"], stdout=log, stderr=log,
