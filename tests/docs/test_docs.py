@@ -474,10 +474,16 @@ def nginx_and_workerd_as_two_users(_):
             os.umask(0o002)  # conf/workerd.service: UMask=0002
 
         # a copy of the binary in the prefix: the checkout may sit in a folder only its
-        # owner can enter
+        # owner can enter (as mktemp -d makes)
         workerd = os.path.join(stack.prefix, "workerd")
         shutil.copy(test_workerd.WORKERD, workerd)
         os.chmod(workerd, 0o755)
+        # and the model, which the service links from the checkout
+        model = os.path.join(svc.models, "htdemucs.safetensors")
+        real = os.path.realpath(model)
+        os.unlink(model)
+        shutil.copy(real, model)
+        os.chmod(model, 0o644)
         log = open(os.path.join(stack.prefix, "logs", "two-users.log"), "ab")
         proc = subprocess.Popen(
             [workerd, "run", "--redis", stack.redis_address, "--prefix",
