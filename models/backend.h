@@ -80,6 +80,12 @@ typedef struct sep_backend_ops {
                    const float *w, const float *bias);
     void (*conv_tr2d)(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, const float *in,
                       const float *w, const float *bias);
+    /* Optional (NULL: the graph runs conv_tr2d, then copy_rows): conv_tr2d keeping only
+     * rows [top, top + oh) and columns [left, left + ow) of its ho x wo output, written
+     * as [n][cout][oh][ow]; the rest is never stored. */
+    void (*conv_tr2d_window)(sep_backend *be, const sep_conv_tr2d_desc *d, int top, int oh,
+                             int left, int ow, float *out, const float *in, const float *w,
+                             const float *bias);
     /* out[b][r][o] = act(sum_i in[b][r][i] * w[o][i] + bias[o]) (PyTorch Linear). */
     void (*linear)(sep_backend *be, float *out, const float *in, const float *w, const float *bias,
                    int batch, int rows, int in_dim, int out_dim, int act);

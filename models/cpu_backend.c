@@ -509,29 +509,40 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
     }
 }
 
-/* col2im of one chunk of input positions [p0, p1): y[co][ih*sh + ki][iw*sw + kj] +=
- * col[(co,ki,kj)][p - p0]. */
-static void col2im_chunk(const sep_conv_tr2d_desc *d, const float *col, float *y, int p0, int p1)
+/* col2im of one chunk of input positions [p0, p1) into the output window of rows
+ * [top, top + oh) and columns [left, left + ow):
+ * y[co][ih*sh + ki - top][iw*sw + kj - left] += col[(co,ki,kj)][p - p0]. */
+static void col2im_chunk(const sep_conv_tr2d_desc *d, const float *col, float *y, int p0, int p1,
+                         int top, int oh, int left, int ow)
 {
     int kk = d->kh * d->kw, nc = p1 - p0;
-    size_t on = (size_t)d->ho * d->wo;
+    size_t on = (size_t)oh * ow;
     for (int co = 0; co < d->cout; co++) {
         float *yc = y + (size_t)co * on;
         for (int ki = 0; ki < d->kh; ki++) {
             for (int kj = 0; kj < d->kw; kj++) {
                 const float *row = col + ((size_t)co * kk + ki * d->kw + kj) * nc;
+                /* input columns whose output column falls in the window */
+                int wlo = left - kj > 0 ? (left - kj + d->sw - 1) / d->sw : 0;
+                int whi = (left + ow - kj + d->sw - 1) / d->sw;
+                if (whi > d->w)
+                    whi = d->w;
                 int p = p0;
                 while (p < p1) {
                     int ih = p / d->w, iw0 = p % d->w;
                     int iw1 = p1 - (p - iw0) < d->w ? p1 - (p - iw0) : d->w;
-                    float *dst = yc + (size_t)(ih * d->sh + ki) * d->wo + kj;
-                    const float *src = row + (p - p0) - iw0;
-                    if (d->sw == 1)
-                        for (int iw = iw0; iw < iw1; iw++)
-                            dst[iw] += src[iw];
-                    else
-                        for (int iw = iw0; iw < iw1; iw++)
-                            dst[(size_t)iw * d->sw] += src[iw];
+                    int orow = ih * d->sh + ki - top;
+                    if (orow >= 0 && orow < oh) {
+                        int a = iw0 > wlo ? iw0 : wlo, e = iw1 < whi ? iw1 : whi;
+                        float *dst = yc + (size_t)orow * ow + kj - left;
+                        const float *src = row + (p - p0) - iw0;
+                        if (d->sw == 1)
+                            for (int iw = a; iw < e; iw++)
+                                dst[iw] += src[iw];
+                        else
+                            for (int iw = a; iw < e; iw++)
+                                dst[(size_t)iw * d->sw] += src[iw];
+                    }
                     p += iw1 - iw0;
                 }
             }
@@ -539,16 +550,17 @@ static void col2im_chunk(const sep_conv_tr2d_desc *d, const float *col, float *y
     }
 }
 
-/* Transposed convolution: per chunk of input positions, a GEMM into the thread's own
- * buffer and its col2im. Chunks are whole input rows (or, for 1-D signals, column
- * ranges) at least as long as the kernel overlap, so a chunk's output overlaps only
- * its neighbours': even chunks run in parallel, then odd ones. */
-static void cpu_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, const float *in,
-                          const float *w, const float *bias)
+/* Transposed convolution into an output window: per chunk of input positions, a GEMM
+ * into the thread's own buffer and its col2im. Chunks are whole input rows (or, for
+ * 1-D signals, column ranges) at least as long as the kernel overlap, so a chunk's
+ * output overlaps only its neighbours': even chunks run in parallel, then odd ones. */
+static void cpu_conv_tr2d_window(sep_backend *be, const sep_conv_tr2d_desc *d, int top, int oh,
+                                 int left, int ow, float *out, const float *in, const float *w,
+                                 const float *bias)
 {
     int kk = d->kh * d->kw;
     int M = d->cout * kk, K = d->cin, N = d->h * d->w;
-    size_t on = (size_t)d->ho * d->wo;
+    size_t on = (size_t)oh * ow;
     int nt = be->threads;
     int chunk = col_chunk(M, N, nt);
     if (d->h > 1) { /* whole rows, at least ceil(kh / sh) of them */
@@ -584,11 +596,17 @@ static void cpu_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *o
                     int nc = p1 - p0;
                     /* col[(co,ki,kj)][p] = sum_ci w[ci][(co,ki,kj)] x[ci][p] */
                     gemm(be, 1, 0, M, nc, K, 1.0f, w, M, x + p0, N, 0.0f, col, nc);
-                    col2im_chunk(d, col, y, p0, p1);
+                    col2im_chunk(d, col, y, p0, p1, top, oh, left, ow);
                 }
             }
         }
     }
+}
+
+static void cpu_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *out, const float *in,
+                          const float *w, const float *bias)
+{
+    cpu_conv_tr2d_window(be, d, 0, d->ho, 0, d->wo, out, in, w, bias);
 }
 
 /* Linear layer: rows split in one chunk per thread, each a single-threaded sgemm
@@ -1556,6 +1574,7 @@ static const sep_backend_ops cpu_ops = {
     .sync = cpu_sync,
     .conv2d = cpu_conv2d,
     .conv_tr2d = cpu_conv_tr2d,
+    .conv_tr2d_window = cpu_conv_tr2d_window,
     .linear = cpu_linear,
     .attention = cpu_attention,
     .group_norm = cpu_group_norm,

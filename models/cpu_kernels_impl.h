@@ -10,6 +10,9 @@
 #include "models/cpu_kernels.h"
 
 #include <math.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -75,11 +78,54 @@ static void k_glu(float *out, const float *a, const float *g, size_t n)
         out[i] = a[i] / (1.0f + vexp(-g[i]));
 }
 
+/* vexp on a whole vector, for x <= 0 (softmax: scores minus their row maximum): the
+ * same reduction and polynomial. AVX-512 scales by 2^n with vscalefps, which also
+ * takes n below -126 to 0, so it needs no clamp; elsewhere x is clamped below and the
+ * exponent built in the integer bits. */
+static inline __attribute__((always_inline)) vf vexp_nonpositive(vf x)
+{
+#if defined(__AVX512F__) && VW == 16
+    vf n = (vf)_mm512_roundscale_ps((__m512)(x * 1.44269504088896341f),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    vf lo = {0};
+    lo += -87.3f;
+    vi below = x < lo;
+    x = (vf)((below & (vi)lo) | (~below & (vi)x));
+    vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+#endif
+    vf r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    vf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+#if defined(__AVX512F__) && VW == 16
+    return (vf)_mm512_scalef_ps((__m512)p, (__m512)n);
+#else
+    vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+    return p * (vf)e;
+#endif
+}
+
+/* s[i] = exp(s[i] - max) (every s[i] <= max); returns their sum. */
 static float k_softmax_exp(float *s, int n, float max)
 {
+    int i = 0;
+    vf acc = {0};
+    for (; i + VW <= n; i += VW) {
+        vf x;
+        memcpy(&x, s + i, sizeof(vf));
+        x = vexp_nonpositive(x - max);
+        memcpy(s + i, &x, sizeof(vf));
+        acc += x;
+    }
     float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int i = 0; i < n; i++) {
+    for (int j = 0; j < VW; j++)
+        sum += acc[j];
+    for (; i < n; i++) {
         s[i] = vexp(s[i] - max);
         sum += s[i];
     }

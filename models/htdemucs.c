@@ -1045,11 +1045,25 @@ static tensor dec_forward(fwd *f, const htd_layer *L, tensor x, const tensor *sk
         d.h = 1;
     }
     sep_conv_tr2d_finish(&d);
+    if (!L->freq && L->pad + length > d.wo)
+        longjmp(f->oom, 3);
+    tensor out;
+    if (!L->norm && f->op->conv_tr2d_window) {
+        /* the cropped output straight from the convolution (the norm, when there is
+         * one, takes its statistics over the whole output, so it cannot) */
+        int top = L->freq ? L->pad : 0, oh = L->freq ? d.ho - 2 * L->pad : 1;
+        int left = L->freq ? 0 : L->pad, ow = L->freq ? d.wo : length;
+        out = new_tensor(f, y.n, L->chout, oh, ow);
+        f->op->conv_tr2d_window(f->be, &d, top, oh, left, ow, out.d, y.d, L->conv.w, L->conv.b);
+        if (!L->last)
+            f->op->gelu(f->be, out.d, out.d, numel(out));
+        *pre = y;
+        return out;
+    }
     tensor z = new_tensor(f, y.n, L->chout, d.ho, d.wo);
     f->op->conv_tr2d(f->be, &d, z.d, y.d, L->conv.w, L->conv.b);
     if (L->norm)
         group_norm(f, z, &L->norm2, f->net->hp.norm_groups, SEP_ACT_NONE);
-    tensor out;
     if (L->freq) {
         if (L->pad) {
             out = new_tensor(f, z.n, z.c, z.h - 2 * L->pad, z.w);
@@ -1060,8 +1074,6 @@ static tensor dec_forward(fwd *f, const htd_layer *L, tensor x, const tensor *sk
             out = z;
         }
     } else {
-        if (L->pad + length > z.w)
-            longjmp(f->oom, 3);
         out = new_tensor(f, z.n, z.c, 1, length);
         f->op->copy_rows(f->be, out.d, (size_t)length, z.d + L->pad, (size_t)z.w, z.n * z.c,
                          (size_t)length);

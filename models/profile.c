@@ -147,6 +147,17 @@ static void w_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *o, 
     TIMED(key, fl, IN(be)->ops->conv_tr2d(IN(be), d, o, i, w, b));
 }
 
+static void w_conv_tr2d_window(sep_backend *be, const sep_conv_tr2d_desc *d, int top, int oh,
+                               int left, int ow, float *o, const float *i, const float *w,
+                               const float *b)
+{
+    char key[96];
+    snprintf(key, sizeof(key), "conv_tr2d %dx%d cin%d cout%d %dx%d", d->kh, d->kw, d->cin, d->cout,
+             d->h, d->w);
+    double fl = 2.0 * d->n * d->cout * d->cin * d->kh * d->kw * (double)d->h * d->w;
+    TIMED(key, fl, IN(be)->ops->conv_tr2d_window(IN(be), d, top, oh, left, ow, o, i, w, b));
+}
+
 static void w_linear(sep_backend *be, float *o, const float *i, const float *w, const float *b,
                      int batch, int rows, int in_dim, int out_dim, int act)
 {
@@ -352,6 +363,7 @@ static const sep_backend_ops profile_ops = {
     .status = w_status,
     .conv2d = w_conv2d,
     .conv_tr2d = w_conv_tr2d,
+    .conv_tr2d_window = w_conv_tr2d_window,
     .linear = w_linear,
     .attention = w_attention,
     .group_norm = w_group_norm,
@@ -393,6 +405,8 @@ sep_backend *sep_profile_wrap(sep_backend *inner)
     p->ops = profile_ops;
     if (!inner->ops->dconv_tail)
         p->ops.dconv_tail = NULL;
+    if (!inner->ops->conv_tr2d_window)
+        p->ops.conv_tr2d_window = NULL;
     be->ops = &p->ops;
     be->threads = inner->threads;
     be->host_memory = inner->host_memory;
