@@ -262,7 +262,7 @@ int main(int argc, char **argv)
                      cout, act);
             test_conv(name, d);
         } else {
-            int c = 1 + (int)(r % 70), hid = 1 + (int)((r >> 8) % 8);
+            int c = 1 + (int)(r % 200), hid = 1 + (int)((r >> 8) % 24);
             frand();
             int h = 1 + (int)((rng >> 9) % 6), w = 1 + (int)((rng >> 15) % 3000);
             snprintf(name, sizeof(name), "fuzz tail n%d c%d hid%d %dx%d", 1 + (int)(r >> 30), c,
@@ -320,10 +320,12 @@ int main(int argc, char **argv)
     /* dconv_tail vs reference */
     struct {
         int n, c, hid, h, w;
-    } tc[] = {{1, 1, 1, 1, 1},    {1, 3, 1, 1, 1},       {2, 5, 8, 3, 1},    {1, 7, 4, 1, TBk - 1},
-              {1, 7, 4, 1, TBk},  {1, 7, 4, 1, TBk + 1}, {3, 9, 7, 5, 23},   {1, 48, 8, 1, 20000},
-              {1, 1, 8, 1, 9000}, {1, 513, 2, 2, 100},   {2, 24, 5, 200, 3}, {1, 48, 8, 2, 341},
-              {1, 2000, 3, 1, 40}};
+    } tc[] = {{1, 1, 1, 1, 1},       {1, 3, 1, 1, 1},      {2, 5, 8, 3, 1},
+              {1, 7, 4, 1, TBk - 1}, {1, 7, 4, 1, TBk},    {1, 7, 4, 1, TBk + 1},
+              {3, 9, 7, 5, 23},      {1, 48, 8, 1, 20000}, {1, 1, 8, 1, 9000},
+              {1, 513, 2, 2, 100},   {2, 24, 5, 200, 3},   {1, 48, 8, 2, 341},
+              {1, 2000, 3, 1, 40},   {1, 192, 24, 3, 336}, {2, 96, 12, 2, 341},
+              {1, 96, 12, 1, 21499}, {1, 150, 20, 1, 47}};
     for (size_t i = 0; i < sizeof(tc) / sizeof(tc[0]); i++) {
         snprintf(name, sizeof(name), "tail n%d c%d hid%d %dx%d", tc[i].n, tc[i].c, tc[i].hid,
                  tc[i].h, tc[i].w);
@@ -359,6 +361,7 @@ int main(int argc, char **argv)
     tail_bits(bes, 4, 2, 6, 3, 5, 70);
     tail_bits(bes, 4, 2, 48, 6, 1, 5000);
     tail_bits(bes, 4, 3, 5, 8, 4, 9);
+    tail_bits(bes, 4, 2, 192, 24, 3, 336);
     for (int i = 0; i < 4; i++)
         bes[i]->ops->destroy(bes[i]);
     be->ops->destroy(be);

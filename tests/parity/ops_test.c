@@ -857,7 +857,11 @@ int main(int argc, char **argv)
     test_dconv_tail("dconv_tail 1x48x1x5000 hid6 (chunks)", 1, 48, 6, 1, 5000);
     test_dconv_tail("dconv_tail 1x5x3x333 hid2 odd channels", 1, 5, 2, 3, 333);
     test_dconv_tail("dconv_tail 2x24x3x7 hid8 (rows shorter than a block)", 2, 24, 8, 3, 7);
-    test_dconv_tail("dconv_tail 1x96x4x50 hid12 (declined by the CPU)", 1, 96, 12, 4, 50);
+    test_dconv_tail("dconv_tail 1x96x4x50 hid12", 1, 96, 12, 4, 50);
+    /* 2c = 384: chunks of 32 (AVX-512) leave 16 positions that the last chunk takes */
+    test_dconv_tail("dconv_tail 1x192x2x336 hid24 (remainder chunk)", 1, 192, 24, 2, 336);
+    test_dconv_tail("dconv_tail 1x40x1x1001 hid17", 1, 40, 17, 1, 1001);
+    test_dconv_tail("dconv_tail 1x96x4x50 hid25 (declined by the CPU)", 1, 96, 25, 4, 50);
     test_token_norms();
     test_elementwise();
     test_spec("spec nfft256 3x1000", 3, 1000, 256);
