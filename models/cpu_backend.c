@@ -317,10 +317,11 @@ static int use_winograd(const sep_conv2d_desc *d)
 }
 
 /* U[e][co][ci] = (G g G^T)[e] for g = w[co][ci] (3x3) */
-static void wino_filters(float *U, const float *w, int cout, int cin)
+static void wino_filters(float *U, const float *w, int cout, int cin, int threads)
 {
-    size_t cc = (size_t)cout * cin;
-    for (size_t f = 0; f < cc; f++) {
+    ptrdiff_t cc = (ptrdiff_t)cout * cin;
+#pragma omp parallel for num_threads(threads) schedule(static) if (cc >= 4096)
+    for (ptrdiff_t f = 0; f < cc; f++) {
         const float *g = w + f * 9;
         float t[4][3];
         for (int j = 0; j < 3; j++) {
@@ -394,7 +395,7 @@ static void conv3x3_winograd(sep_backend *be, const sep_conv2d_desc *d, float *o
                         (size_t)cout * 4 * chunk + (size_t)4 * chunk + 8 * (size_t)(tw + 1);
     float *U = scratch(be, ufl + (size_t)nt * per_thread);
     float *bufs = U + ufl;
-    wino_filters(U, w, cout, cin);
+    wino_filters(U, w, cout, cin, nt);
     size_t oplane = (size_t)h * wd;
     for (int b = 0; b < d->n; b++) {
         const float *x = in + (size_t)b * cin * oplane;
@@ -1264,9 +1265,23 @@ static void cpu_permute4(sep_backend *be, float *out, const float *in, const int
 static void cpu_copy_rows(sep_backend *be, float *out, size_t out_stride, const float *in,
                           size_t in_stride, int rows, size_t len)
 {
+    if (rows <= 0 || len == 0)
+        return;
+    /* fewer rows than threads (a whole tensor is one row): each row in pieces, unless
+     * the two spans overlap (memmove's order then matters) */
+    size_t ospan = (size_t)(rows - 1) * out_stride + len,
+           ispan = (size_t)(rows - 1) * in_stride + len;
+    int overlap = out < in + ispan && in < out + ospan;
+    int pieces = rows < be->threads && !overlap ? be->threads : 1;
+    size_t piece = (len + (size_t)pieces - 1) / (size_t)pieces;
 #pragma omp parallel for num_threads(be->threads) if ((size_t)rows * len > 262144)
-    for (int r = 0; r < rows; r++)
-        memmove(out + (size_t)r * out_stride, in + (size_t)r * in_stride, len * sizeof(float));
+    for (int task = 0; task < rows * pieces; task++) {
+        int r = task / pieces;
+        size_t a = (size_t)(task % pieces) * piece, e = a + piece < len ? a + piece : len;
+        if (a < e)
+            memmove(out + (size_t)r * out_stride + a, in + (size_t)r * in_stride + a,
+                    (e - a) * sizeof(float));
+    }
 }
 
 /* ---- spectrogram ---- */
