@@ -71,7 +71,8 @@ typedef struct {
     size_t scratch_count;
     fft_plan plans[MAX_FFT_PLANS];
     int n_plans;
-    int winograd; /* 3x3 convolutions by Winograd (SEP_CPU_WINOGRAD=0: im2col + GEMM) */
+    int winograd; /* 3x3 convolutions by Winograd F(4x4, 3x3) where there are enough rows, else
+                   * F(2x2, 3x3): 4 (SEP_CPU_WINOGRAD=2: F(2x2, 3x3) only, 0: im2col + GEMM) */
 } cpu_impl;
 
 static cpu_impl *impl_of(sep_backend *be)
@@ -447,6 +448,160 @@ static void conv3x3_winograd(sep_backend *be, const sep_conv2d_desc *d, float *o
     }
 }
 
+/* Winograd F(4x4, 3x3), for the same convolutions with at least WINO4_MIN_ROWS rows:
+ * a 4x4 block of outputs from a 6x6 input patch, 36 GEMMs over the channels, 36 cin
+ * cout multiply-adds per 16 outputs (F(2x2, 3x3): 16 per 4; direct: 144 per 16). Its
+ * filter transform has the factors 1/4, 1/6, 1/12, 1/24 (computed in double, rounded
+ * once) and the output transform 2, 4, 8: not exact as F(2x2, 3x3) is, about twice its
+ * rounding error (the ops and parity tests measure it). */
+#define WINO4_MIN_ROWS 16
+
+/* U[e][co][ci] = (G g G^T)[e] for g = w[co][ci] (3x3) */
+static void wino4_filters(float *U, const float *w, int cout, int cin, int threads)
+{
+    static const double G[6][3] = {{0.25, 0, 0},
+                                   {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                   {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                   {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                   {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                   {0, 0, 1}};
+    ptrdiff_t cc = (ptrdiff_t)cout * cin;
+#pragma omp parallel for num_threads(threads) schedule(static) if (cc >= 4096)
+    for (ptrdiff_t f = 0; f < cc; f++) {
+        const float *g = w + f * 9;
+        double t[6][3];
+        for (int a = 0; a < 6; a++)
+            for (int j = 0; j < 3; j++)
+                t[a][j] = G[a][0] * g[j] + G[a][1] * g[3 + j] + G[a][2] * g[6 + j];
+        for (int a = 0; a < 6; a++)
+            for (int b = 0; b < 6; b++)
+                U[(size_t)(6 * a + b) * cc + f] =
+                    (float)(t[a][0] * G[b][0] + t[a][1] * G[b][1] + t[a][2] * G[b][2]);
+    }
+}
+
+/* V[e][ci][t - t0] = (B^T d B)[e] for the tiles t in [t0, t1) (tw tiles per tile row)
+ * of the input plane x [cin][h][w]; outside the plane d is 0 (the padding). Per tile
+ * row and channel, the columns the chunk's tiles read of the six input rows are split
+ * by their position mod 4 (rows[], zero where the padding is), so the transform
+ * (the kernels' wino4_input) reads contiguous streams. */
+static void wino4_inputs(const cpu_kernels *ks, float *V, size_t ldv, float *rows, const float *x,
+                         int cin, int h, int w, int tw, int t0, int t1)
+{
+    size_t plane = (size_t)h * w, vstride = (size_t)cin * ldv;
+    int len = tw + 1; /* one phase of one row: tiles + 1 */
+    for (int tr = t0 / tw; tr * tw < t1; tr++) {
+        int c0 = tr * tw < t0 ? t0 - tr * tw : 0;
+        int c1 = (tr + 1) * tw > t1 ? t1 - tr * tw : tw;
+        for (int ci = 0; ci < cin; ci++) {
+            const float *xc = x + (size_t)ci * plane;
+            const float *ph[6][4];
+            for (int i = 0; i < 6; i++) {
+                int r = 4 * tr - 1 + i;
+                float *P = rows + (size_t)(4 * i) * len;
+                /* tile t reads columns 4t - 1 .. 4t + 4: column 4k - 1 + p -> P[p][k] */
+                if (r < 0 || r >= h) {
+                    for (int p = 0; p < 4; p++)
+                        memset(P + (size_t)p * len + c0, 0, (size_t)(c1 + 1 - c0) * sizeof(float));
+                } else {
+                    const float *xr = xc + (size_t)r * w;
+                    for (int k = c0; k <= c1; k++) {
+                        int col = 4 * k - 1;
+                        if (col >= 0 && col + 3 < w) {
+                            for (int p = 0; p < 4; p++)
+                                P[(size_t)p * len + k] = xr[col + p];
+                        } else {
+                            for (int p = 0; p < 4; p++)
+                                P[(size_t)p * len + k] =
+                                    col + p >= 0 && col + p < w ? xr[col + p] : 0.0f;
+                        }
+                    }
+                }
+                for (int p = 0; p < 4; p++)
+                    ph[i][p] = P + (size_t)p * len + c0;
+            }
+            ks->wino4_input(V + (size_t)ci * ldv + ((size_t)tr * tw + c0 - (size_t)t0), vstride,
+                            (const float *const(*)[4])ph, c1 - c0);
+        }
+    }
+}
+
+static void conv3x3_winograd4(sep_backend *be, const sep_conv2d_desc *d, float *out,
+                              const float *in, const float *w, const float *bias)
+{
+    const cpu_kernels *ks = impl_of(be)->k;
+    int cin = d->cin, cout = d->cout, h = d->h, wd = d->w;
+    int glu = d->act == SEP_ACT_GLU, mout = glu ? cout / 2 : cout;
+    int th = (h + 3) / 4, tw = (wd + 3) / 4, tiles = th * tw;
+    int nt = be->threads;
+    /* tiles per chunk: V and M of a chunk about COL_CACHE_FLOATS * 4 */
+    int chunk = (int)(4 * (size_t)COL_CACHE_FLOATS / (36 * (size_t)(cin + cout))) / 16 * 16;
+    if (chunk < 32)
+        chunk = 32;
+    int per = (tiles + 2 * nt - 1) / (2 * nt);
+    if (per < chunk)
+        chunk = per < 16 ? 16 : (per + 15) / 16 * 16;
+    int nchunks = (tiles + chunk - 1) / chunk;
+    size_t ufl = (size_t)36 * cout * cin;
+    size_t per_thread = (size_t)36 * cin * chunk + (size_t)36 * cout * chunk +
+                        (size_t)cout * 16 * chunk + (size_t)16 * chunk + 24 * (size_t)(tw + 1);
+    float *U = scratch(be, ufl + (size_t)nt * per_thread);
+    float *bufs = U + ufl;
+    wino4_filters(U, w, cout, cin, nt);
+    size_t oplane = (size_t)h * wd;
+    for (int b = 0; b < d->n; b++) {
+        const float *x = in + (size_t)b * cin * oplane;
+        float *y = out + (size_t)b * mout * oplane;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int c = 0; c < nchunks; c++) {
+            int t0 = c * chunk, t1 = t0 + chunk < tiles ? t0 + chunk : tiles, n = t1 - t0;
+            float *V = bufs + (size_t)omp_get_thread_num() * per_thread;
+            float *M = V + (size_t)36 * cin * chunk;
+            float *Y = M + (size_t)36 * cout * chunk;
+            float *G = Y + (size_t)cout * 16 * chunk;
+            float *rows = G + (size_t)16 * chunk;
+            wino4_inputs(ks, V, (size_t)n, rows, x, cin, h, wd, tw, t0, t1);
+            for (int e = 0; e < 36; e++)
+                gemm(be, 0, 0, cout, n, cin, 1.0f, U + (size_t)e * cout * cin, cin,
+                     V + (size_t)e * cin * n, n, 0.0f, M + (size_t)e * cout * n, n);
+            for (int co = 0; co < cout; co++)
+                ks->wino4_output(Y + (size_t)co * 16 * n, (size_t)n, M + (size_t)co * n,
+                                 (size_t)cout * n, bias ? bias[co] : 0.0f, n);
+            for (int co = 0; co < mout; co++) {
+                float *yc = Y + (size_t)co * 16 * n;
+                if (glu) {
+                    ks->glu(G, yc, Y + (size_t)(co + mout) * 16 * n, (size_t)16 * n);
+                    yc = G;
+                } else if (d->act == SEP_ACT_GELU) {
+                    ks->gelu(yc, yc, (size_t)16 * n);
+                }
+                float *oc = y + (size_t)co * oplane;
+                for (int tr = t0 / tw; tr * tw < t1; tr++) {
+                    int c0 = tr * tw < t0 ? t0 - tr * tw : 0;
+                    int c1 = (tr + 1) * tw > t1 ? t1 - tr * tw : tw;
+                    /* tile tc of this tile row is column first + tc of the chunk */
+                    ptrdiff_t first = (ptrdiff_t)tr * tw - t0;
+                    int full = wd / 4 < c1 ? wd / 4 : c1; /* tiles with all four columns */
+                    for (int i = 0; i < 4 && 4 * tr + i < h; i++) {
+                        float *orow = oc + (size_t)(4 * tr + i) * wd;
+                        const float *s0 = yc + (size_t)(4 * i) * n + first, *s1 = s0 + n,
+                                    *s2 = s1 + n, *s3 = s2 + n;
+                        for (int tc = c0; tc < full; tc++) {
+                            orow[4 * tc] = s0[tc];
+                            orow[4 * tc + 1] = s1[tc];
+                            orow[4 * tc + 2] = s2[tc];
+                            orow[4 * tc + 3] = s3[tc];
+                        }
+                        for (int tc = full > c0 ? full : c0; tc < c1; tc++)
+                            for (int j = 0; j < 4 && 4 * tc + j < wd; j++)
+                                orow[4 * tc + j] = yc[(size_t)(4 * i + j) * n + first + tc];
+                    }
+                }
+            }
+        }
+    }
+}
+
 /* Convolution: direct for small shapes, a GEMM on the input for 1x1 convs, else
  * im2col + GEMM on column chunks, each chunk done by one thread in its own buffer
  * (im2col output still in cache when the GEMM reads it, no barrier per chunk). */
@@ -459,7 +614,10 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
         return;
     }
     if (impl_of(be)->winograd && use_winograd(d)) {
-        conv3x3_winograd(be, d, out, in, w, bias);
+        if (impl_of(be)->winograd == 4 && d->h >= WINO4_MIN_ROWS)
+            conv3x3_winograd4(be, d, out, in, w, bias);
+        else
+            conv3x3_winograd(be, d, out, in, w, bias);
         return;
     }
     int M = d->cout, K = d->cin * d->kh * d->kw;
@@ -1645,7 +1803,7 @@ sep_backend *sep_cpu_backend_create(int threads, char *err, size_t errlen)
     }
     c->sgemm = g->sgemm;
     const char *wino = getenv("SEP_CPU_WINOGRAD");
-    c->winograd = !(wino && strcmp(wino, "0") == 0);
+    c->winograd = !wino ? 4 : strcmp(wino, "0") == 0 ? 0 : strcmp(wino, "2") == 0 ? 2 : 4;
     be->name = "cpu";
     be->ops = &cpu_ops;
     be->threads = threads;

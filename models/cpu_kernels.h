@@ -59,6 +59,10 @@ typedef struct {
     void (*wino_input)(float *v, size_t vstride, const float *const ev[4], const float *const od[4],
                        int n);
     void (*wino_output)(float *y, size_t ystride, const float *m, size_t mstride, float b, int n);
+    /* the same for Winograd F(4x4, 3x3): the input transform of n tiles from the six
+     * rows' columns split by their position mod 4, the output transform of n tiles */
+    void (*wino4_input)(float *v, size_t vstride, const float *const ph[6][4], int n);
+    void (*wino4_output)(float *y, size_t ystride, const float *m, size_t mstride, float b, int n);
     /* a register-only FMA loop of `iters` iterations; returns the flops done */
     double (*fma_loop)(long iters);
 } cpu_kernels;

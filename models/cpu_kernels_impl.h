@@ -431,6 +431,75 @@ static void k_wino_output(float *y, size_t ystride, const float *m, size_t mstri
     }
 }
 
+/* Winograd F(4x4, 3x3) input transform (points 0, +-1, +-2, inf) of n consecutive
+ * tiles of one tile row and channel: ph[i][p] holds the columns 4k - 1 + p (k from the
+ * first tile on) of the tile row's input row i, so tile t's 6x6 patch row i is
+ * ph[i][0..3][t], ph[i][0][t + 1], ph[i][1][t + 1]; v[e * vstride + t] = (B^T d B)[e]. */
+static void k_wino4_input(float *v, size_t vstride, const float *const ph[6][4], int n)
+{
+    /* rows first, each row's transform stored where its column pass reads it, then the
+     * columns in place: two passes of six streams in and six out, which vectorise */
+    for (int i = 0; i < 6; i++) {
+        const float *p0 = ph[i][0], *p1 = ph[i][1], *p2 = ph[i][2], *p3 = ph[i][3];
+        float *u0 = v + (size_t)(6 * i) * vstride;
+        float *u1 = u0 + vstride, *u2 = u1 + vstride, *u3 = u2 + vstride, *u4 = u3 + vstride,
+              *u5 = u4 + vstride;
+#pragma omp simd
+        for (int t = 0; t < n; t++) {
+            float d0 = p0[t], d1 = p1[t], d2 = p2[t], d3 = p3[t], d4 = p0[t + 1], d5 = p1[t + 1];
+            u0[t] = 4.0f * d0 - 5.0f * d2 + d4;
+            u1[t] = -4.0f * (d1 + d2) + d3 + d4;
+            u2[t] = 4.0f * (d1 - d2) - d3 + d4;
+            u3[t] = 2.0f * (d3 - d1) - d2 + d4;
+            u4[t] = 2.0f * (d1 - d3) - d2 + d4;
+            u5[t] = 4.0f * d1 - 5.0f * d3 + d5;
+        }
+    }
+    for (int j = 0; j < 6; j++) {
+        float *r0 = v + (size_t)j * vstride;
+        float *r1 = r0 + 6 * vstride, *r2 = r1 + 6 * vstride, *r3 = r2 + 6 * vstride,
+              *r4 = r3 + 6 * vstride, *r5 = r4 + 6 * vstride;
+#pragma omp simd
+        for (int t = 0; t < n; t++) {
+            float d0 = r0[t], d1 = r1[t], d2 = r2[t], d3 = r3[t], d4 = r4[t], d5 = r5[t];
+            r0[t] = 4.0f * d0 - 5.0f * d2 + d4;
+            r1[t] = -4.0f * (d1 + d2) + d3 + d4;
+            r2[t] = 4.0f * (d1 - d2) - d3 + d4;
+            r3[t] = 2.0f * (d3 - d1) - d2 + d4;
+            r4[t] = 2.0f * (d1 - d3) - d2 + d4;
+            r5[t] = 4.0f * d1 - 5.0f * d3 + d5;
+        }
+    }
+}
+
+/* Winograd F(4x4, 3x3) output transform of n tiles of one channel:
+ * y[(4 i + j) * ystride + t] = (A^T M A)[i][j] + b, M[e] = m[e * mstride + t]. */
+static void k_wino4_output(float *y, size_t ystride, const float *m, size_t mstride, float b, int n)
+{
+#pragma omp simd
+    for (int t = 0; t < n; t++) {
+        float r[4][6];
+        for (int j = 0; j < 6; j++) {
+            float m0 = m[(size_t)j * mstride + t], m1 = m[(size_t)(6 + j) * mstride + t];
+            float m2 = m[(size_t)(12 + j) * mstride + t], m3 = m[(size_t)(18 + j) * mstride + t];
+            float m4 = m[(size_t)(24 + j) * mstride + t], m5 = m[(size_t)(30 + j) * mstride + t];
+            float a = m1 + m2, s = m1 - m2, c = m3 + m4, e = m3 - m4;
+            r[0][j] = m0 + a + c;
+            r[1][j] = s + 2.0f * e;
+            r[2][j] = a + 4.0f * c;
+            r[3][j] = s + 8.0f * e + m5;
+        }
+        for (int i = 0; i < 4; i++) {
+            float a = r[i][1] + r[i][2], s = r[i][1] - r[i][2], c = r[i][3] + r[i][4],
+                  e = r[i][3] - r[i][4];
+            y[(size_t)(4 * i + 0) * ystride + t] = r[i][0] + a + c + b;
+            y[(size_t)(4 * i + 1) * ystride + t] = s + 2.0f * e + b;
+            y[(size_t)(4 * i + 2) * ystride + t] = a + 4.0f * c + b;
+            y[(size_t)(4 * i + 3) * ystride + t] = s + 8.0f * e + r[i][5] + b;
+        }
+    }
+}
+
 /* 10 independent multiply-add chains (enough to cover the FMA latency x throughput
  * of current cores); the result is kept so the loop is not removed */
 static double k_fma_loop(long iters)
@@ -476,5 +545,7 @@ const cpu_kernels KTABLE = {
     .attention_work_floats = k_attention_work_floats,
     .wino_input = k_wino_input,
     .wino_output = k_wino_output,
+    .wino4_input = k_wino4_input,
+    .wino4_output = k_wino4_output,
     .fma_loop = k_fma_loop,
 };

@@ -761,6 +761,9 @@ static const struct {
     {"conv 3x3 winograd cin32 cout20 40x60",         {1, 32, 40,   60, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_NONE}},
     {"conv 3x3 winograd +glu cin72 cout30 9x37",     {2, 72,  9,   37, 30, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_GLU}},
     {"conv 3x3 winograd +gelu cin96 cout8 1x5",      {1, 96,  1,    5,  8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_GELU}},
+    /* F(4x4, 3x3) (16 rows or more): tiles cut by the bottom and right edges */
+    {"conv 3x3 winograd4 +glu cin48 cout24 17x38",   {2, 48, 17,   38, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_GLU}},
+    {"conv 3x3 winograd4 +gelu cin40 cout12 33x5",   {1, 40, 33,    5, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_GELU}},
     {"conv 8x1 s4 freq cin4 cout24 +gelu 64x20",     {2,  4, 64,   20, 24, 8, 1, 4, 1, 1, 1, 2, 2, 0, 0, SEP_ACT_GELU}},
     {"conv 1x8 s4 time asym pad cin2 cout24 1x1001", {2,  2,  1, 1001, 24, 1, 8, 1, 4, 1, 1, 0, 0, 2, 5, SEP_ACT_NONE}},
     {"conv 3x3 +glu (rewrite) cin12 cout24 17x41",   {2, 12, 17,   41, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, SEP_ACT_GLU}},
