@@ -2,7 +2,8 @@
 # reference PyTorch model with the same thread count, interleaved in one run (bench/cpu,
 # bench/benchlib.py; results in bench/results/cpu-<YYYYmmdd-HHMM>[-NOISY|-INVALID].txt).
 #
-#   make bench-cpu      SEP_BENCH_THREADS (default 2), SEP_BENCH_RUNS (rounds, default 5)
+#   make bench-cpu      SEP_BENCH_THREADS (default 2), SEP_BENCH_RUNS (rounds, default 5),
+#                       CPU_BENCH_ARGS (more options, e.g. --isa avx2)
 
 CPU_BENCH_BIN := $(BUILD)/bench/cpu_engine
 ALL_TARGETS += $(CPU_BENCH_BIN)
@@ -14,4 +15,4 @@ $(CPU_BENCH_BIN): bench/cpu_engine.c $(SEPMODELS_LIB) $(SEPCUDA_LIB) models/engi
 
 .PHONY: bench-cpu
 bench-cpu: $(CPU_BENCH_BIN) deps-reference
-	$(PY) bench/cpu
+	$(PY) bench/cpu $(CPU_BENCH_ARGS)
