@@ -320,7 +320,9 @@ static void k_attention_pack(float *kp, float *vp, const float *k, size_t ldk, c
  * broadcast, a TB-wide column panel of V reused from L1 by all query blocks), and
  * O / l at the end. S rows are padded by a cache line (a row stride that is a large
  * power of two would map a column of rows onto a few L1 sets). */
+#ifndef ATTN_KT
 #define ATTN_KT 256
+#endif
 #define ATTN_LDS (ATTN_KT + 16)
 static void k_attention_tile(float *out, size_t ldo, const float *q, size_t ldq, const float *kp,
                              const float *vp, int nq, int nk, int hd, float scale, float *work)
@@ -329,15 +331,18 @@ static void k_attention_tile(float *out, size_t ldo, const float *q, size_t ldq,
     float *s = qc + (size_t)nq * hd;      /* [nq][ATTN_LDS] */
     float *o = s + (size_t)nq * ATTN_LDS; /* [nq][hd] */
     float *m = o + (size_t)nq * hd, *l = m + nq;
+    /* the scale applied to the queries as they are copied (exact for power-of-two
+     * head sizes: 1/8 at 64) */
     for (int i = 0; i < nq; i++)
-        memcpy(qc + (size_t)i * hd, q + (size_t)i * ldq, (size_t)hd * sizeof(float));
+        for (int c = 0; c < hd; c++)
+            qc[(size_t)i * hd + c] = q[(size_t)i * ldq + c] * scale;
     for (int k0 = 0; k0 < nk; k0 += ATTN_KT) {
         int nkt = nk - k0 < ATTN_KT ? nk - k0 : ATTN_KT;
         for (int j0 = 0; j0 < nkt; j0 += TB)
             for (int i0 = 0; i0 < nq; i0 += COB) {
                 int nr = nq - i0 < COB ? nq - i0 : COB;
                 mk_block(s + (size_t)i0 * ATTN_LDS + j0, ATTN_LDS, qc + (size_t)i0 * hd, hd, 1,
-                         kp + (size_t)(k0 + j0) * hd, TB, hd, nr, scale, 0);
+                         kp + (size_t)(k0 + j0) * hd, TB, hd, nr, 1.0f, 0);
             }
         for (int i = 0; i < nq; i++) {
             float *si = s + (size_t)i * ATTN_LDS;
