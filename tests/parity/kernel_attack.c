@@ -1,12 +1,12 @@
 /*
- * kernel_attack.c - stress test of the CPU backend's attention, dconv_tail and Winograd
- * kernels: shapes at and around every block boundary of the instruction set's kernels
- * (key panels, key tiles, query blocks, head sizes, tile rows, chunks) against
- * ops_test.c's double references, attention with NaN/Inf/huge inputs (must return),
- * and bit-exactness where the engine claims it: a batch gives the same bits as single
- * runs (every op), and attention and dconv_tail give the same bits for any thread
- * count (1, 2, 3, 7). Convolutions (im2col and Winograd) split their work by the
- * thread count: differences there are printed as NOTE lines, not failures.
+ * kernel_attack.c - stress test of the CPU backend's attention, dconv_tail, Winograd and
+ * conv_tr2d_window kernels: shapes at and around every block boundary of the instruction set's
+ * kernels (key panels, key tiles, query blocks, head sizes, tile rows, chunks) against ops_test.c's
+ * double references, attention with NaN/Inf/huge inputs (must return), and bit-exactness where the
+ * engine claims it: a batch gives the same bits as single runs (every op), and attention and
+ * dconv_tail give the same bits for any thread count (1, 2, 3, 7), and a transposed convolution's
+ * window equals that part of its full output bit for bit. Convolutions (im2col and Winograd) split
+ * their work by the thread count: differences there are printed as NOTE lines, not failures.
  *
  *   kernel_attack [--threads N] [--quick] [--fuzz COUNT SEED]
  *
@@ -170,6 +170,37 @@ static void tail_bits(sep_backend **bes, int nbe, int n, int c, int hid, int h, 
     free(g);
     free(bt);
     free(sc);
+}
+
+/* conv_tr2d_window against the same window of conv_tr2d's full output: the same bits
+ * (the same GEMM chunks, the same sums in the same order) */
+static void window_bits(sep_conv_tr2d_desc d, int top, int oh, int left, int ow)
+{
+    if (!be->ops->conv_tr2d_window)
+        return;
+    sep_conv_tr2d_finish(&d);
+    size_t ni = (size_t)d.n * d.cin * d.h * d.w, nw = (size_t)d.cin * d.cout * d.kh * d.kw;
+    size_t nfull = (size_t)d.n * d.cout * d.ho * d.wo, nwin = (size_t)d.n * d.cout * oh * ow;
+    float *x = hrand(ni, 1.0f), *w = hrand(nw, 0.3f), *b = hrand((size_t)d.cout, 0.5f);
+    float *full = malloc(nfull * 4 + 16), *win = malloc(nwin * 4 + 16),
+          *ref = malloc(nwin * 4 + 16);
+    be->ops->conv_tr2d(be, &d, full, x, w, b);
+    be->ops->conv_tr2d_window(be, &d, top, oh, left, ow, win, x, w, b);
+    for (int nc = 0; nc < d.n * d.cout; nc++)
+        for (int r = 0; r < oh; r++)
+            memcpy(ref + ((size_t)nc * oh + r) * ow,
+                   full + ((size_t)nc * d.ho + top + r) * d.wo + left, (size_t)ow * 4);
+    char name[200];
+    snprintf(name, sizeof(name),
+             "conv_tr window n%d cin%d cout%d %dx%d k%dx%d s%dx%d [%d+%d, %d+%d]", d.n, d.cin,
+             d.cout, d.h, d.w, d.kh, d.kw, d.sh, d.sw, top, oh, left, ow);
+    cmp_bits(name, ref, win, nwin);
+    free(x);
+    free(w);
+    free(b);
+    free(full);
+    free(win);
+    free(ref);
 }
 
 /* NaN / Inf / huge in attention: must return (no crash, no hang); prints a summary */
@@ -362,6 +393,25 @@ int main(int argc, char **argv)
     tail_bits(bes, 4, 2, 48, 6, 1, 5000);
     tail_bits(bes, 4, 3, 5, 8, 4, 9);
     tail_bits(bes, 4, 2, 192, 24, 3, 336);
+    /* the decoders' crops (freq: rows, time: columns) and odd windows: one row or column,
+     * the whole output, windows cutting the chunks' overlaps, several batch items */
+    {
+        sep_conv_tr2d_desc wf = {2, 24, 37, 19, 8, 8, 1, 4, 1};
+        sep_conv_tr2d_desc wt = {1, 40, 1, 3001, 8, 1, 8, 1, 4};
+        sep_conv_tr2d_desc w2 = {1, 12, 9, 11, 5, 3, 5, 2, 3};
+        sep_conv_tr2d_finish(&wf);
+        sep_conv_tr2d_finish(&wt);
+        sep_conv_tr2d_finish(&w2);
+        window_bits(wf, 2, wf.ho - 4, 0, wf.wo);
+        window_bits(wf, 0, wf.ho, 0, wf.wo);
+        window_bits(wf, wf.ho - 1, 1, 3, 1);
+        window_bits(wf, 5, 17, 2, 9);
+        window_bits(wt, 0, 1, 2, wt.wo - 2 - 5);
+        window_bits(wt, 0, 1, 0, 1);
+        window_bits(wt, 0, 1, 4000, wt.wo - 4000);
+        window_bits(w2, 1, w2.ho - 3, 2, w2.wo - 7);
+        window_bits(w2, 3, 2, 1, 1);
+    }
     for (int i = 0; i < 4; i++)
         bes[i]->ops->destroy(bes[i]);
     be->ops->destroy(be);
