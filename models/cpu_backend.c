@@ -376,79 +376,6 @@ static void wino_inputs(const cpu_kernels *ks, float *V, size_t ldv, float *rows
     }
 }
 
-static void conv3x3_winograd(sep_backend *be, const sep_conv2d_desc *d, float *out, const float *in,
-                             const float *w, const float *bias)
-{
-    const cpu_kernels *ks = impl_of(be)->k;
-    int cin = d->cin, cout = d->cout, h = d->h, wd = d->w;
-    int glu = d->act == SEP_ACT_GLU, mout = glu ? cout / 2 : cout;
-    int th = (h + 1) / 2, tw = (wd + 1) / 2, tiles = th * tw;
-    int nt = be->threads;
-    /* tiles per chunk: V and M of a chunk about COL_CACHE_FLOATS * 4 */
-    int chunk = (int)(4 * (size_t)COL_CACHE_FLOATS / (16 * (size_t)(cin + cout))) / 16 * 16;
-    if (chunk < 64)
-        chunk = 64;
-    int per = (tiles + 2 * nt - 1) / (2 * nt);
-    if (per < chunk)
-        chunk = per < 16 ? 16 : (per + 15) / 16 * 16;
-    int nchunks = (tiles + chunk - 1) / chunk;
-    size_t ufl = (size_t)16 * cout * cin;
-    size_t per_thread = (size_t)16 * cin * chunk + (size_t)16 * cout * chunk +
-                        (size_t)cout * 4 * chunk + (size_t)4 * chunk + 8 * (size_t)(tw + 1);
-    float *U = scratch(be, ufl + (size_t)nt * per_thread);
-    float *bufs = U + ufl;
-    wino_filters(U, w, cout, cin, nt);
-    size_t oplane = (size_t)h * wd;
-    for (int b = 0; b < d->n; b++) {
-        const float *x = in + (size_t)b * cin * oplane;
-        float *y = out + (size_t)b * mout * oplane;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-        for (int c = 0; c < nchunks; c++) {
-            int t0 = c * chunk, t1 = t0 + chunk < tiles ? t0 + chunk : tiles, n = t1 - t0;
-            float *V = bufs + (size_t)omp_get_thread_num() * per_thread;
-            float *M = V + (size_t)16 * cin * chunk;
-            float *Y = M + (size_t)16 * cout * chunk;
-            float *G = Y + (size_t)cout * 4 * chunk;
-            float *rows = G + (size_t)4 * chunk;
-            wino_inputs(ks, V, (size_t)n, rows, x, cin, h, wd, tw, t0, t1);
-            for (int e = 0; e < 16; e++)
-                gemm(be, 0, 0, cout, n, cin, 1.0f, U + (size_t)e * cout * cin, cin,
-                     V + (size_t)e * cin * n, n, 0.0f, M + (size_t)e * cout * n, n);
-            for (int co = 0; co < cout; co++)
-                ks->wino_output(Y + (size_t)co * 4 * n, (size_t)n, M + (size_t)co * n,
-                                (size_t)cout * n, bias ? bias[co] : 0.0f, n);
-            for (int co = 0; co < mout; co++) {
-                float *yc = Y + (size_t)co * 4 * n;
-                if (glu) {
-                    ks->glu(G, yc, Y + (size_t)(co + mout) * 4 * n, (size_t)4 * n);
-                    yc = G;
-                } else if (d->act == SEP_ACT_GELU) {
-                    ks->gelu(yc, yc, (size_t)4 * n);
-                }
-                float *oc = y + (size_t)co * oplane;
-                for (int tr = t0 / tw; tr * tw < t1; tr++) {
-                    int c0 = tr * tw < t0 ? t0 - tr * tw : 0;
-                    int c1 = (tr + 1) * tw > t1 ? t1 - tr * tw : tw;
-                    /* tile tc of this tile row is column first + tc of the chunk (>= 0 for
-                     * tc >= c0: a tile row that began in an earlier chunk starts before it) */
-                    ptrdiff_t first = (ptrdiff_t)tr * tw - t0;
-                    for (int i = 0; i < 2 && 2 * tr + i < h; i++) {
-                        float *orow = oc + (size_t)(2 * tr + i) * wd;
-                        const float *s0 = yc + (size_t)(2 * i) * n, *s1 = s0 + n;
-                        int full = wd / 2 < c1 ? wd / 2 : c1; /* tiles with both columns */
-                        for (int tc = c0; tc < full; tc++) {
-                            orow[2 * tc] = s0[first + tc];
-                            orow[2 * tc + 1] = s1[first + tc];
-                        }
-                        for (int tc = full > c0 ? full : c0; tc < c1; tc++)
-                            orow[2 * tc] = s0[first + tc];
-                    }
-                }
-            }
-        }
-    }
-}
-
 /* Winograd F(4x4, 3x3), for the same convolutions with at least WINO4_MIN_ROWS rows:
  * a 4x4 block of outputs from a 6x6 input patch, 36 GEMMs over the channels, 36 cin
  * cout multiply-adds per 16 outputs (F(2x2, 3x3): 16 per 4; direct: 144 per 16). Its
@@ -527,28 +454,40 @@ static void wino4_inputs(const cpu_kernels *ks, float *V, size_t ldv, float *row
     }
 }
 
-static void conv3x3_winograd4(sep_backend *be, const sep_conv2d_desc *d, float *out,
-                              const float *in, const float *w, const float *bias)
+/* Winograd F(m x m, 3x3), m = 2 or 4: per chunk of tiles, the input transform of every
+ * channel, (m + 2)^2 GEMMs, the output transform with the bias, the activation, and the
+ * tiles' m x m outputs written into the output rows. Inlined with m constant (the loops
+ * over a tile's columns unrolled). */
+static inline __attribute__((always_inline)) void
+conv3x3_winograd(sep_backend *be, const sep_conv2d_desc *d, int m, float *out, const float *in,
+                 const float *w, const float *bias)
 {
     const cpu_kernels *ks = impl_of(be)->k;
     int cin = d->cin, cout = d->cout, h = d->h, wd = d->w;
     int glu = d->act == SEP_ACT_GLU, mout = glu ? cout / 2 : cout;
-    int th = (h + 3) / 4, tw = (wd + 3) / 4, tiles = th * tw;
-    int nt = be->threads;
+    int th = (h + m - 1) / m, tw = (wd + m - 1) / m, tiles = th * tw;
+    int nt = be->threads, pos = (m + 2) * (m + 2), outs = m * m;
     /* tiles per chunk: V and M of a chunk about COL_CACHE_FLOATS * 4 */
-    int chunk = (int)(4 * (size_t)COL_CACHE_FLOATS / (36 * (size_t)(cin + cout))) / 16 * 16;
-    if (chunk < 32)
-        chunk = 32;
+    int chunk = (int)(4 * (size_t)COL_CACHE_FLOATS / (pos * (size_t)(cin + cout))) / 16 * 16;
+    if (chunk < 128 / m)
+        chunk = 128 / m;
     int per = (tiles + 2 * nt - 1) / (2 * nt);
     if (per < chunk)
         chunk = per < 16 ? 16 : (per + 15) / 16 * 16;
     int nchunks = (tiles + chunk - 1) / chunk;
-    size_t ufl = (size_t)36 * cout * cin;
-    size_t per_thread = (size_t)36 * cin * chunk + (size_t)36 * cout * chunk +
-                        (size_t)cout * 16 * chunk + (size_t)16 * chunk + 24 * (size_t)(tw + 1);
+    size_t ufl = (size_t)pos * cout * cin;
+    /* V, M, the outputs Y, the GLU's, and the input rows split by column phase */
+    size_t per_thread = (size_t)pos * cin * chunk + (size_t)pos * cout * chunk +
+                        (size_t)cout * outs * chunk + (size_t)outs * chunk +
+                        (size_t)(m + 2) * m * (size_t)(tw + 1);
     float *U = scratch(be, ufl + (size_t)nt * per_thread);
     float *bufs = U + ufl;
-    wino4_filters(U, w, cout, cin, nt);
+    if (m == 4)
+        wino4_filters(U, w, cout, cin, nt);
+    else
+        wino_filters(U, w, cout, cin, nt);
+    void (*output)(float *, size_t, const float *, size_t, float, int) =
+        m == 4 ? ks->wino4_output : ks->wino_output;
     size_t oplane = (size_t)h * wd;
     for (int b = 0; b < d->n; b++) {
         const float *x = in + (size_t)b * cin * oplane;
@@ -557,45 +496,45 @@ static void conv3x3_winograd4(sep_backend *be, const sep_conv2d_desc *d, float *
         for (int c = 0; c < nchunks; c++) {
             int t0 = c * chunk, t1 = t0 + chunk < tiles ? t0 + chunk : tiles, n = t1 - t0;
             float *V = bufs + (size_t)omp_get_thread_num() * per_thread;
-            float *M = V + (size_t)36 * cin * chunk;
-            float *Y = M + (size_t)36 * cout * chunk;
-            float *G = Y + (size_t)cout * 16 * chunk;
-            float *rows = G + (size_t)16 * chunk;
-            wino4_inputs(ks, V, (size_t)n, rows, x, cin, h, wd, tw, t0, t1);
-            for (int e = 0; e < 36; e++)
+            float *M = V + (size_t)pos * cin * chunk;
+            float *Y = M + (size_t)pos * cout * chunk;
+            float *G = Y + (size_t)cout * outs * chunk;
+            float *rows = G + (size_t)outs * chunk;
+            if (m == 4)
+                wino4_inputs(ks, V, (size_t)n, rows, x, cin, h, wd, tw, t0, t1);
+            else
+                wino_inputs(ks, V, (size_t)n, rows, x, cin, h, wd, tw, t0, t1);
+            for (int e = 0; e < pos; e++)
                 gemm(be, 0, 0, cout, n, cin, 1.0f, U + (size_t)e * cout * cin, cin,
                      V + (size_t)e * cin * n, n, 0.0f, M + (size_t)e * cout * n, n);
             for (int co = 0; co < cout; co++)
-                ks->wino4_output(Y + (size_t)co * 16 * n, (size_t)n, M + (size_t)co * n,
-                                 (size_t)cout * n, bias ? bias[co] : 0.0f, n);
+                output(Y + (size_t)co * outs * n, (size_t)n, M + (size_t)co * n, (size_t)cout * n,
+                       bias ? bias[co] : 0.0f, n);
             for (int co = 0; co < mout; co++) {
-                float *yc = Y + (size_t)co * 16 * n;
+                float *yc = Y + (size_t)co * outs * n;
                 if (glu) {
-                    ks->glu(G, yc, Y + (size_t)(co + mout) * 16 * n, (size_t)16 * n);
+                    ks->glu(G, yc, Y + (size_t)(co + mout) * outs * n, (size_t)outs * n);
                     yc = G;
                 } else if (d->act == SEP_ACT_GELU) {
-                    ks->gelu(yc, yc, (size_t)16 * n);
+                    ks->gelu(yc, yc, (size_t)outs * n);
                 }
                 float *oc = y + (size_t)co * oplane;
                 for (int tr = t0 / tw; tr * tw < t1; tr++) {
                     int c0 = tr * tw < t0 ? t0 - tr * tw : 0;
                     int c1 = (tr + 1) * tw > t1 ? t1 - tr * tw : tw;
-                    /* tile tc of this tile row is column first + tc of the chunk */
+                    /* tile tc of this tile row is column first + tc of the chunk (>= 0 for
+                     * tc >= c0: a tile row that began in an earlier chunk starts before it) */
                     ptrdiff_t first = (ptrdiff_t)tr * tw - t0;
-                    int full = wd / 4 < c1 ? wd / 4 : c1; /* tiles with all four columns */
-                    for (int i = 0; i < 4 && 4 * tr + i < h; i++) {
-                        float *orow = oc + (size_t)(4 * tr + i) * wd;
-                        const float *s0 = yc + (size_t)(4 * i) * n + first, *s1 = s0 + n,
-                                    *s2 = s1 + n, *s3 = s2 + n;
-                        for (int tc = c0; tc < full; tc++) {
-                            orow[4 * tc] = s0[tc];
-                            orow[4 * tc + 1] = s1[tc];
-                            orow[4 * tc + 2] = s2[tc];
-                            orow[4 * tc + 3] = s3[tc];
-                        }
+                    int full = wd / m < c1 ? wd / m : c1; /* tiles with all m columns */
+                    for (int i = 0; i < m && m * tr + i < h; i++) {
+                        float *orow = oc + (size_t)(m * tr + i) * wd;
+                        const float *si = yc + (size_t)(m * i) * n + first;
+                        for (int tc = c0; tc < full; tc++)
+                            for (int j = 0; j < m; j++)
+                                orow[m * tc + j] = si[(size_t)j * n + tc];
                         for (int tc = full > c0 ? full : c0; tc < c1; tc++)
-                            for (int j = 0; j < 4 && 4 * tc + j < wd; j++)
-                                orow[4 * tc + j] = yc[(size_t)(4 * i + j) * n + first + tc];
+                            for (int j = 0; j < m && m * tc + j < wd; j++)
+                                orow[m * tc + j] = si[(size_t)j * n + tc];
                     }
                 }
             }
@@ -616,9 +555,9 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
     }
     if (impl_of(be)->winograd && use_winograd(d)) {
         if (impl_of(be)->winograd == 4 && d->h >= WINO4_MIN_ROWS)
-            conv3x3_winograd4(be, d, out, in, w, bias);
+            conv3x3_winograd(be, d, 4, out, in, w, bias);
         else
-            conv3x3_winograd(be, d, out, in, w, bias);
+            conv3x3_winograd(be, d, 2, out, in, w, bias);
         return;
     }
     int M = d->cout, K = d->cin * d->kh * d->kw;

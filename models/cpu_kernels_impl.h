@@ -440,6 +440,17 @@ static void k_wino_output(float *y, size_t ystride, const float *m, size_t mstri
  * tiles of one tile row and channel: ph[i][p] holds the columns 4k - 1 + p (k from the
  * first tile on) of the tile row's input row i, so tile t's 6x6 patch row i is
  * ph[i][0..3][t], ph[i][0][t + 1], ph[i][1][t + 1]; v[e * vstride + t] = (B^T d B)[e]. */
+/* B^T of F(4x4, 3x3) applied to one column (or row) d0..d5 of a patch */
+#define WINO4_BT(o0, o1, o2, o3, o4, o5, d0, d1, d2, d3, d4, d5)                                   \
+    do {                                                                                           \
+        o0 = 4.0f * (d0)-5.0f * (d2) + (d4);                                                       \
+        o1 = -4.0f * ((d1) + (d2)) + (d3) + (d4);                                                  \
+        o2 = 4.0f * ((d1) - (d2)) - (d3) + (d4);                                                   \
+        o3 = 2.0f * ((d3) - (d1)) - (d2) + (d4);                                                   \
+        o4 = 2.0f * ((d1) - (d3)) - (d2) + (d4);                                                   \
+        o5 = 4.0f * (d1)-5.0f * (d3) + (d5);                                                       \
+    } while (0)
+
 static void k_wino4_input(float *v, size_t vstride, const float *const ph[6][4], int n)
 {
     /* rows first, each row's transform stored where its column pass reads it, then the
@@ -450,15 +461,9 @@ static void k_wino4_input(float *v, size_t vstride, const float *const ph[6][4],
         float *u1 = u0 + vstride, *u2 = u1 + vstride, *u3 = u2 + vstride, *u4 = u3 + vstride,
               *u5 = u4 + vstride;
 #pragma omp simd
-        for (int t = 0; t < n; t++) {
-            float d0 = p0[t], d1 = p1[t], d2 = p2[t], d3 = p3[t], d4 = p0[t + 1], d5 = p1[t + 1];
-            u0[t] = 4.0f * d0 - 5.0f * d2 + d4;
-            u1[t] = -4.0f * (d1 + d2) + d3 + d4;
-            u2[t] = 4.0f * (d1 - d2) - d3 + d4;
-            u3[t] = 2.0f * (d3 - d1) - d2 + d4;
-            u4[t] = 2.0f * (d1 - d3) - d2 + d4;
-            u5[t] = 4.0f * d1 - 5.0f * d3 + d5;
-        }
+        for (int t = 0; t < n; t++)
+            WINO4_BT(u0[t], u1[t], u2[t], u3[t], u4[t], u5[t], p0[t], p1[t], p2[t], p3[t],
+                     p0[t + 1], p1[t + 1]);
     }
     for (int j = 0; j < 6; j++) {
         float *r0 = v + (size_t)j * vstride;
@@ -467,12 +472,7 @@ static void k_wino4_input(float *v, size_t vstride, const float *const ph[6][4],
 #pragma omp simd
         for (int t = 0; t < n; t++) {
             float d0 = r0[t], d1 = r1[t], d2 = r2[t], d3 = r3[t], d4 = r4[t], d5 = r5[t];
-            r0[t] = 4.0f * d0 - 5.0f * d2 + d4;
-            r1[t] = -4.0f * (d1 + d2) + d3 + d4;
-            r2[t] = 4.0f * (d1 - d2) - d3 + d4;
-            r3[t] = 2.0f * (d3 - d1) - d2 + d4;
-            r4[t] = 2.0f * (d1 - d3) - d2 + d4;
-            r5[t] = 4.0f * d1 - 5.0f * d3 + d5;
+            WINO4_BT(r0[t], r1[t], r2[t], r3[t], r4[t], r5[t], d0, d1, d2, d3, d4, d5);
         }
     }
 }
