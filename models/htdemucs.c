@@ -1047,37 +1047,30 @@ static tensor dec_forward(fwd *f, const htd_layer *L, tensor x, const tensor *sk
     sep_conv_tr2d_finish(&d);
     if (!L->freq && L->pad + length > d.wo)
         longjmp(f->oom, 3);
+    /* the part of the output the layer keeps: without the frequency padding's rows, or
+     * without the time padding and what lies past `length` */
+    int top = L->freq ? L->pad : 0, oh = L->freq ? d.ho - 2 * L->pad : 1;
+    int left = L->freq ? 0 : L->pad, ow = L->freq ? d.wo : length;
     tensor out;
     if (!L->norm && f->op->conv_tr2d_window) {
-        /* the cropped output straight from the convolution (the norm, when there is
-         * one, takes its statistics over the whole output, so it cannot) */
-        int top = L->freq ? L->pad : 0, oh = L->freq ? d.ho - 2 * L->pad : 1;
-        int left = L->freq ? 0 : L->pad, ow = L->freq ? d.wo : length;
+        /* straight from the convolution (a norm takes its statistics over the whole
+         * output, so not with one) */
         out = new_tensor(f, y.n, L->chout, oh, ow);
         f->op->conv_tr2d_window(f->be, &d, top, oh, left, ow, out.d, y.d, L->conv.w, L->conv.b);
-        if (!L->last)
-            f->op->gelu(f->be, out.d, out.d, numel(out));
-        *pre = y;
-        return out;
-    }
-    tensor z = new_tensor(f, y.n, L->chout, d.ho, d.wo);
-    f->op->conv_tr2d(f->be, &d, z.d, y.d, L->conv.w, L->conv.b);
-    if (L->norm)
-        group_norm(f, z, &L->norm2, f->net->hp.norm_groups, SEP_ACT_NONE);
-    if (L->freq) {
-        if (L->pad) {
-            out = new_tensor(f, z.n, z.c, z.h - 2 * L->pad, z.w);
-            f->op->copy_rows(f->be, out.d, (size_t)out.h * out.w, z.d + (size_t)L->pad * z.w,
-                             (size_t)z.h * z.w, z.n * z.c, (size_t)out.h * out.w);
-            drop(f, &z);
-        } else {
-            out = z;
-        }
     } else {
-        out = new_tensor(f, z.n, z.c, 1, length);
-        f->op->copy_rows(f->be, out.d, (size_t)length, z.d + L->pad, (size_t)z.w, z.n * z.c,
-                         (size_t)length);
-        drop(f, &z);
+        tensor z = new_tensor(f, y.n, L->chout, d.ho, d.wo);
+        f->op->conv_tr2d(f->be, &d, z.d, y.d, L->conv.w, L->conv.b);
+        if (L->norm)
+            group_norm(f, z, &L->norm2, f->net->hp.norm_groups, SEP_ACT_NONE);
+        if (oh == d.ho && ow == d.wo) {
+            out = z;
+        } else {
+            /* whole rows (frequency) or a run of the one row (time): one copy per plane */
+            out = new_tensor(f, z.n, z.c, oh, ow);
+            f->op->copy_rows(f->be, out.d, (size_t)oh * ow, z.d + (size_t)top * d.wo + left,
+                             (size_t)d.ho * d.wo, z.n * z.c, (size_t)oh * ow);
+            drop(f, &z);
+        }
     }
     if (!L->last)
         f->op->gelu(f->be, out.d, out.d, numel(out));

@@ -137,13 +137,19 @@ static void w_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *o, const 
     TIMED(key, fl, IN(be)->ops->conv2d(IN(be), d, o, i, w, b));
 }
 
+/* the key and floating-point operations of a transposed convolution (either op) */
+static double conv_tr_key(char *key, size_t size, const sep_conv_tr2d_desc *d)
+{
+    snprintf(key, size, "conv_tr2d %dx%d cin%d cout%d %dx%d", d->kh, d->kw, d->cin, d->cout, d->h,
+             d->w);
+    return 2.0 * d->n * d->cout * d->cin * d->kh * d->kw * (double)d->h * d->w;
+}
+
 static void w_conv_tr2d(sep_backend *be, const sep_conv_tr2d_desc *d, float *o, const float *i,
                         const float *w, const float *b)
 {
     char key[96];
-    snprintf(key, sizeof(key), "conv_tr2d %dx%d cin%d cout%d %dx%d", d->kh, d->kw, d->cin, d->cout,
-             d->h, d->w);
-    double fl = 2.0 * d->n * d->cout * d->cin * d->kh * d->kw * (double)d->h * d->w;
+    double fl = conv_tr_key(key, sizeof(key), d);
     TIMED(key, fl, IN(be)->ops->conv_tr2d(IN(be), d, o, i, w, b));
 }
 
@@ -152,9 +158,7 @@ static void w_conv_tr2d_window(sep_backend *be, const sep_conv_tr2d_desc *d, int
                                const float *b)
 {
     char key[96];
-    snprintf(key, sizeof(key), "conv_tr2d %dx%d cin%d cout%d %dx%d", d->kh, d->kw, d->cin, d->cout,
-             d->h, d->w);
-    double fl = 2.0 * d->n * d->cout * d->cin * d->kh * d->kw * (double)d->h * d->w;
+    double fl = conv_tr_key(key, sizeof(key), d);
     TIMED(key, fl, IN(be)->ops->conv_tr2d_window(IN(be), d, top, oh, left, ow, o, i, w, b));
 }
 
