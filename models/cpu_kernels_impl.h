@@ -20,6 +20,20 @@ typedef float vf __attribute__((vector_size(VW * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VW * sizeof(int32_t))));
 #define TB (NV * VW) /* positions per block */
 
+/* exp(x) = 2^n p for n = round(x / ln2): r = x - n ln2 in two steps (Cody-Waite), p the
+ * Cephes polynomial in r; scalars or vectors alike */
+#define EXP_REDUCED(r, p, x, n)                                                                    \
+    do {                                                                                           \
+        r = (x) - (n)*0.693359375f;                                                                \
+        r = r - (n) * -2.12194440e-4f;                                                             \
+        p = r * 1.9875691500e-4f + 1.3981999507e-3f;                                               \
+        p = p * r + 8.3334519073e-3f;                                                              \
+        p = p * r + 4.1665795894e-2f;                                                              \
+        p = p * r + 1.6666665459e-1f;                                                              \
+        p = p * r + 5.0000001201e-1f;                                                              \
+        p = p * r * r + r + 1.0f;                                                                  \
+    } while (0)
+
 /* expf for the vectorised loops: Cody-Waite range reduction x = n ln2 + r and the
  * Cephes degree-6 polynomial (about 1 ulp); branch-free so loops vectorise. Inputs
  * are clamped to the finite range (below -87.3 the result is ~1e-38, not 0). */
@@ -28,15 +42,8 @@ static inline __attribute__((always_inline)) float vexp(float x)
     x = fmaxf(x, -87.3f);
     x = fminf(x, 88.7f);
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    float r, p;
+    EXP_REDUCED(r, p, x, n);
     union {
         int32_t i;
         float f;
@@ -94,14 +101,8 @@ static inline __attribute__((always_inline)) vf vexp_nonpositive(vf x)
     x = (vf)((below & (vi)lo) | (~below & (vi)x));
     vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
 #endif
-    vf r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    vf p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    vf r, p;
+    EXP_REDUCED(r, p, x, n);
 #if defined(__AVX512F__) && VW == 16
     return (vf)_mm512_scalef_ps((__m512)p, (__m512)n);
 #else
