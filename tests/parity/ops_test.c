@@ -252,7 +252,13 @@ static void test_attention(const char *name, sep_attention_desc d, float amp)
 {
     size_t nq = (size_t)d.batch * d.nq * d.ldq, nk = (size_t)d.batch * d.nk * d.ldk;
     size_t nv = (size_t)d.batch * d.nk * d.ldv, no = (size_t)d.batch * d.nq * d.ldo;
-    float *q = hrand(nq, amp), *k = hrand(nk, amp), *v = hrand(nv, 1.0f);
+    /* amp < 0: q and k integers of magnitude <= -amp, so that the scores are exact and
+     * only the softmax and the products with v can err */
+    float *q = hrand(nq, fabsf(amp)), *k = hrand(nk, fabsf(amp)), *v = hrand(nv, 1.0f);
+    for (size_t i = 0; amp < 0 && i < nq; i++)
+        q[i] = roundf(q[i]);
+    for (size_t i = 0; amp < 0 && i < nk; i++)
+        k[i] = roundf(k[i]);
     double *ref = calloc(no, sizeof(double));
     double *s = malloc((size_t)d.nk * sizeof(double));
     double scale = 1.0 / sqrt((double)d.head_dim);
@@ -573,6 +579,19 @@ static void test_elementwise(void)
     d = dev(NULL, half);
     us = TIMED(be->ops->glu(be, d, dx, nb, c, s));
     report("glu 2x7x1301", d, ref, half, us);
+    /* gates far past both clamps of the exponential (no inf or NaN from 2^n) */
+    float *xw = hrand(2 * half, 120.0f), *dxw = dev(xw, 2 * half);
+    ref = malloc(half * sizeof(double));
+    for (int b = 0; b < nb; b++)
+        for (size_t i = 0; i < (size_t)c * s; i++) {
+            double a = xw[(size_t)b * 2 * c * s + i], g = xw[(size_t)b * 2 * c * s + c * s + i];
+            ref[(size_t)b * c * s + i] = a / (1 + exp(-g));
+        }
+    d = dev(NULL, half);
+    us = TIMED(be->ops->glu(be, d, dxw, nb, c, s));
+    report("glu 2x7x1301 gates +-120", d, ref, half, us);
+    be->ops->free(be, dxw);
+    free(xw);
 
     float *sc = hrand(64, 1.0f), *dsc = dev(sc, 64);
     ref = malloc(half * sizeof(double));
@@ -794,6 +813,9 @@ static const struct {
     {"attention 1x2h 300x1000 hd64 peaked", {1, 2, 300, 1000, 64, 128, 128, 128, 128}, 3.0f},
     {"attention 2x2h 520x777 hd48 (ld 100)", {2, 2, 520, 777, 48, 100, 100, 100, 96}, 2.0f},
     {"attention 1x1h 5x7 tiny",             {1, 1,   5,    7,  4,   4,   4,   4,   4}, 2.0f},
+    /* exact scores (dots of 64 integers in [-10, 10], scale 1/8), spread by about 33 per
+     * standard deviation: many differences from the row maximum past the exp clamp */
+    {"attention 1x2h 70x300 hd64 integer scores", {1, 2, 70, 300, 64, 128, 128, 128, 128}, -10.4f},
 };
 /* clang-format on */
 
