@@ -559,17 +559,15 @@ static void cpu_conv2d(sep_backend *be, const sep_conv2d_desc *d, float *out, co
                 B = col;
                 ldb = nc;
             }
-            gemm(be, 0, 0, M, nc, K, 1.0f, w, K, B, ldb, 0.0f, res, ldr);
-            for (int m = 0; m < M; m++) {
-                float *yr = res + (size_t)m * ldr;
-                if (bias) {
-                    float bm = bias[m];
-                    for (int i = 0; i < nc; i++)
-                        yr[i] += bm;
-                }
-                if (d->act == SEP_ACT_GELU)
-                    ks->gelu(yr, yr, (size_t)nc);
+            /* the bias written first, accumulated onto (as in cpu_linear) */
+            for (int m = 0; bias && m < M; m++) {
+                float *yr = res + (size_t)m * ldr, bm = bias[m];
+                for (int i = 0; i < nc; i++)
+                    yr[i] = bm;
             }
+            gemm(be, 0, 0, M, nc, K, 1.0f, w, K, B, ldb, bias ? 1.0f : 0.0f, res, ldr);
+            for (int m = 0; d->act == SEP_ACT_GELU && m < M; m++)
+                ks->gelu(res + (size_t)m * ldr, res + (size_t)m * ldr, (size_t)nc);
             if (glu)
                 for (int m = 0; m < Mout; m++)
                     ks->glu(y + (size_t)m * N + p0, res + (size_t)m * nc,
@@ -698,13 +696,14 @@ static void cpu_linear(sep_backend *be, float *out, const float *in, const float
         for (int c = 0; c < nchunks; c++) {
             int r0 = c * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
             float *yc = y + (size_t)r0 * out_dim;
+            /* the bias written first and accumulated onto (beta 1): OpenBLAS would
+             * otherwise clear the rows in a pass of its own, and the bias take another */
+            for (int r = r0; bias && r < r1; r++)
+                memcpy(y + (size_t)r * out_dim, bias, (size_t)out_dim * sizeof(float));
             gemm(be, 0, 1, r1 - r0, out_dim, in_dim, 1.0f, x + (size_t)r0 * in_dim, in_dim, w,
-                 in_dim, 0.0f, yc, out_dim);
-            for (int r = r0; r < r1; r++) {
+                 in_dim, bias ? 1.0f : 0.0f, yc, out_dim);
+            for (int r = r0; act != SEP_ACT_NONE && r < r1; r++) {
                 float *p = y + (size_t)r * out_dim;
-                if (bias)
-                    for (int o = 0; o < out_dim; o++)
-                        p[o] += bias[o];
                 if (act == SEP_ACT_GELU)
                     ks->gelu(p, p, (size_t)out_dim);
                 else if (act == SEP_ACT_RELU)
