@@ -1060,6 +1060,13 @@ static int cpu_dconv_tail(sep_backend *be, float *xo, const float *z, const floa
                 continue;
             }
             float *y = ybufs + (size_t)omp_get_thread_num() * ybuf_floats;
+            float *x = xo + (size_t)b * c * plane + (size_t)row * w + t0;
+            /* x's part of the chunk, one short segment per channel a plane apart (too
+             * many streams for the hardware prefetcher), fetched while the convolution
+             * below computes */
+            for (int ch = 0; ch < c; ch++)
+                for (int l = 0; l < len; l += 16)
+                    __builtin_prefetch(x + (size_t)ch * plane + l, 1);
             for (int cb = 0; cb < cblocks; cb++) {
                 int co0 = cb * cob, nco = c2 - co0 < cob ? c2 - co0 : cob;
                 const float *wb = wt + (size_t)cb * hid * cob;
@@ -1072,7 +1079,6 @@ static int cpu_dconv_tail(sep_backend *be, float *xo, const float *z, const floa
             }
             double mean = stats[2 * r];
             float rstd = (float)stats[2 * r + 1];
-            float *x = xo + (size_t)b * c * plane + (size_t)row * w + t0;
             for (int ch = 0; ch < c; ch++)
                 dconv_residual_channel(ks, x, plane, y, (size_t)ystride, ch, c, len, mean, rstd,
                                        gamma, beta, scale);
