@@ -278,7 +278,7 @@ int main(int argc, char **argv)
                                     heads * hd + pad / 2};
             snprintf(name, sizeof(name), "fuzz att b%d h%d nq%d nk%d hd%d pad%d", d.batch, heads,
                      nq, nk, hd, pad);
-            test_attention(name, d, 1.0f + (float)(rng % 5));
+            test_attention(name, d, 1.0f + (float)(rng % 5), 0);
         } else if (kind == 1) {
             int cin = 32 + (int)(r % 60), cout = 1 + (int)((r >> 8) % 40);
             frand();
@@ -318,13 +318,13 @@ int main(int argc, char **argv)
                                     ld + 5,           ld + 1, heads * hd + 7};
             snprintf(name, sizeof(name), "att b%d h%d nq%d nk%d hd%d", d.batch, heads, nqs[b],
                      nks[a], hd);
-            test_attention(name, d, 2.0f);
+            test_attention(name, d, 2.0f, 0);
         }
     for (size_t i = 0; i < sizeof(hds) / sizeof(hds[0]); i++) {
         int hd = hds[i];
         sep_attention_desc d = {2, 3, 33, KT + 3, hd, 3 * hd, 3 * hd, 3 * hd, 3 * hd};
         snprintf(name, sizeof(name), "att b2 h3 33x%d hd%d peaked", KT + 3, hd);
-        test_attention(name, d, 6.0f);
+        test_attention(name, d, 6.0f, 0);
     }
     /* Winograd vs reference */
     struct {

@@ -248,16 +248,16 @@ static void test_linear(const char *name, int batch, int rows, int in, int out, 
 
 /* q and k uniform in [-amp, amp]: a large amp gives peaked softmax rows whose maximum
  * moves between key tiles (the online softmax's rescaling) */
-static void test_attention(const char *name, sep_attention_desc d, float amp)
+static void test_attention(const char *name, sep_attention_desc d, float amp, int integer_qk)
 {
     size_t nq = (size_t)d.batch * d.nq * d.ldq, nk = (size_t)d.batch * d.nk * d.ldk;
     size_t nv = (size_t)d.batch * d.nk * d.ldv, no = (size_t)d.batch * d.nq * d.ldo;
-    /* amp < 0: q and k integers of magnitude <= -amp, so that the scores are exact and
-     * only the softmax and the products with v can err */
-    float *q = hrand(nq, fabsf(amp)), *k = hrand(nk, fabsf(amp)), *v = hrand(nv, 1.0f);
-    for (size_t i = 0; amp < 0 && i < nq; i++)
+    /* integer_qk: q and k rounded to integers, so that the scores are exact and only the
+     * softmax and the products with v can err */
+    float *q = hrand(nq, amp), *k = hrand(nk, amp), *v = hrand(nv, 1.0f);
+    for (size_t i = 0; integer_qk && i < nq; i++)
         q[i] = roundf(q[i]);
-    for (size_t i = 0; amp < 0 && i < nk; i++)
+    for (size_t i = 0; integer_qk && i < nk; i++)
         k[i] = roundf(k[i]);
     double *ref = calloc(no, sizeof(double));
     double *s = malloc((size_t)d.nk * sizeof(double));
@@ -803,9 +803,10 @@ static const struct {
 static const struct {
     const char *name;
     sep_attention_desc desc;
-    float amp;
+    float amp;      /* q and k uniform in [-amp, amp] */
+    int integer_qk; /* and rounded to integers */
 } attention_cases[] = {
-    /* {name, {batch, heads, nq, nk, head_dim, ldq, ldk, ldv, ldo}, amp} */
+    /* {name, {batch, heads, nq, nk, head_dim, ldq, ldk, ldv, ldo}, amp, integer_qk} */
     {"attention self 2x3h 600x600 (ld 3C)", {2, 3, 600, 600, 16, 144, 144, 144, 48}, 1.0f},
     {"attention cross 1x4h 700x333",        {1, 4, 700, 333,  8,  32,  64,  64, 32}, 1.0f},
     /* several key tiles and a partial one, peaked rows: the running max changes */
@@ -814,7 +815,7 @@ static const struct {
     {"attention 1x1h 5x7 tiny",             {1, 1,   5,    7,  4,   4,   4,   4,   4}, 2.0f},
     /* exact scores (dots of 64 integers in [-10, 10], scale 1/8), spread by about 33 per
      * standard deviation: many differences from the row maximum past the exp clamp */
-    {"attention 1x2h 70x300 hd64 integer scores", {1, 2, 70, 300, 64, 128, 128, 128, 128}, -10.4f},
+    {"attention 1x2h 70x300 hd64 integer scores", {1, 2, 70, 300, 64, 128, 128, 128, 128}, 10.4f, 1},
 };
 /* clang-format on */
 
@@ -867,7 +868,8 @@ int main(int argc, char **argv)
     test_linear("linear 1x130x64->256 +gelu", 1, 130, 64, 256, SEP_ACT_GELU);
     test_linear("linear 1x70x32->40 +relu", 1, 70, 32, 40, SEP_ACT_RELU);
     for (size_t i = 0; i < sizeof(attention_cases) / sizeof(attention_cases[0]); i++)
-        test_attention(attention_cases[i].name, attention_cases[i].desc, attention_cases[i].amp);
+        test_attention(attention_cases[i].name, attention_cases[i].desc, attention_cases[i].amp,
+                       attention_cases[i].integer_qk);
     test_group_norm("group_norm 2x12x500 g4", 2, 12, 500, 4, SEP_ACT_NONE);
     test_group_norm("group_norm 1x8x30000 g1 +gelu (split block)", 1, 8, 30000, 1, SEP_ACT_GELU);
     test_group_norm_rows("group_norm_rows 2x10x7x90 +gelu", 2, 10, 7, 90, SEP_ACT_GELU);
